@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The project's one entry point for people and CI:
+#   ./dev.sh demo    render a handful of jobs through the embedded farm (no servers needed)
+#   ./dev.sh test    lint, type-check and run the whole test suite (starts PostgreSQL and Redis)
+#   ./dev.sh setup   only create .venv and install the Python packages
+#   ./dev.sh bench   run the benchmarks (quick mode; --full for the long one)
+# Each sets up what it needs and does nothing twice when run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+VENV=.venv
+STAMP="$VENV/.installed"
+TORCH_SPEC="${RENDERFARM_TORCH_SPEC:-torch==2.13.0}"  # pinned: an unpinned torch pulls the CUDA build
+
+log() { printf '[dev] %s\n' "$*"; }
+
+find_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3 python3.13 python3.12 python3.11; do
+        [[ -n "$candidate" ]] || continue
+        if command -v "$candidate" >/dev/null &&
+            "$candidate" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return
+        fi
+    done
+    return 1
+}
+
+ensure_python() {
+    if find_python >/dev/null; then return; fi
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        log "installing python3 and python3-venv with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv python3-dev gcc >/dev/null
+    fi
+    find_python >/dev/null || { log "renderfarm needs Python 3.11 or newer with venv"; exit 1; }
+}
+
+setup() {
+    # The stamp holds the hash of what was installed; the same pyproject.toml installs nothing again.
+    local want
+    want="$(sha256sum pyproject.toml | cut -d' ' -f1) $TORCH_SPEC"
+    if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then return; fi
+    ensure_python
+    local python
+    python=$(find_python)
+    [[ -x "$VENV/bin/python" ]] || { log "creating $VENV with $python"; "$python" -m venv "$VENV"; }
+    log "installing Python packages into $VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    # torch first, pinned; RENDERFARM_TORCH_INDEX (e.g. PyTorch's CPU index) chooses where it comes from.
+    "$VENV/bin/python" -m pip install -q ${RENDERFARM_TORCH_INDEX:+--index-url "$RENDERFARM_TORCH_INDEX"} "$TORCH_SPEC"
+    "$VENV/bin/python" -m pip install -q -e '.[worker,dev]'
+    echo "$want" >"$STAMP"
+}
+
+run_tests() {
+    setup
+    bash scripts/ensure-services.sh
+    log "ruff"
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    log "mypy"
+    "$VENV/bin/mypy"
+    log "pytest"
+    "$VENV/bin/pytest" "$@"
+}
+
+command=${1:-help}
+shift || true
+case "$command" in
+    setup) setup ;;
+    test) run_tests "$@" ;;
+    demo) setup && "$VENV/bin/renderfarm" demo "$@" ;;
+    bench) setup && bash scripts/ensure-services.sh && "$VENV/bin/python" -m bench "$@" ;;
+    *) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; [[ "$command" == help ]] ;;
+esac

@@ -1,0 +1,188 @@
+"""One typed settings object for every process of the farm.
+
+Every setting is read from the environment with the prefix `RENDERFARM_` (for example `RENDERFARM_DATABASE_URL`).
+Left unset, the farm runs embedded: SQLite and a local folder under `DATA_DIR`, no Redis, the tiny model. Setting
+`REDIS_URL` turns on cluster mode, where the rest must be set too and insecure choices are refused at start
+(`Settings.check()`), with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+ENV_PREFIX = "RENDERFARM_"
+
+DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096  # pixels of one decoded input image (a 16-megapixel picture)
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024  # bytes of one HTTP request body
+DEFAULT_MAX_INLINE_IMAGE_BYTES = 4 * 1024 * 1024  # bytes of one base64-decoded inline image
+DEFAULT_MAX_BATCH_SIZE = 16  # images per sampling batch of one job
+DEFAULT_MAX_N_ITER = 64  # batches per job
+DEFAULT_MAX_BATCH_ITEMS = 10_000  # child jobs of one POST /v1/batches
+DEFAULT_MAX_QUEUED_JOBS_PER_TENANT = 100_000
+DEFAULT_MAX_ATTEMPTS = 3  # deliveries of one job before it fails
+DEFAULT_LEASE_BASE_S = 60.0  # a render's lease: base + steps × megapixels × factor (reliability.md)
+DEFAULT_LEASE_S_PER_STEP_MEGAPIXEL = 2.0
+MIN_TOKEN_LENGTH = 16  # characters; shorter API tokens are refused as guessable
+
+_TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def default_data_dir() -> Path:
+    """`$XDG_DATA_HOME/renderfarm`, or `~/.local/share/renderfarm`."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "renderfarm"
+
+
+@dataclass(frozen=True)
+class TenantToken:
+    tenant: str
+    token: str
+
+
+class Settings(BaseSettings):
+    """The farm's settings. Build one per process (`Settings()`), call `check()`, and pass it down explicitly."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None
+    redis_url: str | None = None
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    model: str = "tiny"
+    public_url: str = "http://127.0.0.1:7860"  # how clients reach the API; local download URLs start with it
+    signing_key: str | None = None  # HMAC key of local download URLs; unset: a random key kept in DATA_DIR
+    models_dir: Path | None = None
+
+    api_tokens: str | None = None
+    api_tokens_file: Path | None = None
+    dev_mode: bool = False  # no tokens: every request is tenant "dev"; only on a loopback address
+
+    max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, gt=0)
+    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, gt=0)
+    max_inline_image_bytes: int = Field(DEFAULT_MAX_INLINE_IMAGE_BYTES, gt=0)
+    max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, gt=0)
+    max_n_iter: int = Field(DEFAULT_MAX_N_ITER, gt=0)
+    max_batch_items: int = Field(DEFAULT_MAX_BATCH_ITEMS, gt=0)
+    max_queued_jobs_per_tenant: int = Field(DEFAULT_MAX_QUEUED_JOBS_PER_TENANT, gt=0)
+    max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1)
+    lease_base_s: float = Field(DEFAULT_LEASE_BASE_S, gt=0)
+    lease_s_per_step_megapixel: float = Field(DEFAULT_LEASE_S_PER_STEP_MEGAPIXEL, ge=0)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Derived values: what the unset settings mean.
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis is configured: the broker, live status and worker live in this process."""
+        return self.redis_url is None
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'renderfarm.db'}"
+
+    @property
+    def resolved_storage_url(self) -> str:
+        return self.storage_url or (self.data_dir / "storage").resolve().as_uri()
+
+    @property
+    def database_kind(self) -> Literal["sqlite", "postgresql"]:
+        scheme = urlparse(self.resolved_database_url).scheme.split("+", 1)[0]
+        if scheme == "sqlite":
+            return "sqlite"
+        if scheme in ("postgresql", "postgres"):
+            return "postgresql"
+        raise ConfigError(
+            f"RENDERFARM_DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://..., not {scheme!r}",
+            field="RENDERFARM_DATABASE_URL",
+        )
+
+    def tenant_tokens(self) -> list[TenantToken]:
+        """The `tenant:token` pairs of API_TOKENS and API_TOKENS_FILE, validated."""
+        pairs: list[tuple[str, str]] = []
+        if self.api_tokens:
+            pairs += [("RENDERFARM_API_TOKENS", item) for item in self.api_tokens.split(",") if item.strip()]
+        if self.api_tokens_file is not None:
+            try:
+                lines = self.api_tokens_file.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ConfigError(
+                    f"RENDERFARM_API_TOKENS_FILE cannot be read: {exc}", field="RENDERFARM_API_TOKENS_FILE"
+                ) from exc
+            pairs += [
+                ("RENDERFARM_API_TOKENS_FILE", line)
+                for line in lines
+                if line.strip() and not line.lstrip().startswith("#")
+            ]
+        tokens: list[TenantToken] = []
+        seen: set[str] = set()
+        for variable, item in pairs:
+            tenant, sep, token = item.strip().partition(":")
+            if not sep or not _TENANT_RE.match(tenant):
+                raise ConfigError(
+                    f"{variable}: each entry must be tenant:token with a tenant of 1-64 characters A-Z a-z 0-9 . _ -",
+                    field=variable,
+                )
+            if len(token) < MIN_TOKEN_LENGTH:
+                raise ConfigError(
+                    f"{variable}: the token of tenant {tenant!r} is shorter than {MIN_TOKEN_LENGTH} characters; "
+                    "use a random one (for example `python -c 'import secrets; print(secrets.token_urlsafe())'`)",
+                    field=variable,
+                )
+            if token in seen:
+                raise ConfigError(f"{variable}: a token is given twice", field=variable)
+            seen.add(token)
+            tokens.append(TenantToken(tenant, token))
+        return tokens
+
+    # ----------------------------------------------------------------------------------------------------------
+
+    def check(self) -> Settings:
+        """Fail fast on a setting that is missing, malformed or insecure. Returns self for chaining."""
+        _ = self.database_kind
+        storage = urlparse(self.resolved_storage_url)
+        if storage.scheme not in ("file", "s3"):
+            raise ConfigError(
+                "RENDERFARM_STORAGE_URL must be file:///PATH or s3://BUCKET[/PREFIX]", field="RENDERFARM_STORAGE_URL"
+            )
+        if storage.scheme == "s3" and not storage.netloc:
+            raise ConfigError("RENDERFARM_STORAGE_URL s3:// needs a bucket name", field="RENDERFARM_STORAGE_URL")
+        if self.redis_url is not None and urlparse(self.redis_url).scheme not in ("redis", "rediss"):
+            raise ConfigError("RENDERFARM_REDIS_URL must be redis://HOST:PORT/DB", field="RENDERFARM_REDIS_URL")
+        tokens = self.tenant_tokens()
+        if not self.embedded:
+            if not tokens and not self.dev_mode:
+                raise ConfigError(
+                    "cluster mode (RENDERFARM_REDIS_URL is set) needs RENDERFARM_API_TOKENS or "
+                    "RENDERFARM_API_TOKENS_FILE, or RENDERFARM_DEV_MODE=1 on a loopback address",
+                    field="RENDERFARM_API_TOKENS",
+                )
+            if self.database_kind == "sqlite":
+                raise ConfigError(
+                    "cluster mode (RENDERFARM_REDIS_URL is set) needs a shared database: set "
+                    "RENDERFARM_DATABASE_URL=postgresql+psycopg://...",
+                    field="RENDERFARM_DATABASE_URL",
+                )
+        return self
+
+    def check_bind(self, host: str) -> None:
+        """Refuse to serve without tokens anywhere but on loopback."""
+        if not self.tenant_tokens() and host not in _LOOPBACK_HOSTS:
+            raise ConfigError(
+                f"serving on {host} without RENDERFARM_API_TOKENS would let anyone submit jobs; "
+                "set RENDERFARM_API_TOKENS or bind to 127.0.0.1",
+                field="RENDERFARM_API_TOKENS",
+            )
