@@ -1,0 +1,45 @@
+"""The webui options that change an img2img render, with the webui's defaults.
+
+The reference reads these from a global `opts`; here they are a frozen value passed to each job, and a job's
+`override_settings` produce a modified copy (`Options.with_overrides`). Keys keep the webui's spelling so that
+`override_settings` from A1111 clients map one to one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+# The override keys that do not map onto an option here: the model is chosen per job by the scheduler
+# (`sd_model_checkpoint` becomes the job's model), and `initial_noise_multiplier` is resolved before overrides apply,
+# so an override of it has no effect (semantics §1) — both are accepted and otherwise ignored.
+IGNORED_OVERRIDE_KEYS = frozenset({"sd_model_checkpoint", "initial_noise_multiplier", "sd_vae", "samples_format"})
+
+
+@dataclass(frozen=True)
+class Options:
+    img2img_fix_steps: bool = False  # run exactly `steps` steps whatever the strength (semantics §3.2)
+    initial_noise_multiplier: float = 1.0
+    img2img_background_color: str = "#ffffff"  # behind transparent init images (semantics §2.4b)
+    img2img_color_correction: bool = False
+    img2img_extra_noise: float = 0.0
+    eta_noise_seed_delta: int = 0  # ENSD
+    inpainting_mask_weight: float = 1.0  # "Conditional mask weight" of 9-channel inpainting models
+    eta_ancestral: float = 1.0
+    eta_ddim: float = 0.0
+    randn_source: Literal["GPU", "CPU"] = "GPU"
+    CLIP_stop_at_last_layers: int = 1  # the webui's option name, as clients send it
+    overlay_inpaint: bool = True
+    return_mask: bool = False
+    return_mask_composite: bool = False
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Options:
+        """A copy with the job's `override_settings` applied (keys the spec already validated)."""
+        names = {field.name for field in dataclasses.fields(self)} - {"initial_noise_multiplier"}
+        changes = {key: value for key, value in overrides.items() if key in names}
+        return dataclasses.replace(self, **changes)
+
+
+DEFAULT_OPTIONS = Options()
