@@ -1,0 +1,839 @@
+"""The job contract between scheduler and worker: one img2img / inpainting request, validated.
+
+`Img2ImgJob` carries every field of the reference's `StableDiffusionProcessingImg2Img` with the reference API's
+defaults (img2img-semantics.md §1, §5.2), plus the farm's own fields (`priority`, `tags`, `webhook_url`). The
+scheduler builds it with `parse_job(body, limits)`, which checks everything, the farm's limits included, and turns
+every problem into one `InputError` (422) naming the fields, or `PayloadTooLarge` (413) when an inline image is over
+the limit. The job is stored as `job.to_request_json()`; the worker reads it back with
+`Img2ImgJob.from_request_json(data)`, which re-checks the structure but not the limits (the job was admitted under
+the scheduler's limits; a worker with other settings must not refuse it afterwards).
+
+Create-or-get compares `request_hash(job)`: the sha256 of `canonical_json(job)`, which has every default filled in,
+so a request that omits a default hashes the same as one that sends it.
+
+Images are references here, never pixels: `asset:<sha256>`, a URL of the farm's storage, or inline base64 (a bare
+string or a `data:image/...;base64,` URI). `parse_image_ref` classifies one; `shared.images` decodes them.
+
+Deliberate differences from the reference API (img2img-semantics.md §7.5, §7.6): out-of-range values, unknown
+sampler/schedule names, unknown fields and unknown `override_settings` keys are rejected; `latent_mask` is an image
+reference like `mask`; `styles` must be empty (the farm keeps no style presets).
+
+This module imports no torch and no web framework.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, get_type_hints
+from urllib.parse import urlsplit
+
+import annotated_types
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+    with_config,
+)
+from pydantic_core import PydanticCustomError
+from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
+
+from shared.config import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_INLINE_IMAGE_BYTES,
+    DEFAULT_MAX_N_ITER,
+    Settings,
+)
+from shared.errors import FieldProblem, InputError, PayloadTooLarge
+from shared.sampler_names import (
+    SAMPLER_LABELS,
+    SCHEDULE_LABELS,
+    SamplerName,
+    ScheduleName,
+    find_schedule,
+    split_sampler_and_schedule,
+)
+
+__all__ = [
+    "MAX_MASK_BLUR_PX",
+    "MAX_SEED",
+    "MAX_STEPS",
+    "MAX_TAGS",
+    "MAX_TAG_LENGTH",
+    "MIN_SIDE_PX",
+    "SIZE_MULTIPLE_PX",
+    "SUPPORTED_OVERRIDE_KEYS",
+    "ImageRef",
+    "ImageRefKind",
+    "Img2ImgJob",
+    "OverrideSettings",
+    "SpecLimits",
+    "canonical_json",
+    "parse_image_ref",
+    "parse_job",
+    "request_hash",
+]
+
+# ----------------------------------------------------------------------------------------------------------------
+# Bounds. Where the reference's UI has a slider, its range is the allowed range (the reference API checks nothing).
+
+SIZE_MULTIPLE_PX = 8  # width and height: the VAE downsamples by 8, so the latent is W/8 × H/8 exactly
+MIN_SIDE_PX = 64  # pixels; a smaller side gives a latent of under 8 cells, which the UNet cannot downsample
+MAX_STEPS = 150  # the UI's sampling-steps slider
+MAX_CFG_SCALE = 30.0
+MAX_MASK_BLUR_PX = 64  # the UI's mask-blur slider; Gaussian sigma in pixels of the original picture
+MAX_INITIAL_NOISE_MULTIPLIER = 1.5  # the option's slider
+MAX_SEED = 2**32 - 1  # the webui draws random seeds below this and writes them into the infotext
+MAX_SEED_RESIZE_PX = 8192  # seed_resize_from_h/w; noise is drawn at that size / 8
+MAX_PADDING_PX = 8192  # inpaint_full_res_padding, pixels of the original picture
+MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
+MAX_TAGS = 16
+MAX_TAG_LENGTH = 64  # characters
+MAX_URL_LENGTH = 4096  # characters of an image URL or webhook URL
+MAX_MODEL_NAME_LENGTH = 512  # characters
+MAX_TASK_ID_LENGTH = 128  # characters; architecture.md "Ids"
+MAX_CLIP_SKIP = 12
+
+ETA_DEFAULT = 1.0  # what `eta = None` means for ancestral samplers (the webui option eta_ancestral)
+
+_TASK_ID_RE = re.compile(rf"[A-Za-z0-9._\-:()]{{1,{MAX_TASK_ID_LENGTH}}}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_WHITESPACE_RE = re.compile(r"[ \t\r\n]+")
+_DATA_URI_RE = re.compile(r"data:(image/[A-Za-z0-9.+-]+)((?:;[A-Za-z0-9._+=-]+)*?);base64,(.*)", re.DOTALL)
+_HEX_COLOR_RE = re.compile(r"#[0-9a-fA-F]{6}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Limits
+
+
+@dataclass(frozen=True)
+class SpecLimits:
+    """The farm's size limits that a job is admitted under. Passed to `parse_job`; the worker does not re-check them.
+
+    max_image_pixels: width × height of the processing size, and of seed_resize_from_w × _h (pixels).
+    max_inline_image_bytes: base64-decoded size of one inline image (bytes); bigger → PayloadTooLarge (413).
+    max_batch_size: images per sampling batch. max_n_iter: batches per job.
+    """
+
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_inline_image_bytes: int = DEFAULT_MAX_INLINE_IMAGE_BYTES
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_n_iter: int = DEFAULT_MAX_N_ITER
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SpecLimits:
+        return cls(
+            max_image_pixels=settings.max_image_pixels,
+            max_inline_image_bytes=settings.max_inline_image_bytes,
+            max_batch_size=settings.max_batch_size,
+            max_n_iter=settings.max_n_iter,
+        )
+
+
+_LIMITS_KEY = "spec_limits"  # key of the SpecLimits in pydantic's validation context
+
+
+def _limits(info: ValidationInfo) -> SpecLimits | None:
+    """The limits to check against, or None when validating a stored job (from_request_json) or a direct build."""
+    context = info.context
+    if isinstance(context, Mapping):
+        limits = context.get(_LIMITS_KEY)
+        if isinstance(limits, SpecLimits):
+            return limits
+    return None
+
+
+def _problem(code: str, message: str, **extra: Any) -> PydanticCustomError:
+    # The message goes through the context, so braces in it are never taken for format fields.
+    return PydanticCustomError(code, "{message}", {"message": message, **extra})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image references
+
+ImageRefKind = Literal["asset", "url", "inline"]
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where one input image comes from. Parsing it checks the form only; the pixels are decoded elsewhere.
+
+    kind "asset": `value` is the 64-hex-digit sha256 of an uploaded asset (`asset:<sha256>`).
+    kind "url": `value` is the URL as sent (s3://, http://, https://); the scheduler checks that it is the farm's.
+    kind "inline": `value` is the base64 text (whitespace removed, data-URI prefix removed); `media_type` is the
+    data URI's declared type (e.g. "image/png"), or None for bare base64.
+    """
+
+    kind: ImageRefKind
+    value: str
+    media_type: str | None = None
+
+    def __repr__(self) -> str:
+        # An inline value can be megabytes; never put all of it into logs.
+        shown = self.value if len(self.value) <= 80 else f"{self.value[:40]}...({len(self.value)} chars)"
+        return f"ImageRef(kind={self.kind!r}, value={shown!r}, media_type={self.media_type!r})"
+
+    @property
+    def inline_size(self) -> int:
+        """Bytes of the decoded inline data, computed from the base64 length. Raises ValueError for other kinds."""
+        if self.kind != "inline":
+            raise ValueError(f"an {self.kind} reference has no inline data")
+        return _base64_decoded_size(self.value)
+
+    def inline_bytes(self) -> bytes:
+        """The decoded inline data (the image file's bytes). Raises ValueError for other kinds."""
+        if self.kind != "inline":
+            raise ValueError(f"an {self.kind} reference has no inline data")
+        return base64.b64decode(self.value, validate=True)
+
+
+class _RefProblem(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _base64_decoded_size(text: str) -> int:
+    return len(text) // 4 * 3 - (len(text) - len(text.rstrip("=")))
+
+
+def _parse_ref(text: str, max_inline_bytes: int | None) -> ImageRef:
+    if not text:
+        raise _RefProblem("invalid_image_ref", "is empty; send asset:<sha256>, a storage URL, or base64 image data")
+    head = text[:16].lower()
+    if head.startswith("asset:"):
+        digest = text[len("asset:") :]
+        if not _SHA256_RE.fullmatch(digest):
+            raise _RefProblem(
+                "invalid_image_ref", "an asset reference is asset: followed by 64 lower-case hex digits (sha256)"
+            )
+        return ImageRef("asset", digest)
+    if head.startswith(("s3://", "http://", "https://")):
+        return ImageRef("url", _check_url(text, ("s3", "http", "https")))
+    media_type: str | None = None
+    payload = text
+    if head.startswith("data:"):
+        match = _DATA_URI_RE.fullmatch(text)
+        if match is None:
+            raise _RefProblem(
+                "invalid_image_ref", "a data URI must look like data:image/png;base64,<data> (an image, base64)"
+            )
+        media_type, payload = match.group(1).lower(), match.group(3)
+    elif ":" in head:
+        # Base64 has no colon, so this is a URL of a scheme we do not fetch (file:, ftp:, ...).
+        raise _RefProblem(
+            "invalid_image_ref",
+            "unsupported reference; send asset:<sha256>, an s3:// or http(s):// URL of the farm's storage, "
+            "or base64 image data",
+        )
+    # Clients that wrap base64 at 76 columns (MIME style) are common; line breaks carry no data.
+    payload = _WHITESPACE_RE.sub("", payload)
+    if not payload:
+        raise _RefProblem("invalid_base64", "the inline image data is empty")
+    if len(payload) % 4 or not _BASE64_RE.fullmatch(payload):
+        raise _RefProblem(
+            "invalid_base64",
+            "is not valid base64 (standard alphabet A-Z a-z 0-9 + /, padded with = to a multiple of 4 characters)",
+        )
+    size = _base64_decoded_size(payload)
+    if max_inline_bytes is not None and size > max_inline_bytes:
+        raise _RefProblem(
+            "too_large",
+            f"the inline image is {size} bytes, over the limit of {max_inline_bytes} bytes; "
+            "upload it with POST /v1/assets and send asset:<sha256> instead",
+        )
+    return ImageRef("inline", payload, media_type)
+
+
+def _check_url(text: str, schemes: Sequence[str]) -> str:
+    if len(text) > MAX_URL_LENGTH:
+        raise _RefProblem("invalid_url", f"is longer than {MAX_URL_LENGTH} characters")
+    if _CONTROL_RE.search(text) or " " in text:
+        raise _RefProblem("invalid_url", "contains spaces or control characters")
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in schemes or not parts.netloc:
+        raise _RefProblem("invalid_url", f"must be a URL with a host and one of the schemes {', '.join(schemes)}")
+    if parts.scheme.lower() == "s3" and parts.path.strip("/") == "":
+        raise _RefProblem("invalid_url", "an s3:// URL needs a key after the bucket (s3://BUCKET/KEY)")
+    return text
+
+
+def parse_image_ref(text: str, *, field: str = "image", max_inline_bytes: int | None = None) -> ImageRef:
+    """Classify one image reference string.
+
+    `field` is the dotted path named in errors (e.g. "init_images.0"). `max_inline_bytes` bounds the decoded size
+    of inline data in bytes; None checks no size.
+    Raises PayloadTooLarge (413) for inline data over the limit, InputError (422) for anything malformed.
+    """
+    try:
+        return _parse_ref(text, max_inline_bytes)
+    except _RefProblem as problem:
+        error_type = PayloadTooLarge if problem.code == "too_large" else InputError
+        raise error_type.from_problems([FieldProblem(field, problem.message, problem.code)]) from None
+
+
+def _validate_image_ref(value: str, info: ValidationInfo) -> str:
+    limits = _limits(info)
+    try:
+        _parse_ref(value, limits.max_inline_image_bytes if limits else None)
+    except _RefProblem as problem:
+        raise _problem(problem.code, problem.message) from None
+    return value
+
+
+# A reference stays the string the client sent: it is what gets stored, hashed and echoed back.
+ImageRefStr = Annotated[str, AfterValidator(_validate_image_ref)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Scalar types
+
+
+def _reject_bool(value: Any) -> Any:
+    # pydantic's lax mode reads true as 1; a boolean where a number is meant is a client bug, so say so.
+    if isinstance(value, bool):
+        raise _problem("invalid_type", "must be a number, not true/false")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_reject_bool)]
+Float = Annotated[float, BeforeValidator(_reject_bool)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# override_settings
+
+
+def _check_hex_color(value: str) -> str:
+    if not _HEX_COLOR_RE.fullmatch(value):
+        raise _problem("invalid_format", "must be a colour #rrggbb, e.g. #ffffff")
+    return value
+
+
+@with_config(ConfigDict(extra="forbid", allow_inf_nan=False))
+class OverrideSettings(TypedDict, total=False):
+    """The webui options a job may override, with their types. Any other key is rejected.
+
+    `initial_noise_multiplier` is accepted for compatibility but has no effect: the reference resolves the job's
+    noise multiplier when the processing object is built, before overrides apply (img2img-semantics.md §1). Use the
+    job field `initial_noise_multiplier` instead. `sd_model_checkpoint` selects the model like the job's `model`
+    field; sending both with different values is rejected.
+    """
+
+    sd_model_checkpoint: Annotated[str, annotated_types.Len(1, MAX_MODEL_NAME_LENGTH)]
+    CLIP_stop_at_last_layers: Annotated[Int, annotated_types.Ge(1), annotated_types.Le(MAX_CLIP_SKIP)]
+    img2img_fix_steps: bool
+    initial_noise_multiplier: Annotated[
+        Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_INITIAL_NOISE_MULTIPLIER)
+    ]
+    img2img_background_color: Annotated[str, AfterValidator(_check_hex_color)]
+    img2img_color_correction: bool
+    eta_noise_seed_delta: Annotated[Int, annotated_types.Ge(0), annotated_types.Le(MAX_SEED)]
+    inpainting_mask_weight: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
+    eta_ancestral: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
+    randn_source: Literal["GPU", "CPU"]
+    sd_vae: Annotated[str, annotated_types.Len(1, MAX_MODEL_NAME_LENGTH)]
+    samples_format: Literal["png", "jpg", "jpeg", "webp"]
+    img2img_extra_noise: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
+    overlay_inpaint: bool
+    return_mask: bool
+    return_mask_composite: bool
+
+
+SUPPORTED_OVERRIDE_KEYS: tuple[str, ...] = tuple(OverrideSettings.__annotations__)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The job
+
+
+class Img2ImgJob(BaseModel):
+    """One img2img / inpainting job: the reference's fields and API defaults, validated, immutable.
+
+    Build it with `parse_job` (checks the limits too) or `from_request_json` (a stored job). Constructing it
+    directly checks the structure but not the limits.
+
+    Units: width/height in pixels of the processing size; mask_blur* are Gaussian sigmas in pixels of the original
+    picture; inpaint_full_res_padding in pixels of the original picture; strengths and weights are fractions 0..1.
+    After validation `mask_blur_x`/`mask_blur_y` are the effective blur: an int `mask_blur` has been copied into both.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    # --- StableDiffusionProcessingImg2Img
+    init_images: list[ImageRefStr]  # required; k ≤ batch_size (one image is repeated batch_size times)
+    resize_mode: Int = Field(0, ge=0, le=3)  # 0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale
+    denoising_strength: Float = Field(0.75, ge=0.0, le=1.0)
+    image_cfg_scale: Float | None = Field(None, ge=0.0, le=MAX_CFG_SCALE)  # edit (InstructPix2Pix) models only
+    mask: ImageRefStr | None = None  # 255 regenerate, 0 keep
+    mask_blur_x: Int = Field(4, ge=0, le=MAX_MASK_BLUR_PX)
+    mask_blur_y: Int = Field(4, ge=0, le=MAX_MASK_BLUR_PX)
+    mask_blur: Int | None = Field(None, ge=0, le=MAX_MASK_BLUR_PX)  # an int overrides mask_blur_x and _y
+    mask_round: bool = True
+    inpainting_fill: Int = Field(0, ge=0, le=3)  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = True  # True: "Only masked"
+    inpaint_full_res_padding: Int = Field(0, ge=0, le=MAX_PADDING_PX)
+    inpainting_mask_invert: Int = Field(0, ge=0, le=1)  # 1: "Inpaint not masked"
+    initial_noise_multiplier: Float | None = Field(None, ge=0.0, le=MAX_INITIAL_NOISE_MULTIPLIER)  # None: 1.0
+    latent_mask: ImageRefStr | None = None  # decoded like mask (the reference never decodes it, §7.6)
+    force_task_id: str | None = None  # the public task id; not part of the request hash
+
+    # --- StableDiffusionProcessing (base)
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = Field(default_factory=list)  # must stay empty: the farm has no style presets
+    seed: Int = Field(-1, ge=-1, le=MAX_SEED)  # -1: random
+    subseed: Int = Field(-1, ge=-1, le=MAX_SEED)
+    subseed_strength: Float = Field(0.0, ge=0.0, le=1.0)
+    seed_resize_from_h: Int = Field(-1, ge=-1, le=MAX_SEED_RESIZE_PX)  # ≤ 0: off
+    seed_resize_from_w: Int = Field(-1, ge=-1, le=MAX_SEED_RESIZE_PX)
+    sampler_name: str = "Euler"  # label or alias, case-insensitive; may carry a schedule ("DPM++ 2M Karras")
+    scheduler: str | None = None  # schedule name or label; None means Automatic
+    batch_size: Int = Field(1, ge=1)  # upper bound: SpecLimits.max_batch_size
+    n_iter: Int = Field(1, ge=1)  # upper bound: SpecLimits.max_n_iter
+    steps: Int = Field(50, ge=1, le=MAX_STEPS)
+    cfg_scale: Float = Field(7.0, ge=0.0, le=MAX_CFG_SCALE)
+    width: Int = 512  # multiple of 8, ≥ 64; width × height ≤ SpecLimits.max_image_pixels
+    height: Int = 512
+    eta: Float | None = Field(None, ge=0.0, le=1.0)  # ancestral noise amount; None: eta_ancestral option (1.0)
+    model: str | None = Field(None, min_length=1, max_length=MAX_MODEL_NAME_LENGTH)  # None: the farm's default
+    override_settings: OverrideSettings = Field(default_factory=lambda: OverrideSettings())
+
+    # --- the farm's own
+    priority: Int = Field(0, ge=MIN_PRIORITY, le=MAX_PRIORITY)  # higher runs first
+    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
+    webhook_url: str | None = None  # reserved: accepted and stored, not called yet
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Field checks
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_mask_blur(cls, data: Any) -> Any:
+        # The reference's constructor quirk: an int mask_blur overrides mask_blur_x and mask_blur_y (§1). Done
+        # before field validation so that the model stays frozen; values that `_check_mask_blur` rejects are
+        # left alone here, so only that field reports them.
+        if isinstance(data, Mapping) and "mask_blur" in data:
+            blur = _integral(data["mask_blur"])
+            if blur is not None and 0 <= blur <= MAX_MASK_BLUR_PX:
+                return {**data, "mask_blur_x": blur, "mask_blur_y": blur}
+        return data
+
+    @field_validator("mask_blur", mode="before")
+    @classmethod
+    def _check_mask_blur(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool):
+            raise _problem(
+                "invalid_type",
+                "must be a whole number of pixels or null, not true/false (the reference would read true as 1)",
+            )
+        if isinstance(value, float) and _integral(value) is None:
+            raise _problem(
+                "invalid_type",
+                "must be a whole number of pixels or null; the reference ignores a fractional mask_blur, so it "
+                "is refused rather than silently dropped (use mask_blur_x and mask_blur_y, also whole pixels)",
+            )
+        if not isinstance(value, int | float):
+            raise _problem("invalid_type", "must be a whole number of pixels or null")
+        return _integral(value)
+
+    @field_validator("init_images")
+    @classmethod
+    def _check_init_images(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise _problem("missing", "needs at least one image (asset:<sha256>, a storage URL, or base64)")
+        return value
+
+    @field_validator("styles")
+    @classmethod
+    def _check_styles(cls, value: list[str]) -> list[str]:
+        if value:
+            raise _problem(
+                "unsupported",
+                "the farm has no style presets; put the style's text into prompt and negative_prompt instead",
+            )
+        return value
+
+    @field_validator("force_task_id")
+    @classmethod
+    def _check_task_id(cls, value: str | None) -> str | None:
+        if value is not None and not _TASK_ID_RE.fullmatch(value):
+            raise _problem(
+                "invalid_task_id",
+                f"must be 1-{MAX_TASK_ID_LENGTH} characters of A-Z a-z 0-9 . _ - : ( ), e.g. task(img2img-ABC1234)",
+            )
+        return value
+
+    @field_validator("sampler_name")
+    @classmethod
+    def _check_sampler(cls, value: str) -> str:
+        if split_sampler_and_schedule(value) is None:
+            raise _problem(
+                "unknown_sampler",
+                f"unknown sampler {value!r}; known samplers: {', '.join(SAMPLER_LABELS)} "
+                f"(a schedule may follow the name, e.g. 'DPM++ 2M Karras')",
+            )
+        return value
+
+    @field_validator("scheduler")
+    @classmethod
+    def _check_scheduler(cls, value: str | None) -> str | None:
+        if value is not None and find_schedule(value) is None:
+            raise _problem(
+                "unknown_schedule", f"unknown schedule {value!r}; known schedules: {', '.join(SCHEDULE_LABELS)}"
+            )
+        return value
+
+    @field_validator("width", "height")
+    @classmethod
+    def _check_side(cls, value: int) -> int:
+        if value < MIN_SIDE_PX:
+            raise _problem("out_of_range", f"must be at least {MIN_SIDE_PX} pixels (got {value})")
+        if value % SIZE_MULTIPLE_PX:
+            below = value // SIZE_MULTIPLE_PX * SIZE_MULTIPLE_PX
+            raise _problem(
+                "not_multiple_of_8",
+                f"must be a multiple of {SIZE_MULTIPLE_PX} pixels "
+                f"(got {value}; {below} or {below + SIZE_MULTIPLE_PX} would do)",
+            )
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _check_batch_size(cls, value: int, info: ValidationInfo) -> int:
+        limits = _limits(info)
+        if limits is not None and value > limits.max_batch_size:
+            raise _problem("out_of_range", f"must be from 1 to {limits.max_batch_size} (got {value})")
+        return value
+
+    @field_validator("n_iter")
+    @classmethod
+    def _check_n_iter(cls, value: int, info: ValidationInfo) -> int:
+        limits = _limits(info)
+        if limits is not None and value > limits.max_n_iter:
+            raise _problem("out_of_range", f"must be from 1 to {limits.max_n_iter} (got {value})")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: list[str]) -> list[str]:
+        for tag in value:
+            if not tag or len(tag) > MAX_TAG_LENGTH or _CONTROL_RE.search(tag):
+                raise _problem(
+                    "invalid_tag",
+                    f"each tag must be 1-{MAX_TAG_LENGTH} characters without control characters (got {tag!r:.80})",
+                )
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                _check_url(value, ("http", "https"))
+            except _RefProblem as problem:
+                raise _problem(problem.code, problem.message) from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_together(self, info: ValidationInfo) -> Img2ImgJob:
+        # Checks that need several fields. pydantic reports one error per validator, so collect them all.
+        problems: list[tuple[str, str, str]] = []
+        if len(self.init_images) > self.batch_size:
+            problems.append(
+                (
+                    "init_images",
+                    "too_many_images",
+                    f"{len(self.init_images)} images for batch_size {self.batch_size}: send one image (repeated "
+                    f"batch_size times) or at most batch_size images (one per batch slot)",
+                )
+            )
+        limits = _limits(info)
+        if limits is not None and self.width * self.height > limits.max_image_pixels:
+            problems.append(
+                (
+                    "width",
+                    "too_many_pixels",
+                    f"width × height = {self.width}×{self.height} = {self.width * self.height} pixels, over the "
+                    f"limit of {limits.max_image_pixels} pixels",
+                )
+            )
+        if (
+            limits is not None
+            and self.seed_resize_from_w > 0
+            and self.seed_resize_from_h > 0
+            and self.seed_resize_from_w * self.seed_resize_from_h > limits.max_image_pixels
+        ):
+            problems.append(
+                (
+                    "seed_resize_from_w",
+                    "too_many_pixels",
+                    f"seed_resize_from_w × seed_resize_from_h is over the limit of {limits.max_image_pixels} pixels",
+                )
+            )
+        checkpoint = self.override_settings.get("sd_model_checkpoint")
+        if checkpoint is not None and self.model is not None and checkpoint != self.model:
+            problems.append(
+                (
+                    "override_settings.sd_model_checkpoint",
+                    "conflict",
+                    f"names model {checkpoint!r} but the field model names {self.model!r}; send one of them",
+                )
+            )
+        if problems:
+            raise PydanticCustomError("several", "{message}", {"message": problems[0][2], "problems": problems})
+        return self
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Resolved values
+
+    @property
+    def sampler(self) -> SamplerName:
+        """The sampler that `sampler_name` names (a schedule suffix such as " Karras" is split off)."""
+        return _split(self.sampler_name)[0]
+
+    @property
+    def schedule(self) -> ScheduleName:
+        """The schedule to use: an explicit non-automatic `scheduler` wins over a suffix of `sampler_name`, which
+        wins over Automatic. Automatic means `self.sampler.default_schedule`; the worker resolves that."""
+        explicit = find_schedule(self.scheduler) if self.scheduler is not None else None
+        if explicit is not None and explicit.name != _AUTOMATIC.name:
+            return explicit
+        return _split(self.sampler_name)[1] or _AUTOMATIC
+
+    @property
+    def resolved_model(self) -> str | None:
+        """The model to load: `model`, else override_settings.sd_model_checkpoint, else None (the farm's default)."""
+        return self.model if self.model is not None else self.override_settings.get("sd_model_checkpoint")
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Images per batch as the reference runs them: batch_size with one init image, else the number of images."""
+        return self.batch_size if len(self.init_images) == 1 else len(self.init_images)
+
+    @property
+    def init_image_refs(self) -> tuple[ImageRef, ...]:
+        return tuple(_parse_ref(text, None) for text in self.init_images)
+
+    @property
+    def mask_ref(self) -> ImageRef | None:
+        return _parse_ref(self.mask, None) if self.mask is not None else None
+
+    @property
+    def latent_mask_ref(self) -> ImageRef | None:
+        return _parse_ref(self.latent_mask, None) if self.latent_mask is not None else None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Storage
+
+    def to_request_json(self) -> dict[str, Any]:
+        """Every field, defaults included, as JSON-ready values: what the scheduler stores for the worker."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_request_json(cls, data: Mapping[str, Any]) -> Img2ImgJob:
+        """Read back a stored job. Checks the structure again (a stored row may come from another version) but not
+        the limits: the job was admitted under the scheduler's limits. Raises InputError if it does not validate."""
+        return _validate(data, None)
+
+
+_found_automatic = find_schedule("automatic")
+if _found_automatic is None:  # pragma: no cover - a broken sampler_names table
+    raise RuntimeError("shared.sampler_names has no 'automatic' schedule")
+_AUTOMATIC: ScheduleName = _found_automatic
+
+
+def _split(sampler_name: str) -> tuple[SamplerName, ScheduleName | None]:
+    resolved = split_sampler_and_schedule(sampler_name)
+    if resolved is None:  # pragma: no cover - validation rejected it
+        raise ValueError(f"unknown sampler {sampler_name!r}")
+    return resolved
+
+
+def _integral(value: Any) -> int | None:
+    """`value` as an int if it is an int or a float with no fraction (4.0), else None. Booleans are not numbers."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def parse_job(data: Mapping[str, Any], limits: SpecLimits) -> Img2ImgJob:
+    """Validate a request body into a job, checking the farm's limits.
+
+    Raises PayloadTooLarge (413) if an inline image is over `limits.max_inline_image_bytes`, else InputError (422)
+    with one FieldProblem per problem (dotted field path, stable code, message naming what is allowed).
+    """
+    return _validate(data, limits)
+
+
+def _validate(data: Any, limits: SpecLimits | None) -> Img2ImgJob:
+    try:
+        if isinstance(data, Mapping) and not isinstance(data, dict):
+            data = dict(data)
+        return Img2ImgJob.model_validate(data, context={_LIMITS_KEY: limits} if limits is not None else None)
+    except ValidationError as exc:
+        problems = [problem for error in exc.errors() for problem in _problems_of(error)]
+        # The headline of a 413 is the oversized image, so it goes first.
+        too_large = [p for p in problems if p.code == "too_large"]
+        if too_large:
+            others = [p for p in problems if p.code != "too_large"]
+            raise PayloadTooLarge.from_problems(too_large + others) from None
+        raise InputError.from_problems(problems) from None
+
+
+def canonical_json(job: Img2ImgJob) -> bytes:
+    """The request as canonical UTF-8 JSON: every field with its default, sorted keys, no spaces.
+
+    `force_task_id` is left out (it is the key the hash is compared under). Spellings that mean the same render are
+    made one: `mask_blur` is left out (its effect is already in mask_blur_x/_y), and the sampler and schedule
+    are written as the resolved label and schedule id ("DPM++ 2M Karras" = "DPM++ 2M" + scheduler "karras").
+    """
+    data = job.to_request_json()
+    del data["force_task_id"], data["mask_blur"]
+    data["sampler_name"] = job.sampler.name
+    data["scheduler"] = job.schedule.name
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def request_hash(job: Img2ImgJob) -> str:
+    """sha256 hex of `canonical_json(job)`: equal for requests that mean the same job."""
+    return hashlib.sha256(canonical_json(job)).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pydantic errors → FieldProblem
+
+_CODE_BY_TYPE: dict[str, str] = {
+    "missing": "missing",
+    "extra_forbidden": "unknown_field",
+    "greater_than": "out_of_range",
+    "greater_than_equal": "out_of_range",
+    "less_than": "out_of_range",
+    "less_than_equal": "out_of_range",
+    "literal_error": "invalid_choice",
+    "enum": "invalid_choice",
+    "too_long": "too_many",
+    "too_short": "too_few",
+    "string_too_long": "invalid_length",
+    "string_too_short": "invalid_length",
+}
+
+_KIND_BY_TYPE_PREFIX: dict[str, str] = {
+    "int": "an integer",
+    "float": "a number",
+    "finite_number": "a finite number",
+    "bool": "true or false",
+    "string": "a string",
+    "list": "a list",
+    "dict": "an object",
+    "typed_dict": "an object",
+    "model": "an object",
+}
+
+# Fields of A1111's API request that are not job fields: a hint instead of a bare "unknown field".
+_UNKNOWN_FIELD_HINTS: dict[str, str] = {
+    "sampler_index": "use sampler_name",
+    "send_images": "an option of POST /sdapi/v1/img2img, not of a job",
+    "save_images": "an option of POST /sdapi/v1/img2img, not of a job",
+    "include_init_images": "an option of POST /sdapi/v1/img2img, not of a job",
+    "script_name": "scripts are not supported",
+    "script_args": "scripts are not supported",
+    "alwayson_scripts": "scripts are not supported",
+    "infotext": "send the fields themselves",
+}
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    return ".".join(str(part) for part in loc) or "body"
+
+
+def _problems_of(error: Any) -> list[FieldProblem]:
+    error_type: str = error["type"]
+    loc: tuple[int | str, ...] = tuple(error["loc"])
+    ctx: dict[str, Any] = error.get("ctx") or {}
+    if error_type == "several":
+        return [FieldProblem(field, message, code) for field, code, message in ctx["problems"]]
+    field = _path(loc)
+    if "message" in ctx:  # one of ours: the type is already the stable code
+        return [FieldProblem(field, ctx["message"], error_type)]
+    code = _CODE_BY_TYPE.get(error_type)
+    bounds = _bounds_text(loc)
+    given = _shown(error.get("input"))
+    if error_type == "extra_forbidden":
+        if loc[:1] == ("override_settings",) and len(loc) == 2:
+            return [
+                FieldProblem(
+                    field,
+                    f"is not a setting the farm supports; supported: {', '.join(SUPPORTED_OVERRIDE_KEYS)}",
+                    "unknown_setting",
+                )
+            ]
+        hint = _UNKNOWN_FIELD_HINTS.get(str(loc[-1]), "see the API reference for the fields of a job")
+        return [FieldProblem(field, f"is not a field of an img2img job ({hint})", "unknown_field")]
+    if error_type == "missing":
+        return [FieldProblem(field, "is required", "missing")]
+    if code == "out_of_range":
+        return [FieldProblem(field, f"must be {bounds or 'in range'} (got {given})", code)]
+    if code is not None:
+        return [FieldProblem(field, f"{error['msg']} (got {given})", code)]
+    kind = next((k for prefix, k in _KIND_BY_TYPE_PREFIX.items() if error_type.startswith(prefix)), None)
+    if kind is not None or error_type == "int_from_float":
+        kind = "a whole number" if error_type == "int_from_float" else kind
+        return [FieldProblem(field, f"must be {kind}{' ' + bounds if bounds else ''} (got {given})", "invalid_type")]
+    return [FieldProblem(field, f"{error['msg']} (got {given})", "invalid")]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _bounds_text(loc: Sequence[int | str]) -> str:
+    """'from 1 to 150', 'at least 0', 'at most 1000', or '' for the field at `loc`."""
+    metadata = _metadata_at(loc)
+    low = next((m.ge for m in metadata if isinstance(m, annotated_types.Ge)), None)
+    high = next((m.le for m in metadata if isinstance(m, annotated_types.Le)), None)
+    if low is not None and high is not None:
+        return f"from {low} to {high}"
+    if low is not None:
+        return f"at least {low}"
+    if high is not None:
+        return f"at most {high}"
+    return ""
+
+
+def _metadata_at(loc: Sequence[int | str]) -> list[Any]:
+    if len(loc) == 1 and isinstance(loc[0], str) and loc[0] in Img2ImgJob.model_fields:
+        return list(Img2ImgJob.model_fields[loc[0]].metadata)
+    if len(loc) == 2 and loc[0] == "override_settings":
+        hint = _OVERRIDE_HINTS.get(str(loc[1]))
+        return list(getattr(hint, "__metadata__", ()))
+    return []
+
+
+_OVERRIDE_HINTS: dict[str, Any] = get_type_hints(OverrideSettings, include_extras=True)
