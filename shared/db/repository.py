@@ -1,0 +1,1082 @@
+"""Every read and write of the farm's tables.
+
+Rules this module keeps (architecture.md "States", reliability.md "Job row vs message"):
+
+- Every state change is ONE conditional UPDATE, `WHERE id = :id AND state IN (sources_of(target)) [AND attempt = :n]
+  ... RETURNING *`: whoever loses a race sees "no row" and nothing was changed. Never read, decide, then write.
+- Every change of a row bumps `seq` (so clients can drop stale snapshots) and `updated_at`.
+- A worker's writes are fenced by its attempt number: after a lease expired and another attempt claimed the job, the
+  old worker's `succeed`, `fail` and `renew_lease` match no row.
+- The jobs table is the outbox: new and re-queued jobs have `dispatched_at` NULL until their message is published.
+- Results are frozen dataclasses (`shared.db.rows`), never ORM objects tied to a session.
+- A database that cannot be reached raises `DatabaseUnavailable` (a transient error: retry later).
+
+Times come from the calling process's clock (`clock`, UTC), not from the database, so SQLite and PostgreSQL behave
+the same. Leases are minutes long; hosts are expected to run NTP, so a skew of seconds does not matter.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, RowMapping
+from sqlalchemy.sql.dml import ReturningInsert
+
+from shared.db.engine import SQLITE_BEGIN_OPTION
+from shared.db.ids import new_id
+from shared.db.rows import (
+    ArtifactRecord,
+    ArtifactRow,
+    AssetRow,
+    BatchRow,
+    BulkResult,
+    JobError,
+    JobRow,
+    LeaseStatus,
+    NewJob,
+)
+from shared.db.tables import (
+    ARTIFACT_KINDS,
+    BATCH_MODES,
+    TASK_ID_MAX_LENGTH,
+    artifacts,
+    assets,
+    batches,
+    jobs,
+    utcnow,
+)
+from shared.errors import Conflict, DatabaseUnavailable, InputError, LeaseLost, NotFound
+from shared.states import JobState, sources_of
+
+MAX_LIST_LIMIT = 1000  # rows per page of list_jobs
+_IN_CHUNK = 1000  # ids per IN (...) list, well below PostgreSQL's 65,535 bind parameters per statement
+# Columns a caller of `transition` may not set: the key, the tenant's identity, and what the update manages itself.
+_PROTECTED_COLUMNS = frozenset({"id", "tenant", "task_id", "state", "seq", "updated_at", "created_at"})
+
+ErrorLike = JobError | Mapping[str, Any]
+
+
+def _job_row(row: RowMapping) -> JobRow:
+    error = row["error"]
+    return JobRow(
+        id=row["id"],
+        tenant=row["tenant"],
+        task_id=row["task_id"],
+        state=JobState(row["state"]),
+        attempt=row["attempt"],
+        max_attempts=row["max_attempts"],
+        lease_until=row["lease_until"],
+        worker=row["worker"],
+        priority=row["priority"],
+        queue=row["queue"],
+        model=row["model"],
+        request=row["request"],
+        request_hash=row["request_hash"],
+        batch_id=row["batch_id"],
+        created_at=row["created_at"],
+        dispatched_at=row["dispatched_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        updated_at=row["updated_at"],
+        cancel_requested=bool(row["cancel_requested"]),
+        error=None if error is None else JobError.from_dict(error),
+        warnings=tuple(row["warnings"] or ()),
+        seq=row["seq"],
+        total_steps=row["total_steps"],
+    )
+
+
+def _artifact_row(row: RowMapping) -> ArtifactRow:
+    return ArtifactRow(**{column.name: row[column.name] for column in artifacts.columns})
+
+
+def _asset_row(row: RowMapping) -> AssetRow:
+    return AssetRow(**{column.name: row[column.name] for column in assets.columns})
+
+
+def _batch_row(row: RowMapping) -> BatchRow:
+    return BatchRow(**{column.name: row[column.name] for column in batches.columns})
+
+
+def _error_dict(error: ErrorLike) -> dict[str, Any]:
+    return error.to_dict() if isinstance(error, JobError) else JobError.from_dict(error).to_dict()
+
+
+def _chunks(items: Sequence[str], size: int = _IN_CHUNK) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _encode_cursor(row: JobRow, oldest_first: bool) -> str:
+    payload = {"t": row.created_at.isoformat(), "i": row.id.hex, "o": oldest_first}
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, oldest_first: bool) -> tuple[datetime, uuid.UUID]:
+    """The (created_at, id) a page ends with. Raises InputError (field "cursor") for anything not made here."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        payload = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        created_at = datetime.fromisoformat(payload["t"])
+        job_id = uuid.UUID(hex=payload["i"])
+        order = bool(payload["o"])
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeEncodeError) as exc:
+        raise InputError("the cursor is not one this server returned", code="invalid_cursor", field="cursor") from exc
+    if created_at.tzinfo is None or order != oldest_first:
+        raise InputError("the cursor belongs to a listing in the other order", code="invalid_cursor", field="cursor")
+    return created_at, job_id
+
+
+class JobRepository:
+    """The farm's database access: jobs, their artifacts, batches and assets.
+
+    Thread-safe: every method checks out its own connection and runs its own transaction. The engine is the
+    caller's (make it with `shared.db.engine.make_engine`, dispose of it when done).
+    """
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._dialect = engine.dialect.name
+        if self._dialect not in ("postgresql", "sqlite"):
+            raise ValueError(f"unsupported database {self._dialect!r}: use PostgreSQL or SQLite")
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Plumbing
+
+    @contextmanager
+    def _transaction(self, *, write: bool = True) -> Iterator[Connection]:
+        """One transaction on its own connection; connection failures become DatabaseUnavailable."""
+        try:
+            with self._engine.connect() as conn:
+                if not write:
+                    # SQLite: readers need no write lock (see shared.db.engine); ignored elsewhere.
+                    conn.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+                with conn.begin():
+                    yield conn
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise DatabaseUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
+
+    def _insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
+        return postgresql.insert(table) if self._dialect == "postgresql" else sqlite.insert(table)
+
+    def _now(self, now: datetime | None) -> datetime:
+        return self._clock() if now is None else now
+
+    def _update_jobs(
+        self,
+        conn: Connection,
+        target: JobState,
+        where: Sequence[sa.ColumnElement[bool]],
+        values: Mapping[str, Any],
+        *,
+        from_states: frozenset[JobState] | None = None,
+        now: datetime,
+    ) -> list[JobRow]:
+        """The one conditional UPDATE behind every state change; returns the rows it changed (maybe none).
+
+        `from_states` narrows the allowed sources; it may never widen them beyond `sources_of(target)`.
+        """
+        sources = sources_of(target)
+        if from_states is not None:
+            if not from_states <= sources:
+                raise ValueError(f"{sorted(from_states - sources)} -> {target} is not an allowed transition")
+            sources = from_states
+        if not sources:
+            return []
+        assignments: dict[str, Any] = {}
+        if target.is_terminal:
+            assignments["finished_at"] = now
+        elif target is JobState.QUEUED:
+            # Back in the queue: unpublished (the reconciler publishes it) and owned by no worker.
+            assignments.update(dispatched_at=None, worker=None, lease_until=None)
+        assignments.update(values)
+        assignments.update(state=target.value, seq=jobs.c.seq + 1, updated_at=now)
+        statement = (
+            sa.update(jobs)
+            .where(jobs.c.state.in_([state.value for state in sorted(sources)]), *where)
+            .values(assignments)
+            .returning(*jobs.columns)
+        )
+        return [_job_row(row) for row in conn.execute(statement).mappings()]
+
+    def _touch_jobs(
+        self, conn: Connection, where: Sequence[sa.ColumnElement[bool]], values: Mapping[str, Any], now: datetime
+    ) -> list[JobRow]:
+        """A conditional UPDATE that changes no state (lease, dispatch, cancel flag), bumping seq all the same."""
+        statement = (
+            sa.update(jobs)
+            .where(*where)
+            .values({**values, "seq": jobs.c.seq + 1, "updated_at": now})
+            .returning(*jobs.columns)
+        )
+        return [_job_row(row) for row in conn.execute(statement).mappings()]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Creating jobs
+
+    def create_or_get(
+        self,
+        tenant: str,
+        task_id: str,
+        request: Any,
+        request_hash: str,
+        *,
+        queue: str,
+        max_attempts: int,
+        priority: int = 0,
+        model: str | None = None,
+        batch_id: uuid.UUID | None = None,
+        total_steps: int | None = None,
+        warnings: Sequence[Mapping[str, Any]] = (),
+    ) -> tuple[JobRow, bool]:
+        """Insert a queued job, or return the tenant's existing job with this `task_id`.
+
+        Returns `(job, created)`. Race-safe: two submissions of one id insert one row (INSERT ... ON CONFLICT DO
+        NOTHING, then read). Raises `Conflict` (code `task_id_conflict`) when the existing job's `request_hash`
+        differs from `request_hash`, naming both; `InputError` for an over-long task id.
+        """
+        _check_task_id(task_id)
+        now = self._clock()
+        values = _new_job_values(
+            tenant,
+            NewJob(
+                task_id=task_id,
+                request=request,
+                request_hash=request_hash,
+                priority=priority,
+                queue=queue,
+                model=model,
+                max_attempts=max_attempts,
+                total_steps=total_steps,
+                warnings=tuple(warnings),
+            ),
+            batch_id=batch_id,
+            now=now,
+        )
+        statement = (
+            self._insert(jobs)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=[jobs.c.tenant, jobs.c.task_id])
+            .returning(*jobs.columns)
+        )
+        with self._transaction() as conn:
+            inserted = conn.execute(statement).mappings().first()
+            if inserted is not None:
+                return _job_row(inserted), True
+            # On PostgreSQL the conflicting insert waited for the other transaction to commit, and this new
+            # statement (READ COMMITTED) sees its row.
+            existing = (
+                conn.execute(sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.task_id == task_id)).mappings().one()
+            )
+        job = _job_row(existing)
+        if job.request_hash != request_hash:
+            raise Conflict(
+                f"task id {task_id!r} is already used by a different request (existing request hash "
+                f"{job.request_hash}, this request's hash {request_hash}); choose another task id",
+                code="task_id_conflict",
+                field="task_id",
+            )
+        return job, False
+
+    def bulk_create(self, tenant: str, items: Sequence[NewJob], *, batch_id: uuid.UUID | None = None) -> BulkResult:
+        """Insert many queued jobs at once (multi-row INSERT ... ON CONFLICT DO NOTHING, one transaction).
+
+        Items whose task id the tenant already has with the same request count as `existing`. Raises `Conflict`
+        (code `task_id_conflict`, nothing inserted) when one exists with a different request, and `InputError`
+        (code `duplicate_task_id`) when `items` repeats a task id.
+        """
+        with self._transaction() as conn:
+            return self._bulk_insert(conn, tenant, items, batch_id=batch_id, now=self._clock())
+
+    def _bulk_insert(
+        self,
+        conn: Connection,
+        tenant: str,
+        items: Sequence[NewJob],
+        *,
+        batch_id: uuid.UUID | None,
+        now: datetime,
+    ) -> BulkResult:
+        seen: set[str] = set()
+        for item in items:
+            _check_task_id(item.task_id)
+            if item.task_id in seen:
+                raise InputError(
+                    f"task id {item.task_id!r} appears twice in one batch", code="duplicate_task_id", field="task_id"
+                )
+            seen.add(item.task_id)
+        if not items:
+            return BulkResult(created=0, existing=0)
+        for item in items:
+            _check_max_attempts(item.max_attempts)
+        statement = self._bulk_insert_statement(tenant, batch_id=batch_id, now=now)
+        payload = json.dumps(
+            [
+                {
+                    # SQLite stores a Uuid as 32 hex digits; PostgreSQL's uuid parses the dashed form.
+                    "id": new_id().hex if self._dialect == "sqlite" else str(new_id()),
+                    "task_id": item.task_id,
+                    "priority": item.priority,
+                    "queue": item.queue,
+                    "model": item.model,
+                    "max_attempts": item.max_attempts,
+                    "request": item.request,
+                    "request_hash": item.request_hash,
+                    "total_steps": item.total_steps,
+                    "warnings": [dict(warning) for warning in item.warnings],
+                }
+                for item in items
+            ],
+            allow_nan=False,  # NaN is not JSON; PostgreSQL would refuse the whole batch with a vaguer message
+            separators=(",", ":"),
+        )
+        created = {row[0] for row in conn.execute(statement, {"rows": payload})}
+        missing = [item for item in items if item.task_id not in created]
+        if missing:
+            wanted = {item.task_id: item.request_hash for item in missing}
+            for chunk in _chunks(list(wanted)):
+                found = conn.execute(
+                    sa.select(jobs.c.task_id, jobs.c.request_hash).where(
+                        jobs.c.tenant == tenant, jobs.c.task_id.in_(chunk)
+                    )
+                )
+                for task_id, request_hash in found:
+                    if request_hash != wanted[task_id]:
+                        raise Conflict(
+                            f"task id {task_id!r} is already used by a different request (existing request hash "
+                            f"{request_hash}, this request's hash {wanted[task_id]}); no job of the batch was "
+                            "created",
+                            code="task_id_conflict",
+                            field="task_id",
+                        )
+        return BulkResult(
+            created=len(created),
+            existing=len(missing),
+            created_task_ids=tuple(item.task_id for item in items if item.task_id in created),
+        )
+
+    def _bulk_insert_statement(self, tenant: str, *, batch_id: uuid.UUID | None, now: datetime) -> ReturningInsert[Any]:
+        """`INSERT INTO jobs SELECT ... FROM <the rows of one JSON array> ON CONFLICT DO NOTHING RETURNING task_id`.
+
+        The whole batch travels as ONE bind parameter (a JSON array, bound as "rows") and is unpacked by the
+        database (`jsonb_to_recordset` on PostgreSQL, `json_each` on SQLite): one statement, one round trip, and
+        no driver-side parsing of a statement with tens of thousands of placeholders, which is what made a
+        multi-row VALUES insert of 10,000 jobs take seconds.
+        """
+        rows = sa.bindparam("rows", type_=sa.Text)
+        per_row = ["id", "task_id", "priority", "queue", "model", "max_attempts", "request", "request_hash"]
+        per_row += ["total_steps", "warnings"]
+        if self._dialect == "postgresql":
+            source = (
+                sa.func.jsonb_to_recordset(sa.cast(rows, postgresql.JSONB))
+                .table_valued(
+                    *(
+                        sa.column(name, postgresql.JSONB if name in ("request", "warnings") else jobs.c[name].type)
+                        for name in per_row
+                    )
+                )
+                .render_derived(name="item", with_types=True)
+            )
+            selected: list[sa.ColumnElement[Any]] = [source.c[name] for name in per_row]
+        else:
+            source = sa.func.json_each(rows).table_valued("value")
+            selected = [
+                # `->` keeps JSON values as JSON text; json_extract gives SQL scalars for the other columns.
+                source.c.value.op("->")(f"$.{name}")
+                if name in ("request", "warnings")
+                else sa.func.json_extract(source.c.value, f"$.{name}")
+                for name in per_row
+            ]
+        constants: dict[str, sa.ColumnElement[Any]] = {
+            "tenant": sa.literal(tenant, jobs.c.tenant.type),
+            "state": sa.literal(JobState.QUEUED.value, jobs.c.state.type),
+            "attempt": sa.literal(0, jobs.c.attempt.type),
+            "batch_id": sa.null() if batch_id is None else sa.literal(batch_id, jobs.c.batch_id.type),
+            "created_at": sa.literal(now, jobs.c.created_at.type),
+            "updated_at": sa.literal(now, jobs.c.updated_at.type),
+            "cancel_requested": sa.literal(False, jobs.c.cancel_requested.type),
+            "seq": sa.literal(1, jobs.c.seq.type),
+        }
+        # `WHERE true`: without a WHERE, SQLite would read the ON of ON CONFLICT as a join constraint.
+        select = sa.select(*selected, *constants.values()).select_from(source).where(sa.true())
+        return (
+            self._insert(jobs)
+            .from_select([*per_row, *constants], select)
+            .on_conflict_do_nothing(index_elements=[jobs.c.tenant, jobs.c.task_id])
+            .returning(jobs.c.task_id)
+        )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The outbox
+
+    def mark_dispatched(self, job_id: uuid.UUID, *, now: datetime | None = None) -> bool:
+        """Record that the job's message was published. Only while queued (a claimed job keeps its NULL).
+
+        Returns False when the job is no longer queued (claimed already, canceled) or unknown.
+        """
+        when = self._now(now)
+        with self._transaction() as conn:
+            rows = self._touch_jobs(
+                conn, [jobs.c.id == job_id, jobs.c.state == JobState.QUEUED.value], {"dispatched_at": when}, when
+            )
+        return bool(rows)
+
+    def undispatched_jobs(
+        self, older_than_s: float = 0.0, limit: int = 100, *, now: datetime | None = None
+    ) -> list[JobRow]:
+        """Queued jobs never published (or re-queued), created at least `older_than_s` seconds ago.
+
+        The age keeps the reconciler from racing the API's own publish right after commit. Highest priority, then
+        oldest, first.
+        """
+        cutoff = self._now(now) - timedelta(seconds=older_than_s)
+        statement = (
+            sa.select(jobs)
+            .where(
+                jobs.c.state == JobState.QUEUED.value,
+                jobs.c.dispatched_at.is_(None),
+                jobs.c.created_at <= cutoff,
+            )
+            .order_by(jobs.c.priority.desc(), jobs.c.created_at, jobs.c.id)
+            .limit(limit)
+        )
+        with self._transaction(write=False) as conn:
+            return [_job_row(row) for row in conn.execute(statement).mappings()]
+
+    def stale_dispatched_jobs(
+        self, older_than_s: float, limit: int = 100, *, now: datetime | None = None
+    ) -> list[JobRow]:
+        """Queued jobs whose message was published more than `older_than_s` seconds ago and never claimed.
+
+        Their message may be lost (for example Redis restarted empty); the reconciler may publish them again (a
+        duplicate delivery is harmless: only one claim wins). Oldest dispatch first.
+        """
+        cutoff = self._now(now) - timedelta(seconds=older_than_s)
+        statement = (
+            sa.select(jobs)
+            .where(jobs.c.state == JobState.QUEUED.value, jobs.c.dispatched_at < cutoff)
+            .order_by(jobs.c.dispatched_at, jobs.c.id)
+            .limit(limit)
+        )
+        with self._transaction(write=False) as conn:
+            return [_job_row(row) for row in conn.execute(statement).mappings()]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The worker's side
+
+    def claim(self, job_id: uuid.UUID, worker: str, lease_s: float, *, now: datetime | None = None) -> int | None:
+        """Take a queued job: running, attempt + 1, owned by `worker` until now + `lease_s` seconds.
+
+        Returns the new attempt number, or None when the job is not queued (a duplicate delivery, canceled,
+        already running or finished, or unknown): the caller acks the message and does nothing.
+        The caller fails the job when the returned attempt exceeds `max_attempts`.
+        """
+        if lease_s <= 0:
+            raise ValueError(f"lease_s must be positive, not {lease_s}")
+        when = self._now(now)
+        with self._transaction() as conn:
+            rows = self._update_jobs(
+                conn,
+                JobState.RUNNING,
+                [jobs.c.id == job_id],
+                {
+                    "attempt": jobs.c.attempt + 1,
+                    "worker": worker,
+                    "started_at": when,
+                    "lease_until": when + timedelta(seconds=lease_s),
+                },
+                now=when,
+            )
+        return rows[0].attempt if rows else None
+
+    def renew_lease(
+        self, job_id: uuid.UUID, attempt: int, lease_s: float, *, now: datetime | None = None
+    ) -> LeaseStatus:
+        """Extend this attempt's lease to now + `lease_s` seconds, and learn whether cancel was requested.
+
+        `held` is False when this attempt no longer owns the job (its lease expired and the job was re-queued or
+        taken by a newer attempt, or the job finished): the worker must stop and write nothing.
+        """
+        if lease_s <= 0:
+            raise ValueError(f"lease_s must be positive, not {lease_s}")
+        when = self._now(now)
+        with self._transaction() as conn:
+            rows = self._touch_jobs(
+                conn,
+                [jobs.c.id == job_id, jobs.c.state == JobState.RUNNING.value, jobs.c.attempt == attempt],
+                {"lease_until": when + timedelta(seconds=lease_s)},
+                when,
+            )
+        if not rows:
+            return LeaseStatus(held=False, cancel_requested=False)
+        return LeaseStatus(held=True, cancel_requested=rows[0].cancel_requested)
+
+    def succeed(
+        self,
+        job_id: uuid.UUID,
+        attempt: int,
+        artifact_records: Sequence[ArtifactRecord],
+        warnings: Sequence[Mapping[str, Any]] = (),
+        *,
+        now: datetime | None = None,
+    ) -> JobRow:
+        """Record the uploaded artifacts and mark the job succeeded, in one transaction fenced by `attempt`.
+
+        `warnings` are appended to the job's warnings (the API's come first). Raises `LeaseLost` when the job is
+        not running under `attempt` any more; then nothing at all is written. Raises `ValueError` for an unknown
+        artifact kind.
+        """
+        for record in artifact_records:
+            if record.kind not in ARTIFACT_KINDS:
+                raise ValueError(f"artifact kind must be one of {ARTIFACT_KINDS}, not {record.kind!r}")
+        when = self._now(now)
+        with self._transaction() as conn:
+            rows = self._update_jobs(
+                conn,
+                JobState.SUCCEEDED,
+                [jobs.c.id == job_id, jobs.c.attempt == attempt],
+                {},
+                from_states=frozenset({JobState.RUNNING}),
+                now=when,
+            )
+            if not rows:
+                current = conn.execute(sa.select(jobs.c.state, jobs.c.attempt).where(jobs.c.id == job_id)).first()
+                detail = "the job does not exist" if current is None else f"it is {current[0]} at attempt {current[1]}"
+                # Raising inside the transaction rolls it back: no artifact row is written.
+                raise LeaseLost(f"attempt {attempt} of job {job_id} no longer owns the job: {detail}")
+            job = rows[0]
+            if artifact_records:
+                conn.execute(
+                    sa.insert(artifacts),
+                    [
+                        {
+                            "id": new_id(),
+                            "job_id": job_id,
+                            "attempt": attempt,
+                            "kind": record.kind,
+                            "index": record.index,
+                            "storage_key": record.storage_key,
+                            "sha256": record.sha256,
+                            "bytes": record.bytes,
+                            "width": record.width,
+                            "height": record.height,
+                            "seed": record.seed,
+                            "infotext": record.infotext,
+                            "created_at": when,
+                        }
+                        for record in artifact_records
+                    ],
+                )
+            if warnings:
+                # The row is this transaction's since the UPDATE above (a row lock on PostgreSQL, the write lock
+                # on SQLite), so appending to the list read back by that UPDATE cannot lose a concurrent change.
+                combined = [*job.warnings, *warnings]
+                (row,) = conn.execute(
+                    sa.update(jobs).where(jobs.c.id == job_id).values(warnings=combined).returning(*jobs.columns)
+                ).mappings()
+                job = _job_row(row)
+        return job
+
+    def fail(
+        self,
+        job_id: uuid.UUID,
+        attempt: int | None,
+        error: ErrorLike,
+        *,
+        now: datetime | None = None,
+    ) -> JobRow | None:
+        """Mark the job failed with `error` ({type, code, message, field?}).
+
+        With `attempt` (a worker): only while running under that attempt. Without (the API or the reconciler): from
+        queued or running. Returns the failed job, or None when the fence or the state did not match (nothing
+        changed).
+        """
+        when = self._now(now)
+        where = [jobs.c.id == job_id]
+        from_states = None
+        if attempt is not None:
+            # A re-queued job keeps its attempt number until the next claim, so the attempt alone does not prove
+            # ownership: the job must also still be running.
+            where.append(jobs.c.attempt == attempt)
+            from_states = frozenset({JobState.RUNNING})
+        with self._transaction() as conn:
+            rows = self._update_jobs(
+                conn, JobState.FAILED, where, {"error": _error_dict(error)}, from_states=from_states, now=when
+            )
+        return rows[0] if rows else None
+
+    def cancel_running(self, job_id: uuid.UUID, attempt: int, *, now: datetime | None = None) -> JobRow | None:
+        """The worker honours a cancel request: running (under `attempt`) with cancel requested -> canceled.
+
+        Returns the canceled job, or None when the fence, the state or the flag did not match.
+        """
+        when = self._now(now)
+        with self._transaction() as conn:
+            rows = self._update_jobs(
+                conn,
+                JobState.CANCELED,
+                [jobs.c.id == job_id, jobs.c.attempt == attempt, jobs.c.cancel_requested],
+                {},
+                from_states=frozenset({JobState.RUNNING}),
+                now=when,
+            )
+        return rows[0] if rows else None
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The API's side
+
+    def request_cancel(self, tenant: str, task_id: str, *, now: datetime | None = None) -> JobRow:
+        """Cancel the tenant's job `task_id`, in whatever state it is (api.md "Cancel").
+
+        queued -> canceled at once; running -> `cancel_requested` set (the worker stops at its next step and
+        records canceled); finished -> unchanged. Returns the job as it is afterwards. Raises `NotFound` for an
+        unknown task id or another tenant's.
+        """
+        key = [jobs.c.tenant == tenant, jobs.c.task_id == task_id]
+        # The job may move between the statements below (claimed, re-queued); each is a conditional UPDATE, so
+        # retrying the short sequence converges. Three rounds cover any interleaving the state machine allows.
+        for _ in range(3):
+            when = self._now(now)
+            with self._transaction() as conn:
+                rows = self._update_jobs(
+                    conn,
+                    JobState.CANCELED,
+                    key,
+                    {"cancel_requested": True},
+                    from_states=frozenset({JobState.QUEUED}),
+                    now=when,
+                )
+                if rows:
+                    return rows[0]
+                rows = self._touch_jobs(
+                    conn,
+                    [*key, jobs.c.state == JobState.RUNNING.value, sa.not_(jobs.c.cancel_requested)],
+                    {"cancel_requested": True},
+                    when,
+                )
+                if rows:
+                    return rows[0]
+                current = conn.execute(sa.select(jobs).where(*key)).mappings().first()
+            if current is None:
+                raise NotFound(f"no job with task id {task_id!r}", code="job_not_found")
+            job = _job_row(current)
+            if job.is_terminal or (job.state is JobState.RUNNING and job.cancel_requested):
+                return job
+        return job
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The reconciler's side
+
+    def requeue_expired(self, now: datetime | None = None) -> list[JobRow]:
+        """Deal with running jobs whose lease expired before `now` and that have attempts left.
+
+        Those with a cancel request become canceled (the user asked; running them again would be wrong), whatever
+        their attempts; the others go back to queued, unpublished (`dispatched_at` NULL) so the reconciler publishes
+        them, with no worker. Returns the changed jobs (look at `state` to tell which is which).
+        """
+        when = self._now(now)
+        expired = [jobs.c.lease_until < when]
+        with self._transaction() as conn:
+            canceled = self._update_jobs(
+                conn,
+                JobState.CANCELED,
+                [*expired, jobs.c.cancel_requested],
+                {},
+                from_states=frozenset({JobState.RUNNING}),
+                now=when,
+            )
+            requeued = self._update_jobs(
+                conn,
+                JobState.QUEUED,
+                [*expired, sa.not_(jobs.c.cancel_requested), jobs.c.attempt < jobs.c.max_attempts],
+                {},
+                now=when,
+            )
+        return canceled + requeued
+
+    def fail_exhausted(self, now: datetime | None = None, *, limit: int = 1000) -> list[JobRow]:
+        """Fail running jobs whose lease expired before `now` on their last allowed attempt.
+
+        Error code `attempts_exhausted`, with a message naming the attempts and the last worker: a job that
+        takes down its worker every time (a poison job) ends here instead of looping. Returns the failed jobs.
+        """
+        when = self._now(now)
+        expired = [
+            jobs.c.state == JobState.RUNNING.value,
+            jobs.c.lease_until < when,
+            jobs.c.attempt >= jobs.c.max_attempts,
+            sa.not_(jobs.c.cancel_requested),
+        ]
+        failed: list[JobRow] = []
+        with self._transaction() as conn:
+            candidates = conn.execute(
+                sa.select(jobs.c.id, jobs.c.attempt, jobs.c.max_attempts, jobs.c.worker).where(*expired).limit(limit)
+            ).all()
+            for job_id, attempt, max_attempts, worker in candidates:
+                error = JobError(
+                    type="permanent",
+                    code="attempts_exhausted",
+                    message=(
+                        f"the job was started {attempt} times (the limit is {max_attempts}) and each time its "
+                        f"worker stopped renewing its lease (last worker: {worker or 'unknown'}); the worker may "
+                        "have crashed, been killed or lost its connection, possibly because of this job"
+                    ),
+                )
+                # Fenced by the attempt seen, so a renewal that lands in between keeps the job alive.
+                failed += self._update_jobs(
+                    conn,
+                    JobState.FAILED,
+                    [*expired[1:], jobs.c.id == job_id, jobs.c.attempt == attempt],
+                    {"error": error.to_dict()},
+                    from_states=frozenset({JobState.RUNNING}),
+                    now=when,
+                )
+        return failed
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The generic transition
+
+    def transition(
+        self,
+        job_id: uuid.UUID,
+        target: JobState,
+        *,
+        expected_attempt: int | None = None,
+        from_states: frozenset[JobState] | None = None,
+        now: datetime | None = None,
+        **values: Any,
+    ) -> bool:
+        """Move the job to `target` if the state machine allows it from its current state; set `values` too.
+
+        One UPDATE `WHERE id = :id AND state IN (sources_of(target)) [AND attempt = :expected_attempt]`.
+        `from_states` narrows the sources (it may not widen them). Moving to a terminal state sets `finished_at`;
+        moving to queued clears `dispatched_at`, `worker` and `lease_until`. Returns True when the row changed.
+        Raises `ValueError` for an unknown or protected column in `values`.
+        """
+        for name in values:
+            if name not in jobs.columns or name in _PROTECTED_COLUMNS:
+                raise ValueError(f"transition cannot set column {name!r}")
+        if "error" in values and values["error"] is not None:
+            values["error"] = _error_dict(values["error"])
+        where = [jobs.c.id == job_id]
+        if expected_attempt is not None:
+            where.append(jobs.c.attempt == expected_attempt)
+        when = self._now(now)
+        with self._transaction() as conn:
+            rows = self._update_jobs(conn, target, where, values, from_states=from_states, now=when)
+        return bool(rows)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Reads
+
+    def get(self, tenant: str, task_id: str) -> JobRow:
+        """The tenant's job `task_id`. Raises `NotFound` for an unknown id and for another tenant's job alike."""
+        with self._transaction(write=False) as conn:
+            row = (
+                conn.execute(sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.task_id == task_id))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFound(f"no job with task id {task_id!r}", code="job_not_found")
+        return _job_row(row)
+
+    def get_by_id(self, job_id: uuid.UUID) -> JobRow:
+        """The job with database key `job_id` (the worker's view; no tenant check). Raises `NotFound`."""
+        with self._transaction(write=False) as conn:
+            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"no job with id {job_id}", code="job_not_found")
+        return _job_row(row)
+
+    def artifacts_of(self, job_id: uuid.UUID) -> list[ArtifactRow]:
+        """The job's artifacts, ordered by kind (result, overlay, mask) then index."""
+        kind_order = sa.case({kind: position for position, kind in enumerate(ARTIFACT_KINDS)}, value=artifacts.c.kind)
+        statement = sa.select(artifacts).where(artifacts.c.job_id == job_id).order_by(kind_order, artifacts.c.index)
+        with self._transaction(write=False) as conn:
+            return [_artifact_row(row) for row in conn.execute(statement).mappings()]
+
+    def list_jobs(
+        self,
+        tenant: str,
+        *,
+        state: JobState | None = None,
+        batch_id: uuid.UUID | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        oldest_first: bool = False,
+    ) -> tuple[list[JobRow], str | None]:
+        """One page of the tenant's jobs, newest first (or oldest first), optionally of one state and/or batch.
+
+        Returns `(rows, next_cursor)`; `next_cursor` is None on the last page. Keyset pagination on
+        `(created_at, id)`: a job is listed exactly once even while new jobs arrive. Raises `InputError` for a
+        cursor this server did not make or a `limit` outside 1..1000.
+        """
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise InputError(f"limit must be between 1 and {MAX_LIST_LIMIT}", code="invalid_limit", field="limit")
+        key = sa.tuple_(jobs.c.created_at, jobs.c.id)
+        statement = sa.select(jobs).where(jobs.c.tenant == tenant)
+        if state is not None:
+            statement = statement.where(jobs.c.state == JobState(state).value)
+        if batch_id is not None:
+            statement = statement.where(jobs.c.batch_id == batch_id)
+        if cursor is not None:
+            created_at, job_id = _decode_cursor(cursor, oldest_first)
+            after = sa.tuple_(sa.literal(created_at, jobs.c.created_at.type), sa.literal(job_id, jobs.c.id.type))
+            statement = statement.where(key > after if oldest_first else key < after)
+        if oldest_first:
+            statement = statement.order_by(jobs.c.created_at, jobs.c.id)
+        else:
+            statement = statement.order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        with self._transaction(write=False) as conn:
+            rows = [_job_row(row) for row in conn.execute(statement.limit(limit + 1)).mappings()]
+        if len(rows) <= limit:
+            return rows, None
+        page = rows[:limit]
+        return page, _encode_cursor(page[-1], oldest_first)
+
+    def queue_position(self, job: JobRow) -> int | None:
+        """How many queued jobs of the same Celery queue run before `job` (0: it is next); None unless queued.
+
+        Order of the queue: higher priority first, then older (`created_at`, then id). Jobs of other queues do not
+        count: other workers serve them.
+        """
+        if job.state is not JobState.QUEUED:
+            return None
+        ahead = sa.or_(
+            jobs.c.priority > job.priority,
+            sa.and_(
+                jobs.c.priority == job.priority,
+                sa.tuple_(jobs.c.created_at, jobs.c.id)
+                < sa.tuple_(sa.literal(job.created_at, jobs.c.created_at.type), sa.literal(job.id, jobs.c.id.type)),
+            ),
+        )
+        statement = (
+            sa.select(sa.func.count())
+            .select_from(jobs)
+            .where(jobs.c.state == JobState.QUEUED.value, jobs.c.queue == job.queue, ahead)
+        )
+        with self._transaction(write=False) as conn:
+            return int(conn.execute(statement).scalar_one())
+
+    def batch_counts(self, batch_id: uuid.UUID) -> dict[JobState, int]:
+        """The batch's jobs counted by state (every state present, zero included)."""
+        return self._counts_by_state(jobs.c.batch_id == batch_id)
+
+    def counts_by_state(self) -> dict[JobState, int]:
+        """Every job counted by state (for metrics)."""
+        return self._counts_by_state(sa.true())
+
+    def _counts_by_state(self, where: sa.ColumnElement[bool]) -> dict[JobState, int]:
+        statement = sa.select(jobs.c.state, sa.func.count()).where(where).group_by(jobs.c.state)
+        counts = dict.fromkeys(JobState, 0)
+        with self._transaction(write=False) as conn:
+            for state, count in conn.execute(statement):
+                counts[JobState(state)] = int(count)
+        return counts
+
+    def queue_depths(self) -> dict[str, int]:
+        """Queued jobs per Celery queue (what an autoscaler scales workers on)."""
+        statement = (
+            sa.select(jobs.c.queue, sa.func.count()).where(jobs.c.state == JobState.QUEUED.value).group_by(jobs.c.queue)
+        )
+        with self._transaction(write=False) as conn:
+            return {queue: int(count) for queue, count in conn.execute(statement)}
+
+    def queued_count(self, tenant: str) -> int:
+        """The tenant's queued jobs (for the per-tenant limit on queued jobs)."""
+        statement = (
+            sa.select(sa.func.count())
+            .select_from(jobs)
+            .where(jobs.c.tenant == tenant, jobs.c.state == JobState.QUEUED.value)
+        )
+        with self._transaction(write=False) as conn:
+            return int(conn.execute(statement).scalar_one())
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Batches
+
+    def create_batch(
+        self,
+        tenant: str,
+        items: Sequence[NewJob],
+        *,
+        mode: str,
+        manifest: Any,
+        batch_id: uuid.UUID | None = None,
+    ) -> tuple[BatchRow, BulkResult]:
+        """Insert a batch and its child jobs in one transaction (a failure leaves neither).
+
+        `requested` is `len(items)`. Raises what `bulk_create` raises, and `ValueError` for an unknown `mode`.
+        """
+        if mode not in BATCH_MODES:
+            raise ValueError(f"batch mode must be one of {BATCH_MODES}, not {mode!r}")
+        now = self._clock()
+        values = {
+            "id": batch_id or new_id(),
+            "tenant": tenant,
+            "created_at": now,
+            "requested": len(items),
+            "mode": mode,
+            "manifest": manifest,
+            "canceled_at": None,
+        }
+        with self._transaction() as conn:
+            row = conn.execute(sa.insert(batches).values(values).returning(*batches.columns)).mappings().one()
+            result = self._bulk_insert(conn, tenant, items, batch_id=row["id"], now=now)
+        return _batch_row(row), result
+
+    def get_batch(self, tenant: str, batch_id: uuid.UUID) -> BatchRow:
+        """The tenant's batch. Raises `NotFound` for an unknown batch and another tenant's alike."""
+        with self._transaction(write=False) as conn:
+            row = (
+                conn.execute(sa.select(batches).where(batches.c.id == batch_id, batches.c.tenant == tenant))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFound(f"no batch with id {batch_id}", code="batch_not_found")
+        return _batch_row(row)
+
+    def cancel_batch(self, tenant: str, batch_id: uuid.UUID, *, now: datetime | None = None) -> BatchRow:
+        """Cancel what has not finished: queued jobs at once, running ones by request. Raises `NotFound`."""
+        when = self._now(now)
+        in_batch = [jobs.c.batch_id == batch_id, jobs.c.tenant == tenant]
+        with self._transaction() as conn:
+            row = (
+                conn.execute(
+                    sa.update(batches)
+                    .where(batches.c.id == batch_id, batches.c.tenant == tenant)
+                    .values(canceled_at=sa.func.coalesce(batches.c.canceled_at, when))
+                    .returning(*batches.columns)
+                )
+                .mappings()
+                .first()
+            )
+            if row is None:
+                raise NotFound(f"no batch with id {batch_id}", code="batch_not_found")
+            self._update_jobs(
+                conn,
+                JobState.CANCELED,
+                in_batch,
+                {"cancel_requested": True},
+                from_states=frozenset({JobState.QUEUED}),
+                now=when,
+            )
+            self._touch_jobs(
+                conn,
+                [*in_batch, jobs.c.state == JobState.RUNNING.value, sa.not_(jobs.c.cancel_requested)],
+                {"cancel_requested": True},
+                when,
+            )
+        return _batch_row(row)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Assets
+
+    def add_asset(
+        self,
+        tenant: str,
+        sha256: str,
+        *,
+        storage_key: str,
+        size_bytes: int,
+        mime: str,
+        width: int,
+        height: int,
+    ) -> tuple[AssetRow, bool]:
+        """Record an uploaded input image; returns `(asset, created)`. Uploading the same bytes again is a no-op."""
+        values = {
+            "tenant": tenant,
+            "sha256": sha256,
+            "storage_key": storage_key,
+            "bytes": size_bytes,
+            "mime": mime,
+            "width": width,
+            "height": height,
+            "created_at": self._clock(),
+        }
+        statement = (
+            self._insert(assets)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=[assets.c.tenant, assets.c.sha256])
+            .returning(*assets.columns)
+        )
+        with self._transaction() as conn:
+            row = conn.execute(statement).mappings().first()
+            if row is not None:
+                return _asset_row(row), True
+            existing = (
+                conn.execute(sa.select(assets).where(assets.c.tenant == tenant, assets.c.sha256 == sha256))
+                .mappings()
+                .one()
+            )
+        return _asset_row(existing), False
+
+    def get_asset(self, tenant: str, sha256: str) -> AssetRow:
+        """The tenant's asset with this sha256. Raises `NotFound` for an unknown one and another tenant's alike."""
+        with self._transaction(write=False) as conn:
+            row = (
+                conn.execute(sa.select(assets).where(assets.c.tenant == tenant, assets.c.sha256 == sha256))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFound(f"no asset with sha256 {sha256}", code="asset_not_found")
+        return _asset_row(row)
+
+
+def _check_task_id(task_id: str) -> None:
+    if not task_id or len(task_id) > TASK_ID_MAX_LENGTH:
+        raise InputError(
+            f"task id must be 1 to {TASK_ID_MAX_LENGTH} characters", code="invalid_task_id", field="task_id"
+        )
+
+
+def _check_max_attempts(max_attempts: int) -> None:
+    if max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, not {max_attempts}")
+
+
+def _new_job_values(tenant: str, item: NewJob, *, batch_id: uuid.UUID | None, now: datetime) -> dict[str, Any]:
+    _check_max_attempts(item.max_attempts)
+    return {
+        "id": new_id(),
+        "tenant": tenant,
+        "task_id": item.task_id,
+        "state": JobState.QUEUED.value,
+        "attempt": 0,
+        "max_attempts": item.max_attempts,
+        "lease_until": None,
+        "worker": None,
+        "priority": item.priority,
+        "queue": item.queue,
+        "model": item.model,
+        "request": item.request,
+        "request_hash": item.request_hash,
+        "batch_id": batch_id,
+        "created_at": now,
+        "dispatched_at": None,
+        "started_at": None,
+        "finished_at": None,
+        "updated_at": now,
+        "cancel_requested": False,
+        "error": None,
+        "warnings": [dict(warning) for warning in item.warnings],
+        "seq": 1,
+        "total_steps": item.total_steps,
+    }

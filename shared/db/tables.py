@@ -1,0 +1,195 @@
+"""The farm's tables, as SQLAlchemy 2.0 declarative models, portable between PostgreSQL and SQLite.
+
+Portability rules kept here (the first migration in `shared/db/migrations/versions` mirrors them exactly, and
+`tests/integration/test_migrations.py` checks that it does):
+
+- ids are `sa.Uuid`: native `uuid` on PostgreSQL, `CHAR(32)` hex on SQLite. Lowercase hex sorts like the bytes, so
+  keyset pagination on `(created_at, id)` orders the same way on both.
+- JSON columns are `sa.JSON`, `JSONB` on PostgreSQL (smaller, comparable, indexable).
+- timestamps are `UTCDateTime`: aware datetimes in UTC in Python; `timestamptz` on PostgreSQL; on SQLite a
+  fixed-width ISO string in UTC, which compares correctly as text.
+
+Only the repository (`shared.db.repository`) writes these tables; everyone else reads rows through it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.states import JobState
+
+TASK_ID_MAX_LENGTH = 128  # characters (architecture.md "Ids")
+TENANT_MAX_LENGTH = 64  # characters (shared.config's tenant pattern)
+SHA256_HEX_LENGTH = 64  # characters of a sha256 hex digest
+
+ARTIFACT_KINDS: tuple[str, ...] = ("result", "overlay", "mask")
+BATCH_MODES: tuple[str, ...] = ("list", "zip", "product")
+
+# Constraint and index names are fixed by convention, so the migration, the models and every database agree on
+# them (Alembic can only compare and drop what has a stable name).
+NAMING_CONVENTION: dict[str, str] = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware timestamp, always UTC on the way in and out.
+
+    Naive datetimes are refused on the way in: a naive value is local time on some machine, and storing it as UTC
+    would silently shift leases and orderings by the machine's offset.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: pass an aware datetime (UTC)")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        # SQLite gives back the naive UTC value it was given; PostgreSQL gives the session's time zone.
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(UTC)
+
+
+def _quoted_list(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{value}'" for value in values)
+
+
+JOB_STATE_VALUES: tuple[str, ...] = tuple(state.value for state in JobState)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Batch(Base):
+    """A fan-out of child jobs from one `POST /v1/batches` manifest."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        sa.CheckConstraint(f"mode IN ({_quoted_list(BATCH_MODES)})", name="mode"),
+        sa.Index(None, "tenant", "created_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(TENANT_MAX_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    requested: Mapped[int] = mapped_column(sa.Integer)
+    mode: Mapped[str] = mapped_column(sa.String(16))
+    manifest: Mapped[Any] = mapped_column(JSONType)
+    canceled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Job(Base):
+    """One job: its request, its state, its lease and its outbox marker (`dispatched_at`)."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant", "task_id"),
+        sa.CheckConstraint(f"state IN ({_quoted_list(JOB_STATE_VALUES)})", name="state"),
+        # Queue position and "what runs next": queued jobs of one Celery queue by priority, then age.
+        sa.Index(None, "state", "queue", "priority", "created_at"),
+        # The tenant's listing, newest first, with a keyset cursor on (created_at, id).
+        sa.Index(None, "tenant", "created_at", "id"),
+        # A batch's items and its counts by state.
+        sa.Index(None, "batch_id", "state"),
+        # The reconciler: expired leases of running jobs.
+        sa.Index(None, "state", "lease_until"),
+        # The reconciler: the outbox (queued jobs never published, or published long ago).
+        sa.Index(None, "state", "dispatched_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(TENANT_MAX_LENGTH))
+    task_id: Mapped[str] = mapped_column(sa.String(TASK_ID_MAX_LENGTH))
+    state: Mapped[str] = mapped_column(sa.String(16))
+    attempt: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("0"))
+    max_attempts: Mapped[int] = mapped_column(sa.Integer)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    worker: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    priority: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("0"))
+    queue: Mapped[str] = mapped_column(sa.String(128))
+    model: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
+    request: Mapped[Any] = mapped_column(JSONType)
+    request_hash: Mapped[str] = mapped_column(sa.String(SHA256_HEX_LENGTH))
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, sa.ForeignKey("batches.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    cancel_requested: Mapped[bool] = mapped_column(sa.Boolean, server_default=sa.false())
+    error: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
+    warnings: Mapped[Any] = mapped_column(JSONType)
+    seq: Mapped[int] = mapped_column(sa.BigInteger, server_default=sa.text("1"))
+    total_steps: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+
+
+class Artifact(Base):
+    """One stored output image of a succeeded job (written in the same transaction as `succeeded`)."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (
+        sa.UniqueConstraint("job_id", "kind", "index"),
+        sa.CheckConstraint(f"kind IN ({_quoted_list(ARTIFACT_KINDS)})", name="kind"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(sa.Integer)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    index: Mapped[int] = mapped_column(sa.Integer)
+    storage_key: Mapped[str] = mapped_column(sa.String(1024))
+    sha256: Mapped[str] = mapped_column(sa.String(SHA256_HEX_LENGTH))
+    bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    width: Mapped[int] = mapped_column(sa.Integer)
+    height: Mapped[int] = mapped_column(sa.Integer)
+    seed: Mapped[int | None] = mapped_column(sa.BigInteger, nullable=True)
+    infotext: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Asset(Base):
+    """An uploaded input image, content-addressed per tenant (a tenant sees only its own)."""
+
+    __tablename__ = "assets"
+
+    tenant: Mapped[str] = mapped_column(sa.String(TENANT_MAX_LENGTH), primary_key=True)
+    sha256: Mapped[str] = mapped_column(sa.String(SHA256_HEX_LENGTH), primary_key=True)
+    storage_key: Mapped[str] = mapped_column(sa.String(1024))
+    bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    mime: Mapped[str] = mapped_column(sa.String(64))
+    width: Mapped[int] = mapped_column(sa.Integer)
+    height: Mapped[int] = mapped_column(sa.Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+metadata = Base.metadata
+jobs: sa.Table = Job.__table__  # type: ignore[assignment]
+artifacts: sa.Table = Artifact.__table__  # type: ignore[assignment]
+assets: sa.Table = Asset.__table__  # type: ignore[assignment]
+batches: sa.Table = Batch.__table__  # type: ignore[assignment]
