@@ -32,6 +32,10 @@ DEFAULT_MAX_QUEUED_JOBS_PER_TENANT = 100_000
 DEFAULT_MAX_ATTEMPTS = 3  # deliveries of one job before it fails
 DEFAULT_LEASE_BASE_S = 60.0  # a render's lease: base + steps × megapixels × factor (reliability.md)
 DEFAULT_LEASE_S_PER_STEP_MEGAPIXEL = 2.0
+DEFAULT_JOB_DEADLINE_MAX_S = 3600.0  # the longest a render may hold its lease; Celery's visibility timeout is 3×
+DEFAULT_WORKER_SOFT_SHUTDOWN_S = 60.0  # on SIGTERM a worker finishes its step loop within this, then exits
+DEFAULT_PROGRESS_INTERVAL_S = 0.25  # at most four live progress writes a second per job
+DEFAULT_RECONCILE_INTERVAL_S = 5.0  # how often the reconciler looks for lost, undispatched and expired jobs
 MIN_TOKEN_LENGTH = 16  # characters; shorter API tokens are refused as guessable
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -81,6 +85,10 @@ class Settings(BaseSettings):
     max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1)
     lease_base_s: float = Field(DEFAULT_LEASE_BASE_S, gt=0)
     lease_s_per_step_megapixel: float = Field(DEFAULT_LEASE_S_PER_STEP_MEGAPIXEL, ge=0)
+    job_deadline_max_s: float = Field(DEFAULT_JOB_DEADLINE_MAX_S, gt=0)
+    worker_soft_shutdown_s: float = Field(DEFAULT_WORKER_SOFT_SHUTDOWN_S, ge=0)
+    progress_interval_s: float = Field(DEFAULT_PROGRESS_INTERVAL_S, gt=0)
+    reconcile_interval_s: float = Field(DEFAULT_RECONCILE_INTERVAL_S, gt=0)
 
     # ----------------------------------------------------------------------------------------------------------
     # Derived values: what the unset settings mean.

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -115,7 +116,8 @@ class S3Server:
     access_key_id: str = "testing"
     secret_access_key: str = "testing"  # moto accepts any credentials
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self) -> Any:
+        """A boto3 S3 client for the server; the caller closes it."""
         import boto3
 
         return boto3.client(
@@ -128,7 +130,11 @@ class S3Server:
 
     def new_bucket(self) -> str:
         name = f"rf-test-{uuid.uuid4().hex[:16]}"
-        self.client().create_bucket(Bucket=name)
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        finally:
+            client.close()
         return name
 
 

@@ -1,0 +1,215 @@
+"""Live status of running jobs: progress, cancel flags and change notifications.
+
+Postgres holds the durable state of a job; this holds what changes several times a second while it runs, so status
+reads stay cheap and the database is not written at every sampling step. It may lose everything (Redis keeps nothing
+on disk on our machines): a job's durable state never depends on it, and the cancel flag is also in the jobs row.
+
+Two backends with one interface: Redis in cluster mode, a process-local store in the embedded default (where the
+worker runs inside the API process).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+LIVE_TTL_S = 24 * 3600  # a record outlives any job; it is deleted when the job ends
+CANCEL_TTL_S = 24 * 3600
+KEY_PREFIX = "rf:"
+
+
+@dataclass(frozen=True)
+class LiveProgress:
+    """Where a running job is. Times are Unix seconds; `fraction` is 0..1 over the whole job (all batches)."""
+
+    job_id: str
+    attempt: int
+    step: int
+    total_steps: int
+    job_no: int
+    job_count: int
+    fraction: float
+    eta_s: float | None
+    started_at: float
+    updated_at: float
+    worker: str | None = None
+    preview_id: int | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> LiveProgress:
+        data: dict[str, Any] = json.loads(text)
+        return cls(**data)
+
+
+class LiveStatus(ABC):
+    """Progress records, cancel flags and change notifications, keyed by the job's database id."""
+
+    @abstractmethod
+    def set_progress(self, progress: LiveProgress) -> None:
+        """Store the newest progress of a job and notify its watchers."""
+
+    @abstractmethod
+    def get_progress(self, job_id: uuid.UUID | str) -> LiveProgress | None: ...
+
+    def get_many(self, job_ids: Iterable[uuid.UUID | str]) -> dict[str, LiveProgress]:
+        found = {str(job_id): self.get_progress(job_id) for job_id in job_ids}
+        return {key: value for key, value in found.items() if value is not None}
+
+    @abstractmethod
+    def clear(self, job_id: uuid.UUID | str) -> None:
+        """Forget a finished job's progress (its durable state is in the database)."""
+
+    @abstractmethod
+    def request_cancel(self, job_id: uuid.UUID | str) -> None:
+        """Raise the fast cancel flag that the worker checks at every step."""
+
+    @abstractmethod
+    def cancel_requested(self, job_id: uuid.UUID | str) -> bool: ...
+
+    @abstractmethod
+    def notify(self, job_id: uuid.UUID | str) -> None:
+        """Wake whoever waits on this job (an SSE stream): its state or progress changed."""
+
+    @abstractmethod
+    def wait_for_change(self, job_id: uuid.UUID | str, timeout_s: float) -> bool:
+        """Block until `notify(job_id)` or `timeout_s` passes; True when notified. Spurious wake-ups are allowed."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise when the backend cannot be reached (for /readyz)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook; the local store holds nothing to release
+        """Release connections."""
+
+
+class LocalLiveStatus(LiveStatus):
+    """The embedded default: a dict guarded by a condition variable, shared by the API and its in-process worker."""
+
+    def __init__(self) -> None:
+        self._progress: dict[str, LiveProgress] = {}
+        self._cancel: set[str] = set()
+        self._versions: dict[str, int] = {}
+        self._changed = threading.Condition()
+
+    def set_progress(self, progress: LiveProgress) -> None:
+        with self._changed:
+            self._progress[progress.job_id] = progress
+        self.notify(progress.job_id)
+
+    def get_progress(self, job_id: uuid.UUID | str) -> LiveProgress | None:
+        with self._changed:
+            return self._progress.get(str(job_id))
+
+    def clear(self, job_id: uuid.UUID | str) -> None:
+        with self._changed:
+            self._progress.pop(str(job_id), None)
+            self._cancel.discard(str(job_id))
+
+    def request_cancel(self, job_id: uuid.UUID | str) -> None:
+        with self._changed:
+            self._cancel.add(str(job_id))
+        self.notify(job_id)
+
+    def cancel_requested(self, job_id: uuid.UUID | str) -> bool:
+        with self._changed:
+            return str(job_id) in self._cancel
+
+    def notify(self, job_id: uuid.UUID | str) -> None:
+        with self._changed:
+            key = str(job_id)
+            self._versions[key] = self._versions.get(key, 0) + 1
+            self._changed.notify_all()
+
+    def wait_for_change(self, job_id: uuid.UUID | str, timeout_s: float) -> bool:
+        key = str(job_id)
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            start = self._versions.get(key, 0)
+            while self._versions.get(key, 0) == start:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    def ping(self) -> None:
+        return None
+
+
+class RedisLiveStatus(LiveStatus):
+    """Cluster mode: one JSON string per running job, a cancel key, and a pub/sub channel per job for wake-ups."""
+
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+
+    @staticmethod
+    def _key(kind: str, job_id: uuid.UUID | str) -> str:
+        return f"{KEY_PREFIX}{kind}:{job_id}"
+
+    def set_progress(self, progress: LiveProgress) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self._key("live", progress.job_id), progress.to_json(), ex=LIVE_TTL_S)
+        pipe.publish(self._key("changed", progress.job_id), b"1")
+        pipe.execute()
+
+    def get_progress(self, job_id: uuid.UUID | str) -> LiveProgress | None:
+        raw = self._redis.get(self._key("live", job_id))
+        return LiveProgress.from_json(raw) if raw else None  # type: ignore[arg-type]
+
+    def get_many(self, job_ids: Iterable[uuid.UUID | str]) -> dict[str, LiveProgress]:
+        ids = [str(job_id) for job_id in job_ids]
+        if not ids:
+            return {}
+        values = self._redis.mget([self._key("live", job_id) for job_id in ids])
+        return {
+            job_id: LiveProgress.from_json(raw)
+            for job_id, raw in zip(ids, values, strict=True)  # type: ignore[arg-type]
+            if raw
+        }
+
+    def clear(self, job_id: uuid.UUID | str) -> None:
+        self._redis.delete(self._key("live", job_id), self._key("cancel", job_id))
+
+    def request_cancel(self, job_id: uuid.UUID | str) -> None:
+        self._redis.set(self._key("cancel", job_id), b"1", ex=CANCEL_TTL_S)
+        self.notify(job_id)
+
+    def cancel_requested(self, job_id: uuid.UUID | str) -> bool:
+        return bool(self._redis.exists(self._key("cancel", job_id)))
+
+    def notify(self, job_id: uuid.UUID | str) -> None:
+        self._redis.publish(self._key("changed", job_id), b"1")
+
+    def wait_for_change(self, job_id: uuid.UUID | str, timeout_s: float) -> bool:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self._key("changed", job_id))
+            deadline = time.monotonic() + timeout_s
+            while (remaining := deadline - time.monotonic()) > 0:
+                if pubsub.get_message(timeout=remaining) is not None:
+                    return True
+            return False
+        finally:
+            pubsub.close()
+
+    def ping(self) -> None:
+        self._redis.ping()
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def open_live_status(redis_url: str | None) -> LiveStatus:
+    """Redis when a URL is configured, else the process-local store of the embedded default."""
+    return RedisLiveStatus(redis_url) if redis_url else LocalLiveStatus()
