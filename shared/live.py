@@ -40,6 +40,7 @@ class LiveProgress:
     updated_at: float
     worker: str | None = None
     preview_id: int | None = None
+    seq: int = 0  # counts this attempt's progress writes; status snapshots combine it with the row's seq
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
