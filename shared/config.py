@@ -36,6 +36,8 @@ DEFAULT_JOB_DEADLINE_MAX_S = 3600.0  # the longest a render may hold its lease; 
 DEFAULT_WORKER_SOFT_SHUTDOWN_S = 60.0  # on SIGTERM a worker finishes its step loop within this, then exits
 DEFAULT_PROGRESS_INTERVAL_S = 0.25  # at most four live progress writes a second per job
 DEFAULT_RECONCILE_INTERVAL_S = 5.0  # how often the reconciler looks for lost, undispatched and expired jobs
+DEFAULT_RECONCILE_LOST_GRACE_S = 30.0  # a dispatched job's broker marker may be missing this long before re-publishing
+DEFAULT_DISPATCH_WINDOW_PER_QUEUE = 16  # messages in the broker per queue; the rest wait, fairly ordered, in the table
 MIN_TOKEN_LENGTH = 16  # characters; shorter API tokens are refused as guessable
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -89,6 +91,8 @@ class Settings(BaseSettings):
     worker_soft_shutdown_s: float = Field(DEFAULT_WORKER_SOFT_SHUTDOWN_S, ge=0)
     progress_interval_s: float = Field(DEFAULT_PROGRESS_INTERVAL_S, gt=0)
     reconcile_interval_s: float = Field(DEFAULT_RECONCILE_INTERVAL_S, gt=0)
+    reconcile_lost_grace_s: float = Field(DEFAULT_RECONCILE_LOST_GRACE_S, ge=0)
+    dispatch_window_per_queue: int = Field(DEFAULT_DISPATCH_WINDOW_PER_QUEUE, ge=1)
 
     # ----------------------------------------------------------------------------------------------------------
     # Derived values: what the unset settings mean.

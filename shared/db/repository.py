@@ -21,10 +21,11 @@ import base64
 import binascii
 import json
 import uuid
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -63,6 +64,22 @@ _IN_CHUNK = 1000  # ids per IN (...) list, well below PostgreSQL's 65,535 bind p
 _PROTECTED_COLUMNS = frozenset({"id", "tenant", "task_id", "state", "seq", "updated_at", "created_at"})
 
 ErrorLike = JobError | Mapping[str, Any]
+
+# Advisory lock namespace of the dispatch window ("rf" + "dw"); the second key is the queue's CRC-32.
+_DISPATCH_LOCK_SPACE = 0x72666477
+
+
+class OutboxCounts(NamedTuple):
+    """One Celery queue's queued jobs: not yet published, and published but not yet claimed (in flight)."""
+
+    undispatched: int
+    in_flight: int
+
+
+def _lock_key(queue: str) -> int:
+    """A queue's advisory lock key: its CRC-32 as a signed 32-bit integer (PostgreSQL's `int4`)."""
+    value = zlib.crc32(queue.encode("utf-8"))
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
 def _job_row(row: RowMapping) -> JobRow:
@@ -474,6 +491,205 @@ class JobRepository:
         )
         with self._transaction(write=False) as conn:
             return [_job_row(row) for row in conn.execute(statement).mappings()]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The dispatcher's side (docs/farm-design.md "Queues, dispatch and fairness")
+
+    def outbox_by_queue(self) -> dict[str, OutboxCounts]:
+        """Queued jobs per Celery queue, split into undispatched and in flight (published, not yet claimed).
+
+        Only queues with at least one queued job appear. The dispatcher reads this once per round to skip queues
+        with nothing to publish or a full window without taking any lock.
+        """
+        in_flight = sa.case((jobs.c.dispatched_at.is_not(None), 1), else_=0)
+        statement = (
+            sa.select(jobs.c.queue, sa.func.count(), sa.func.sum(in_flight))
+            .where(jobs.c.state == JobState.QUEUED.value)
+            .group_by(jobs.c.queue)
+        )
+        with self._transaction(write=False) as conn:
+            return {
+                queue: OutboxCounts(undispatched=int(total) - int(flying or 0), in_flight=int(flying or 0))
+                for queue, total, flying in conn.execute(statement)
+            }
+
+    def in_flight_counts(self) -> dict[str, int]:
+        """Messages in flight per Celery queue: queued jobs whose `dispatched_at` is set (queues with none omitted)."""
+        return {queue: counts.in_flight for queue, counts in self.outbox_by_queue().items() if counts.in_flight}
+
+    def fair_dispatch_order(self, queue: str, limit: int) -> sa.Select[Any]:
+        """The ids of `queue`'s undispatched queued jobs in dispatch order, at most `limit` of them (a SELECT).
+
+        Order: higher `priority` first; within one priority, round-robin over tenants, each tenant's oldest job
+        first (`ROW_NUMBER() OVER (PARTITION BY tenant, priority ORDER BY created_at, id)`), then the oldest.
+
+        The round-robin rank of a job is its row number among the tenant's undispatched jobs PLUS the jobs the
+        tenant already has active in this queue at this priority (in the broker or running). Without that, a
+        window refilled one slot at a time would always pick the tenant with the oldest waiting job (every
+        tenant's next job has row number 1), and a flood submitted first would starve everyone else. With it, a
+        free slot goes to the tenant with the fewest active jobs: fair share of the workers, not of the messages.
+
+        Portable: window functions and CTEs work on PostgreSQL and SQLite (3.25+).
+        """
+        active = (
+            sa.select(jobs.c.tenant, jobs.c.priority, sa.func.count().label("active"))
+            .where(
+                jobs.c.queue == queue,
+                sa.or_(
+                    jobs.c.state == JobState.RUNNING.value,
+                    sa.and_(jobs.c.state == JobState.QUEUED.value, jobs.c.dispatched_at.is_not(None)),
+                ),
+            )
+            .group_by(jobs.c.tenant, jobs.c.priority)
+            .cte("active")
+        )
+        ranked = (
+            sa.select(
+                jobs.c.id,
+                jobs.c.tenant,
+                jobs.c.priority,
+                jobs.c.created_at,
+                sa.func.row_number()
+                .over(partition_by=[jobs.c.tenant, jobs.c.priority], order_by=[jobs.c.created_at, jobs.c.id])
+                .label("turn"),
+            )
+            .where(jobs.c.queue == queue, jobs.c.state == JobState.QUEUED.value, jobs.c.dispatched_at.is_(None))
+            .cte("ranked")
+        )
+        turn = ranked.c.turn + sa.func.coalesce(active.c.active, 0)
+        return (
+            sa.select(ranked.c.id)
+            .select_from(
+                ranked.outerjoin(
+                    active, sa.and_(active.c.tenant == ranked.c.tenant, active.c.priority == ranked.c.priority)
+                )
+            )
+            .order_by(ranked.c.priority.desc(), turn, ranked.c.created_at, ranked.c.id)
+            .limit(limit)
+        )
+
+    def claim_dispatch(
+        self, queue: str, window: int, *, max_jobs: int | None = None, now: datetime | None = None
+    ) -> list[JobRow]:
+        """Take the right to publish up to `window - in flight` jobs of `queue`: mark them dispatched, return them.
+
+        One transaction: lock the queue's window (a PostgreSQL advisory lock; SQLite's write transactions are
+        already serialised by `BEGIN IMMEDIATE`), count the queue's in-flight messages, pick the next jobs in
+        `fair_dispatch_order`, and claim them with ONE conditional UPDATE
+        (`... WHERE id IN (...) AND dispatched_at IS NULL AND state = 'queued' RETURNING *`). Two schedulers
+        dispatching at once therefore never both publish a job, and never overfill the window together.
+        `max_jobs` caps the claim (keeps one transaction short). Returns the claimed jobs in dispatch order (maybe
+        none). The caller publishes them and hands back the ones it could not publish with `release_dispatch`.
+        Raises `ValueError` for a negative `window`.
+        """
+        if window < 0:
+            raise ValueError(f"window must be zero or more, not {window}")
+        when = self._now(now)
+        with self._transaction() as conn:
+            if self._dialect == "postgresql":
+                # Per-queue lock, released at commit: the in-flight count below stays true until the claim is in.
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:space, :key)"),
+                    {"space": _DISPATCH_LOCK_SPACE, "key": _lock_key(queue)},
+                )
+            in_flight = int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(jobs)
+                    .where(
+                        jobs.c.queue == queue,
+                        jobs.c.state == JobState.QUEUED.value,
+                        jobs.c.dispatched_at.is_not(None),
+                    )
+                ).scalar_one()
+            )
+            room = window - in_flight
+            if max_jobs is not None:
+                room = min(room, max_jobs)
+            if room <= 0:
+                return []
+            order: list[uuid.UUID] = list(conn.execute(self.fair_dispatch_order(queue, room)).scalars())
+            if not order:
+                return []
+            claimed = self._touch_jobs(
+                conn,
+                [
+                    jobs.c.id.in_(order),
+                    jobs.c.dispatched_at.is_(None),
+                    jobs.c.state == JobState.QUEUED.value,
+                ],
+                {"dispatched_at": when},
+                when,
+            )
+        # RETURNING gives no order; publish in the fair order chosen above.
+        position = {job_id: index for index, job_id in enumerate(order)}
+        return sorted(claimed, key=lambda job: position[job.id])
+
+    def release_dispatch(self, jobs_to_release: Sequence[JobRow], *, now: datetime | None = None) -> list[uuid.UUID]:
+        """Hand back dispatches that were claimed but not published: `dispatched_at` back to NULL.
+
+        Conditional on each job still being queued with the very `dispatched_at` of the given row, so a release
+        never undoes a newer dispatch (or touches a job a worker claimed through an older message). Returns the
+        ids released.
+        """
+        when = self._now(now)
+        released: list[uuid.UUID] = []
+        with self._transaction() as conn:
+            for job in jobs_to_release:
+                if job.dispatched_at is None:
+                    continue
+                rows = self._touch_jobs(
+                    conn,
+                    [
+                        jobs.c.id == job.id,
+                        jobs.c.state == JobState.QUEUED.value,
+                        jobs.c.dispatched_at == job.dispatched_at,
+                    ],
+                    {"dispatched_at": None},
+                    when,
+                )
+                released += [row.id for row in rows]
+        return released
+
+    def reset_lost_dispatch(
+        self, job_ids: Sequence[uuid.UUID], older_than_s: float, *, now: datetime | None = None
+    ) -> list[JobRow]:
+        """Make queued jobs whose message was lost undispatched again, so the dispatcher publishes them anew.
+
+        Only jobs still queued and dispatched more than `older_than_s` seconds ago change: a job re-dispatched
+        (or claimed by a worker) since the caller looked is left alone. Returns the changed jobs.
+        """
+        when = self._now(now)
+        cutoff = when - timedelta(seconds=older_than_s)
+        changed: list[JobRow] = []
+        with self._transaction() as conn:
+            ids = list(job_ids)
+            for start in range(0, len(ids), _IN_CHUNK):
+                chunk = ids[start : start + _IN_CHUNK]
+                changed += self._touch_jobs(
+                    conn,
+                    [
+                        jobs.c.id.in_(chunk),
+                        jobs.c.state == JobState.QUEUED.value,
+                        jobs.c.dispatched_at < cutoff,
+                    ],
+                    {"dispatched_at": None},
+                    when,
+                )
+        return changed
+
+    def reset_all_dispatch(self, *, now: datetime | None = None) -> int:
+        """Make every queued job undispatched (the embedded broker lives in memory and starts empty). Returns how
+        many rows changed."""
+        when = self._now(now)
+        with self._transaction() as conn:
+            rows = self._touch_jobs(
+                conn,
+                [jobs.c.state == JobState.QUEUED.value, jobs.c.dispatched_at.is_not(None)],
+                {"dispatched_at": None},
+                when,
+            )
+        return len(rows)
 
     # ------------------------------------------------------------------------------------------------------------
     # The worker's side

@@ -697,3 +697,77 @@ def test_sqlite_engine_settings(tmp_path: Path) -> None:
 def test_foreign_keys_are_enforced(repo: JobRepository) -> None:
     with pytest.raises(sa.exc.IntegrityError):
         new_job(repo, batch_id=uuid.uuid4())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The dispatcher's side: fair claims of a window, hand-backs and resets
+
+
+def test_claim_dispatch_fills_the_window_in_fair_order(repo: JobRepository, clock: FakeClock) -> None:
+    alice = [new_job(repo, tenant="alice", queue="q") for _ in range(4)]
+    clock.advance(1)
+    bob = [new_job(repo, tenant="bob", queue="q") for _ in range(2)]
+    urgent = new_job(repo, tenant="carol", queue="q", priority=5)
+    elsewhere = new_job(repo, queue="other")
+
+    claimed = repo.claim_dispatch("q", 4)
+    assert [job.id for job in claimed] == [urgent.id, alice[0].id, bob[0].id, alice[1].id]
+    assert all(job.dispatched_at == clock.now for job in claimed)
+    assert repo.claim_dispatch("q", 4) == []  # the window is full
+    assert repo.outbox_by_queue() == {"q": (3, 4), "other": (1, 0)}
+    assert repo.in_flight_counts() == {"q": 4}
+
+    repo.claim(alice[0].id, "gpu-0", LEASE_S)  # running counts as alice's active job: bob's turn comes first
+    (next_job,) = repo.claim_dispatch("q", 4)
+    assert next_job.id == bob[1].id
+    assert [job.id for job in repo.claim_dispatch("q", 10, max_jobs=1)] == [alice[2].id]
+    assert repo.get_by_id(elsewhere.id).dispatched_at is None
+    with pytest.raises(ValueError, match="window"):
+        repo.claim_dispatch("q", -1)
+
+
+def test_concurrent_claim_dispatch_never_claims_a_job_twice(repo: JobRepository) -> None:
+    for _ in range(30):
+        new_job(repo, queue="q")
+    claims: list[uuid.UUID] = []
+    barrier = threading.Barrier(4)
+
+    def claim() -> None:
+        barrier.wait()
+        for _ in range(5):
+            claims.extend(job.id for job in repo.claim_dispatch("q", 12))
+
+    run_threads(claim, 4)
+    assert len(claims) == len(set(claims)) == 12
+    assert repo.in_flight_counts() == {"q": 12}
+
+
+def test_release_dispatch_is_fenced_by_the_dispatch_it_hands_back(repo: JobRepository, clock: FakeClock) -> None:
+    first, second, third = (new_job(repo, queue="q") for _ in range(3))
+    claimed = repo.claim_dispatch("q", 3)
+    repo.claim(second.id, "gpu-0", LEASE_S)  # a worker took it through an older message
+    assert repo.release_dispatch(claimed[:2]) == [first.id]
+    assert repo.get_by_id(first.id).dispatched_at is None
+
+    clock.advance(1)
+    (again,) = repo.claim_dispatch("q", 3)  # first, dispatched anew
+    assert again.id == first.id
+    stale = next(job for job in claimed if job.id == first.id)
+    assert repo.release_dispatch([stale]) == []  # an old hand-back does not undo the new dispatch
+    assert repo.release_dispatch([job for job in claimed if job.id == third.id]) == [third.id]
+
+
+def test_reset_lost_dispatch_and_reset_all_dispatch(repo: JobRepository, clock: FakeClock) -> None:
+    old, fresh, running = (new_job(repo, queue="q") for _ in range(3))
+    repo.claim_dispatch("q", 1)
+    clock.advance(60)
+    repo.claim_dispatch("q", 3)
+    repo.claim(running.id, "gpu-0", LEASE_S)
+    clock.advance(1)
+
+    changed = repo.reset_lost_dispatch([old.id, fresh.id, running.id], older_than_s=30)
+    assert [job.id for job in changed] == [old.id]
+    assert changed[0].dispatched_at is None
+    assert repo.reset_all_dispatch() == 1  # fresh; the running job is not queued
+    assert repo.in_flight_counts() == {}
+    assert repo.get_by_id(running.id).state is JobState.RUNNING

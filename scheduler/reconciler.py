@@ -1,0 +1,301 @@
+"""The reconciler: brings the jobs table back in line with what workers and the broker really do.
+
+Each run (every `settings.reconcile_interval_s` in the scheduler, or once with `renderfarm reconcile --once`):
+
+1. Expired leases with attempts left: the worker died or hangs. The job goes back to `queued`, undispatched, and the
+   dispatcher publishes it again (`on_requeue` wakes it). An expired job with a cancel request becomes `canceled`.
+2. Expired leases on the last attempt: `failed` with code `attempts_exhausted` (a poison job ends here).
+3. Lost messages (cluster mode): queued jobs dispatched more than `lost_grace_s` ago whose Redis marker
+   `rf:dispatched:{id}` is gone (Redis restarted empty or was flushed) are made undispatched again, so the dispatcher
+   re-publishes them. The embedded default has no Redis and an in-memory broker that only loses messages when the
+   process ends: `reset_dispatch_on_startup` covers that case.
+4. Watchers of every changed job are notified, and a finished or re-queued job's live progress is cleared.
+
+Every change is one conditional UPDATE in the repository, so two reconcilers (two scheduler processes) running at
+once change each job once.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from celery import Celery
+
+from scheduler.dispatch import Dispatcher, dispatched_marker
+from shared.config import Settings
+from shared.db import JobRepository, JobRow, make_engine
+from shared.live import LiveStatus, open_live_status
+from shared.queueing import make_celery_app
+from shared.states import JobState
+
+log = logging.getLogger(__name__)
+
+# Seconds a dispatched job may lack its marker before its message counts as lost. The marker is set right after the
+# publish, so this only has to cover that gap (and clock skew between schedulers); a larger value delays recovery
+# after a Redis restart by as much.
+DEFAULT_LOST_GRACE_S = 30.0
+LOST_SCAN_LIMIT = 10_000  # dispatched jobs examined per run (in flight is at most a window per queue)
+DEFAULT_STOP_TIMEOUT_S = 30.0  # seconds `stop()` waits for the current run
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """What one run changed, by job id. `published` counts messages sent by `main_once` after the run."""
+
+    requeued: tuple[uuid.UUID, ...] = ()  # running, lease expired, attempts left -> queued (undispatched)
+    canceled: tuple[uuid.UUID, ...] = ()  # running with a cancel request, lease expired -> canceled
+    failed: tuple[uuid.UUID, ...] = ()  # running, lease expired on the last attempt -> failed (attempts_exhausted)
+    lost: tuple[uuid.UUID, ...] = ()  # queued, dispatched, marker gone -> undispatched (re-published)
+    lost_check_skipped: bool = False  # no Redis (embedded), or Redis could not be read this run
+    published: int = 0
+
+    @property
+    def changed(self) -> int:
+        """How many jobs this run changed."""
+        return len(self.requeued) + len(self.canceled) + len(self.failed) + len(self.lost)
+
+
+def reset_dispatch_on_startup(repo: JobRepository) -> int:
+    """Embedded start-up: make every queued job undispatched, because the in-memory broker starts empty.
+
+    Call it before starting the dispatcher. Returns how many jobs were reset. Raises `DatabaseUnavailable`.
+    Never call it in cluster mode while other schedulers run: their messages are still in Redis (harmless, but
+    every in-flight job would be published twice).
+    """
+    count = repo.reset_all_dispatch()
+    if count:
+        log.info("start-up: %d queued job(s) made undispatched (the in-memory broker starts empty)", count)
+    return count
+
+
+class Reconciler:
+    """Requeues or fails jobs whose lease expired and recovers lost messages; see the module's docstring.
+
+    Args:
+        repo: the farm's repository (its clock decides what is expired).
+        celery_app: the farm's Celery app. Publishing is the dispatcher's job (`on_requeue`); the reconciler keeps
+            the app so a caller can build both from one set of parts.
+        live: live status: progress of changed jobs is cleared, their watchers notified.
+        settings: the farm's settings (`reconcile_interval_s`, `redis_url`).
+        redis_url: where the dispatch markers live; None means `settings.redis_url`. Without one the lost-message
+            check is skipped.
+        lost_grace_s: seconds since `dispatched_at` before a missing marker counts as a lost message.
+        on_requeue: called (no arguments) after a run that made jobs undispatched; pass `dispatcher.wake`.
+
+    Raises `ValueError` for a negative grace.
+    """
+
+    def __init__(
+        self,
+        repo: JobRepository,
+        celery_app: Celery,
+        live: LiveStatus,
+        settings: Settings,
+        *,
+        redis_url: str | None = None,
+        lost_grace_s: float = DEFAULT_LOST_GRACE_S,
+        on_requeue: Callable[[], None] | None = None,
+    ) -> None:
+        if lost_grace_s < 0:
+            raise ValueError(f"lost_grace_s must be zero or more, not {lost_grace_s}")
+        self._repo = repo
+        self.celery_app = celery_app
+        self._live = live
+        self._settings = settings
+        self._lost_grace_s = lost_grace_s
+        self._on_requeue = on_requeue
+        url = redis_url or settings.redis_url
+        self._redis: Any = None
+        if url:
+            import redis
+
+            self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._run_lock = threading.Lock()
+
+    def run_once(self) -> ReconcileReport:
+        """One run of steps 1-4. Returns what changed.
+
+        Raises `DatabaseUnavailable` when the database cannot be reached (what changed before that stays
+        changed: each step is its own transaction). A Redis that cannot be read skips the lost-message check
+        (`lost_check_skipped`): a missing answer must not be taken for missing markers.
+        """
+        with self._run_lock:
+            expired = self._repo.requeue_expired()
+            requeued = [job for job in expired if job.state is JobState.QUEUED]
+            canceled = [job for job in expired if job.state is JobState.CANCELED]
+            for job in requeued:
+                log.warning(
+                    "job %s (tenant %s, task %s): lease of attempt %d expired (worker %s); re-queued",
+                    job.id,
+                    job.tenant,
+                    job.task_id,
+                    job.attempt,
+                    job.worker or "unknown",
+                )
+            for job in canceled:
+                log.info("job %s: lease expired with a cancel request; canceled", job.id)
+
+            failed = self._repo.fail_exhausted()
+            for job in failed:
+                log.warning(
+                    "job %s (tenant %s, task %s): lease expired on attempt %d of %d; failed (attempts_exhausted)",
+                    job.id,
+                    job.tenant,
+                    job.task_id,
+                    job.attempt,
+                    job.max_attempts,
+                )
+
+            lost, skipped = self._recover_lost()
+
+            # A re-queued or finished job's progress belongs to a dead attempt; a lost one has none to clear.
+            self._update_live([*requeued, *canceled, *failed], clear=True)
+            self._update_live(lost, clear=False)
+            if (requeued or lost) and self._on_requeue is not None:
+                try:
+                    self._on_requeue()
+                except Exception:
+                    log.exception("the reconciler's on_requeue callback failed")
+            return ReconcileReport(
+                requeued=_ids(requeued),
+                canceled=_ids(canceled),
+                failed=_ids(failed),
+                lost=_ids(lost),
+                lost_check_skipped=skipped,
+            )
+
+    def _recover_lost(self) -> tuple[list[JobRow], bool]:
+        """Step 3. Returns (jobs made undispatched, whether the check was skipped)."""
+        if self._redis is None:
+            return [], True
+        stale = self._repo.stale_dispatched_jobs(self._lost_grace_s, limit=LOST_SCAN_LIMIT)
+        if not stale:
+            return [], False
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for job in stale:
+                pipe.exists(dispatched_marker(job.id))
+            present = pipe.execute()
+        except Exception:
+            log.warning("cannot read the dispatch markers; lost-message check skipped this run", exc_info=True)
+            return [], True
+        missing = [job.id for job, found in zip(stale, present, strict=True) if not found]
+        if not missing:
+            return [], False
+        # Fenced by the grace again: a job re-dispatched since the read above keeps its fresh dispatch.
+        lost = self._repo.reset_lost_dispatch(missing, self._lost_grace_s)
+        for job in lost:
+            log.warning(
+                "job %s (queue %s): its message is lost (no dispatch marker in Redis); made undispatched to be "
+                "published again",
+                job.id,
+                job.queue,
+            )
+        return lost, False
+
+    def _update_live(self, changed: Iterable[JobRow], *, clear: bool) -> None:
+        for job in changed:
+            try:
+                if clear:
+                    self._live.clear(job.id)
+                self._live.notify(job.id)
+            except Exception:
+                # Live status is a cache: a status read merges the durable row anyway.
+                log.warning("could not update the live status of changed jobs", exc_info=True)
+                return
+
+    # --------------------------------------------------------------------------------------------------------------
+    # The loop
+
+    def run_in_thread(self) -> threading.Thread:
+        """Run `run_once` now and then every `settings.reconcile_interval_s` seconds in a daemon thread.
+
+        A second call returns the running thread. An exception in a run is logged and the loop goes on.
+        """
+        if self._thread is not None and self._thread.is_alive():
+            return self._thread
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, name="renderfarm-reconciler", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                report = self.run_once()
+                if report.changed:
+                    log.info(
+                        "reconciled: %d re-queued, %d canceled, %d failed, %d lost",
+                        len(report.requeued),
+                        len(report.canceled),
+                        len(report.failed),
+                        len(report.lost),
+                    )
+            except Exception:
+                log.exception("reconcile run failed; retrying in %.1f s", self._settings.reconcile_interval_s)
+            self._stopping.wait(self._settings.reconcile_interval_s)
+
+    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
+        """Stop the loop, wait up to `timeout_s` seconds for its current run, close the marker connection.
+
+        Idempotent. Raises `TimeoutError` when the loop's thread did not end in time.
+        """
+        self._stopping.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+            if thread.is_alive():
+                raise TimeoutError(f"the reconciler did not stop within {timeout_s} s")
+        if self._redis is not None:
+            self._redis.close()
+
+
+def _ids(rows: Iterable[JobRow]) -> tuple[uuid.UUID, ...]:
+    return tuple(row.id for row in rows)
+
+
+def main_once(settings: Settings) -> ReconcileReport:
+    """`renderfarm reconcile --once`: one reconcile run against the configured database and Redis, then one
+    dispatch round (cluster mode) so that re-queued, undispatched and lost jobs are published even when no
+    scheduler runs. Returns the report (`published` counts the messages sent).
+
+    In the embedded default the broker lives in memory inside the running `renderfarm` process, so a message
+    published from this separate process would reach nobody: only leases are reconciled; the running process's
+    dispatcher publishes the re-queued jobs at its next tick. Raises `DatabaseUnavailable` when the database cannot
+    be reached.
+    """
+    engine = make_engine(settings.resolved_database_url)
+    live = open_live_status(settings.redis_url)
+    app = make_celery_app(settings)
+    try:
+        repo = JobRepository(engine)
+        reconciler = Reconciler(repo, app, live, settings)
+        dispatcher = None if settings.embedded else Dispatcher(repo, app, live, settings)
+        try:
+            report = reconciler.run_once()
+            if dispatcher is not None:
+                report = replace(report, published=dispatcher.dispatch_once())
+        finally:
+            reconciler.stop()
+            if dispatcher is not None:
+                dispatcher.stop()
+        log.info(
+            "reconcile --once: %d re-queued, %d canceled, %d failed, %d lost, %d published",
+            len(report.requeued),
+            len(report.canceled),
+            len(report.failed),
+            len(report.lost),
+            report.published,
+        )
+        return report
+    finally:
+        app.close()
+        live.close()
+        engine.dispose()

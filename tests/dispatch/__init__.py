@@ -1,0 +1,127 @@
+"""Helpers of the dispatcher and reconciler tests: databases of both kinds, the broker's view, a settable clock.
+
+The broker is real Redis: kombu's Redis transport keeps a queue as a Redis list named like the queue (LPUSH to
+publish, BRPOP to consume, so the oldest message is at the right end), each item a JSON message whose
+`headers.id` is the Celery task id. Reading that list shows exactly what was published, with no worker running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import redis
+import sqlalchemy as sa
+
+from shared.config import Settings
+from shared.db import JobRepository, JobRow, make_engine, upgrade
+from shared.db.tables import metadata
+from shared.queueing import queue_name
+
+T0 = datetime(2030, 1, 1, tzinfo=UTC)
+LEASE_S = 60.0
+QUEUE = queue_name("tiny", batch=False)
+OTHER_QUEUE = queue_name("tiny", batch=True)
+
+
+class FakeClock:
+    """A settable UTC clock, so lease expiry, grace periods and ordering by time are exact and instant."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+def prepare_database(kind: str, tmp_path: Path, postgres_url: str | None) -> str:
+    """A migrated, empty database of `kind` ("sqlite": a temp file; "postgresql": the session's, truncated)."""
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / 'db' / 'renderfarm.db'}"
+        upgrade(url)
+        return url
+    assert postgres_url is not None
+    upgrade(postgres_url)  # idempotent: a no-op after the first test
+    engine = make_engine(postgres_url)
+    try:
+        with engine.begin() as conn:
+            names = ", ".join(table.name for table in metadata.sorted_tables)
+            conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
+    finally:
+        engine.dispose()
+    return postgres_url
+
+
+@contextmanager
+def repository(database_url: str, clock: FakeClock | None = None) -> Iterator[JobRepository]:
+    """A repository on its own engine (disposed afterwards); `clock` None means the real clock."""
+    engine = make_engine(database_url)
+    try:
+        yield JobRepository(engine) if clock is None else JobRepository(engine, clock=clock)
+    finally:
+        engine.dispose()
+
+
+def cluster_settings(redis_url: str, database_url: str | None = None, **overrides: Any) -> Settings:
+    """Settings whose broker and live status are the test's isolated Redis database."""
+    return Settings(redis_url=redis_url, database_url=database_url, _env_file=None, **overrides)
+
+
+_counter = itertools.count()
+
+
+def submit(
+    repo: JobRepository,
+    count: int = 1,
+    *,
+    tenant: str = "alice",
+    priority: int = 0,
+    queue: str = QUEUE,
+    max_attempts: int = 3,
+) -> list[JobRow]:
+    """Insert `count` queued jobs the way the API does (undispatched)."""
+    created: list[JobRow] = []
+    for _ in range(count):
+        task_id = f"task({next(_counter)})"
+        request = {"prompt": task_id, "steps": 4}
+        job, was_created = repo.create_or_get(
+            tenant,
+            task_id,
+            request,
+            hashlib.sha256(task_id.encode()).hexdigest(),
+            queue=queue,
+            max_attempts=max_attempts,
+            priority=priority,
+            model="tiny",
+            total_steps=4,
+        )
+        assert was_created
+        created.append(job)
+    return created
+
+
+def broker_messages(client: redis.Redis, queue: str = QUEUE) -> list[dict[str, Any]]:
+    """The messages waiting in `queue`, oldest (first published) first."""
+    raw = client.lrange(queue, 0, -1)
+    return [json.loads(item) for item in reversed(raw)]  # type: ignore[arg-type]
+
+
+def broker_ids(client: redis.Redis, queue: str = QUEUE) -> list[str]:
+    """The Celery task ids waiting in `queue`, first published first."""
+    return [message["headers"]["id"] for message in broker_messages(client, queue)]
+
+
+def take_message(client: redis.Redis, queue: str = QUEUE) -> str | None:
+    """Consume the oldest message of `queue` like a worker would; returns its task id (None: queue empty)."""
+    raw = client.rpop(queue)
+    return None if raw is None else str(json.loads(raw)["headers"]["id"])  # type: ignore[arg-type]
