@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# One torch thread per process: the tests run a scheduler, Celery workers and the test process side by side on two
+# cores, and torch's default of one thread per core made renders about 10× slower under that contention.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from collections.abc import Iterator
 from pathlib import Path
 
