@@ -75,7 +75,7 @@ class Settings(BaseSettings):
 
     api_tokens: str | None = None
     api_tokens_file: Path | None = None
-    dev_mode: bool = False  # no tokens: every request is tenant "dev"; only on a loopback address
+    dev_mode: bool = False  # no tokens: every request is tenant "local"; only on a loopback address
 
     max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, gt=0)
     max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, gt=0)

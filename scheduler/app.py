@@ -1,0 +1,196 @@
+"""The scheduler's HTTP API: `create_app` composes the FastAPI app from the settings and injectable parts.
+
+What it does not do: migrate the database (`renderfarm db upgrade` does; the CLI upgrades first in embedded mode).
+At start-up it checks that the schema is at the head revision and refuses to start otherwise, so a scheduler can
+never write rows an older schema cannot hold.
+
+Lifespan (with `start_background=True`): a `scheduler.dispatch.Dispatcher` and a `scheduler.reconciler.Reconciler`
+run in threads of this process; submissions wake the dispatcher. At shutdown both are stopped, then the parts this
+app created itself (not the injected ones) are closed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from scheduler.auth import TokenTable
+from scheduler.deps import Services
+from scheduler.errors import BodyLimitMiddleware, InternalErrorMiddleware, install_error_handlers
+from scheduler.routes import assets, events, files, health, jobs
+from scheduler.snapshots import RunTimeEstimator
+from shared.config import Settings
+from shared.db import JobRepository, head_revision, make_engine
+from shared.errors import ConfigError, DatabaseUnavailable
+from shared.live import LiveStatus, open_live_status
+from shared.queueing import make_celery_app
+from shared.spec import Img2ImgJob
+from shared.storage import Storage, open_storage
+
+log = logging.getLogger("scheduler.app")
+
+API_VERSION = "1"
+STREAM_WAIT_THREADS = 256  # open SSE streams that can wait for changes at once; more wait for a free thread
+
+
+def schema_revision(repo: JobRepository) -> str | None:
+    """The database's Alembic revision (None: never migrated). Raises DatabaseUnavailable when unreachable."""
+    import sqlalchemy as sa
+    from alembic.runtime.migration import MigrationContext
+
+    try:
+        with repo.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
+
+
+def require_schema(repo: JobRepository) -> None:
+    """Raise ConfigError unless the database is at the newest revision. An unreachable database is only logged:
+    the process starts and `/readyz` reports it until the database is back."""
+    try:
+        current = schema_revision(repo)
+    except DatabaseUnavailable as exc:
+        log.warning("cannot check the database schema at start-up: %s", exc.message)
+        return
+    head = head_revision()
+    if current != head:
+        raise ConfigError(
+            f"the database schema is at revision {current or 'none'}, this scheduler needs {head}; "
+            "run `renderfarm db upgrade` first",
+            code="schema_out_of_date",
+            field="RENDERFARM_DATABASE_URL",
+        )
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI document, with the job schema (validated by shared.spec, not by FastAPI) added."""
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        job_schema = Img2ImgJob.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(job_schema.pop("$defs", {}))
+        schemas["Img2ImgJob"] = job_schema
+        app.openapi_schema = document
+        return document
+
+    return build
+
+
+class _Background:
+    """The dispatcher and reconciler loops, imported lazily (the API works without them in tests)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.dispatcher: Any = None
+        self.reconciler: Any = None
+
+    def start(self) -> None:
+        from scheduler.dispatch import Dispatcher
+        from scheduler.reconciler import Reconciler, reset_dispatch_on_startup
+
+        s = self.services
+        if s.settings.embedded:
+            # The in-memory broker starts empty: every queued job must be published again.
+            reset_dispatch_on_startup(s.repo)
+        self.dispatcher = Dispatcher(s.repo, s.celery_app, s.live, s.settings)
+        # Jobs the reconciler re-queues are published at once, not at the dispatcher's next tick.
+        self.reconciler = Reconciler(s.repo, s.celery_app, s.live, s.settings, on_requeue=self.dispatcher.wake)
+        self.dispatcher.run_in_thread()
+        self.reconciler.run_in_thread()
+        s.dispatcher = self.dispatcher
+
+    def stop(self) -> None:
+        self.services.dispatcher = None
+        for loop in (self.dispatcher, self.reconciler):
+            if loop is not None:
+                try:
+                    loop.stop()
+                except Exception:
+                    log.exception("stopping %s failed", type(loop).__name__)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    celery_app: Any = None,
+    live: LiveStatus | None = None,
+    storage: Storage | None = None,
+    repository: JobRepository | None = None,
+    start_background: bool = True,
+) -> FastAPI:
+    """The API app. Parts not given are built from `settings` (and closed by the app at shutdown):
+    the repository from RENDERFARM_DATABASE_URL, live status from RENDERFARM_REDIS_URL (in-process without it),
+    storage from RENDERFARM_STORAGE_URL, the Celery app (publish only) from the same settings.
+
+    Raises ConfigError for invalid settings (tokens included). Does not touch the network until it serves.
+    """
+    tokens = TokenTable(settings.tenant_tokens())
+    owned: list[Callable[[], None]] = []
+    if repository is None:
+        engine = make_engine(settings.resolved_database_url)
+        repository = JobRepository(engine)
+        owned.append(engine.dispose)
+    if live is None:
+        live = open_live_status(settings.redis_url)
+        owned.append(live.close)
+    if storage is None:
+        storage = open_storage(settings)
+        owned.append(storage.close)
+    if celery_app is None:
+        celery_app = make_celery_app(settings)
+        owned.append(celery_app.close)
+    stream_waits = ThreadPoolExecutor(max_workers=STREAM_WAIT_THREADS, thread_name_prefix="sse-wait")
+    services = Services(
+        settings=settings,
+        repo=repository,
+        live=live,
+        storage=storage,
+        celery_app=celery_app,
+        estimator=RunTimeEstimator(repository),
+        stream_waits=stream_waits,
+    )
+    background = _Background(services)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        require_schema(services.repo)
+        if start_background:
+            background.start()
+        try:
+            yield
+        finally:
+            background.stop()
+            stream_waits.shutdown(wait=False, cancel_futures=True)
+            for close in reversed(owned):
+                try:
+                    close()
+                except Exception:
+                    log.exception("closing a part of the app failed")
+
+    app = FastAPI(
+        title="renderfarm",
+        version=API_VERSION,
+        description="A distributed img2img / inpainting render farm. Errors: {error: {type, code, message, field?}}.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.tokens = tokens
+    install_error_handlers(app)
+    # Added last = outermost: the size limit applies before anything reads a body; internal errors of every
+    # layer below become a typed 500.
+    app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    for module in (jobs, events, assets, files, health):
+        app.include_router(module.router)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,117 @@
+"""Who is asking: API tokens mapped to tenants, resolved once per request as a dependency (`TenantDep`).
+
+- Tokens come from `Settings.tenant_tokens()` and are kept only as sha256 digests: a memory dump or a debugger
+  shows no usable token. A presented token is hashed and compared with every digest in constant time (no early
+  exit), so timing tells nothing about which digest, or how much of one, matched.
+- `Authorization: Bearer <token>`, or HTTP Basic with the token as the password (A1111 clients only speak Basic;
+  the user name is ignored).
+- No tokens configured: development mode. Every request is tenant `local`, and only loopback clients are served
+  (the CLI also refuses to bind elsewhere with `Settings.check_bind`); a remote client gets 403.
+- Missing or unknown credentials: 401 with `WWW-Authenticate: Bearer`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import Sequence
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from scheduler.errors import Forbidden, Unauthorized
+from shared.config import TenantToken
+
+DEV_TENANT = "local"  # the tenant of every request in development mode (no tokens configured)
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for a loopback client address (127.0.0.0/8, ::1, `localhost`). None (a Unix socket) counts as local."""
+    if host is None:
+        return True
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class TokenTable:
+    """The configured tokens as sha256 digests → tenant. Empty means development mode."""
+
+    def __init__(self, tokens: Sequence[TenantToken]) -> None:
+        self._entries: tuple[tuple[bytes, str], ...] = tuple((_digest(item.token), item.tenant) for item in tokens)
+
+    @property
+    def dev_mode(self) -> bool:
+        return not self._entries
+
+    def tenant_for(self, token: str) -> str | None:
+        """The tenant whose token this is, or None. Compares against every entry, in constant time each."""
+        presented = _digest(token)
+        found: str | None = None
+        for digest, tenant in self._entries:
+            if hmac.compare_digest(digest, presented):
+                found = tenant
+        return found
+
+
+def credentials_of(authorization: str | None) -> str | None:
+    """The token in an Authorization header (`Bearer <token>`, or Basic with the token as password), else None."""
+    if not authorization:
+        return None
+    scheme, _, value = authorization.strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        return value or None
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            return None
+        _user, sep, password = decoded.partition(":")
+        return password if sep and password else None
+    return None
+
+
+def authenticate(table: TokenTable, authorization: str | None, client_host: str | None) -> str:
+    """The tenant of a request. Raises Unauthorized (401) or, in development mode, Forbidden (403) for a remote
+    client."""
+    if table.dev_mode:
+        if not is_loopback(client_host):
+            raise Forbidden(
+                "this farm has no API tokens configured (development mode) and serves only loopback clients; "
+                "set RENDERFARM_API_TOKENS to serve others",
+                code="dev_mode_remote_client",
+            )
+        return DEV_TENANT
+    token = credentials_of(authorization)
+    if token is None:
+        raise Unauthorized(
+            "send an API token: Authorization: Bearer <token> (or HTTP Basic with the token as password)",
+            code="missing_token",
+        )
+    tenant = table.tenant_for(token)
+    if tenant is None:
+        raise Unauthorized("the API token is not valid", code="invalid_token")
+    return tenant
+
+
+async def current_tenant(request: Request) -> str:
+    """FastAPI dependency: the calling tenant (see `authenticate`). The token table is on `app.state.tokens`.
+
+    Async on purpose: it only hashes, so it needs no worker thread.
+    """
+    table: TokenTable = request.app.state.tokens
+    return authenticate(table, request.headers.get("authorization"), request.client.host if request.client else None)
+
+
+TenantDep = Annotated[str, Depends(current_tenant)]

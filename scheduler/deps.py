@@ -1,0 +1,51 @@
+"""The parts a request handler works with, bundled once per app and handed to routes as a dependency.
+
+`create_app` builds one `Services` and keeps it on `app.state.services`; routes take `ServicesDep` and pass it to
+plain functions (submission, snapshots), which is what keeps the routes thin and the logic testable.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
+
+from fastapi import Depends, Request
+
+from shared.config import Settings
+from shared.db import JobRepository
+from shared.live import LiveStatus
+from shared.storage import Storage
+
+if TYPE_CHECKING:
+    from scheduler.snapshots import RunTimeEstimator
+
+
+class Wakeable(Protocol):
+    """What the API needs of the dispatcher: a nudge that new work was committed."""
+
+    def wake(self) -> None: ...
+
+
+@dataclass
+class Services:
+    """Everything the routes use. `dispatcher` is None until the background loops start (or when they are off)."""
+
+    settings: Settings
+    repo: JobRepository
+    live: LiveStatus
+    storage: Storage
+    celery_app: Any
+    estimator: RunTimeEstimator
+    # SSE streams wait for changes in threads of their own, so that many open streams cannot use up the worker
+    # threads that every other (synchronous) route runs in.
+    stream_waits: ThreadPoolExecutor
+    dispatcher: Wakeable | None = None
+
+
+async def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

@@ -1,0 +1,108 @@
+"""`/v1/assets`: upload an input image once (content-addressed by sha256) and reference it as `asset:<sha256>`.
+
+The body is the image itself (any `Content-Type`), or `multipart/form-data` with the image as its file part
+(field `file`, or the first part). Multipart is parsed with the standard library's MIME parser, so the farm needs
+no extra dependency; the body is already bounded by the request size limit.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from scheduler.auth import TenantDep
+from scheduler.deps import ServicesDep
+from scheduler.submission import asset_body, store_asset
+from shared.errors import InputError, NotFound
+from shared.images import ImageLimits
+
+router = APIRouter(prefix="/v1/assets", tags=["assets"])
+
+UPLOAD_FIELD = "file"
+_ASSET_ID_RE = re.compile(r"(?:asset:)?([0-9a-f]{64})")
+
+
+class AssetOut(BaseModel):
+    asset_id: str  # asset:<sha256>, what a job references
+    sha256: str
+    width: int  # pixels, after EXIF orientation
+    height: int
+    mime: str
+    bytes: int
+
+
+def file_of_multipart(content_type: str, body: bytes) -> bytes:
+    """The uploaded file of a multipart/form-data body: the part named `file`, else the first part.
+
+    Raises InputError (field `file`) for a body without parts.
+    """
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    parts = list(message.iter_parts()) if message.is_multipart() else []
+    chosen = next(
+        (part for part in parts if part.get_param("name", header="content-disposition") == UPLOAD_FIELD), None
+    )
+    if chosen is None and parts:
+        chosen = parts[0]
+    payload = chosen.get_payload(decode=True) if chosen is not None else None
+    if not isinstance(payload, bytes) or not payload:
+        raise InputError(
+            "file: the multipart body has no file part; send the image as field 'file' or as the raw body",
+            code="missing",
+            field=UPLOAD_FIELD,
+        )
+    return payload
+
+
+@router.post(
+    "",
+    summary="Upload an input image (raw body or multipart field 'file')",
+    response_model=None,
+    responses={
+        200: {"model": AssetOut, "description": "you had uploaded these bytes before"},
+        201: {"model": AssetOut, "description": "stored"},
+        413: {"description": "the image or body is over the limits"},
+        422: {"description": "not a supported image (PNG, JPEG, WebP, GIF, BMP)"},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "image/*": {"schema": {"type": "string", "format": "binary"}},
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary"}}}
+                },
+            },
+        }
+    },
+)
+async def upload_asset(request: Request, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    body = await request.body()  # bounded by BodyLimitMiddleware
+    content_type = request.headers.get("content-type", "")
+    data = file_of_multipart(content_type, body) if content_type.lower().startswith("multipart/") else body
+    if not data:
+        raise InputError("file: the body is empty; send the image's bytes", code="missing", field=UPLOAD_FIELD)
+    # Uploads may be larger than inline images: only the request limit bounds their bytes.
+    limits = ImageLimits(max_pixels=services.settings.max_image_pixels, max_bytes=services.settings.max_request_bytes)
+    asset, created = await run_in_threadpool(store_asset, services, tenant, data, field=UPLOAD_FIELD, limits=limits)
+    return JSONResponse(asset_body(asset), status_code=201 if created else 200)
+
+
+@router.get("/{asset_id}", summary="An asset's description", response_model=AssetOut)
+def get_asset(
+    asset_id: Annotated[str, Path(description="asset:<sha256> or the bare sha256")],
+    services: ServicesDep,
+    tenant: TenantDep,
+) -> JSONResponse:
+    match = _ASSET_ID_RE.fullmatch(asset_id)
+    if match is None:
+        raise NotFound(f"no asset {asset_id!r}", code="asset_not_found")
+    return JSONResponse(asset_body(services.repo.get_asset(tenant, match.group(1))))

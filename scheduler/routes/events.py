@@ -1,0 +1,124 @@
+"""`/v1/jobs/{task_id}/events`: the job's snapshots as server-sent events, until a terminal one.
+
+Each event is `id: <seq>`, `event: snapshot`, `data: <snapshot JSON>`. The first is sent at once; then one per
+change: the stream waits with `LiveStatus.wait_for_change` (woken by the worker's progress writes and the API's
+notifies), re-reads the row and sends the snapshot if its seq grew. A comment line keeps idle connections (and
+proxies) alive every `KEEPALIVE_S`. `Last-Event-ID` (or `?last_event_id=`) resumes: snapshots with a seq at or
+below it are skipped, and a stream whose client already has the terminal snapshot ends at once.
+
+Waits are sliced (`WAIT_SLICE_S`) so that a notify sent between a read and the next wait is picked up by the next
+read at the latest, and a live status that is down degrades to polling instead of ending the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+
+from scheduler.auth import TenantDep
+from scheduler.deps import Services, ServicesDep
+from scheduler.routes import checked_task_id
+from scheduler.snapshots import read_snapshot
+from shared.errors import InputError
+from shared.live import LiveStatus
+
+log = logging.getLogger("scheduler.routes.events")
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+KEEPALIVE_S = 15.0  # seconds of silence before a keep-alive comment
+WAIT_SLICE_S = 5.0  # the longest one wait for a change lasts before the row is read again
+RETRY_MS = 2000  # the reconnect delay suggested to EventSource clients
+
+
+def format_event(snapshot: dict[str, Any]) -> str:
+    """One SSE message carrying a snapshot."""
+    data = json.dumps(snapshot, separators=(",", ":"), ensure_ascii=False)
+    return f"id: {snapshot['seq']}\nevent: snapshot\ndata: {data}\n\n"
+
+
+def _wait(live: LiveStatus, job_id: uuid.UUID, timeout_s: float) -> bool:
+    try:
+        return live.wait_for_change(job_id, timeout_s)
+    except Exception as exc:
+        # Redis down: poll instead (sleep out the slice, then the caller re-reads the durable row).
+        log.warning("waiting for changes of job %s failed (%s); polling", job_id, exc)
+        time.sleep(timeout_s)
+        return False
+
+
+async def snapshot_stream(
+    services: Services,
+    job_id: uuid.UUID,
+    resume_after: int,
+    *,
+    keepalive_s: float = KEEPALIVE_S,
+    wait_slice_s: float = WAIT_SLICE_S,
+) -> AsyncGenerator[str, None]:
+    """The SSE text of one job's snapshots with seq > `resume_after`, ending after a terminal snapshot."""
+    loop = asyncio.get_running_loop()
+    last_sent = resume_after
+    last_output = loop.time()
+    yield f"retry: {RETRY_MS}\n\n"
+    while True:
+        # Start waiting before reading, so a change that lands during the read still wakes the next wait.
+        waiter = loop.run_in_executor(services.stream_waits, _wait, services.live, job_id, wait_slice_s)
+        row = await run_in_threadpool(services.repo.get_by_id, job_id)
+        snapshot = await run_in_threadpool(read_snapshot, services, row)
+        if snapshot["seq"] > last_sent:
+            yield format_event(snapshot)
+            last_sent = snapshot["seq"]
+            last_output = loop.time()
+        if row.is_terminal:
+            return
+        await waiter
+        if loop.time() - last_output >= keepalive_s:
+            yield ": keep-alive\n\n"
+            last_output = loop.time()
+
+
+def _resume_point(header: str | None, query: int | None) -> int:
+    if query is not None:
+        return query
+    if header is None or not header.strip():
+        return -1
+    try:
+        return int(header.strip())
+    except ValueError:
+        raise InputError(
+            "Last-Event-ID must be the id (a whole number) of an event this stream sent",
+            code="invalid_last_event_id",
+            field="Last-Event-ID",
+        ) from None
+
+
+@router.get(
+    "/{task_id}/events",
+    summary="Stream a job's snapshots (server-sent events) until it finishes",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}, 404: {"description": "no such job for this tenant"}},
+)
+async def job_events(
+    task_id: str,
+    services: ServicesDep,
+    tenant: TenantDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id_query: Annotated[int | None, Query(alias="last_event_id", ge=0)] = None,
+) -> StreamingResponse:
+    resume_after = _resume_point(last_event_id, last_event_id_query)
+    # Read once before streaming, so an unknown id (or another tenant's) is a typed 404, not an empty stream.
+    row = await run_in_threadpool(services.repo.get, tenant, checked_task_id(task_id))
+    return StreamingResponse(
+        snapshot_stream(services, row.id, resume_after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,133 @@
+"""`/v1/jobs`: submit (create-or-get), read, list and cancel jobs (api.md "Submit", "Status", "Cancel").
+
+The routes are synchronous on purpose: everything they do blocks (database, storage, Redis), so FastAPI runs them
+in its worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query
+from fastapi.responses import JSONResponse
+
+from scheduler.auth import TenantDep
+from scheduler.deps import Services, ServicesDep
+from scheduler.routes import checked_task_id
+from scheduler.snapshots import JobList, JobSnapshot, read_snapshot, safe_live_many
+from scheduler.submission import Submission, submit_job
+from shared.db.repository import MAX_LIST_LIMIT
+from shared.states import JobState
+
+log = logging.getLogger("scheduler.routes.jobs")
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+DEFAULT_LIST_LIMIT = 50
+# The body is validated by shared.spec.parse_job (with the farm's limits), not by FastAPI; this documents it.
+JOB_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Img2ImgJob"}}},
+    }
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "missing or invalid API token"},
+    404: {"description": "no such job for this tenant"},
+    422: {"description": "invalid request, naming the field"},
+}
+
+
+def _submitted(services: Services, submission: Submission) -> JSONResponse:
+    snapshot = read_snapshot(services, submission.row)
+    if not submission.created:
+        return JSONResponse(snapshot, status_code=200)
+    return JSONResponse(snapshot, status_code=201, headers={"Location": f"/v1/jobs/{submission.row.task_id}"})
+
+
+@router.put(
+    "/{task_id}",
+    summary="Create a job under a client-chosen id, or get the job that id already names",
+    response_model=None,
+    responses={
+        200: {"model": JobSnapshot, "description": "the job existed with the same request"},
+        201: {"model": JobSnapshot, "description": "created"},
+        409: {"description": "the id is taken by a different request (both hashes named)"},
+        413: {"description": "an inline image or the body is over the limit"},
+        429: {"description": "too many queued jobs (Retry-After)"},
+        **ERROR_RESPONSES,
+    },
+    openapi_extra=JOB_BODY_DOC,
+)
+def put_job(task_id: str, body: Annotated[Any, Body()], services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    submission = submit_job(services, tenant, body, task_id=checked_task_id(task_id))
+    return _submitted(services, submission)
+
+
+@router.post(
+    "",
+    summary="Create a job with a server-chosen id (or the body's force_task_id)",
+    response_model=None,
+    responses={
+        200: {"model": JobSnapshot, "description": "force_task_id named an existing job with the same request"},
+        201: {"model": JobSnapshot, "description": "created"},
+        409: {"description": "force_task_id is taken by a different request"},
+        413: {"description": "an inline image or the body is over the limit"},
+        429: {"description": "too many queued jobs (Retry-After)"},
+        **ERROR_RESPONSES,
+    },
+    openapi_extra=JOB_BODY_DOC,
+)
+def post_job(body: Annotated[Any, Body()], services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    return _submitted(services, submit_job(services, tenant, body))
+
+
+@router.get("/{task_id}", summary="A job's status", response_model=JobSnapshot, responses=ERROR_RESPONSES)
+def get_job(task_id: str, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    row = services.repo.get(tenant, checked_task_id(task_id))
+    return JSONResponse(read_snapshot(services, row))
+
+
+@router.get(
+    "",
+    summary="List your jobs, newest first",
+    response_model=JobList,
+    responses=ERROR_RESPONSES,
+    description="Pages with an opaque `cursor`; `next_cursor` is null on the last page. Every job is listed once "
+    "even while new ones arrive. `queue_position` and `eta_s` are left out (null) in lists.",
+)
+def list_jobs(
+    services: ServicesDep,
+    tenant: TenantDep,
+    state: Annotated[JobState | None, Query()] = None,
+    batch: Annotated[uuid.UUID | None, Query()] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
+) -> JSONResponse:
+    rows, next_cursor = services.repo.list_jobs(tenant, state=state, batch_id=batch, cursor=cursor, limit=limit)
+    live = safe_live_many(services, rows)
+    snapshots = [read_snapshot(services, row, with_queue=False, live=live) for row in rows]
+    return JSONResponse({"jobs": snapshots, "next_cursor": next_cursor})
+
+
+@router.post(
+    "/{task_id}/cancel",
+    summary="Cancel a job, in any state",
+    response_model=JobSnapshot,
+    responses=ERROR_RESPONSES,
+    description="queued: canceled at once. running: cancel requested; the worker stops at its next step and the "
+    "state becomes canceled then. finished: unchanged. Always 200 with the job's snapshot.",
+)
+def cancel_job(task_id: str, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    row = services.repo.request_cancel(tenant, checked_task_id(task_id))
+    try:
+        if row.state is JobState.RUNNING and row.cancel_requested:
+            # The fast flag the worker checks at every step; the durable one (in the row) is seen at lease renewal.
+            services.live.request_cancel(row.id)
+        services.live.notify(row.id)
+    except Exception as exc:
+        # The durable flag is set; a worker still sees it at its next lease renewal.
+        log.warning("live cancel flag for job %s not set: %s", row.id, exc)
+    return JSONResponse(read_snapshot(services, row))

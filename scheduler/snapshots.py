@@ -1,0 +1,274 @@
+"""A job's status as clients see it: the durable row merged with its live progress (docs/farm-design.md).
+
+`build_snapshot` is a pure function of what was read; `read_snapshot` does the reads (row, live progress,
+artifacts, queue position, wait estimate). The response models document the shape in `/openapi.json`.
+
+`seq` = `row.seq × 2^20 + live.seq`: the row's seq grows with every durable change, the live counter with every
+progress write of the running attempt, so a larger `seq` is always a newer snapshot of the same job.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+
+from shared.db import ArtifactRow, JobRepository, JobRow
+from shared.db.tables import jobs
+from shared.live import LiveProgress
+from shared.states import JobState
+from shared.storage import Storage
+
+if TYPE_CHECKING:
+    from scheduler.deps import Services
+
+log = logging.getLogger("scheduler.snapshots")
+
+LIVE_SEQ_BITS = 20
+LIVE_SEQ_SPAN = 2**LIVE_SEQ_BITS  # live progress writes per attempt that fit below one durable change
+DOWNLOAD_URL_EXPIRES_S = 3600  # lifetime of the artifact URLs in a snapshot (seconds)
+RUN_TIME_SAMPLE = 50  # recent succeeded jobs per queue whose run time makes the wait estimate
+RUN_TIME_CACHE_S = 30.0  # seconds a queue's median run time is reused before it is read again
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The documented shape
+
+
+class ErrorOut(BaseModel):
+    type: str
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ArtifactOut(BaseModel):
+    kind: str  # result | overlay | mask
+    index: int
+    url: str  # a download URL that expires (presigned S3, or a signed /v1/files/ URL)
+    sha256: str
+    bytes: int
+    width: int
+    height: int
+    seed: int | None = None
+    infotext: str | None = None
+
+
+class JobSnapshot(BaseModel):
+    """One job's status. Times are ISO 8601 UTC; `progress` is 0..1; `eta_s` in seconds (null when unknown)."""
+
+    task_id: str
+    state: JobState
+    progress: float
+    step: int
+    total_steps: int | None
+    eta_s: float | None
+    queue_position: int | None
+    attempt: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    worker: str | None
+    error: ErrorOut | None
+    warnings: list[dict[str, Any]]
+    artifacts: list[ArtifactOut]
+    seq: int
+
+
+class JobList(BaseModel):
+    jobs: list[JobSnapshot]
+    next_cursor: str | None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def current_live(row: JobRow, live: LiveProgress | None) -> LiveProgress | None:
+    """The live progress if it belongs to this row now: the row is running and the record is of its attempt."""
+    if live is None or row.state is not JobState.RUNNING or live.attempt != row.attempt:
+        return None
+    return live
+
+
+def snapshot_seq(row: JobRow, live: LiveProgress | None) -> int:
+    """`row.seq × 2^20 + live.seq` (live only when `current_live`); the live part is capped below 2^20."""
+    live_part = min(max(live.seq, 0), LIVE_SEQ_SPAN - 1) if live is not None else 0
+    return row.seq * LIVE_SEQ_SPAN + live_part
+
+
+def artifact_out(artifact: ArtifactRow, storage: Storage) -> dict[str, Any]:
+    return {
+        "kind": artifact.kind,
+        "index": artifact.index,
+        "url": storage.download_url(artifact.storage_key, DOWNLOAD_URL_EXPIRES_S),
+        "sha256": artifact.sha256,
+        "bytes": artifact.bytes,
+        "width": artifact.width,
+        "height": artifact.height,
+        "seed": artifact.seed,
+        "infotext": artifact.infotext,
+    }
+
+
+def build_snapshot(
+    row: JobRow,
+    live_progress: LiveProgress | None,
+    artifacts: Sequence[ArtifactRow],
+    storage: Storage,
+    queue_position: int | None,
+    eta: float | None,
+) -> dict[str, Any]:
+    """The API's snapshot of a job (api.md "Status"), as a JSON-ready dict.
+
+    `live_progress` is merged only while the row is running under the same attempt. `queue_position` and `eta`
+    (seconds) are shown only for a queued job; a running job's eta is the worker's own estimate.
+    """
+    live = current_live(row, live_progress)
+    if row.state is JobState.SUCCEEDED:
+        progress, step, total_steps = 1.0, row.total_steps or 0, row.total_steps
+    elif live is not None:
+        progress = min(max(live.fraction, 0.0), 1.0)
+        step, total_steps = live.step, live.total_steps
+    else:
+        progress, step, total_steps = 0.0, 0, row.total_steps
+    if row.state is JobState.QUEUED:
+        eta_s, position = eta, queue_position
+    elif live is not None:
+        eta_s, position = live.eta_s, None
+    else:
+        eta_s, position = None, None
+    return {
+        "task_id": row.task_id,
+        "state": row.state.value,
+        "progress": progress,
+        "step": step,
+        "total_steps": total_steps,
+        "eta_s": eta_s,
+        "queue_position": position,
+        "attempt": row.attempt,
+        "created_at": _iso(row.created_at),
+        "started_at": _iso(row.started_at),
+        "finished_at": _iso(row.finished_at),
+        "worker": (live.worker if live is not None and live.worker else None) or row.worker,
+        "error": row.error.to_dict() if row.error is not None else None,
+        "warnings": [dict(warning) for warning in row.warnings],
+        "artifacts": [artifact_out(artifact, storage) for artifact in artifacts],
+        "seq": snapshot_seq(row, live),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The wait estimate
+
+
+class RunTimeEstimator:
+    """The median run time (seconds, claim to finish) of a queue's recent succeeded jobs, cached per queue.
+
+    Reads the jobs table directly (a read-only aggregate the repository does not offer yet); cached for
+    `RUN_TIME_CACHE_S` so a page of snapshots costs one query per queue at most.
+    """
+
+    def __init__(self, repo: JobRepository, *, sample: int = RUN_TIME_SAMPLE, cache_s: float = RUN_TIME_CACHE_S):
+        self._repo = repo
+        self._sample = sample
+        self._cache_s = cache_s
+        self._cache: dict[str, tuple[float, float | None]] = {}
+        self._lock = threading.Lock()
+
+    def median_run_s(self, queue: str) -> float | None:
+        """The median, or None when the queue has no succeeded job yet."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(queue)
+        if cached is not None and now - cached[0] < self._cache_s:
+            return cached[1]
+        statement = (
+            sa.select(jobs.c.started_at, jobs.c.finished_at)
+            .where(
+                jobs.c.state == JobState.SUCCEEDED.value,
+                jobs.c.queue == queue,
+                jobs.c.started_at.is_not(None),
+                jobs.c.finished_at.is_not(None),
+            )
+            .order_by(jobs.c.finished_at.desc())
+            .limit(self._sample)
+        )
+        with self._repo.engine.connect() as conn:
+            durations = [(finished - started).total_seconds() for started, finished in conn.execute(statement)]
+        median = statistics.median(durations) if durations else None
+        with self._lock:
+            self._cache[queue] = (now, median)
+        return median
+
+    def wait_s(self, queue: str, queue_position: int | None) -> float | None:
+        """Seconds until a queued job at `queue_position` is done: (position + 1) × the median run time.
+
+        One worker per queue is assumed (the farm does not know how many serve it), so this is an upper bound
+        while more workers run. None when the position or the median is unknown.
+        """
+        if queue_position is None:
+            return None
+        median = self.median_run_s(queue)
+        return None if median is None else round((queue_position + 1) * median, 1)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_snapshot(
+    services: Services,
+    row: JobRow,
+    *,
+    with_queue: bool = True,
+    live: Mapping[str, LiveProgress] | None = None,
+) -> dict[str, Any]:
+    """Read what a snapshot of `row` needs and build it. Blocking (database, Redis): call it from a thread.
+
+    `with_queue=False` skips the queue position and wait estimate (one COUNT each; lists leave them out).
+    `live`, when given, is the already-read progress by job id (a list reads it for all rows at once).
+    A live status that cannot be reached degrades to the durable row: the job's state never depends on it.
+    """
+    if live is not None:
+        progress = live.get(str(row.id))
+    elif row.state is JobState.RUNNING:
+        progress = safe_live_progress(services, row)
+    else:
+        progress = None
+    artifacts = services.repo.artifacts_of(row.id) if row.state is JobState.SUCCEEDED else []
+    position = services.repo.queue_position(row) if with_queue and row.state is JobState.QUEUED else None
+    eta = services.estimator.wait_s(row.queue, position) if position is not None else None
+    return build_snapshot(row, progress, artifacts, services.storage, position, eta)
+
+
+def safe_live_progress(services: Services, row: JobRow) -> LiveProgress | None:
+    try:
+        return services.live.get_progress(row.id)
+    except Exception as exc:  # Redis down or a malformed record: show the durable state only
+        log.warning("live progress of job %s unavailable: %s", row.id, exc)
+        return None
+
+
+def safe_live_many(services: Services, rows: Sequence[JobRow]) -> dict[str, LiveProgress]:
+    running = [row.id for row in rows if row.state is JobState.RUNNING]
+    if not running:
+        return {}
+    try:
+        return services.live.get_many(running)
+    except Exception as exc:  # see safe_live_progress
+        log.warning("live progress unavailable: %s", exc)
+        return {}
