@@ -51,7 +51,8 @@ def test_demo_writes_results_overlays_and_masks(tmp_path: Path, data_dir: Path, 
     printed = capsys.readouterr().out
     assert "inpaint-fill" in printed
     result = out / "inpaint-fill" / "result-0.png"
-    assert Image.open(result).size == (128, 128)
+    with Image.open(result) as picture:
+        assert picture.size == (128, 128)
     assert "Masked content: fill" in (read_png_infotext(result.read_bytes()) or "")
     assert (out / "inpaint-fill" / "overlay-0.png").is_file()
     assert (out / "inpaint-fill" / "mask-0.png").is_file()

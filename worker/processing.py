@@ -1,0 +1,807 @@
+"""`StableDiffusionProcessingImg2Img`: the reference's img2img job, with `init()` and `sample()`, on diffusers.
+
+The behaviour is img2img-semantics.md, written from its prose (never from the AGPL reference):
+
+* `init()` (§2): the pixel stage (`worker.pixel_stage.prepare_pixels`: masks, crops, resize modes, fill, overlays),
+  then the VAE encode, the resize-mode-3 latent upscale, the latent mask, the latent fill modes and the image
+  conditioning of 9-channel inpainting and 8-channel edit models.
+* `sample()` (§3): seeded per-image noise (`worker.noise`), the reference's strength → steps rule and sigma schedules
+  (`worker.sampling`), CFG (three passes for edit models), the per-step blend of the x0 prediction and the final blend.
+* `process_images(p)` (§4): batches, prompts and seeds, decode, overlay paste-back, infotexts; returns `Processed`.
+
+Usage, as in the reference::
+
+    model = load_model("tiny")
+    p = StableDiffusionProcessingImg2Img(sd_model=model, prompt="a cat", init_images=[img], mask=mask)
+    processed = process_images(p)
+    processed.images[0].save("out.png")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import InitVar, dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import cv2
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from PIL import Image
+from torch.nn import functional
+
+from renderfarm import __version__
+from shared.images import encode_png
+from shared.sampler_names import find_schedule, split_sampler_and_schedule
+from shared.spec import Img2ImgJob
+from worker.imaging import apply_overlay, resize_image
+from worker.infotext import create_infotext
+from worker.models import LoadedModel
+from worker.noise import create_noise, resolve_seeds
+from worker.options import DEFAULT_OPTIONS, Options
+from worker.pixel_stage import PixelStage, PixelWarning, prepare_pixels
+from worker.sampling import SamplingPlan, StepInfo, StopSampling, plan_img2img, run_sampler
+
+LATENT_CHANNELS = 4
+
+#: Samplers whose noise amount is eta (semantics: the webui's eta_ancestral option), and the one using eta_ddim.
+ANCESTRAL_ETA_SAMPLERS = frozenset({"Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE"})
+DDIM_ETA_SAMPLERS = frozenset({"DDIM"})
+#: The eta that worker.sampling applies when it takes no eta argument: full ancestral noise, deterministic DDIM.
+_SAMPLER_BUILTIN_ETA = {"ancestral": 1.0, "ddim": 0.0}
+ETA_NOT_APPLIED_WARNING_CODE = "eta_not_applied"
+
+#: Which random stream a per-image generator feeds; each gets its own seed derived from the image's seed.
+_POSTERIOR_STREAM = b"vae-posterior"
+_MASKED_IMAGE_STREAM = b"inpaint-masked-image"
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a render is: batch `job_no` of `job_count`, sampling step `step` of `total_steps` (0-based batches)."""
+
+    job_no: int
+    job_count: int
+    step: int
+    total_steps: int
+    preview_latent: torch.Tensor | None = None
+
+    @property
+    def fraction(self) -> float:
+        """0..1 over the whole job, as the reference's progress: batches done plus the share of this one."""
+        if self.job_count <= 0:
+            return 0.0
+        within = self.step / self.total_steps if self.total_steps else 1.0
+        return min(1.0, (self.job_no + within) / self.job_count)
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class StableDiffusionProcessingImg2Img:
+    """One img2img / inpainting job: the reference's fields and defaults (semantics §1), plus the state `init()` sets.
+
+    A progress callback may raise any exception to abort (the farm's cancel); `interrupt()` and `skip()` stop
+    cooperatively as the webui's buttons do (the current batch is decoded from its last x0 prediction).
+    """
+
+    sd_model: LoadedModel | None = None
+    # -- base processing fields ----------------------------------------------------------------------------------
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = field(default_factory=list)
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    seed_enable_extras: bool = True
+    sampler_name: str = "Euler"
+    scheduler: str | None = None
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    eta: float | None = None
+    override_settings: dict[str, Any] = field(default_factory=dict)
+    extra_generation_params: dict[str, Any] = field(default_factory=dict)
+    comments: list[str] = field(default_factory=list)
+    options: Options = DEFAULT_OPTIONS
+    progress_callback: ProgressCallback | None = None
+    # -- StableDiffusionProcessingImg2Img fields -------------------------------------------------------------------
+    init_images: list[Image.Image] | None = None
+    resize_mode: int = 0
+    denoising_strength: float = 0.75
+    image_cfg_scale: float | None = None
+    mask: Any = None  # the PIL mask as passed; after init() the latent keep-mask tensor, as in the reference
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: InitVar[int | None] = None  # replaced by the property below once the class exists
+    mask_round: bool = True
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: Image.Image | None = None
+    force_task_id: str | None = None  # only so a request dict can be passed through; never read (§1)
+    # -- set by init() ---------------------------------------------------------------------------------------------
+    image_mask: Image.Image | None = field(default=None, init=False)
+    nmask: torch.Tensor | None = field(default=None, init=False)
+    image_conditioning: torch.Tensor | None = field(default=None, init=False)
+    init_latent: torch.Tensor | None = field(default=None, init=False)
+    mask_for_overlay: Image.Image | None = field(default=None, init=False)
+    overlay_images: list[Image.Image] = field(default_factory=list, init=False)
+    crop_region: tuple[int, int, int, int] | None = field(default=None, init=False)
+    paste_to: tuple[int, int, int, int] | None = field(default=None, init=False)
+    pixel_stage: PixelStage | None = field(default=None, init=False, repr=False)
+    warnings: list[PixelWarning] = field(default_factory=list, init=False)
+    plan: SamplingPlan | None = field(default=None, init=False, repr=False)
+    color_corrections: tuple[NDArray[np.uint8], ...] | None = field(default=None, init=False, repr=False)
+    image_seeds: tuple[int, ...] = field(default=(), init=False)
+    interrupted: bool = field(default=False, init=False)
+    skipped: bool = field(default=False, init=False)
+    job_no: int = field(default=0, init=False)
+
+    def __post_init__(self, mask_blur: int | None) -> None:
+        # The reference's dataclass quirk (§1): an int mask_blur overrides both axes; None or a float does nothing.
+        if isinstance(mask_blur, int):
+            self.mask_blur_x = self.mask_blur_y = mask_blur
+        # The PIL mask moves to image_mask; `mask` is reused for the latent keep-mask after init().
+        self.image_mask = self.mask
+        self.mask = None
+        # Resolved now, before override_settings apply, so an override of it has no effect (§1).
+        if self.initial_noise_multiplier is None:
+            self.initial_noise_multiplier = self.options.initial_noise_multiplier
+        if not self.seed_enable_extras:
+            self.subseed, self.subseed_strength = -1, 0.0
+            self.seed_resize_from_h = self.seed_resize_from_w = 0
+        self.options = self.options.with_overrides(self.override_settings)
+
+    # -- construction from the farm's job spec ---------------------------------------------------------------------
+
+    @classmethod
+    def from_job(
+        cls,
+        job: Img2ImgJob,
+        *,
+        sd_model: LoadedModel,
+        init_images: Sequence[Image.Image],
+        mask: Image.Image | None = None,
+        latent_mask: Image.Image | None = None,
+        options: Options = DEFAULT_OPTIONS,
+    ) -> StableDiffusionProcessingImg2Img:
+        """Build a job from the validated spec and its decoded images (the spec holds references, not pixels)."""
+        values = job.to_request_json()
+        sampler, schedule = job.sampler, job.schedule
+        return cls(
+            sd_model=sd_model,
+            prompt=values["prompt"],
+            negative_prompt=values["negative_prompt"],
+            seed=values["seed"],
+            subseed=values["subseed"],
+            subseed_strength=values["subseed_strength"],
+            seed_resize_from_h=values["seed_resize_from_h"],
+            seed_resize_from_w=values["seed_resize_from_w"],
+            sampler_name=sampler.name,
+            scheduler=schedule.label,
+            batch_size=values["batch_size"],
+            n_iter=values["n_iter"],
+            steps=values["steps"],
+            cfg_scale=values["cfg_scale"],
+            width=values["width"],
+            height=values["height"],
+            eta=values["eta"],
+            override_settings=dict(values["override_settings"]),
+            options=options,
+            init_images=list(init_images),
+            resize_mode=values["resize_mode"],
+            denoising_strength=values["denoising_strength"],
+            image_cfg_scale=values["image_cfg_scale"],
+            mask=mask,
+            mask_blur_x=job.mask_blur_x,
+            mask_blur_y=job.mask_blur_y,
+            mask_round=values["mask_round"],
+            inpainting_fill=values["inpainting_fill"],
+            inpaint_full_res=values["inpaint_full_res"],
+            inpaint_full_res_padding=values["inpaint_full_res_padding"],
+            inpainting_mask_invert=values["inpainting_mask_invert"],
+            initial_noise_multiplier=values["initial_noise_multiplier"],
+            latent_mask=latent_mask,
+            force_task_id=job.force_task_id,
+        )
+
+    # -- cooperative stops -----------------------------------------------------------------------------------------
+
+    def interrupt(self) -> None:
+        """Stop at the next step; decode the current batch from its last x0 prediction; run no further batch."""
+        self.interrupted = True
+
+    def skip(self) -> None:
+        """End the current batch at the next step; the next batch runs."""
+        self.skipped = True
+
+    # -- the model -------------------------------------------------------------------------------------------------
+
+    @property
+    def model(self) -> LoadedModel:
+        if self.sd_model is None:
+            raise ValueError("sd_model is not set: pass the model returned by worker.models.load_model")
+        return self.sd_model
+
+    @property
+    def is_edit_model(self) -> bool:
+        return self.model.kind == "edit"
+
+    @property
+    def is_inpainting_model(self) -> bool:
+        return self.model.kind == "inpaint"
+
+    # -- init() ----------------------------------------------------------------------------------------------------
+
+    def init(self, all_prompts: Sequence[str], all_seeds: Sequence[int], all_subseeds: Sequence[int]) -> None:
+        """Prepare the init latent, masks, overlays and image conditioning (semantics §2)."""
+        del all_prompts, all_subseeds  # the reference's signature; only the seeds matter here
+        self.extra_generation_params["Denoising strength"] = self.denoising_strength
+        if not self.is_edit_model:
+            self.image_cfg_scale = None
+        if not self.init_images:
+            raise ValueError("init_images is empty")
+        stage = prepare_pixels(
+            self.init_images,
+            width=self.width,
+            height=self.height,
+            batch_size=self.batch_size,
+            resize_mode=self.resize_mode,
+            mask=self.image_mask,
+            latent_mask=self.latent_mask,
+            mask_blur_x=self.mask_blur_x,
+            mask_blur_y=self.mask_blur_y,
+            mask_round=self.mask_round,
+            inpainting_fill=self.inpainting_fill,
+            inpaint_full_res=self.inpaint_full_res,
+            inpaint_full_res_padding=self.inpaint_full_res_padding,
+            inpainting_mask_invert=bool(self.inpainting_mask_invert),
+            img2img_background_color=self.options.img2img_background_color,
+            img2img_color_correction=self.options.img2img_color_correction,
+        )
+        self.pixel_stage = stage
+        self.batch_size = stage.batch_size
+        self.image_mask = stage.image_mask
+        self.mask_for_overlay = stage.mask_for_overlay
+        self.overlay_images = list(stage.overlay_images)
+        self.crop_region = stage.crop_region
+        self.paste_to = stage.paste_to
+        self.inpaint_full_res = stage.inpaint_full_res
+        self.extra_generation_params.update(stage.extra_generation_params)
+        self.comments.extend(stage.comments)
+        self.warnings.extend(stage.warnings)
+        self.color_corrections = stage.color_corrections
+        # The seeds of the batch slots: the random draws of init() (posterior samples) are seeded from them.
+        self.image_seeds = tuple(int(s) for s in all_seeds[: self.batch_size])
+
+        model = self.model
+        pixels = torch.from_numpy(np.ascontiguousarray(stage.images)).to(model.device, torch.float32)
+        signed = pixels * 2.0 - 1.0
+        latent_size = (self.height // 8, self.width // 8)
+        # One image at a time, as the reference encodes a batch. The posterior sample is seeded per slot so that the
+        # same seed gives the same pixels (a documented deviation: the reference draws it from the unseeded global
+        # RNG). Its seed is derived from the slot's seed rather than equal to it, so that the posterior noise is not
+        # the very tensor the initial noise of that seed will be (which would correlate the two).
+        init_latent = self._encode_samples(signed, _POSTERIOR_STREAM)
+        if stage.resize_mode_3_latent_upscale is not None:
+            init_latent = _resize_latent(init_latent, latent_size)
+
+        if stage.latent_mask is not None:
+            latmask = torch.from_numpy(stage.latent_mask).to(model.device, model.dtype)
+            self.nmask = latmask.expand(1, LATENT_CHANNELS, *latmask.shape).clone()
+            self.mask = 1.0 - self.nmask
+            if self.inpainting_fill == 2:
+                # Latent noise (§2.7): the first batch's seeds, no variation seed and no seed resize, reused for
+                # every batch, as the reference does.
+                first = create_noise(
+                    (LATENT_CHANNELS, *latent_size),
+                    list(all_seeds[: self.batch_size]),
+                    source=self.options.randn_source,
+                    device=model.device,
+                ).noise.to(model.dtype)
+                init_latent = init_latent * self.mask + first * self.nmask
+            elif self.inpainting_fill == 3:
+                init_latent = init_latent * self.mask
+        self.init_latent = init_latent
+        self.image_conditioning = self._image_conditioning(signed, stage, latent_size)
+
+    def _encode_samples(self, x: torch.Tensor, stream: bytes) -> torch.Tensor:
+        """VAE posterior samples × the scale factor of images `x` (B, 3, h, w) in [-1, 1], one slot at a time, each
+        drawn from a CPU generator seeded from the slot's seed and `stream` (same seed → same latent)."""
+        model = self.model
+        vae = cast(Any, model.vae)  # diffusers' modules are untyped
+        latents = []
+        with torch.no_grad():
+            for i in range(x.shape[0]):
+                generator = torch.Generator(device="cpu").manual_seed(_derived_seed(self._slot_seed(i), stream))
+                posterior = vae.encode(x[i : i + 1].to(model.device, vae.dtype)).latent_dist
+                noise = torch.randn(posterior.mean.shape, generator=generator, dtype=torch.float32)
+                latents.append(posterior.mean + posterior.std * noise.to(posterior.mean))
+        return (torch.cat(latents) * model.latent_scale_factor).to(model.dtype)
+
+    def _slot_seed(self, index: int) -> int:
+        if index < len(self.image_seeds):
+            return self.image_seeds[index]
+        return (self.image_seeds[-1] if self.image_seeds else 0) + index
+
+    def _image_conditioning(
+        self, signed: torch.Tensor, stage: PixelStage, latent_size: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """The extra UNet input of edit and 9-channel inpainting models (semantics §2.8); None for plain models."""
+        model = self.model
+        if self.is_edit_model:
+            return _resize_latent(model.vae_encode_mode(signed), latent_size)
+        if not self.is_inpainting_model:
+            return None
+        if stage.conditioning_mask is not None:
+            cmask = torch.from_numpy(stage.conditioning_mask).to(model.device, torch.float32)[None, None]
+        else:
+            cmask = torch.ones((1, 1, *signed.shape[-2:]), device=model.device)
+        weight = self.options.inpainting_mask_weight
+        self.extra_generation_params["Conditional mask weight"] = weight
+        if cmask.shape[-2:] == signed.shape[-2:]:
+            masked = signed * (1.0 - weight * cmask)
+        else:  # resize mode 3: the picture is at its own size, the mask at W×H
+            masked = signed * (1.0 - weight * functional.interpolate(cmask, size=signed.shape[-2:], mode="nearest"))
+        # Sampled like the init latent (the reference samples here too), seeded per slot for reproducibility.
+        masked_latent = _resize_latent(self._encode_samples(masked, _MASKED_IMAGE_STREAM), latent_size)
+        cmask_latent = functional.interpolate(cmask, size=latent_size, mode="nearest").to(model.dtype)
+        cmask_latent = cmask_latent.expand(masked_latent.shape[0], -1, -1, -1)
+        return torch.cat([cmask_latent, masked_latent], dim=1)
+
+    # -- sample() --------------------------------------------------------------------------------------------------
+
+    def sample(
+        self,
+        conditioning: torch.Tensor,
+        unconditional_conditioning: torch.Tensor,
+        seeds: Sequence[int],
+        subseeds: Sequence[int],
+        subseed_strength: float,
+        prompts: Sequence[str],
+    ) -> torch.Tensor:
+        """Denoise one batch from the init latent (semantics §3); returns its latent."""
+        del prompts
+        if self.init_latent is None:
+            raise ValueError("call init() before sample()")
+        model = self.model
+        latent_shape = (LATENT_CHANNELS, self.height // 8, self.width // 8)
+        noise = create_noise(
+            latent_shape,
+            list(seeds),
+            list(subseeds),
+            subseed_strength,
+            self.seed_resize_from_h,
+            self.seed_resize_from_w,
+            source=self.options.randn_source,
+            device=model.device,
+            eta_noise_seed_delta=self.options.eta_noise_seed_delta,
+        )
+        # Infotext order of the reference: Noise multiplier, Extra noise, Eta, then the schedule's own entries.
+        multiplier = float(self.initial_noise_multiplier if self.initial_noise_multiplier is not None else 1.0)
+        if multiplier != 1.0:
+            self.extra_generation_params["Noise multiplier"] = multiplier
+        if self.options.img2img_extra_noise > 0:
+            self.extra_generation_params["Extra noise"] = self.options.img2img_extra_noise
+        sampler_kwargs = self._eta_arguments()
+        plan = self._plan()
+
+        init_latent = self.init_latent
+        keep, regenerate = self.mask, self.nmask
+
+        def blend(x: torch.Tensor) -> torch.Tensor:
+            # Installed only when init() made a latent mask, so both are set.
+            assert keep is not None
+            assert regenerate is not None
+            return x * regenerate + init_latent * keep
+
+        def on_step(info: StepInfo) -> None:
+            if self.progress_callback is not None:
+                self.progress_callback(Progress(self.job_no, self.n_iter, info.step, info.total_steps, info.x0_preview))
+            # After the last step there is nothing left to stop; stopping there would return the x0 prediction
+            # instead of the finished latent.
+            if (self.interrupted or self.skipped) and info.step + 1 < info.total_steps:
+                raise StopSampling
+
+        samples = run_sampler(
+            plan,
+            init_latent,
+            noise.noise.to(model.dtype),
+            self._denoiser(conditioning, unconditional_conditioning),
+            blend_x0=blend if keep is not None else None,
+            blend_xt_before=blend if keep is not None else None,
+            generators=noise.generators,
+            callback=on_step,
+            extra_noise=self.options.img2img_extra_noise,
+            noise_multiplier=multiplier,
+            **sampler_kwargs,
+        )
+        if keep is not None:
+            samples = blend(samples)  # the final mix (§3.4)
+        return samples
+
+    def resolved_eta(self) -> float | None:
+        """The eta this job's sampler should use: the job's `eta`, else the webui option (eta_ancestral for
+        ancestral/SDE samplers, eta_ddim for DDIM); None for samplers that have no eta."""
+        kind = _eta_kind(self.sampler_name)
+        if kind is None:
+            return None
+        if self.eta is not None:
+            return float(self.eta)
+        return float(self.options.eta_ancestral if kind == "ancestral" else self.options.eta_ddim)
+
+    def _eta_arguments(self) -> dict[str, Any]:
+        """`run_sampler` keyword arguments for eta, and its infotext entry or warning (once per job).
+
+        worker.sampling's `run_sampler` takes no eta yet (its ancestral steps use η = 1, DDIM η = 0); when it grows
+        an `eta` parameter the resolved value is passed. Until then a job asking for another eta is rendered with
+        the built-in one and gets a warning, rather than being silently changed.
+        """
+        kind = _eta_kind(self.sampler_name)
+        eta = self.resolved_eta()
+        if kind is None or eta is None:
+            return {}
+        builtin = _SAMPLER_BUILTIN_ETA[kind]
+        if _RUN_SAMPLER_TAKES_ETA:
+            if eta != builtin:
+                self.extra_generation_params["Eta"] = eta
+            return {"eta": eta}
+        if eta != builtin and not any(w.code == ETA_NOT_APPLIED_WARNING_CODE for w in self.warnings):
+            self.warnings.append(
+                PixelWarning(
+                    ETA_NOT_APPLIED_WARNING_CODE,
+                    f"eta {eta:g} was requested for {_sampler_label(self.sampler_name)}, but this worker's sampler "
+                    f"supports only eta {builtin:g}; the job was rendered with eta {builtin:g}.",
+                )
+            )
+        return {}
+
+    def _plan(self) -> SamplingPlan:
+        if self.plan is None:
+            self.plan = plan_img2img(
+                self.sampler_name,
+                self.scheduler,
+                self.steps,
+                self.denoising_strength,
+                self.options.img2img_fix_steps,
+                self.model.scheduler_config,
+            )
+            self.extra_generation_params.update(
+                (k, v) for k, v in self.plan.extra_generation_params.items() if k != "Schedule type"
+            )
+        return self.plan
+
+    def _schedule_label(self, plan: SamplingPlan) -> str:
+        """The infotext's "Schedule type" as the reference writes it: the job's schedule, where "Automatic" stays
+        "Automatic" for the samplers that have no schedule option of their own (Euler, Euler a, LMS, Heun: their
+        automatic discretisation is the uniform one) and names the sampler's own schedule otherwise (DPM++ 2M →
+        "Karras"). Timestep samplers are always "Automatic"."""
+        explicit = find_schedule(self.scheduler) if self.scheduler else None
+        named = split_sampler_and_schedule(self.sampler_name)
+        automatic = (explicit is None or explicit.name == "automatic") and (named is None or named[1] is None)
+        if automatic and plan.sampler.default_schedule == "uniform":
+            return "Automatic"
+        return plan.schedule_type
+
+    def _denoiser(
+        self, cond: torch.Tensor, uncond: torch.Tensor
+    ) -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
+        """ε(x) with classifier-free guidance; three passes for edit models with an image CFG scale (§3.3)."""
+        unet = cast(Any, self.model.unet)  # diffusers' modules are untyped callables
+        image_cond = self.image_conditioning
+        cfg_scale, image_cfg_scale = self.cfg_scale, self.image_cfg_scale
+
+        def run_unet(
+            x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, extra: torch.Tensor | None
+        ) -> torch.Tensor:
+            model_input = x if extra is None else torch.cat([x, extra], dim=1)
+            with torch.no_grad():
+                return cast(torch.Tensor, unet(model_input, t, encoder_hidden_states=context).sample)
+
+        def denoise(x: torch.Tensor, t: torch.Tensor, sigma: float) -> torch.Tensor:
+            del sigma
+            batch = x.shape[0]
+            extra = image_cond.expand(batch, -1, -1, -1) if image_cond is not None else None
+            if self.is_edit_model and extra is not None and image_cfg_scale is not None and image_cfg_scale != 1.0:
+                zeros = torch.zeros_like(extra)
+                out = run_unet(
+                    torch.cat([x, x, x]),
+                    torch.cat([t, t, t]),
+                    torch.cat([cond, uncond, uncond]),
+                    torch.cat([extra, extra, zeros]),
+                )
+                text, image_only, neither = out.chunk(3)
+                return neither + cfg_scale * (text - image_only) + image_cfg_scale * (image_only - neither)
+            out = run_unet(
+                torch.cat([x, x]),
+                torch.cat([t, t]),
+                torch.cat([cond, uncond]),
+                torch.cat([extra, extra]) if extra is not None else None,
+            )
+            positive, negative = out.chunk(2)
+            return negative + cfg_scale * (positive - negative)
+
+        return denoise
+
+    # -- infotext --------------------------------------------------------------------------------------------------
+
+    def infotext(self, index: int, all_seeds: Sequence[int], all_subseeds: Sequence[int]) -> str:
+        """The A1111 infotext of image `index` of the job (semantics §4)."""
+        model = self.model
+        sampler = _sampler_label(self.sampler_name)
+        plan = self._plan()
+        leading: dict[str, object] = {
+            "Steps": self.steps,
+            "Sampler": sampler,
+            "Schedule type": self._schedule_label(plan),
+            "CFG scale": self.cfg_scale,
+            "Image CFG scale": self.image_cfg_scale,
+            "Seed": all_seeds[index],
+            "Size": f"{self.width}x{self.height}",
+            **model.infotext_fields(),
+            "Denoising strength": self.extra_generation_params.get("Denoising strength"),
+            "Conditional mask weight": self.extra_generation_params.get("Conditional mask weight"),
+            "Clip skip": self.options.CLIP_stop_at_last_layers if self.options.CLIP_stop_at_last_layers > 1 else None,
+            "ENSD": self.options.eta_noise_seed_delta or None,
+            "RNG": "CPU" if self.options.randn_source == "CPU" else None,
+        }
+        if self.subseed_strength:
+            leading["Variation seed"] = all_subseeds[index]
+            leading["Variation seed strength"] = self.subseed_strength
+        if self.seed_resize_from_w > 0 and self.seed_resize_from_h > 0:
+            leading["Seed resize from"] = f"{self.seed_resize_from_w}x{self.seed_resize_from_h}"
+        leading_keys = {"Denoising strength", "Conditional mask weight"}
+        extra = {k: v for k, v in self.extra_generation_params.items() if k not in leading_keys}
+        return create_infotext(
+            self.prompt, self.negative_prompt, leading, extra, {"Version": f"renderfarm {__version__}"}
+        )
+
+
+_RUN_SAMPLER_TAKES_ETA = "eta" in inspect.signature(run_sampler).parameters
+
+
+def _eta_kind(sampler_name: str) -> str | None:
+    """The eta kind ("ancestral" or "ddim") of samplers whose noise amount is an eta, else None."""
+    label = _sampler_label(sampler_name)
+    if label in ANCESTRAL_ETA_SAMPLERS:
+        return "ancestral"
+    if label in DDIM_ETA_SAMPLERS:
+        return "ddim"
+    return None
+
+
+def _derived_seed(seed: int, stream: bytes) -> int:
+    """A 63-bit seed for one random stream of an image, derived from its seed (independent of other streams)."""
+    digest = hashlib.sha256(stream + b":" + str(int(seed)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
+
+
+def _sampler_label(name: str) -> str:
+    """The webui label of a sampler name or alias ("k_euler" -> "Euler"; "DPM++ 2M Karras" -> "DPM++ 2M")."""
+    found = split_sampler_and_schedule(name)
+    return found[0].name if found else name
+
+
+def _resize_latent(latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a latent to (h, w), as the reference's latent upscale (align_corners=False)."""
+    if tuple(latent.shape[-2:]) == size:
+        return latent
+    return functional.interpolate(latent.float(), size=size, mode="bilinear", align_corners=False).to(latent.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Processed:
+    """What a job produced, image by image (same index in every list).
+
+    `masks[i]` is the mask the overlay of image i was built from (`mask_for_overlay`, L, in the geometry of the
+    overlay: the picture's own size for "only masked", W×H for "whole picture"); None without a mask. The
+    webui's extra outputs of `return_mask` / `return_mask_composite` are not per-image results, so they go to
+    `extra_images` (the reference appends them to its image list).
+    """
+
+    images: list[Image.Image]
+    overlay_images: list[Image.Image | None]
+    masks: list[Image.Image | None]
+    seeds: list[int]
+    subseeds: list[int]
+    prompts: list[str]
+    negative_prompts: list[str]
+    infotexts: list[str]
+    comments: list[str]
+    warnings: list[PixelWarning]
+    interrupted: bool = False
+    width: int = 0
+    height: int = 0
+    extra_images: list[Image.Image] = field(default_factory=list)
+
+    def save(self, folder: Path) -> list[Path]:
+        """Write `result-{i}.png` (with its infotext), `overlay-{i}.png` and `mask-{i}.png` into `folder`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        for i, image in enumerate(self.images):
+            outputs: list[tuple[str, Image.Image | None, str | None]] = [
+                ("result", image, self.infotexts[i]),
+                ("overlay", self.overlay_images[i], None),
+                ("mask", self.masks[i], None),
+            ]
+            for kind, picture, infotext in outputs:
+                if picture is None:
+                    continue
+                path = folder / f"{kind}-{i}.png"
+                path.write_bytes(encode_png(picture, infotext))
+                written.append(path)
+        return written
+
+
+def process_images(p: StableDiffusionProcessingImg2Img) -> Processed:
+    """Run the whole job: init once, then `n_iter` batches of sample + decode + overlay (semantics §4)."""
+    model = p.model
+    if p.init_images and 1 < len(p.init_images) <= p.batch_size:
+        p.batch_size = len(p.init_images)  # one image per batch slot (§1); known before the seeds are drawn
+    count = p.batch_size * p.n_iter
+    all_prompts = [p.prompt] * count
+    all_negative_prompts = [p.negative_prompt] * count
+    all_seeds, all_subseeds = resolve_seeds(p.seed, p.subseed, p.subseed_strength, count)
+    with torch.inference_mode(False), torch.no_grad():
+        p.init(all_prompts, all_seeds, all_subseeds)
+        clip_skip = p.options.CLIP_stop_at_last_layers
+        images: list[Image.Image] = []
+        overlays: list[Image.Image | None] = []
+        masks: list[Image.Image | None] = []
+        extra_images: list[Image.Image] = []
+        for n in range(p.n_iter):
+            if p.interrupted:
+                break
+            p.job_no, p.skipped = n, False
+            batch = slice(n * p.batch_size, (n + 1) * p.batch_size)
+            conditioning = model.encode_prompt(all_prompts[batch], clip_skip=clip_skip)
+            unconditional = model.encode_prompt(all_negative_prompts[batch], clip_skip=clip_skip)
+            samples = p.sample(
+                conditioning,
+                unconditional,
+                all_seeds[batch],
+                all_subseeds[batch],
+                p.subseed_strength,
+                all_prompts[batch],
+            )
+            for i in range(samples.shape[0]):
+                # i is the slot within the batch: overlays and colour targets are per slot, repeated every batch.
+                picture = _decode(model, samples[i : i + 1])
+                if p.color_corrections is not None and i < len(p.color_corrections):
+                    picture = apply_color_correction(p.color_corrections[i], picture)
+                overlay = p.overlay_images[i] if i < len(p.overlay_images) else None
+                denoised = picture
+                if overlay is not None and p.options.overlay_inpaint:
+                    result = apply_overlay(picture, p.paste_to, overlay)
+                    picture, denoised = result.image, result.original_denoised_image
+                images.append(picture)
+                overlays.append(overlay)
+                mask = p.mask_for_overlay.convert("L") if p.mask_for_overlay is not None else None
+                masks.append(mask)
+                if mask is not None and p.options.return_mask:
+                    extra_images.append(mask.convert("RGB"))
+                if mask is not None and p.options.return_mask_composite:
+                    extra_images.append(_mask_composite(denoised, mask))
+        if p.progress_callback is not None and not p.interrupted:
+            total = p.plan.total_steps if p.plan else 0
+            p.progress_callback(Progress(p.n_iter, p.n_iter, total, total))
+    done = len(images)
+    return Processed(
+        images=images,
+        overlay_images=overlays,
+        masks=masks,
+        seeds=list(all_seeds[:done]),
+        subseeds=list(all_subseeds[:done]),
+        prompts=all_prompts[:done],
+        negative_prompts=all_negative_prompts[:done],
+        infotexts=[p.infotext(i, all_seeds, all_subseeds) for i in range(done)],
+        comments=list(p.comments),
+        warnings=list(p.warnings),
+        interrupted=p.interrupted,
+        width=p.width,
+        height=p.height,
+        extra_images=extra_images,
+    )
+
+
+def _decode(model: LoadedModel, latent: torch.Tensor) -> Image.Image:
+    """VAE-decode one latent to an RGB picture; (x + 1) / 2 clamped, ×255 and truncated like the reference (§4.1)."""
+    decoded = model.vae_decode(latent)[0].float()
+    pixels = torch.clamp((decoded + 1.0) / 2.0, 0.0, 1.0) * 255.0
+    array = pixels.permute(1, 2, 0).to(torch.uint8).cpu().numpy()
+    return Image.fromarray(array, "RGB")
+
+
+def _mask_composite(denoised: Image.Image, mask_for_overlay: Image.Image) -> Image.Image:
+    """The webui's "-mask-composite" output (§4.7): the output before the overlay, shown only where the mask is set
+    (the mask brought to the output's size with resize mode 2), transparent elsewhere; RGBA."""
+    mask = mask_for_overlay
+    if mask.size != denoised.size:
+        mask = resize_image(2, mask, denoised.width, denoised.height)
+    layer = Image.new("RGBa", denoised.size)
+    shown = Image.composite(denoised.convert("RGBA").convert("RGBa"), layer, mask.convert("L"))
+    return shown.convert("RGBA")
+
+
+def apply_color_correction(target_lab: NDArray[np.uint8], picture: Image.Image) -> Image.Image:
+    """The webui's img2img colour correction (§4.4): match the output's 8-bit LAB histograms, channel by channel, to
+    the init picture's, then keep the corrected hue and saturation with the uncorrected luminosity.
+
+    `target_lab` is the (H, W, 3) uint8 OpenCV LAB of the processed init picture (the pixel stage's target).
+    """
+    original = np.asarray(picture.convert("RGB"), dtype=np.uint8)
+    lab = np.asarray(cv2.cvtColor(original, cv2.COLOR_RGB2LAB), dtype=np.uint8)
+    matched = np.stack([_match_histogram(lab[..., c], target_lab[..., c]) for c in range(3)], axis=-1)
+    corrected = np.asarray(cv2.cvtColor(matched, cv2.COLOR_LAB2RGB), dtype=np.uint8)
+    return Image.fromarray(_luminosity_blend(corrected, original), "RGB")
+
+
+def _match_histogram(source: NDArray[np.uint8], template: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """Map each source value to the template value at the same quantile (linear between quantiles); truncated to
+    uint8 as the reference keeps its result."""
+    _, inverse, counts = np.unique(source.ravel(), return_inverse=True, return_counts=True)
+    t_values, t_counts = np.unique(template.ravel(), return_counts=True)
+    quantiles = np.cumsum(counts) / source.size
+    t_quantiles = np.cumsum(t_counts) / template.size
+    mapped = np.interp(quantiles, t_quantiles, t_values.astype(np.float64))
+    return mapped[inverse].reshape(source.shape).astype(np.uint8)
+
+
+def _luminosity_blend(colour: NDArray[np.uint8], luminosity: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """The "luminosity" blend mode (W3C compositing, non-separable): the hue and saturation of `colour` with the
+    luminosity (0.3 R + 0.59 G + 0.11 B) of `luminosity`, colours clipped back into gamut."""
+    base = colour.astype(np.float64) / 255.0
+    lum_target = _lum(luminosity.astype(np.float64) / 255.0)
+    shifted = base + (lum_target - _lum(base))[..., None]
+    lum = _lum(shifted)[..., None]
+    low = shifted.min(axis=-1, keepdims=True)
+    high = shifted.max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shifted = np.where(low < 0, lum + (shifted - lum) * lum / np.maximum(lum - low, 1e-12), shifted)
+        shifted = np.where(high > 1, lum + (shifted - lum) * (1 - lum) / np.maximum(high - lum, 1e-12), shifted)
+    return np.clip(np.rint(shifted * 255.0), 0, 255).astype(np.uint8)
+
+
+def _lum(rgb: NDArray[np.float64]) -> NDArray[np.float64]:
+    return np.asarray(0.3 * rgb[..., 0] + 0.59 * rgb[..., 1] + 0.11 * rgb[..., 2])
+
+
+def _mask_blur_get(self: StableDiffusionProcessingImg2Img) -> int | None:
+    """The reference's property: the blur when both axes agree, else None (then left out of the infotext)."""
+    return self.mask_blur_x if self.mask_blur_x == self.mask_blur_y else None
+
+
+def _mask_blur_set(self: StableDiffusionProcessingImg2Img, value: int | None) -> None:
+    """Only an int sets both axes; a float or None does nothing, as in the reference (§1)."""
+    if isinstance(value, int):
+        self.mask_blur_x = self.mask_blur_y = value
+
+
+# Installed after the dataclass is built so that `mask_blur=` stays a constructor argument (an InitVar) while
+# reading and writing it afterwards behaves as the reference's property.
+StableDiffusionProcessingImg2Img.mask_blur = property(_mask_blur_get, _mask_blur_set)  # type: ignore[attr-defined]
+
+__all__ = [
+    "ETA_NOT_APPLIED_WARNING_CODE",
+    "Processed",
+    "Progress",
+    "ProgressCallback",
+    "StableDiffusionProcessingImg2Img",
+    "apply_color_correction",
+    "process_images",
+]
