@@ -1,0 +1,157 @@
+"""Starting worker processes: one Celery worker per GPU, or one CPU worker (architecture.md, reliability.md).
+
+    start_workers(settings, gpus="all")      # from the CLI: spawns the processes, returns their Popen handles
+    python -m worker.service --device cuda --queues rf.default.interactive,rf.default.batch --hostname gpu0@host
+
+Each GPU gets its own process (`CUDA_VISIBLE_DEVICES=i`, so it sees one device as cuda:0) running a solo-pool worker
+(concurrency 1, prefetch 1: it holds only the job it runs, so queue depth is real) named `gpu{i}@host`. Without
+GPUs, one CPU worker `cpu@host` uses every core this process may run on. SIGTERM is Celery's warm shutdown, bounded
+by `worker_soft_shutdown_timeout` from the settings; the running render re-queues itself if it cannot finish by then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Literal
+
+from shared.config import ENV_PREFIX, Settings
+from shared.queueing import queue_name
+
+__all__ = ["default_queues", "main", "parse_gpus", "run_worker_process", "start_workers", "worker_command"]
+
+Device = Literal["cuda", "cpu"]
+
+
+def default_queues() -> list[str]:
+    """The default model family's interactive and batch queues, interactive first."""
+    return [queue_name(None, batch=False), queue_name(None, batch=True)]
+
+
+def parse_gpus(gpus: str, device_count: int) -> list[int] | None:
+    """The GPU indices `gpus` names ("all", "0,1"), or None for a CPU worker ("cpu", or "all" without GPUs).
+
+    Raises ValueError for an index that is not a number or not present on this machine.
+    """
+    text = gpus.strip().lower()
+    if text == "cpu":
+        return None
+    if text == "all":
+        return list(range(device_count)) or None
+    try:
+        indices = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise ValueError(f"--gpus must be 'all', 'cpu' or GPU indices like '0,1', not {gpus!r}") from None
+    missing = [i for i in indices if not 0 <= i < device_count]
+    if missing or not indices:
+        raise ValueError(f"GPU(s) {missing or gpus} not present: this machine has {device_count} GPU(s)")
+    return indices
+
+
+def _settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as RENDERFARM_* variables, so a child process rebuilds the same settings object."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        env[f"{ENV_PREFIX}{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def worker_command(queues: Sequence[str], device: Device, hostname: str) -> list[str]:
+    """The argv of one worker process."""
+    return [
+        sys.executable,
+        "-m",
+        "worker.service",
+        "--device",
+        device,
+        "--queues",
+        ",".join(queues),
+        "--hostname",
+        hostname,
+    ]
+
+
+def start_workers(
+    settings: Settings, gpus: str = "all", queues: list[str] | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """Spawn one worker process per selected GPU (or one CPU worker) and return their handles.
+
+    `gpus`: "all" (every GPU; a CPU worker when there is none), "cpu", or indices "0,1". `queues`: default
+    `default_queues()`. The caller owns the processes (send SIGTERM to stop them gracefully). Raises ValueError for
+    a bad `gpus`.
+    """
+    import torch
+
+    chosen = queues or default_queues()
+    host = socket.gethostname()
+    base_env = {**os.environ, **_settings_env(settings)}
+    indices = parse_gpus(gpus, torch.cuda.device_count())
+    processes: list[subprocess.Popen[bytes]] = []
+    if indices is None:
+        env = {**base_env, "CUDA_VISIBLE_DEVICES": ""}  # a CPU worker must not grab a GPU by accident
+        processes.append(subprocess.Popen(worker_command(chosen, "cpu", f"cpu@{host}"), env=env))
+        return processes
+    for index in indices:
+        env = {**base_env, "CUDA_VISIBLE_DEVICES": str(index)}
+        processes.append(subprocess.Popen(worker_command(chosen, "cuda", f"gpu{index}@{host}"), env=env))
+    return processes
+
+
+def _owned_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run_worker_process(settings: Settings, queues: list[str], device: Device, hostname: str | None = None) -> None:
+    """Run a Celery worker in this process until it is shut down (blocks). Installs Celery's signal handlers.
+
+    `device` "cuda" uses the one GPU this process sees; "cpu" sets torch's thread count to the cores it owns.
+    """
+    import torch
+
+    from worker.tasks import build_worker_deps, create_worker_app
+
+    # Not settings.check(): its token rules are the API's. The parts a worker uses fail on their own when built.
+    _ = settings.database_kind
+    if device == "cpu":
+        torch.set_num_threads(_owned_cores())
+    name = hostname or f"{'gpu' if device == 'cuda' else 'cpu'}@{socket.gethostname()}"
+    factory = functools.partial(build_worker_deps, settings, device=device, worker_name=name)
+    app = create_worker_app(settings, factory)
+    app.worker_main(
+        [
+            "worker",
+            "--pool=solo",
+            "--concurrency=1",
+            "--prefetch-multiplier=1",
+            f"--hostname={name}",
+            f"--queues={','.join(queues)}",
+            "--loglevel=INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ]
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m worker.service --device cuda|cpu --queues a,b --hostname name@host` (settings from RENDERFARM_*)."""
+    parser = argparse.ArgumentParser(prog="python -m worker.service", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cpu")
+    parser.add_argument("--queues", default=",".join(default_queues()))
+    parser.add_argument("--hostname", default=None)
+    args = parser.parse_args(argv)
+    queues = [q for q in args.queues.split(",") if q]
+    run_worker_process(Settings(), queues, args.device, args.hostname)
+
+
+if __name__ == "__main__":
+    main()
