@@ -20,7 +20,6 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from scheduler.deps import Services
 from scheduler.errors import TaskIdConflict
@@ -30,7 +29,7 @@ from shared.errors import Conflict, InputError, NotFound, RateLimited
 from shared.images import ImageLimits, decode_image, image_info
 from shared.queueing import queue_name
 from shared.spec import Img2ImgJob, SpecLimits, parse_image_ref, parse_job, request_hash
-from shared.storage import DOWNLOAD_ROUTE, LocalFolderStorage, S3Storage, Storage, asset_key, validate_key
+from shared.storage import DOWNLOAD_ROUTE, Storage, asset_key, key_of_farm_url, validate_key
 
 log = logging.getLogger("scheduler.submission")
 
@@ -115,39 +114,8 @@ def asset_body(asset: AssetRow) -> dict[str, Any]:
 
 
 def farm_key_of_url(url: str, storage: Storage, settings: Settings) -> str | None:
-    """The storage key a URL of the farm's own storage names, or None when the URL is not the farm's.
-
-    Accepted (as the worker's input loader accepts them): `s3://<bucket>/<prefix><key>` of the farm's bucket,
-    `<public_url>/v1/files/<key>[?...]`, and a path-style (presigned) URL of the farm's S3 endpoints
-    `<endpoint>/<bucket>/<prefix><key>[?...]`, such as an artifact URL from a snapshot.
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    path = unquote(parts.path)
-    if scheme == "s3":
-        if isinstance(storage, S3Storage) and parts.netloc == storage.bucket:
-            full = path.lstrip("/")
-            if full.startswith(storage.prefix):
-                return full[len(storage.prefix) :] or None
-        return None
-    bases = [settings.public_url]
-    if isinstance(storage, LocalFolderStorage):
-        bases.append(storage.public_url)
-    for base in bases:
-        route = urlsplit(base.rstrip("/") + DOWNLOAD_ROUTE)
-        if (scheme, parts.netloc.lower()) == (route.scheme.lower(), route.netloc.lower()) and parts.path.startswith(
-            route.path
-        ):
-            return unquote(parts.path[len(route.path) :]) or None
-    if isinstance(storage, S3Storage):
-        for endpoint in (storage.endpoint_url, storage.public_endpoint_url):
-            if endpoint is None:
-                continue
-            origin = urlsplit(endpoint)
-            bucket_path = f"{origin.path.rstrip('/')}/{storage.bucket}/{storage.prefix}"
-            if parts.netloc.lower() == origin.netloc.lower() and path.startswith(bucket_path):
-                return path[len(bucket_path) :] or None
-    return None
+    """The storage key a URL of the farm's own storage names, or None when the URL is not the farm's."""
+    return key_of_farm_url(url, storage, [settings.public_url])
 
 
 class _Normaliser:

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from urllib.parse import unquote, urlsplit
 
 from PIL import Image
 
 from shared.errors import InputError, NotFound, PermanentError
 from shared.images import ImageLimits, decode_image
 from shared.spec import ImageRef, Img2ImgJob
-from shared.storage import DOWNLOAD_ROUTE, LocalFolderStorage, S3Storage, Storage, asset_key
+from shared.storage import Storage, asset_key, key_of_farm_url
 
 __all__ = ["LoadedInputs", "load_inputs", "resolve_storage_key"]
 
@@ -100,41 +99,12 @@ def _get(storage: Storage, key: str, field: str, *, what: str) -> bytes:
 
 
 def resolve_storage_key(url: str, storage: Storage, *, public_url: str | None = None, field: str = "image") -> str:
-    """The storage key a farm URL names. Raises InputError naming `field` for a URL outside the farm's storage.
-
-    Accepted: `s3://<bucket>/<prefix><key>` (the farm's bucket and prefix), `<public_url>/v1/files/<key>[?...]`, and
-    `<endpoint>/<bucket>/<prefix><key>[?...]` of the farm's S3 endpoints (a presigned, path-style URL).
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    path = unquote(parts.path)
-    if scheme == "s3":
-        if isinstance(storage, S3Storage) and parts.netloc == storage.bucket:
-            full = path.lstrip("/")
-            if full.startswith(storage.prefix) and len(full) > len(storage.prefix):
-                return full[len(storage.prefix) :]
+    """The storage key a farm URL names (`shared.storage.key_of_farm_url`). Raises InputError naming `field` for a
+    URL outside the farm's storage."""
+    key = key_of_farm_url(url, storage, [public_url] if public_url else [])
+    if not key:
         raise _foreign(url, field)
-    if scheme in ("http", "https"):
-        bases = [public_url] if public_url else []
-        if isinstance(storage, LocalFolderStorage):
-            bases.append(storage.public_url)
-        for base in bases:
-            route = urlsplit(base.rstrip("/") + DOWNLOAD_ROUTE)
-            if parts.netloc.lower() == route.netloc.lower() and parts.path.startswith(route.path):
-                key = unquote(parts.path[len(route.path) :])
-                if key:
-                    return key
-        if isinstance(storage, S3Storage):
-            for endpoint in (storage.endpoint_url, storage.public_endpoint_url):
-                if endpoint is None:
-                    continue
-                origin = urlsplit(endpoint)
-                bucket_path = f"{origin.path.rstrip('/')}/{storage.bucket}/{storage.prefix}"
-                if parts.netloc.lower() == origin.netloc.lower() and path.startswith(bucket_path):
-                    key = path[len(bucket_path) :]
-                    if key:
-                        return key
-    raise _foreign(url, field)
+    return key
 
 
 def _foreign(url: str, field: str) -> InputError:

@@ -20,7 +20,6 @@ Usage, as in the reference::
 from __future__ import annotations
 
 import hashlib
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
@@ -43,16 +42,13 @@ from worker.models import LoadedModel
 from worker.noise import create_noise, resolve_seeds
 from worker.options import DEFAULT_OPTIONS, Options
 from worker.pixel_stage import PixelStage, PixelWarning, prepare_pixels
-from worker.sampling import SamplingPlan, StepInfo, StopSampling, plan_img2img, run_sampler
+from worker.sampling import SamplingPlan, StepInfo, StopSampling, plan_img2img, run_sampler, sampler_default_eta
 
 LATENT_CHANNELS = 4
 
 #: Samplers whose noise amount is eta (semantics: the webui's eta_ancestral option), and the one using eta_ddim.
 ANCESTRAL_ETA_SAMPLERS = frozenset({"Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE"})
 DDIM_ETA_SAMPLERS = frozenset({"DDIM"})
-#: The eta that worker.sampling applies when it takes no eta argument: full ancestral noise, deterministic DDIM.
-_SAMPLER_BUILTIN_ETA = {"ancestral": 1.0, "ddim": 0.0}
-ETA_NOT_APPLIED_WARNING_CODE = "eta_not_applied"
 
 #: Which random stream a per-image generator feeds; each gets its own seed derived from the image's seed.
 _POSTERIOR_STREAM = b"vae-posterior"
@@ -443,30 +439,18 @@ class StableDiffusionProcessingImg2Img:
         return float(self.options.eta_ancestral if kind == "ancestral" else self.options.eta_ddim)
 
     def _eta_arguments(self) -> dict[str, Any]:
-        """`run_sampler` keyword arguments for eta, and its infotext entry or warning (once per job).
+        """`run_sampler` keyword arguments for eta, and its infotext entry.
 
-        worker.sampling's `run_sampler` takes no eta yet (its ancestral steps use η = 1, DDIM η = 0); when it grows
-        an `eta` parameter the resolved value is passed. Until then a job asking for another eta is rendered with
-        the built-in one and gets a warning, rather than being silently changed.
+        The resolved eta is passed to samplers that use one; "Eta" is written only when it differs from that
+        sampler's default (`worker.sampling.sampler_default_eta`: 1.0 ancestral/SDE, 0.0 DDIM), as the reference does.
         """
-        kind = _eta_kind(self.sampler_name)
+        default = sampler_default_eta(self.sampler_name)
         eta = self.resolved_eta()
-        if kind is None or eta is None:
+        if default is None or eta is None:
             return {}
-        builtin = _SAMPLER_BUILTIN_ETA[kind]
-        if _RUN_SAMPLER_TAKES_ETA:
-            if eta != builtin:
-                self.extra_generation_params["Eta"] = eta
-            return {"eta": eta}
-        if eta != builtin and not any(w.code == ETA_NOT_APPLIED_WARNING_CODE for w in self.warnings):
-            self.warnings.append(
-                PixelWarning(
-                    ETA_NOT_APPLIED_WARNING_CODE,
-                    f"eta {eta:g} was requested for {_sampler_label(self.sampler_name)}, but this worker's sampler "
-                    f"supports only eta {builtin:g}; the job was rendered with eta {builtin:g}.",
-                )
-            )
-        return {}
+        if eta != default:
+            self.extra_generation_params["Eta"] = eta
+        return {"eta": eta}
 
     def _plan(self) -> SamplingPlan:
         if self.plan is None:
@@ -567,9 +551,6 @@ class StableDiffusionProcessingImg2Img:
         return create_infotext(
             self.prompt, self.negative_prompt, leading, extra, {"Version": f"renderfarm {__version__}"}
         )
-
-
-_RUN_SAMPLER_TAKES_ETA = "eta" in inspect.signature(run_sampler).parameters
 
 
 def _eta_kind(sampler_name: str) -> str | None:
@@ -797,7 +778,6 @@ def _mask_blur_set(self: StableDiffusionProcessingImg2Img, value: int | None) ->
 StableDiffusionProcessingImg2Img.mask_blur = property(_mask_blur_get, _mask_blur_set)  # type: ignore[attr-defined]
 
 __all__ = [
-    "ETA_NOT_APPLIED_WARNING_CODE",
     "Processed",
     "Progress",
     "ProgressCallback",

@@ -18,11 +18,31 @@ Sampler implementations
 -----------------------
 diffusers 0.42 accepts an explicit sigma list in ``set_timesteps(sigmas=...)`` only for ``EulerDiscreteScheduler``
 (UniPC only for flow models). Where a scheduler's step reads nothing but its ``sigmas`` array, this module sets that
-array to the reference's schedule after ``set_timesteps`` (Euler a, LMS, DPM++ 2M, DPM++ 2M SDE, UniPC). The
-two-evaluation samplers (Heun, DPM2, DPM2 a, DPM++ SDE, DPM++ 2S a) keep hidden interleaved state in diffusers
-(``sigmas_interpol``, a BrownianTree needing ``torchsde``, or no ancestral variant at all), so their steps are written
-here, a few lines each (see ``_STEP_FUNCTIONS``). DDIM uses ``DDIMScheduler`` with "leading" spacing and
-``steps_offset=1``, which yields exactly the reference's timesteps.
+array to the reference's schedule after ``set_timesteps`` (LMS, DPM++ 2M, UniPC). The two-evaluation samplers (Heun,
+DPM2, DPM2 a, DPM++ SDE, DPM++ 2S a) keep hidden interleaved state in diffusers (``sigmas_interpol``, a BrownianTree
+needing ``torchsde``, or no ancestral variant at all), and diffusers' Euler a and DPM++ 2M SDE have no η, so these
+steps are written here, a few lines each (see ``_STEP_FUNCTIONS``). DDIM uses ``DDIMScheduler`` with "leading"
+spacing and ``steps_offset=1``, which yields exactly the reference's timesteps.
+
+η (eta, the amount of ancestral/stochastic noise)
+-------------------------------------------------
+:func:`run_sampler` takes ``eta``; None means the sampler's default (:func:`sampler_default_eta`,
+:attr:`SamplingPlan.default_eta`), the reference's option defaults:
+
+* Euler a, DPM2 a, DPM++ 2S a, DPM++ SDE, DPM++ 2M SDE: ``opts.eta_ancestral`` = 1.0. The ancestral split of a step
+  σ → σ_next is σ_up = min(σ_next, η·√(σ_next²·(σ² − σ_next²)/σ²)), σ_down = √(σ_next² − σ_up²): the deterministic
+  step goes to σ_down and fresh noise of size σ_up is added (η = 0: Euler a is Euler, DPM2 a is DPM2, DPM++ 2S a
+  is DPM-Solver++(2S)). DPM++ SDE uses the same split for both of its sub-steps. DPM++ 2M SDE (the published
+  SDE-DPM-Solver++(2M), midpoint variant) with h = log σ − log σ_next: x' = (σ_next/σ)·e^(−ηh)·x + (1 − e^(−(1+η)h))·x0
+  (+ the second-order correction ½(1 − e^(−(1+η)h))·(x0 − x0_prev)·h/h_prev) + σ_next·√(1 − e^(−2ηh))·noise;
+  η = 1 is diffusers' "sde-dpmsolver++", η = 0 is the ODE DPM-Solver++(2M).
+* DDIM: ``opts.eta_ddim`` = 0.0; η is the DDIM paper's σ_t = η·√((1 − ᾱ_prev)/(1 − ᾱ_t)·(1 − ᾱ_t/ᾱ_prev)).
+* Euler, LMS, Heun, DPM2, DPM++ 2M, UniPC take no η and ignore it (:attr:`SamplingPlan.uses_eta` is False); the
+  reference writes "Eta" into the infotext only for samplers that use it and only when it differs from that
+  sampler's default.
+
+The noise of every η step comes from the per-image generators (``randn_like_from_generators``); a step whose σ_up
+is 0 (η = 0, or the last step onto σ = 0) draws nothing.
 
 Known deviations from the reference
 -----------------------------------
@@ -32,7 +52,6 @@ Known deviations from the reference
   the reference uses its own continuous-time implementation, so expect small numerical differences.
 * The x0 preview and the value returned on :class:`StopSampling` are the blended (CFG-combined) x0, i.e. the
   reference's "Combined" live-preview content; its default "Prompt" preview needs the cond-only output.
-* Only η = 1 ancestral steps and η = 0 DDIM (the reference's defaults) are implemented.
 """
 
 from __future__ import annotations
@@ -48,7 +67,6 @@ from typing import Any
 import torch
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultistepScheduler
-from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
 from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler
@@ -75,6 +93,7 @@ __all__ = [
     "model_sigmas",
     "plan_img2img",
     "run_sampler",
+    "sampler_default_eta",
     "timestep_schedule",
     "uniform_sigmas",
     "v_prediction_to_eps",
@@ -339,11 +358,14 @@ class SamplingPlan:
         start_sigma: σ of the noised init latent (0.0 for a zero-step plan).
         start_timestep: timestep samplers: ``timesteps[t_enc]`` where the noise is added; else None.
         total_steps: number of sampling steps (callbacks); 0 means the output is the init latent (§7.4).
-        model_calls: number of ``denoise_eps`` calls (Heun/DPM2/… make two per step except the last).
+        model_calls: number of ``denoise_eps`` calls (Heun/DPM2/… make two per step except the last). Exact for
+            η ≤ 1; with η > 1 DPM2 a / DPM++ 2S a can reach σ_down = 0 early and make fewer (a one-call Euler step).
         is_timestep_sampler: DDIM/UniPC (VP latents, noise added with √ᾱ).
         discard_penultimate_sigma: whether the schedule dropped its penultimate sigma.
         extra_generation_params: infotext entries this plan adds ("Schedule type", "Discard penultimate sigma").
         model: the model's training schedule.
+        default_eta: the η this sampler uses when :func:`run_sampler` gets none (1.0 for the ancestral and SDE
+            samplers, 0.0 for DDIM); None for samplers that take no η.
     """
 
     sampler: SamplerName
@@ -365,6 +387,12 @@ class SamplingPlan:
     discard_penultimate_sigma: bool
     model: ModelSchedule
     extra_generation_params: Mapping[str, object] = field(default_factory=dict)
+    default_eta: float | None = None
+
+    @property
+    def uses_eta(self) -> bool:
+        """Whether this sampler takes η (ancestral/SDE samplers and DDIM); the others ignore it."""
+        return self.default_eta is not None
 
 
 def _resolve_sampler(sampler: SamplerName | str) -> tuple[SamplerName, ScheduleName | None]:
@@ -403,6 +431,9 @@ def _k_sigmas(
 
 
 # Sampler → (implementation, diffusers class or None, constructor overrides, VP-space step, two calls per step).
+#: The reference's option defaults: opts.eta_ancestral (k-diffusion ancestral/SDE samplers) and opts.eta_ddim.
+_ETA_ANCESTRAL = 1.0
+_ETA_DDIM = 0.0
 _FORCED = {"prediction_type": "epsilon", "timestep_spacing": "linspace", "steps_offset": 0}
 _NO_SIGMA_CONVERSIONS = {"use_karras_sigmas": False, "use_exponential_sigmas": False, "use_beta_sigmas": False}
 
@@ -414,13 +445,14 @@ class _SamplerImpl:
     options: Mapping[str, Any] = field(default_factory=dict)
     vp_space: bool = False  # the scheduler's sample is x_σ/√(1+σ²) rather than x_σ
     two_calls: bool = False  # own steps that evaluate the model twice per step (not on the last step)
+    default_eta: float | None = None  # None: the sampler takes no eta
 
 
 _IMPLS: dict[str, _SamplerImpl] = {
     "Euler": _SamplerImpl(
         "diffusers:EulerDiscreteScheduler", EulerDiscreteScheduler, {**_FORCED, **_NO_SIGMA_CONVERSIONS}
     ),
-    "Euler a": _SamplerImpl("diffusers:EulerAncestralDiscreteScheduler", EulerAncestralDiscreteScheduler, _FORCED),
+    "Euler a": _SamplerImpl("own:euler_ancestral", default_eta=_ETA_ANCESTRAL),
     "LMS": _SamplerImpl("diffusers:LMSDiscreteScheduler", LMSDiscreteScheduler, {**_FORCED, **_NO_SIGMA_CONVERSIONS}),
     "DPM++ 2M": _SamplerImpl(
         "diffusers:DPMSolverMultistepScheduler",
@@ -439,28 +471,12 @@ _IMPLS: dict[str, _SamplerImpl] = {
         },
         vp_space=True,
     ),
-    "DPM++ 2M SDE": _SamplerImpl(
-        "diffusers:DPMSolverMultistepScheduler",
-        DPMSolverMultistepScheduler,
-        {
-            **_FORCED,
-            **_NO_SIGMA_CONVERSIONS,
-            "algorithm_type": "sde-dpmsolver++",
-            "solver_order": 2,
-            "solver_type": "midpoint",
-            "final_sigmas_type": "zero",
-            "lower_order_final": True,
-            "euler_at_final": False,
-            "thresholding": False,
-            "use_lu_lambdas": False,
-        },
-        vp_space=True,
-    ),
+    "DPM++ 2M SDE": _SamplerImpl("own:dpmpp_2m_sde", default_eta=_ETA_ANCESTRAL),
     "Heun": _SamplerImpl("own:heun", two_calls=True),
     "DPM2": _SamplerImpl("own:dpm2", two_calls=True),
-    "DPM2 a": _SamplerImpl("own:dpm2_ancestral", two_calls=True),
-    "DPM++ SDE": _SamplerImpl("own:dpmpp_sde", two_calls=True),
-    "DPM++ 2S a": _SamplerImpl("own:dpmpp_2s_ancestral", two_calls=True),
+    "DPM2 a": _SamplerImpl("own:dpm2_ancestral", two_calls=True, default_eta=_ETA_ANCESTRAL),
+    "DPM++ SDE": _SamplerImpl("own:dpmpp_sde", two_calls=True, default_eta=_ETA_ANCESTRAL),
+    "DPM++ 2S a": _SamplerImpl("own:dpmpp_2s_ancestral", two_calls=True, default_eta=_ETA_ANCESTRAL),
     "DDIM": _SamplerImpl(
         "diffusers:DDIMScheduler",
         DDIMScheduler,
@@ -474,6 +490,7 @@ _IMPLS: dict[str, _SamplerImpl] = {
             "rescale_betas_zero_snr": False,
         },
         vp_space=True,
+        default_eta=_ETA_DDIM,
     ),
     "UniPC": _SamplerImpl(
         "diffusers:UniPCMultistepScheduler",
@@ -520,6 +537,20 @@ def _load_k_schedule(scheduler: Any, sigma_sched: torch.Tensor, call_t: torch.Te
         scheduler.sigmas = sigma_sched.clone().to(torch.float32)
         scheduler.timesteps = call_t.clone()
     scheduler.set_begin_index(0)
+
+
+def sampler_default_eta(sampler: SamplerName | str) -> float | None:
+    """The η a sampler uses by default (the reference's opts.eta_ancestral = 1.0 for Euler a, DPM2 a, DPM++ 2S a,
+    DPM++ SDE and DPM++ 2M SDE; opts.eta_ddim = 0.0 for DDIM), or None for a sampler that takes no η.
+
+    Raises:
+        ValueError: for an unknown sampler name or a sampler without an implementation.
+    """
+    sampler_name, _ = _resolve_sampler(sampler)
+    impl = _IMPLS.get(sampler_name.name)
+    if impl is None:
+        raise ValueError(f"sampler {sampler_name.name!r} has no implementation")
+    return impl.default_eta
 
 
 def _two_call_model_calls(sigma_sched: torch.Tensor) -> int:
@@ -602,6 +633,7 @@ def plan_img2img(
             discard_penultimate_sigma=discard,
             model=model,
             extra_generation_params=extra,
+            default_eta=impl.default_eta,
         )
 
     s_min = model.sigma_min if sigma_min is None else sigma_min
@@ -639,6 +671,7 @@ def plan_img2img(
         discard_penultimate_sigma=discard,
         model=model,
         extra_generation_params=extra,
+        default_eta=impl.default_eta,
     )
 
 
@@ -686,6 +719,7 @@ def _plan_timestep(
             discard_penultimate_sigma=False,
             model=model,
             extra_generation_params=extra,
+            default_eta=impl.default_eta,
         )
     timesteps = timestep_schedule(schedule_steps, n_train)
     start_t = int(timesteps[t_enc])
@@ -742,6 +776,7 @@ def _plan_timestep(
         discard_penultimate_sigma=False,
         model=model,
         extra_generation_params=extra,
+        default_eta=impl.default_eta,
     )
 
 
@@ -766,9 +801,43 @@ def _ancestral(sigma_from: float, sigma_to: float, eta: float = 1.0) -> tuple[fl
 
 Denoise = Callable[[torch.Tensor, float], torch.Tensor]  # (x_σ, σ) -> blended x0
 Noise = Callable[[], torch.Tensor]
+#: ``step(x, σ, σ_next, x0, denoise, noise, η, state) -> x_next``; ``state`` persists across the steps of one run.
+StepFunction = Callable[[torch.Tensor, float, float, torch.Tensor, Denoise, Noise, float, dict[str, Any]], torch.Tensor]
 
 
-def _step_heun(x: torch.Tensor, s: float, s_next: float, d0: torch.Tensor, den: Denoise, rnd: Noise) -> torch.Tensor:
+def _dpmpp_first_order(x: torch.Tensor, s: float, s_to: float, x0: torch.Tensor) -> torch.Tensor:
+    # First-order DPM-Solver++ in λ = −log σ from σ to σ_to; the limit σ_to → 0 is x0 itself.
+    if s_to == 0:
+        return x0
+    return (s_to / s) * x - math.expm1(-(math.log(s) - math.log(s_to))) * x0
+
+
+def _step_euler_ancestral(
+    x: torch.Tensor,
+    s: float,
+    s_next: float,
+    d0: torch.Tensor,
+    den: Denoise,
+    rnd: Noise,
+    eta: float,
+    state: dict[str, Any],
+) -> torch.Tensor:
+    # Euler onto σ_down, then fresh noise of size σ_up (η = 0: plain Euler).
+    s_down, s_up = _ancestral(s, s_next, eta)
+    x = x + (x - d0) / s * (s_down - s)
+    return x + rnd() * s_up if s_up > 0 else x
+
+
+def _step_heun(
+    x: torch.Tensor,
+    s: float,
+    s_next: float,
+    d0: torch.Tensor,
+    den: Denoise,
+    rnd: Noise,
+    eta: float,
+    state: dict[str, Any],
+) -> torch.Tensor:
     # Heun (Karras 2022, Alg. 1 without churn): Euler predictor, trapezoid corrector; plain Euler onto σ = 0.
     d = (x - d0) / s
     x_pred = x + d * (s_next - s)
@@ -778,7 +847,16 @@ def _step_heun(x: torch.Tensor, s: float, s_next: float, d0: torch.Tensor, den: 
     return x + (d + d_next) / 2 * (s_next - s)
 
 
-def _step_dpm2(x: torch.Tensor, s: float, s_next: float, d0: torch.Tensor, den: Denoise, rnd: Noise) -> torch.Tensor:
+def _step_dpm2(
+    x: torch.Tensor,
+    s: float,
+    s_next: float,
+    d0: torch.Tensor,
+    den: Denoise,
+    rnd: Noise,
+    eta: float,
+    state: dict[str, Any],
+) -> torch.Tensor:
     # DPM-Solver-2 in σ: derivative at the log-σ midpoint; plain Euler onto σ = 0.
     d = (x - d0) / s
     if s_next == 0:
@@ -790,10 +868,17 @@ def _step_dpm2(x: torch.Tensor, s: float, s_next: float, d0: torch.Tensor, den: 
 
 
 def _step_dpm2_ancestral(
-    x: torch.Tensor, s: float, s_next: float, d0: torch.Tensor, den: Denoise, rnd: Noise
+    x: torch.Tensor,
+    s: float,
+    s_next: float,
+    d0: torch.Tensor,
+    den: Denoise,
+    rnd: Noise,
+    eta: float,
+    state: dict[str, Any],
 ) -> torch.Tensor:
     # DPM2 onto σ_down, then fresh noise of size σ_up.
-    s_down, s_up = _ancestral(s, s_next)
+    s_down, s_up = _ancestral(s, s_next, eta)
     d = (x - d0) / s
     if s_down == 0:
         x = x + d * (s_down - s)
@@ -806,10 +891,17 @@ def _step_dpm2_ancestral(
 
 
 def _step_dpmpp_2s_ancestral(
-    x: torch.Tensor, s: float, s_next: float, d0: torch.Tensor, den: Denoise, rnd: Noise
+    x: torch.Tensor,
+    s: float,
+    s_next: float,
+    d0: torch.Tensor,
+    den: Denoise,
+    rnd: Noise,
+    eta: float,
+    state: dict[str, Any],
 ) -> torch.Tensor:
     # DPM-Solver++(2S) in λ = −log σ onto σ_down (midpoint r = 1/2), then ancestral noise.
-    s_down, s_up = _ancestral(s, s_next)
+    s_down, s_up = _ancestral(s, s_next, eta)
     if s_down == 0:
         x = x + (x - d0) / s * (s_down - s)
     else:
@@ -822,30 +914,68 @@ def _step_dpmpp_2s_ancestral(
 
 
 def _step_dpmpp_sde(
-    x: torch.Tensor, s: float, s_next: float, d0: torch.Tensor, den: Denoise, rnd: Noise
+    x: torch.Tensor,
+    s: float,
+    s_next: float,
+    d0: torch.Tensor,
+    den: Denoise,
+    rnd: Noise,
+    eta: float,
+    state: dict[str, Any],
 ) -> torch.Tensor:
-    # DPM-Solver++ SDE (η = 1, r = 1/2): an ancestral half step to the λ-midpoint, a second evaluation there, then an
-    # ancestral full step using the midpoint's x0. Plain Euler onto σ = 0.
+    # DPM-Solver++ SDE (r = 1/2): an ancestral (η) half step to the λ-midpoint, a second evaluation there, then an
+    # ancestral (η) full step using the midpoint's x0. Plain Euler onto σ = 0.
     if s_next == 0:
         return x + (x - d0) / s * (s_next - s)
     lam, lam_next = -math.log(s), -math.log(s_next)
     s_mid = math.exp(-(lam + (lam_next - lam) / 2))
-    down, up = _ancestral(s, s_mid)
-    x_mid = (down / s) * x - math.expm1(-(math.log(s) - math.log(down))) * d0
+    down, up = _ancestral(s, s_mid, eta)
+    x_mid = _dpmpp_first_order(x, s, down, d0)
     if up > 0:
         x_mid = x_mid + rnd() * up
     d_mid = den(x_mid, s_mid)
-    down, up = _ancestral(s, s_next)
-    x = (down / s) * x - math.expm1(-(math.log(s) - math.log(down))) * d_mid
+    down, up = _ancestral(s, s_next, eta)
+    x = _dpmpp_first_order(x, s, down, d_mid)
     return x + rnd() * up if up > 0 else x
 
 
-_STEP_FUNCTIONS: dict[str, Callable[[torch.Tensor, float, float, torch.Tensor, Denoise, Noise], torch.Tensor]] = {
+def _step_dpmpp_2m_sde(
+    x: torch.Tensor,
+    s: float,
+    s_next: float,
+    d0: torch.Tensor,
+    den: Denoise,
+    rnd: Noise,
+    eta: float,
+    state: dict[str, Any],
+) -> torch.Tensor:
+    # SDE-DPM-Solver++(2M), midpoint form, with η scaling the stochastic part (see the module docstring). The first
+    # step is first order; the step onto σ = 0 returns the x0 prediction.
+    old_x0: torch.Tensor | None = state.get("old_x0")
+    h_last: float | None = state.get("h_last")
+    state["old_x0"] = d0
+    if s_next == 0:
+        return d0
+    h = math.log(s) - math.log(s_next)
+    eta_h = eta * h
+    gain = -math.expm1(-h - eta_h)  # 1 − e^(−(1+η)h)
+    x = (s_next / s) * math.exp(-eta_h) * x + gain * d0
+    if old_x0 is not None and h_last is not None:
+        x = x + (0.5 * gain * h / h_last) * (d0 - old_x0)
+    state["h_last"] = h
+    if eta > 0:
+        x = x + rnd() * (s_next * math.sqrt(-math.expm1(-2.0 * eta_h)))
+    return x
+
+
+_STEP_FUNCTIONS: dict[str, StepFunction] = {
+    "own:euler_ancestral": _step_euler_ancestral,
     "own:heun": _step_heun,
     "own:dpm2": _step_dpm2,
     "own:dpm2_ancestral": _step_dpm2_ancestral,
     "own:dpmpp_2s_ancestral": _step_dpmpp_2s_ancestral,
     "own:dpmpp_sde": _step_dpmpp_sde,
+    "own:dpmpp_2m_sde": _step_dpmpp_2m_sde,
 }
 
 
@@ -868,6 +998,7 @@ def run_sampler(
     callback: Callable[[StepInfo], None] | None = None,
     extra_noise: float = 0.0,
     noise_multiplier: float = 1.0,
+    eta: float | None = None,
 ) -> torch.Tensor:
     """Run an img2img sampling plan (§3.2, §3.3) and return the final latent.
 
@@ -892,16 +1023,22 @@ def run_sampler(
         callback: called with a :class:`StepInfo` after each step; it may raise :class:`StopSampling`.
         extra_noise: opts.img2img_extra_noise (0 = off).
         noise_multiplier: the initial noise multiplier.
+        eta: η, the amount of ancestral/stochastic noise (see the module docstring); None uses the sampler's
+            default (:attr:`SamplingPlan.default_eta`: 1.0 for the ancestral and SDE samplers, 0.0 for DDIM).
+            Samplers without η (``plan.uses_eta`` False) ignore it.
 
     Returns:
         The sampled latent; a zero-step plan (strength 0, §7.4) returns a copy of ``x_init_latent``. If
         :class:`StopSampling` is raised, the last x0 prediction (the init latent if the model was never called).
 
     Raises:
-        ValueError: if ``noise`` and ``x_init_latent`` differ in shape.
+        ValueError: if ``noise`` and ``x_init_latent`` differ in shape, or ``eta`` is negative or not finite.
     """
     if noise.shape != x_init_latent.shape:
         raise ValueError(f"noise {tuple(noise.shape)} and init latent {tuple(x_init_latent.shape)} differ in shape")
+    if eta is not None and not (math.isfinite(eta) and eta >= 0.0):
+        raise ValueError(f"eta must be a finite number >= 0, got {eta}")
+    eta_value = float(eta) if eta is not None else (plan.default_eta if plan.default_eta is not None else 0.0)
     if plan.start_sigma == 0.0:  # §7.4: strength 0 runs no denoising step
         return x_init_latent.clone()
     noise = noise * noise_multiplier if noise_multiplier != 1.0 else noise
@@ -910,9 +1047,20 @@ def run_sampler(
         try:
             if plan.is_timestep_sampler:
                 return _run_timestep(
-                    plan, x_init_latent, noise, denoise_eps, blend_xt_before, generators, callback, last, extra_noise
+                    plan,
+                    x_init_latent,
+                    noise,
+                    denoise_eps,
+                    blend_xt_before,
+                    generators,
+                    callback,
+                    last,
+                    extra_noise,
+                    eta_value,
                 )
-            return _run_k(plan, x_init_latent, noise, denoise_eps, blend_x0, generators, callback, last, extra_noise)
+            return _run_k(
+                plan, x_init_latent, noise, denoise_eps, blend_x0, generators, callback, last, extra_noise, eta_value
+            )
         except StopSampling:
             # §3.3/§5.3: an interrupted run returns the last x0 prediction (the reference's last_latent).
             return last.value
@@ -932,6 +1080,7 @@ def _run_k(
     callback: Callable[[StepInfo], None] | None,
     last: _LastX0,
     extra_noise: float,
+    eta: float,
 ) -> torch.Tensor:
     sig = [float(s) for s in plan.sigma_sched]
     n = len(sig) - 1
@@ -952,12 +1101,13 @@ def _run_k(
         return randn_like_from_generators(x, generators)
 
     step_fn = _STEP_FUNCTIONS.get(plan.implementation)
+    step_state: dict[str, Any] = {}
     scheduler = copy.deepcopy(plan.scheduler) if plan.scheduler is not None else None
     for i in range(n):
         s, s_next = sig[i], sig[i + 1]
         x0 = denoise(x, s)
         if step_fn is not None:
-            x = step_fn(x, s, s_next, x0, denoise, rnd)
+            x = step_fn(x, s, s_next, x0, denoise, rnd, eta, step_state)
         else:
             assert scheduler is not None
             eps = (x - x0) / s  # ε' consistent with the blended x0
@@ -966,15 +1116,10 @@ def _run_k(
             # Euler/LMS schedulers so, or they warn.
             scheduler.is_scale_input_called = True
             if isinstance(scheduler, DPMSolverMultistepScheduler):
-                # VP-space scheduler: sample is x_σ/√(1+σ²); SDE noise from the per-image generators.
-                kwargs: dict[str, Any] = {}
-                if scheduler.config.algorithm_type == "sde-dpmsolver++":
-                    kwargs["variance_noise"] = rnd()
+                # VP-space scheduler (DPM++ 2M, no η): sample is x_σ/√(1+σ²).
                 x_vp = x / math.sqrt(1.0 + s * s)
-                x_vp = scheduler.step(eps, t, x_vp, **kwargs).prev_sample
+                x_vp = scheduler.step(eps, t, x_vp).prev_sample
                 x = x_vp * math.sqrt(1.0 + s_next * s_next)
-            elif isinstance(scheduler, EulerAncestralDiscreteScheduler):
-                x = scheduler.step(eps, t, x, generator=list(generators) if generators else None).prev_sample
             elif isinstance(scheduler, LMSDiscreteScheduler):
                 x = scheduler.step(eps, t, x, order=4).prev_sample
             else:
@@ -994,6 +1139,7 @@ def _run_timestep(
     callback: Callable[[StepInfo], None] | None,
     last: _LastX0,
     extra_noise: float,
+    eta: float,
 ) -> torch.Tensor:
     assert plan.start_timestep is not None
     assert plan.scheduler is not None
@@ -1013,8 +1159,9 @@ def _run_timestep(
         x0 = (x_in - math.sqrt(1.0 - acp) * eps) / math.sqrt(acp)
         last.value = x0
         if isinstance(scheduler, DDIMScheduler):
-            gen = list(generators) if generators else None
-            x = scheduler.step(eps, int(t), x, eta=0.0, generator=gen).prev_sample
+            # η > 0: σ_t·noise with the noise from the per-image generators (η = 0 draws nothing).
+            variance_noise = randn_like_from_generators(x, generators) if eta > 0 else None
+            x = scheduler.step(eps, int(t), x, eta=eta, variance_noise=variance_noise).prev_sample
         else:
             x = scheduler.step(eps, t, x).prev_sample
         if callback is not None:

@@ -19,7 +19,6 @@ from worker.models import LoadedModel
 from worker.noise import create_noise
 from worker.pixel_stage import BLANK_MASK_COMMENT, BLANK_MASK_WARNING_CODE
 from worker.processing import (
-    ETA_NOT_APPLIED_WARNING_CODE,
     Processed,
     Progress,
     StableDiffusionProcessingImg2Img,
@@ -207,14 +206,11 @@ def test_noise_multiplier_changes_the_output_and_is_written(render: Render) -> N
     assert mean_abs(plain.images[0], damped.images[0]) > 0.5
 
 
-def test_eta_is_resolved_from_the_options_and_an_unsupported_eta_is_reported(render: Render) -> None:
+def test_eta_is_resolved_from_the_options_applied_and_written(render: Render) -> None:
     p, processed = render(sampler_name="Euler a", eta=0.5, steps=3)
     assert p.resolved_eta() == 0.5
-    codes = [w.code for w in processed.warnings]
-    if "Eta" in params(processed):  # worker.sampling takes an eta: it is applied and written
-        assert params(processed)["Eta"] == "0.5"
-    else:
-        assert codes == [ETA_NOT_APPLIED_WARNING_CODE]
+    assert params(processed)["Eta"] == "0.5"
+    assert processed.warnings == []
     p_default, default = render(sampler_name="Euler a", steps=3)
     assert p_default.resolved_eta() == 1.0
     assert default.warnings == []

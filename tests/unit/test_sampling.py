@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 import torch
+from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
+from PIL import Image
 
 from shared.sampler_names import SAMPLERS, find_sampler, find_schedule
+from worker.infotext import parse_infotext
+from worker.models import LoadedModel, load_model
 from worker.noise import create_generators, create_noise
+from worker.processing import StableDiffusionProcessingImg2Img, process_images
 from worker.sampling import (
     StepInfo,
     StopSampling,
@@ -25,6 +31,7 @@ from worker.sampling import (
     model_sigmas,
     plan_img2img,
     run_sampler,
+    sampler_default_eta,
     timestep_schedule,
     uniform_sigmas,
 )
@@ -238,7 +245,7 @@ def test_strength_zero_runs_no_step_fix_7_4(sampler: object) -> None:
 def test_every_sampler_lands_on_the_known_x0(sampler: object, strength: float) -> None:
     plan = plan_img2img(sampler, None, 20, strength, False, SD1_CONFIG)  # type: ignore[arg-type]
     init, target = _latents()
-    rng = create_noise(SHAPE[1:], [11, 12], source="CPU")  # type: ignore[arg-type]
+    rng = create_noise(SHAPE[1:], [11, 12], source="CPU")
     calls = 0
     perfect = _eps_for(target)
 
@@ -264,17 +271,23 @@ def test_every_sampler_lands_on_the_known_x0(sampler: object, strength: float) -
 # --- the diffusers-driven samplers against hand-written update rules --------------------------------------------
 
 
-def _run_plan(name: str, strength: float = 1.0, steps: int = 12, seeds: tuple[int, int] = (3, 4)) -> torch.Tensor:
+def _run_plan(
+    name: str,
+    strength: float = 1.0,
+    steps: int = 12,
+    seeds: tuple[int, int] = (3, 4),
+    eta: float | None = None,
+) -> torch.Tensor:
     plan = plan_img2img(name, None, steps, strength, False, SD1_CONFIG)
     init, _ = _latents()
-    rng = create_noise(SHAPE[1:], list(seeds), source="CPU")  # type: ignore[arg-type]
-    return run_sampler(plan, init, rng.noise, _smooth_x0, generators=rng.generators)
+    rng = create_noise(SHAPE[1:], list(seeds), source="CPU")
+    return run_sampler(plan, init, rng.noise, _smooth_x0, generators=rng.generators, eta=eta)
 
 
 def _hand_loop(name: str, update: Callable[..., torch.Tensor], strength: float = 1.0, steps: int = 12) -> torch.Tensor:
     plan = plan_img2img(name, None, steps, strength, False, SD1_CONFIG)
     init, _ = _latents()
-    rng = create_noise(SHAPE[1:], [3, 4], source="CPU")  # type: ignore[arg-type]
+    rng = create_noise(SHAPE[1:], [3, 4], source="CPU")
     gens = rng.generators
     sig = [float(s) for s in plan.sigma_sched]
     x = init + rng.noise * sig[0]
@@ -291,24 +304,27 @@ def _randn(gens: tuple[torch.Generator, ...]) -> torch.Tensor:
 
 
 def test_euler_matches_the_euler_rule() -> None:
-    def euler(x, d0, s, sn, state, gens):  # type: ignore[no-untyped-def]
+    def euler(x, d0, s, sn, state, gens):
         return x + (x - d0) / s * (sn - s)
 
     assert torch.allclose(_run_plan("Euler", 0.6), _hand_loop("Euler", euler, 0.6), atol=1e-4)
 
 
-def test_euler_ancestral_matches_the_ancestral_rule() -> None:
-    def euler_a(x, d0, s, sn, state, gens):  # type: ignore[no-untyped-def]
-        up = math.sqrt(sn**2 * (s**2 - sn**2) / s**2)
+@pytest.mark.parametrize("eta", [None, 1.0, 0.5, 0.0])
+def test_euler_ancestral_matches_the_ancestral_rule(eta: float | None) -> None:
+    amount = 1.0 if eta is None else eta  # the default is opts.eta_ancestral = 1
+
+    def euler_a(x, d0, s, sn, state, gens):
+        up = min(sn, amount * math.sqrt(sn**2 * (s**2 - sn**2) / s**2))
         down = math.sqrt(sn**2 - up**2)
         x = x + (x - d0) / s * (down - s)
-        return x + _randn(gens) * up
+        return x + _randn(gens) * up if up > 0 else x
 
-    assert torch.allclose(_run_plan("Euler a"), _hand_loop("Euler a", euler_a), atol=1e-4)
+    assert torch.allclose(_run_plan("Euler a", eta=eta), _hand_loop("Euler a", euler_a), atol=1e-4)
 
 
 def test_dpmpp_2m_matches_the_dpm_solver_pp_rule() -> None:
-    def dpmpp_2m(x, d0, s, sn, state, gens):  # type: ignore[no-untyped-def]
+    def dpmpp_2m(x, d0, s, sn, state, gens):
         old = state.get("old")
         h_old = state.get("h")
         if sn == 0:
@@ -328,25 +344,150 @@ def test_dpmpp_2m_matches_the_dpm_solver_pp_rule() -> None:
     assert torch.allclose(_run_plan("DPM++ 2M"), _hand_loop("DPM++ 2M", dpmpp_2m), atol=1e-4)
 
 
-def test_dpmpp_2m_sde_matches_the_sde_rule() -> None:
-    def dpmpp_2m_sde(x, d0, s, sn, state, gens):  # type: ignore[no-untyped-def]
-        noise = _randn(gens)  # drawn every step, like the sampler loop
+@pytest.mark.parametrize("eta", [None, 0.5])
+def test_dpmpp_2m_sde_matches_the_sde_rule(eta: float | None) -> None:
+    # η = 1 (the default) is diffusers' "sde-dpmsolver++" update, which this sampler used to run.
+    amount = 1.0 if eta is None else eta
+
+    def dpmpp_2m_sde(x, d0, s, sn, state, gens):
         old = state.get("old")
         h_old = state.get("h")
         if sn == 0:
             x_new = d0
         else:
+            noise = _randn(gens)
             h = math.log(s) - math.log(sn)
-            x_new = (sn / s) * math.exp(-h) * x + (-math.expm1(-2 * h)) * d0
+            eh = amount * h
+            x_new = (sn / s) * math.exp(-eh) * x + (-math.expm1(-h - eh)) * d0
             if old is not None:
                 r = float(h_old) / h
-                x_new = x_new + 0.5 * (-math.expm1(-2 * h)) * (1 / r) * (d0 - old)
-            x_new = x_new + noise * sn * math.sqrt(-math.expm1(-2 * h))
+                x_new = x_new + 0.5 * (-math.expm1(-h - eh)) * (1 / r) * (d0 - old)
+            x_new = x_new + noise * sn * math.sqrt(-math.expm1(-2 * eh))
             state["h"] = torch.tensor(h)
         state["old"] = d0
         return x_new
 
-    assert torch.allclose(_run_plan("DPM++ 2M SDE"), _hand_loop("DPM++ 2M SDE", dpmpp_2m_sde), atol=1e-4)
+    got = _run_plan("DPM++ 2M SDE", eta=eta)
+    assert torch.allclose(got, _hand_loop("DPM++ 2M SDE", dpmpp_2m_sde), atol=1e-4)
+
+
+def test_dpmpp_2m_sde_with_eta_0_is_dpmpp_2m_ode() -> None:
+    def dpmpp_2m_midpoint(x, d0, s, sn, state, gens):
+        old = state.get("old")
+        h_old = state.get("h")
+        state["old"] = d0
+        if sn == 0:
+            return d0
+        h = math.log(s) - math.log(sn)
+        x_new = (sn / s) * x - math.expm1(-h) * d0
+        if old is not None:
+            x_new = x_new - 0.5 * math.expm1(-h) * (float(h_old) / h) * (d0 - old)
+        state["h"] = torch.tensor(h)
+        return x_new
+
+    assert torch.allclose(_run_plan("DPM++ 2M SDE", eta=0.0), _hand_loop("DPM++ 2M SDE", dpmpp_2m_midpoint), atol=1e-4)
+
+
+def test_euler_a_default_eta_matches_diffusers_euler_ancestral_scheduler() -> None:
+    """η = 1 is unchanged: the own Euler a step gives what diffusers' EulerAncestralDiscreteScheduler (the old code
+    path) gives on the same sigmas and per-image generators."""
+    plan = plan_img2img("Euler a", None, 12, 0.8, False, SD1_CONFIG)
+    init, _ = _latents()
+    rng = create_noise(SHAPE[1:], [3, 4], source="CPU")
+    got = run_sampler(plan, init, rng.noise, _smooth_x0, generators=rng.generators)
+    gens_1 = create_noise(SHAPE[1:], [3, 4], source="CPU").generators
+    got_1 = run_sampler(plan, init, rng.noise, _smooth_x0, generators=gens_1, eta=1.0)
+
+    with warnings.catch_warnings():  # diffusers' np.array(tensor) under NumPy 2; values unaffected
+        warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy keyword")
+        scheduler = EulerAncestralDiscreteScheduler.from_config(
+            SD1_CONFIG, prediction_type="epsilon", timestep_spacing="linspace", steps_offset=0
+        )
+        scheduler.set_timesteps(plan.total_steps)
+    scheduler.sigmas = plan.sigma_sched.clone()
+    scheduler.timesteps = plan.call_timesteps.clone()
+    scheduler.set_begin_index(0)
+    gens = list(create_noise(SHAPE[1:], [3, 4], source="CPU").generators)
+    x = init + rng.noise * plan.start_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        s = float(plan.sigma_sched[i])
+        eps = _smooth_x0(x / math.sqrt(1 + s * s), torch.zeros(2), s)
+        scheduler.is_scale_input_called = True
+        x = scheduler.step(eps, t, x, generator=gens).prev_sample
+    assert torch.allclose(got, x, atol=1e-4)
+    assert torch.allclose(got_1, x, atol=1e-4)
+
+
+def test_euler_a_with_eta_0_is_euler() -> None:
+    for strength in (1.0, 0.6):
+        euler = _run_plan("Euler", strength)
+        assert torch.allclose(_run_plan("Euler a", strength, eta=0.0), euler, atol=1e-4)
+        assert not torch.allclose(_run_plan("Euler a", strength), euler, atol=1e-2)
+
+
+@pytest.mark.parametrize("name", ["Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE"])
+def test_ancestral_samplers_with_eta_0_draw_no_noise(name: str) -> None:
+    plan = plan_img2img(name, None, 10, 0.7, False, SD1_CONFIG)
+    init, _ = _latents()
+    noise = create_noise(SHAPE[1:], [3, 4], source="CPU").noise
+
+    def run(eta: float, seeds: list[int]) -> torch.Tensor:
+        gens = create_generators(seeds, source="CPU")
+        return run_sampler(plan, init, noise, _smooth_x0, generators=gens, eta=eta)
+
+    assert torch.equal(run(0.0, [3, 4]), run(0.0, [5, 6]))  # the step noise's generators are never used
+    assert not torch.allclose(run(0.5, [3, 4]), run(0.5, [5, 6]), atol=1e-2)
+    if name == "DPM2 a":  # with η = 0 it is DPM2 (both discard the penultimate sigma)
+        dpm2 = plan_img2img("DPM2", None, 10, 0.7, False, SD1_CONFIG)
+        assert torch.allclose(run(0.0, [3, 4]), run_sampler(dpm2, init, noise, _smooth_x0), atol=1e-4)
+
+
+def test_eta_is_ignored_by_samplers_without_eta() -> None:
+    for name in ("Euler", "Heun", "DPM++ 2M", "UniPC"):
+        assert torch.equal(_run_plan(name, 0.6, eta=0.7), _run_plan(name, 0.6))
+
+
+def test_negative_or_nan_eta_is_rejected() -> None:
+    plan = plan_img2img("Euler a", None, 4, 1.0, False, SD1_CONFIG)
+    init, noise = _latents()
+    for bad in (-0.1, math.nan, math.inf):
+        with pytest.raises(ValueError, match="eta"):
+            run_sampler(plan, init, noise, _smooth_x0, eta=bad)
+
+
+def test_the_plan_says_whether_eta_applies() -> None:
+    ancestral = {"Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE"}
+    for sampler in SAMPLERS:
+        plan = plan_img2img(sampler, None, 10, 0.5, False, SD1_CONFIG)
+        expected = 1.0 if sampler.name in ancestral else 0.0 if sampler.name == "DDIM" else None
+        assert plan.default_eta == expected, sampler.name
+        assert plan.uses_eta == (expected is not None)
+        assert sampler_default_eta(sampler) == expected
+        assert plan_img2img(sampler, None, 10, 0.0, False, SD1_CONFIG).default_eta == expected  # zero-step plans too
+    assert sampler_default_eta("Euler a Karras") == 1.0
+    with pytest.raises(ValueError, match="unknown sampler"):
+        sampler_default_eta("nope")
+
+
+@pytest.mark.parametrize("eta", [0.5, 3.0])  # 3.0: σ_up is capped at σ_next, σ_down = 0
+@pytest.mark.parametrize("name", ["Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE"])
+def test_ancestral_samplers_with_eta_land_on_the_known_x0(name: str, eta: float) -> None:
+    plan = plan_img2img(name, None, 20, 0.75, False, SD1_CONFIG)
+    init, target = _latents()
+    rng = create_noise(SHAPE[1:], [11, 12], source="CPU")
+    calls = 0
+    perfect = _eps_for(target)
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, s: float) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        return perfect(x, t, s)
+
+    out = run_sampler(plan, init, rng.noise, denoise, generators=rng.generators, eta=eta)
+    # η > 1 can make σ_down 0 before the last step, which DPM2 a / DPM++ 2S a then take as a one-call Euler step.
+    assert calls == plan.model_calls if eta <= 1 else calls <= plan.model_calls
+    assert torch.isfinite(out).all()
+    assert torch.allclose(out, target, atol=1e-4)
 
 
 def test_ancestral_noise_is_seeded_by_the_generators() -> None:
@@ -358,7 +499,7 @@ def test_ancestral_noise_is_seeded_by_the_generators() -> None:
 def test_ddim_matches_the_ddim_rule() -> None:
     plan = plan_img2img("DDIM", None, 20, 0.75, False, SD1_CONFIG)
     init, _ = _latents()
-    noise = create_noise(SHAPE[1:], [3, 4], source="CPU").noise  # type: ignore[arg-type]
+    noise = create_noise(SHAPE[1:], [3, 4], source="CPU").noise
     got = run_sampler(plan, init, noise, _smooth_x0)
     acp = plan.model.alphas_cumprod.double()
     x = (acp[751].sqrt() * init + (1 - acp[751]).sqrt() * noise).double()
@@ -371,6 +512,34 @@ def test_ddim_matches_the_ddim_rule() -> None:
     assert torch.allclose(got.double(), x, atol=1e-4)
 
 
+def test_ddim_eta_matches_the_ddim_rule_and_is_seeded() -> None:
+    plan = plan_img2img("DDIM", None, 20, 0.75, False, SD1_CONFIG)
+    init, _ = _latents()
+
+    def run(eta: float | None, seeds: tuple[int, int] = (3, 4)) -> torch.Tensor:
+        rng = create_noise(SHAPE[1:], list(seeds), source="CPU")
+        return run_sampler(plan, init, rng.noise, _smooth_x0, generators=rng.generators, eta=eta)
+
+    got = run(0.5)
+    assert torch.equal(got, run(0.5))  # reproducible with the same generators
+    assert not torch.allclose(got, run(0.5, seeds=(3, 5)), atol=1e-3)  # image 2's noise changes ...
+    assert torch.equal(got[0], run(0.5, seeds=(3, 5))[0])  # ... image 1's does not
+    assert torch.equal(run(None), run(0.0))  # the default is opts.eta_ddim = 0
+    assert not torch.allclose(got, run(0.0), atol=1e-2)
+
+    rng = create_noise(SHAPE[1:], [3, 4], source="CPU")
+    acp = plan.model.alphas_cumprod.double()
+    x = (acp[751].sqrt() * init + (1 - acp[751]).sqrt() * rng.noise).double()
+    for t in range(701, 50, -50):
+        a, a_prev = acp[t], acp[t - 50]
+        sigma = math.sqrt((1 - float(a)) / float(a))
+        eps = _smooth_x0(x.float(), torch.zeros(2), sigma).double()
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        std = 0.5 * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).sqrt()  # σ_t of the DDIM paper, η = 0.5
+        x = a_prev.sqrt() * x0 + (1 - a_prev - std**2).sqrt() * eps + std * _randn(rng.generators).double()
+    assert torch.allclose(got.double(), x, atol=1e-4)
+
+
 # --- callbacks, StopSampling, masks ------------------------------------------------------------------------------
 
 
@@ -378,7 +547,7 @@ def test_ddim_matches_the_ddim_rule() -> None:
 def test_stop_sampling_returns_the_last_x0(name: str) -> None:
     plan = plan_img2img(name, None, 20, 1.0, False, SD1_CONFIG)
     init, _ = _latents()
-    noise = create_noise(SHAPE[1:], [1, 2], source="CPU").noise  # type: ignore[arg-type]
+    noise = create_noise(SHAPE[1:], [1, 2], source="CPU").noise
     seen: list[StepInfo] = []
 
     def callback(info: StepInfo) -> None:
@@ -407,7 +576,7 @@ def test_blend_x0_keeps_the_masked_out_region(sampler: object) -> None:
     """§3.3: the x0 prediction is blended with the clean init latent where the mask keeps it."""
     plan = plan_img2img(sampler, None, 20, 0.8, False, SD1_CONFIG)  # type: ignore[arg-type]
     init, target = _latents()
-    rng = create_noise(SHAPE[1:], [7, 8], source="CPU")  # type: ignore[arg-type]
+    rng = create_noise(SHAPE[1:], [7, 8], source="CPU")
     keep = torch.zeros(SHAPE)
     keep[..., :4] = 1.0  # left half kept, right half regenerated
 
@@ -423,7 +592,7 @@ def test_blend_x0_keeps_the_masked_out_region(sampler: object) -> None:
 def test_timestep_samplers_blend_the_noisy_input_before_the_model() -> None:
     plan = plan_img2img("DDIM", None, 20, 0.75, False, SD1_CONFIG)
     init, target = _latents()
-    noise = create_noise(SHAPE[1:], [7, 8], source="CPU").noise  # type: ignore[arg-type]
+    noise = create_noise(SHAPE[1:], [7, 8], source="CPU").noise
     inputs: list[torch.Tensor] = []
     blended: list[torch.Tensor] = []
 
@@ -445,7 +614,7 @@ def test_timestep_samplers_blend_the_noisy_input_before_the_model() -> None:
 def test_extra_noise_and_noise_multiplier_change_the_start() -> None:
     plan = plan_img2img("Euler", None, 20, 0.5, False, SD1_CONFIG)
     init, _ = _latents()
-    noise = create_noise(SHAPE[1:], [1, 2], source="CPU").noise  # type: ignore[arg-type]
+    noise = create_noise(SHAPE[1:], [1, 2], source="CPU").noise
     first: list[torch.Tensor] = []
 
     def record(x: torch.Tensor, t: torch.Tensor, s: float) -> torch.Tensor:
@@ -464,7 +633,7 @@ def test_extra_noise_and_noise_multiplier_change_the_start() -> None:
 def test_plan_is_reusable() -> None:
     plan = plan_img2img("DPM++ 2M", None, 12, 1.0, False, SD1_CONFIG)
     init, _ = _latents()
-    noise = create_noise(SHAPE[1:], [1, 2], source="CPU").noise  # type: ignore[arg-type]
+    noise = create_noise(SHAPE[1:], [1, 2], source="CPU").noise
     a = run_sampler(plan, init, noise, _smooth_x0)
     b = run_sampler(plan, init, noise, _smooth_x0)
     assert torch.equal(a, b)
@@ -479,3 +648,48 @@ def test_names_come_from_the_shared_tables() -> None:
     assert plan.schedule_type == "Karras"
     assert plan.implementation == "diffusers:EulerDiscreteScheduler"
     assert create_generators([1], source="CPU")[0].initial_seed() == 1
+
+
+# --- the processing path -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedModel]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield load_model("tiny", tiny_dir=tmp_path_factory.mktemp("tiny"), device="cpu", dtype=torch.float32)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _render(model: LoadedModel, sampler: str, eta: float | None) -> tuple[np.ndarray, dict[str, str], list[str]]:
+    y, x = np.mgrid[0:64, 0:64].astype(np.float32)
+    picture = Image.fromarray(np.stack([x * 3, y * 3, (x + y) * 1.5], axis=-1).astype(np.uint8), "RGB")
+    p = StableDiffusionProcessingImg2Img(
+        sd_model=model,
+        prompt="a red cube",
+        init_images=[picture],
+        width=64,
+        height=64,
+        steps=4,
+        seed=1234,
+        sampler_name=sampler,
+        eta=eta,
+    )
+    processed = process_images(p)
+    values = parse_infotext(processed.infotexts[0])[2]
+    return np.asarray(processed.images[0], dtype=np.int16), values, [w.code for w in processed.warnings]
+
+
+def test_processing_applies_eta_and_writes_it_only_where_it_applies(tiny_model: LoadedModel) -> None:
+    zero, zero_info, zero_codes = _render(tiny_model, "Euler a", 0.0)
+    one, one_info, one_codes = _render(tiny_model, "Euler a", None)  # opts.eta_ancestral = 1
+    assert np.abs(zero - one).mean() > 0.1
+    assert float(zero_info["Eta"]) == 0.0
+    assert "Eta" not in one_info
+    _, euler_info, euler_codes = _render(tiny_model, "Euler", 0.3)  # Euler takes no eta
+    assert "Eta" not in euler_info
+    _, ddim_info, ddim_codes = _render(tiny_model, "DDIM", 0.5)
+    assert ddim_info["Eta"] == "0.5"
+    assert zero_codes == one_codes == euler_codes == ddim_codes == []
