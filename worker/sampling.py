@@ -599,7 +599,6 @@ def plan_img2img(
         raise ValueError(f"sampler {sampler_name.name!r} has no implementation")
     model = ModelSchedule.from_config(scheduler_config)
     schedule_steps, t_enc = img2img_steps(steps, strength, fix_steps)
-    empty = torch.zeros(0)
     extra: dict[str, object] = {}
 
     if sampler_name.timestep_sampler:
@@ -613,28 +612,7 @@ def plan_img2img(
         extra["Discard penultimate sigma"] = True
     if strength == 0:
         # §7.4 (our fix): strength 0 runs no denoising step; the reference would run one at σ_min.
-        return SamplingPlan(
-            sampler=sampler_name,
-            schedule_type=resolved.label,
-            implementation=impl.implementation,
-            scheduler=None,
-            steps=steps,
-            schedule_steps=schedule_steps,
-            t_enc=t_enc,
-            sigmas=empty,
-            sigma_sched=empty,
-            call_timesteps=empty,
-            timesteps=None,
-            start_sigma=0.0,
-            start_timestep=None,
-            total_steps=0,
-            model_calls=0,
-            is_timestep_sampler=False,
-            discard_penultimate_sigma=discard,
-            model=model,
-            extra_generation_params=extra,
-            default_eta=impl.default_eta,
-        )
+        return _zero_step_plan(sampler_name, impl, resolved.label, steps, schedule_steps, t_enc, model, extra, discard)
 
     s_min = model.sigma_min if sigma_min is None else sigma_min
     s_max = model.sigma_max if sigma_max is None else sigma_max
@@ -675,6 +653,43 @@ def plan_img2img(
     )
 
 
+def _zero_step_plan(
+    sampler_name: SamplerName,
+    impl: _SamplerImpl,
+    schedule_type: str,
+    steps: int,
+    schedule_steps: int,
+    t_enc: int,
+    model: ModelSchedule,
+    extra: Mapping[str, object],
+    discard: bool,
+) -> SamplingPlan:
+    """A plan that runs no step (strength 0, §7.4): `run_sampler` returns the init latent unchanged."""
+    empty = torch.zeros(0)
+    return SamplingPlan(
+        sampler=sampler_name,
+        schedule_type=schedule_type,
+        implementation=impl.implementation,
+        scheduler=None,
+        steps=steps,
+        schedule_steps=schedule_steps,
+        t_enc=t_enc,
+        sigmas=empty,
+        sigma_sched=empty,
+        call_timesteps=empty,
+        timesteps=None,
+        start_sigma=0.0,
+        start_timestep=None,
+        total_steps=0,
+        model_calls=0,
+        is_timestep_sampler=sampler_name.timestep_sampler,
+        discard_penultimate_sigma=discard,
+        model=model,
+        extra_generation_params=extra,
+        default_eta=impl.default_eta,
+    )
+
+
 def _vp_sigma_at(model: ModelSchedule, u: torch.Tensor) -> torch.Tensor:
     """σ-equivalent at fractional timesteps u, interpolating log ᾱ linearly (the reference's continuous VP model)."""
     log_acp = model.alphas_cumprod.log()
@@ -699,28 +714,7 @@ def _plan_timestep(
     extra: dict[str, object] = {"Schedule type": "Automatic"}
     empty = torch.zeros(0)
     if strength == 0:  # §7.4
-        return SamplingPlan(
-            sampler=sampler_name,
-            schedule_type="Automatic",
-            implementation=impl.implementation,
-            scheduler=None,
-            steps=steps,
-            schedule_steps=schedule_steps,
-            t_enc=t_enc,
-            sigmas=empty,
-            sigma_sched=empty,
-            call_timesteps=empty,
-            timesteps=None,
-            start_sigma=0.0,
-            start_timestep=None,
-            total_steps=0,
-            model_calls=0,
-            is_timestep_sampler=True,
-            discard_penultimate_sigma=False,
-            model=model,
-            extra_generation_params=extra,
-            default_eta=impl.default_eta,
-        )
+        return _zero_step_plan(sampler_name, impl, "Automatic", steps, schedule_steps, t_enc, model, extra, False)
     timesteps = timestep_schedule(schedule_steps, n_train)
     start_t = int(timesteps[t_enc])
     scheduler = _make_scheduler(impl, scheduler_config)
