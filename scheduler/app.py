@@ -20,10 +20,13 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from scheduler.a1111 import router as a1111_router
 from scheduler.auth import TokenTable
 from scheduler.deps import Services
 from scheduler.errors import BodyLimitMiddleware, InternalErrorMiddleware, install_error_handlers
+from scheduler.metrics import install_metrics
 from scheduler.routes import assets, events, files, health, jobs
+from scheduler.routes import batches as batch_routes
 from scheduler.snapshots import RunTimeEstimator
 from shared.config import Settings
 from shared.db import JobRepository, head_revision, make_engine
@@ -192,5 +195,8 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     for module in (jobs, events, assets, files, health):
         app.include_router(module.router)
+    owned.append(install_metrics(app, services))  # GET /metrics, read from the database at scrape time
+    app.include_router(batch_routes.router)
+    app.include_router(a1111_router)  # /sdapi/v1 and /internal: A1111 webui API clients (scheduler/a1111)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

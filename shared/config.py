@@ -39,6 +39,7 @@ DEFAULT_RECONCILE_INTERVAL_S = 5.0  # how often the reconciler looks for lost, u
 DEFAULT_RECONCILE_LOST_GRACE_S = 30.0  # a dispatched job's broker marker may be missing this long before re-publishing
 DEFAULT_DISPATCH_WINDOW_PER_QUEUE = 16  # messages in the broker per queue; the rest wait, fairly ordered, in the table
 MIN_TOKEN_LENGTH = 16  # characters; shorter API tokens are refused as guessable
+DEFAULT_METRICS_PORT = 9400  # a worker's Prometheus /metrics and /healthz port; GPU i of one host uses port + i
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -93,6 +94,8 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(DEFAULT_RECONCILE_INTERVAL_S, gt=0)
     reconcile_lost_grace_s: float = Field(DEFAULT_RECONCILE_LOST_GRACE_S, ge=0)
     dispatch_window_per_queue: int = Field(DEFAULT_DISPATCH_WINDOW_PER_QUEUE, ge=1)
+    # The worker's metrics and health HTTP server (worker/metrics.py); 0 turns it off.
+    metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535)
 
     # ----------------------------------------------------------------------------------------------------------
     # Derived values: what the unset settings mean.

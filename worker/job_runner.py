@@ -51,6 +51,7 @@ from shared.spec import Img2ImgJob
 from shared.states import JobState
 from shared.storage import Storage, artifact_key
 from worker.inputs import load_inputs
+from worker.metrics import WORKER_METRICS
 from worker.models import LoadedModel, ModelNotFound
 from worker.processing import Processed, Progress, StableDiffusionProcessingImg2Img, process_images
 
@@ -323,11 +324,17 @@ class _StepHook:
         self._started_wall = deps.wall_clock()
         self._last_write = float("-inf")
         self._soft_shutdown_s = deps.settings.worker_soft_shutdown_s
+        # A1111 interrupt / skip (scheduler/a1111): the processing object to stop, set by _render_once, and how
+        # many skip requests have been honoured (the live skip count only grows; each new one ends one batch).
+        self.processing: StableDiffusionProcessingImg2Img | None = None
+        self._skips_seen = 0
 
     def __call__(self, progress: Progress) -> None:
         run, deps = self._run, self._run.deps
+        WORKER_METRICS.step(run.row.model)
         if run.live.call("cancel check", lambda: deps.live.cancel_requested(run.job_id), default=False):
             raise _Canceled
+        self._apply_stop_requests()
         now = deps.clock()
         if now >= run.next_renewal:
             run.renew()
@@ -343,6 +350,22 @@ class _StepHook:
             deadline = draining + self._soft_shutdown_s * DRAIN_MARGIN
             if eta is None or now + eta > deadline:
                 raise _Draining
+
+    def _apply_stop_requests(self) -> None:
+        """Honour A1111 interrupt / skip like the webui's buttons: p.interrupt() keeps the current batch (decoded
+        from its last x0) and runs no further batch, so the job still succeeds; p.skip() ends only this batch."""
+        p = self.processing
+        if p is None:
+            return
+        run, deps = self._run, self._run.deps
+        requests = run.live.call("stop check", lambda: deps.live.stop_requests(run.job_id), default=None)
+        if requests is None:
+            return
+        if requests.interrupt and not p.interrupted:
+            p.interrupt()
+        if requests.skips > self._skips_seen:
+            self._skips_seen = requests.skips
+            p.skip()
 
     def _write(self, progress: Progress, fraction: float, eta: float | None) -> None:
         run, deps = self._run, self._run.deps
@@ -398,6 +421,15 @@ def run_job(job_id: uuid.UUID, delivered_attempt: int, deps: WorkerDeps) -> RunO
     run = _Run(job_id, attempt, row, lease_s, deps, timings, live)
     run.next_renewal = deps.clock() + lease_s * RENEW_FRACTION
     live.call("notify", lambda: deps.live.notify(job_id))
+    WORKER_METRICS.job_started()
+    outcome = _run_claimed(run, job, spec_error)
+    WORKER_METRICS.record_outcome(outcome, row.model)
+    return outcome
+
+
+def _run_claimed(run: _Run, job: Img2ImgJob | None, spec_error: InputError | None) -> RunOutcome:
+    """Everything after a successful claim; returns how the delivery ended."""
+    attempt, row, deps = run.attempt, run.row, run.deps
     if attempt > row.max_attempts:
         error = JobError(
             type="permanent",
@@ -408,7 +440,7 @@ def run_job(job_id: uuid.UUID, delivered_attempt: int, deps: WorkerDeps) -> RunO
     if spec_error is not None or job is None:
         assert spec_error is not None
         return _fail(run, JobError.from_exception(spec_error))
-    outcome = _execute(run, deterministic_seeds(job, job_id))
+    outcome = _execute(run, deterministic_seeds(job, run.job_id))
     deps.stats.record_job(out_of_memory=outcome.error_code == "out_of_memory")
     return outcome
 
@@ -492,6 +524,7 @@ def _render(
             oom_message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         # Outside the except block: the traceback (and the tensors its frames hold) is gone, so memory can be freed.
         run.deps.stats.record_oom()
+        WORKER_METRICS.oom(run.row.model)
         _free_memory()
         logger.warning("job %s: out of GPU memory (try %d): %s", run.job_id, try_no, oom_message)
         if try_no == 2:
@@ -526,6 +559,7 @@ def _render_once(
         job, sd_model=model, init_images=init_images, mask=mask, latent_mask=latent_mask
     )
     p.progress_callback = hook
+    hook.processing = p  # so that A1111 interrupt / skip requests reach this render
     return engine(p)
 
 

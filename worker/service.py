@@ -13,15 +13,22 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from shared.config import ENV_PREFIX, Settings
 from shared.queueing import queue_name
+from worker.metrics import metrics_port_for
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["default_queues", "main", "parse_gpus", "run_worker_process", "start_workers", "worker_command"]
 
@@ -99,7 +106,12 @@ def start_workers(
         processes.append(subprocess.Popen(worker_command(chosen, "cpu", f"cpu@{host}"), env=env))
         return processes
     for index in indices:
-        env = {**base_env, "CUDA_VISIBLE_DEVICES": str(index)}
+        env = {
+            **base_env,
+            "CUDA_VISIBLE_DEVICES": str(index),
+            # One metrics port per GPU of this host, so the processes do not fight over one.
+            "RENDERFARM_METRICS_PORT": str(metrics_port_for(settings.metrics_port, index)),
+        }
         processes.append(subprocess.Popen(worker_command(chosen, "cuda", f"gpu{index}@{host}"), env=env))
     return processes
 
@@ -127,6 +139,7 @@ def run_worker_process(settings: Settings, queues: list[str], device: Device, ho
     name = hostname or f"{'gpu' if device == 'cuda' else 'cpu'}@{socket.gethostname()}"
     factory = functools.partial(build_worker_deps, settings, device=device, worker_name=name)
     app = create_worker_app(settings, factory)
+    _start_metrics(settings, app, name, device)
     app.worker_main(
         [
             "worker",
@@ -140,6 +153,32 @@ def run_worker_process(settings: Settings, queues: list[str], device: Device, ho
             "--without-mingle",
         ]
     )
+
+
+def _start_metrics(settings: Settings, app: Celery, name: str, device: Device) -> None:
+    """Serve this worker's /metrics and /healthz before the model warms up (so probes see it start).
+
+    A port that is taken (several workers of one host started by hand with the same settings) costs the metrics of
+    this worker, not the worker: it logs and carries on.
+    """
+    from worker.metrics import WORKER_METRICS, start_metrics_server
+    from worker.tasks import deps_holder
+
+    holder = deps_holder(app)
+    WORKER_METRICS.describe_worker(name, device)
+
+    def unhealthy() -> bool:
+        deps = holder.current
+        return deps is not None and deps.stats.unhealthy
+
+    try:
+        start_metrics_server(
+            WORKER_METRICS, settings.metrics_port, stuck_after_s=settings.job_deadline_max_s, unhealthy=unhealthy
+        )
+    except OSError as exc:
+        logger.warning(
+            "worker %s: metrics port %s unavailable (%s); serving no metrics", name, settings.metrics_port, exc
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -36,6 +36,7 @@ from shared.live import open_live_status
 from shared.queueing import RENDER_TASK, make_celery_app
 from shared.storage import open_storage
 from worker.job_runner import Engine, WorkerDeps, run_job
+from worker.metrics import WORKER_METRICS
 from worker.models import LoadedModel, ModelCache, load_model, pick_device
 from worker.processing import process_images
 from worker.standin import standin_from_env
@@ -89,7 +90,7 @@ def build_worker_deps(
         repo=JobRepository(make_engine(settings.resolved_database_url)),
         storage=open_storage(settings),
         live=open_live_status(settings.redis_url),
-        models=ModelCache(default_cache_bytes(target), loader=loader),
+        models=ModelCache(default_cache_bytes(target), loader=WORKER_METRICS.instrument_loader(loader)),
         worker_name=worker_name or f"{os.getpid()}@{socket.gethostname()}",
         engine=engine or standin_from_env() or process_images,
     )

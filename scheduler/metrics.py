@@ -1,0 +1,447 @@
+"""The scheduler's Prometheus metrics, served at `GET /metrics` (api.md "Auth, limits, errors").
+
+Everything is read from the database (the source of truth) at scrape time, plus the broker's list lengths when a
+Redis broker is configured; nothing is counted in the request path, so every scheduler replica reports the same
+farm-wide numbers and a restart loses nothing. Aggregate replicas with `max`, not `sum` (deploy/grafana does).
+
+Gauges (the farm now):
+
+    renderfarm_jobs{state}                               every job row by state
+    renderfarm_queue_depth{queue}                        queued jobs per Celery queue (waiting + in the broker)
+    renderfarm_queue_jobs{queue, part}                   the same split: part="undispatched" | "in_flight"
+    renderfarm_queue_running{queue}                      running jobs per queue (KEDA keeps their workers)
+    renderfarm_queue_oldest_age_seconds{queue}           age of the oldest queued job of the queue
+    renderfarm_broker_queue_length{queue}                the Redis list's length (what KEDA scales on)
+    renderfarm_metrics_database_up                       1 when the database answered this scrape
+
+Counters and histograms, folded from finished jobs (succeeded, failed, canceled) as they finish:
+
+    renderfarm_jobs_finished_total{model, state}
+    renderfarm_job_wait_seconds{model}                   created -> started (of the attempt that finished)
+    renderfarm_job_run_seconds{model, state}             started -> finished
+    renderfarm_job_attempts_total{model}                 deliveries claimed by finished jobs
+    renderfarm_job_retries_total{model}                  the same, minus each job's first attempt
+    renderfarm_job_cancels_total{model, stage}           stage="queued" (never started) | "running"
+    renderfarm_job_failures_total{model, code}           failed jobs by error code
+
+The fold keeps a watermark on `finished_at` and re-reads an overlap window behind it (rows are committed with the
+writer's clock, a little out of order), deduplicating by job id. Its first scrape reads every finished job once;
+later scrapes read only what finished since. Counters therefore equal the database's totals (a restart re-reads them,
+so they never go backwards), as long as finished rows are not deleted.
+
+Wiring (scheduler/app.py, in `create_app`, after the routers): `owned.append(install_metrics(app, services))`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from shared.db import JobRepository
+from shared.db.tables import jobs, utcnow
+from shared.errors import DatabaseUnavailable
+from shared.states import TERMINAL_STATES, JobState
+
+log = logging.getLogger("scheduler.metrics")
+
+__all__ = [
+    "FOLD_OVERLAP_S",
+    "RUN_BUCKETS_S",
+    "WAIT_BUCKETS_S",
+    "FinishedJobs",
+    "RepositoryCollector",
+    "build_registry",
+    "install_metrics",
+    "metrics_response",
+    "redis_list_lengths",
+]
+
+# Bucket upper bounds in seconds; +Inf is added. Waits run from "a free GPU took it at once" to a night's batch.
+WAIT_BUCKETS_S: tuple[float, ...] = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+# Renders: a tiny test model takes under a second, a large SDXL batch many minutes.
+RUN_BUCKETS_S: tuple[float, ...] = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+FOLD_OVERLAP_S = 600.0  # seconds re-read behind the watermark: commits with a skewed or slow clock land late
+FOLD_PAGE = 5000  # finished rows read per query while folding
+DEFAULT_MODEL_LABEL = "default"  # jobs without a model use the farm's default model (RENDERFARM_MODEL)
+UNKNOWN_CODE = "unknown"
+
+
+def _model_label(model: str | None) -> str:
+    return model or DEFAULT_MODEL_LABEL
+
+
+@dataclass
+class _Histogram:
+    """Counts per bucket (not cumulative), their sum, for one label set."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(default_factory=list)
+    total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        running = 0
+        out: list[tuple[str, float]] = []
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            running += count
+            out.append(("+Inf" if bound == math.inf else _float_text(bound), float(running)))
+        return out
+
+
+def _float_text(value: float) -> str:
+    return repr(float(value))
+
+
+@dataclass(frozen=True)
+class _Finished:
+    id: uuid.UUID
+    model: str | None
+    state: JobState
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime
+    error_code: str | None
+
+
+class FinishedJobs:
+    """Counters and histograms of finished jobs, folded incrementally from the jobs table. Thread-safe."""
+
+    def __init__(self, *, overlap_s: float = FOLD_OVERLAP_S) -> None:
+        self._overlap = timedelta(seconds=overlap_s)
+        self._lock = threading.Lock()
+        self._watermark: datetime | None = None  # the newest finished_at folded so far
+        self._recent: dict[uuid.UUID, datetime] = {}  # ids folded within the overlap window
+        self.finished: dict[tuple[str, str], int] = {}
+        self.attempts: dict[str, int] = {}
+        self.retries: dict[str, int] = {}
+        self.cancels: dict[tuple[str, str], int] = {}
+        self.failures: dict[tuple[str, str], int] = {}
+        self.wait: dict[str, _Histogram] = {}
+        self.run: dict[tuple[str, str], _Histogram] = {}
+
+    def refresh(self, engine: sa.Engine) -> int:
+        """Fold every job that finished since the last refresh; returns how many were new."""
+        with self._lock:
+            since = None if self._watermark is None else self._watermark - self._overlap
+            new = 0
+            for row in _finished_rows(engine, since):
+                if row.id in self._recent:
+                    continue
+                self._fold(row)
+                new += 1
+                self._recent[row.id] = row.finished_at
+                if self._watermark is None or row.finished_at > self._watermark:
+                    self._watermark = row.finished_at
+            if self._watermark is not None:
+                horizon = self._watermark - self._overlap
+                self._recent = {key: when for key, when in self._recent.items() if when >= horizon}
+            return new
+
+    def _fold(self, row: _Finished) -> None:
+        model = _model_label(row.model)
+        state = row.state.value
+        self.finished[(model, state)] = self.finished.get((model, state), 0) + 1
+        self.attempts[model] = self.attempts.get(model, 0) + row.attempt
+        self.retries[model] = self.retries.get(model, 0) + max(row.attempt - 1, 0)
+        if row.state is JobState.CANCELED:
+            stage = "queued" if row.started_at is None else "running"
+            self.cancels[(model, stage)] = self.cancels.get((model, stage), 0) + 1
+        if row.state is JobState.FAILED:
+            code = row.error_code or UNKNOWN_CODE
+            self.failures[(model, code)] = self.failures.get((model, code), 0) + 1
+        if row.started_at is not None:
+            wait = max((row.started_at - row.created_at).total_seconds(), 0.0)
+            self.wait.setdefault(model, _Histogram(WAIT_BUCKETS_S)).observe(wait)
+            ran = max((row.finished_at - row.started_at).total_seconds(), 0.0)
+            self.run.setdefault((model, state), _Histogram(RUN_BUCKETS_S)).observe(ran)
+
+    def metrics(self) -> Iterator[Metric]:
+        with self._lock:
+            finished = CounterMetricFamily(
+                "renderfarm_jobs_finished", "Jobs that reached a terminal state", labels=["model", "state"]
+            )
+            for (model, state), value in sorted(self.finished.items()):
+                finished.add_metric([model, state], value)
+            yield finished
+            attempts = CounterMetricFamily(
+                "renderfarm_job_attempts", "Deliveries (claims) of finished jobs", labels=["model"]
+            )
+            for model, value in sorted(self.attempts.items()):
+                attempts.add_metric([model], value)
+            yield attempts
+            retries = CounterMetricFamily(
+                "renderfarm_job_retries", "Deliveries of finished jobs beyond their first", labels=["model"]
+            )
+            for model, value in sorted(self.retries.items()):
+                retries.add_metric([model], value)
+            yield retries
+            cancels = CounterMetricFamily(
+                "renderfarm_job_cancels", "Canceled jobs, by whether they had started", labels=["model", "stage"]
+            )
+            for (model, stage), value in sorted(self.cancels.items()):
+                cancels.add_metric([model, stage], value)
+            yield cancels
+            failures = CounterMetricFamily(
+                "renderfarm_job_failures", "Failed jobs by error code", labels=["model", "code"]
+            )
+            for (model, code), value in sorted(self.failures.items()):
+                failures.add_metric([model, code], value)
+            yield failures
+            wait = HistogramMetricFamily(
+                "renderfarm_job_wait_seconds",
+                "Seconds from submission to the start of the finishing attempt",
+                labels=["model"],
+            )
+            for model, histogram in sorted(self.wait.items()):
+                wait.add_metric([model], histogram.cumulative(), histogram.total)
+            yield wait
+            run = HistogramMetricFamily(
+                "renderfarm_job_run_seconds",
+                "Seconds from start to finish of the finishing attempt",
+                labels=["model", "state"],
+            )
+            for (model, state), histogram in sorted(self.run.items()):
+                run.add_metric([model, state], histogram.cumulative(), histogram.total)
+            yield run
+
+
+def _finished_rows(engine: sa.Engine, since: datetime | None) -> Iterator[_Finished]:
+    """Finished jobs with `finished_at >= since` (all when None), oldest first, read in keyset pages."""
+    columns = (
+        jobs.c.id,
+        jobs.c.model,
+        jobs.c.state,
+        jobs.c.attempt,
+        jobs.c.created_at,
+        jobs.c.started_at,
+        jobs.c.finished_at,
+        jobs.c.error,
+    )
+    terminal = [state.value for state in sorted(TERMINAL_STATES)]
+    after: tuple[datetime, uuid.UUID] | None = None
+    while True:
+        statement = sa.select(*columns).where(jobs.c.state.in_(terminal), jobs.c.finished_at.is_not(None))
+        if since is not None:
+            statement = statement.where(jobs.c.finished_at >= since)
+        if after is not None:
+            key = sa.tuple_(jobs.c.finished_at, jobs.c.id)
+            statement = statement.where(
+                key > sa.tuple_(sa.literal(after[0], jobs.c.finished_at.type), sa.literal(after[1], jobs.c.id.type))
+            )
+        statement = statement.order_by(jobs.c.finished_at, jobs.c.id).limit(FOLD_PAGE)
+        try:
+            with engine.connect() as conn:
+                page = conn.execute(statement).mappings().all()
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise DatabaseUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
+        for row in page:
+            error = row["error"]
+            code = error.get("code") if isinstance(error, Mapping) else None
+            yield _Finished(
+                id=row["id"],
+                model=row["model"],
+                state=JobState(row["state"]),
+                attempt=int(row["attempt"]),
+                created_at=row["created_at"],
+                started_at=row["started_at"],
+                finished_at=row["finished_at"],
+                error_code=None if code is None else str(code),
+            )
+        if len(page) < FOLD_PAGE:
+            return
+        after = (page[-1]["finished_at"], page[-1]["id"])
+
+
+@dataclass(frozen=True)
+class _QueueCounts:
+    queued: int = 0
+    in_flight: int = 0
+    running: int = 0
+    oldest_queued: datetime | None = None
+
+
+def _queue_counts(engine: sa.Engine) -> dict[str, _QueueCounts]:
+    """Queued (of which in flight) and running jobs, and the oldest queued job, of every queue that has any."""
+    in_flight = sa.case((jobs.c.dispatched_at.is_not(None), 1), else_=0)
+    statement = (
+        sa.select(jobs.c.queue, jobs.c.state, sa.func.count(), sa.func.sum(in_flight), sa.func.min(jobs.c.created_at))
+        .where(jobs.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+        .group_by(jobs.c.queue, jobs.c.state)
+    )
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(statement).all()
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
+    out: dict[str, _QueueCounts] = {}
+    for queue, state, count, flying, oldest in rows:
+        # min() keeps the column's type, so `oldest` comes back as an aware datetime on both databases.
+        current = out.get(str(queue), _QueueCounts())
+        if state == JobState.QUEUED.value:
+            current = _QueueCounts(int(count), int(flying or 0), current.running, oldest)
+        else:
+            current = _QueueCounts(current.queued, current.in_flight, int(count), current.oldest_queued)
+        out[str(queue)] = current
+    return out
+
+
+class RepositoryCollector(Collector):
+    """Collects the farm's metrics from the repository (and the broker) at every scrape.
+
+    `broker_lengths(queues)` returns the broker's message count per queue name (for example `redis_list_lengths`);
+    None leaves `renderfarm_broker_queue_length` out (embedded mode). `known_queues` are always reported, even at 0,
+    so dashboards and alerts see a queue that drained rather than one that vanished.
+    """
+
+    def __init__(
+        self,
+        repo: JobRepository,
+        *,
+        broker_lengths: Callable[[Sequence[str]], Mapping[str, int]] | None = None,
+        known_queues: Iterable[str] = (),
+        clock: Callable[[], datetime] = utcnow,
+        overlap_s: float = FOLD_OVERLAP_S,
+    ) -> None:
+        self._repo = repo
+        self._broker_lengths = broker_lengths
+        self._queues: set[str] = set(known_queues)
+        self._clock = clock
+        self.finished = FinishedJobs(overlap_s=overlap_s)
+
+    def describe(self) -> list[Metric]:
+        return []  # collected at scrape time only (no database access at registration)
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("renderfarm_metrics_database_up", "1 when the database answered this scrape")
+        try:
+            by_state = self._repo.counts_by_state()
+            per_queue = _queue_counts(self._repo.engine)
+            self.finished.refresh(self._repo.engine)
+        except DatabaseUnavailable as exc:
+            log.warning("metrics: %s", exc.message)
+            up.add_metric([], 0)
+            yield up
+            yield from self._broker_metrics()
+            return
+        up.add_metric([], 1)
+        yield up
+        states = GaugeMetricFamily("renderfarm_jobs", "Jobs by state (every row of the jobs table)", labels=["state"])
+        for state in JobState:
+            states.add_metric([state.value], by_state.get(state, 0))
+        yield states
+        self._queues.update(per_queue)
+        now = self._clock()
+        depth = GaugeMetricFamily("renderfarm_queue_depth", "Queued jobs per Celery queue", labels=["queue"])
+        parts = GaugeMetricFamily(
+            "renderfarm_queue_jobs",
+            "Queued jobs per Celery queue: undispatched (waiting in the table) or in_flight (published)",
+            labels=["queue", "part"],
+        )
+        running = GaugeMetricFamily("renderfarm_queue_running", "Running jobs per Celery queue", labels=["queue"])
+        oldest_age = GaugeMetricFamily(
+            "renderfarm_queue_oldest_age_seconds", "Age of the oldest queued job per queue (0: none)", labels=["queue"]
+        )
+        for queue in sorted(self._queues):
+            counts = per_queue.get(queue, _QueueCounts())
+            depth.add_metric([queue], counts.queued)
+            parts.add_metric([queue, "undispatched"], counts.queued - counts.in_flight)
+            parts.add_metric([queue, "in_flight"], counts.in_flight)
+            running.add_metric([queue], counts.running)
+            oldest = counts.oldest_queued
+            oldest_age.add_metric([queue], 0.0 if oldest is None else max((now - oldest).total_seconds(), 0.0))
+        yield depth
+        yield parts
+        yield running
+        yield oldest_age
+        yield from self.finished.metrics()
+        yield from self._broker_metrics()
+
+    def _broker_metrics(self) -> Iterator[Metric]:
+        if self._broker_lengths is None:
+            return
+        queues = sorted(self._queues)
+        try:
+            lengths = self._broker_lengths(queues)
+        except Exception as exc:  # the broker is optional for a scrape: report what the database said
+            log.warning("metrics: broker queue lengths unavailable: %s: %s", type(exc).__name__, exc)
+            return
+        family = GaugeMetricFamily(
+            "renderfarm_broker_queue_length", "Messages in the broker's list per Celery queue", labels=["queue"]
+        )
+        for queue in queues:
+            family.add_metric([queue], lengths.get(queue, 0))
+        yield family
+
+
+def redis_list_lengths(redis_url: str) -> tuple[Callable[[Sequence[str]], Mapping[str, int]], Callable[[], None]]:
+    """`(lengths, close)`: LLEN of each queue's Redis list (Celery's Redis transport keeps a queue in a list named
+    after it, which is also what the KEDA scaler reads), on one client made here; `close` releases it."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+
+    def lengths(queues: Sequence[str]) -> Mapping[str, int]:
+        pipe = client.pipeline(transaction=False)
+        for queue in queues:
+            pipe.llen(queue)
+        return {queue: int(value) for queue, value in zip(queues, pipe.execute(), strict=True)}
+
+    return lengths, client.close
+
+
+def build_registry(repo: JobRepository, **collector_options: Any) -> tuple[CollectorRegistry, RepositoryCollector]:
+    """A fresh registry holding one `RepositoryCollector` (options as its keywords)."""
+    registry = CollectorRegistry(auto_describe=False)
+    collector = RepositoryCollector(repo, **collector_options)
+    registry.register(collector)
+    return registry, collector
+
+
+def metrics_response(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The Prometheus text exposition of `registry` and its content type."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+def install_metrics(app: Any, services: Any) -> Callable[[], None]:
+    """Add `GET /metrics` to the FastAPI `app`, reading `services.repo` (and the Redis broker in cluster mode).
+
+    Returns the function that releases what it opened (a Redis client); call it at shutdown.
+    """
+    from fastapi import Response
+    from fastapi.concurrency import run_in_threadpool
+
+    from shared.queueing import queue_name
+
+    settings = services.settings
+    broker_lengths = None
+    close: Callable[[], None] = lambda: None  # noqa: E731
+    if settings.redis_url is not None:
+        broker_lengths, close = redis_list_lengths(settings.redis_url)
+    default_queues = [queue_name(None, batch=False), queue_name(None, batch=True)]
+    registry, _ = build_registry(services.repo, broker_lengths=broker_lengths, known_queues=default_queues)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        body, content_type = await run_in_threadpool(metrics_response, registry)
+        return Response(content=body, media_type=content_type)
+
+    return close
