@@ -51,6 +51,14 @@ class LiveProgress:
         return cls(**data)
 
 
+@dataclass(frozen=True)
+class StopRequests:
+    """The A1111-style stop requests of one job: `interrupt` (sticky), `skips` (a count that only grows)."""
+
+    interrupt: bool = False
+    skips: int = 0
+
+
 class LiveStatus(ABC):
     """Progress records, cancel flags and change notifications, keyed by the job's database id."""
 
@@ -76,6 +84,31 @@ class LiveStatus(ABC):
     @abstractmethod
     def cancel_requested(self, job_id: uuid.UUID | str) -> bool: ...
 
+    # -- A1111 interrupt / skip (scheduler/a1111): per-task stop requests the worker reads at every step ----------
+
+    @abstractmethod
+    def request_interrupt(self, job_id: uuid.UUID | str) -> None:
+        """Ask the running job to stop sampling at its next step and keep what it has (the webui's Interrupt)."""
+
+    @abstractmethod
+    def interrupt_requested(self, job_id: uuid.UUID | str) -> bool: ...
+
+    @abstractmethod
+    def request_skip(self, job_id: uuid.UUID | str) -> int:
+        """Ask the running job to end its current batch early (the webui's Skip); returns the new skip count.
+
+        A counter, not a flag: the worker remembers how many skips it has honoured, so each request ends exactly
+        one batch and the worker never has to write (reset) anything at a step.
+        """
+
+    @abstractmethod
+    def skip_requested(self, job_id: uuid.UUID | str) -> int:
+        """How many skips were requested for the job so far (0: none)."""
+
+    def stop_requests(self, job_id: uuid.UUID | str) -> StopRequests:
+        """Both stop requests at once (what the worker's step callback reads); backends may do it in one trip."""
+        return StopRequests(self.interrupt_requested(job_id), self.skip_requested(job_id))
+
     @abstractmethod
     def notify(self, job_id: uuid.UUID | str) -> None:
         """Wake whoever waits on this job (an SSE stream): its state or progress changed."""
@@ -98,6 +131,8 @@ class LocalLiveStatus(LiveStatus):
     def __init__(self) -> None:
         self._progress: dict[str, LiveProgress] = {}
         self._cancel: set[str] = set()
+        self._interrupt: set[str] = set()
+        self._skips: dict[str, int] = {}
         self._versions: dict[str, int] = {}
         self._changed = threading.Condition()
 
@@ -114,6 +149,8 @@ class LocalLiveStatus(LiveStatus):
         with self._changed:
             self._progress.pop(str(job_id), None)
             self._cancel.discard(str(job_id))
+            self._interrupt.discard(str(job_id))
+            self._skips.pop(str(job_id), None)
 
     def request_cancel(self, job_id: uuid.UUID | str) -> None:
         with self._changed:
@@ -123,6 +160,26 @@ class LocalLiveStatus(LiveStatus):
     def cancel_requested(self, job_id: uuid.UUID | str) -> bool:
         with self._changed:
             return str(job_id) in self._cancel
+
+    def request_interrupt(self, job_id: uuid.UUID | str) -> None:
+        with self._changed:
+            self._interrupt.add(str(job_id))
+        self.notify(job_id)
+
+    def interrupt_requested(self, job_id: uuid.UUID | str) -> bool:
+        with self._changed:
+            return str(job_id) in self._interrupt
+
+    def request_skip(self, job_id: uuid.UUID | str) -> int:
+        with self._changed:
+            count = self._skips.get(str(job_id), 0) + 1
+            self._skips[str(job_id)] = count
+        self.notify(job_id)
+        return count
+
+    def skip_requested(self, job_id: uuid.UUID | str) -> int:
+        with self._changed:
+            return self._skips.get(str(job_id), 0)
 
     def notify(self, job_id: uuid.UUID | str) -> None:
         with self._changed:
@@ -180,7 +237,12 @@ class RedisLiveStatus(LiveStatus):
         }
 
     def clear(self, job_id: uuid.UUID | str) -> None:
-        self._redis.delete(self._key("live", job_id), self._key("cancel", job_id))
+        self._redis.delete(
+            self._key("live", job_id),
+            self._key("cancel", job_id),
+            self._key("interrupt", job_id),
+            self._key("skip", job_id),
+        )
 
     def request_cancel(self, job_id: uuid.UUID | str) -> None:
         self._redis.set(self._key("cancel", job_id), b"1", ex=CANCEL_TTL_S)
@@ -188,6 +250,31 @@ class RedisLiveStatus(LiveStatus):
 
     def cancel_requested(self, job_id: uuid.UUID | str) -> bool:
         return bool(self._redis.exists(self._key("cancel", job_id)))
+
+    def request_interrupt(self, job_id: uuid.UUID | str) -> None:
+        self._redis.set(self._key("interrupt", job_id), b"1", ex=CANCEL_TTL_S)
+        self.notify(job_id)
+
+    def interrupt_requested(self, job_id: uuid.UUID | str) -> bool:
+        return bool(self._redis.exists(self._key("interrupt", job_id)))
+
+    def request_skip(self, job_id: uuid.UUID | str) -> int:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incr(self._key("skip", job_id))
+        pipe.expire(self._key("skip", job_id), CANCEL_TTL_S)
+        count, _ = pipe.execute()
+        self.notify(job_id)
+        return int(count)
+
+    def skip_requested(self, job_id: uuid.UUID | str) -> int:
+        raw = self._redis.get(self._key("skip", job_id))
+        return int(raw) if raw else 0  # type: ignore[arg-type]
+
+    def stop_requests(self, job_id: uuid.UUID | str) -> StopRequests:
+        # One round trip per sampling step instead of two.
+        values: list[Any] = self._redis.mget([self._key("interrupt", job_id), self._key("skip", job_id)])  # type: ignore[assignment]
+        interrupt, skips = values
+        return StopRequests(bool(interrupt), int(skips) if skips else 0)
 
     def notify(self, job_id: uuid.UUID | str) -> None:
         self._redis.publish(self._key("changed", job_id), b"1")

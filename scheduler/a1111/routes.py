@@ -1,0 +1,535 @@
+"""The A1111 webui API on the farm: `/sdapi/v1/...` and the UI's `/internal/...` progress routes.
+
+Same tenants and auth as `/v1` (HTTP Basic with the token as password, as `--api-auth` clients send it, or a
+bearer token). Every job these routes create is an ordinary farm job, visible under `/v1/jobs/{task_id}`.
+
+How the farm differs from the reference (img2img-semantics.md §5, §7), in what a client sees:
+
+- `POST /sdapi/v1/img2img` enqueues a job and waits for it. A client that disconnects loses nothing: the job runs
+  on and its result stays under `/v1/jobs/{task_id}` (the reference would finish it too, but the id would be gone).
+  A reused `force_task_id` is create-or-get: the same request waits for (or returns) the existing job, a different
+  one is a 409.
+- Progress, interrupt and skip are per task and per tenant. `GET /sdapi/v1/progress` reports the caller's most
+  recent running job (or the one named by `?id_task=`); interrupt and skip act on the named task, or on all the
+  caller's running jobs, never on another tenant's. Interrupt and skip of a queued job do nothing, as in the
+  reference (cancel it with `POST /v1/jobs/{task_id}/cancel`).
+- A failed job answers with the farm's typed error body (422 for a bad input found by the worker, 500 otherwise),
+  and `/internal/progress` reports it as completed, so pollers stop (the reference never completes a failed task).
+- `POST /sdapi/v1/txt2img`: 501. The farm renders img2img; faking txt2img with a blank init image at strength 1
+  would not give the reference's txt2img pixels, so it is refused rather than approximated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from PIL import Image
+
+from scheduler.a1111.schema import (
+    Img2ImgRequest,
+    Img2ImgResponse,
+    InternalProgressRequest,
+    InternalProgressResponse,
+    PendingTasksResponse,
+    ProgressResponse,
+    SamplerItem,
+    SchedulerItem,
+    SDModelItem,
+)
+from scheduler.a1111.tenant_options import OPTION_DEFAULTS, read_options, write_options
+from scheduler.a1111.translate import (
+    build_info,
+    echoed_parameters,
+    field_renames,
+    image_grid,
+    job_body,
+    job_timestamp,
+    new_task_id,
+    rename_fields,
+)
+from scheduler.auth import TenantDep
+from scheduler.deps import Services, ServicesDep
+from scheduler.routes import checked_task_id
+from scheduler.snapshots import current_live, safe_live_progress
+from scheduler.submission import Submission, submit_job
+from shared.db import ArtifactRow, JobRow
+from shared.db.repository import MAX_LIST_LIMIT
+from shared.errors import InputError, NotFound, RenderfarmError, TransientError
+from shared.images import encode_png
+from shared.live import LiveProgress, LiveStatus, StopRequests
+from shared.sampler_names import SAMPLERS, SCHEDULES
+from shared.spec import Img2ImgJob
+from shared.states import JobState
+
+log = logging.getLogger("scheduler.a1111")
+
+router = APIRouter(tags=["a1111"])
+
+WAIT_SLICE_S = 1.0  # the longest one wait for a change lasts before the row (and the client's connection) is checked
+MODEL_SUFFIXES = (".safetensors", ".ckpt")
+KARRAS_RHO = 7.0  # the webui's default_rho of the Karras schedule; -1 means "not applicable" for the others
+
+
+class NotImplementedByFarm(RenderfarmError):
+    """A webui route the farm does not serve (501)."""
+
+    type = "not_implemented"
+    http_status = 501
+    default_code = "not_implemented"
+
+
+class JobCanceled(RenderfarmError):
+    """The job was canceled (through `/v1`) while an A1111 client waited for it (409)."""
+
+    type = "conflict"
+    http_status = 409
+    default_code = "canceled"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# img2img
+
+
+def _submit(services: Services, tenant: str, request: Img2ImgRequest) -> Submission:
+    task_id = request.force_task_id or new_task_id()
+    tenant_options = read_options(services.storage, tenant)
+    body = job_body(request, task_id=task_id, default_model=services.settings.model, tenant_options=tenant_options)
+    try:
+        return submit_job(services, tenant, body)
+    except InputError as exc:
+        raise rename_fields(exc, field_renames(request)) from None
+
+
+def _wait_for_change(live: LiveStatus, job_id: uuid.UUID, timeout_s: float) -> None:
+    try:
+        live.wait_for_change(job_id, timeout_s)
+    except Exception as exc:  # live status down: poll the durable row instead
+        log.warning("waiting for changes of job %s failed (%s); polling", job_id, exc)
+        time.sleep(timeout_s)
+
+
+async def _wait_until_finished(services: Services, job_id: uuid.UUID, request: Request) -> JobRow | None:
+    """The job's row once it is terminal, or None when the client went away first (the job runs on)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        # Wait first, read second: a change that lands during the read still ends the next wait at once.
+        waiter = loop.run_in_executor(services.stream_waits, _wait_for_change, services.live, job_id, WAIT_SLICE_S)
+        try:
+            row = await run_in_threadpool(services.repo.get_by_id, job_id)
+        except TransientError as exc:
+            # The job is safe in the database; keep the client waiting rather than lose its answer over a blip.
+            log.warning("reading job %s failed while an A1111 client waits (%s); retrying", job_id, exc.message)
+            row = None
+        if row is not None and row.state.is_terminal:
+            return row
+        if await request.is_disconnected():
+            log.info("A1111 client left while job %s was %s; the job runs on", job_id, row.state if row else "?")
+            return None
+        await waiter
+
+
+def _png_of(image: Image.Image, infotext: str | None) -> bytes:
+    return encode_png(image, infotext)
+
+
+def _answer(services: Services, row: JobRow, request: Img2ImgRequest) -> JSONResponse:
+    """The reference's answer for a finished job: images, parameters, info. Blocking (database, storage)."""
+    if row.state is JobState.CANCELED:
+        raise JobCanceled(f"job {row.task_id!r} was canceled before it finished", field="force_task_id")
+    if row.state is JobState.FAILED:
+        error = row.error.to_dict() if row.error is not None else {"type": "internal", "code": "failed"}
+        error.setdefault("message", "the job failed")
+        error["task_id"] = row.task_id
+        status = 422 if error.get("type") == "invalid_request" else 500
+        return JSONResponse({"error": error}, status_code=status)
+    job = Img2ImgJob.from_request_json(row.request)
+    artifacts = services.repo.artifacts_of(row.id)
+    results = sorted((a for a in artifacts if a.kind == "result"), key=lambda a: a.index)
+    infotexts = [a.infotext or "" for a in results]
+    want_grid = request.save_images and len(results) > 1
+    images: list[bytes] = []
+    if request.send_images or want_grid:
+        images = [services.storage.get(a.storage_key) for a in results]
+    if want_grid:
+        # The reference makes a grid only when it saves (save_images) and returns it first.
+        pictures = [Image.open(io.BytesIO(data)).convert("RGB") for data in images]
+        images.insert(0, _png_of(image_grid(pictures), infotexts[0] if infotexts else None))
+    if job.override_settings.get("return_mask"):
+        # The webui appends each mask_for_overlay (as RGB) when return_mask is on (semantics §4.7).
+        masks: list[ArtifactRow] = sorted((a for a in artifacts if a.kind == "mask"), key=lambda a: a.index)
+        for mask in masks:
+            picture = Image.open(io.BytesIO(services.storage.get(mask.storage_key))).convert("RGB")
+            images.append(_png_of(picture, None))
+    info = build_info(
+        job,
+        job_id=row.id,
+        task_id=row.task_id,
+        seeds=[a.seed for a in results],
+        infotexts=infotexts,
+        started_at=row.started_at,
+        warnings=row.warnings,
+        grid_first=want_grid,
+    )
+    body = {
+        "images": [base64.b64encode(data).decode("ascii") for data in images] if request.send_images else [],
+        "parameters": echoed_parameters(request),
+        "info": json.dumps(info, ensure_ascii=False),
+    }
+    return JSONResponse(body)
+
+
+@router.post(
+    "/sdapi/v1/img2img",
+    summary="A1111 img2img: enqueue a farm job, wait for it, answer as the webui does",
+    response_model=Img2ImgResponse,
+)
+async def img2img(request: Request, body: Img2ImgRequest, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    if not body.init_images:
+        raise NotFound("init_images: Init image not found", code="init_image_not_found", field="init_images")
+    submission = await run_in_threadpool(_submit, services, tenant, body)
+    row = await _wait_until_finished(services, submission.row.id, request)
+    if row is None:
+        # Nobody reads this; the job is under /v1/jobs/{task_id}.
+        return JSONResponse({"task_id": submission.row.task_id, "state": "running"}, status_code=202)
+    return await run_in_threadpool(_answer, services, row, body)
+
+
+@router.post("/sdapi/v1/txt2img", summary="Not served: the farm renders img2img (501)", status_code=501)
+def txt2img(tenant: TenantDep) -> None:
+    raise NotImplementedByFarm(
+        "txt2img is not available: this farm renders img2img and inpainting only; use POST /sdapi/v1/img2img "
+        "with an init image",
+        code="txt2img_not_supported",
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Progress
+
+
+def _safe_stops(services: Services, row: JobRow) -> StopRequests:
+    try:
+        return services.live.stop_requests(row.id)
+    except Exception as exc:  # live status down: report no stop requests rather than fail a progress read
+        log.warning("stop requests of job %s unavailable: %s", row.id, exc)
+        return StopRequests()
+
+
+def _find(services: Services, tenant: str, task_id: str | None) -> JobRow | None:
+    if not task_id:
+        return None
+    try:
+        return services.repo.get(tenant, checked_task_id(task_id))
+    except (NotFound, InputError):
+        return None
+
+
+def _queue_text(services: Services, row: JobRow) -> str:
+    position = services.repo.queue_position(row)
+    if position is None:
+        return "Waiting..."
+    depth = services.repo.queue_depths().get(row.queue, position + 1)
+    return f"In queue: {position + 1}/{max(depth, position + 1)}"
+
+
+def _terminal_text(row: JobRow) -> str:
+    if row.state is JobState.FAILED and row.error is not None:
+        return f"Failed: {row.error.message}"
+    return {JobState.SUCCEEDED: "Done", JobState.CANCELED: "Canceled"}.get(row.state, "Failed")
+
+
+def _step_text(live: LiveProgress | None) -> str | None:
+    if live is None:
+        return None
+    return f"Batch {live.job_no + 1}/{live.job_count}, step {live.step}/{live.total_steps}"
+
+
+def internal_progress(services: Services, tenant: str, query: InternalProgressRequest) -> dict[str, Any]:
+    """The UI's progress of one task (semantics §5.1), for the caller's task only. Blocking."""
+    row = _find(services, tenant, query.id_task)
+    idle = {"active": False, "queued": False, "completed": False, "id_live_preview": -1}
+    if row is None:
+        # The reference's answer for an id it has not seen yet; a client may poll before its POST has arrived.
+        return {**idle, "textinfo": "Waiting..."}
+    if row.state is JobState.QUEUED:
+        return {**idle, "queued": True, "textinfo": _queue_text(services, row)}
+    if row.state.is_terminal:
+        # Failed and canceled jobs complete too (§7.7), so a poller always stops.
+        return {**idle, "completed": True, "textinfo": _terminal_text(row)}
+    live = current_live(row, safe_live_progress(services, row))
+    progress = min(max(live.fraction, 0.0), 1.0) if live is not None else 0.0
+    eta = live.eta_s if live is not None else None
+    return {
+        "active": True,
+        "queued": False,
+        "completed": False,
+        "progress": progress,
+        "eta": eta,
+        # The farm keeps no preview images; the id is echoed so a client never thinks it missed one.
+        "live_preview": None,
+        "id_live_preview": query.id_live_preview,
+        "textinfo": _step_text(live),
+    }
+
+
+@router.post("/internal/progress", summary="A1111 UI progress of one task", response_model=InternalProgressResponse)
+def post_internal_progress(
+    services: ServicesDep, tenant: TenantDep, query: Annotated[InternalProgressRequest, Body()]
+) -> JSONResponse:
+    # Through the model, so that every field of the reference's shape is present (null where it has no value).
+    return JSONResponse(InternalProgressResponse(**internal_progress(services, tenant, query)).model_dump())
+
+
+@router.get("/internal/pending-tasks", summary="The caller's queued task ids", response_model=PendingTasksResponse)
+def pending_tasks(services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    tasks: list[str] = []
+    cursor: str | None = None
+    while True:
+        rows, cursor = services.repo.list_jobs(
+            tenant, state=JobState.QUEUED, cursor=cursor, limit=MAX_LIST_LIMIT, oldest_first=True
+        )
+        tasks.extend(row.task_id for row in rows)
+        if cursor is None:
+            break
+    return JSONResponse({"size": len(tasks), "tasks": tasks})
+
+
+def _idle_state(job: str = "") -> dict[str, Any]:
+    return {
+        "skipped": False,
+        "interrupted": False,
+        "stopping_generation": False,
+        "job": job,
+        "job_count": 0,
+        "job_timestamp": "0",
+        "job_no": 0,
+        "sampling_step": 0,
+        "sampling_steps": 0,
+    }
+
+
+def _latest_running(services: Services, tenant: str) -> JobRow | None:
+    rows, _ = services.repo.list_jobs(tenant, state=JobState.RUNNING, limit=1)
+    return rows[0] if rows else None
+
+
+def sdapi_progress(services: Services, tenant: str, id_task: str | None) -> dict[str, Any]:
+    """`GET /sdapi/v1/progress` for the caller (semantics §5.3). Blocking."""
+    row = _find(services, tenant, id_task) if id_task else _latest_running(services, tenant)
+    idle: dict[str, Any] = {"progress": 0.0, "eta_relative": 0.0, "current_image": None, "textinfo": None}
+    if row is None:
+        return {**idle, "state": _idle_state(), "textinfo": "Waiting..." if id_task else None}
+    if row.state is not JobState.RUNNING:
+        text = _queue_text(services, row) if row.state is JobState.QUEUED else _terminal_text(row)
+        return {**idle, "state": _idle_state(row.task_id), "textinfo": text}
+    live = current_live(row, safe_live_progress(services, row))
+    stops = _safe_stops(services, row)
+    fraction = live.fraction if live is not None else 0.0
+    # The reference adds 0.01 so that a started job never reads as idle (0).
+    progress = min(1.0, 0.01 + max(fraction, 0.0))
+    started = live.started_at if live is not None else (row.started_at.timestamp() if row.started_at else time.time())
+    elapsed = max(0.0, time.time() - started)
+    eta_relative = elapsed / progress - elapsed
+    n_iter = row.request.get("n_iter", 1) if isinstance(row.request, dict) else 1
+    state = {
+        "skipped": stops.skips > 0,
+        "interrupted": stops.interrupt,
+        "stopping_generation": False,
+        "job": row.task_id,
+        "job_count": live.job_count if live is not None else n_iter,
+        "job_timestamp": job_timestamp(row.started_at),
+        "job_no": live.job_no if live is not None else 0,
+        "sampling_step": live.step if live is not None else 0,
+        "sampling_steps": live.total_steps if live is not None else 0,
+    }
+    return {**idle, "progress": progress, "eta_relative": eta_relative, "state": state, "textinfo": _step_text(live)}
+
+
+@router.get("/sdapi/v1/progress", summary="A1111 progress of the caller's running job", response_model=ProgressResponse)
+def get_progress(
+    services: ServicesDep,
+    tenant: TenantDep,
+    skip_current_image: Annotated[bool, Query()] = False,
+    id_task: Annotated[str | None, Query(max_length=128)] = None,
+) -> JSONResponse:
+    # skip_current_image is accepted and has nothing to skip: the farm keeps no preview images.
+    return JSONResponse(ProgressResponse(**sdapi_progress(services, tenant, id_task)).model_dump())
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Interrupt and skip
+
+
+async def _id_task_of(request: Request, id_task: str | None) -> str | None:
+    """The task id from the query, else from a JSON body `{"id_task": ...}`; clients usually send no body."""
+    if id_task:
+        return id_task
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    value = data.get("id_task") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and value else None
+
+
+def _running_rows(services: Services, tenant: str, id_task: str | None) -> list[JobRow]:
+    """The job(s) a stop request is for: the named task (404 when it is not the caller's), else every running job
+    of the caller. Only running jobs: a queued job is not interrupted, as in the reference."""
+    if id_task is not None:
+        row = services.repo.get(tenant, checked_task_id(id_task))
+        return [row] if row.state is JobState.RUNNING else []
+    rows: list[JobRow] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = services.repo.list_jobs(tenant, state=JobState.RUNNING, cursor=cursor, limit=MAX_LIST_LIMIT)
+        rows.extend(page)
+        if cursor is None:
+            return rows
+
+
+def _stop(services: Services, tenant: str, id_task: str | None, kind: str) -> int:
+    """Raise the interrupt or skip flag of the target jobs; returns how many. Blocking."""
+    rows = _running_rows(services, tenant, id_task)
+    for row in rows:
+        if kind == "interrupt":
+            services.live.request_interrupt(row.id)
+        else:
+            services.live.request_skip(row.id)
+    return len(rows)
+
+
+@router.post("/sdapi/v1/interrupt", summary="Stop the task's sampling now and keep what it has")
+async def interrupt(
+    request: Request,
+    services: ServicesDep,
+    tenant: TenantDep,
+    id_task: Annotated[str | None, Query(max_length=128)] = None,
+) -> JSONResponse:
+    target = await _id_task_of(request, id_task)
+    await run_in_threadpool(_stop, services, tenant, target, "interrupt")
+    return JSONResponse({})
+
+
+@router.post("/sdapi/v1/skip", summary="End the task's current batch early; the next batch runs")
+async def skip(
+    request: Request,
+    services: ServicesDep,
+    tenant: TenantDep,
+    id_task: Annotated[str | None, Query(max_length=128)] = None,
+) -> JSONResponse:
+    target = await _id_task_of(request, id_task)
+    await run_in_threadpool(_stop, services, tenant, target, "skip")
+    return JSONResponse(None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What clients probe at start-up
+
+
+@router.get("/sdapi/v1/samplers", summary="Samplers the farm runs", response_model=list[SamplerItem])
+def samplers(tenant: TenantDep) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": sampler.name,
+            "aliases": list(sampler.aliases),
+            "options": {"scheduler": sampler.default_schedule} if sampler.default_schedule != "uniform" else {},
+        }
+        for sampler in SAMPLERS
+    ]
+
+
+@router.get("/sdapi/v1/schedulers", summary="Schedules the farm runs", response_model=list[SchedulerItem])
+def schedulers(tenant: TenantDep) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": schedule.name,
+            "label": schedule.label,
+            "aliases": None,
+            "default_rho": KARRAS_RHO if schedule.name == "karras" else -1.0,
+            # The uniform schedule is the model's own discretisation (needs the model); the others are formulas.
+            "need_inner_model": schedule.name == "uniform",
+        }
+        for schedule in SCHEDULES
+    ]
+
+
+def _model_names(services: Services) -> list[str]:
+    """The farm's default model, then what this scheduler sees in RENDERFARM_MODELS_DIR (folders, checkpoints)."""
+    names = [services.settings.model]
+    folder = services.settings.models_dir
+    if folder is not None and folder.is_dir():
+        for entry in sorted(folder.iterdir()):
+            name = entry.name if entry.is_dir() else entry.stem if entry.suffix in MODEL_SUFFIXES else None
+            if name and not name.startswith(".") and name not in names:
+                names.append(name)
+    return names
+
+
+@router.get("/sdapi/v1/sd-models", summary="Models the farm knows of", response_model=list[SDModelItem])
+def sd_models(services: ServicesDep, tenant: TenantDep) -> list[dict[str, Any]]:
+    folder: Path | None = services.settings.models_dir
+    return [
+        {
+            "title": name,
+            "model_name": name,
+            "hash": None,
+            "sha256": None,
+            "filename": str(folder / name) if folder is not None and name != services.settings.model else name,
+            "config": None,
+        }
+        for name in _model_names(services)
+    ]
+
+
+@router.get("/sdapi/v1/options", summary="The caller's webui options (the ones the farm honours)")
+def get_options(services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
+    stored = read_options(services.storage, tenant)
+    return {
+        **OPTION_DEFAULTS,
+        "sd_model_checkpoint": services.settings.model,
+        "sd_checkpoint_hash": None,
+        **stored,
+    }
+
+
+@router.post("/sdapi/v1/options", summary="Set the caller's webui options (checkpoint and job overrides)")
+def set_options(services: ServicesDep, tenant: TenantDep, changes: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+    write_options(services.storage, tenant, changes)
+    return JSONResponse(None)
+
+
+@router.get("/sdapi/v1/cmd-flags", summary="The few webui command-line flags clients look at")
+def cmd_flags(services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
+    return {
+        "api": True,
+        "nowebui": True,
+        "api_auth": None,  # never echo credentials
+        "listen": True,
+        "ckpt": None,
+        "ckpt_dir": None,
+        "data_dir": "",
+        "lowvram": False,
+        "medvram": False,
+        "no_half": False,
+        "xformers": False,
+        "disable_safe_unpickle": False,
+        "enable_insecure_extension_access": False,
+        "api_log": False,
+        "skip_version_check": True,
+        "hide_ui_dir_config": True,
+        "freeze_settings": False,
+    }

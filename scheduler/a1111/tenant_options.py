@@ -1,0 +1,104 @@
+"""Each tenant's webui options (`GET`/`POST /sdapi/v1/options`), kept in the farm's object storage.
+
+The webui keeps its options in a file on its disk; a client that sets `sd_model_checkpoint` expects every later
+request to use that model. Here the options are per tenant and must hold for every scheduler process of a
+cluster, and survive restarts: so they are one small JSON object per tenant in the farm's storage (the same S3
+bucket or local folder as the artifacts), under `{tenant}/~a1111/options.json`. The `~` segment cannot be a task
+id, so no task's keys (or a cleanup by task prefix) can ever reach it. Redis was not chosen because it may lose
+everything (farm-design.md), and a lost checkpoint choice would silently switch models.
+
+Only the settable subset is stored: `sd_model_checkpoint` and the options a job may override
+(`shared.spec.SUPPORTED_OVERRIDE_KEYS`), each checked like a job's override. Other webui options are accepted and
+ignored, as the webui ignores options it does not know. Concurrent writes of one tenant: the last one wins.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from shared.errors import FieldProblem, InputError, NotFound
+from shared.spec import SUPPORTED_OVERRIDE_KEYS, OverrideSettings
+from shared.storage import Storage, validate_key
+
+OPTIONS_SEGMENT = "~a1111"
+OPTIONS_FILE = "options.json"
+MAX_CHECKPOINT_LENGTH = 512
+
+# The webui's defaults of the options the farm honours (worker/options.py holds the same values for the worker;
+# the scheduler image has no worker package).
+OPTION_DEFAULTS: dict[str, Any] = {
+    "sd_vae": "Automatic",
+    "CLIP_stop_at_last_layers": 1,
+    "img2img_fix_steps": False,
+    "initial_noise_multiplier": 1.0,
+    "img2img_background_color": "#ffffff",
+    "img2img_color_correction": False,
+    "eta_noise_seed_delta": 0,
+    "inpainting_mask_weight": 1.0,
+    "eta_ancestral": 1.0,
+    "randn_source": "GPU",
+    "samples_format": "png",
+    "img2img_extra_noise": 0.0,
+    "overlay_inpaint": True,
+    "return_mask": False,
+    "return_mask_composite": False,
+}
+
+_OVERRIDES = TypeAdapter(OverrideSettings)
+
+
+def options_key(tenant: str) -> str:
+    """Where a tenant's options are stored."""
+    return validate_key(f"{tenant}/{OPTIONS_SEGMENT}/{OPTIONS_FILE}")
+
+
+def read_options(storage: Storage, tenant: str) -> dict[str, Any]:
+    """The tenant's stored options ({} when none were set). Blocking; StorageUnavailable (503) when down."""
+    try:
+        raw = storage.get(options_key(tenant))
+    except NotFound:
+        return {}
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return {}  # a damaged object: fall back to the defaults rather than refusing every request
+    return data if isinstance(data, dict) else {}
+
+
+def settable(changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of `changes` that the farm keeps, checked; others are dropped. Raises InputError (422)."""
+    kept = {key: value for key, value in changes.items() if key in SUPPORTED_OVERRIDE_KEYS}
+    checkpoint = kept.get("sd_model_checkpoint")
+    if checkpoint is not None and (
+        not isinstance(checkpoint, str) or not checkpoint.strip() or len(checkpoint) > MAX_CHECKPOINT_LENGTH
+    ):
+        raise InputError(
+            f"sd_model_checkpoint: must be a model name of 1-{MAX_CHECKPOINT_LENGTH} characters "
+            "(see GET /sdapi/v1/sd-models)",
+            code="invalid_model",
+            field="sd_model_checkpoint",
+        )
+    try:
+        _OVERRIDES.validate_python(kept)
+    except ValidationError as exc:
+        problems = [
+            FieldProblem(".".join(str(part) for part in error["loc"]) or "body", str(error["msg"]), "invalid")
+            for error in exc.errors()
+        ]
+        raise InputError.from_problems(problems) from None
+    return kept
+
+
+def write_options(storage: Storage, tenant: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge the settable part of `changes` into the tenant's options; returns what is stored now. Blocking."""
+    kept = settable(changes)
+    if not kept:
+        return read_options(storage, tenant)
+    merged = {**read_options(storage, tenant), **kept}
+    data = json.dumps(merged, sort_keys=True, separators=(",", ":")).encode()
+    storage.put(options_key(tenant), data, "application/json")
+    return merged

@@ -1,0 +1,84 @@
+"""What A1111 clients probe at start-up (samplers, schedulers, models, options, flags), and per-tenant options."""
+
+from __future__ import annotations
+
+import json
+
+from fastapi.testclient import TestClient
+
+from scheduler.a1111.tenant_options import options_key
+from scheduler.app import create_app
+from tests.a1111.conftest import ALICE_TOKEN, BOB, LiveFarm, png_b64
+
+
+def test_start_up_probes(farm: LiveFarm) -> None:
+    with farm.client() as client:
+        samplers = client.get("/sdapi/v1/samplers").json()
+        by_name = {item["name"]: item for item in samplers}
+        assert {"Euler", "Euler a", "DPM++ 2M", "DDIM"} <= set(by_name)
+        assert by_name["Euler a"]["aliases"] == ["k_euler_a", "k_euler_ancestral"]
+        assert by_name["DPM++ 2M"]["options"] == {"scheduler": "karras"}
+        schedulers = {item["name"]: item for item in client.get("/sdapi/v1/schedulers").json()}
+        assert schedulers["karras"] == {
+            "name": "karras",
+            "label": "Karras",
+            "aliases": None,
+            "default_rho": 7.0,
+            "need_inner_model": False,
+        }
+        models = client.get("/sdapi/v1/sd-models").json()
+        assert models[0] == {
+            "title": "tiny",
+            "model_name": "tiny",
+            "hash": None,
+            "sha256": None,
+            "filename": "tiny",
+            "config": None,
+        }
+        flags = client.get("/sdapi/v1/cmd-flags").json()
+        assert flags["api"] is True
+        assert flags["api_auth"] is None
+        options = client.get("/sdapi/v1/options").json()
+        assert options["sd_model_checkpoint"] == "tiny"
+        assert options["CLIP_stop_at_last_layers"] == 1
+        assert options["samples_format"] == "png"
+
+
+def test_options_are_per_tenant_durable_and_apply_to_jobs(farm: LiveFarm) -> None:
+    with farm.client() as alice, farm.client(BOB) as bob:
+        # The webui's title form (hash suffix) of the default model, a job option, and options the farm ignores.
+        changes = {
+            "sd_model_checkpoint": "tiny [5634309f88]",
+            "CLIP_stop_at_last_layers": 2,
+            "show_progress_every_n_steps": 5,
+        }
+        response = alice.post("/sdapi/v1/options", json=changes)
+        assert response.status_code == 200
+        assert response.json() is None
+        assert alice.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
+        assert bob.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
+        bad = alice.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 99})
+        assert bad.status_code == 422
+        assert bad.json()["error"]["field"] == "CLIP_stop_at_last_layers"
+
+        # The tenant's options are the defaults of its jobs; the request's own override_settings win.
+        job = {"init_images": [png_b64()], "steps": 2, "width": 64, "height": 64, "seed": 5}
+        answer = alice.post("/sdapi/v1/img2img", json=job).json()
+        info = json.loads(answer["info"])
+        assert "Clip skip: 2" in info["infotexts"][0]
+        assert info["clip_skip"] == 2
+        assert info["sd_model_name"] == "tiny"  # the default model's title ran on the default queue
+        overridden = alice.post(
+            "/sdapi/v1/img2img", json={**job, "override_settings": {"CLIP_stop_at_last_layers": 1}}
+        ).json()
+        assert "Clip skip" not in json.loads(overridden["info"])["infotexts"][0]
+
+    # Stored in the farm's storage, so another scheduler process (here a second app) sees them.
+    assert farm.storage.exists(options_key("alice"))
+    other = create_app(
+        farm.settings, live=farm.live, storage=farm.storage, repository=farm.repo, start_background=False
+    )
+    with TestClient(other, client=("127.0.0.1", 50000)) as client:
+        seen = client.get("/sdapi/v1/options", auth=("alice", ALICE_TOKEN))
+    assert seen.status_code == 200
+    assert seen.json()["CLIP_stop_at_last_layers"] == 2

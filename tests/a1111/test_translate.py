@@ -1,0 +1,118 @@
+"""The translation of A1111 requests into farm jobs and of infotexts, without a farm."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from PIL import Image
+
+from scheduler.a1111.schema import Img2ImgRequest
+from scheduler.a1111.translate import (
+    image_grid,
+    job_body,
+    model_of_checkpoint,
+    new_task_id,
+    parse_infotext,
+)
+from shared.errors import InputError
+from shared.live import LocalLiveStatus, StopRequests
+from shared.spec import SpecLimits, parse_job
+
+IMAGE = "iVBORw0KGgo="
+
+
+def body(**fields: object) -> dict[str, object]:
+    request = Img2ImgRequest.model_validate({"init_images": [IMAGE], **fields})
+    return job_body(request, task_id="task(img2img-T000001)", default_model="tiny", tenant_options={})
+
+
+def test_defaults_and_sampler_choice() -> None:
+    job = body()
+    assert job["sampler_name"] == "Euler"
+    assert job["scheduler"] is None
+    assert job["inpainting_fill"] == 0
+    assert job["inpaint_full_res"] is True
+    assert job["inpaint_full_res_padding"] == 0
+    assert job["steps"] == 50
+    assert job["denoising_strength"] == 0.75
+    assert "model" not in job
+    assert body(sampler_name="DPM++ 2M Karras", sampler_index="Euler a")["sampler_name"] == "DPM++ 2M Karras"
+    assert body(sampler_index="k_dpmpp_2m")["sampler_name"] == "k_dpmpp_2m"
+    parsed = parse_job(body(sampler_name="DPM++ 2M Karras"), SpecLimits())
+    assert (parsed.sampler.name, parsed.schedule.name) == ("DPM++ 2M", "karras")
+
+
+def test_unused_fields_and_unknown_overrides_are_dropped() -> None:
+    job = body(
+        restore_faces=True,
+        tiling=False,
+        s_churn=0.5,
+        override_settings={"CLIP_stop_at_last_layers": 2, "face_restoration_model": "CodeFormer"},
+        override_settings_restore_afterwards=False,
+    )
+    assert job["override_settings"] == {"CLIP_stop_at_last_layers": 2}
+    assert not {"restore_faces", "tiling", "s_churn"} & set(job)
+    parse_job(job, SpecLimits())  # the strict job spec accepts what the translation makes
+
+
+def test_checkpoint_becomes_the_model() -> None:
+    assert model_of_checkpoint("v1-5.safetensors [6ce0161689]", "tiny") == "v1-5.safetensors"
+    assert model_of_checkpoint("tiny [5634309f88]", "tiny") is None  # the default model: the default queue
+    assert body(override_settings={"sd_model_checkpoint": "other"})["model"] == "other"
+    request = Img2ImgRequest.model_validate({"init_images": [IMAGE]})
+    tenant = {"sd_model_checkpoint": "house-model", "eta_noise_seed_delta": 31337}
+    job = job_body(request, task_id="t", default_model="tiny", tenant_options=tenant)
+    assert job["model"] == "house-model"
+    assert job["override_settings"] == {"eta_noise_seed_delta": 31337}
+
+
+def test_scripts_are_refused() -> None:
+    with pytest.raises(InputError) as caught:
+        body(alwayson_scripts={"Soft Inpainting": {"args": [True]}})
+    assert caught.value.field == "alwayson_scripts.Soft Inpainting"
+    with pytest.raises(InputError):
+        body(script_name="SD upscale")
+    body(alwayson_scripts={}, script_name="", script_args=[])
+
+
+def test_infotext_fills_in_what_was_not_sent() -> None:
+    infotext = (
+        "a house\nNegative prompt: fog\nSteps: 12, Sampler: Euler a, Schedule type: Karras, CFG scale: 5.5, "
+        'Seed: 42, Size: 64x128, Model: tiny, Denoising strength: 0.4, Clip skip: 2, Mask blur: 8, Note: "a, b"'
+    )
+    job = body(infotext=infotext, steps=3)
+    assert job["prompt"] == "a house"
+    assert job["negative_prompt"] == "fog"
+    assert job["steps"] == 3  # sent: kept
+    assert job["sampler_name"] == "Euler a"
+    assert job["scheduler"] == "Karras"
+    assert job["cfg_scale"] == 5.5
+    assert (job["seed"], job["width"], job["height"]) == (42, 64, 128)
+    assert job["denoising_strength"] == 0.4
+    assert job["mask_blur"] == 8
+    assert job["override_settings"] == {"CLIP_stop_at_last_layers": 2}
+    assert parse_infotext(infotext)[2]["Note"] == "a, b"
+
+
+def test_task_ids_and_grid() -> None:
+    ids = {new_task_id() for _ in range(50)}
+    assert len(ids) == 50
+    assert all(re.fullmatch(r"task\(img2img-[A-Z0-9]{7}\)", i) for i in ids)
+    tiles = [Image.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(3)]
+    grid = image_grid(tiles)
+    assert grid.size == (16, 16)  # round(√3) = 2 rows, 2 columns, the empty spot black
+    assert grid.getpixel((12, 12)) == (0, 0, 0)
+    assert grid.getpixel((12, 4)) == (40, 0, 0)
+
+
+def test_local_live_stop_requests() -> None:
+    live = LocalLiveStatus()
+    assert live.stop_requests("job") == StopRequests(False, 0)
+    live.request_interrupt("job")
+    assert live.request_skip("job") == 1
+    assert live.request_skip("job") == 2
+    assert live.stop_requests("job") == StopRequests(True, 2)
+    assert not live.interrupt_requested("other")
+    live.clear("job")
+    assert live.stop_requests("job") == StopRequests()
