@@ -84,7 +84,8 @@ class Reconciler:
         settings: the farm's settings (`reconcile_interval_s`, `redis_url`).
         redis_url: where the dispatch markers live; None means `settings.redis_url`. Without one the lost-message
             check is skipped.
-        lost_grace_s: seconds since `dispatched_at` before a missing marker counts as a lost message.
+        lost_grace_s: seconds since `dispatched_at` before a missing marker counts as a lost message; None means
+            `settings.reconcile_lost_grace_s`.
         on_requeue: called (no arguments) after a run that made jobs undispatched; pass `dispatcher.wake`.
 
     Raises `ValueError` for a negative grace.
@@ -98,9 +99,11 @@ class Reconciler:
         settings: Settings,
         *,
         redis_url: str | None = None,
-        lost_grace_s: float = DEFAULT_LOST_GRACE_S,
+        lost_grace_s: float | None = None,
         on_requeue: Callable[[], None] | None = None,
     ) -> None:
+        if lost_grace_s is None:
+            lost_grace_s = settings.reconcile_lost_grace_s
         if lost_grace_s < 0:
             raise ValueError(f"lost_grace_s must be zero or more, not {lost_grace_s}")
         self._repo = repo

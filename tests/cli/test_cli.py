@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from renderfarm.cli import main
+from renderfarm.demo import DEMO_JOBS
 from shared.images import read_png_infotext
 
 
@@ -49,12 +50,46 @@ def test_demo_writes_results_overlays_and_masks(tmp_path: Path, data_dir: Path, 
     out = tmp_path / "out"
     assert main(["demo", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "inpaint-fill" in printed
+    assert "embedded farm up at http://127.0.0.1:" in printed  # through the real API, not the engine directly
+    for job in DEMO_JOBS:
+        assert job.name in printed
+        results = sorted((out / job.name).glob("result-*.png"))
+        assert results, job.name
+        for result in results:
+            assert "Steps: " in (read_png_infotext(result.read_bytes()) or ""), result
+        # Masked jobs come with their overlay and mask; a job without a mask has neither.
+        assert bool(list((out / job.name).glob("overlay-*.png"))) is job.with_mask
+        assert bool(list((out / job.name).glob("mask-*.png"))) is job.with_mask
     result = out / "inpaint-fill" / "result-0.png"
     with Image.open(result) as picture:
         assert picture.size == (128, 128)
     assert "Masked content: fill" in (read_png_infotext(result.read_bytes()) or "")
-    assert (out / "inpaint-fill" / "overlay-0.png").is_file()
-    assert (out / "inpaint-fill" / "mask-0.png").is_file()
     assert len(list((out / "batch-2x2").glob("result-*.png"))) == 4
-    assert not list((out / "img2img").glob("mask-*.png"))  # no mask, no mask output
+    assert (data_dir / "renderfarm.db").is_file()  # the embedded farm's own database
+
+
+@pytest.mark.parametrize("command", [["scheduler"], ["worker", "--gpus", "cpu"]])
+def test_cluster_commands_refuse_the_embedded_default(data_dir: Path, command: list[str], capsys) -> None:
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert "RENDERFARM_REDIS_URL" in err
+    assert "renderfarm up" in err
+
+
+def test_up_refuses_cluster_mode(data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("RENDERFARM_REDIS_URL", "redis://127.0.0.1:6379/0")
+    monkeypatch.setenv("RENDERFARM_DEV_MODE", "1")
+    monkeypatch.setenv("RENDERFARM_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1/none")
+    assert main(["up", "--port", "0"]) == 2
+    assert "RENDERFARM_REDIS_URL" in capsys.readouterr().err
+
+
+def test_up_refuses_a_public_address_without_tokens(data_dir: Path, capsys) -> None:
+    assert main(["up", "--host", "0.0.0.0", "--port", "0"]) == 2  # noqa: S104 - refused before it binds
+    assert "RENDERFARM_API_TOKENS" in capsys.readouterr().err
+
+
+def test_reconcile_once_in_the_embedded_default(data_dir: Path, capsys) -> None:
+    assert main(["db", "upgrade"]) == 0
+    assert main(["reconcile", "--once"]) == 0
+    assert "reconciled: 0 re-queued" in capsys.readouterr().out

@@ -1,0 +1,459 @@
+"""The end-to-end harness: the farm as it runs in production, as separate processes, driven over HTTP.
+
+- PostgreSQL (a fresh database, migrated here), Redis (an isolated database number), moto's S3 server (a fresh bucket).
+- One scheduler process for the session: `python -m renderfarm.cli scheduler` (API, dispatcher, reconciler).
+- Celery worker processes, started by the tests: `renderfarm worker --gpus cpu` for the real engine on the default
+  queue, and `python -m worker.service` with the stand-in engine (`RENDERFARM_STANDIN_STEP_S`) where a test is
+  about the job system rather than pixels, each with its own hostname (so a test can tell which one ran a job) and
+  its own queues.
+- Queues isolate the tests from one another: a job's queue follows its model (`rf.<model>.interactive`), and
+  `RENDERFARM_MODELS_DIR` holds links named after the tests (`e2e-standin`, `e2e-kill`, ...) to the one tiny model,
+  built once before any worker starts. A queue that no worker consumes (`e2e-idle`) keeps jobs queued.
+- Short reconcile, grace and lease settings, so recovery happens in seconds.
+
+Readiness is polled, never slept for: the scheduler by `/readyz`, a worker by a Celery `ping` to its hostname
+(answered once it consumes). Job states are polled with deadlines. Every process runs in its own session and its
+whole process group is killed at teardown; logs go to files under the session's temporary folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from shared.config import Settings
+from shared.db import upgrade
+from shared.queueing import make_celery_app
+from tests.services import S3Server, free_loopback_port
+
+ALICE_TOKEN = "e2e-alice-token-0123456789"
+BOB_TOKEN = "e2e-bob-token-0123456789ab"
+TOKENS = f"alice:{ALICE_TOKEN},bob:{BOB_TOKEN}"
+
+READY_TIMEOUT_S = 120.0  # seconds a process may take to become ready (torch import and model load on 2 busy cores)
+JOB_TIMEOUT_S = 90.0  # seconds a job may take to reach an expected state
+STOP_TIMEOUT_S = 15.0  # seconds a process gets to exit after SIGTERM before it is killed
+TEST_MODELS = ("e2e-standin", "e2e-kill", "e2e-flush", "e2e-idle")  # model names, hence queues, of the tests
+SIZE = 64  # pixels: the smallest side the spec allows
+
+# Settings of every farm process: recovery in seconds, not minutes.
+FAST_SETTINGS = {
+    "RENDERFARM_RECONCILE_INTERVAL_S": "0.5",
+    "RENDERFARM_RECONCILE_LOST_GRACE_S": "1",
+    # Long enough that a slow first render on two busy cores keeps its lease; the SIGKILL test gives its doomed
+    # worker a short one (`WorkerPool.start(lease_base_s=...)`): a worker's own settings decide its lease.
+    "RENDERFARM_LEASE_BASE_S": "60",
+    "RENDERFARM_PROGRESS_INTERVAL_S": "0.1",
+    "RENDERFARM_WORKER_SOFT_SHUTDOWN_S": "5",
+    "RENDERFARM_METRICS_PORT": "0",  # several workers on one host must not compete for one metrics port
+}
+
+
+def queue_of(model: str) -> str:
+    return f"rf.{model}.interactive"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass
+class Proc:
+    """A farm process started by the harness, in its own process group; its output goes to `log`."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def kill_now(self) -> None:
+        """SIGKILL the process itself (not its group): a crash, as a test wants it."""
+        os.kill(self.pid, signal.SIGKILL)
+        self.process.wait(timeout=STOP_TIMEOUT_S)
+
+    def stop(self) -> None:
+        """SIGTERM the process group, then SIGKILL it if it does not end in time. Idempotent."""
+        if self.alive():
+            _signal_group(self.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+        # Children (a `renderfarm worker`'s Celery process) may outlive their parent: end the whole group.
+        _signal_group(self.pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.wait(timeout=STOP_TIMEOUT_S)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the group is gone already
+        os.killpg(pid, sig)  # the process leads its own group (start_new_session)
+
+
+def spawn(name: str, argv: Sequence[str], env: dict[str, str], log_dir: Path) -> Proc:
+    log = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            list(argv), env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, cwd=Path.cwd()
+        )
+    return Proc(name, process, log)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The farm's environment
+
+
+@dataclass
+class FarmEnv:
+    """Where the farm's processes find everything, as the RENDERFARM_* environment they all share."""
+
+    env: dict[str, str]
+    settings: Settings  # the same settings, for the test process's own clients (repository, Redis, Celery)
+    postgres_url: str
+    redis_url: str
+    s3: S3Server
+    bucket: str
+    log_dir: Path
+
+    def s3_keys(self, prefix: str) -> list[str]:
+        """Every object key in the farm's bucket under `farm/{prefix}`."""
+        client = self.s3.client()
+        try:
+            listing = client.list_objects_v2(Bucket=self.bucket, Prefix=f"farm/{prefix}")
+            return sorted(item["Key"] for item in listing.get("Contents", []))
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="session")
+def farm_env(
+    postgres_url: str, redis_url: str, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> FarmEnv:
+    from worker.models import build_tiny_model
+
+    root = tmp_path_factory.mktemp("e2e")
+    data_dir, models_dir, log_dir = root / "data", root / "models", root / "logs"
+    for folder in (data_dir, models_dir, log_dir):
+        folder.mkdir()
+    upgrade(postgres_url)
+    # Built once, before any worker starts: two workers building it at once would race on the folder.
+    tiny = build_tiny_model(data_dir / "models" / "tiny")
+    for name in TEST_MODELS:
+        (models_dir / name).symlink_to(tiny, target_is_directory=True)
+    bucket = s3_server.new_bucket()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RENDERFARM_")}
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            "AWS_ACCESS_KEY_ID": s3_server.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key,
+            "AWS_DEFAULT_REGION": s3_server.region,
+            "RENDERFARM_DATABASE_URL": postgres_url,
+            "RENDERFARM_REDIS_URL": redis_url,
+            "RENDERFARM_STORAGE_URL": f"s3://{bucket}/farm",
+            "RENDERFARM_S3_ENDPOINT_URL": s3_server.endpoint_url,
+            "RENDERFARM_API_TOKENS": TOKENS,
+            "RENDERFARM_DATA_DIR": str(data_dir),
+            "RENDERFARM_MODELS_DIR": str(models_dir),
+            **FAST_SETTINGS,
+        }
+    )
+    settings = Settings(
+        _env_file=None,
+        data_dir=data_dir,
+        database_url=postgres_url,
+        redis_url=redis_url,
+        storage_url=f"s3://{bucket}/farm",
+        s3_endpoint_url=s3_server.endpoint_url,
+        api_tokens=TOKENS,
+    )
+    return FarmEnv(env, settings, postgres_url, redis_url, s3_server, bucket, log_dir)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The scheduler
+
+
+@dataclass
+class Scheduler:
+    url: str
+    proc: Proc
+
+
+def wait_ready(url: str, proc: Proc, timeout_s: float = READY_TIMEOUT_S) -> None:
+    """Poll `url` until it answers 200; fail early, with the process's log, if it exits."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        if not proc.alive():
+            pytest.fail(f"{proc.name} exited with {proc.process.returncode} before it was ready:\n{proc.log_tail()}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{url} was not ready within {timeout_s} s:\n{proc.log_tail()}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+@pytest.fixture(scope="session")
+def scheduler(farm_env: FarmEnv) -> Iterator[Scheduler]:
+    port = free_loopback_port()
+    argv = [sys.executable, "-m", "renderfarm.cli", "scheduler", "--host", "127.0.0.1", "--port", str(port)]
+    proc = spawn("scheduler", argv, farm_env.env, farm_env.log_dir)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(f"{url}/readyz", proc)
+        yield Scheduler(url, proc)
+    finally:
+        proc.stop()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Workers
+
+
+@dataclass
+class Worker:
+    hostname: str
+    proc: Proc
+
+
+class WorkerPool:
+    """Starts worker processes and stops every one it started."""
+
+    def __init__(self, farm: FarmEnv) -> None:
+        self.farm = farm
+        self.started: list[Worker] = []
+        self._control: Any = None
+
+    def start(
+        self,
+        hostname: str,
+        queues: Sequence[str],
+        *,
+        standin_step_s: float | None = None,
+        lease_base_s: float | None = None,
+        wait: bool = True,
+    ) -> Worker:
+        """`python -m worker.service` on `queues` as `hostname` (unique per test run), ready when returned.
+
+        `standin_step_s`: the stand-in engine with this many seconds per step, instead of rendering.
+        `lease_base_s`: this worker's lease base (seconds), which is how soon its jobs are recovered if it dies.
+        """
+        env = dict(self.farm.env)
+        if standin_step_s is not None:
+            env["RENDERFARM_STANDIN_STEP_S"] = str(standin_step_s)
+        if lease_base_s is not None:
+            env["RENDERFARM_LEASE_BASE_S"] = str(lease_base_s)
+        argv = [sys.executable, "-m", "worker.service", "--device", "cpu"]
+        argv += ["--queues", ",".join(queues), "--hostname", hostname]
+        worker = Worker(hostname, spawn(hostname.split("@", 1)[0], argv, env, self.farm.log_dir))
+        self.started.append(worker)
+        if wait:
+            self.wait_ready(worker)
+        return worker
+
+    def start_cli(self, queues: Sequence[str]) -> Worker:
+        """`renderfarm worker --gpus cpu --queues ...`: the command line's CPU worker (hostname `cpu@<host>`)."""
+        import socket
+
+        argv = [sys.executable, "-m", "renderfarm.cli", "worker", "--gpus", "cpu", "--queues", ",".join(queues)]
+        worker = Worker(f"cpu@{socket.gethostname()}", spawn("cli-worker", argv, self.farm.env, self.farm.log_dir))
+        self.started.append(worker)
+        self.wait_ready(worker)
+        return worker
+
+    def wait_ready(self, worker: Worker, timeout_s: float = READY_TIMEOUT_S) -> None:
+        """Celery's own readiness: the worker answers a broadcast ping only once it consumes its queues."""
+        if self._control is None:
+            self._control = make_celery_app(self.farm.settings, name="e2e-control")
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not worker.proc.alive():
+                pytest.fail(f"worker {worker.hostname} exited before it was ready:\n{worker.proc.log_tail()}")
+            replies = self._control.control.ping(destination=[worker.hostname], timeout=0.5)
+            if any(worker.hostname in reply for reply in replies):
+                return
+            if time.monotonic() > deadline:
+                pytest.fail(f"worker {worker.hostname} not ready within {timeout_s} s:\n{worker.proc.log_tail()}")
+
+    def stop_all(self) -> None:
+        for worker in reversed(self.started):
+            worker.proc.stop()
+        self.started.clear()
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+
+
+def unique_hostname(role: str) -> str:
+    return f"{role}-{uuid.uuid4().hex[:6]}@e2e"
+
+
+@pytest.fixture
+def workers(farm_env: FarmEnv) -> Iterator[WorkerPool]:
+    """Workers for one test; all stopped after it."""
+    pool = WorkerPool(farm_env)
+    try:
+        yield pool
+    finally:
+        pool.stop_all()
+
+
+@pytest.fixture(scope="session")
+def render_worker(farm_env: FarmEnv, scheduler: Scheduler) -> Iterator[Worker]:
+    """The real engine on the default queue, started by `renderfarm worker --gpus cpu`."""
+    pool = WorkerPool(farm_env)
+    try:
+        yield pool.start_cli([queue_of("default")])
+    finally:
+        pool.stop_all()
+
+
+STANDIN_STEP_S = 0.25  # seconds per step of the shared stand-in workers: 8 steps last 2 s, long enough to watch
+
+
+@pytest.fixture(scope="session")
+def standin_workers(farm_env: FarmEnv, scheduler: Scheduler) -> Iterator[list[Worker]]:
+    """Two stand-in workers sharing the `e2e-standin` queue."""
+    pool = WorkerPool(farm_env)
+    try:
+        started = [
+            pool.start(unique_hostname(f"standin{i}"), [queue_of("e2e-standin")], standin_step_s=STANDIN_STEP_S)
+            for i in range(2)
+        ]
+        yield started
+    finally:
+        pool.stop_all()
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The API
+
+
+def png_bytes(color: tuple[int, int, int] = (200, 60, 40)) -> bytes:
+    image = Image.new("RGB", (SIZE, SIZE), color)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Api:
+    """One tenant's HTTP client of the scheduler, with the helpers the tests share."""
+
+    client: httpx.Client
+    _image: str | None = field(default=None, repr=False)
+
+    def image(self) -> str:
+        """An uploaded input picture's reference (uploaded once per client)."""
+        if self._image is None:
+            response = self.client.post("/v1/assets", content=png_bytes(), headers={"Content-Type": "image/png"})
+            assert response.status_code in (200, 201), response.text
+            self._image = response.json()["asset_id"]
+        return self._image
+
+    def body(self, *, model: str | None = None, **fields: Any) -> dict[str, Any]:
+        """A small valid job; `model` picks its queue (`rf.<model>.interactive`)."""
+        job: dict[str, Any] = {
+            "init_images": [self.image()],
+            "prompt": "a red square",
+            "steps": 8,
+            "width": SIZE,
+            "height": SIZE,
+            "seed": 7,
+            **fields,
+        }
+        if model is not None:
+            job["model"] = model
+        return job
+
+    def submit(self, task_id: str | None = None, *, model: str | None = None, **fields: Any) -> dict[str, Any]:
+        """PUT (with `task_id`) or POST a job; returns the 201 snapshot."""
+        body = self.body(model=model, **fields)
+        if task_id is None:
+            response = self.client.post("/v1/jobs", json=body)
+        else:
+            response = self.client.put(f"/v1/jobs/{task_id}", json=body)
+        assert response.status_code == 201, response.text
+        snapshot: dict[str, Any] = response.json()
+        return snapshot
+
+    def get(self, task_id: str) -> dict[str, Any]:
+        response = self.client.get(f"/v1/jobs/{task_id}")
+        assert response.status_code == 200, response.text
+        snapshot: dict[str, Any] = response.json()
+        return snapshot
+
+    def wait_for(
+        self,
+        task_id: str,
+        done: Callable[[dict[str, Any]], bool],
+        *,
+        timeout_s: float = JOB_TIMEOUT_S,
+        what: str = "the expected state",
+    ) -> dict[str, Any]:
+        """Poll the job until `done(snapshot)`; fail at the deadline with the last snapshot."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            snapshot = self.get(task_id)
+            if done(snapshot):
+                return snapshot
+            if time.monotonic() > deadline:
+                pytest.fail(f"job {task_id} did not reach {what} within {timeout_s} s; last snapshot: {snapshot}")
+            time.sleep(0.05)
+
+    def wait_state(self, task_id: str, state: str, *, timeout_s: float = JOB_TIMEOUT_S) -> dict[str, Any]:
+        terminal = {"succeeded", "failed", "canceled"}
+        snapshot = self.wait_for(
+            task_id, lambda s: s["state"] == state or s["state"] in terminal, timeout_s=timeout_s, what=state
+        )
+        assert snapshot["state"] == state, f"job {task_id}: expected {state}, got {snapshot}"
+        return snapshot
+
+
+def _api(scheduler: Scheduler, token: str) -> Iterator[Api]:
+    with httpx.Client(base_url=scheduler.url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0) as client:
+        yield Api(client)
+
+
+@pytest.fixture
+def alice(scheduler: Scheduler) -> Iterator[Api]:
+    yield from _api(scheduler, ALICE_TOKEN)
+
+
+@pytest.fixture
+def bob(scheduler: Scheduler) -> Iterator[Api]:
+    yield from _api(scheduler, BOB_TOKEN)
+
+
+def new_task_id(label: str) -> str:
+    return f"e2e-{label}-{uuid.uuid4().hex[:10]}"
