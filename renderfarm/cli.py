@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from renderfarm.client_cli import register as register_client_commands
 from shared.config import Settings
 from shared.errors import ConfigError, RenderfarmError
 
@@ -184,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--once", action="store_true", help="one run, then exit (default: every interval)")
     reconcile.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     reconcile.set_defaults(handler=_cmd_reconcile, api_settings=False)
+
+    # The client side: submit, status, wait, cancel, ls, download, batch (renderfarm/client_cli.py).
+    register_client_commands(commands)
     return parser
 
 

@@ -1255,6 +1255,60 @@ class JobRepository:
             raise NotFound(f"no asset with sha256 {sha256}", code="asset_not_found")
         return _asset_row(row)
 
+    # ------------------------------------------------------------------------------------------------------------
+    # Batches: create-or-get and timing (for POST / GET /v1/batches)
+
+    def create_batch_if_absent(
+        self,
+        tenant: str,
+        items: Sequence[NewJob],
+        *,
+        mode: str,
+        manifest: Any,
+        batch_id: uuid.UUID,
+    ) -> tuple[BatchRow, BulkResult | None]:
+        """Insert the batch `batch_id` and its child jobs in one transaction, unless a batch with that id exists.
+
+        Returns `(batch, result)`; `result` is None when the batch already existed (nothing was inserted: the caller
+        compares the stored manifest to tell a retry from a conflict). The existing row may be another tenant's: the
+        caller must check `batch.tenant`. Race-safe: two requests with one new id insert one batch (INSERT ... ON
+        CONFLICT DO NOTHING). Raises what `bulk_create` raises, and `ValueError` for an unknown `mode`.
+        """
+        if mode not in BATCH_MODES:
+            raise ValueError(f"batch mode must be one of {BATCH_MODES}, not {mode!r}")
+        now = self._clock()
+        values = {
+            "id": batch_id,
+            "tenant": tenant,
+            "created_at": now,
+            "requested": len(items),
+            "mode": mode,
+            "manifest": manifest,
+            "canceled_at": None,
+        }
+        statement = (
+            self._insert(batches)
+            .values(values)
+            .on_conflict_do_nothing(index_elements=[batches.c.id])
+            .returning(*batches.columns)
+        )
+        with self._transaction() as conn:
+            row = conn.execute(statement).mappings().first()
+            if row is not None:
+                result = self._bulk_insert(conn, tenant, items, batch_id=batch_id, now=now)
+                return _batch_row(row), result
+            existing = conn.execute(sa.select(batches).where(batches.c.id == batch_id)).mappings().one()
+        return _batch_row(existing), None
+
+    def batch_timing(self, batch_id: uuid.UUID) -> tuple[datetime | None, datetime | None]:
+        """`(first started_at, last finished_at)` over the batch's jobs (None when no job started / finished yet)."""
+        statement = sa.select(sa.func.min(jobs.c.started_at), sa.func.max(jobs.c.finished_at)).where(
+            jobs.c.batch_id == batch_id
+        )
+        with self._transaction(write=False) as conn:
+            first_started, last_finished = conn.execute(statement).one()
+        return first_started, last_finished
+
 
 def _check_task_id(task_id: str) -> None:
     if not task_id or len(task_id) > TASK_ID_MAX_LENGTH:

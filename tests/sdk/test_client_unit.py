@@ -1,0 +1,374 @@
+"""The SDK's parts that need no farm: error mapping, retries, streaming fallback, request building, configuration,
+manifests and the public surface. The farm's side is `httpx.MockTransport` here (the live tests use the real one)."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+import renderfarm
+from renderfarm import Client, Grid, JobState, Retries, Timeout
+from renderfarm._transport import SSEParser
+from renderfarm.client import build_job_body
+from renderfarm.manifest import ManifestError, load_manifest
+from scheduler.batches import expand_grid
+
+URL = "http://farm.test"
+FAST = Retries(attempts=3, backoff_s=0.001, max_backoff_s=0.002)
+
+
+def snapshot(task_id: str = "t1", state: str = "queued", seq: int = 1, **extra: Any) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "state": state,
+        "progress": 0.0,
+        "step": 0,
+        "total_steps": 4,
+        "eta_s": None,
+        "queue_position": None,
+        "attempt": 0,
+        "created_at": "2026-01-01T00:00:00Z",
+        "started_at": None,
+        "finished_at": None,
+        "worker": None,
+        "error": None,
+        "warnings": [],
+        "artifacts": [],
+        "seq": seq,
+        **extra,
+    }
+
+
+def client_with(handler: Callable[[httpx.Request], httpx.Response], **kwargs: Any) -> Client:
+    kwargs.setdefault("retries", FAST)
+    return Client(URL, token="secret-token", transport=httpx.MockTransport(handler), **kwargs)
+
+
+def error(status: int, type_: str, code: str, message: str = "no", **extra: Any) -> httpx.Response:
+    headers = {"Retry-After": str(extra.pop("retry_after"))} if "retry_after" in extra else {}
+    return httpx.Response(
+        status, json={"error": {"type": type_, "code": code, "message": message, **extra}}, headers=headers
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Errors
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (error(401, "unauthorized", "invalid_token"), renderfarm.Unauthorized),
+        (error(403, "forbidden", "dev_mode_remote_client"), renderfarm.Forbidden),
+        (error(404, "not_found", "job_not_found"), renderfarm.NotFound),
+        (error(409, "conflict", "task_id_conflict", existing_request_hash="a", request_hash="b"), renderfarm.Conflict),
+        (error(413, "payload_too_large", "too_large", field="init_images.0"), renderfarm.PayloadTooLarge),
+        (error(422, "invalid_request", "out_of_range", field="steps"), renderfarm.ValidationError),
+        (error(500, "internal", "internal"), renderfarm.ServerError),
+        (httpx.Response(502, text="<html>bad gateway</html>"), renderfarm.ServerError),
+    ],
+)
+def test_error_answers_become_typed_exceptions(response: httpx.Response, expected: type[Exception]) -> None:
+    with (
+        client_with(lambda request: response, retries=Retries(attempts=1)) as client,
+        pytest.raises(expected) as caught,
+    ):
+        client.get("t1")
+    exc = caught.value
+    assert isinstance(exc, renderfarm.APIError)
+    assert exc.status_code == response.status_code
+    assert exc.request is not None
+    if response.status_code == 422:
+        assert exc.field == "steps"
+        assert isinstance(exc, renderfarm.ValidationError)
+    if response.status_code == 409:
+        assert isinstance(exc, renderfarm.Conflict)
+        assert (exc.existing_request_hash, exc.request_hash) == ("a", "b")
+
+
+def test_try_later_answers_are_retried_and_retry_after_is_honoured() -> None:
+    answers = [error(503, "unavailable", "database_unavailable", retry_after=0), httpx.Response(200, json=snapshot())]
+    with client_with(lambda request: answers.pop(0)) as client:
+        assert client.get("t1").task_id == "t1"
+    assert answers == []
+
+
+def test_a_long_retry_after_is_raised_with_its_value() -> None:
+    calls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        return error(429, "rate_limited", "too_many_queued_jobs", retry_after=3600, retry_after_s=3600)
+
+    with client_with(handler) as client, pytest.raises(renderfarm.RateLimited) as caught:
+        client.get("t1")
+    assert calls == 1
+    assert caught.value.retry_after_s == 3600
+
+
+def test_server_errors_are_not_retried_but_transport_failures_are() -> None:
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        if len(calls) < 3:
+            raise httpx.ConnectError("refused", request=request)
+        return error(500, "internal", "internal")
+
+    with client_with(handler) as client, pytest.raises(renderfarm.ServerError):
+        client.get("t1")
+    assert len(calls) == 3
+
+
+def test_a_submit_retried_after_a_timeout_uses_the_same_task_id() -> None:
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        if len(paths) == 1:
+            raise httpx.ReadTimeout("lost", request=request)
+        return httpx.Response(200, json=snapshot(request.url.path.rsplit("/", 1)[1]))
+
+    with client_with(handler) as client:
+        job = client.submit(image="asset:" + "a" * 64, prompt="x")
+    assert len(paths) == 2
+    assert paths[0] == paths[1] == f"/v1/jobs/{job.task_id}"
+    assert job.task_id.startswith("rf-")
+
+
+def test_timeouts_exhausted_raise_request_timeout() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    with client_with(handler) as client, pytest.raises(renderfarm.RequestTimeout):
+        client.get("t1")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Waiting
+
+
+def test_wait_streams_events_and_drops_stale_snapshots() -> None:
+    events = "".join(
+        f"id: {seq}\nevent: snapshot\ndata: {json.dumps(snapshot(state=state, seq=seq))}\n\n"
+        for seq, state in ((2, "running"), (1, "queued"), (5, "succeeded"))
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/jobs/t1/events"
+        return httpx.Response(
+            200, text=": keep-alive\n\nretry: 2000\n\n" + events, headers={"Content-Type": "text/event-stream"}
+        )
+
+    seen: list[int] = []
+    with client_with(handler) as client:
+        job = client.wait("t1", timeout=5, on_update=lambda j: seen.append(j.seq))
+    assert job.state is JobState.SUCCEEDED
+    assert seen == [2, 5]
+
+
+def test_wait_falls_back_to_polling_when_streaming_fails() -> None:
+    polls = 0
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal polls
+        if request.url.path.endswith("/events"):
+            return httpx.Response(200, json={"not": "a stream"})  # a proxy in the way
+        polls += 1
+        return httpx.Response(200, json=snapshot(state="succeeded" if polls >= 3 else "running", seq=polls))
+
+    with client_with(handler) as client:
+        assert client.wait("t1", timeout=10).state is JobState.SUCCEEDED
+    assert polls == 3
+
+
+def test_wait_gives_up_after_its_timeout_with_the_last_snapshot() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            raise httpx.ConnectError("no streams here", request=request)
+        return httpx.Response(200, json=snapshot(state="running"))
+
+    with client_with(handler) as client, pytest.raises(renderfarm.WaitTimeout) as caught:
+        client.wait("t1", timeout=0.3)
+    assert caught.value.job.state is JobState.RUNNING
+
+
+def test_sse_parser_follows_the_event_stream_rules() -> None:
+    parser = SSEParser()
+    lines = [": comment", "id: 7", "event: snapshot", 'data: {"a":', "data: 1}", "", "data: x", ""]
+    events = [event for line in lines for event in parser.feed(line)]
+    assert [(e.event, e.data, e.id) for e in events] == [("snapshot", '{"a":\n1}', "7"), ("message", "x", None)]
+    assert parser.last_id == "7"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Downloads and the token
+
+
+def test_downloads_are_verified_and_the_token_stays_home(tmp_path: Path) -> None:
+    good = b"\x89PNG good bytes"
+    artifact = {
+        "kind": "result",
+        "index": 0,
+        "url": "http://storage.test/bucket/result-0.png?sig=1",
+        "sha256": hashlib.sha256(good).hexdigest(),
+        "bytes": len(good),
+        "width": 64,
+        "height": 64,
+    }
+    served = [b"corrupted", good]
+    authorizations: dict[str, str | None] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        authorizations[request.url.host] = request.headers.get("authorization")
+        if request.url.host == "storage.test":
+            return httpx.Response(200, content=served.pop(0))
+        return httpx.Response(200, json=snapshot(state="succeeded", artifacts=[artifact]))
+
+    with client_with(handler) as client:
+        [path] = client.download("t1", tmp_path)
+        assert path.read_bytes() == good  # the corrupted first answer was fetched again
+        served.append(b"still corrupted")
+        served.append(b"and again")
+        path.unlink()
+        with pytest.raises(renderfarm.IntegrityError):
+            client.download("t1", tmp_path)
+        assert not path.exists()  # nothing unverified is left under the final name
+    assert authorizations["farm.test"] == "Bearer secret-token"
+    assert authorizations["storage.test"] is None  # presigned URLs must not carry a second credential
+
+
+def test_url_and_token_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RENDERFARM_URL", "http://env.test:1234/")
+    monkeypatch.setenv("RENDERFARM_TOKEN", "env-token")
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=snapshot())
+
+    with Client(transport=httpx.MockTransport(handler)) as client:
+        assert client.base_url == "http://env.test:1234"
+        client.get("t1")
+    assert seen[0].headers["authorization"] == "Bearer env-token"
+    assert str(seen[0].url) == "http://env.test:1234/v1/jobs/t1"
+
+
+def test_timeout_and_retries_are_value_objects() -> None:
+    assert Timeout(5) == Timeout(5)
+    assert Timeout(connect=1).connect == 1.0
+    assert Timeout(None).read is None
+    with pytest.raises(ValueError, match="positive"):
+        Timeout(0)
+    with pytest.raises(ValueError, match="at least 1"):
+        Retries(attempts=0)
+    assert 0.1875 <= Retries(backoff_s=0.25).backoff(1) <= 0.3125
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Building requests
+
+
+def test_job_bodies_take_shorthands_and_refuse_duplicates() -> None:
+    image = Image.new("RGB", (64, 64))
+    body = build_job_body({"prompt": "a", "image": "x.png"}, mask=image, task_id="t1", fields={"steps": 4})
+    assert body == {"prompt": "a", "init_images": ["x.png"], "mask": image, "force_task_id": "t1", "steps": 4}
+    with pytest.raises(ValueError, match="image"):
+        build_job_body({"init_images": ["a"]}, image="b")
+    with pytest.raises(ValueError, match="task_id"):
+        build_job_body({"force_task_id": "a"}, task_id="b")
+    with pytest.raises(TypeError):
+        build_job_body(42)  # type: ignore[arg-type]
+
+
+def test_grid_size() -> None:
+    assert Grid.product(a=[1, 2], b=[1, 2, 3]).size == 6
+    assert Grid.zip(a=[1, 2], b=[3, 4]).size == 2
+    with pytest.raises(ValueError, match="one length"):
+        Grid.zip(a=[1], b=[1, 2])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Manifests
+
+
+def _pictures(folder: Path, *names: str) -> None:
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64)).save(folder / name)
+
+
+def test_yaml_grid_manifest_expands_as_the_farm_does(tmp_path: Path) -> None:
+    _pictures(tmp_path, "in/a.png", "in/b.png")
+    (tmp_path / "m.yaml").write_text(
+        "defaults: {steps: 4, prompt: base}\n"
+        "grid:\n  mode: product\n  axes:\n    image: [in/a.png, in/b.png]\n    seed: [1, 2, 3]\n    cfg_scale: [5, 7]\n"
+    )
+    manifest = load_manifest(tmp_path / "m.yaml")
+    items = manifest.items()
+    assert len(items) == 12
+    assert items[0].init_images == [(tmp_path / "in/a.png").resolve()]
+    farm_order = list(expand_grid({"init_images": ["A", "B"], "seed": [1, 2, 3], "cfg_scale": [5, 7]}, "product"))
+    assert [(i.fields["seed"], i.fields["cfg_scale"]) for i in items] == [
+        (f["seed"], f["cfg_scale"]) for f in farm_order
+    ]
+    assert all(item.fields["prompt"] == "base" for item in items)
+
+
+def test_json_and_csv_manifests(tmp_path: Path) -> None:
+    _pictures(tmp_path, "a.png", "m.png")
+    (tmp_path / "m.json").write_text(json.dumps({"jobs": [{"image": "a.png", "mask": "m.png", "task_id": "one"}]}))
+    [item] = load_manifest(tmp_path / "m.json").items()
+    assert item.task_id == "one"
+    assert item.mask == (tmp_path / "m.png").resolve()
+    (tmp_path / "m.csv").write_text("image,prompt,seed,task_id\na.png,a fox,7,fox\na.png,a cat,,\n")
+    items = load_manifest(tmp_path / "m.csv").items()
+    assert [item.fields.get("seed") for item in items] == [7, None]
+    assert [item.task_id for item in items] == ["fox", None]
+    assert items[1].fields["prompt"] == "a cat"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("jobs: [{image: missing.png}]", "missing.png"),
+        ("grid: {mode: diagonal, axes: {seed: [1]}}", "grid.mode"),
+        ("grid: {mode: zip, axes: {seed: [1], prompt: [a, b]}}", "one length"),
+        ("jobs: []", "non-empty"),
+        ("jobs: [{}]\ngrid: {}", "not both"),
+        ("colour: red", "unknown key"),
+    ],
+)
+def test_bad_manifests_say_where(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "m.yaml").write_text(text)
+    with pytest.raises(ManifestError, match=message):
+        load_manifest(tmp_path / "m.yaml")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The public surface
+
+
+def test_the_public_surface_is_explicit_and_documented() -> None:
+    exported = set(renderfarm.__all__)
+    public = {name for name in vars(renderfarm) if not name.startswith("_")}
+    modules = {"client", "manifest", "batch_runner", "contact_sheet", "client_cli", "cli", "demo", "embedded"}
+    assert public - modules <= exported | {"annotations"}
+    for name in exported - {"__version__", "JobState"}:  # JobState is the farm's own enum (shared.states)
+        value = getattr(renderfarm, name)
+        if inspect.isclass(value) or inspect.isfunction(value):
+            assert value.__doc__, f"renderfarm.{name} has no docstring"
+    for method in ("submit", "get", "wait", "cancel", "list", "download", "render", "submit_batch", "get_batch"):
+        sync = inspect.signature(getattr(renderfarm.Client, method))
+        asynchronous = inspect.signature(getattr(renderfarm.AsyncClient, method))
+        assert list(sync.parameters) == list(asynchronous.parameters), method
+        assert inspect.iscoroutinefunction(getattr(renderfarm.AsyncClient, method)) or method == "list"
