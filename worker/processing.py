@@ -32,10 +32,10 @@ from numpy.typing import NDArray
 from PIL import Image
 from torch.nn import functional
 
-from renderfarm import __version__
 from shared.images import encode_png
 from shared.sampler_names import find_schedule, split_sampler_and_schedule
 from shared.spec import Img2ImgJob
+from shared.version import __version__
 from worker.imaging import apply_overlay, resize_image
 from worker.infotext import create_infotext
 from worker.models import LoadedModel
