@@ -38,7 +38,12 @@ from PIL import Image
 from shared.config import Settings
 from shared.db import upgrade
 from shared.queueing import make_celery_app
-from tests.services import S3Server, free_loopback_port
+from tests.services import (
+    S3Server,
+    free_loopback_port,
+    fresh_postgres_database,
+    isolated_redis_database,
+)
 
 ALICE_TOKEN = "e2e-alice-token-0123456789"
 BOB_TOKEN = "e2e-bob-token-0123456789ab"
@@ -150,11 +155,21 @@ class FarmEnv:
 
 
 @pytest.fixture(scope="session")
-def farm_env(
-    postgres_url: str, redis_url: str, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
-) -> FarmEnv:
+def e2e_databases() -> Iterator[tuple[str, str]]:
+    """A PostgreSQL database and a Redis database of the e2e farm's own.
+
+    The farm's scheduler and workers live until the end of the test session; on the session's shared databases
+    its dispatcher would publish, and its workers render, jobs that later test folders create for themselves.
+    """
+    with fresh_postgres_database() as postgres_url, isolated_redis_database() as redis_url:
+        yield postgres_url, redis_url
+
+
+@pytest.fixture(scope="session")
+def farm_env(e2e_databases: tuple[str, str], s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> FarmEnv:
     from worker.models import build_tiny_model
 
+    postgres_url, redis_url = e2e_databases
     root = tmp_path_factory.mktemp("e2e")
     data_dir, models_dir, log_dir = root / "data", root / "models", root / "logs"
     for folder in (data_dir, models_dir, log_dir):
