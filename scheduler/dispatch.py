@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,11 @@ log = logging.getLogger(__name__)
 # 2 × an estimated 8 GPUs per queue; a deployment sets it from its worker count (see `Dispatcher`).
 DEFAULT_WINDOW_PER_QUEUE = 16
 DEFAULT_TICK_S = 1.0  # seconds between rounds when nobody wakes the dispatcher (workers free window slots)
+# Seconds between rounds while jobs wait behind a full window. Workers free window slots by claiming, and nothing
+# wakes the dispatcher then; with only the 1 s tick a farm whose jobs take less than a second per window's worth
+# ran at most `window` jobs per second (bench/scaling.py: 4 jobs/s with 2 workers and a window of 4, whatever the
+# render time). A round with nothing to publish is one indexed GROUP BY, so this costs little.
+BUSY_TICK_S = 0.05
 MAX_CLAIM_PER_ROUND = 256  # jobs claimed per queue in one transaction; a bigger backlog takes further rounds
 DEFAULT_STOP_TIMEOUT_S = 10.0  # seconds `stop()` waits for the loop's current round to finish
 DISPATCHED_MARKER_PREFIX = f"{KEY_PREFIX}dispatched:"
@@ -60,8 +66,8 @@ class Dispatcher:
         celery_app: the app to publish with (`shared.queueing.make_celery_app`).
         live: live status; watchers of a job are notified when it is published (its `seq` changed).
         settings: the farm's settings (the visibility timeout for the marker's TTL; `redis_url`).
-        window_per_queue: messages per queue in the broker at most; None means `DEFAULT_WINDOW_PER_QUEUE`
-            (proposed setting: `RENDERFARM_DISPATCH_WINDOW_PER_QUEUE`).
+        window_per_queue: messages per queue in the broker at most; None means the setting
+            `RENDERFARM_DISPATCH_WINDOW_PER_QUEUE` (default `DEFAULT_WINDOW_PER_QUEUE`).
         redis_url: where to set the `rf:dispatched:{id}` markers; None means `settings.redis_url` (the embedded
             default has none and sets no markers: its in-memory broker cannot lose messages while it runs).
         tick_s: seconds the loop waits for a `wake()` before it runs a round anyway.
@@ -83,7 +89,9 @@ class Dispatcher:
         tick_s: float = DEFAULT_TICK_S,
         on_round: Callable[[int], None] | None = None,
     ) -> None:
-        window = DEFAULT_WINDOW_PER_QUEUE if window_per_queue is None else window_per_queue
+        # The setting RENDERFARM_DISPATCH_WINDOW_PER_QUEUE existed but was never read here, so a farm with more
+        # workers per queue than the default window left the extra workers idle (bench/scaling.py measured it).
+        window = settings.dispatch_window_per_queue if window_per_queue is None else window_per_queue
         if window < 1:
             raise ValueError(f"window_per_queue must be at least 1, not {window}")
         if tick_s <= 0:
@@ -105,6 +113,7 @@ class Dispatcher:
             self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._backlog = False  # the last round left undispatched jobs behind a full window
         self._thread: threading.Thread | None = None
         # One round at a time per process: the loop and a direct `dispatch_once()` call must not interleave.
         self._round_lock = threading.Lock()
@@ -124,13 +133,18 @@ class Dispatcher:
         """
         with self._round_lock:
             published = 0
-            for queue, counts in sorted(self._repo.outbox_by_queue().items()):
+            outbox = sorted(self._repo.outbox_by_queue().items())
+            broker_ok = True
+            for queue, counts in outbox:
                 if counts.undispatched == 0 or counts.in_flight >= self._window:
                     continue  # nothing to publish, or the window is full: skip without taking the queue's lock
-                sent, ok = self._dispatch_queue(queue)
+                sent, broker_ok = self._dispatch_queue(queue)
                 published += sent
-                if not ok:
+                if not broker_ok:
                     break
+            # Jobs left waiting behind a window: the loop comes back after BUSY_TICK_S (not while the broker is
+            # down: then the normal tick paces the retries).
+            self._backlog = broker_ok and any(counts.undispatched > 0 for _, counts in outbox)
             return published
 
     def _dispatch_queue(self, queue: str) -> tuple[int, bool]:
@@ -205,7 +219,8 @@ class Dispatcher:
     def run_in_thread(self) -> threading.Thread:
         """Start the loop in a daemon thread (once; a second call returns the running thread).
 
-        The loop runs a round at start (jobs left from before), then whenever woken or every `tick_s` seconds.
+        The loop runs a round at start (jobs left from before), then whenever woken or every `tick_s` seconds
+        (every `BUSY_TICK_S` while jobs wait behind a full window, so slots freed by workers are refilled at once).
         An exception in a round is logged and the loop goes on.
         """
         if self._thread is not None and self._thread.is_alive():
@@ -217,12 +232,20 @@ class Dispatcher:
         return self._thread
 
     def _loop(self) -> None:
+        last_round = float("-inf")
         while not self._stopping.is_set():
-            self._wake.wait(self._tick_s)
+            busy = min(self._tick_s, BUSY_TICK_S)
+            self._wake.wait(busy if self._backlog else self._tick_s)
+            if self._backlog:
+                # Rounds at most every BUSY_TICK_S while jobs wait: a submission's wake cannot make room in a full
+                # window, and each round reads the whole outbox, so a flood of submissions must not run them back to
+                # back (bench/throughput.py: database time per submission grew with the backlog).
+                self._stopping.wait(max(0.0, last_round + busy - time.monotonic()))
             # Cleared before the round: a wake that arrives during the round triggers the next one.
             self._wake.clear()
             if self._stopping.is_set():
                 break
+            last_round = time.monotonic()
             try:
                 published = self.dispatch_once()
             except Exception:

@@ -24,6 +24,13 @@ from sqlalchemy.pool import StaticPool
 
 SQLITE_BUSY_TIMEOUT_S = 30.0  # seconds a writer waits for another writer's lock before giving up
 POSTGRES_CONNECT_TIMEOUT_S = 10  # seconds; a dead server must surface as DatabaseUnavailable, not a hang
+# Connections kept open per engine. The API runs its synchronous routes in up to 40 threads (anyio's default), each
+# holding one connection at a time; with SQLAlchemy's default (5 kept + 10 overflow) every request beyond the fifth
+# opened and closed a PostgreSQL connection (a backend fork and an authentication each), which made status reads
+# under 16 concurrent clients several times slower (bench/RESULTS.md, 2026-11-21). Connections are opened lazily,
+# so a single-threaded worker still holds one or two.
+POSTGRES_POOL_SIZE = 20
+POSTGRES_MAX_OVERFLOW = 20
 SQLITE_BEGIN_OPTION = "sqlite_begin"  # execution option: "IMMEDIATE" (default) or "DEFERRED"
 
 
@@ -109,7 +116,14 @@ def make_engine(database_url: str | URL, *, echo: bool = False) -> Engine:
         connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
     # pool_pre_ping: a connection dropped by a database restart or a proxy's idle timeout is replaced on checkout
     # instead of failing the first statement of a request.
-    return sa.create_engine(url, echo=echo, pool_pre_ping=True, connect_args=connect_args)
+    return sa.create_engine(
+        url,
+        echo=echo,
+        pool_pre_ping=True,
+        pool_size=POSTGRES_POOL_SIZE,
+        max_overflow=POSTGRES_MAX_OVERFLOW,
+        connect_args=connect_args,
+    )
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

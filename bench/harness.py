@@ -1,0 +1,676 @@
+"""What every benchmark stands on: real services, farm processes, a light HTTP load generator and statistics.
+
+- `postgres_database()`: a fresh database `renderfarm_bench_<random>` (migrated), dropped afterwards.
+- `redis_database()`: a Redis database number of our own, claimed with the same markers the test suite uses
+  (`renderfarm-test-db:<n>` in db 0), so a benchmark and a parallel test run never share one; flushed before and after.
+- `s3_server()`: moto's S3 server on a free loopback port, with a fresh bucket.
+- `Farm`: the three together plus a scheduler process (`python -m bench.harness scheduler`, which serves
+  `scheduler.app.create_app` with uvicorn exactly as `renderfarm scheduler` does) and Celery worker processes
+  (`python -m worker.service`, the production entry point), each in its own process group, logs in a temp folder.
+- `HttpLoad`: keep-alive HTTP/1.1 over raw asyncio streams. A Python HTTP client (httpx) costs more CPU per request
+  than the server does, and on a two-core machine the client would then measure itself; this one costs a few
+  microseconds per request, so the figures are the server's.
+
+Every process the harness starts is ended by it (SIGTERM to its group, then SIGKILL), never by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "RENDERFARM_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_BASE_URL = os.environ.get("RENDERFARM_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_DBS = range(15, 0, -1)  # claimed from the top: the test suite claims from the bottom
+REDIS_CLAIM_TTL_S = 3 * 3600  # a claim of a killed run expires on its own
+READY_TIMEOUT_S = 180.0  # a worker imports torch and loads a model; 32 of them at once on two cores take a while
+STOP_TIMEOUT_S = 20.0
+TENANT = "bench"
+TOKEN = "bench-token-0123456789abcdef"  # noqa: S105 - a bench-only token for a bench-only database
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100) with linear interpolation; NaN for no values."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Services
+
+
+@contextlib.contextmanager
+def postgres_database(migrate: bool = True) -> Iterator[str]:
+    """Create `renderfarm_bench_<random>`, migrate it, yield its URL, drop it (WITH FORCE) afterwards."""
+    import sqlalchemy as sa
+
+    from shared.db import upgrade
+
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"renderfarm_bench_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        if migrate:
+            upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextlib.contextmanager
+def redis_database() -> Iterator[str]:
+    """Claim a free Redis database number (1-15), flush it, yield its URL; flush and release it afterwards."""
+    import redis
+
+    control = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
+    marker = f"renderfarm-bench-run:{uuid.uuid4().hex}"
+    for db in REDIS_DBS:
+        if control.set(f"renderfarm-test-db:{db}", marker, nx=True, ex=REDIS_CLAIM_TTL_S):
+            break
+    else:
+        raise RuntimeError("every Redis database 1-15 is claimed by a test or benchmark run")
+    url = f"{REDIS_BASE_URL}/{db}"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        yield url
+    finally:
+        client.flushdb()
+        client.close()
+        if control.get(f"renderfarm-test-db:{db}") == marker.encode():
+            control.delete(f"renderfarm-test-db:{db}")
+        control.close()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(
+    url: str, alive: Callable[[], bool], timeout_s: float = READY_TIMEOUT_S, *, want: int | None = None
+) -> None:
+    """Poll `url` until it answers (with status `want`, if given); raise if `alive()` turns false or time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        if not alive():
+            raise RuntimeError(f"the server of {url} exited before it was ready")
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if want is None or response.status_code == want:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} was not ready within {timeout_s} s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+@dataclass
+class S3:
+    endpoint_url: str
+    bucket: str
+    process: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[S3]:
+    """moto's S3 server on a free loopback port with one fresh bucket."""
+    import boto3
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{endpoint}/moto-api/", lambda: process.poll() is None, 60)
+        bucket = f"rf-bench-{uuid.uuid4().hex[:12]}"
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",  # noqa: S106 - moto accepts any credentials
+        )
+        client.create_bucket(Bucket=bucket)
+        client.close()
+        yield S3(endpoint, bucket, process)
+    finally:
+        _stop_group(process)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Processes
+
+
+def _stop_group(process: subprocess.Popen[Any], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """SIGTERM the process's group (it leads one), wait, then SIGKILL what is left. Idempotent."""
+    if process.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.wait(timeout=timeout_s)
+
+
+@dataclass
+class Proc:
+    name: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        _stop_group(self.process)
+
+
+def spawn(name: str, argv: Sequence[str], env: dict[str, str], log_dir: Path) -> Proc:
+    log = log_dir / f"{name}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            list(argv), env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO_ROOT
+        )
+    return Proc(name, process, log)
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(RSS, private dirty) of a process in MiB, from /proc (0, 0 where unavailable)."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0.0, 0.0
+    values = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            values[parts[0].rstrip(":")] = int(parts[1]) / 1024
+    return values.get("Rss", 0.0), values.get("Private_Dirty", 0.0)
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU seconds used so far by these processes (all their threads); gone ones count 0."""
+    total = 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks
+    return total
+
+
+def postgres_backends(database_url: str) -> list[int]:
+    """The PIDs of the PostgreSQL backends connected to this database now (local server only)."""
+    import sqlalchemy as sa
+
+    name = database_url.rsplit("/", 1)[1]
+    admin = sa.create_engine(POSTGRES_ADMIN_URL)
+    try:
+        with admin.connect() as conn:
+            query = sa.text("SELECT pid FROM pg_stat_activity WHERE datname = :name")
+            return [int(pid) for (pid,) in conn.execute(query, {"name": name})]
+    finally:
+        admin.dispose()
+
+
+class CpuMeter:
+    """CPU seconds spent by the scheduler process and by its database's PostgreSQL backends over a stretch of time:
+    what a request costs, whatever else the (shared) machine is doing at the time."""
+
+    def __init__(self, scheduler_pid: int, database_url: str) -> None:
+        self.scheduler_pid = scheduler_pid
+        self.database_url = database_url
+
+    def __enter__(self) -> CpuMeter:
+        self._backends = postgres_backends(self.database_url)
+        self._server0 = cpu_seconds([self.scheduler_pid])
+        self._db0 = cpu_seconds(self._backends)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.server_s = cpu_seconds([self.scheduler_pid]) - self._server0
+        # Backends that existed at the start (the pool keeps them), measured again at the end.
+        self.database_s = cpu_seconds(self._backends) - self._db0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The farm
+
+
+@dataclass
+class Farm:
+    """Postgres + Redis + S3 + one scheduler process + worker processes, all of its own.
+
+    `env` is the RENDERFARM_* environment every farm process shares; `settings` the same as a Settings object for
+    the benchmark's own clients (repository, Celery, Redis).
+    """
+
+    env: dict[str, str]
+    settings: Any
+    database_url: str
+    redis_url: str
+    s3: S3
+    log_dir: Path
+    url: str = ""
+    scheduler: Proc | None = None
+    workers: list[Proc] = field(default_factory=list)
+    _control: Any = None
+    _extra: list[Proc] = field(default_factory=list)
+    _scheduler_urls: dict[str, str] = field(default_factory=dict)
+
+    # -- scheduler ------------------------------------------------------------------------------------------------
+
+    def start_scheduler(self, *, background: bool = True) -> str:
+        """Start the farm's scheduler process; returns its base URL once `/readyz` answers 200."""
+        self.scheduler = self._scheduler_process("scheduler", self.env, background)
+        self.url = self._scheduler_urls[self.scheduler.name]
+        return self.url
+
+    def start_extra_scheduler(self, env: dict[str, str], *, background: bool = True) -> str:
+        """Another scheduler process with some settings changed (e.g. another database); returns its URL."""
+        proc = self._scheduler_process(f"scheduler-{len(self._extra)}", {**self.env, **env}, background)
+        self._extra.append(proc)
+        return self._scheduler_urls[proc.name]
+
+    def _scheduler_process(self, name: str, env: dict[str, str], background: bool) -> Proc:
+        port = free_port()
+        argv = [sys.executable, "-m", "bench.harness", "scheduler", "--port", str(port)]
+        if not background:
+            argv.append("--no-background")
+        proc = spawn(name, argv, env, self.log_dir)
+        url = f"http://127.0.0.1:{port}"
+        self._scheduler_urls[name] = url
+        try:
+            wait_http(f"{url}/readyz", proc.alive, want=200)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}\n{proc.log_text()[-3000:]}") from None
+        return proc
+
+    # -- workers --------------------------------------------------------------------------------------------------
+
+    def start_workers(
+        self,
+        count: int,
+        queues: Sequence[str],
+        *,
+        standin_step_s: float | None = None,
+        wait: bool = True,
+        device: str = "cpu",
+    ) -> list[Proc]:
+        """Start `count` more `python -m worker.service --device DEVICE` processes on `queues`; wait until each
+        answers a Celery ping (it consumes), unless `wait` is false."""
+        env = dict(self.env)
+        if standin_step_s is not None:
+            env["RENDERFARM_STANDIN_STEP_S"] = repr(standin_step_s)
+        started = []
+        for _ in range(count):
+            name = f"w{len(self.workers):02d}-{uuid.uuid4().hex[:4]}@bench"
+            argv = [sys.executable, "-m", "worker.service", "--device", device, "--queues", ",".join(queues)]
+            argv += ["--hostname", name]
+            proc = spawn(name.split("@")[0], argv, env, self.log_dir)
+            proc.name = name
+            self.workers.append(proc)
+            started.append(proc)
+        if wait:
+            self.wait_workers(started)
+        return started
+
+    def wait_workers(self, procs: Sequence[Proc], timeout_s: float = READY_TIMEOUT_S) -> None:
+        from shared.queueing import make_celery_app
+
+        if self._control is None:
+            self._control = make_celery_app(self.settings, name="bench-control")
+        pending = {proc.name: proc for proc in procs}
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            for proc in pending.values():
+                if not proc.alive():
+                    raise RuntimeError(f"worker {proc.name} exited before it was ready:\n{proc.log_text()[-3000:]}")
+            replies = self._control.control.ping(destination=list(pending), timeout=1.0)
+            for reply in replies:
+                for name in reply:
+                    pending.pop(name, None)
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(f"workers not ready within {timeout_s} s: {sorted(pending)}")
+
+    def stop_workers(self) -> None:
+        for proc in reversed(self.workers):
+            if proc.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.process.pid, signal.SIGTERM)
+        for proc in reversed(self.workers):
+            proc.stop()
+        self.workers.clear()
+
+    def close(self) -> None:
+        self.stop_workers()
+        for proc in [*self._extra, *([self.scheduler] if self.scheduler else [])]:
+            proc.stop()
+        if self._control is not None:
+            self._control.close()
+
+
+@contextlib.contextmanager
+def farm(extra_env: dict[str, str] | None = None, *, keep_logs: bool = False) -> Iterator[Farm]:
+    """A whole farm of its own (no scheduler or workers started yet: call `start_scheduler` / `start_workers`)."""
+    from shared.config import Settings
+
+    log_dir = Path(tempfile.mkdtemp(prefix="renderfarm-bench-"))
+    data_dir = log_dir / "data"
+    data_dir.mkdir()
+    with postgres_database() as database_url, redis_database() as redis_url, s3_server() as s3:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("RENDERFARM_")}
+        env.update(
+            {
+                "PYTHONUNBUFFERED": "1",
+                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "RENDERFARM_DATABASE_URL": database_url,
+                "RENDERFARM_REDIS_URL": redis_url,
+                "RENDERFARM_STORAGE_URL": f"s3://{s3.bucket}/farm",
+                "RENDERFARM_S3_ENDPOINT_URL": s3.endpoint_url,
+                "RENDERFARM_API_TOKENS": f"{TENANT}:{TOKEN}",
+                "RENDERFARM_DATA_DIR": str(data_dir),
+                "RENDERFARM_METRICS_PORT": "0",  # many workers on one host must not compete for one port
+                **(extra_env or {}),
+            }
+        )
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+            os.environ.setdefault(key, env[key])  # the benchmark's own boto3 clients
+        values: dict[str, Any] = {
+            k[len("RENDERFARM_") :].lower(): v for k, v in env.items() if k.startswith("RENDERFARM_")
+        }
+        settings = Settings(_env_file=None, **values)
+        the_farm = Farm(env, settings, database_url, redis_url, s3, log_dir)
+        try:
+            yield the_farm
+        finally:
+            the_farm.close()
+            if not keep_logs:
+                import shutil
+
+                shutil.rmtree(log_dir, ignore_errors=True)
+
+
+def png_bytes(width: int, height: int, seed: int = 0) -> bytes:
+    """A noisy gradient PNG (the kind of picture a VAE sees; solid colours compress unrealistically well)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / width, y / height, 1 - (x + y) / (width + height)], axis=-1) * 200 + 20
+    pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def upload_asset(base_url: str, data: bytes) -> str:
+    import httpx
+
+    response = httpx.post(
+        f"{base_url}/v1/assets", content=data, headers={**AUTH, "Content-Type": "image/png"}, timeout=30
+    )
+    response.raise_for_status()
+    return str(response.json()["asset_id"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Load generation
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    body: bytes = b""
+
+
+def gets(paths: Sequence[str]) -> Callable[[int], Request]:
+    """Request maker: the i-th request GETs `paths[i % len(paths)]`."""
+    return lambda i: Request("GET", paths[i % len(paths)])
+
+
+def same(method: str, path: str, body: bytes = b"") -> Callable[[int], Request]:
+    """Request maker: every request is the same."""
+    request = Request(method, path, body)
+    return lambda _i: request
+
+
+@dataclass
+class LoadResult:
+    """What `HttpLoad.run` measured: per-request latencies (s), status counts and the wall time."""
+
+    latencies: list[float]
+    statuses: dict[int, int]
+    wall_s: float
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.wall_s if self.wall_s > 0 else math.nan
+
+
+class HttpLoad:
+    """`concurrency` keep-alive connections that each send requests one after another (closed-loop clients)."""
+
+    def __init__(self, base_url: str, headers: dict[str, str] | None = None) -> None:
+        host_port = base_url.removeprefix("http://").rstrip("/")
+        host, _, port = host_port.partition(":")
+        self.host, self.port = host, int(port or 80)
+        self.headers = {**AUTH, **(headers or {})}
+
+    def _encode(self, request: Request) -> bytes:
+        lines = [f"{request.method} {request.path} HTTP/1.1", f"Host: {self.host}:{self.port}"]
+        lines += [f"{k}: {v}" for k, v in self.headers.items()]
+        if request.body:
+            lines += ["Content-Type: application/json", f"Content-Length: {len(request.body)}"]
+        elif request.method in ("POST", "PUT"):
+            lines.append("Content-Length: 0")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode() + request.body
+
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> tuple[int, bytes]:
+        writer.write(data)
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        length = 0
+        chunked = False
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            lowered = name.strip().lower()
+            if lowered == "content-length":
+                length = int(value.strip())
+            elif lowered == "transfer-encoding" and "chunked" in value.lower():
+                chunked = True
+        if chunked:
+            body = b""
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).strip(), 16)
+                chunk = await reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                body += chunk[:-2]
+            return status, body
+        return status, await reader.readexactly(length)
+
+    def run(
+        self,
+        make_request: Callable[[int], Request],
+        count: int,
+        concurrency: int,
+        *,
+        check: Callable[[int, bytes], None] | None = None,
+    ) -> LoadResult:
+        """Send `count` requests (`make_request(i)` builds the i-th) over `concurrency` connections."""
+        return asyncio.run(self._run(make_request, count, concurrency, check))
+
+    async def _run(
+        self,
+        make_request: Callable[[int], Request],
+        count: int,
+        concurrency: int,
+        check: Callable[[int, bytes], None] | None,
+    ) -> LoadResult:
+        encoded = [self._encode(make_request(i)) for i in range(count)]  # built before the clock starts
+        latencies: list[float] = []
+        statuses: dict[int, int] = {}
+        next_index = 0
+
+        async def client() -> None:
+            nonlocal next_index
+            reader, writer = await asyncio.open_connection(self.host, self.port)
+            try:
+                while next_index < count:
+                    index = next_index
+                    next_index += 1
+                    start = time.perf_counter()
+                    status, body = await self._one(reader, writer, encoded[index])
+                    latencies.append(time.perf_counter() - start)
+                    statuses[status] = statuses.get(status, 0) + 1
+                    if check is not None:
+                        check(status, body)
+            finally:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(min(concurrency, count))))
+        return LoadResult(latencies, statuses, time.perf_counter() - start)
+
+
+def job_body(image_ref: str, size: int = 64, steps: int = 10, **fields: Any) -> dict[str, Any]:
+    return {
+        "init_images": [image_ref],
+        "prompt": "a red cube on a table",
+        "steps": steps,
+        "width": size,
+        "height": size,
+        "seed": 1234,
+        **fields,
+    }
+
+
+def random_suffix() -> str:
+    return uuid.uuid4().hex[:10] + f"{random.randrange(1 << 16):04x}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# `python -m bench.harness scheduler --port N`: the API as `renderfarm scheduler` serves it
+
+
+def _serve_scheduler(port: int, background: bool) -> None:
+    import logging
+
+    import uvicorn
+
+    from scheduler.app import create_app
+    from shared.config import Settings
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings().check()
+    app = create_app(settings, start_background=background)
+    # Access log off: a benchmark's thousands of lines would measure the terminal. Everything else as the CLI.
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=10
+    )
+    uvicorn.Server(config).run()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.harness")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("scheduler")
+    serve.add_argument("--port", type=int, required=True)
+    serve.add_argument("--no-background", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command == "scheduler":
+        _serve_scheduler(args.port, not args.no_background)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = [
+    "AUTH",
+    "TENANT",
+    "Farm",
+    "HttpLoad",
+    "LoadResult",
+    "Request",
+    "farm",
+    "job_body",
+    "median",
+    "percentile",
+    "png_bytes",
+    "postgres_database",
+    "redis_database",
+    "rss_mib",
+    "s3_server",
+    "upload_asset",
+]
