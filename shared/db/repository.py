@@ -153,6 +153,9 @@ def _decode_cursor(cursor: str, oldest_first: bool) -> tuple[datetime, uuid.UUID
     return created_at, job_id
 
 
+_INCOMING_TABLE = "rf_incoming_jobs"  # a batch's rows on their way in (PostgreSQL, per transaction)
+
+
 class JobRepository:
     """The farm's database access: jobs, their artifacts, batches and assets.
 
@@ -341,27 +344,11 @@ class JobRepository:
         for item in items:
             _check_max_attempts(item.max_attempts)
         statement = self._bulk_insert_statement(tenant, batch_id=batch_id, now=now)
-        payload = json.dumps(
-            [
-                {
-                    # SQLite stores a Uuid as 32 hex digits; PostgreSQL's uuid parses the dashed form.
-                    "id": new_id().hex if self._dialect == "sqlite" else str(new_id()),
-                    "task_id": item.task_id,
-                    "priority": item.priority,
-                    "queue": item.queue,
-                    "model": item.model,
-                    "max_attempts": item.max_attempts,
-                    "request": item.request,
-                    "request_hash": item.request_hash,
-                    "total_steps": item.total_steps,
-                    "warnings": [dict(warning) for warning in item.warnings],
-                }
-                for item in items
-            ],
-            allow_nan=False,  # NaN is not JSON; PostgreSQL would refuse the whole batch with a vaguer message
-            separators=(",", ":"),
-        )
-        created = {row[0] for row in conn.execute(statement, {"rows": payload})}
+        if self._dialect == "postgresql":
+            self._copy_incoming(conn, items)
+            created = {row[0] for row in conn.execute(statement)}
+        else:
+            created = {row[0] for row in conn.execute(statement, {"rows": self._bulk_payload(items)})}
         missing = [item for item in items if item.task_id not in created]
         if missing:
             wanted = {item.task_id: item.request_hash for item in missing}
@@ -386,29 +373,81 @@ class JobRepository:
             created_task_ids=tuple(item.task_id for item in items if item.task_id in created),
         )
 
+    def _bulk_payload(self, items: Sequence[NewJob]) -> str:
+        """SQLite: the batch as one JSON array, unpacked by `json_each` in the INSERT."""
+        return json.dumps(
+            [
+                {
+                    "id": new_id().hex,  # SQLite stores a Uuid as 32 hex digits
+                    "task_id": item.task_id,
+                    "priority": item.priority,
+                    "queue": item.queue,
+                    "model": item.model,
+                    "max_attempts": item.max_attempts,
+                    "request": item.request,
+                    "request_hash": item.request_hash,
+                    "total_steps": item.total_steps,
+                    "warnings": [dict(warning) for warning in item.warnings],
+                }
+                for item in items
+            ],
+            allow_nan=False,  # NaN is not JSON: refuse it here, with a clear message, not in the database
+            separators=(",", ":"),
+        )
+
+    # The columns of the temporary table a PostgreSQL batch is copied into (its rows' own values).
+    _INCOMING_COLUMNS = (
+        "id uuid, task_id text, priority int, queue text, model text, max_attempts int, request jsonb, "
+        "request_hash text, total_steps int, warnings jsonb"
+    )
+
+    def _copy_incoming(self, conn: Connection, items: Sequence[NewJob]) -> None:
+        """PostgreSQL: COPY the batch into a temporary table that is dropped at commit.
+
+        COPY streams rows without parsing a statement or a giant parameter: 10,000 jobs take about 0.1 s to load and
+        0.3 s in all, where one JSON parameter took about 1 s (most of it the server planning the 10 MB literal).
+        """
+        conn.execute(sa.text(f"CREATE TEMPORARY TABLE {_INCOMING_TABLE} ({self._INCOMING_COLUMNS}) ON COMMIT DROP"))
+        raw = conn.connection.driver_connection  # the psycopg connection, inside this transaction
+        assert raw is not None
+        with raw.cursor() as cursor, cursor.copy(f"COPY {_INCOMING_TABLE} FROM STDIN") as copy:
+            for item in items:
+                copy.write_row(
+                    (
+                        new_id(),
+                        item.task_id,
+                        item.priority,
+                        item.queue,
+                        item.model,
+                        item.max_attempts,
+                        json.dumps(item.request, allow_nan=False, separators=(",", ":")),
+                        item.request_hash,
+                        item.total_steps,
+                        json.dumps([dict(warning) for warning in item.warnings], separators=(",", ":")),
+                    )
+                )
+
     def _bulk_insert_statement(self, tenant: str, *, batch_id: uuid.UUID | None, now: datetime) -> ReturningInsert[Any]:
         """`INSERT INTO jobs SELECT ... FROM <the rows of one JSON array> ON CONFLICT DO NOTHING RETURNING task_id`.
 
-        The whole batch travels as ONE bind parameter (a JSON array, bound as "rows") and is unpacked by the
-        database (`jsonb_to_recordset` on PostgreSQL, `json_each` on SQLite): one statement, one round trip, and
-        no driver-side parsing of a statement with tens of thousands of placeholders, which is what made a
-        multi-row VALUES insert of 10,000 jobs take seconds.
+        PostgreSQL reads the rows from a temporary table filled by COPY (`_copy_incoming`); SQLite gets the whole
+        batch as ONE bind parameter (a JSON array, bound as "rows") unpacked by `json_each`. Either way: one
+        INSERT, and no statement with tens of thousands of placeholders, which made a multi-row VALUES insert of
+        10,000 jobs take seconds.
         """
         rows = sa.bindparam("rows", type_=sa.Text)
         per_row = ["id", "task_id", "priority", "queue", "model", "max_attempts", "request", "request_hash"]
         per_row += ["total_steps", "warnings"]
         if self._dialect == "postgresql":
-            source = (
-                sa.func.jsonb_to_recordset(sa.cast(rows, postgresql.JSONB))
-                .table_valued(
-                    *(
-                        sa.column(name, postgresql.JSONB if name in ("request", "warnings") else jobs.c[name].type)
-                        for name in per_row
-                    )
-                )
-                .render_derived(name="item", with_types=True)
+            incoming = sa.table(
+                _INCOMING_TABLE,
+                *(
+                    sa.column(name, postgresql.JSONB if name in ("request", "warnings") else jobs.c[name].type)
+                    for name in per_row
+                ),
             )
-            selected: list[sa.ColumnElement[Any]] = [source.c[name] for name in per_row]
+            source: Any = incoming
+            selected: list[sa.ColumnElement[Any]] = [incoming.c[name] for name in per_row]
         else:
             source = sa.func.json_each(rows).table_valued("value")
             selected = [
