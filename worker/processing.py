@@ -33,11 +33,11 @@ from PIL import Image
 from torch.nn import functional
 
 from shared.images import encode_png
+from shared.infotext import create_infotext
 from shared.sampler_names import find_schedule, split_sampler_and_schedule
 from shared.spec import Img2ImgJob
 from shared.version import __version__
 from worker.imaging import apply_overlay, resize_image
-from worker.infotext import create_infotext
 from worker.models import LoadedModel
 from worker.noise import create_noise, resolve_seeds
 from worker.options import DEFAULT_OPTIONS, Options

@@ -20,7 +20,6 @@ The scheduler image has no worker package (and no torch), so nothing here import
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import re
 import secrets
@@ -34,6 +33,7 @@ from PIL import Image
 
 from scheduler.a1111.schema import Img2ImgRequest
 from shared.errors import FieldProblem, InputError
+from shared.infotext import LEADING_KEYS, TRAILING_KEYS, parse_infotext
 from shared.spec import SUPPORTED_OVERRIDE_KEYS, Img2ImgJob
 
 TASK_ID_CHARS = string.ascii_uppercase + string.digits
@@ -41,39 +41,10 @@ TASK_ID_RANDOM_LENGTH = 7
 SEED_MODULUS = 4294967294  # farm-design.md: how the worker resolves seed -1 from the job's UUID
 FARM_VERSION = "renderfarm"  # what `info.version` says instead of the webui's version
 
-# The reference's infotext keys that come first (semantics §4); the rest of a line are extra generation params.
-LEADING_INFOTEXT_KEYS = frozenset(
-    {
-        "Steps",
-        "Sampler",
-        "Schedule type",
-        "CFG scale",
-        "Image CFG scale",
-        "Seed",
-        "Face restoration",
-        "Size",
-        "Model hash",
-        "Model",
-        "VAE hash",
-        "VAE",
-        "Variation seed",
-        "Variation seed strength",
-        "Seed resize from",
-        "Denoising strength",
-        "Conditional mask weight",
-        "Clip skip",
-        "ENSD",
-        "Init image hash",
-        "RNG",
-        "Tiling",
-        "Version",
-        "User",
-    }
-)
+# The reference's own infotext keys; the rest of a parameter line are extra generation params.
+LEADING_INFOTEXT_KEYS = frozenset(LEADING_KEYS + TRAILING_KEYS)
 
 _HASH_SUFFIX_RE = re.compile(r"\s*\[[0-9A-Fa-f]{6,64}\]$")  # "model.safetensors [6ce0161689]": the webui's title
-# One `key: value` of an infotext's parameter line; a value is JSON-quoted when it holds a comma, colon or newline.
-_PARAM_RE = re.compile(r'\s*([\w][\w \-/+().]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
 _SIZE_RE = re.compile(r"(\d+)x(\d+)")
 
 
@@ -100,32 +71,6 @@ def model_of_checkpoint(checkpoint: str | None, default_model: str) -> str | Non
 
 # --------------------------------------------------------------------------------------------------------------
 # Infotext
-
-
-def parse_infotext(text: str) -> tuple[str, str, dict[str, str]]:
-    """Split an A1111 infotext into (prompt, negative prompt, parameters). The parameter line is the last line if
-    it has `Steps: `; quoted values are JSON strings."""
-    lines = text.strip().split("\n")
-    params_line = lines.pop() if lines and "Steps: " in lines[-1] else ""
-    prompt_lines: list[str] = []
-    negative_lines: list[str] = []
-    for line in lines:
-        if negative_lines:
-            negative_lines.append(line)
-        elif line.startswith("Negative prompt:"):
-            negative_lines.append(line.removeprefix("Negative prompt:").lstrip())
-        else:
-            prompt_lines.append(line)
-    params: dict[str, str] = {}
-    for match in _PARAM_RE.finditer(params_line):
-        key, value = match.group(1).strip(), match.group(2).strip()
-        if value.startswith('"'):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                value = value.strip('"')
-        params[key] = value
-    return "\n".join(prompt_lines), "\n".join(negative_lines), params
 
 
 def _number(text: str) -> int | float | str:

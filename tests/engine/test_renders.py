@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from shared.infotext import parse_infotext
 from shared.sampler_names import SAMPLERS
 from shared.spec import SpecLimits, parse_job
-from worker.infotext import parse_infotext
 from worker.models import LoadedModel
 from worker.noise import create_noise
 from worker.pixel_stage import BLANK_MASK_COMMENT, BLANK_MASK_WARNING_CODE

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from worker.infotext import create_infotext, format_value, parse_infotext
+from shared.infotext import create_infotext, format_value, parse_infotext
 from worker.options import DEFAULT_OPTIONS, Options
 
 

@@ -17,8 +17,8 @@ import torch
 from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteScheduler
 from PIL import Image
 
+from shared.infotext import parse_infotext
 from shared.sampler_names import SAMPLERS, find_sampler, find_schedule
-from worker.infotext import parse_infotext
 from worker.models import LoadedModel, load_model
 from worker.noise import create_generators, create_noise
 from worker.processing import StableDiffusionProcessingImg2Img, process_images

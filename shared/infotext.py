@@ -40,6 +40,8 @@ LEADING_KEYS: tuple[str, ...] = (
     "RNG",
     "Tiling",
 )
+# Written after the extra generation params, last on the line.
+TRAILING_KEYS: tuple[str, ...] = ("Version", "User")
 
 
 def format_value(value: object) -> str:
@@ -71,32 +73,34 @@ def create_infotext(
 
 
 def parse_infotext(text: str) -> tuple[str, str, dict[str, str]]:
-    """Split an infotext into (prompt, negative prompt, parameters). Used by tests and the A1111 routes."""
+    """Split an infotext into (prompt, negative prompt, parameters).
+
+    The parameter line is the last line when it has `Steps: `; a quoted value is a JSON string (taken as plain text
+    when it is not valid JSON, as infotexts edited by hand sometimes are). Used by tests and the A1111 routes.
+    """
     lines = text.strip().split("\n")
-    params_line = lines.pop() if lines and ": " in lines[-1] and "Steps: " in lines[-1] else ""
-    negative_lines: list[str] = []
+    params_line = lines.pop() if lines and "Steps: " in lines[-1] else ""
     prompt_lines: list[str] = []
+    negative_lines: list[str] = []
     for line in lines:
-        if negative_lines or line.startswith("Negative prompt: "):
-            negative_lines.append(line.removeprefix("Negative prompt: "))
+        if negative_lines:
+            negative_lines.append(line)
+        elif line.startswith("Negative prompt:"):
+            negative_lines.append(line.removeprefix("Negative prompt:").lstrip())
         else:
             prompt_lines.append(line)
     params: dict[str, str] = {}
-    for key, value in _split_params(params_line):
+    for match in _PARAM_RE.finditer(params_line):
+        key, value = match.group(1).strip(), match.group(2).strip()
+        if value.startswith('"'):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = value.strip('"')
         params[key] = value
     return "\n".join(prompt_lines), "\n".join(negative_lines), params
 
 
-def _split_params(line: str) -> list[tuple[str, str]]:
-    """Split `k: v, k: "v, with comma", ...`; a quoted value is JSON and may hold commas and colons."""
-    pairs: list[tuple[str, str]] = []
-    for match in _PARAM_RE.finditer(line):
-        key, value = match.group(1).strip(), match.group(2).strip()
-        if value.startswith('"'):
-            value = json.loads(value)
-        pairs.append((key, value))
-    return pairs
-
-
-# A key (words, spaces, dashes, slashes), ": ", then a JSON string or anything up to the next comma.
-_PARAM_RE = re.compile(r'\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+# One `key: value` of the parameter line: a key (words, spaces and a few marks), then a JSON string or anything up
+# to the next comma.
+_PARAM_RE = re.compile(r'\s*([\w][\w \-/+().]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
