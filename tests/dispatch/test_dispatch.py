@@ -25,7 +25,6 @@ from tests.dispatch import (
     broker_ids,
     broker_messages,
     cluster_settings,
-    prepare_database,
     repository,
     submit,
     take_message,
@@ -35,32 +34,6 @@ from tests.services import free_loopback_port
 pytestmark = pytest.mark.integration
 
 EVENT_TIMEOUT_S = 30.0  # generous: only reached when the behaviour under test is broken
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    postgres_url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
-    return prepare_database(request.param, tmp_path, postgres_url)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def repo(database_url: str, clock: FakeClock) -> Iterator[JobRepository]:
-    with repository(database_url, clock) as repo:
-        yield repo
-
-
-@pytest.fixture
-def broker(redis_url: str) -> Iterator[redis.Redis]:
-    """The test's Redis database, emptied before the test."""
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 @pytest.fixture

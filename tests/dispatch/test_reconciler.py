@@ -32,7 +32,6 @@ from tests.dispatch import (
     FakeClock,
     broker_ids,
     cluster_settings,
-    prepare_database,
     repository,
     submit,
     take_message,
@@ -41,31 +40,6 @@ from tests.dispatch import (
 pytestmark = pytest.mark.integration
 
 EVENT_TIMEOUT_S = 30.0  # generous: only reached when the behaviour under test is broken
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    postgres_url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
-    return prepare_database(request.param, tmp_path, postgres_url)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def repo(database_url: str, clock: FakeClock) -> Iterator[JobRepository]:
-    with repository(database_url, clock) as repo:
-        yield repo
-
-
-@pytest.fixture
-def broker(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    yield client
-    client.close()
 
 
 @pytest.fixture
