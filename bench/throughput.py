@@ -15,6 +15,7 @@ and then leaves the rest undispatched (the table is the outbox), as on a farm wi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 import uuid
@@ -28,6 +29,13 @@ TARGET_BATCH = 10_000.0  # items/s
 TARGET_STATUS = 2_000.0  # reads/s
 TARGET_STATUS_P99_MS = 20.0
 CORES = 2  # the machine the targets are set for
+
+
+def _http_stack() -> str:
+    """What uvicorn's "auto" settings pick in the scheduler process: httptools and uvloop when installed."""
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return f"{parser}, {loop}"
 
 
 def _cpu_figures(result: BenchResult, what: str, server_s: float, database_s: float, count: int) -> float:
@@ -66,7 +74,7 @@ def run(config: Config) -> list[BenchResult]:
         "status": f"GET /v1/jobs/{{id}} of queued jobs, {config.status_count} reads, "
         f"{config.status_concurrency} clients",
         "ceiling": f"Celery send_task, {config.celery_count} per round, one thread",
-        "server": "one uvicorn process (h11, no access log), dispatcher and reconciler on",
+        "server": f"one uvicorn process ({_http_stack()}, no access log), dispatcher and reconciler on",
     }
     with harness.farm() as farm:
         base = farm.start_scheduler()

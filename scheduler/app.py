@@ -25,6 +25,7 @@ from scheduler.auth import TokenTable
 from scheduler.deps import Services
 from scheduler.errors import BodyLimitMiddleware, InternalErrorMiddleware, install_error_handlers
 from scheduler.metrics import install_metrics
+from scheduler.queue_limit import QueueLimit
 from scheduler.routes import assets, events, files, health, jobs
 from scheduler.routes import batches as batch_routes
 from scheduler.snapshots import RunTimeEstimator
@@ -160,6 +161,7 @@ def create_app(
         storage=storage,
         celery_app=celery_app,
         estimator=RunTimeEstimator(repository),
+        queue_limit=QueueLimit(lambda tenant, cap: repository.queued_count(tenant, cap=cap)),
         stream_waits=stream_waits,
     )
     background = _Background(services)

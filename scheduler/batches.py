@@ -323,11 +323,12 @@ def _existing_batch(services: Services, tenant: str, batch_id: uuid.UUID) -> Bat
 
 def _check_queue_limit(services: Services, tenant: str, adding: int) -> None:
     limit = services.settings.max_queued_jobs_per_tenant
-    queued = services.repo.queued_count(tenant)
-    if queued + adding > limit:
+    queued = services.queue_limit.admit(tenant, adding, limit)  # None: admitted (scheduler/queue_limit.py)
+    if queued is not None:
+        more = " or more" if queued >= limit else ""  # counted up to the limit only
         raise RateLimited(
-            f"this batch would bring your queued jobs to {queued + adding}, over the limit of {limit}; wait for some "
-            "to finish or send a smaller batch",
+            f"this batch would bring your queued jobs to {queued + adding}{more}, over the limit of {limit}; wait "
+            "for some to finish or send a smaller batch",
             retry_after_s=QUEUE_LIMIT_RETRY_AFTER_S,
             code="too_many_queued_jobs",
         )

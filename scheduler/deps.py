@@ -18,6 +18,7 @@ from shared.live import LiveStatus
 from shared.storage import Storage
 
 if TYPE_CHECKING:
+    from scheduler.queue_limit import QueueLimit
     from scheduler.snapshots import RunTimeEstimator
 
 
@@ -37,6 +38,7 @@ class Services:
     storage: Storage
     celery_app: Any
     estimator: RunTimeEstimator
+    queue_limit: QueueLimit
     # SSE streams wait for changes in threads of their own, so that many open streams cannot use up the worker
     # threads that every other (synchronous) route runs in.
     stream_waits: ThreadPoolExecutor

@@ -136,7 +136,7 @@ class Dispatcher:
             outbox = sorted(self._repo.outbox_by_queue().items())
             broker_ok = True
             for queue, counts in outbox:
-                if counts.undispatched == 0 or counts.in_flight >= self._window:
+                if not counts.waiting or counts.in_flight >= self._window:
                     continue  # nothing to publish, or the window is full: skip without taking the queue's lock
                 sent, broker_ok = self._dispatch_queue(queue)
                 published += sent
@@ -144,7 +144,7 @@ class Dispatcher:
                     break
             # Jobs left waiting behind a window: the loop comes back after BUSY_TICK_S (not while the broker is
             # down: then the normal tick paces the retries).
-            self._backlog = broker_ok and any(counts.undispatched > 0 for _, counts in outbox)
+            self._backlog = broker_ok and any(counts.waiting for _, counts in outbox)
             return published
 
     def _dispatch_queue(self, queue: str) -> tuple[int, bool]:

@@ -36,6 +36,10 @@ LIVE_SEQ_SPAN = 2**LIVE_SEQ_BITS  # live progress writes per attempt that fit be
 DOWNLOAD_URL_EXPIRES_S = 3600  # lifetime of the artifact URLs in a snapshot (seconds)
 RUN_TIME_SAMPLE = 50  # recent succeeded jobs per queue whose run time makes the wait estimate
 RUN_TIME_CACHE_S = 30.0  # seconds a queue's median run time is reused before it is read again
+# A queued job's position is counted up to here: a job further back shows this number (and an eta from it). The
+# count is the costliest read of a status request, and a job 1,000 places back needs no exact place; without the
+# cap a status read cost 23 ms of PostgreSQL time with 25,000 jobs queued (bench/RESULTS.md).
+QUEUE_POSITION_CAP = 1000
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -62,7 +66,11 @@ class ArtifactOut(BaseModel):
 
 
 class JobSnapshot(BaseModel):
-    """One job's status. Times are ISO 8601 UTC; `progress` is 0..1; `eta_s` in seconds (null when unknown)."""
+    """One job's status. Times are ISO 8601 UTC; `progress` is 0..1; `eta_s` in seconds (null when unknown).
+
+    `queue_position` (queued jobs only) is the number of jobs of its queue that run first, counted up to 1,000:
+    a job further back shows 1000, and its `eta_s` is then a lower bound.
+    """
 
     task_id: str
     state: JobState
@@ -250,7 +258,8 @@ def read_snapshot(
     else:
         progress = None
     artifacts = services.repo.artifacts_of(row.id) if row.state is JobState.SUCCEEDED else []
-    position = services.repo.queue_position(row) if with_queue and row.state is JobState.QUEUED else None
+    queued = with_queue and row.state is JobState.QUEUED
+    position = services.repo.queue_position(row, cap=QUEUE_POSITION_CAP) if queued else None
     eta = services.estimator.wait_s(row.queue, position) if position is not None else None
     return build_snapshot(row, progress, artifacts, services.storage, position, eta)
 

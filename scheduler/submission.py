@@ -192,8 +192,8 @@ def normalise_images(services: Services, tenant: str, job: Img2ImgJob) -> Img2Im
 
 def _check_queue_limit(services: Services, tenant: str) -> None:
     limit = services.settings.max_queued_jobs_per_tenant
-    # A soft limit: two racing submissions may both pass at limit - 1. Good enough to stop a flood.
-    if services.repo.queued_count(tenant) >= limit:
+    # A soft limit (scheduler/queue_limit.py): refusals are exact, admissions far from the limit estimated.
+    if services.queue_limit.admit(tenant, 1, limit) is not None:
         raise RateLimited(
             f"you have {limit} or more queued jobs, the most one tenant may have; wait for some to finish",
             retry_after_s=QUEUE_LIMIT_RETRY_AFTER_S,

@@ -61,7 +61,7 @@ from scheduler.a1111.translate import (
 from scheduler.auth import TenantDep
 from scheduler.deps import Services, ServicesDep
 from scheduler.routes import checked_task_id
-from scheduler.snapshots import current_live, safe_live_progress
+from scheduler.snapshots import QUEUE_POSITION_CAP, current_live, safe_live_progress
 from scheduler.submission import Submission, submit_job
 from shared.db import ArtifactRow, JobRow
 from shared.db.repository import MAX_LIST_LIMIT
@@ -236,10 +236,13 @@ def _find(services: Services, tenant: str, task_id: str | None) -> JobRow | None
 
 
 def _queue_text(services: Services, row: JobRow) -> str:
-    position = services.repo.queue_position(row)
+    # Both counts stop at the cap (each grows with the backlog, and UIs poll this every second).
+    position = services.repo.queue_position(row, cap=QUEUE_POSITION_CAP)
     if position is None:
         return "Waiting..."
-    depth = services.repo.queue_depths().get(row.queue, position + 1)
+    depth = services.repo.queue_depth(row.queue, cap=QUEUE_POSITION_CAP + 1)
+    if depth > QUEUE_POSITION_CAP:
+        return f"In queue: {position + 1}/{QUEUE_POSITION_CAP}+" if position < QUEUE_POSITION_CAP else "In queue"
     return f"In queue: {position + 1}/{max(depth, position + 1)}"
 
 

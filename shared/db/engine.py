@@ -13,6 +13,7 @@ share one file safely:
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ POSTGRES_CONNECT_TIMEOUT_S = 10  # seconds; a dead server must surface as Databa
 POSTGRES_POOL_SIZE = 20
 POSTGRES_MAX_OVERFLOW = 20
 SQLITE_BEGIN_OPTION = "sqlite_begin"  # execution option: "IMMEDIATE" (default) or "DEFERRED"
+IDLE_PING_S = 5.0  # a pooled PostgreSQL connection idle this long is tested before use (_ping_idle_connections)
+_CHECKED_IN_AT = "renderfarm_checked_in_at"  # key in the pool's per-connection info: time.monotonic() of checkin
 
 
 def normalize_url(database_url: str | URL) -> URL:
@@ -114,16 +117,42 @@ def make_engine(database_url: str | URL, *, echo: bool = False) -> Engine:
     connect_args: dict[str, Any] = {}
     if url.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = POSTGRES_CONNECT_TIMEOUT_S
-    # pool_pre_ping: a connection dropped by a database restart or a proxy's idle timeout is replaced on checkout
-    # instead of failing the first statement of a request.
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         echo=echo,
-        pool_pre_ping=True,
         pool_size=POSTGRES_POOL_SIZE,
         max_overflow=POSTGRES_MAX_OVERFLOW,
         connect_args=connect_args,
     )
+    _ping_idle_connections(engine)
+    return engine
+
+
+def _ping_idle_connections(engine: Engine) -> None:
+    """Test a pooled connection on checkout only when it sat idle for `IDLE_PING_S` or more.
+
+    A connection dropped by a database restart or a proxy's idle timeout is then replaced on checkout instead of
+    failing the first statement of a request. SQLAlchemy's `pool_pre_ping` does the same on every checkout: one
+    more round trip per transaction, a fifth of a status read's time (bench/RESULTS.md). A connection in steady use
+    is not pinged; if the database goes away under it, the statement fails (DatabaseUnavailable, a retryable 503),
+    and SQLAlchemy then replaces every pooled connection made before the failure.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_CHECKED_IN_AT] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get(_CHECKED_IN_AT)
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_S:
+            return  # new, or in steady use
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise sa.exc.DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
+        if not alive:
+            raise sa.exc.DisconnectionError("pooled connection failed its ping")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

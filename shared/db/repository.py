@@ -69,11 +69,46 @@ ErrorLike = JobError | Mapping[str, Any]
 _DISPATCH_LOCK_SPACE = 0x72666477
 
 
-class OutboxCounts(NamedTuple):
-    """One Celery queue's queued jobs: not yet published, and published but not yet claimed (in flight)."""
+class OutboxState(NamedTuple):
+    """One Celery queue's outbox: whether it has queued jobs never published, and its messages in flight
+    (published, not yet claimed)."""
 
-    undispatched: int
+    waiting: bool
     in_flight: int
+
+
+def _count_up_to(where: Sequence[sa.ColumnElement[bool]], cap: int | None) -> sa.ScalarSelect[int]:
+    """A scalar subquery counting the jobs matching `where`, stopping at `cap` rows when a cap is given."""
+    if cap is None:
+        return sa.select(sa.func.count()).select_from(jobs).where(*where).scalar_subquery()
+    matching = sa.select(jobs.c.id).where(*where).limit(cap).subquery()
+    return sa.select(sa.func.count()).select_from(matching).scalar_subquery()
+
+
+# The distinct queues with queued jobs never published, as a skip scan of ix_jobs_undispatched: each step finds
+# the next queue name with one index probe, so the cost grows with the number of queues, not of jobs. (A plain
+# SELECT DISTINCT reads every entry.) Written for PostgreSQL and SQLite alike.
+_WAITING_QUEUES = sa.text(
+    """
+    WITH RECURSIVE waiting(queue) AS (
+        SELECT min(queue) FROM jobs WHERE state = 'queued' AND dispatched_at IS NULL
+        UNION ALL
+        SELECT (
+            SELECT min(later.queue) FROM jobs AS later
+            WHERE later.state = 'queued' AND later.dispatched_at IS NULL AND later.queue > waiting.queue
+        )
+        FROM waiting WHERE waiting.queue IS NOT NULL
+    )
+    SELECT queue FROM waiting WHERE queue IS NOT NULL
+    """
+)
+
+# Messages in flight per queue (published, not yet claimed): a count over ix_jobs_in_flight.
+_IN_FLIGHT_BY_QUEUE = (
+    sa.select(jobs.c.queue, sa.func.count())
+    .where(jobs.c.state == JobState.QUEUED.value, jobs.c.dispatched_at.is_not(None))
+    .group_by(jobs.c.queue)
+)
 
 
 def _lock_key(queue: str) -> int:
@@ -179,12 +214,19 @@ class JobRepository:
 
     @contextmanager
     def _transaction(self, *, write: bool = True) -> Iterator[Connection]:
-        """One transaction on its own connection; connection failures become DatabaseUnavailable."""
+        """One transaction on its own connection; connection failures become DatabaseUnavailable.
+
+        `write=False` (reads only): on SQLite a deferred BEGIN (readers need no write lock, see shared.db.engine);
+        on PostgreSQL no transaction at all (autocommit), which saves the BEGIN and COMMIT round trips. Nothing is
+        lost by that: at PostgreSQL's READ COMMITTED every statement takes its own snapshot in a transaction too.
+        """
         try:
             with self._engine.connect() as conn:
                 if not write:
-                    # SQLite: readers need no write lock (see shared.db.engine); ignored elsewhere.
-                    conn.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+                    if self._dialect == "postgresql":
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
+                    else:
+                        conn.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
                 with conn.begin():
                     yield conn
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
@@ -534,27 +576,26 @@ class JobRepository:
     # ------------------------------------------------------------------------------------------------------------
     # The dispatcher's side (docs/farm-design.md "Queues, dispatch and fairness")
 
-    def outbox_by_queue(self) -> dict[str, OutboxCounts]:
-        """Queued jobs per Celery queue, split into undispatched and in flight (published, not yet claimed).
+    def outbox_by_queue(self) -> dict[str, OutboxState]:
+        """Every Celery queue with queued jobs never published or messages in flight, and which it has.
 
-        Only queues with at least one queued job appear. The dispatcher reads this once per round to skip queues
-        with nothing to publish or a full window without taking any lock.
+        The dispatcher reads this once per round (every 50 ms while a backlog waits behind full windows), so it
+        must not count the backlog: the queues with unpublished jobs are found by a skip scan of
+        `ix_jobs_undispatched` (one index probe per queue), the in-flight messages counted in `ix_jobs_in_flight`
+        (at most a window per queue).
         """
-        in_flight = sa.case((jobs.c.dispatched_at.is_not(None), 1), else_=0)
-        statement = (
-            sa.select(jobs.c.queue, sa.func.count(), sa.func.sum(in_flight))
-            .where(jobs.c.state == JobState.QUEUED.value)
-            .group_by(jobs.c.queue)
-        )
         with self._transaction(write=False) as conn:
-            return {
-                queue: OutboxCounts(undispatched=int(total) - int(flying or 0), in_flight=int(flying or 0))
-                for queue, total, flying in conn.execute(statement)
-            }
+            waiting: set[str] = set(conn.execute(_WAITING_QUEUES).scalars())
+            in_flight: dict[str, int] = {queue: int(count) for queue, count in conn.execute(_IN_FLIGHT_BY_QUEUE)}
+        return {
+            queue: OutboxState(waiting=queue in waiting, in_flight=in_flight.get(queue, 0))
+            for queue in sorted(waiting | set(in_flight))
+        }
 
     def in_flight_counts(self) -> dict[str, int]:
         """Messages in flight per Celery queue: queued jobs whose `dispatched_at` is set (queues with none omitted)."""
-        return {queue: counts.in_flight for queue, counts in self.outbox_by_queue().items() if counts.in_flight}
+        with self._transaction(write=False) as conn:
+            return {queue: int(count) for queue, count in conn.execute(_IN_FLIGHT_BY_QUEUE)}
 
     def fair_dispatch_order(self, queue: str, limit: int) -> sa.Select[Any]:
         """The ids of `queue`'s undispatched queued jobs in dispatch order, at most `limit` of them (a SELECT).
@@ -1104,29 +1145,28 @@ class JobRepository:
         page = rows[:limit]
         return page, _encode_cursor(page[-1], oldest_first)
 
-    def queue_position(self, job: JobRow) -> int | None:
+    def queue_position(self, job: JobRow, *, cap: int | None = None) -> int | None:
         """How many queued jobs of the same Celery queue run before `job` (0: it is next); None unless queued.
 
         Order of the queue: higher priority first, then older (`created_at`, then id). Jobs of other queues do not
-        count: other workers serve them.
+        count: other workers serve them. With `cap`, counting stops there: the answer is `min(position, cap)`, and
+        the cost is bounded by the cap instead of growing with the backlog (two range scans of
+        `ix_jobs_queued_order`, each stopped after `cap` entries).
         """
         if job.state is not JobState.QUEUED:
             return None
-        ahead = sa.or_(
-            jobs.c.priority > job.priority,
-            sa.and_(
-                jobs.c.priority == job.priority,
-                sa.tuple_(jobs.c.created_at, jobs.c.id)
-                < sa.tuple_(sa.literal(job.created_at, jobs.c.created_at.type), sa.literal(job.id, jobs.c.id.type)),
-            ),
-        )
-        statement = (
-            sa.select(sa.func.count())
-            .select_from(jobs)
-            .where(jobs.c.state == JobState.QUEUED.value, jobs.c.queue == job.queue, ahead)
-        )
+        same_queue = [jobs.c.state == JobState.QUEUED.value, jobs.c.queue == job.queue]
+        higher_priority = [*same_queue, jobs.c.priority > job.priority]
+        older_same_priority = [
+            *same_queue,
+            jobs.c.priority == job.priority,
+            sa.tuple_(jobs.c.created_at, jobs.c.id)
+            < sa.tuple_(sa.literal(job.created_at, jobs.c.created_at.type), sa.literal(job.id, jobs.c.id.type)),
+        ]
+        statement = sa.select(_count_up_to(higher_priority, cap) + _count_up_to(older_same_priority, cap))
         with self._transaction(write=False) as conn:
-            return int(conn.execute(statement).scalar_one())
+            position = int(conn.execute(statement).scalar_one())
+        return position if cap is None else min(position, cap)
 
     def batch_counts(self, batch_id: uuid.UUID) -> dict[JobState, int]:
         """The batch's jobs counted by state (every state present, zero included)."""
@@ -1152,13 +1192,16 @@ class JobRepository:
         with self._transaction(write=False) as conn:
             return {queue: int(count) for queue, count in conn.execute(statement)}
 
-    def queued_count(self, tenant: str) -> int:
-        """The tenant's queued jobs (for the per-tenant limit on queued jobs)."""
-        statement = (
-            sa.select(sa.func.count())
-            .select_from(jobs)
-            .where(jobs.c.tenant == tenant, jobs.c.state == JobState.QUEUED.value)
-        )
+    def queue_depth(self, queue: str, *, cap: int | None = None) -> int:
+        """The queued jobs of one Celery queue, counted up to `cap` when given (a scan of `ix_jobs_queued_order`)."""
+        statement = sa.select(_count_up_to([jobs.c.state == JobState.QUEUED.value, jobs.c.queue == queue], cap))
+        with self._transaction(write=False) as conn:
+            return int(conn.execute(statement).scalar_one())
+
+    def queued_count(self, tenant: str, *, cap: int | None = None) -> int:
+        """The tenant's queued jobs (for the per-tenant limit on queued jobs), counted up to `cap` when given
+        (`min(count, cap)`, at a cost bounded by the cap: a scan of `ix_jobs_queued_tenant`)."""
+        statement = sa.select(_count_up_to([jobs.c.tenant == tenant, jobs.c.state == JobState.QUEUED.value], cap))
         with self._transaction(write=False) as conn:
             return int(conn.execute(statement).scalar_one())
 

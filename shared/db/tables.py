@@ -81,6 +81,16 @@ def _quoted_list(values: tuple[str, ...]) -> str:
 
 JOB_STATE_VALUES: tuple[str, ...] = tuple(state.value for state in JobState)
 
+# The predicates of the partial indexes (written as SQL text so that the migration can repeat them verbatim).
+QUEUED = "state = 'queued'"
+UNDISPATCHED = "state = 'queued' AND dispatched_at IS NULL"
+IN_FLIGHT = "state = 'queued' AND dispatched_at IS NOT NULL"
+
+
+def _where(predicate: str) -> dict[str, Any]:
+    """The keyword arguments of a partial index with `predicate`, on PostgreSQL and SQLite alike."""
+    return {"postgresql_where": sa.text(predicate), "sqlite_where": sa.text(predicate)}
+
 
 class Base(DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
@@ -111,8 +121,16 @@ class Job(Base):
     __table_args__ = (
         sa.UniqueConstraint("tenant", "task_id"),
         sa.CheckConstraint(f"state IN ({_quoted_list(JOB_STATE_VALUES)})", name="state"),
-        # Queue position and "what runs next": queued jobs of one Celery queue by priority, then age.
-        sa.Index(None, "state", "queue", "priority", "created_at"),
+        # Partial indexes on queued jobs only (migration 0002): what the API and the dispatcher read per request and
+        # per round stays proportional to what they need, not to the backlog or to the whole table.
+        # A queued job's position in its queue, counted up to a cap (higher priority first, then age).
+        sa.Index("ix_jobs_queued_order", "queue", "priority", "created_at", "id", **_where(QUEUED)),
+        # A tenant's queued jobs, counted for the per-tenant limit.
+        sa.Index("ix_jobs_queued_tenant", "tenant", **_where(QUEUED)),
+        # The outbox: which queues have jobs never published, and the next ones of a queue in dispatch order.
+        sa.Index("ix_jobs_undispatched", "queue", "tenant", "priority", "created_at", "id", **_where(UNDISPATCHED)),
+        # A queue's messages in flight (published, not yet claimed): the dispatch window.
+        sa.Index("ix_jobs_in_flight", "queue", "tenant", "priority", **_where(IN_FLIGHT)),
         # The tenant's listing, newest first, with a keyset cursor on (created_at, id).
         sa.Index(None, "tenant", "created_at", "id"),
         # A batch's items and its counts by state.

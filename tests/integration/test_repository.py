@@ -565,12 +565,18 @@ def test_queue_position(repo: JobRepository, clock: FakeClock) -> None:
     assert repo.queue_position(second) == 2
     assert repo.queue_position(same_time) == 3
     assert repo.queue_position(other_queue) == 0
+    # Capped: exact below the cap, the cap itself at or beyond it (both the priority and the age part count).
+    assert [repo.queue_position(same_time, cap=cap) for cap in (1, 2, 3, 4, 100)] == [1, 2, 3, 3, 3]
+    assert repo.queue_position(second, cap=1) == 1
 
     repo.claim(urgent.id, "gpu-0", LEASE_S)
     assert repo.queue_position(repo.get_by_id(urgent.id)) is None
     assert repo.queue_position(second) == 1
     assert repo.queue_depths() == {"default": 3, "sdxl": 1}
+    assert [repo.queue_depth("default", cap=cap) for cap in (None, 2, 5)] == [3, 2, 3]
     assert repo.queued_count("alice") == 4
+    assert [repo.queued_count("alice", cap=cap) for cap in (1, 3, 4, 5)] == [1, 3, 4, 4]
+    assert repo.queued_count("bob", cap=3) == 0
 
 
 def test_get_is_isolated_per_tenant(repo: JobRepository) -> None:
@@ -714,7 +720,7 @@ def test_claim_dispatch_fills_the_window_in_fair_order(repo: JobRepository, cloc
     assert [job.id for job in claimed] == [urgent.id, alice[0].id, bob[0].id, alice[1].id]
     assert all(job.dispatched_at == clock.now for job in claimed)
     assert repo.claim_dispatch("q", 4) == []  # the window is full
-    assert repo.outbox_by_queue() == {"q": (3, 4), "other": (1, 0)}
+    assert repo.outbox_by_queue() == {"q": (True, 4), "other": (True, 0)}
     assert repo.in_flight_counts() == {"q": 4}
 
     repo.claim(alice[0].id, "gpu-0", LEASE_S)  # running counts as alice's active job: bob's turn comes first
@@ -722,6 +728,8 @@ def test_claim_dispatch_fills_the_window_in_fair_order(repo: JobRepository, cloc
     assert next_job.id == bob[1].id
     assert [job.id for job in repo.claim_dispatch("q", 10, max_jobs=1)] == [alice[2].id]
     assert repo.get_by_id(elsewhere.id).dispatched_at is None
+    assert [job.id for job in repo.claim_dispatch("other", 4)] == [elsewhere.id]
+    assert repo.outbox_by_queue() == {"q": (True, 5), "other": (False, 1)}  # nothing left to publish in "other"
     with pytest.raises(ValueError, match="window"):
         repo.claim_dispatch("q", -1)
 
