@@ -190,15 +190,10 @@ def normalise_images(services: Services, tenant: str, job: Img2ImgJob) -> Img2Im
 # Create-or-get
 
 
-def _check_queue_limit(services: Services, tenant: str) -> None:
-    limit = services.settings.max_queued_jobs_per_tenant
-    # A soft limit (scheduler/queue_limit.py): refusals are exact, admissions far from the limit estimated.
-    if services.queue_limit.admit(tenant, 1, limit) is not None:
-        raise RateLimited(
-            f"you have {limit} or more queued jobs, the most one tenant may have; wait for some to finish",
-            retry_after_s=QUEUE_LIMIT_RETRY_AFTER_S,
-            code="too_many_queued_jobs",
-        )
+def _within_queue_limit(services: Services, tenant: str) -> bool:
+    """Whether one more queued job fits under the tenant's limit (a soft limit: refusals are decided by an exact
+    count, admissions far from the limit by an estimate; scheduler/queue_limit.py)."""
+    return services.queue_limit.admit(tenant, 1, services.settings.max_queued_jobs_per_tenant) is None
 
 
 def _existing(services: Services, tenant: str, task_id: str) -> JobRow | None:
@@ -227,11 +222,19 @@ def submit_job(services: Services, tenant: str, body: Any, *, task_id: str | Non
             field="force_task_id",
         )
     final_id = task_id or job.force_task_id or new_task_id()
-    # A resubmission of an existing id must answer even when the tenant is at its queue limit (the SDK resubmits
-    # after a timeout to learn what happened).
-    existing = _existing(services, tenant, final_id) if (task_id or job.force_task_id) else None
-    if existing is None:
-        _check_queue_limit(services, tenant)
+    # The queue limit first (usually answered without a query, scheduler/queue_limit.py). A resubmission of an
+    # existing id must answer even when the tenant is at its limit (the SDK resubmits after a timeout to learn what
+    # happened), so only a refusal looks for the existing job; everything else goes straight to create-or-get.
+    existing = None
+    if not _within_queue_limit(services, tenant):
+        existing = _existing(services, tenant, final_id) if (task_id or job.force_task_id) else None
+        if existing is None:
+            raise RateLimited(
+                f"you have {services.settings.max_queued_jobs_per_tenant} or more queued jobs, the most one tenant "
+                "may have; wait for some to finish",
+                retry_after_s=QUEUE_LIMIT_RETRY_AFTER_S,
+                code="too_many_queued_jobs",
+            )
     normalised = normalise_images(services, tenant, job).model_copy(update={"force_task_id": final_id})
     digest = request_hash(normalised)
     if existing is not None:
@@ -252,23 +255,20 @@ def submit_job(services: Services, tenant: str, body: Any, *, task_id: str | Non
             total_steps=expected_total_steps(normalised),
         )
     except Conflict as exc:
-        # Lost a race with a different request for the same id; name both hashes like the check above.
+        # The id is taken by a different request; name both hashes.
         current = _existing(services, tenant, final_id)
         raise TaskIdConflict(final_id, current.request_hash if current else "unknown", digest) from exc
     if created:
-        after_commit(services, row)
+        _wake_dispatcher(services, row)
     return Submission(row, created)
 
 
-def after_commit(services: Services, row: JobRow) -> None:
-    """Nudge the dispatcher and wake watchers of a new job. Failures are logged, not raised: the row is committed
-    and the reconciler publishes whatever the dispatcher missed."""
+def _wake_dispatcher(services: Services, row: JobRow) -> None:
+    """Nudge the dispatcher to publish the new job now. A failure is logged, not raised: the row is committed and
+    the dispatcher's next tick (or the reconciler) publishes whatever it missed. (Nobody can be watching a job
+    created just now, so there is no live notification to send.)"""
     if services.dispatcher is not None:
         try:
             services.dispatcher.wake()
         except Exception:
             log.exception("waking the dispatcher failed for job %s", row.id)
-    try:
-        services.live.notify(row.id)
-    except Exception as exc:
-        log.warning("live status notify failed for job %s: %s", row.id, exc)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import uuid
 import zlib
@@ -77,12 +78,31 @@ class OutboxState(NamedTuple):
     in_flight: int
 
 
-def _count_up_to(where: Sequence[sa.ColumnElement[bool]], cap: int | None) -> sa.ScalarSelect[int]:
+def _count_up_to(
+    where: Sequence[sa.ColumnElement[bool]], cap: int | sa.BindParameter[int] | None
+) -> sa.ScalarSelect[int]:
     """A scalar subquery counting the jobs matching `where`, stopping at `cap` rows when a cap is given."""
     if cap is None:
         return sa.select(sa.func.count()).select_from(jobs).where(*where).scalar_subquery()
     matching = sa.select(jobs.c.id).where(*where).limit(cap).subquery()
     return sa.select(sa.func.count()).select_from(matching).scalar_subquery()
+
+
+@functools.cache
+def _queue_position_statement(capped: bool) -> sa.Select[Any]:
+    """The count behind `JobRepository.queue_position`, built once (it runs for every status read of a queued
+    job; building it per call was a tenth of the read's time). Parameters: queue, priority, created_at, id and
+    cap (used when `capped`)."""
+    same_queue = [jobs.c.state == JobState.QUEUED.value, jobs.c.queue == sa.bindparam("queue")]
+    higher_priority = [*same_queue, jobs.c.priority > sa.bindparam("priority")]
+    older_same_priority = [
+        *same_queue,
+        jobs.c.priority == sa.bindparam("priority"),
+        sa.tuple_(jobs.c.created_at, jobs.c.id)
+        < sa.tuple_(sa.bindparam("created_at", type_=jobs.c.created_at.type), sa.bindparam("id", type_=jobs.c.id.type)),
+    ]
+    cap: sa.BindParameter[int] | None = sa.bindparam("cap", type_=sa.Integer) if capped else None
+    return sa.select(_count_up_to(higher_priority, cap) + _count_up_to(older_same_priority, cap))
 
 
 # The distinct queues with queued jobs never published, as a skip scan of ix_jobs_undispatched: each step finds
@@ -1155,17 +1175,15 @@ class JobRepository:
         """
         if job.state is not JobState.QUEUED:
             return None
-        same_queue = [jobs.c.state == JobState.QUEUED.value, jobs.c.queue == job.queue]
-        higher_priority = [*same_queue, jobs.c.priority > job.priority]
-        older_same_priority = [
-            *same_queue,
-            jobs.c.priority == job.priority,
-            sa.tuple_(jobs.c.created_at, jobs.c.id)
-            < sa.tuple_(sa.literal(job.created_at, jobs.c.created_at.type), sa.literal(job.id, jobs.c.id.type)),
-        ]
-        statement = sa.select(_count_up_to(higher_priority, cap) + _count_up_to(older_same_priority, cap))
+        parameters = {
+            "queue": job.queue,
+            "priority": job.priority,
+            "created_at": job.created_at,
+            "id": job.id,
+            "cap": cap if cap is not None else 0,
+        }
         with self._transaction(write=False) as conn:
-            position = int(conn.execute(statement).scalar_one())
+            position = int(conn.execute(_queue_position_statement(cap is not None), parameters).scalar_one())
         return position if cap is None else min(position, cap)
 
     def batch_counts(self, batch_id: uuid.UUID) -> dict[JobState, int]:
