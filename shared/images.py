@@ -41,6 +41,10 @@ __all__ = [
     "read_png_infotext",
 ]
 
+# zlib level of the PNGs the farm writes. Level 1 instead of Pillow's 6: a 512×512 render encodes in 25 ms instead
+# of 42 ms (256×256: 7 vs 10 ms) for a file about 12 % larger, time the worker spends between renders while its
+# GPU waits. The pixels are the same at every level.
+PNG_COMPRESS_LEVEL = 1
 INFOTEXT_KEY = "parameters"  # the PNG text chunk where A1111 keeps the generation parameters
 SUPPORTED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 _MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif", "BMP": "image/bmp"}
@@ -329,7 +333,7 @@ def encode_png(image: Image.Image, infotext: str | None = None) -> bytes:
         pnginfo = PngInfo()
         pnginfo.add_text(INFOTEXT_KEY, infotext)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=pnginfo)
+    image.save(buffer, format="PNG", pnginfo=pnginfo, compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
 
 

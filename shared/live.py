@@ -53,10 +53,12 @@ class LiveProgress:
 
 @dataclass(frozen=True)
 class StopRequests:
-    """The A1111-style stop requests of one job: `interrupt` (sticky), `skips` (a count that only grows)."""
+    """What asks one job to stop, read together at every sampling step: the A1111-style requests `interrupt`
+    (sticky) and `skips` (a count that only grows), and the farm's own `cancel` flag."""
 
     interrupt: bool = False
     skips: int = 0
+    cancel: bool = False
 
 
 class LiveStatus(ABC):
@@ -106,8 +108,10 @@ class LiveStatus(ABC):
         """How many skips were requested for the job so far (0: none)."""
 
     def stop_requests(self, job_id: uuid.UUID | str) -> StopRequests:
-        """Both stop requests at once (what the worker's step callback reads); backends may do it in one trip."""
-        return StopRequests(self.interrupt_requested(job_id), self.skip_requested(job_id))
+        """Every stop request at once (what the worker's step callback reads); backends may do it in one trip."""
+        return StopRequests(
+            self.interrupt_requested(job_id), self.skip_requested(job_id), self.cancel_requested(job_id)
+        )
 
     @abstractmethod
     def notify(self, job_id: uuid.UUID | str) -> None:
@@ -271,10 +275,11 @@ class RedisLiveStatus(LiveStatus):
         return int(raw) if raw else 0  # type: ignore[arg-type]
 
     def stop_requests(self, job_id: uuid.UUID | str) -> StopRequests:
-        # One round trip per sampling step instead of two.
-        values: list[Any] = self._redis.mget([self._key("interrupt", job_id), self._key("skip", job_id)])  # type: ignore[assignment]
-        interrupt, skips = values
-        return StopRequests(bool(interrupt), int(skips) if skips else 0)
+        # One round trip per sampling step instead of three.
+        keys = [self._key("interrupt", job_id), self._key("skip", job_id), self._key("cancel", job_id)]
+        values: list[Any] = self._redis.mget(keys)  # type: ignore[assignment]
+        interrupt, skips, cancel = values
+        return StopRequests(bool(interrupt), int(skips) if skips else 0, cancel is not None)
 
     def notify(self, job_id: uuid.UUID | str) -> None:
         self._redis.publish(self._key("changed", job_id), b"1")

@@ -46,7 +46,7 @@ from shared.errors import (
     TransientError,
 )
 from shared.images import ImageLimits, encode_png
-from shared.live import LiveProgress, LiveStatus
+from shared.live import LiveProgress, LiveStatus, StopRequests
 from shared.spec import Img2ImgJob
 from shared.states import JobState
 from shared.storage import Storage, artifact_key
@@ -332,9 +332,12 @@ class _StepHook:
     def __call__(self, progress: Progress) -> None:
         run, deps = self._run, self._run.deps
         WORKER_METRICS.step(run.row.model)
-        if run.live.call("cancel check", lambda: deps.live.cancel_requested(run.job_id), default=False):
-            raise _Canceled
-        self._apply_stop_requests()
+        # Cancel, A1111 interrupt and skip in one read (a round trip to Redis per step).
+        requests = run.live.call("stop check", lambda: deps.live.stop_requests(run.job_id), default=None)
+        if requests is not None:
+            if requests.cancel:
+                raise _Canceled
+            self._apply_stop_requests(requests)
         now = deps.clock()
         if now >= run.next_renewal:
             run.renew()
@@ -351,15 +354,11 @@ class _StepHook:
             if eta is None or now + eta > deadline:
                 raise _Draining
 
-    def _apply_stop_requests(self) -> None:
+    def _apply_stop_requests(self, requests: StopRequests) -> None:
         """Honour A1111 interrupt / skip like the webui's buttons: p.interrupt() keeps the current batch (decoded
         from its last x0) and runs no further batch, so the job still succeeds; p.skip() ends only this batch."""
         p = self.processing
         if p is None:
-            return
-        run, deps = self._run, self._run.deps
-        requests = run.live.call("stop check", lambda: deps.live.stop_requests(run.job_id), default=None)
-        if requests is None:
             return
         if requests.interrupt and not p.interrupted:
             p.interrupt()

@@ -322,7 +322,7 @@ class StableDiffusionProcessingImg2Img:
         with torch.no_grad():
             for i in range(x.shape[0]):
                 generator = torch.Generator(device="cpu").manual_seed(_derived_seed(self._slot_seed(i), stream))
-                posterior = vae.encode(x[i : i + 1].to(model.device, vae.dtype)).latent_dist
+                posterior = vae.encode(x[i : i + 1].to(model.device, model.vae_dtype)).latent_dist
                 noise = torch.randn(posterior.mean.shape, generator=generator, dtype=torch.float32)
                 latents.append(posterior.mean + posterior.std * noise.to(posterior.mean))
         return (torch.cat(latents) * model.latent_scale_factor).to(model.dtype)

@@ -113,6 +113,8 @@ def test_local_live_stop_requests() -> None:
     assert live.request_skip("job") == 1
     assert live.request_skip("job") == 2
     assert live.stop_requests("job") == StopRequests(True, 2)
+    live.request_cancel("job")
+    assert live.stop_requests("job") == StopRequests(True, 2, cancel=True)
     assert not live.interrupt_requested("other")
     live.clear("job")
     assert live.stop_requests("job") == StopRequests()
