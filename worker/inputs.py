@@ -24,6 +24,7 @@ from shared.errors import InputError, NotFound, PermanentError
 from shared.images import ImageLimits, decode_image
 from shared.spec import ImageRef, Img2ImgJob
 from shared.storage import Storage, asset_key, key_of_farm_url
+from worker.asset_cache import AssetCache
 
 __all__ = ["LoadedInputs", "load_inputs", "resolve_storage_key"]
 
@@ -37,11 +38,13 @@ def load_inputs(
     limits: ImageLimits,
     *,
     public_url: str | None = None,
+    cache: AssetCache | None = None,
 ) -> LoadedInputs:
     """Fetch and decode the job's images: `(init_images, mask, latent_mask)`.
 
     `limits` bounds each encoded image (bytes) and its decoded size (pixels). `public_url` is the API's address,
-    for download URLs of the local folder (default: the local folder's own `public_url`).
+    for download URLs of the local folder (default: the local folder's own `public_url`). `cache` keeps verified
+    asset bytes between jobs (assets never change).
 
     Raises InputError naming the field for a reference that is malformed, foreign, missing or not a decodable image;
     StorageUnavailable when the store is briefly unreachable; PermanentError when an asset's bytes do not match its
@@ -49,16 +52,24 @@ def load_inputs(
     """
     refs: Sequence[ImageRef] = job.init_image_refs
     init_images = [
-        _load_one(ref, f"init_images.{i}", tenant, storage, limits, public_url) for i, ref in enumerate(refs)
+        _load_one(ref, f"init_images.{i}", tenant, storage, limits, public_url, cache) for i, ref in enumerate(refs)
     ]
     mask_ref, latent_ref = job.mask_ref, job.latent_mask_ref
-    mask = _load_one(mask_ref, "mask", tenant, storage, limits, public_url) if mask_ref else None
-    latent_mask = _load_one(latent_ref, "latent_mask", tenant, storage, limits, public_url) if latent_ref else None
+    mask = _load_one(mask_ref, "mask", tenant, storage, limits, public_url, cache) if mask_ref else None
+    latent_mask = (
+        _load_one(latent_ref, "latent_mask", tenant, storage, limits, public_url, cache) if latent_ref else None
+    )
     return init_images, mask, latent_mask
 
 
 def _load_one(
-    ref: ImageRef, field: str, tenant: str, storage: Storage, limits: ImageLimits, public_url: str | None
+    ref: ImageRef,
+    field: str,
+    tenant: str,
+    storage: Storage,
+    limits: ImageLimits,
+    public_url: str | None,
+    cache: AssetCache | None,
 ) -> Image.Image:
     if ref.kind == "inline":
         try:
@@ -67,8 +78,10 @@ def _load_one(
             raise InputError(f"{field}: invalid base64 ({exc})", code="invalid_base64", field=field) from exc
         return decode_image(data, field=field, limits=limits)
     if ref.kind == "asset":
-        key = asset_key(tenant, ref.value)
-        data = _get(storage, key, field, what=f"asset {ref.value}")
+        cached = cache.get(tenant, ref.value) if cache is not None else None
+        if cached is not None:
+            return decode_image(cached, field=field, limits=limits)
+        data = _get(storage, asset_key(tenant, ref.value), field, what=f"asset {ref.value}")
         actual = hashlib.sha256(data).hexdigest()
         if actual != ref.value:
             # Content-addressed data that does not hash to its name: the store is damaged, not the request.
@@ -76,7 +89,10 @@ def _load_one(
                 f"{field}: the stored asset {ref.value} has sha256 {actual}; the storage is corrupt",
                 code="asset_corrupt",
             )
-        return decode_image(data, field=field, limits=limits)
+        image = decode_image(data, field=field, limits=limits)  # cached only once it decodes
+        if cache is not None:
+            cache.put(tenant, ref.value, data)
+        return image
     key = resolve_storage_key(ref.value, storage, public_url=public_url, field=field)
     if not key.startswith(f"{tenant}/"):
         raise InputError(

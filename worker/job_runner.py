@@ -50,6 +50,7 @@ from shared.live import LiveProgress, LiveStatus, StopRequests
 from shared.spec import Img2ImgJob
 from shared.states import JobState
 from shared.storage import Storage, artifact_key
+from worker.asset_cache import AssetCache
 from worker.inputs import load_inputs
 from worker.metrics import WORKER_METRICS
 from worker.models import LoadedModel, ModelNotFound
@@ -137,6 +138,7 @@ class WorkerDeps:
     wall_clock: Callable[[], float] = time.time
     engine: Engine = process_images
     stats: WorkerStats = field(default_factory=WorkerStats)
+    assets: AssetCache = field(default_factory=AssetCache)  # verified input assets, kept between jobs
 
     @property
     def image_limits(self) -> ImageLimits:
@@ -479,7 +481,14 @@ def _render_upload_commit(run: _Run, job: Img2ImgJob) -> RunOutcome:
     with run.timings.phase("model"):
         model = deps.models.get(job.resolved_model or deps.settings.model)
     with run.timings.phase("fetch_inputs"):
-        inputs = load_inputs(job, run.row.tenant, deps.storage, deps.image_limits, public_url=deps.settings.public_url)
+        inputs = load_inputs(
+            job,
+            run.row.tenant,
+            deps.storage,
+            deps.image_limits,
+            public_url=deps.settings.public_url,
+            cache=deps.assets,
+        )
     with run.timings.phase("render"):
         processed, warnings = _render(run, job, model, inputs)
     # A takeover during the render's last third, or a cancel at the very end, is caught here before any upload.
