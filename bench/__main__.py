@@ -26,10 +26,19 @@ from bench.results import DEFAULT_RESULTS, BenchResult, append_results, machine_
 
 BENCHMARKS = ("engine", "overhead", "throughput", "scaling", "growth")
 GPU_BENCHMARKS = ("engine", "overhead")
-SHARED_MACHINE_NOTE = (
-    "Taken on a 2-core machine shared with other engineers' parallel test runs: absolute times are noisy; the "
-    "ratios come from alternating the two sides within one run."
-)
+
+
+def machine_note(load_at_start: float, cores: int) -> str:
+    """What the reader should know about the machine's load: busy (other work was running) or idle at the start."""
+    if load_at_start >= 0.5 * cores:
+        return (
+            f"The machine was busy when this run began (load average {load_at_start:.1f} on {cores} cores): absolute "
+            "times are noisy; the ratios come from alternating the two sides within one run."
+        )
+    return (
+        f"The machine was idle when this run began (load average {load_at_start:.1f} on {cores} cores); the ratios "
+        "come from alternating the two sides within one run."
+    )
 
 
 def _runner(name: str) -> Callable[[Config], list[BenchResult]]:
@@ -100,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print("--gpu: no CUDA device is visible (torch.cuda.is_available() is false)", file=sys.stderr)
             return 2
+    load_at_start = os.getloadavg()[0]
     machine = machine_info()
     machine["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
     print("machine: " + "; ".join(f"{k} {v}" for k, v in machine.items()), flush=True)
@@ -118,7 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"=== {name} took {time.monotonic() - begin:.0f} s", flush=True)
     command = "python -m bench " + " ".join(_shown_args(list(argv if argv is not None else sys.argv[1:])))
     preface = [f"Total wall time {time.monotonic() - started:.0f} s.", ""]
-    preface += [*(f"{line}" for line in args.note), SHARED_MACHINE_NOTE if not args.gpu else "", ""]
+    load_note = machine_note(load_at_start, os.cpu_count() or 1)
+    preface += [*(f"{line}" for line in args.note), load_note if not args.gpu else "", ""]
     section = render_section(
         results, machine, mode=config.mode + (" gpu" if config.gpu else ""), command=command.strip(), preface=preface
     )

@@ -42,6 +42,9 @@ class Figure:
         if self.value is None or (isinstance(self.value, float) and math.isnan(self.value)):
             return "n/a"
         value = self.value
+        if self.unit == "×" and 0.1 <= abs(value) < 10:
+            # Ratios are compared with targets such as ≤ 1.00: 1.003 must not print as a "1.00" that missed.
+            return f"{value:.3f} ×"
         if abs(value) >= 1000:
             text = f"{value:,.0f}"
         elif abs(value) >= 100:
