@@ -155,6 +155,8 @@ class RunOutcome:
     (back to queued for a new delivery), "lease_lost" (another attempt owns the job; nothing written) or
     "unrecorded" (the database failed while recording the end; the lease expires and the reconciler takes over).
     timings_ms: milliseconds per phase of PHASES (0 for phases not reached). progress_writes: live progress writes.
+    callbacks_ms: milliseconds spent in the step callback (part of "render": progress writes, stop checks, lease
+    renewals), what the farm adds inside the engine's own time.
     """
 
     job_id: uuid.UUID
@@ -164,6 +166,7 @@ class RunOutcome:
     timings_ms: Mapping[str, float] = field(default_factory=lambda: types.MappingProxyType(dict.fromkeys(PHASES, 0.0)))
     progress_writes: int = 0
     error_code: str | None = None
+    callbacks_ms: float = 0.0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,6 +283,7 @@ class _Run:
     live: _LiveGuard
     progress_writes: int = 0
     next_renewal: float = 0.0
+    callbacks_s: float = 0.0  # time in the step callback (perf_counter seconds)
 
     def outcome(self, state: str, *, artifacts: int = 0, error_code: str | None = None) -> RunOutcome:
         return RunOutcome(
@@ -290,6 +294,7 @@ class _Run:
             timings_ms=types.MappingProxyType(dict(self.timings.ms)),
             progress_writes=self.progress_writes,
             error_code=error_code,
+            callbacks_ms=self.callbacks_s * 1000.0,
         )
 
     def renew(self) -> None:
@@ -332,6 +337,13 @@ class _StepHook:
         self._skips_seen = 0
 
     def __call__(self, progress: Progress) -> None:
+        started = time.perf_counter()
+        try:
+            self._step(progress)
+        finally:
+            self._run.callbacks_s += time.perf_counter() - started
+
+    def _step(self, progress: Progress) -> None:
         run, deps = self._run, self._run.deps
         WORKER_METRICS.step(run.row.model)
         # Cancel, A1111 interrupt and skip in one read (a round trip to Redis per step).

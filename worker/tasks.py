@@ -179,12 +179,13 @@ def create_worker_app(settings: Settings, deps_factory: Callable[[], WorkerDeps]
             time.sleep(CLAIM_RETRY_DELAY_S)
             raise Reject(str(exc), requeue=True) from exc
         logger.info(
-            "job %s attempt %s: %s in %s ms (%s progress writes)",
+            "job %s attempt %s: %s in %s ms (%s progress writes, %.1f ms in step callbacks)",
             job_id,
             outcome.attempt,
             outcome.state,
             {k: round(v, 1) for k, v in outcome.timings_ms.items()},
             outcome.progress_writes,
+            outcome.callbacks_ms,
         )
         if deps.stats.unhealthy and torch.cuda.is_available():
             logger.critical("%d jobs in a row ran out of GPU memory; stopping this worker", deps.stats.consecutive_ooms)
