@@ -1175,13 +1175,14 @@ class JobRepository:
         """
         if job.state is not JobState.QUEUED:
             return None
-        parameters = {
+        parameters: dict[str, Any] = {
             "queue": job.queue,
             "priority": job.priority,
             "created_at": job.created_at,
             "id": job.id,
-            "cap": cap if cap is not None else 0,
         }
+        if cap is not None:
+            parameters["cap"] = cap
         with self._transaction(write=False) as conn:
             position = int(conn.execute(_queue_position_statement(cap is not None), parameters).scalar_one())
         return position if cap is None else min(position, cap)
