@@ -1,7 +1,7 @@
 """Pixel helpers of the reference img2img (PIL, numpy and OpenCV only; no torch).
 
 Each function is named after the reference helper it reproduces so that a reader can map them
-(see /work/shared/docs/img2img-semantics.md, "semantics §x" below). Written from that prose, not from the
+(see docs/img2img-semantics.md; "semantics §x" below). Written from that prose, not from the
 reference code.
 
 Conventions (semantics, top of the page): sizes are pixels; a mask value of 255 means "regenerate" and 0 "keep";

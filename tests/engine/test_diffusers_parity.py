@@ -11,7 +11,7 @@ Settings that make the two runs the same computation:
   (`p.plan.sigmas`, steps + 1 values ending in 0), and `strength = (t_enc + 1) / steps + 1e-6` (capped at 1) so that
   diffusers' `int(steps · strength)` is t_enc + 1 (the 1e-6 guards the float floor): it then starts at the same sigma
   and runs the same t_enc + 1 steps. (With the plain strength diffusers runs one step fewer and starts one index
-  later, §3.2.)
+  later, img2img-semantics.md §3.2.)
 * **Timesteps**: diffusers converts each sigma to the UNet's timestep through its own ᾱ (float32 betas), we through the
   reference's ᾱ (float64 betas, float32 product, as the reference's buffer). The timesteps then differ by up to 3e-4
   (998.9999 vs 999.0) and the final latents by up to ~1.4e-4. Loading the reference's ᾱ into diffusers' scheduler

@@ -1,4 +1,4 @@
-"""The pixel helpers against semantics §2.1-§2.5, §2.7 and §4.5 (/work/shared/docs/img2img-semantics.md)."""
+"""The pixel helpers against semantics §2.1-§2.5, §2.7 and §4.5 (docs/img2img-semantics.md)."""
 
 from __future__ import annotations
 
