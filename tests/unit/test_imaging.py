@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.imaging import (
+from worker.engine.imaging import (
     apply_overlay,
     blur_mask,
     conditioning_mask,

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from shared.errors import InputError
-from worker.imaging import apply_overlay, blur_mask, resize_image
-from worker.pixel_stage import BLANK_MASK_COMMENT, BLANK_MASK_WARNING_CODE, PixelStage, prepare_pixels
+from worker.engine.imaging import apply_overlay, blur_mask, resize_image
+from worker.engine.pixel_stage import BLANK_MASK_COMMENT, BLANK_MASK_WARNING_CODE, PixelStage, prepare_pixels
 
 GREEN = (0, 255, 0)
 

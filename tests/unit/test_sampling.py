@@ -18,15 +18,15 @@ from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncest
 from PIL import Image
 
 from shared.infotext import parse_infotext
+from shared.job.steps import img2img_steps
 from shared.sampler_names import SAMPLERS, find_sampler, find_schedule
-from worker.models import LoadedModel, load_model
-from worker.noise import create_generators, create_noise
-from worker.processing import StableDiffusionProcessingImg2Img, process_images
-from worker.sampling import (
+from worker.engine.models import LoadedModel, load_model
+from worker.engine.noise import create_generators, create_noise
+from worker.engine.processing import StableDiffusionProcessingImg2Img, process_images
+from worker.engine.sampling import (
     StepInfo,
     StopSampling,
     exponential_sigmas,
-    img2img_steps,
     karras_sigmas,
     model_sigmas,
     plan_img2img,

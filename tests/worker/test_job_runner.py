@@ -23,8 +23,8 @@ from shared.states import JobState
 from shared.storage import S3Storage, Storage, StoredObject, asset_key
 from tests.services import S3Server, free_loopback_port
 from tests.worker.conftest import SIZE, TENANT, RecordingLive, Submitter, centre_mask, picture, upload_asset
+from worker.engine.processing import Processed, Progress, StableDiffusionProcessingImg2Img, process_images
 from worker.job_runner import PHASES, SEED_MODULUS, WorkerDeps, run_job
-from worker.processing import Processed, Progress, StableDiffusionProcessingImg2Img, process_images
 from worker.standin import StandinEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

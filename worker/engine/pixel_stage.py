@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
 from shared.errors import InputError
-from worker.imaging import (
+from worker.engine.imaging import (
     Box,
     PasteLoc,
     blur_mask,

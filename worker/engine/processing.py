@@ -2,16 +2,17 @@
 
 The behaviour is img2img-semantics.md, written from its prose (never from the AGPL reference):
 
-* `init()` (§2): the pixel stage (`worker.pixel_stage.prepare_pixels`: masks, crops, resize modes, fill, overlays),
-  then the VAE encode, the resize-mode-3 latent upscale, the latent mask, the latent fill modes and the image
+* `init()` (§2): the pixel stage (`worker.engine.pixel_stage.prepare_pixels`: masks, crops, resize modes, fill,
+  overlays), then the VAE encode, the resize-mode-3 latent upscale, the latent mask, the latent fill modes and the image
   conditioning of 9-channel inpainting and 8-channel edit models.
-* `sample()` (§3): seeded per-image noise (`worker.noise`), the reference's strength → steps rule and sigma schedules
-  (`worker.sampling`), CFG (three passes for edit models), the per-step blend of the x0 prediction and the final blend.
+* `sample()` (§3): seeded per-image noise (`worker.engine.noise`), the reference's strength → steps rule
+  (`shared.job.steps`) and sigma schedules (`worker.engine.sampling`), CFG (three passes for edit models), the
+  per-step blend of the x0 prediction and the final blend.
 * `process_images(p)` (§4): batches, prompts and seeds, decode, overlay paste-back, infotexts; returns `Processed`.
 
 Usage, as in the reference::
 
-    model = load_model("tiny")
+    model = load_model("tiny", tiny_dir="models")
     p = StableDiffusionProcessingImg2Img(sd_model=model, prompt="a cat", init_images=[img], mask=mask)
     processed = process_images(p)
     processed.images[0].save("out.png")
@@ -25,7 +26,6 @@ from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-import cv2
 import numpy as np
 import torch
 from numpy.typing import NDArray
@@ -34,21 +34,26 @@ from torch.nn import functional
 
 from shared.images import encode_png
 from shared.infotext import create_infotext
+from shared.job.steps import eta_kind
 from shared.sampler_names import find_schedule, split_sampler_and_schedule
 from shared.spec import Img2ImgJob
 from shared.version import __version__
-from worker.imaging import apply_overlay, resize_image
-from worker.models import LoadedModel
-from worker.noise import create_noise, resolve_seeds
-from worker.options import DEFAULT_OPTIONS, Options
-from worker.pixel_stage import PixelStage, PixelWarning, prepare_pixels
-from worker.sampling import SamplingPlan, StepInfo, StopSampling, plan_img2img, run_sampler, sampler_default_eta
+from worker.engine.color_correction import apply_color_correction
+from worker.engine.imaging import apply_overlay, resize_image
+from worker.engine.models import LoadedModel
+from worker.engine.noise import create_noise, resolve_seeds
+from worker.engine.options import DEFAULT_OPTIONS, Options
+from worker.engine.pixel_stage import PixelStage, PixelWarning, prepare_pixels
+from worker.engine.sampling import (
+    SamplingPlan,
+    StepInfo,
+    StopSampling,
+    plan_img2img,
+    run_sampler,
+    sampler_default_eta,
+)
 
 LATENT_CHANNELS = 4
-
-#: Samplers whose noise amount is eta (semantics: the webui's eta_ancestral option), and the one using eta_ddim.
-ANCESTRAL_ETA_SAMPLERS = frozenset({"Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE"})
-DDIM_ETA_SAMPLERS = frozenset({"DDIM"})
 
 #: Which random stream a per-image generator feeds; each gets its own seed derived from the image's seed.
 _POSTERIOR_STREAM = b"vae-posterior"
@@ -126,7 +131,6 @@ class StableDiffusionProcessingImg2Img:
     inpainting_mask_invert: int = 0
     initial_noise_multiplier: float | None = None
     latent_mask: Image.Image | None = None
-    force_task_id: str | None = None  # only so a request dict can be passed through; never read (§1)
     # -- set by init() ---------------------------------------------------------------------------------------------
     image_mask: Image.Image | None = field(default=None, init=False)
     nmask: torch.Tensor | None = field(default=None, init=False)
@@ -174,43 +178,40 @@ class StableDiffusionProcessingImg2Img:
         options: Options = DEFAULT_OPTIONS,
     ) -> StableDiffusionProcessingImg2Img:
         """Build a job from the validated spec and its decoded images (the spec holds references, not pixels)."""
-        values = job.to_request_json()
-        sampler, schedule = job.sampler, job.schedule
         return cls(
             sd_model=sd_model,
-            prompt=values["prompt"],
-            negative_prompt=values["negative_prompt"],
-            seed=values["seed"],
-            subseed=values["subseed"],
-            subseed_strength=values["subseed_strength"],
-            seed_resize_from_h=values["seed_resize_from_h"],
-            seed_resize_from_w=values["seed_resize_from_w"],
-            sampler_name=sampler.name,
-            scheduler=schedule.label,
-            batch_size=values["batch_size"],
-            n_iter=values["n_iter"],
-            steps=values["steps"],
-            cfg_scale=values["cfg_scale"],
-            width=values["width"],
-            height=values["height"],
-            eta=values["eta"],
-            override_settings=dict(values["override_settings"]),
+            prompt=job.prompt,
+            negative_prompt=job.negative_prompt,
+            seed=job.seed,
+            subseed=job.subseed,
+            subseed_strength=job.subseed_strength,
+            seed_resize_from_h=job.seed_resize_from_h,
+            seed_resize_from_w=job.seed_resize_from_w,
+            sampler_name=job.sampler.name,
+            scheduler=job.schedule.label,
+            batch_size=job.batch_size,
+            n_iter=job.n_iter,
+            steps=job.steps,
+            cfg_scale=job.cfg_scale,
+            width=job.width,
+            height=job.height,
+            eta=job.eta,
+            override_settings=dict(job.override_settings),
             options=options,
             init_images=list(init_images),
-            resize_mode=values["resize_mode"],
-            denoising_strength=values["denoising_strength"],
-            image_cfg_scale=values["image_cfg_scale"],
+            resize_mode=job.resize_mode,
+            denoising_strength=job.denoising_strength,
+            image_cfg_scale=job.image_cfg_scale,
             mask=mask,
             mask_blur_x=job.mask_blur_x,
             mask_blur_y=job.mask_blur_y,
-            mask_round=values["mask_round"],
-            inpainting_fill=values["inpainting_fill"],
-            inpaint_full_res=values["inpaint_full_res"],
-            inpaint_full_res_padding=values["inpaint_full_res_padding"],
-            inpainting_mask_invert=values["inpainting_mask_invert"],
-            initial_noise_multiplier=values["initial_noise_multiplier"],
+            mask_round=job.mask_round,
+            inpainting_fill=job.inpainting_fill,
+            inpaint_full_res=job.inpaint_full_res,
+            inpaint_full_res_padding=job.inpaint_full_res_padding,
+            inpainting_mask_invert=job.inpainting_mask_invert,
+            initial_noise_multiplier=job.initial_noise_multiplier,
             latent_mask=latent_mask,
-            force_task_id=job.force_task_id,
         )
 
     # -- cooperative stops -----------------------------------------------------------------------------------------
@@ -228,7 +229,7 @@ class StableDiffusionProcessingImg2Img:
     @property
     def model(self) -> LoadedModel:
         if self.sd_model is None:
-            raise ValueError("sd_model is not set: pass the model returned by worker.models.load_model")
+            raise ValueError("sd_model is not set: pass the model returned by worker.engine.models.load_model")
         return self.sd_model
 
     @property
@@ -431,7 +432,7 @@ class StableDiffusionProcessingImg2Img:
     def resolved_eta(self) -> float | None:
         """The eta this job's sampler should use: the job's `eta`, else the webui option (eta_ancestral for
         ancestral/SDE samplers, eta_ddim for DDIM); None for samplers that have no eta."""
-        kind = _eta_kind(self.sampler_name)
+        kind = eta_kind(self.sampler_name)
         if kind is None:
             return None
         if self.eta is not None:
@@ -442,7 +443,7 @@ class StableDiffusionProcessingImg2Img:
         """`run_sampler` keyword arguments for eta, and its infotext entry.
 
         The resolved eta is passed to samplers that use one; "Eta" is written only when it differs from that
-        sampler's default (`worker.sampling.sampler_default_eta`: 1.0 ancestral/SDE, 0.0 DDIM), as the reference does.
+        sampler's default (`shared.job.steps.default_eta`: 1.0 ancestral/SDE, 0.0 DDIM), as the reference does.
         """
         default = sampler_default_eta(self.sampler_name)
         eta = self.resolved_eta()
@@ -551,16 +552,6 @@ class StableDiffusionProcessingImg2Img:
         return create_infotext(
             self.prompt, self.negative_prompt, leading, extra, {"Version": f"renderfarm {__version__}"}
         )
-
-
-def _eta_kind(sampler_name: str) -> str | None:
-    """The eta kind ("ancestral" or "ddim") of samplers whose noise amount is an eta, else None."""
-    label = _sampler_label(sampler_name)
-    if label in ANCESTRAL_ETA_SAMPLERS:
-        return "ancestral"
-    if label in DDIM_ETA_SAMPLERS:
-        return "ddim"
-    return None
 
 
 def _derived_seed(seed: int, stream: bytes) -> int:
@@ -719,49 +710,6 @@ def _mask_composite(denoised: Image.Image, mask_for_overlay: Image.Image) -> Ima
     return shown.convert("RGBA")
 
 
-def apply_color_correction(target_lab: NDArray[np.uint8], picture: Image.Image) -> Image.Image:
-    """The webui's img2img colour correction (§4.4): match the output's 8-bit LAB histograms, channel by channel, to
-    the init picture's, then keep the corrected hue and saturation with the uncorrected luminosity.
-
-    `target_lab` is the (H, W, 3) uint8 OpenCV LAB of the processed init picture (the pixel stage's target).
-    """
-    original = np.asarray(picture.convert("RGB"), dtype=np.uint8)
-    lab = np.asarray(cv2.cvtColor(original, cv2.COLOR_RGB2LAB), dtype=np.uint8)
-    matched = np.stack([_match_histogram(lab[..., c], target_lab[..., c]) for c in range(3)], axis=-1)
-    corrected = np.asarray(cv2.cvtColor(matched, cv2.COLOR_LAB2RGB), dtype=np.uint8)
-    return Image.fromarray(_luminosity_blend(corrected, original), "RGB")
-
-
-def _match_histogram(source: NDArray[np.uint8], template: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """Map each source value to the template value at the same quantile (linear between quantiles); truncated to
-    uint8 as the reference keeps its result."""
-    _, inverse, counts = np.unique(source.ravel(), return_inverse=True, return_counts=True)
-    t_values, t_counts = np.unique(template.ravel(), return_counts=True)
-    quantiles = np.cumsum(counts) / source.size
-    t_quantiles = np.cumsum(t_counts) / template.size
-    mapped = np.interp(quantiles, t_quantiles, t_values.astype(np.float64))
-    return mapped[inverse].reshape(source.shape).astype(np.uint8)
-
-
-def _luminosity_blend(colour: NDArray[np.uint8], luminosity: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """The "luminosity" blend mode (W3C compositing, non-separable): the hue and saturation of `colour` with the
-    luminosity (0.3 R + 0.59 G + 0.11 B) of `luminosity`, colours clipped back into gamut."""
-    base = colour.astype(np.float64) / 255.0
-    lum_target = _lum(luminosity.astype(np.float64) / 255.0)
-    shifted = base + (lum_target - _lum(base))[..., None]
-    lum = _lum(shifted)[..., None]
-    low = shifted.min(axis=-1, keepdims=True)
-    high = shifted.max(axis=-1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        shifted = np.where(low < 0, lum + (shifted - lum) * lum / np.maximum(lum - low, 1e-12), shifted)
-        shifted = np.where(high > 1, lum + (shifted - lum) * (1 - lum) / np.maximum(high - lum, 1e-12), shifted)
-    return np.clip(np.rint(shifted * 255.0), 0, 255).astype(np.uint8)
-
-
-def _lum(rgb: NDArray[np.float64]) -> NDArray[np.float64]:
-    return np.asarray(0.3 * rgb[..., 0] + 0.59 * rgb[..., 1] + 0.11 * rgb[..., 2])
-
-
 def _mask_blur_get(self: StableDiffusionProcessingImg2Img) -> int | None:
     """The reference's property: the blur when both axes agree, else None (then left out of the infotext)."""
     return self.mask_blur_x if self.mask_blur_x == self.mask_blur_y else None
@@ -782,6 +730,5 @@ __all__ = [
     "Progress",
     "ProgressCallback",
     "StableDiffusionProcessingImg2Img",
-    "apply_color_correction",
     "process_images",
 ]
