@@ -82,6 +82,37 @@ class Progress:
 ProgressCallback = Callable[[Progress], None]
 
 
+#: The job spec's fields that the processing object takes as they are, under the same name (`from_job` resolves the
+#: sampler and schedule names and copies the overrides; `mask_blur_x`/`_y` already hold the effective blur).
+_FIELDS_FROM_JOB = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "subseed",
+    "subseed_strength",
+    "seed_resize_from_h",
+    "seed_resize_from_w",
+    "batch_size",
+    "n_iter",
+    "steps",
+    "cfg_scale",
+    "width",
+    "height",
+    "eta",
+    "resize_mode",
+    "denoising_strength",
+    "image_cfg_scale",
+    "mask_blur_x",
+    "mask_blur_y",
+    "mask_round",
+    "inpainting_fill",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "inpainting_mask_invert",
+    "initial_noise_multiplier",
+)
+
+
 @dataclass
 class StableDiffusionProcessingImg2Img:
     """One img2img / inpainting job: the reference's fields and defaults (semantics §1), plus the state `init()` sets.
@@ -180,38 +211,14 @@ class StableDiffusionProcessingImg2Img:
         """Build a job from the validated spec and its decoded images (the spec holds references, not pixels)."""
         return cls(
             sd_model=sd_model,
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            seed=job.seed,
-            subseed=job.subseed,
-            subseed_strength=job.subseed_strength,
-            seed_resize_from_h=job.seed_resize_from_h,
-            seed_resize_from_w=job.seed_resize_from_w,
             sampler_name=job.sampler.name,
             scheduler=job.schedule.label,
-            batch_size=job.batch_size,
-            n_iter=job.n_iter,
-            steps=job.steps,
-            cfg_scale=job.cfg_scale,
-            width=job.width,
-            height=job.height,
-            eta=job.eta,
             override_settings=dict(job.override_settings),
             options=options,
             init_images=list(init_images),
-            resize_mode=job.resize_mode,
-            denoising_strength=job.denoising_strength,
-            image_cfg_scale=job.image_cfg_scale,
             mask=mask,
-            mask_blur_x=job.mask_blur_x,
-            mask_blur_y=job.mask_blur_y,
-            mask_round=job.mask_round,
-            inpainting_fill=job.inpainting_fill,
-            inpaint_full_res=job.inpaint_full_res,
-            inpaint_full_res_padding=job.inpaint_full_res_padding,
-            inpainting_mask_invert=job.inpainting_mask_invert,
-            initial_noise_multiplier=job.initial_noise_multiplier,
             latent_mask=latent_mask,
+            **{name: getattr(job, name) for name in _FIELDS_FROM_JOB},
         )
 
     # -- cooperative stops -----------------------------------------------------------------------------------------

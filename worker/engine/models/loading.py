@@ -16,7 +16,7 @@ import os
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
 
 import torch
 
@@ -120,7 +120,7 @@ def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dty
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
         if not (folder / part).is_dir():
             raise ModelError(f"{source}: not a complete diffusers model folder (no {part}/)")
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
     UNet2DConditionModel, AutoencoderKL = diffusers_model_classes()
     try:
@@ -138,49 +138,46 @@ def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dty
         text_encoder = CLIPTextModel.from_pretrained(
             folder, subfolder="text_encoder", variant=_variant(folder / "text_encoder"), dtype=dtype
         )
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+        parts = _Parts(unet, vae, text_encoder, *_tokenizer_and_scheduler_config(folder))
     except (OSError, ValueError, RuntimeError) as exc:
         raise ModelError(f"{source}: cannot load the model: {exc}") from exc
-    return _assemble(
-        name=name,
-        source=source,
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler_config=scheduler_config,
-        device=device,
-        dtype=dtype,
-        weights_files=_weights_in(folder / "unet"),
-    )
+    return _assemble(name, source, parts, device, dtype, _weights_in(folder / "unet"))
+
+
+class _Parts(NamedTuple):
+    """A model's components as loaded, before they are moved to the device."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler_config: dict[str, Any]
+
+
+def _tokenizer_and_scheduler_config(folder: Path) -> tuple[CLIPTokenizer, dict[str, Any]]:
+    """The parts a model takes from a diffusers folder as they are, whatever holds its weights."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    return tokenizer, config
 
 
 def _assemble(
-    *,
-    name: str,
-    source: str,
-    unet: UNet2DConditionModel,
-    vae: AutoencoderKL,
-    text_encoder: CLIPTextModel,
-    tokenizer: CLIPTokenizer,
-    scheduler_config: dict[str, Any],
-    device: torch.device,
-    dtype: torch.dtype,
-    weights_files: tuple[Path, ...],
+    name: str, source: str, parts: _Parts, device: torch.device, dtype: torch.dtype, weights_files: tuple[Path, ...]
 ) -> LoadedModel:
-    kind = kind_of(int(unet.config["in_channels"]), source)
-    for module in (unet, vae, text_encoder):
+    kind = kind_of(int(parts.unet.config["in_channels"]), source)
+    for module in (parts.unet, parts.vae, parts.text_encoder):
         _finish(module, device, dtype)
     return LoadedModel(
         name=name,
         source=source,
         kind=kind,
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler_config={k: v for k, v in scheduler_config.items() if not k.startswith("_")},
+        unet=parts.unet,
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        scheduler_config={k: v for k, v in parts.scheduler_config.items() if not k.startswith("_")},
         device=device,
         dtype=dtype,
         weights_files=weights_files,
@@ -246,7 +243,7 @@ def _load_single_file(
     path: Path, name: str, device: torch.device, dtype: torch.dtype, config: Path | None
 ) -> LoadedModel:
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm, load_single_file_checkpoint
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
     UNet2DConditionModel, AutoencoderKL = diffusers_model_classes()
 
@@ -277,22 +274,10 @@ def _load_single_file(
             config=str(folder),
             local_files_only=True,
         )
-        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-        scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+        parts = _Parts(unet, vae, text_encoder, *_tokenizer_and_scheduler_config(folder))
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise ModelError(f"{path}: cannot load the checkpoint with the configs of {folder}: {exc}") from exc
-    return _assemble(
-        name=name,
-        source=str(path),
-        unet=unet,
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        scheduler_config=scheduler_config,
-        device=device,
-        dtype=dtype,
-        weights_files=(path,),
-    )
+    return _assemble(name, str(path), parts, device, dtype, (path,))
 
 
 def _local_candidates(name: str, models_dir: Path | None) -> Iterator[Path]:

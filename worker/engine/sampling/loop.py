@@ -57,11 +57,20 @@ def v_prediction_to_eps(v: torch.Tensor, x_in: torch.Tensor, sigma: float) -> to
     return (sigma * alpha) * x_in + alpha * v
 
 
-class _LastX0:
-    """The most recent x0 prediction (the reference's ``last_latent``), starting with the clean init latent."""
+@dataclass(eq=False)
+class _Run:
+    """One call of :func:`run_sampler`: what both loops read, and ``last_x0``, the most recent x0 prediction (the
+    reference's ``last_latent``, starting with the clean init latent), which an interrupted run returns."""
 
-    def __init__(self, init: torch.Tensor) -> None:
-        self.value = init
+    plan: SamplingPlan
+    init: torch.Tensor
+    noise: torch.Tensor
+    denoise_eps: DenoiseEps
+    generators: Sequence[torch.Generator] | None
+    callback: Callable[[StepInfo], None] | None
+    extra_noise: float
+    eta: float
+    last_x0: torch.Tensor
 
 
 def run_sampler(
@@ -120,63 +129,40 @@ def run_sampler(
     if plan.start_sigma == 0.0:  # §7.4: strength 0 runs no denoising step
         return x_init_latent.clone()
     noise = noise * noise_multiplier if noise_multiplier != 1.0 else noise
-    last = _LastX0(x_init_latent)
+    run = _Run(plan, x_init_latent, noise, denoise_eps, generators, callback, extra_noise, eta_value, x_init_latent)
     with quiet_numpy_array_deprecation():
         try:
             if plan.is_timestep_sampler:
-                return _run_timestep(
-                    plan,
-                    x_init_latent,
-                    noise,
-                    denoise_eps,
-                    blend_xt_before,
-                    generators,
-                    callback,
-                    last,
-                    extra_noise,
-                    eta_value,
-                )
-            return _run_k(
-                plan, x_init_latent, noise, denoise_eps, blend_x0, generators, callback, last, extra_noise, eta_value
-            )
+                return _run_timestep(run, blend_xt_before)
+            return _run_k(run, blend_x0)
         except StopSampling:
             # §3.3/§5.3: an interrupted run returns the last x0 prediction (the reference's last_latent).
-            return last.value
+            return run.last_x0
 
 
 def _batch_t(t: float, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0],), float(t), dtype=torch.float32, device=x.device)
 
 
-def _run_k(
-    plan: SamplingPlan,
-    init: torch.Tensor,
-    noise: torch.Tensor,
-    denoise_eps: DenoiseEps,
-    blend_x0: Callable[[torch.Tensor], torch.Tensor] | None,
-    generators: Sequence[torch.Generator] | None,
-    callback: Callable[[StepInfo], None] | None,
-    last: _LastX0,
-    extra_noise: float,
-    eta: float,
-) -> torch.Tensor:
+def _run_k(run: _Run, blend_x0: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    plan, noise, eta, callback = run.plan, run.noise, run.eta, run.callback
     sig = [float(s) for s in plan.sigma_sched]
     n = len(sig) - 1
-    x = init + noise * sig[0]
-    if extra_noise > 0:
-        x = x + noise * extra_noise
+    x = run.init + noise * sig[0]
+    if run.extra_noise > 0:
+        x = x + noise * run.extra_noise
 
     def denoise(x_: torch.Tensor, sigma: float) -> torch.Tensor:
         x_in = x_ / math.sqrt(sigma * sigma + 1.0)
-        eps = denoise_eps(x_in, _batch_t(float(plan.model.sigma_to_t(sigma)), x_), sigma)
+        eps = run.denoise_eps(x_in, _batch_t(float(plan.model.sigma_to_t(sigma)), x_), sigma)
         x0 = x_ - sigma * eps
         if blend_x0 is not None:  # §3.3: blend the x0 prediction with the clean init latent
             x0 = blend_x0(x0)
-        last.value = x0
+        run.last_x0 = x0
         return x0
 
     def rnd() -> torch.Tensor:
-        return randn_like_from_generators(x, generators)
+        return randn_like_from_generators(x, run.generators)
 
     step_fn = STEP_FUNCTIONS.get(plan.implementation)
     step_state: dict[str, Any] = {}
@@ -205,24 +191,14 @@ def _run_k(
     return x
 
 
-def _run_timestep(
-    plan: SamplingPlan,
-    init: torch.Tensor,
-    noise: torch.Tensor,
-    denoise_eps: DenoiseEps,
-    blend_xt_before: Callable[[torch.Tensor], torch.Tensor] | None,
-    generators: Sequence[torch.Generator] | None,
-    callback: Callable[[StepInfo], None] | None,
-    last: _LastX0,
-    extra_noise: float,
-    eta: float,
-) -> torch.Tensor:
+def _run_timestep(run: _Run, blend_xt_before: Callable[[torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
+    plan, noise, eta, callback = run.plan, run.noise, run.eta, run.callback
     assert plan.start_timestep is not None
     assert plan.scheduler is not None
     acp_start = float(plan.model.alphas_cumprod[plan.start_timestep])
-    x = math.sqrt(acp_start) * init + math.sqrt(1.0 - acp_start) * noise
-    if extra_noise > 0:
-        x = x + noise * extra_noise * math.sqrt(acp_start)
+    x = math.sqrt(acp_start) * run.init + math.sqrt(1.0 - acp_start) * noise
+    if run.extra_noise > 0:
+        x = x + noise * run.extra_noise * math.sqrt(acp_start)
     scheduler = copy.deepcopy(plan.scheduler)
     n = plan.call_timesteps.numel()
     sig = [float(s) for s in plan.sigma_sched]
@@ -230,13 +206,13 @@ def _run_timestep(
         t = plan.call_timesteps[i]
         sigma = sig[i + 1]  # sigma_sched[0] is the noise level of the start point
         x_in = blend_xt_before(x) if blend_xt_before is not None else x  # §3.3 mask_before_denoising
-        eps = denoise_eps(x_in, _batch_t(float(t), x), sigma)
+        eps = run.denoise_eps(x_in, _batch_t(float(t), x), sigma)
         acp = 1.0 / (1.0 + sigma * sigma)
         x0 = (x_in - math.sqrt(1.0 - acp) * eps) / math.sqrt(acp)
-        last.value = x0
+        run.last_x0 = x0
         if isinstance(scheduler, DDIMScheduler):
             # η > 0: σ_t·noise with the noise from the per-image generators (η = 0 draws nothing).
-            variance_noise = randn_like_from_generators(x, generators) if eta > 0 else None
+            variance_noise = randn_like_from_generators(x, run.generators) if eta > 0 else None
             x = scheduler.step(eps, int(t), x, eta=eta, variance_noise=variance_noise).prev_sample
         else:
             x = scheduler.step(eps, t, x).prev_sample
