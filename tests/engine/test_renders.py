@@ -53,10 +53,10 @@ def mean_abs(a: Image.Image, b: Image.Image) -> float:
 
 
 def decoded_init_latent(p: StableDiffusionProcessingImg2Img) -> Image.Image:
-    from worker.engine.processing import _decode  # the engine's own decode: same truncation to uint8
+    from worker.engine.results import decode_latent  # the engine's own decode: same truncation to uint8
 
     assert p.init_latent is not None
-    return _decode(p.model, p.init_latent[:1])
+    return decode_latent(p.model, p.init_latent[:1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
