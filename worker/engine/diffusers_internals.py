@@ -17,6 +17,9 @@ check (the engine is tested against diffusers 0.42):
   NumPy 2 flags under this torch; the values are unaffected.
 * :func:`cast_module` casts with ``torch.nn.Module.to`` rather than the model's own ``to``: diffusers' override logs
   a spurious "keep in float32" warning on every dtype cast (SD's UNet and VAE have no module that must stay float32).
+* :func:`clip_final_layer_norm` (transformers, not diffusers) applies ``text_model.final_layer_norm`` of the CLIP
+  text encoder to an earlier layer's hidden state: A1111's "clip skip" takes that layer, normalised, and
+  transformers offers no public call for it.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
 
 __all__ = [
     "cast_module",
+    "clip_final_layer_norm",
     "load_k_schedule",
     "mark_input_scaled",
     "quiet_numpy_array_deprecation",
@@ -69,6 +73,12 @@ def use_training_alphas(scheduler: Any, alphas_cumprod: torch.Tensor) -> None:
 def mark_input_scaled(scheduler: Any) -> None:
     """Tell a k-scheduler that the model input was already scaled by x/√(σ²+1) (what ``scale_model_input`` does)."""
     scheduler.is_scale_input_called = True
+
+
+def clip_final_layer_norm(text_encoder: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """The CLIP text encoder's final layer norm applied to `hidden` (an earlier layer's output)."""
+    text_model = getattr(text_encoder, "text_model", text_encoder)
+    return cast(torch.Tensor, text_model.final_layer_norm(hidden))
 
 
 def cast_module(module: torch.nn.Module, dtype: torch.dtype) -> None:

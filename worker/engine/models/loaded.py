@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, cast
 import torch
 
 from shared.errors import InputError, PermanentError
-from worker.engine.diffusers_internals import cast_module
+from worker.engine.diffusers_internals import cast_module, clip_final_layer_norm
 
 # diffusers and transformers are imported where they are used: importing them takes seconds, and modules that only
 # need this module's names and types (the API's model-name checks, processing's pixel stage) should not pay for it.
@@ -226,8 +226,7 @@ class LoadedModel:
                 hidden = outputs.last_hidden_state
             else:
                 # hidden_states[-1] is the last layer before the final norm, so -clip_skip counts as A1111 does.
-                text_model = getattr(self.text_encoder, "text_model", self.text_encoder)
-                hidden = text_model.final_layer_norm(outputs.hidden_states[-clip_skip])
+                hidden = clip_final_layer_norm(self.text_encoder, outputs.hidden_states[-clip_skip])
         return cast(torch.Tensor, hidden).to(self.dtype)
 
     def encode_prompt(self, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
