@@ -23,42 +23,40 @@ def test_every_field_of_the_job_is_read_or_deliberately_left_to_the_farm() -> No
     assert set(Img2ImgJob.model_fields) == taken | RESOLVED | NOT_RENDERED
 
 
+def _other_than_default(name: str) -> object:
+    """A valid value of the job field `name` that differs from its default."""
+    default = Img2ImgJob.model_fields[name].default
+    if isinstance(default, bool):
+        return not default
+    if isinstance(default, int):
+        return default + (8 if name in ("width", "height") else 1)  # sizes are multiples of 8
+    if isinstance(default, float):
+        return default / 2 if default else 0.5
+    if isinstance(default, str):
+        return f"a {name}"
+    return 0.5  # the optional numbers (eta, image_cfg_scale, initial_noise_multiplier) default to None
+
+
 def test_from_job_copies_the_values_and_resolves_the_names() -> None:
+    values = {name: _other_than_default(name) for name in _FIELDS_FROM_JOB}
     job = Img2ImgJob(
         init_images=[ASSET],
-        prompt="a cat",
-        negative_prompt="a dog",
-        seed=5,
-        subseed=6,
-        subseed_strength=0.25,
-        seed_resize_from_h=128,
-        seed_resize_from_w=96,
         sampler_name="k_dpmpp_2m",
         scheduler="karras",
-        batch_size=2,
-        n_iter=3,
-        steps=12,
-        cfg_scale=4.5,
-        width=128,
-        height=64,
-        eta=0.5,
-        resize_mode=2,
-        denoising_strength=0.4,
-        image_cfg_scale=1.5,
-        mask_blur=3,
-        mask_round=False,
-        inpainting_fill=1,
-        inpaint_full_res=False,
-        inpaint_full_res_padding=16,
-        inpainting_mask_invert=1,
-        initial_noise_multiplier=0.9,
         override_settings={"img2img_fix_steps": True},
+        **values,  # type: ignore[arg-type]
     )
     picture = Image.new("RGB", (64, 64))
     p = StableDiffusionProcessingImg2Img.from_job(job, sd_model=cast(Any, None), init_images=[picture])
     for name in _FIELDS_FROM_JOB:
-        assert getattr(p, name) == getattr(job, name), name
-    assert (p.mask_blur_x, p.mask_blur_y) == (3, 3)
+        assert getattr(job, name) == values[name] != Img2ImgJob.model_fields[name].default, name
+        assert getattr(p, name) == values[name], name
     assert (p.sampler_name, p.scheduler) == ("DPM++ 2M", "Karras")
     assert p.options.img2img_fix_steps is True
     assert p.init_images == [picture]
+
+
+def test_from_job_takes_the_effective_mask_blur() -> None:
+    job = Img2ImgJob(init_images=[ASSET], mask_blur=3)
+    p = StableDiffusionProcessingImg2Img.from_job(job, sd_model=cast(Any, None), init_images=[Image.new("RGB", (8, 8))])
+    assert (p.mask_blur_x, p.mask_blur_y) == (3, 3)
