@@ -47,7 +47,7 @@ def cache_dir() -> Path:
 
 def sd15_dir() -> Path:
     """The SD1.5-shaped random-weight model (built on first use: a minute or more, ~4 GB)."""
-    from worker.models import build_sd15_shaped_model
+    from worker.engine.models import build_sd15_shaped_model
 
     return build_sd15_shaped_model(cache_dir() / "sd15-shaped")
 
@@ -94,7 +94,7 @@ def _generators(device: Any, batch: int) -> list[Any]:
 
 
 def _ours(case: Case, picture: Any, mask: Any) -> Any:
-    from worker.processing import StableDiffusionProcessingImg2Img
+    from worker.engine.processing import StableDiffusionProcessingImg2Img
 
     fields: dict[str, Any] = {}
     if case.inpaint:
@@ -141,7 +141,7 @@ def measure(case: Case, result: BenchResult) -> None:
     import numpy as np
     import torch
 
-    from worker.processing import process_images
+    from worker.engine.processing import process_images
 
     model = case.model
     device = model.device
@@ -230,7 +230,7 @@ def measure(case: Case, result: BenchResult) -> None:
 def run(config: Config) -> list[BenchResult]:
     import torch
 
-    from worker.models import load_model, pick_device, pick_dtype
+    from worker.engine.models import load_model, pick_device, pick_dtype
 
     warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword")
     result = BenchResult("engine", "Engine vs diffusers on the same model and work")

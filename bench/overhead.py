@@ -54,8 +54,8 @@ def run(config: Config) -> list[BenchResult]:
 
     from shared.images import ImageLimits, decode_image
     from shared.spec import SpecLimits, parse_job
-    from worker.models import load_model, pick_device, pick_dtype
-    from worker.processing import StableDiffusionProcessingImg2Img, process_images
+    from worker.engine.models import load_model, pick_device, pick_dtype
+    from worker.engine.processing import StableDiffusionProcessingImg2Img, process_images
 
     gpu = config.gpu
     size = config.engine_gpu_size if gpu else config.overhead_size

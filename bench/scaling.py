@@ -136,7 +136,7 @@ def verify_exactly_once(database_url: str, since: float) -> dict[str, int]:
 
 
 def run(config: Config) -> list[BenchResult]:
-    from worker.models import build_tiny_model
+    from worker.engine.models import build_tiny_model
 
     sweep = config.scaling_workers
     largest = max(sweep)

@@ -29,7 +29,7 @@ def _cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _cmd_model_build_tiny(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.models import build_tiny_model
+    from worker.engine.models import build_tiny_model
 
     path = build_tiny_model(Path(args.dir), kind=args.kind, seed=args.seed)
     print(f"tiny {args.kind} model written to {path}")

@@ -50,18 +50,12 @@ def new_task_id() -> str:
 
 
 def expected_total_steps(job: Img2ImgJob) -> int:
-    """Sampling steps the whole job is expected to take (all of its `n_iter` batches), for progress and ETA.
+    """Sampling steps the whole job takes (all of its `n_iter` batches), for progress and ETA: exactly what the
+    worker reports (`shared.job.steps.sampling_steps`)."""
+    from shared.job.steps import sampling_steps  # hoist into the imports at merge (kept inside to touch only this)
 
-    The reference's strength rule: `int(min(strength, 0.999) × steps) + 1` steps per batch, or `steps` with the
-    `img2img_fix_steps` option; strength 0 runs none. The worker reports the exact count once it runs.
-    """
-    if job.denoising_strength <= 0:
-        return 0
-    if job.override_settings.get("img2img_fix_steps", False):
-        per_batch = job.steps
-    else:
-        per_batch = int(min(job.denoising_strength, 0.999) * job.steps) + 1
-    return per_batch * job.n_iter
+    fix_steps = bool(job.override_settings.get("img2img_fix_steps", False))
+    return sampling_steps(job.sampler.name, job.steps, job.denoising_strength, fix_steps=fix_steps, n_iter=job.n_iter)
 
 
 # --------------------------------------------------------------------------------------------------------------

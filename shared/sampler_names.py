@@ -1,7 +1,7 @@
 """A1111 sampler and schedule names, as the webui spells them, and how a request's name is matched.
 
 This is contract, not implementation: the spec validates names against these tables (no torch), and
-`worker.sampling` maps each one onto a diffusers scheduler with the reference's sigma schedule.
+`worker.engine.sampling` maps each one onto a diffusers scheduler with the reference's sigma schedule.
 """
 
 from __future__ import annotations

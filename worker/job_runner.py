@@ -51,10 +51,10 @@ from shared.spec import Img2ImgJob
 from shared.states import JobState
 from shared.storage import Storage, artifact_key
 from worker.asset_cache import AssetCache
+from worker.engine.models import LoadedModel, ModelNotFound
+from worker.engine.processing import Processed, Progress, StableDiffusionProcessingImg2Img, process_images
 from worker.inputs import load_inputs
 from worker.metrics import WORKER_METRICS
-from worker.models import LoadedModel, ModelNotFound
-from worker.processing import Processed, Progress, StableDiffusionProcessingImg2Img, process_images
 
 __all__ = [
     "PHASES",
@@ -85,7 +85,7 @@ Engine = Callable[[StableDiffusionProcessingImg2Img], Processed]
 
 
 class ModelSource(Protocol):
-    """Where models come from (a `worker.models.ModelCache`): `get(name)` returns a loaded model or raises."""
+    """Where models come from (a `worker.engine.models.ModelCache`): `get(name)` returns a loaded model or raises."""
 
     def get(self, name: str) -> LoadedModel: ...
 

@@ -24,8 +24,9 @@ from PIL import Image
 
 from shared.config import ENV_PREFIX
 from shared.errors import ConfigError
-from worker.noise import resolve_seeds
-from worker.processing import Processed, Progress, StableDiffusionProcessingImg2Img
+from shared.job.steps import sampling_steps
+from worker.engine.noise import resolve_seeds
+from worker.engine.processing import Processed, Progress, StableDiffusionProcessingImg2Img
 
 __all__ = ["STANDIN_ENV", "StandinEngine", "standin_from_env"]
 
@@ -55,8 +56,8 @@ class StandinEngine:
             p.batch_size = len(p.init_images)  # as process_images: one image per batch slot
         count = p.batch_size * p.n_iter
         seeds, subseeds = resolve_seeds(p.seed, p.subseed, p.subseed_strength, count)
-        # The img2img steps actually sampled: the strength share of the steps (the reference's rule without fix-steps).
-        total = max(1, min(p.steps, int(p.steps * p.denoising_strength)))
+        # The steps the real engine would sample per batch (none at strength 0).
+        total = sampling_steps(p.sampler_name, p.steps, p.denoising_strength, fix_steps=p.options.img2img_fix_steps)
         images: list[Image.Image] = []
         for n in range(p.n_iter):
             if p.interrupted:

@@ -28,7 +28,7 @@ OPTIONS_SEGMENT = "~a1111"
 OPTIONS_FILE = "options.json"
 MAX_CHECKPOINT_LENGTH = 512
 
-# The webui's defaults of the options the farm honours (worker/options.py holds the same values for the worker;
+# The webui's defaults of the options the farm honours (worker/engine/options.py holds the same values for the worker;
 # the scheduler image has no worker package).
 OPTION_DEFAULTS: dict[str, Any] = {
     "sd_vae": "Automatic",

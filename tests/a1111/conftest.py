@@ -34,9 +34,9 @@ from shared.live import RedisLiveStatus
 from shared.queueing import queue_name
 from shared.storage import S3Storage
 from tests.services import S3Server, free_loopback_port, fresh_postgres_database
+from worker.engine.models import LoadedModel, load_model
+from worker.engine.processing import Processed, StableDiffusionProcessingImg2Img, process_images
 from worker.job_runner import WorkerDeps
-from worker.models import LoadedModel, load_model
-from worker.processing import Processed, StableDiffusionProcessingImg2Img, process_images
 from worker.standin import StandinEngine
 
 ALICE_TOKEN = "a1111-alice-token-0123456789"

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from tests.a1111.conftest import ALICE, BOB, LiveFarm, png_b64
+from worker.engine.processing import process_images
 from worker.job_runner import run_job
-from worker.processing import process_images
 
 
 class Posted:

@@ -41,7 +41,7 @@ SETTINGS = set(Settings.model_fields)
 OTHER_ENV = {
     "AWS_ACCESS_KEY_ID",  # boto3's credentials for the S3 store (shared/storage.py)
     "AWS_SECRET_ACCESS_KEY",
-    "HF_HOME",  # where hub models are cached (worker/models.py)
+    "HF_HOME",  # where hub models are cached (worker/engine/models/loading.py)
 }
 # What a cluster-mode process cannot start without (Settings.check and the S3 storage).
 REQUIRED_FOR_CLUSTER = {

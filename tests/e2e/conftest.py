@@ -167,7 +167,7 @@ def e2e_databases() -> Iterator[tuple[str, str]]:
 
 @pytest.fixture(scope="session")
 def farm_env(e2e_databases: tuple[str, str], s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> FarmEnv:
-    from worker.models import build_tiny_model
+    from worker.engine.models import build_tiny_model
 
     postgres_url, redis_url = e2e_databases
     root = tmp_path_factory.mktemp("e2e")

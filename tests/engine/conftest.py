@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from worker.models import LoadedModel, load_model
-from worker.processing import Processed, StableDiffusionProcessingImg2Img, process_images
+from worker.engine.models import LoadedModel, load_model
+from worker.engine.processing import Processed, StableDiffusionProcessingImg2Img, process_images
 
 SIZE = 64
 STEPS = 6
@@ -28,8 +28,9 @@ MakeJob = Callable[..., StableDiffusionProcessingImg2Img]
 
 # diffusers' EulerDiscreteScheduler.set_timesteps(sigmas=...) calls np.array() on a torch tensor, which NumPy 2 flags
 # with this DeprecationWarning under torch 2.13 (diffusers/schedulers/scheduling_euler_discrete.py, in its own
-# pipeline call). It is third-party noise with no effect on the values; worker.sampling silences the same warning
-# around its own set_timesteps calls. Ignored only in the side-by-side test that runs diffusers' pipeline.
+# pipeline call). It is third-party noise with no effect on the values; worker.engine.diffusers_internals silences the
+# same warning around the engine's own set_timesteps calls. Ignored only in the side-by-side test that runs diffusers'
+# pipeline.
 _DIFFUSERS_NUMPY_COPY_WARNING = "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 
 

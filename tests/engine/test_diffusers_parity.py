@@ -6,7 +6,7 @@ Settings that make the two runs the same computation:
 * **Init latent**: diffusers treats a 4-channel `image` tensor as latents (no VAE encode, no generator draw), so
   `p.init_latent` from our `init()` is passed as `image`.
 * **Noise**: `generator=[torch.Generator().manual_seed(seed + i) for each image]`: one CPU generator per image, whose
-  first draw is the initial noise, as ours (`worker.noise`, randn source "GPU" = the CPU here).
+  first draw is the initial noise, as ours (`worker.engine.noise`, randn source "GPU" = the CPU here).
 * **Schedule**: `EulerDiscreteScheduler.from_config(model.scheduler_config)` with `sigmas=` our full plan
   (`p.plan.sigmas`, steps + 1 values ending in 0), and `strength = (t_enc + 1) / steps + 1e-6` (capped at 1) so that
   diffusers' `int(steps · strength)` is t_enc + 1 (the 1e-6 guards the float floor): it then starts at the same sigma
@@ -34,8 +34,8 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
 
-from worker.models import LoadedModel
-from worker.processing import StableDiffusionProcessingImg2Img, process_images
+from worker.engine.models import LoadedModel
+from worker.engine.processing import StableDiffusionProcessingImg2Img, process_images
 
 from .conftest import PROMPT, SEED, MakeJob, pixels
 

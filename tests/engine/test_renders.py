@@ -15,10 +15,10 @@ from PIL import Image
 from shared.infotext import parse_infotext
 from shared.sampler_names import SAMPLERS
 from shared.spec import SpecLimits, parse_job
-from worker.models import LoadedModel
-from worker.noise import create_noise
-from worker.pixel_stage import BLANK_MASK_COMMENT, BLANK_MASK_WARNING_CODE
-from worker.processing import (
+from worker.engine.models import LoadedModel
+from worker.engine.noise import create_noise
+from worker.engine.pixel_stage import BLANK_MASK_COMMENT, BLANK_MASK_WARNING_CODE
+from worker.engine.processing import (
     Processed,
     Progress,
     StableDiffusionProcessingImg2Img,
@@ -53,10 +53,10 @@ def mean_abs(a: Image.Image, b: Image.Image) -> float:
 
 
 def decoded_init_latent(p: StableDiffusionProcessingImg2Img) -> Image.Image:
-    from worker.processing import _decode  # the engine's own decode: same truncation to uint8
+    from worker.engine.results import decode_latent  # the engine's own decode: same truncation to uint8
 
     assert p.init_latent is not None
-    return _decode(p.model, p.init_latent[:1])
+    return decode_latent(p.model, p.init_latent[:1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -443,7 +443,7 @@ def test_progress_fraction_counts_batches_and_steps(render: Render) -> None:
 
 
 def test_color_correction_and_mask_outputs_follow_the_options(render: Render) -> None:
-    from worker.options import Options
+    from worker.engine.options import Options
 
     options = Options(img2img_color_correction=True, return_mask=True, return_mask_composite=True)
     p, processed = render(options=options, mask=make_mask(), inpaint_full_res=False, steps=3)

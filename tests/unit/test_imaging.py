@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.imaging import (
+from worker.engine.imaging import (
     apply_overlay,
     blur_mask,
     conditioning_mask,
@@ -172,30 +172,27 @@ def test_blur_tail_widens_the_crop_region() -> None:
     assert 60 < y2 <= 70
 
 
-def test_expand_crop_region_too_wide_grows_the_height() -> None:
-    assert expand_crop_region((10, 40, 50, 50), 64, 64, 100, 100) == (10, 25, 50, 65)
-
-
-def test_expand_crop_region_too_tall_grows_the_width() -> None:
-    assert expand_crop_region((40, 10, 50, 50), 64, 64, 100, 100) == (25, 10, 65, 50)
-
-
-def test_expand_crop_region_equal_aspect_is_unchanged() -> None:
-    assert expand_crop_region((10, 10, 50, 50), 64, 64, 100, 100) == (10, 10, 50, 50)
-
-
-def test_expand_crop_region_truncates_the_growth() -> None:
-    # wanted width 31·4/3 = 41.33 → d = int(10.33) = 10, then shifted right off the left edge
-    assert expand_crop_region((0, 0, 31, 31), 64, 48, 100, 100) == (0, 0, 41, 31)
-
-
-def test_expand_crop_region_shifts_back_from_the_far_edge() -> None:
-    assert expand_crop_region((10, 90, 50, 100), 64, 64, 100, 100) == (10, 60, 50, 100)
-
-
-def test_expand_crop_region_hitting_both_edges_takes_the_full_extent() -> None:
-    # wanted height 80 in a 20 px tall picture: the box spans the whole height and the aspect does not match
-    assert expand_crop_region((10, 5, 90, 15), 64, 64, 100, 20) == (10, 0, 90, 20)
+@pytest.mark.parametrize(
+    ("box", "width", "height", "picture_size", "expected"),
+    [
+        pytest.param((10, 40, 50, 50), 64, 64, (100, 100), (10, 25, 50, 65), id="too-wide-grows-the-height"),
+        pytest.param((40, 10, 50, 50), 64, 64, (100, 100), (25, 10, 65, 50), id="too-tall-grows-the-width"),
+        pytest.param((10, 10, 50, 50), 64, 64, (100, 100), (10, 10, 50, 50), id="equal-aspect-is-unchanged"),
+        # wanted width 31·4/3 = 41.33 → d = int(10.33) = 10, then shifted right off the left edge
+        pytest.param((0, 0, 31, 31), 64, 48, (100, 100), (0, 0, 41, 31), id="truncates-the-growth"),
+        pytest.param((10, 90, 50, 100), 64, 64, (100, 100), (10, 60, 50, 100), id="shifts-back-from-the-far-edge"),
+        # wanted height 80 in a 20 px tall picture: the box spans the whole height and the aspect does not match
+        pytest.param((10, 5, 90, 15), 64, 64, (100, 20), (10, 0, 90, 20), id="both-edges-take-the-full-extent"),
+    ],
+)
+def test_expand_crop_region(
+    box: tuple[int, int, int, int],
+    width: int,
+    height: int,
+    picture_size: tuple[int, int],
+    expected: tuple[int, int, int, int],
+) -> None:
+    assert expand_crop_region(box, width, height, *picture_size) == expected
 
 
 def test_expand_too_small_crop_region_grows_to_the_processing_size() -> None:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from shared.infotext import create_infotext, format_value, parse_infotext
-from worker.options import DEFAULT_OPTIONS, Options
+from worker.engine.options import DEFAULT_OPTIONS, Options
 
 
 def test_infotext_orders_keys_as_the_reference_and_drops_none() -> None:

@@ -1,4 +1,5 @@
-"""worker/models.py: the tiny offline models, loading from folders, checkpoint files and names, and the cache."""
+"""worker/engine/models/ and worker/model_cache.py: the tiny offline models, loading from folders, checkpoint files
+and names, and the cache."""
 
 from __future__ import annotations
 
@@ -11,23 +12,22 @@ import pytest
 import torch
 
 from shared.errors import InputError
-from worker.models import (
+from tests.ldm_export import export_single_file
+from worker.engine.models import (
     KIND_IN_CHANNELS,
     SD1_SCHEDULER_CONFIG,
     TINY_MARKER,
     LoadedModel,
-    ModelCache,
     ModelConfigMissing,
     ModelError,
     ModelKind,
     ModelNotFound,
     build_tiny_model,
-    default_models_dir,
-    export_single_file,
     load_model,
     pick_device,
     pick_dtype,
 )
+from worker.model_cache import ModelCache, default_models_dir
 
 KINDS: tuple[ModelKind, ...] = ("img2img", "inpaint", "edit")
 
@@ -144,7 +144,7 @@ def test_sd15_shaped_architecture_has_sd15_parameter_counts() -> None:
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from worker.models import _SD15, _text_config, _unet_config
+    from worker.engine.models.tiny import _SD15, _text_config, _unet_config
 
     # On the meta device: the shapes without allocating 4 GB.
     with torch.device("meta"):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from worker.noise import (
+from worker.engine.noise import (
     SEED_RANGE,
     create_generators,
     create_noise,

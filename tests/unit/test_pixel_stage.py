@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from shared.errors import InputError
-from worker.imaging import apply_overlay, blur_mask, resize_image
-from worker.pixel_stage import BLANK_MASK_COMMENT, BLANK_MASK_WARNING_CODE, PixelStage, prepare_pixels
+from worker.engine.imaging import apply_overlay, blur_mask, resize_image
+from worker.engine.pixel_stage import BLANK_MASK_COMMENT, BLANK_MASK_WARNING_CODE, PixelStage, prepare_pixels
 
 GREEN = (0, 255, 0)
 
@@ -29,6 +29,30 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image).astype(np.int64)
 
 
+def whole_picture(mask: Image.Image, source: Image.Image | None = None, **changes: object) -> PixelStage:
+    """The stage of a 64×64 picture with `mask` in whole-picture mode, without blur, plus `changes`."""
+    arguments: dict[str, object] = {
+        "width": 64,
+        "height": 64,
+        "mask": mask,
+        "inpaint_full_res": False,
+        "mask_blur_x": 0,
+        "mask_blur_y": 0,
+    }
+    arguments.update(changes)
+    return prepare_pixels([source or picture(64, 64)], **arguments)  # type: ignore[arg-type]
+
+
+def assert_unmasked(stage: PixelStage) -> None:
+    """The stage carries nothing a mask would have made: no masks, overlays, crop or paste-back."""
+    assert stage.image_mask is None
+    assert stage.overlay_images == ()
+    assert stage.latent_mask is None
+    assert stage.conditioning_mask is None
+    assert stage.paste_to is None
+    assert stage.crop_region is None
+
+
 def as_uint8(chw: np.ndarray) -> np.ndarray:
     return np.rint(np.moveaxis(chw, 0, 2) * 255).astype(np.int64)
 
@@ -45,12 +69,7 @@ def test_no_mask_whole_picture_is_a_plain_resize() -> None:
     assert stage.images.min() >= 0.0
     assert stage.images.max() <= 1.0
     assert (as_uint8(stage.images[0]) == pixels(source.resize((64, 32), Image.Resampling.LANCZOS))).all()
-    assert stage.image_mask is None
-    assert stage.overlay_images == ()
-    assert stage.latent_mask is None
-    assert stage.conditioning_mask is None
-    assert stage.paste_to is None
-    assert stage.crop_region is None
+    assert_unmasked(stage)
     assert dict(stage.extra_generation_params) == {}
     assert stage.comments == ()
     assert stage.warnings == ()
@@ -108,26 +127,7 @@ def test_whole_picture_same_size_paste_back_keeps_every_unmasked_pixel() -> None
 def test_fill_0_fills_masked_pixels_and_1_keeps_them() -> None:
     source = picture(64, 64)
     mask = square_mask(64, 64, (16, 16, 48, 48))
-    filled = prepare_pixels(
-        [source],
-        width=64,
-        height=64,
-        mask=mask,
-        inpaint_full_res=False,
-        mask_blur_x=0,
-        mask_blur_y=0,
-        inpainting_fill=0,
-    )
-    original = prepare_pixels(
-        [source],
-        width=64,
-        height=64,
-        mask=mask,
-        inpaint_full_res=False,
-        mask_blur_x=0,
-        mask_blur_y=0,
-        inpainting_fill=1,
-    )
+    filled, original = (whole_picture(mask, source, inpainting_fill=fill) for fill in (0, 1))
     assert (as_uint8(original.images[0]) == pixels(source)).all()
     inside = as_uint8(filled.images[0])[16:48, 16:48]
     assert not (inside == pixels(source)[16:48, 16:48]).all()
@@ -271,13 +271,8 @@ def test_fix_blank_mask_fallback_reports_comment_and_warning() -> None:
     assert [warning.code for warning in stage.warnings] == [BLANK_MASK_WARNING_CODE] == ["blank_mask_fallback"]
     assert stage.warnings[0].message
     assert stage.inpaint_full_res is False
-    assert stage.image_mask is None
+    assert_unmasked(stage)
     assert stage.mask_for_overlay is None
-    assert stage.overlay_images == ()
-    assert stage.latent_mask is None
-    assert stage.conditioning_mask is None
-    assert stage.crop_region is None
-    assert stage.paste_to is None
     assert dict(stage.extra_generation_params) == {"Mask blur": 4}
     assert (as_uint8(stage.images[0]) == pixels(source.resize((64, 32), Image.Resampling.LANCZOS))).all()
 
@@ -306,16 +301,7 @@ def test_inverted_full_mask_is_blank() -> None:
 
 def test_invert_flips_the_mask() -> None:
     mask = square_mask(64, 64, (8, 8, 24, 24))
-    stage = prepare_pixels(
-        [picture(64, 64)],
-        width=64,
-        height=64,
-        mask=mask,
-        inpaint_full_res=False,
-        mask_blur_x=0,
-        mask_blur_y=0,
-        inpainting_mask_invert=True,
-    )
+    stage = whole_picture(mask, inpainting_mask_invert=True)
     assert stage.image_mask is not None
     assert (pixels(stage.image_mask) == 255 - pixels(mask)).all()
 
@@ -324,15 +310,7 @@ def test_invert_flips_the_mask() -> None:
     ("blur_x", "blur_y", "expected"), [(4, 4, 4), (4, 8, None), (0, 6, None), (0, 0, None), (8, 8, 8)]
 )
 def test_uneven_blur_drops_mask_blur_from_the_infotext(blur_x: float, blur_y: float, expected: object) -> None:
-    stage = prepare_pixels(
-        [picture(64, 64)],
-        width=64,
-        height=64,
-        mask=square_mask(64, 64, (8, 8, 24, 24)),
-        inpaint_full_res=False,
-        mask_blur_x=blur_x,
-        mask_blur_y=blur_y,
-    )
+    stage = whole_picture(square_mask(64, 64, (8, 8, 24, 24)), mask_blur_x=blur_x, mask_blur_y=blur_y)
     assert stage.extra_generation_params.get("Mask blur") == expected
 
 
@@ -343,9 +321,8 @@ def test_rgba_mask_alpha_is_thresholded_by_mask_round() -> None:
     rgba = np.zeros((64, 64, 4), np.uint8)
     rgba[..., 3] = alpha
     mask = Image.frombytes("RGBA", (64, 64), rgba.tobytes())
-    common = {"width": 64, "height": 64, "mask": mask, "inpaint_full_res": False, "mask_blur_x": 0, "mask_blur_y": 0}
-    rounded = prepare_pixels([picture(64, 64)], **common)  # type: ignore[arg-type]
-    raw = prepare_pixels([picture(64, 64)], mask_round=False, **common)  # type: ignore[arg-type]
+    rounded = whole_picture(mask)
+    raw = whole_picture(mask, mask_round=False)
     assert rounded.image_mask is not None
     assert raw.image_mask is not None
     expected = np.where(alpha > 128, 255, 0)
@@ -354,15 +331,7 @@ def test_rgba_mask_alpha_is_thresholded_by_mask_round() -> None:
 
 
 def test_grey_mask_stays_grey() -> None:
-    stage = prepare_pixels(
-        [picture(64, 64)],
-        width=64,
-        height=64,
-        mask=Image.new("L", (64, 64), 100),
-        inpaint_full_res=False,
-        mask_blur_x=0,
-        mask_blur_y=0,
-    )
+    stage = whole_picture(Image.new("L", (64, 64), 100))
     assert stage.image_mask is not None
     assert (pixels(stage.image_mask) == 100).all()
 
@@ -371,10 +340,17 @@ def test_grey_mask_stays_grey() -> None:
 # Latent mask and conditioning mask (semantics §2.7, §2.8, §7.6)
 
 
+def rounded_and_soft(mask: Image.Image) -> tuple[PixelStage, PixelStage]:
+    """The whole-picture stages of a 64×48 picture with `mask`, with mask_round on and off."""
+    rounded, soft = (
+        prepare_pixels([picture(64, 48)], width=64, height=48, mask=mask, inpaint_full_res=False, mask_round=r)
+        for r in (True, False)
+    )
+    return rounded, soft
+
+
 def test_latent_mask_is_at_latent_size_and_rounded() -> None:
-    mask = square_mask(64, 48, (16, 16, 40, 32))
-    rounded = prepare_pixels([picture(64, 48)], width=64, height=48, mask=mask, inpaint_full_res=False)
-    soft = prepare_pixels([picture(64, 48)], width=64, height=48, mask=mask, inpaint_full_res=False, mask_round=False)
+    rounded, soft = rounded_and_soft(square_mask(64, 48, (16, 16, 40, 32)))
     assert rounded.latent_mask is not None
     assert soft.latent_mask is not None
     assert rounded.latent_mask.shape == (6, 8)
@@ -385,9 +361,7 @@ def test_latent_mask_is_at_latent_size_and_rounded() -> None:
 
 
 def test_conditioning_mask_is_the_processed_mask() -> None:
-    mask = square_mask(64, 48, (16, 16, 40, 32))
-    stage = prepare_pixels([picture(64, 48)], width=64, height=48, mask=mask, inpaint_full_res=False)
-    soft = prepare_pixels([picture(64, 48)], width=64, height=48, mask=mask, inpaint_full_res=False, mask_round=False)
+    stage, soft = rounded_and_soft(square_mask(64, 48, (16, 16, 40, 32)))
     assert stage.conditioning_mask is not None
     assert soft.conditioning_mask is not None
     assert stage.conditioning_mask.shape == (48, 64)
@@ -401,16 +375,7 @@ def test_fix_latent_mask_image_drives_fill_and_latent_mask() -> None:
     source = picture(64, 64)
     mask = square_mask(64, 64, (0, 0, 32, 64))
     latent_mask = square_mask(64, 64, (32, 0, 64, 64))
-    stage = prepare_pixels(
-        [source],
-        width=64,
-        height=64,
-        mask=mask,
-        latent_mask=latent_mask,
-        inpaint_full_res=False,
-        mask_blur_x=0,
-        mask_blur_y=0,
-    )
+    stage = whole_picture(mask, source, latent_mask=latent_mask)
     assert stage.latent_mask is not None
     assert (stage.latent_mask[:, :4] == 0).all()
     assert (stage.latent_mask[:, 4:] == 1).all()

@@ -18,15 +18,15 @@ from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncest
 from PIL import Image
 
 from shared.infotext import parse_infotext
+from shared.job.steps import img2img_steps
 from shared.sampler_names import SAMPLERS, find_sampler, find_schedule
-from worker.models import LoadedModel, load_model
-from worker.noise import create_generators, create_noise
-from worker.processing import StableDiffusionProcessingImg2Img, process_images
-from worker.sampling import (
+from worker.engine.models import LoadedModel, load_model
+from worker.engine.noise import create_generators, create_noise
+from worker.engine.processing import StableDiffusionProcessingImg2Img, process_images
+from worker.engine.sampling import (
     StepInfo,
     StopSampling,
     exponential_sigmas,
-    img2img_steps,
     karras_sigmas,
     model_sigmas,
     plan_img2img,
@@ -64,6 +64,20 @@ def _eps_for(x0: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, float], 
         return (x_in * math.sqrt(1 + sigma * sigma) - x0) / sigma
 
     return denoise
+
+
+class _CountingPerfectDenoiser:
+    """:func:`_eps_for` that counts its calls and checks that each gets one timestep per image of the batch."""
+
+    def __init__(self, x0: torch.Tensor) -> None:
+        self.perfect = _eps_for(x0)
+        self.batch = x0.shape[0]
+        self.calls = 0
+
+    def __call__(self, x_in: torch.Tensor, t: torch.Tensor, sigma: float) -> torch.Tensor:
+        self.calls += 1
+        assert t.shape == (self.batch,)
+        return self.perfect(x_in, t, sigma)
 
 
 def _smooth_x0(x_in: torch.Tensor, t: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -246,18 +260,12 @@ def test_every_sampler_lands_on_the_known_x0(sampler: object, strength: float) -
     plan = plan_img2img(sampler, None, 20, strength, False, SD1_CONFIG)  # type: ignore[arg-type]
     init, target = _latents()
     rng = create_noise(SHAPE[1:], [11, 12], source="CPU")
-    calls = 0
-    perfect = _eps_for(target)
-
-    def denoise(x: torch.Tensor, t: torch.Tensor, s: float) -> torch.Tensor:
-        nonlocal calls
-        calls += 1
-        assert t.shape == (2,)
-        return perfect(x, t, s)
+    denoise = _CountingPerfectDenoiser(target)
+    assert target.shape[0] == 2
 
     seen: list[StepInfo] = []
     out = run_sampler(plan, init, rng.noise, denoise, generators=rng.generators, callback=seen.append)
-    assert calls == plan.model_calls
+    assert denoise.calls == plan.model_calls
     assert [i.step for i in seen] == list(range(plan.total_steps))
     assert all(i.total_steps == plan.total_steps for i in seen)
     assert all(a.sigma > b.sigma for a, b in itertools.pairwise(seen))
@@ -475,17 +483,11 @@ def test_ancestral_samplers_with_eta_land_on_the_known_x0(name: str, eta: float)
     plan = plan_img2img(name, None, 20, 0.75, False, SD1_CONFIG)
     init, target = _latents()
     rng = create_noise(SHAPE[1:], [11, 12], source="CPU")
-    calls = 0
-    perfect = _eps_for(target)
-
-    def denoise(x: torch.Tensor, t: torch.Tensor, s: float) -> torch.Tensor:
-        nonlocal calls
-        calls += 1
-        return perfect(x, t, s)
+    denoise = _CountingPerfectDenoiser(target)
 
     out = run_sampler(plan, init, rng.noise, denoise, generators=rng.generators, eta=eta)
     # η > 1 can make σ_down 0 before the last step, which DPM2 a / DPM++ 2S a then take as a one-call Euler step.
-    assert calls == plan.model_calls if eta <= 1 else calls <= plan.model_calls
+    assert denoise.calls == plan.model_calls if eta <= 1 else denoise.calls <= plan.model_calls
     assert torch.isfinite(out).all()
     assert torch.allclose(out, target, atol=1e-4)
 

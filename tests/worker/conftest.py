@@ -21,8 +21,8 @@ from shared.queueing import queue_name
 from shared.spec import SpecLimits, parse_job, request_hash
 from shared.storage import S3Storage, Storage, asset_key
 from tests.services import S3Server
+from worker.engine.models import LoadedModel, ModelNotFound, load_model
 from worker.job_runner import WorkerDeps
-from worker.models import LoadedModel, ModelNotFound, load_model
 
 TENANT = "acme"
 SIZE = 64  # pixels: the smallest side the spec allows, so the tiny model renders in milliseconds

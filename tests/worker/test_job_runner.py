@@ -23,8 +23,8 @@ from shared.states import JobState
 from shared.storage import S3Storage, Storage, StoredObject, asset_key
 from tests.services import S3Server, free_loopback_port
 from tests.worker.conftest import SIZE, TENANT, RecordingLive, Submitter, centre_mask, picture, upload_asset
+from worker.engine.processing import Processed, Progress, StableDiffusionProcessingImg2Img, process_images
 from worker.job_runner import PHASES, SEED_MODULUS, WorkerDeps, run_job
-from worker.processing import Processed, Progress, StableDiffusionProcessingImg2Img, process_images
 from worker.standin import StandinEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -332,7 +332,7 @@ def test_the_standin_engine_runs_the_whole_farm_path(
     outcome = run_job(row.id, 0, replace(deps, engine=StandinEngine(0.002, sleep=slept.append)))
 
     assert (outcome.state, outcome.artifacts) == ("succeeded", 4)
-    assert slept == [0.002] * 10  # 5 steps (strength 0.5 of 10) for each of 2 batches
+    assert slept == [0.002] * 12  # 6 steps (Euler at strength 0.5 of 10: t_enc 5, plus one) for each of 2 batches
     results = repo.artifacts_of(row.id)
     assert [a.seed for a in results] == [7, 8, 9, 10]
     for artifact in results:

@@ -2,16 +2,17 @@
 
 The behaviour is img2img-semantics.md, written from its prose (never from the AGPL reference):
 
-* `init()` (§2): the pixel stage (`worker.pixel_stage.prepare_pixels`: masks, crops, resize modes, fill, overlays),
-  then the VAE encode, the resize-mode-3 latent upscale, the latent mask, the latent fill modes and the image
+* `init()` (§2): the pixel stage (`worker.engine.pixel_stage.prepare_pixels`: masks, crops, resize modes, fill,
+  overlays), then the VAE encode, the resize-mode-3 latent upscale, the latent mask, the latent fill modes and the image
   conditioning of 9-channel inpainting and 8-channel edit models.
-* `sample()` (§3): seeded per-image noise (`worker.noise`), the reference's strength → steps rule and sigma schedules
-  (`worker.sampling`), CFG (three passes for edit models), the per-step blend of the x0 prediction and the final blend.
+* `sample()` (§3): seeded per-image noise (`worker.engine.noise`), the reference's strength → steps rule
+  (`shared.job.steps`) and sigma schedules (`worker.engine.sampling`), CFG (three passes for edit models), the
+  per-step blend of the x0 prediction and the final blend.
 * `process_images(p)` (§4): batches, prompts and seeds, decode, overlay paste-back, infotexts; returns `Processed`.
 
 Usage, as in the reference::
 
-    model = load_model("tiny")
+    model = load_model("tiny", tiny_dir="models")
     p = StableDiffusionProcessingImg2Img(sd_model=model, prompt="a cat", init_images=[img], mask=mask)
     processed = process_images(p)
     processed.images[0].save("out.png")
@@ -19,40 +20,40 @@ Usage, as in the reference::
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from numpy.typing import NDArray
 from PIL import Image
-from torch.nn import functional
 
-from shared.images import encode_png
 from shared.infotext import create_infotext
+from shared.job.steps import eta_kind
 from shared.sampler_names import find_schedule, split_sampler_and_schedule
 from shared.spec import Img2ImgJob
 from shared.version import __version__
-from worker.imaging import apply_overlay, resize_image
-from worker.models import LoadedModel
-from worker.noise import create_noise, resolve_seeds
-from worker.options import DEFAULT_OPTIONS, Options
-from worker.pixel_stage import PixelStage, PixelWarning, prepare_pixels
-from worker.sampling import SamplingPlan, StepInfo, StopSampling, plan_img2img, run_sampler, sampler_default_eta
+from worker.engine.color_correction import apply_color_correction
+from worker.engine.guidance import cfg_denoiser
+from worker.engine.imaging import apply_overlay
+from worker.engine.latents import POSTERIOR_STREAM, encode_samples, image_conditioning, resize_latent
+from worker.engine.models import LoadedModel
+from worker.engine.noise import create_noise, resolve_seeds
+from worker.engine.options import DEFAULT_OPTIONS, Options
+from worker.engine.pixel_stage import PixelStage, PixelWarning, prepare_pixels
+from worker.engine.results import Processed, decode_latent, mask_composite
+from worker.engine.sampling import (
+    DenoiseEps,
+    SamplingPlan,
+    StepInfo,
+    StopSampling,
+    plan_img2img,
+    run_sampler,
+    sampler_default_eta,
+)
 
 LATENT_CHANNELS = 4
-
-#: Samplers whose noise amount is eta (semantics: the webui's eta_ancestral option), and the one using eta_ddim.
-ANCESTRAL_ETA_SAMPLERS = frozenset({"Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE"})
-DDIM_ETA_SAMPLERS = frozenset({"DDIM"})
-
-#: Which random stream a per-image generator feeds; each gets its own seed derived from the image's seed.
-_POSTERIOR_STREAM = b"vae-posterior"
-_MASKED_IMAGE_STREAM = b"inpaint-masked-image"
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,37 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+#: The job spec's fields that the processing object takes as they are, under the same name (`from_job` resolves the
+#: sampler and schedule names and copies the overrides; `mask_blur_x`/`_y` already hold the effective blur).
+_FIELDS_FROM_JOB = (
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "subseed",
+    "subseed_strength",
+    "seed_resize_from_h",
+    "seed_resize_from_w",
+    "batch_size",
+    "n_iter",
+    "steps",
+    "cfg_scale",
+    "width",
+    "height",
+    "eta",
+    "resize_mode",
+    "denoising_strength",
+    "image_cfg_scale",
+    "mask_blur_x",
+    "mask_blur_y",
+    "mask_round",
+    "inpainting_fill",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
+    "inpainting_mask_invert",
+    "initial_noise_multiplier",
+)
 
 
 @dataclass
@@ -126,7 +158,6 @@ class StableDiffusionProcessingImg2Img:
     inpainting_mask_invert: int = 0
     initial_noise_multiplier: float | None = None
     latent_mask: Image.Image | None = None
-    force_task_id: str | None = None  # only so a request dict can be passed through; never read (§1)
     # -- set by init() ---------------------------------------------------------------------------------------------
     image_mask: Image.Image | None = field(default=None, init=False)
     nmask: torch.Tensor | None = field(default=None, init=False)
@@ -174,43 +205,16 @@ class StableDiffusionProcessingImg2Img:
         options: Options = DEFAULT_OPTIONS,
     ) -> StableDiffusionProcessingImg2Img:
         """Build a job from the validated spec and its decoded images (the spec holds references, not pixels)."""
-        values = job.to_request_json()
-        sampler, schedule = job.sampler, job.schedule
         return cls(
             sd_model=sd_model,
-            prompt=values["prompt"],
-            negative_prompt=values["negative_prompt"],
-            seed=values["seed"],
-            subseed=values["subseed"],
-            subseed_strength=values["subseed_strength"],
-            seed_resize_from_h=values["seed_resize_from_h"],
-            seed_resize_from_w=values["seed_resize_from_w"],
-            sampler_name=sampler.name,
-            scheduler=schedule.label,
-            batch_size=values["batch_size"],
-            n_iter=values["n_iter"],
-            steps=values["steps"],
-            cfg_scale=values["cfg_scale"],
-            width=values["width"],
-            height=values["height"],
-            eta=values["eta"],
-            override_settings=dict(values["override_settings"]),
+            sampler_name=job.sampler.name,
+            scheduler=job.schedule.label,
+            override_settings=dict(job.override_settings),
             options=options,
             init_images=list(init_images),
-            resize_mode=values["resize_mode"],
-            denoising_strength=values["denoising_strength"],
-            image_cfg_scale=values["image_cfg_scale"],
             mask=mask,
-            mask_blur_x=job.mask_blur_x,
-            mask_blur_y=job.mask_blur_y,
-            mask_round=values["mask_round"],
-            inpainting_fill=values["inpainting_fill"],
-            inpaint_full_res=values["inpaint_full_res"],
-            inpaint_full_res_padding=values["inpaint_full_res_padding"],
-            inpainting_mask_invert=values["inpainting_mask_invert"],
-            initial_noise_multiplier=values["initial_noise_multiplier"],
             latent_mask=latent_mask,
-            force_task_id=job.force_task_id,
+            **{name: getattr(job, name) for name in _FIELDS_FROM_JOB},
         )
 
     # -- cooperative stops -----------------------------------------------------------------------------------------
@@ -228,7 +232,7 @@ class StableDiffusionProcessingImg2Img:
     @property
     def model(self) -> LoadedModel:
         if self.sd_model is None:
-            raise ValueError("sd_model is not set: pass the model returned by worker.models.load_model")
+            raise ValueError("sd_model is not set: pass the model returned by worker.engine.models.load_model")
         return self.sd_model
 
     @property
@@ -290,9 +294,9 @@ class StableDiffusionProcessingImg2Img:
         # same seed gives the same pixels (a documented deviation: the reference draws it from the unseeded global
         # RNG). Its seed is derived from the slot's seed rather than equal to it, so that the posterior noise is not
         # the very tensor the initial noise of that seed will be (which would correlate the two).
-        init_latent = self._encode_samples(signed, _POSTERIOR_STREAM)
+        init_latent = encode_samples(model, signed, self.image_seeds, POSTERIOR_STREAM)
         if stage.resize_mode_3_latent_upscale is not None:
-            init_latent = _resize_latent(init_latent, latent_size)
+            init_latent = resize_latent(init_latent, latent_size)
 
         if stage.latent_mask is not None:
             latmask = torch.from_numpy(stage.latent_mask).to(model.device, model.dtype)
@@ -311,51 +315,16 @@ class StableDiffusionProcessingImg2Img:
             elif self.inpainting_fill == 3:
                 init_latent = init_latent * self.mask
         self.init_latent = init_latent
-        self.image_conditioning = self._image_conditioning(signed, stage, latent_size)
-
-    def _encode_samples(self, x: torch.Tensor, stream: bytes) -> torch.Tensor:
-        """VAE posterior samples × the scale factor of images `x` (B, 3, h, w) in [-1, 1], one slot at a time, each
-        drawn from a CPU generator seeded from the slot's seed and `stream` (same seed → same latent)."""
-        model = self.model
-        vae = cast(Any, model.vae)  # diffusers' modules are untyped
-        latents = []
-        with torch.no_grad():
-            for i in range(x.shape[0]):
-                generator = torch.Generator(device="cpu").manual_seed(_derived_seed(self._slot_seed(i), stream))
-                posterior = vae.encode(x[i : i + 1].to(model.device, model.vae_dtype)).latent_dist
-                noise = torch.randn(posterior.mean.shape, generator=generator, dtype=torch.float32)
-                latents.append(posterior.mean + posterior.std * noise.to(posterior.mean))
-        return (torch.cat(latents) * model.latent_scale_factor).to(model.dtype)
-
-    def _slot_seed(self, index: int) -> int:
-        if index < len(self.image_seeds):
-            return self.image_seeds[index]
-        return (self.image_seeds[-1] if self.image_seeds else 0) + index
-
-    def _image_conditioning(
-        self, signed: torch.Tensor, stage: PixelStage, latent_size: tuple[int, int]
-    ) -> torch.Tensor | None:
-        """The extra UNet input of edit and 9-channel inpainting models (semantics §2.8); None for plain models."""
-        model = self.model
-        if self.is_edit_model:
-            return _resize_latent(model.vae_encode_mode(signed), latent_size)
-        if not self.is_inpainting_model:
-            return None
-        if stage.conditioning_mask is not None:
-            cmask = torch.from_numpy(stage.conditioning_mask).to(model.device, torch.float32)[None, None]
-        else:
-            cmask = torch.ones((1, 1, *signed.shape[-2:]), device=model.device)
-        weight = self.options.inpainting_mask_weight
-        self.extra_generation_params["Conditional mask weight"] = weight
-        if cmask.shape[-2:] == signed.shape[-2:]:
-            masked = signed * (1.0 - weight * cmask)
-        else:  # resize mode 3: the picture is at its own size, the mask at W×H
-            masked = signed * (1.0 - weight * functional.interpolate(cmask, size=signed.shape[-2:], mode="nearest"))
-        # Sampled like the init latent (the reference samples here too), seeded per slot for reproducibility.
-        masked_latent = _resize_latent(self._encode_samples(masked, _MASKED_IMAGE_STREAM), latent_size)
-        cmask_latent = functional.interpolate(cmask, size=latent_size, mode="nearest").to(model.dtype)
-        cmask_latent = cmask_latent.expand(masked_latent.shape[0], -1, -1, -1)
-        return torch.cat([cmask_latent, masked_latent], dim=1)
+        if self.is_inpainting_model:
+            self.extra_generation_params["Conditional mask weight"] = self.options.inpainting_mask_weight
+        self.image_conditioning = image_conditioning(
+            model,
+            signed,
+            stage.conditioning_mask,
+            latent_size,
+            self.image_seeds,
+            self.options.inpainting_mask_weight,
+        )
 
     # -- sample() --------------------------------------------------------------------------------------------------
 
@@ -431,7 +400,7 @@ class StableDiffusionProcessingImg2Img:
     def resolved_eta(self) -> float | None:
         """The eta this job's sampler should use: the job's `eta`, else the webui option (eta_ancestral for
         ancestral/SDE samplers, eta_ddim for DDIM); None for samplers that have no eta."""
-        kind = _eta_kind(self.sampler_name)
+        kind = eta_kind(self.sampler_name)
         if kind is None:
             return None
         if self.eta is not None:
@@ -442,7 +411,7 @@ class StableDiffusionProcessingImg2Img:
         """`run_sampler` keyword arguments for eta, and its infotext entry.
 
         The resolved eta is passed to samplers that use one; "Eta" is written only when it differs from that
-        sampler's default (`worker.sampling.sampler_default_eta`: 1.0 ancestral/SDE, 0.0 DDIM), as the reference does.
+        sampler's default (`shared.job.steps.default_eta`: 1.0 ancestral/SDE, 0.0 DDIM), as the reference does.
         """
         default = sampler_default_eta(self.sampler_name)
         eta = self.resolved_eta()
@@ -479,45 +448,16 @@ class StableDiffusionProcessingImg2Img:
             return "Automatic"
         return plan.schedule_type
 
-    def _denoiser(
-        self, cond: torch.Tensor, uncond: torch.Tensor
-    ) -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
+    def _denoiser(self, cond: torch.Tensor, uncond: torch.Tensor) -> DenoiseEps:
         """ε(x) with classifier-free guidance; three passes for edit models with an image CFG scale (§3.3)."""
-        unet = cast(Any, self.model.unet)  # diffusers' modules are untyped callables
-        image_cond = self.image_conditioning
-        cfg_scale, image_cfg_scale = self.cfg_scale, self.image_cfg_scale
-
-        def run_unet(
-            x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, extra: torch.Tensor | None
-        ) -> torch.Tensor:
-            model_input = x if extra is None else torch.cat([x, extra], dim=1)
-            with torch.no_grad():
-                return cast(torch.Tensor, unet(model_input, t, encoder_hidden_states=context).sample)
-
-        def denoise(x: torch.Tensor, t: torch.Tensor, sigma: float) -> torch.Tensor:
-            del sigma
-            batch = x.shape[0]
-            extra = image_cond.expand(batch, -1, -1, -1) if image_cond is not None else None
-            if self.is_edit_model and extra is not None and image_cfg_scale is not None and image_cfg_scale != 1.0:
-                zeros = torch.zeros_like(extra)
-                out = run_unet(
-                    torch.cat([x, x, x]),
-                    torch.cat([t, t, t]),
-                    torch.cat([cond, uncond, uncond]),
-                    torch.cat([extra, extra, zeros]),
-                )
-                text, image_only, neither = out.chunk(3)
-                return neither + cfg_scale * (text - image_only) + image_cfg_scale * (image_only - neither)
-            out = run_unet(
-                torch.cat([x, x]),
-                torch.cat([t, t]),
-                torch.cat([cond, uncond]),
-                torch.cat([extra, extra]) if extra is not None else None,
-            )
-            positive, negative = out.chunk(2)
-            return negative + cfg_scale * (positive - negative)
-
-        return denoise
+        return cfg_denoiser(
+            self.model.unet,
+            cond,
+            uncond,
+            self.image_conditioning,
+            self.cfg_scale,
+            self.image_cfg_scale if self.is_edit_model else None,
+        )
 
     # -- infotext --------------------------------------------------------------------------------------------------
 
@@ -553,80 +493,10 @@ class StableDiffusionProcessingImg2Img:
         )
 
 
-def _eta_kind(sampler_name: str) -> str | None:
-    """The eta kind ("ancestral" or "ddim") of samplers whose noise amount is an eta, else None."""
-    label = _sampler_label(sampler_name)
-    if label in ANCESTRAL_ETA_SAMPLERS:
-        return "ancestral"
-    if label in DDIM_ETA_SAMPLERS:
-        return "ddim"
-    return None
-
-
-def _derived_seed(seed: int, stream: bytes) -> int:
-    """A 63-bit seed for one random stream of an image, derived from its seed (independent of other streams)."""
-    digest = hashlib.sha256(stream + b":" + str(int(seed)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
-
-
 def _sampler_label(name: str) -> str:
     """The webui label of a sampler name or alias ("k_euler" -> "Euler"; "DPM++ 2M Karras" -> "DPM++ 2M")."""
     found = split_sampler_and_schedule(name)
     return found[0].name if found else name
-
-
-def _resize_latent(latent: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of a latent to (h, w), as the reference's latent upscale (align_corners=False)."""
-    if tuple(latent.shape[-2:]) == size:
-        return latent
-    return functional.interpolate(latent.float(), size=size, mode="bilinear", align_corners=False).to(latent.dtype)
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Processed:
-    """What a job produced, image by image (same index in every list).
-
-    `masks[i]` is the mask the overlay of image i was built from (`mask_for_overlay`, L, in the geometry of the
-    overlay: the picture's own size for "only masked", W×H for "whole picture"); None without a mask. The
-    webui's extra outputs of `return_mask` / `return_mask_composite` are not per-image results, so they go to
-    `extra_images` (the reference appends them to its image list).
-    """
-
-    images: list[Image.Image]
-    overlay_images: list[Image.Image | None]
-    masks: list[Image.Image | None]
-    seeds: list[int]
-    subseeds: list[int]
-    prompts: list[str]
-    negative_prompts: list[str]
-    infotexts: list[str]
-    comments: list[str]
-    warnings: list[PixelWarning]
-    interrupted: bool = False
-    width: int = 0
-    height: int = 0
-    extra_images: list[Image.Image] = field(default_factory=list)
-
-    def save(self, folder: Path) -> list[Path]:
-        """Write `result-{i}.png` (with its infotext), `overlay-{i}.png` and `mask-{i}.png` into `folder`."""
-        folder.mkdir(parents=True, exist_ok=True)
-        written: list[Path] = []
-        for i, image in enumerate(self.images):
-            outputs: list[tuple[str, Image.Image | None, str | None]] = [
-                ("result", image, self.infotexts[i]),
-                ("overlay", self.overlay_images[i], None),
-                ("mask", self.masks[i], None),
-            ]
-            for kind, picture, infotext in outputs:
-                if picture is None:
-                    continue
-                path = folder / f"{kind}-{i}.png"
-                path.write_bytes(encode_png(picture, infotext))
-                written.append(path)
-        return written
 
 
 def process_images(p: StableDiffusionProcessingImg2Img) -> Processed:
@@ -662,7 +532,7 @@ def process_images(p: StableDiffusionProcessingImg2Img) -> Processed:
             )
             for i in range(samples.shape[0]):
                 # i is the slot within the batch: overlays and colour targets are per slot, repeated every batch.
-                picture = _decode(model, samples[i : i + 1])
+                picture = decode_latent(model, samples[i : i + 1])
                 if p.color_corrections is not None and i < len(p.color_corrections):
                     picture = apply_color_correction(p.color_corrections[i], picture)
                 overlay = p.overlay_images[i] if i < len(p.overlay_images) else None
@@ -677,7 +547,7 @@ def process_images(p: StableDiffusionProcessingImg2Img) -> Processed:
                 if mask is not None and p.options.return_mask:
                     extra_images.append(mask.convert("RGB"))
                 if mask is not None and p.options.return_mask_composite:
-                    extra_images.append(_mask_composite(denoised, mask))
+                    extra_images.append(mask_composite(denoised, mask))
         if p.progress_callback is not None and not p.interrupted:
             total = p.plan.total_steps if p.plan else 0
             p.progress_callback(Progress(p.n_iter, p.n_iter, total, total))
@@ -700,68 +570,6 @@ def process_images(p: StableDiffusionProcessingImg2Img) -> Processed:
     )
 
 
-def _decode(model: LoadedModel, latent: torch.Tensor) -> Image.Image:
-    """VAE-decode one latent to an RGB picture; (x + 1) / 2 clamped, ×255 and truncated like the reference (§4.1)."""
-    decoded = model.vae_decode(latent)[0].float()
-    pixels = torch.clamp((decoded + 1.0) / 2.0, 0.0, 1.0) * 255.0
-    array = pixels.permute(1, 2, 0).to(torch.uint8).cpu().numpy()
-    return Image.fromarray(array, "RGB")
-
-
-def _mask_composite(denoised: Image.Image, mask_for_overlay: Image.Image) -> Image.Image:
-    """The webui's "-mask-composite" output (§4.7): the output before the overlay, shown only where the mask is set
-    (the mask brought to the output's size with resize mode 2), transparent elsewhere; RGBA."""
-    mask = mask_for_overlay
-    if mask.size != denoised.size:
-        mask = resize_image(2, mask, denoised.width, denoised.height)
-    layer = Image.new("RGBa", denoised.size)
-    shown = Image.composite(denoised.convert("RGBA").convert("RGBa"), layer, mask.convert("L"))
-    return shown.convert("RGBA")
-
-
-def apply_color_correction(target_lab: NDArray[np.uint8], picture: Image.Image) -> Image.Image:
-    """The webui's img2img colour correction (§4.4): match the output's 8-bit LAB histograms, channel by channel, to
-    the init picture's, then keep the corrected hue and saturation with the uncorrected luminosity.
-
-    `target_lab` is the (H, W, 3) uint8 OpenCV LAB of the processed init picture (the pixel stage's target).
-    """
-    original = np.asarray(picture.convert("RGB"), dtype=np.uint8)
-    lab = np.asarray(cv2.cvtColor(original, cv2.COLOR_RGB2LAB), dtype=np.uint8)
-    matched = np.stack([_match_histogram(lab[..., c], target_lab[..., c]) for c in range(3)], axis=-1)
-    corrected = np.asarray(cv2.cvtColor(matched, cv2.COLOR_LAB2RGB), dtype=np.uint8)
-    return Image.fromarray(_luminosity_blend(corrected, original), "RGB")
-
-
-def _match_histogram(source: NDArray[np.uint8], template: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """Map each source value to the template value at the same quantile (linear between quantiles); truncated to
-    uint8 as the reference keeps its result."""
-    _, inverse, counts = np.unique(source.ravel(), return_inverse=True, return_counts=True)
-    t_values, t_counts = np.unique(template.ravel(), return_counts=True)
-    quantiles = np.cumsum(counts) / source.size
-    t_quantiles = np.cumsum(t_counts) / template.size
-    mapped = np.interp(quantiles, t_quantiles, t_values.astype(np.float64))
-    return mapped[inverse].reshape(source.shape).astype(np.uint8)
-
-
-def _luminosity_blend(colour: NDArray[np.uint8], luminosity: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """The "luminosity" blend mode (W3C compositing, non-separable): the hue and saturation of `colour` with the
-    luminosity (0.3 R + 0.59 G + 0.11 B) of `luminosity`, colours clipped back into gamut."""
-    base = colour.astype(np.float64) / 255.0
-    lum_target = _lum(luminosity.astype(np.float64) / 255.0)
-    shifted = base + (lum_target - _lum(base))[..., None]
-    lum = _lum(shifted)[..., None]
-    low = shifted.min(axis=-1, keepdims=True)
-    high = shifted.max(axis=-1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        shifted = np.where(low < 0, lum + (shifted - lum) * lum / np.maximum(lum - low, 1e-12), shifted)
-        shifted = np.where(high > 1, lum + (shifted - lum) * (1 - lum) / np.maximum(high - lum, 1e-12), shifted)
-    return np.clip(np.rint(shifted * 255.0), 0, 255).astype(np.uint8)
-
-
-def _lum(rgb: NDArray[np.float64]) -> NDArray[np.float64]:
-    return np.asarray(0.3 * rgb[..., 0] + 0.59 * rgb[..., 1] + 0.11 * rgb[..., 2])
-
-
 def _mask_blur_get(self: StableDiffusionProcessingImg2Img) -> int | None:
     """The reference's property: the blur when both axes agree, else None (then left out of the infotext)."""
     return self.mask_blur_x if self.mask_blur_x == self.mask_blur_y else None
@@ -782,6 +590,5 @@ __all__ = [
     "Progress",
     "ProgressCallback",
     "StableDiffusionProcessingImg2Img",
-    "apply_color_correction",
     "process_images",
 ]

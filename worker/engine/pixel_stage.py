@@ -2,7 +2,7 @@
 
 semantics §2.1-§2.6 and §2.7 (the PIL part) of docs/img2img-semantics.md, with the fixes of §7:
 §7.1 (blank mask reported in ``warnings``), §7.2 (resize mode 3 with a mask), §7.3 (mode 2 bands with an odd W/H)
-and §7.6 (a ``latent_mask`` image is accepted). No torch here: the VAE step (worker/processing.py) takes the
+and §7.6 (a ``latent_mask`` image is accepted). No torch here: the VAE step (worker/engine/processing.py) takes the
 arrays of :class:`PixelStage`.
 """
 
@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageOps
 
 from shared.errors import InputError
-from worker.imaging import (
+from worker.engine.imaging import (
     Box,
     PasteLoc,
     blur_mask,

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from shared.job.steps import DEFAULT_ETA_ANCESTRAL, DEFAULT_ETA_DDIM
+
 # The override keys that do not map onto an option here: the model is chosen per job by the scheduler
 # (`sd_model_checkpoint` becomes the job's model), and `initial_noise_multiplier` is resolved before overrides apply,
 # so an override of it has no effect (semantics §1) — both are accepted and otherwise ignored.
@@ -27,8 +29,8 @@ class Options:
     img2img_extra_noise: float = 0.0
     eta_noise_seed_delta: int = 0  # ENSD
     inpainting_mask_weight: float = 1.0  # "Conditional mask weight" of 9-channel inpainting models
-    eta_ancestral: float = 1.0
-    eta_ddim: float = 0.0
+    eta_ancestral: float = DEFAULT_ETA_ANCESTRAL
+    eta_ddim: float = DEFAULT_ETA_DDIM
     randn_source: Literal["GPU", "CPU"] = "GPU"
     CLIP_stop_at_last_layers: int = 1  # the webui's option name, as clients send it
     overlay_inpaint: bool = True

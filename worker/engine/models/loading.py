@@ -1,0 +1,340 @@
+"""Loading a Stable Diffusion model, ready to render with, from one of:
+
+- a diffusers folder (`model_index.json`, `unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`);
+- a single checkpoint file (`.safetensors`, `.ckpt`) in the original (A1111 / LDM) layout. Its component configs
+  must come from a local diffusers folder of the same architecture (`config=`), or from the Hugging Face cache
+  when the hub is reachable;
+- a hub id (`org/name`), downloaded into the Hugging Face cache unless `HF_HUB_OFFLINE` is set;
+- the names `tiny`, `tiny-inpaint`, `tiny-edit`: random-weight models built on first use in `tiny_dir`
+  (:mod:`worker.engine.models.tiny`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple
+
+import torch
+
+from worker.engine.diffusers_internals import cast_module
+from worker.engine.models.loaded import (
+    LoadedModel,
+    ModelConfigMissing,
+    ModelError,
+    ModelNotFound,
+    diffusers_model_classes,
+    kind_of,
+)
+from worker.engine.models.tiny import TINY_MODEL_NAMES, build_tiny_model
+
+if TYPE_CHECKING:
+    # From their modules, not the package root: diffusers' root hides them from mypy behind dummy classes.
+    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+__all__ = ["LDM_UNET_PREFIX", "load_model", "pick_device", "pick_dtype"]
+
+_CHECKPOINT_SUFFIXES: Final = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+_HUB_ID_RE: Final = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+#: The key prefix of the UNet's weights in a single-file checkpoint of the original (LDM / A1111) layout.
+LDM_UNET_PREFIX: Final = "model.diffusion_model."
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Devices and dtypes
+
+
+def pick_device(preferred: str | torch.device | None = None) -> torch.device:
+    """The device to render on: `preferred` if given, else CUDA, then Apple MPS, then the CPU."""
+    if preferred is not None:
+        return torch.device(preferred)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(device: str | torch.device, precision: Literal["auto", "fp16", "bf16", "fp32"] = "auto") -> torch.dtype:
+    """The weights' dtype: fp16 on CUDA and MPS, fp32 on the CPU, unless `precision` asks otherwise.
+
+    Raises ValueError for fp16 on the CPU (many CPU kernels lack half precision) and bf16 on a GPU that lacks it.
+    """
+    kind = torch.device(device).type
+    if precision == "fp32":
+        return torch.float32
+    if precision == "bf16":
+        if kind == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError("bf16 was requested but this GPU does not support it; use fp16 or fp32")
+        return torch.bfloat16
+    if precision == "fp16":
+        if kind == "cpu":
+            raise ValueError("fp16 is not supported on the CPU; use fp32 or bf16")
+        return torch.float16
+    return torch.float16 if kind in ("cuda", "mps") else torch.float32
+
+
+def _hub_offline() -> bool:
+    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, at import.
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _finish(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    if next(module.parameters()).dtype != dtype:
+        cast_module(module, dtype)
+    module.to(device=device)
+    module.eval()
+    module.requires_grad_(False)
+
+
+def _weights_in(component_dir: Path) -> tuple[Path, ...]:
+    for pattern in ("*.safetensors", "*.bin"):
+        files = sorted(p for p in component_dir.glob(pattern) if ".fp16." not in p.name)
+        if files:
+            return tuple(files)
+    return tuple(sorted(component_dir.glob("*.fp16.safetensors")))
+
+
+def _variant(component_dir: Path) -> str | None:
+    """ "fp16" when the folder only carries fp16-variant weights (some hub repos do), else None."""
+    has_plain = any(".fp16." not in p.name for p in component_dir.glob("*.safetensors")) or any(
+        component_dir.glob("*.bin")
+    )
+    return None if has_plain or not any(component_dir.glob("*.fp16.*")) else "fp16"
+
+
+def _load_folder(folder: Path, name: str, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    source = str(folder)
+    if (folder / "text_encoder_2").exists() or not (folder / "text_encoder").is_dir():
+        raise ModelError(
+            f"{source}: only SD 1.x/2.x models with one CLIP text encoder are supported (SDXL is not yet)",
+            code="model_unsupported",
+        )
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if not (folder / part).is_dir():
+            raise ModelError(f"{source}: not a complete diffusers model folder (no {part}/)")
+    from transformers import CLIPTextModel
+
+    UNet2DConditionModel, AutoencoderKL = diffusers_model_classes()
+    try:
+        # low_cpu_mem_usage=False: the default needs `accelerate`, which the worker does not install.
+        unet = UNet2DConditionModel.from_pretrained(
+            folder,
+            subfolder="unet",
+            variant=_variant(folder / "unet"),
+            torch_dtype=dtype,
+            low_cpu_mem_usage=False,
+        )
+        vae = AutoencoderKL.from_pretrained(
+            folder, subfolder="vae", variant=_variant(folder / "vae"), torch_dtype=dtype, low_cpu_mem_usage=False
+        )
+        text_encoder = CLIPTextModel.from_pretrained(
+            folder, subfolder="text_encoder", variant=_variant(folder / "text_encoder"), dtype=dtype
+        )
+        parts = _Parts(unet, vae, text_encoder, *_tokenizer_and_scheduler_config(folder))
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ModelError(f"{source}: cannot load the model: {exc}") from exc
+    return _assemble(name, source, parts, device, dtype, _weights_in(folder / "unet"))
+
+
+class _Parts(NamedTuple):
+    """A model's components as loaded, before they are moved to the device."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler_config: dict[str, Any]
+
+
+def _tokenizer_and_scheduler_config(folder: Path) -> tuple[CLIPTokenizer, dict[str, Any]]:
+    """The parts a model takes from a diffusers folder as they are, whatever holds its weights."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
+    config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
+    return tokenizer, config
+
+
+def _assemble(
+    name: str, source: str, parts: _Parts, device: torch.device, dtype: torch.dtype, weights_files: tuple[Path, ...]
+) -> LoadedModel:
+    kind = kind_of(int(parts.unet.config["in_channels"]), source)
+    for module in (parts.unet, parts.vae, parts.text_encoder):
+        _finish(module, device, dtype)
+    return LoadedModel(
+        name=name,
+        source=source,
+        kind=kind,
+        unet=parts.unet,
+        vae=parts.vae,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        scheduler_config={k: v for k, v in parts.scheduler_config.items() if not k.startswith("_")},
+        device=device,
+        dtype=dtype,
+        weights_files=weights_files,
+    )
+
+
+def _snapshot(repo_id: str, *, allow_patterns: list[str], what: str) -> Path:
+    """Download (or find in the Hugging Face cache when offline) the files of a hub repo; its local folder.
+
+    Raises ModelNotFound when the repo does not exist or, offline, is not in the cache.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = _hub_offline()
+    try:
+        return Path(
+            snapshot_download(
+                repo_id,
+                allow_patterns=allow_patterns,
+                ignore_patterns=["*.fp16.*", "*non_ema*", "*.ema.*", "safety_checker/*", "feature_extractor/*"],
+                local_files_only=offline,
+            )
+        )
+    except RepositoryNotFoundError as exc:
+        raise ModelNotFound(f"{what}: no such model on the Hugging Face hub: {repo_id!r}") from exc
+    except LocalEntryNotFoundError as exc:
+        reason = "HF_HUB_OFFLINE is set" if offline else "the hub cannot be reached"
+        raise ModelNotFound(
+            f"{what}: {repo_id!r} is not in the local Hugging Face cache and {reason}; download it on a machine "
+            "that is online, or give a local diffusers folder or checkpoint file",
+        ) from exc
+    except HfHubHTTPError as exc:
+        raise ModelNotFound(f"{what}: cannot fetch {repo_id!r} from the Hugging Face hub: {exc}") from exc
+
+
+def _single_file_config(checkpoint: Mapping[str, torch.Tensor], path: Path, config: Path | None) -> Path:
+    """A local diffusers folder whose component configs fit the checkpoint. Raises ModelConfigMissing."""
+    if config is not None:
+        if not (config / "unet" / "config.json").is_file():
+            raise ModelConfigMissing(
+                f"{path.name}: config {config} is not a diffusers model folder (no unet/config.json)"
+            )
+        return config
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config
+
+    try:
+        repo_id = str(fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"])
+    except (KeyError, ValueError) as exc:
+        raise ModelConfigMissing(f"{path.name}: the checkpoint's architecture is not recognised ({exc})") from exc
+    try:
+        return _snapshot(repo_id, allow_patterns=["*.json", "*.txt"], what=path.name)
+    except ModelNotFound as exc:
+        reason = "HF_HUB_OFFLINE is set" if _hub_offline() else "the hub cannot be reached"
+        raise ModelConfigMissing(
+            f"{path.name}: the configs of its architecture ({repo_id}) are not in the local Hugging Face cache and "
+            f"{reason}; pass config=<a local diffusers folder of the same architecture> (for an SD 1.5 checkpoint, "
+            "any SD 1.5 diffusers folder; the tiny models' folders fit checkpoints exported from them)",
+        ) from exc
+
+
+def _load_single_file(
+    path: Path, name: str, device: torch.device, dtype: torch.dtype, config: Path | None
+) -> LoadedModel:
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm, load_single_file_checkpoint
+    from transformers import CLIPTextModel
+
+    UNet2DConditionModel, AutoencoderKL = diffusers_model_classes()
+
+    try:
+        checkpoint = load_single_file_checkpoint(str(path))
+    except Exception as exc:  # a truncated or foreign file fails in many ways (safetensors, pickle, zip)
+        raise ModelError(f"{path}: cannot read the checkpoint: {exc}") from exc
+    first_conv = checkpoint.get(LDM_UNET_PREFIX + "input_blocks.0.0.weight")
+    if first_conv is None:
+        raise ModelError(f"{path}: not a Stable Diffusion checkpoint in the original layout (no {LDM_UNET_PREFIX}*)")
+    in_channels = int(first_conv.shape[1])
+    kind_of(in_channels, str(path))
+    folder = _single_file_config(checkpoint, path, config)
+    try:
+        # The config folder's UNet may be another kind of the same architecture: the checkpoint decides in_channels.
+        unet = UNet2DConditionModel.from_single_file(
+            checkpoint,
+            config=str(folder),
+            subfolder="unet",
+            in_channels=in_channels,
+            local_files_only=True,
+        )
+        vae = AutoencoderKL.from_single_file(checkpoint, config=str(folder), subfolder="vae", local_files_only=True)
+        text_encoder = create_diffusers_clip_model_from_ldm(
+            CLIPTextModel,
+            checkpoint,
+            subfolder="text_encoder",
+            config=str(folder),
+            local_files_only=True,
+        )
+        parts = _Parts(unet, vae, text_encoder, *_tokenizer_and_scheduler_config(folder))
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise ModelError(f"{path}: cannot load the checkpoint with the configs of {folder}: {exc}") from exc
+    return _assemble(name, str(path), parts, device, dtype, (path,))
+
+
+def _local_candidates(name: str, models_dir: Path | None) -> Iterator[Path]:
+    yield Path(name).expanduser()
+    if models_dir is not None:
+        yield models_dir / name
+        for suffix in (".safetensors", ".ckpt"):
+            yield models_dir / f"{name}{suffix}"
+
+
+def load_model(
+    path_or_id: str | os.PathLike[str],
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    models_dir: str | os.PathLike[str] | None = None,
+    tiny_dir: str | os.PathLike[str] | None = None,
+    config: str | os.PathLike[str] | None = None,
+) -> LoadedModel:
+    """Load a model by name, ready to render on `device` (default `pick_device()`) in `dtype` (`pick_dtype`).
+
+    `path_or_id` is, in the order tried: `tiny` / `tiny-inpaint` / `tiny-edit` (built on first use under
+    `tiny_dir`, which the caller chooses: the farm's is `worker.model_cache.default_models_dir()`); a diffusers
+    folder or checkpoint file; a name in `models_dir` (with or without `.safetensors` / `.ckpt`); a hub id
+    `org/name`. `config` is the local diffusers folder whose configs describe a single-file checkpoint (needed
+    offline).
+
+    Raises ModelNotFound (no such model, or a hub id offline and not cached), ModelConfigMissing (a checkpoint
+    whose configs cannot be resolved offline), ModelError (anything else that makes the model unusable);
+    ValueError for a tiny name without `tiny_dir`.
+    """
+    name = os.fspath(path_or_id)
+    target_device = pick_device(device)
+    target_dtype = dtype or pick_dtype(target_device)
+    config_path = Path(config).expanduser() if config is not None else None
+    if name in TINY_MODEL_NAMES:
+        if tiny_dir is None:
+            raise ValueError(f"{name!r} is built on first use: pass tiny_dir, the folder to build it in")
+        folder = build_tiny_model(Path(tiny_dir) / name, kind=TINY_MODEL_NAMES[name])
+        return _load_folder(folder, name, target_device, target_dtype)
+    searched = Path(models_dir).expanduser() if models_dir is not None else None
+    for candidate in _local_candidates(name, searched):
+        if candidate.is_dir():
+            return _load_folder(candidate, candidate.name, target_device, target_dtype)
+        if candidate.is_file():
+            if candidate.suffix.lower() not in _CHECKPOINT_SUFFIXES:
+                raise ModelError(f"{candidate}: not a checkpoint file (expected one of {_CHECKPOINT_SUFFIXES})")
+            return _load_single_file(candidate, candidate.stem, target_device, target_dtype, config_path)
+    if _HUB_ID_RE.match(name) and not name.startswith((".", "/", "~")):
+        folder = _snapshot(
+            name,
+            allow_patterns=["*.json", "*.txt", "unet/*.safetensors", "vae/*.safetensors", "text_encoder/*.safetensors"],
+            what=name,
+        )
+        return _load_folder(folder, name, target_device, target_dtype)
+    where = f" or in {searched}" if searched is not None else ""
+    raise ModelNotFound(
+        f"unknown model {name!r}: not one of {sorted(TINY_MODEL_NAMES)}, no such folder or checkpoint file{where}, "
+        "and not a hub id (org/name)"
+    )
