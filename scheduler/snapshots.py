@@ -17,11 +17,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 from pydantic import BaseModel
 
-from shared.db import ArtifactRow, JobRepository, JobRow
-from shared.db.tables import jobs
+from shared.db import ArtifactRow, Database, JobRow
 from shared.live import LiveProgress
 from shared.states import JobState
 from shared.storage import Storage
@@ -186,12 +184,11 @@ def build_snapshot(
 class RunTimeEstimator:
     """The median run time (seconds, claim to finish) of a queue's recent succeeded jobs, cached per queue.
 
-    Reads the jobs table directly (a read-only aggregate the repository does not offer yet); cached for
-    `RUN_TIME_CACHE_S` so a page of snapshots costs one query per queue at most.
+    Cached for `RUN_TIME_CACHE_S` so a page of snapshots costs one query per queue at most.
     """
 
-    def __init__(self, repo: JobRepository, *, sample: int = RUN_TIME_SAMPLE, cache_s: float = RUN_TIME_CACHE_S):
-        self._repo = repo
+    def __init__(self, db: Database, *, sample: int = RUN_TIME_SAMPLE, cache_s: float = RUN_TIME_CACHE_S):
+        self._db = db
         self._sample = sample
         self._cache_s = cache_s
         self._cache: dict[str, tuple[float, float | None]] = {}
@@ -204,19 +201,7 @@ class RunTimeEstimator:
             cached = self._cache.get(queue)
         if cached is not None and now - cached[0] < self._cache_s:
             return cached[1]
-        statement = (
-            sa.select(jobs.c.started_at, jobs.c.finished_at)
-            .where(
-                jobs.c.state == JobState.SUCCEEDED.value,
-                jobs.c.queue == queue,
-                jobs.c.started_at.is_not(None),
-                jobs.c.finished_at.is_not(None),
-            )
-            .order_by(jobs.c.finished_at.desc())
-            .limit(self._sample)
-        )
-        with self._repo.engine.connect() as conn:
-            durations = [(finished - started).total_seconds() for started, finished in conn.execute(statement)]
+        durations = self._db.stats.recent_run_times(queue, self._sample)
         median = statistics.median(durations) if durations else None
         with self._lock:
             self._cache[queue] = (now, median)
@@ -257,9 +242,9 @@ def read_snapshot(
         progress = safe_live_progress(services, row)
     else:
         progress = None
-    artifacts = services.repo.artifacts_of(row.id) if row.state is JobState.SUCCEEDED else []
+    artifacts = services.db.jobs.artifacts_of(row.id) if row.state is JobState.SUCCEEDED else []
     queued = with_queue and row.state is JobState.QUEUED
-    position = services.repo.queue_position(row, cap=QUEUE_POSITION_CAP) if queued else None
+    position = services.db.stats.queue_position(row, cap=QUEUE_POSITION_CAP) if queued else None
     eta = services.estimator.wait_s(row.queue, position) if position is not None else None
     return build_snapshot(row, progress, artifacts, services.storage, position, eta)
 

@@ -28,7 +28,7 @@ from PIL import Image
 
 from scheduler.app import create_app
 from shared.config import Settings
-from shared.db import ArtifactRecord, JobRepository, JobRow, make_engine, upgrade
+from shared.db import ArtifactRecord, Database, JobRow, make_engine, upgrade
 from shared.db.tables import metadata
 from shared.images import encode_png
 from shared.live import LiveProgress, LiveStatus, LocalLiveStatus, RedisLiveStatus
@@ -70,7 +70,7 @@ class Farm:
 
     kind: str
     settings: Settings
-    repo: JobRepository
+    db: Database
     live: LiveStatus
     storage: Storage
     app: FastAPI
@@ -78,14 +78,14 @@ class Farm:
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     def job_row(self, tenant: str, task_id: str) -> JobRow:
-        return self.repo.get(tenant, task_id)
+        return self.db.jobs.get(tenant, task_id)
 
     def claim(self, tenant: str, task_id: str, worker: str = "gpu-0") -> JobRow:
         row = self.job_row(tenant, task_id)
-        attempt = self.repo.claim(row.id, worker, 60.0)
-        assert attempt is not None
+        claimed = self.db.leases.claim(row.id, worker, 60.0)
+        assert claimed is not None
         self.live.notify(row.id)
-        return self.repo.get_by_id(row.id)
+        return self.db.jobs.get_by_id(row.id)
 
     def progress(self, row: JobRow, step: int, total: int, seq: int) -> LiveProgress:
         now = time.time()
@@ -132,7 +132,7 @@ class Farm:
                     infotext="a red square\nSteps: 10, Seed: 7",
                 )
             )
-        done = self.repo.succeed(row.id, row.attempt, records)
+        done = self.db.leases.succeed(row.id, row.attempt, records)
         self.live.clear(row.id)
         self.live.notify(row.id)
         return done, uploaded
@@ -191,12 +191,12 @@ def make_farm(farm_kind: str, request: pytest.FixtureRequest, tmp_path: Path) ->
         values.update(overrides)
         settings = Settings(_env_file=None, **values).check()
         engine = make_engine(settings.resolved_database_url)
-        repo = JobRepository(engine)
+        db = Database(engine)
         live: LiveStatus = RedisLiveStatus(settings.redis_url) if settings.redis_url else LocalLiveStatus()
         storage = open_storage(settings)
-        app = create_app(settings, live=live, storage=storage, repository=repo, start_background=False)
+        app = create_app(settings, live=live, storage=storage, db=db, start_background=False)
         client = TestClient(app, client=LOOPBACK_CLIENT)
-        farm = Farm(farm_kind, settings, repo, live, storage, app, client)
+        farm = Farm(farm_kind, settings, db, live, storage, app, client)
         farm._closers += [engine.dispose, live.close, storage.close]
         if start_client:
             client.__enter__()  # runs the lifespan (the schema check)

@@ -318,7 +318,7 @@ def test_cancel_in_every_state(farm: Farm, image_png: bytes) -> None:
     assert running.json()["state"] == "running"  # until the worker stops
     assert farm.job_row("alice", "running").cancel_requested
     assert farm.live.cancel_requested(row.id)
-    assert farm.repo.cancel_running(row.id, row.attempt) is not None  # the worker honours it
+    assert farm.db.leases.cancel_running(row.id, row.attempt) is not None  # the worker honours it
     assert farm.client.get("/v1/jobs/running", headers=ALICE).json()["state"] == "canceled"
 
     _done, _ = farm.succeed_with_artifacts("alice", "done")
@@ -428,5 +428,5 @@ def test_snapshot_matches_the_documented_model(farm: Farm, image_png: bytes) -> 
 
 def test_jobs_table_is_not_written_by_a_rejected_request(farm: Farm) -> None:
     put_job(farm, "never", {"init_images": []})
-    with farm.repo.engine.connect() as conn:
+    with farm.db.engine.connect() as conn:
         assert conn.execute(jobs.select()).first() is None

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +20,8 @@ import redis
 import sqlalchemy as sa
 
 from shared.config import Settings
-from shared.db import JobRepository, JobRow, make_engine, upgrade
+from shared.db import BulkResult, Database, JobRow, NewJob, make_engine, upgrade
+from shared.db.ids import new_id
 from shared.db.tables import metadata
 from shared.queueing import queue_name
 
@@ -63,13 +64,25 @@ def prepare_database(kind: str, tmp_path: Path, postgres_url: str | None) -> str
 
 
 @contextmanager
-def repository(database_url: str, clock: FakeClock | None = None) -> Iterator[JobRepository]:
-    """A repository on its own engine (disposed afterwards); `clock` None means the real clock."""
+def open_database(database_url: str, clock: FakeClock | None = None) -> Iterator[Database]:
+    """A database on its own engine (disposed afterwards); `clock` None means the real clock."""
     engine = make_engine(database_url)
     try:
-        yield JobRepository(engine) if clock is None else JobRepository(engine, clock=clock)
+        yield Database(engine) if clock is None else Database(engine, clock=clock)
     finally:
         engine.dispose()
+
+
+def in_flight(db: Database) -> dict[str, int]:
+    """Messages in flight per queue (published, not yet claimed), queues with none left out."""
+    return {queue: state.in_flight for queue, state in db.outbox.outbox_by_queue().items() if state.in_flight}
+
+
+def insert_batch(db: Database, tenant: str, items: Sequence[NewJob]) -> BulkResult:
+    """Insert `items` as a new batch of `tenant`'s, the way the API's batch admission does; what was inserted."""
+    _, result = db.batches.create_if_absent(tenant, items, mode="list", manifest={}, batch_id=new_id())
+    assert result is not None
+    return result
 
 
 def cluster_settings(redis_url: str, database_url: str | None = None, **overrides: Any) -> Settings:
@@ -81,7 +94,7 @@ _counter = itertools.count()
 
 
 def submit(
-    repo: JobRepository,
+    db: Database,
     count: int = 1,
     *,
     tenant: str = "alice",
@@ -94,7 +107,7 @@ def submit(
     for _ in range(count):
         task_id = f"task({next(_counter)})"
         request = {"prompt": task_id, "steps": 4}
-        job, was_created = repo.create_or_get(
+        job, was_created = db.jobs.create_or_get(
             tenant,
             task_id,
             request,
