@@ -210,6 +210,9 @@ def test_a_farm_s3_url_of_the_tenant_is_read(
     assert run_job(row.id, 0, deps).state == "succeeded"
 
 
+ANY_WINDOW = 1_000_000  # a dispatch window no test fills
+
+
 def test_storage_unreachable_puts_the_job_back_in_the_queue(
     deps: WorkerDeps, db: Database, s3_env: S3Server, bucket: str, submit: Submitter
 ) -> None:
@@ -221,7 +224,8 @@ def test_storage_unreachable_puts_the_job_back_in_the_queue(
         max_attempts=1,
         connect_timeout_s=1.0,
     )
-    assert [job.id for job in db.outbox.claim_dispatch(row.queue, 1)] == [row.id]
+    # Published (the database is shared by the module's tests: the window leaves room for all of their jobs).
+    assert row.id in {job.id for job in db.outbox.claim_dispatch(row.queue, ANY_WINDOW)}
 
     outcome = run_job(row.id, 0, replace(deps, storage=closed))
 
