@@ -28,7 +28,7 @@ from scheduler.metrics import install_metrics
 from scheduler.queue_limit import QueueLimit
 from scheduler.routes import assets, events, files, health, jobs
 from scheduler.routes import batches as batch_routes
-from scheduler.snapshots import RunTimeEstimator
+from scheduler.wait_estimate import RunTimeEstimator
 from shared.config import Settings
 from shared.db import Database, head_revision
 from shared.errors import ConfigError, DatabaseUnavailable

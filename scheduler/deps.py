@@ -19,7 +19,7 @@ from shared.storage import Storage
 
 if TYPE_CHECKING:
     from scheduler.queue_limit import QueueLimit
-    from scheduler.snapshots import RunTimeEstimator
+    from scheduler.wait_estimate import RunTimeEstimator
 
 
 class Wakeable(Protocol):

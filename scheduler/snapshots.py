@@ -10,16 +10,13 @@ progress write of the running attempt, so a larger `seq` is always a newer snaps
 from __future__ import annotations
 
 import logging
-import statistics
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from shared.db import ArtifactRow, Database, JobRow
+from shared.db import ArtifactRow, JobRow
 from shared.live import LiveProgress
 from shared.states import JobState
 from shared.storage import Storage
@@ -32,8 +29,6 @@ log = logging.getLogger("scheduler.snapshots")
 LIVE_SEQ_BITS = 20
 LIVE_SEQ_SPAN = 2**LIVE_SEQ_BITS  # live progress writes per attempt that fit below one durable change
 DOWNLOAD_URL_EXPIRES_S = 3600  # lifetime of the artifact URLs in a snapshot (seconds)
-RUN_TIME_SAMPLE = 50  # recent succeeded jobs per queue whose run time makes the wait estimate
-RUN_TIME_CACHE_S = 30.0  # seconds a queue's median run time is reused before it is read again
 # A queued job's position is counted up to here: a job further back shows this number (and an eta from it). The
 # count is the costliest read of a status request, and a job 1,000 places back needs no exact place; without the
 # cap a status read cost 23 ms of PostgreSQL time with 25,000 jobs queued (bench/RESULTS.md).
@@ -175,48 +170,6 @@ def build_snapshot(
         "artifacts": [artifact_out(artifact, storage) for artifact in artifacts],
         "seq": snapshot_seq(row, live),
     }
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The wait estimate
-
-
-class RunTimeEstimator:
-    """The median run time (seconds, claim to finish) of a queue's recent succeeded jobs, cached per queue.
-
-    Cached for `RUN_TIME_CACHE_S` so a page of snapshots costs one query per queue at most.
-    """
-
-    def __init__(self, db: Database, *, sample: int = RUN_TIME_SAMPLE, cache_s: float = RUN_TIME_CACHE_S):
-        self._db = db
-        self._sample = sample
-        self._cache_s = cache_s
-        self._cache: dict[str, tuple[float, float | None]] = {}
-        self._lock = threading.Lock()
-
-    def median_run_s(self, queue: str) -> float | None:
-        """The median, or None when the queue has no succeeded job yet."""
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(queue)
-        if cached is not None and now - cached[0] < self._cache_s:
-            return cached[1]
-        durations = self._db.stats.recent_run_times(queue, self._sample)
-        median = statistics.median(durations) if durations else None
-        with self._lock:
-            self._cache[queue] = (now, median)
-        return median
-
-    def wait_s(self, queue: str, queue_position: int | None) -> float | None:
-        """Seconds until a queued job at `queue_position` is done: (position + 1) × the median run time.
-
-        One worker per queue is assumed (the farm does not know how many serve it), so this is an upper bound
-        while more workers run. None when the position or the median is unknown.
-        """
-        if queue_position is None:
-            return None
-        median = self.median_run_s(queue)
-        return None if median is None else round((queue_position + 1) * median, 1)
 
 
 # --------------------------------------------------------------------------------------------------------------
