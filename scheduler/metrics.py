@@ -162,52 +162,51 @@ class FinishedJobs:
 
     def metrics(self) -> Iterator[Metric]:
         with self._lock:
-            finished = CounterMetricFamily(
-                "renderfarm_jobs_finished", "Jobs that reached a terminal state", labels=["model", "state"]
+            yield _counters(
+                "renderfarm_jobs_finished", "Jobs that reached a terminal state", ["model", "state"], self.finished
             )
-            for (model, state), value in sorted(self.finished.items()):
-                finished.add_metric([model, state], value)
-            yield finished
-            attempts = CounterMetricFamily(
-                "renderfarm_job_attempts", "Deliveries (claims) of finished jobs", labels=["model"]
+            yield _counters("renderfarm_job_attempts", "Deliveries (claims) of finished jobs", ["model"], self.attempts)
+            yield _counters(
+                "renderfarm_job_retries", "Deliveries of finished jobs beyond their first", ["model"], self.retries
             )
-            for model, value in sorted(self.attempts.items()):
-                attempts.add_metric([model], value)
-            yield attempts
-            retries = CounterMetricFamily(
-                "renderfarm_job_retries", "Deliveries of finished jobs beyond their first", labels=["model"]
+            yield _counters(
+                "renderfarm_job_cancels", "Canceled jobs, by whether they had started", ["model", "stage"], self.cancels
             )
-            for model, value in sorted(self.retries.items()):
-                retries.add_metric([model], value)
-            yield retries
-            cancels = CounterMetricFamily(
-                "renderfarm_job_cancels", "Canceled jobs, by whether they had started", labels=["model", "stage"]
-            )
-            for (model, stage), value in sorted(self.cancels.items()):
-                cancels.add_metric([model, stage], value)
-            yield cancels
-            failures = CounterMetricFamily(
-                "renderfarm_job_failures", "Failed jobs by error code", labels=["model", "code"]
-            )
-            for (model, code), value in sorted(self.failures.items()):
-                failures.add_metric([model, code], value)
-            yield failures
-            wait = HistogramMetricFamily(
+            yield _counters("renderfarm_job_failures", "Failed jobs by error code", ["model", "code"], self.failures)
+            yield _histograms(
                 "renderfarm_job_wait_seconds",
                 "Seconds from submission to the start of the finishing attempt",
-                labels=["model"],
+                ["model"],
+                self.wait,
             )
-            for model, histogram in sorted(self.wait.items()):
-                wait.add_metric([model], histogram.cumulative(), histogram.total)
-            yield wait
-            run = HistogramMetricFamily(
+            yield _histograms(
                 "renderfarm_job_run_seconds",
                 "Seconds from start to finish of the finishing attempt",
-                labels=["model", "state"],
+                ["model", "state"],
+                self.run,
             )
-            for (model, state), histogram in sorted(self.run.items()):
-                run.add_metric([model, state], histogram.cumulative(), histogram.total)
-            yield run
+
+
+def _label_values(key: str | tuple[str, ...]) -> list[str]:
+    return list(key) if isinstance(key, tuple) else [key]
+
+
+def _counters(name: str, documentation: str, labels: list[str], values: Mapping[Any, int]) -> CounterMetricFamily:
+    """One counter family: a sample per label set (a key of `values`: a label value, or a tuple of them)."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(_label_values(key), value)
+    return family
+
+
+def _histograms(
+    name: str, documentation: str, labels: list[str], values: Mapping[Any, _Histogram]
+) -> HistogramMetricFamily:
+    """One histogram family: a histogram per label set (keyed like `_counters`)."""
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    for key, histogram in sorted(values.items()):
+        family.add_metric(_label_values(key), histogram.cumulative(), histogram.total)
+    return family
 
 
 class RepositoryCollector(Collector):

@@ -6,15 +6,12 @@ import sqlalchemy as sa
 
 from shared.db.rows import AssetRow, plain_row
 from shared.db.tables import assets
-from shared.db.transaction import Transactions
+from shared.db.transaction import Operations
 from shared.errors import NotFound
 
 
-class Assets:
+class Assets(Operations):
     """The tenant's uploaded images: record one (idempotent) and look one up."""
-
-    def __init__(self, tx: Transactions) -> None:
-        self._tx = tx
 
     def add(
         self,
@@ -44,12 +41,6 @@ class Assets:
 
     def get(self, tenant: str, sha256: str) -> AssetRow:
         """The tenant's asset with this sha256. Raises `NotFound` for an unknown one and another tenant's alike."""
-        with self._tx.begin(write=False) as conn:
-            row = (
-                conn.execute(sa.select(assets).where(assets.c.tenant == tenant, assets.c.sha256 == sha256))
-                .mappings()
-                .first()
-            )
-        if row is None:
-            raise NotFound(f"no asset with sha256 {sha256}", code="asset_not_found")
-        return plain_row(AssetRow, row)
+        statement = sa.select(assets).where(assets.c.tenant == tenant, assets.c.sha256 == sha256)
+        missing = NotFound(f"no asset with sha256 {sha256}", code="asset_not_found")
+        return plain_row(AssetRow, self._tx.read_one(statement, missing))

@@ -14,16 +14,13 @@ from shared.db.job_updates import cancel_jobs
 from shared.db.rows import BatchRow, BulkResult, NewJob, plain_row
 from shared.db.stats import counts_by_state
 from shared.db.tables import BATCH_MODES, batches, jobs
-from shared.db.transaction import Transactions
+from shared.db.transaction import Operations
 from shared.errors import NotFound
 from shared.states import JobState
 
 
-class Batches:
+class Batches(Operations):
     """The API's batches: create-or-get with the child jobs, read, cancel, and the children's counts and timing."""
-
-    def __init__(self, tx: Transactions) -> None:
-        self._tx = tx
 
     def create_if_absent(
         self,
@@ -61,15 +58,9 @@ class Batches:
 
     def get(self, tenant: str, batch_id: uuid.UUID) -> BatchRow:
         """The tenant's batch. Raises `NotFound` for an unknown batch and another tenant's alike."""
-        with self._tx.begin(write=False) as conn:
-            row = (
-                conn.execute(sa.select(batches).where(batches.c.id == batch_id, batches.c.tenant == tenant))
-                .mappings()
-                .first()
-            )
-        if row is None:
-            raise NotFound(f"no batch with id {batch_id}", code="batch_not_found")
-        return plain_row(BatchRow, row)
+        statement = sa.select(batches).where(batches.c.id == batch_id, batches.c.tenant == tenant)
+        missing = NotFound(f"no batch with id {batch_id}", code="batch_not_found")
+        return plain_row(BatchRow, self._tx.read_one(statement, missing))
 
     def cancel(self, tenant: str, batch_id: uuid.UUID, *, now: datetime | None = None) -> BatchRow:
         """Cancel what has not finished: queued jobs at once, running ones by request. Raises `NotFound`."""

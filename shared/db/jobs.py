@@ -16,18 +16,15 @@ from shared.db.job_inserts import check_task_id, new_job_values, task_id_conflic
 from shared.db.job_updates import cancel_jobs
 from shared.db.rows import ArtifactRow, JobRow, NewJob, plain_row
 from shared.db.tables import ARTIFACT_KINDS, artifacts, jobs
-from shared.db.transaction import Transactions
+from shared.db.transaction import Operations
 from shared.errors import InputError, NotFound
 from shared.states import JobState
 
 MAX_LIST_LIMIT = 1000  # rows per page of list_jobs
 
 
-class Jobs:
+class Jobs(Operations):
     """Jobs as the API sees them: by tenant and task id (or by database key, for the worker)."""
-
-    def __init__(self, tx: Transactions) -> None:
-        self._tx = tx
 
     def create_or_get(
         self,
@@ -72,23 +69,14 @@ class Jobs:
 
     def get(self, tenant: str, task_id: str) -> JobRow:
         """The tenant's job `task_id`. Raises `NotFound` for an unknown id and for another tenant's job alike."""
-        with self._tx.begin(write=False) as conn:
-            row = (
-                conn.execute(sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.task_id == task_id))
-                .mappings()
-                .first()
-            )
-        if row is None:
-            raise NotFound(f"no job with task id {task_id!r}", code="job_not_found")
-        return JobRow.from_mapping(row)
+        statement = sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.task_id == task_id)
+        missing = NotFound(f"no job with task id {task_id!r}", code="job_not_found")
+        return JobRow.from_mapping(self._tx.read_one(statement, missing))
 
     def get_by_id(self, job_id: uuid.UUID) -> JobRow:
         """The job with database key `job_id` (the worker's view; no tenant check). Raises `NotFound`."""
-        with self._tx.begin(write=False) as conn:
-            row = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings().first()
-        if row is None:
-            raise NotFound(f"no job with id {job_id}", code="job_not_found")
-        return JobRow.from_mapping(row)
+        missing = NotFound(f"no job with id {job_id}", code="job_not_found")
+        return JobRow.from_mapping(self._tx.read_one(sa.select(jobs).where(jobs.c.id == job_id), missing))
 
     def artifacts_of(self, job_id: uuid.UUID) -> list[ArtifactRow]:
         """The job's artifacts, ordered by kind (result, overlay, mask) then index."""

@@ -17,7 +17,7 @@ from shared.db.ids import new_id
 from shared.db.job_updates import ErrorLike, error_dict, touch_jobs, update_jobs
 from shared.db.rows import ArtifactRecord, JobError, JobRow, LeaseStatus
 from shared.db.tables import ARTIFACT_KINDS, artifacts, jobs
-from shared.db.transaction import Transactions
+from shared.db.transaction import Operations
 from shared.errors import LeaseLost
 from shared.states import JobState
 
@@ -25,11 +25,15 @@ from shared.states import JobState
 _PROTECTED_COLUMNS = frozenset({"id", "tenant", "task_id", "state", "seq", "updated_at", "created_at"})
 
 
-class Leases:
+class Leases(Operations):
     """Running jobs: who owns them until when, and how each attempt ends."""
 
-    def __init__(self, tx: Transactions) -> None:
-        self._tx = tx
+    def _lease(self, lease_s: float, now: datetime | None) -> tuple[datetime, datetime]:
+        """`(now, the end of a lease of lease_s seconds from now)`. Raises ValueError unless `lease_s` is positive."""
+        if lease_s <= 0:
+            raise ValueError(f"lease_s must be positive, not {lease_s}")
+        when = self._tx.now(now)
+        return when, when + timedelta(seconds=lease_s)
 
     def claim(self, job_id: uuid.UUID, worker: str, lease_s: float, *, now: datetime | None = None) -> JobRow | None:
         """Take a queued job: running, attempt + 1, owned by `worker` until now + `lease_s` seconds.
@@ -39,22 +43,10 @@ class Leases:
         nothing.
         The caller fails the job when the returned attempt exceeds `max_attempts`.
         """
-        if lease_s <= 0:
-            raise ValueError(f"lease_s must be positive, not {lease_s}")
-        when = self._tx.now(now)
+        when, until = self._lease(lease_s, now)
+        values = {"attempt": jobs.c.attempt + 1, "worker": worker, "started_at": when, "lease_until": until}
         with self._tx.begin() as conn:
-            rows = update_jobs(
-                conn,
-                JobState.RUNNING,
-                [jobs.c.id == job_id],
-                {
-                    "attempt": jobs.c.attempt + 1,
-                    "worker": worker,
-                    "started_at": when,
-                    "lease_until": when + timedelta(seconds=lease_s),
-                },
-                now=when,
-            )
+            rows = update_jobs(conn, JobState.RUNNING, [jobs.c.id == job_id], values, now=when)
         return rows[0] if rows else None
 
     def renew_lease(
@@ -65,16 +57,10 @@ class Leases:
         `held` is False when this attempt no longer owns the job (its lease expired and the job was re-queued or
         taken by a newer attempt, or the job finished): the worker must stop and write nothing.
         """
-        if lease_s <= 0:
-            raise ValueError(f"lease_s must be positive, not {lease_s}")
-        when = self._tx.now(now)
+        when, until = self._lease(lease_s, now)
+        held = [jobs.c.id == job_id, jobs.c.state == JobState.RUNNING.value, jobs.c.attempt == attempt]
         with self._tx.begin() as conn:
-            rows = touch_jobs(
-                conn,
-                [jobs.c.id == job_id, jobs.c.state == JobState.RUNNING.value, jobs.c.attempt == attempt],
-                {"lease_until": when + timedelta(seconds=lease_s)},
-                when,
-            )
+            rows = touch_jobs(conn, held, {"lease_until": until}, when)
         if not rows:
             return LeaseStatus(held=False, cancel_requested=False)
         return LeaseStatus(held=True, cancel_requested=rows[0].cancel_requested)

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from shared.db.job_updates import chunks, touch_jobs
 from shared.db.rows import JobRow
 from shared.db.tables import jobs
-from shared.db.transaction import Transactions
+from shared.db.transaction import Operations
 from shared.states import JobState
 
 # Advisory lock namespace of the dispatch window ("rf" + "dw"); the second key is the queue's CRC-32.
@@ -66,11 +66,8 @@ def _lock_key(queue: str) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
-class Outbox:
+class Outbox(Operations):
     """Publishing jobs: which queues wait, the claim and release of a dispatch, and the repair of lost messages."""
-
-    def __init__(self, tx: Transactions) -> None:
-        self._tx = tx
 
     def outbox_by_queue(self) -> dict[str, OutboxState]:
         """Every Celery queue with queued jobs never published or messages in flight, and which it has.

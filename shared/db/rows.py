@@ -150,20 +150,13 @@ class ArtifactRecord:
     infotext: str | None = None
 
 
-@dataclass(frozen=True)
-class ArtifactRow:
+@dataclass(frozen=True, kw_only=True)
+class ArtifactRow(ArtifactRecord):
+    """A recorded artifact: what was uploaded, of which attempt of which job, and when it was recorded."""
+
     id: uuid.UUID
     job_id: uuid.UUID
     attempt: int
-    kind: str
-    index: int
-    storage_key: str
-    sha256: str
-    bytes: int
-    width: int
-    height: int
-    seed: int | None
-    infotext: str | None
     created_at: datetime
 
 

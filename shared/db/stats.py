@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from shared.db.rows import FinishedJob, JobRow, QueueCounts
 from shared.db.tables import jobs
-from shared.db.transaction import Transactions
+from shared.db.transaction import Operations, Transactions
 from shared.states import TERMINAL_STATES, JobState
 
 FINISHED_PAGE = 5000  # finished rows read per query by `finished_since`
@@ -57,11 +57,8 @@ def counts_by_state(tx: Transactions, where: sa.ColumnElement[bool]) -> dict[Job
     return counts
 
 
-class Stats:
+class Stats(Operations):
     """Read-only counts for status reads, admission limits, the wait estimate and the metrics."""
-
-    def __init__(self, tx: Transactions) -> None:
-        self._tx = tx
 
     def queue_position(self, job: JobRow, *, cap: int | None = None) -> int | None:
         """How many queued jobs of the same Celery queue run before `job` (0: it is next); None unless queued.

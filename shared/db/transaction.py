@@ -61,6 +61,14 @@ class Transactions:
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
             raise DatabaseUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
 
+    def read_one(self, statement: sa.Select[Any], missing: Exception) -> RowMapping:
+        """The first row `statement` reads (in a read-only transaction); raises `missing` when there is none."""
+        with self.begin(write=False) as conn:
+            row = conn.execute(statement).mappings().first()
+        if row is None:
+            raise missing
+        return row
+
     def insert(self, table: sa.Table) -> postgresql.Insert | sqlite.Insert:
         """An INSERT in the dialect's own flavour (both have ON CONFLICT)."""
         return postgresql.insert(table) if self.dialect == "postgresql" else sqlite.insert(table)
@@ -82,3 +90,10 @@ class Transactions:
             return inserted, True
         same_key = [column == values[column.name] for column in key]
         return conn.execute(sa.select(table).where(*same_key)).mappings().one(), False
+
+
+class Operations:
+    """One group of the database's operations (`Database.jobs`, `.outbox`, ...), run on the shared transactions."""
+
+    def __init__(self, tx: Transactions) -> None:
+        self._tx = tx

@@ -24,6 +24,7 @@ from shared.config import Settings
 from shared.db import Database, make_engine, upgrade
 from shared.live import LocalLiveStatus
 from shared.states import JobState
+from tests.databases import empty_tables
 from tests.services import fresh_postgres_database
 
 ALICE_TOKEN = "batch-alice-token-0123456789"
@@ -61,10 +62,7 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
         upgrade(url)
     else:
         url = request.getfixturevalue("postgres_database")
-        engine = make_engine(url)
-        with engine.begin() as conn:
-            conn.execute(sa.text("TRUNCATE artifacts, jobs, batches, assets CASCADE"))
-        engine.dispose()
+        empty_tables(url)
     overrides = getattr(request, "param_overrides", {})
     settings = Settings(
         _env_file=None,

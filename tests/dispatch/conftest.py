@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from shared.db import Database
-from tests.dispatch import FakeClock, open_database, prepare_database
+from tests.databases import FakeClock, open_database, prepare_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

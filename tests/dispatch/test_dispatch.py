@@ -17,16 +17,14 @@ from shared.db import Database
 from shared.live import LocalLiveStatus, RedisLiveStatus
 from shared.queueing import RENDER_TASK, make_celery_app
 from shared.states import JobState
+from tests.databases import FakeClock, in_flight, open_database
 from tests.dispatch import (
     LEASE_S,
     OTHER_QUEUE,
     QUEUE,
-    FakeClock,
     broker_ids,
     broker_messages,
     cluster_settings,
-    in_flight,
-    open_database,
     submit,
     take_message,
 )

@@ -26,14 +26,12 @@ from shared.db.tables import utcnow
 from shared.live import LiveProgress, LocalLiveStatus, RedisLiveStatus
 from shared.queueing import make_celery_app
 from shared.states import JobState
+from tests.databases import FakeClock, in_flight, open_database
 from tests.dispatch import (
     LEASE_S,
     QUEUE,
-    FakeClock,
     broker_ids,
     cluster_settings,
-    in_flight,
-    open_database,
     submit,
     take_message,
 )

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from shared.db import Database, make_engine, upgrade
 from shared.db.rows import NewJob
-from tests.dispatch import insert_batch
+from tests.databases import insert_batch
 from tests.services import fresh_postgres_database
 
 pytestmark = pytest.mark.integration

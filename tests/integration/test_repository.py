@@ -21,41 +21,21 @@ from shared.db import (
     JobRow,
     NewJob,
     make_engine,
-    upgrade,
 )
 from shared.db.ids import new_id
-from shared.db.tables import metadata
 from shared.errors import Conflict, DatabaseUnavailable, InputError, LeaseLost, NotFound
 from shared.states import ALLOWED_TRANSITIONS, JobState, can_transition
-from tests.dispatch import LEASE_S, FakeClock, in_flight, insert_batch
+from tests.databases import FakeClock, in_flight, insert_batch, prepare_database
+from tests.dispatch import LEASE_S
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="session")
-def migrated_postgres_url(postgres_url: str) -> str:
-    upgrade(postgres_url)
-    return postgres_url
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A migrated, empty database of each kind."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'db' / 'renderfarm.db'}"
-        upgrade(url)
-        yield url
-        return
-    url = request.getfixturevalue("migrated_postgres_url")
-    engine = make_engine(url)
-    try:
-        with engine.begin() as conn:
-            # Empty tables for each test; one database per session keeps the suite fast.
-            names = ", ".join(table.name for table in metadata.sorted_tables)
-            conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
-    finally:
-        engine.dispose()
-    yield url
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database of each kind (PostgreSQL: one database per session keeps the suite fast)."""
+    postgres_url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    return prepare_database(request.param, tmp_path, postgres_url)
 
 
 @pytest.fixture
