@@ -59,8 +59,8 @@ __all__ = [
     "FOLD_OVERLAP_S",
     "RUN_BUCKETS_S",
     "WAIT_BUCKETS_S",
+    "DatabaseCollector",
     "FinishedJobs",
-    "RepositoryCollector",
     "build_registry",
     "install_metrics",
     "metrics_response",
@@ -209,7 +209,7 @@ def _histograms(
     return family
 
 
-class RepositoryCollector(Collector):
+class DatabaseCollector(Collector):
     """Collects the farm's metrics from the database (and the broker) at every scrape.
 
     `broker_lengths(queues)` returns the broker's message count per queue name (for example `redis_list_lengths`);
@@ -313,10 +313,10 @@ def redis_list_lengths(redis_url: str) -> tuple[Callable[[Sequence[str]], Mappin
     return lengths, client.close
 
 
-def build_registry(db: Database, **collector_options: Any) -> tuple[CollectorRegistry, RepositoryCollector]:
-    """A fresh registry holding one `RepositoryCollector` (options as its keywords)."""
+def build_registry(db: Database, **collector_options: Any) -> tuple[CollectorRegistry, DatabaseCollector]:
+    """A fresh registry holding one `DatabaseCollector` (options as its keywords)."""
     registry = CollectorRegistry(auto_describe=False)
-    collector = RepositoryCollector(db, **collector_options)
+    collector = DatabaseCollector(db, **collector_options)
     registry.register(collector)
     return registry, collector
 

@@ -3,7 +3,7 @@
 - "embedded": SQLite file + local-folder storage + in-process live status;
 - "cluster": PostgreSQL + Redis live status + S3 (moto's real HTTP server).
 
-No workers run: jobs stay queued unless a test drives the repository itself, as a worker would (`Farm.claim`,
+No workers run: jobs stay queued unless a test drives the database itself, as a worker would (`Farm.claim`,
 `Farm.succeed_with_artifacts`). Requests go through Starlette's TestClient (the ASGI app in-process, lifespan
 included), or through a real uvicorn server where streaming and plain-HTTP downloads need one (`live_server`).
 """

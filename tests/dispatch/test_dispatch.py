@@ -42,7 +42,7 @@ def settings(redis_url: str) -> Settings:
 
 @pytest.fixture
 def make_dispatcher(db: Database, settings: Settings, broker: redis.Redis) -> Iterator[Callable[..., Dispatcher]]:
-    """Build dispatchers on the test's repository and broker; all are stopped and their apps closed afterwards."""
+    """Build dispatchers on the test's database and broker; all are stopped and their apps closed afterwards."""
     made: list[tuple[Dispatcher, object]] = []
     live = RedisLiveStatus(settings.redis_url or "")
 

@@ -193,7 +193,7 @@ def test_the_lost_check_with_no_grace_and_no_redis(
     dispatcher.stop()
     broker.delete(dispatched_marker(jobs[0].id))
 
-    # Grace 0 still needs the dispatch to be in the past: the repository's clock moves on.
+    # Grace 0 still needs the dispatch to be in the past: the database's clock moves on.
     clock.advance(0.001)
     eager = Reconciler(db, app, live, settings, lost_grace_s=0)
     try:

@@ -1,4 +1,5 @@
-"""The job repository against real databases: every test runs on SQLite (a migrated temp file) and PostgreSQL."""
+"""The database operations (shared.db.Database) against real databases: every test runs on SQLite (a migrated temp
+file) and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -172,7 +173,7 @@ def test_task_id_longer_than_128_characters_is_refused(db: Database) -> None:
 
 
 def drive_to(db: Database, state: JobState) -> JobRow:
-    """A new job brought into `state` through the repository's own operations."""
+    """A new job brought into `state` through the database's own operations."""
     job = new_job(db)
     if state is JobState.QUEUED:
         return job
