@@ -27,6 +27,15 @@ from shared.errors import DatabaseUnavailable
 Clock = Callable[[], datetime]
 
 
+@contextmanager
+def unavailable_as_error(doing: str = "the database is unavailable") -> Iterator[None]:
+    """The one translation of the driver's connection failures into `DatabaseUnavailable` ("`doing`: why")."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise DatabaseUnavailable(f"{doing}: {exc.orig or exc}") from exc
+
+
 class Transactions:
     """Transactions on one engine (the caller's: dispose of it when done) with one clock. Thread-safe."""
 
@@ -49,17 +58,14 @@ class Transactions:
         on PostgreSQL no transaction at all (autocommit), which saves the BEGIN and COMMIT round trips. Nothing is
         lost by that: at PostgreSQL's READ COMMITTED every statement takes its own snapshot in a transaction too.
         """
-        try:
-            with self.engine.connect() as conn:
-                if not write:
-                    if self.dialect == "postgresql":
-                        conn.execution_options(isolation_level="AUTOCOMMIT")
-                    else:
-                        conn.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
-                with conn.begin():
-                    yield conn
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise DatabaseUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
+        with unavailable_as_error(), self.engine.connect() as conn:
+            if not write:
+                if self.dialect == "postgresql":
+                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                else:
+                    conn.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+            with conn.begin():
+                yield conn
 
     def read_one(self, statement: sa.Select[Any], missing: Exception) -> RowMapping:
         """The first row `statement` reads (in a read-only transaction); raises `missing` when there is none."""
