@@ -21,6 +21,8 @@ from shared.db import (
     JobError,
     JobRow,
     NewJob,
+    QueueCounts,
+    head_revision,
     make_engine,
 )
 from shared.db.ids import new_id
@@ -754,3 +756,47 @@ def test_reset_lost_dispatch_and_reset_all_dispatch(db: Database, clock: FakeClo
     assert db.outbox.reset_all_dispatch() == 1  # fresh; the running job is not queued
     assert in_flight(db) == {}
     assert db.jobs.get_by_id(running.id).state is JobState.RUNNING
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The door's own reads: ping, schema revision, run times, queue counts, finished jobs
+
+
+def test_ping_and_schema_revision(db: Database) -> None:
+    db.ping()
+    assert db.schema_revision() == head_revision()
+
+
+def test_ping_of_an_unreachable_database_is_database_unavailable() -> None:
+    db = Database.from_url("postgresql+psycopg://postgres@127.0.0.1:1/nothing")  # nothing listens on port 1
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            db.ping()
+        with pytest.raises(DatabaseUnavailable):
+            db.schema_revision()
+    finally:
+        db.close()
+
+
+def test_run_times_queue_counts_and_finished_jobs(db: Database, clock: FakeClock) -> None:
+    assert db.stats.recent_run_times("default", 10) == []
+    assert db.stats.queue_counts() == {}
+    quick, slow = drive_to(db, JobState.RUNNING), drive_to(db, JobState.RUNNING)
+    waiting = new_job(db)
+    clock.advance(2)
+    db.leases.succeed(quick.id, 1, [])
+    clock.advance(10)
+    db.leases.succeed(slow.id, 1, [])
+    assert db.stats.recent_run_times("default", 10) == [12.0, 2.0]  # the most recent first
+    assert db.stats.recent_run_times("default", 1) == [12.0]
+    assert db.stats.queue_counts() == {"default": QueueCounts(queued=1, oldest_queued=waiting.created_at)}
+
+    failed = db.leases.fail(waiting.id, None, ERROR)
+    assert failed is not None
+    finished = list(db.stats.finished_since(None))
+    assert [(job.id, job.state, job.error_code) for job in finished] == [
+        (quick.id, JobState.SUCCEEDED, None),
+        (slow.id, JobState.SUCCEEDED, None),
+        (waiting.id, JobState.FAILED, ERROR.code),
+    ]
+    assert [job.id for job in db.stats.finished_since(clock.now)] == [slow.id, waiting.id]
