@@ -46,11 +46,6 @@ class Database:
         """A database on a new engine for `database_url` (see `make_engine`); `close()` disposes of it."""
         return cls(make_engine(database_url), clock=clock)
 
-    @property
-    def engine(self) -> Engine:
-        """The engine underneath (for its owner to dispose of, and for tests that watch its statements)."""
-        return self._tx.engine
-
     def close(self) -> None:
         """Close the engine's pooled connections (call it once, at shutdown, when this database owns the engine)."""
         self._tx.engine.dispose()

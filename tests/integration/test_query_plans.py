@@ -27,7 +27,8 @@ CAP = 100
 
 
 @pytest.fixture(scope="module")
-def backlog_db() -> Iterator[Database]:
+def backlog_engine() -> Iterator[sa.Engine]:
+    """An engine on a database holding the backlog (the tests watch the statements sent on it)."""
     with fresh_postgres_database() as url:
         upgrade(url)
         engine = make_engine(url)
@@ -43,12 +44,17 @@ def backlog_db() -> Iterator[Database]:
             conn.execute(sa.text("UPDATE jobs SET state = 'succeeded' WHERE tenant = 'carol'"))
             conn.execute(sa.text("ANALYZE jobs"))
         try:
-            yield db
+            yield engine
         finally:
             engine.dispose()
 
 
-def rows_read_from_jobs(db: Database, call: Callable[[], Any]) -> list[int]:
+@pytest.fixture
+def backlog_db(backlog_engine: sa.Engine) -> Database:
+    return Database(backlog_engine)
+
+
+def rows_read_from_jobs(engine: sa.Engine, call: Callable[[], Any]) -> list[int]:
     """Run `call`; EXPLAIN ANALYZE every SELECT it sent again and sum the rows its scans of `jobs` examined."""
     sent: list[tuple[str, Any]] = []
 
@@ -56,14 +62,14 @@ def rows_read_from_jobs(db: Database, call: Callable[[], Any]) -> list[int]:
         if statement.lstrip().upper().startswith(("SELECT", "WITH")):
             sent.append((statement, parameters))
 
-    sa.event.listen(db.engine, "before_cursor_execute", capture)
+    sa.event.listen(engine, "before_cursor_execute", capture)
     try:
         call()
     finally:
-        sa.event.remove(db.engine, "before_cursor_execute", capture)
+        sa.event.remove(engine, "before_cursor_execute", capture)
     assert sent, "the call sent no SELECT"
     totals = []
-    with db.engine.connect() as conn:
+    with engine.connect() as conn:
         for statement, parameters in sent:
             plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters).scalar_one()
             plan = json.loads(plan) if isinstance(plan, str) else plan
@@ -80,23 +86,25 @@ def _rows_from_jobs(node: dict[str, Any]) -> int:
     return own + sum(_rows_from_jobs(child) for child in node.get("Plans", []))
 
 
-def test_queue_position_reads_at_most_the_cap(backlog_db: Database) -> None:
+def test_queue_position_reads_at_most_the_cap(backlog_engine: sa.Engine, backlog_db: Database) -> None:
     last = backlog_db.jobs.get("alice", f"job-{BACKLOG - 1}")
     assert backlog_db.stats.queue_position(last, cap=CAP) == CAP
     assert backlog_db.stats.queue_position(last) == BACKLOG - 1  # uncapped: exact (bob's jobs came later)
-    (rows,) = rows_read_from_jobs(backlog_db, lambda: backlog_db.stats.queue_position(last, cap=CAP))
+    (rows,) = rows_read_from_jobs(backlog_engine, lambda: backlog_db.stats.queue_position(last, cap=CAP))
     assert rows <= 2 * CAP
 
 
-def test_a_tenants_queued_count_reads_at_most_the_cap(backlog_db: Database) -> None:
+def test_a_tenants_queued_count_reads_at_most_the_cap(backlog_engine: sa.Engine, backlog_db: Database) -> None:
     assert backlog_db.stats.queued_count("alice", cap=CAP) == CAP
     assert backlog_db.stats.queued_count("bob", cap=CAP) == 10
-    (rows,) = rows_read_from_jobs(backlog_db, lambda: backlog_db.stats.queued_count("alice", cap=CAP))
+    (rows,) = rows_read_from_jobs(backlog_engine, lambda: backlog_db.stats.queued_count("alice", cap=CAP))
     assert rows <= CAP
 
 
-def test_the_dispatchers_outbox_read_does_not_count_the_backlog(backlog_db: Database) -> None:
+def test_the_dispatchers_outbox_read_does_not_count_the_backlog(
+    backlog_engine: sa.Engine, backlog_db: Database
+) -> None:
     assert backlog_db.outbox.outbox_by_queue() == {"default": (True, 0)}
-    waiting, in_flight = rows_read_from_jobs(backlog_db, backlog_db.outbox.outbox_by_queue)
+    waiting, in_flight = rows_read_from_jobs(backlog_engine, backlog_db.outbox.outbox_by_queue)
     assert waiting <= 10  # one index probe per queue name (and one more to find there is no next)
     assert in_flight == 0
