@@ -299,7 +299,7 @@ class Farm:
     """Postgres + Redis + S3 + one scheduler process + worker processes, all of its own.
 
     `env` is the RENDERFARM_* environment every farm process shares; `settings` the same as a Settings object for
-    the benchmark's own clients (repository, Celery, Redis).
+    the benchmark's own clients (database, Celery, Redis).
     """
 
     env: dict[str, str]

@@ -102,16 +102,12 @@ def run(config: Config) -> list[BenchResult]:
         client = httpx.Client(base_url=base, headers=harness.AUTH, timeout=60)
         expected = [engine_once()]
 
-        # The end of a job is watched in the database with a one-row query on a kept connection: polling the API
-        # (a snapshot costs a few ms of CPU) would take CPU from the worker on a two-core machine and show up as
-        # farm overhead. The client-visible time is the row's finished_at anyway.
-        import sqlalchemy as sa
+        # The end of a job is watched in the database with a one-row read (a pooled connection, no transaction):
+        # polling the API (a snapshot costs a few ms of CPU) would take CPU from the worker on a two-core machine
+        # and show up as farm overhead. The client-visible time is the row's finished_at anyway.
+        from shared.db import Database
 
-        from shared.db import make_engine
-
-        watcher = make_engine(farm.database_url)
-        watch = watcher.connect()
-        state_of = sa.text("SELECT state, extract(epoch FROM finished_at) FROM jobs WHERE task_id = :task_id")
+        db = Database.from_url(farm.database_url)
 
         def farm_once() -> tuple[float, str]:
             task_id = f"overhead-{uuid.uuid4().hex}"
@@ -124,13 +120,12 @@ def run(config: Config) -> list[BenchResult]:
             time.sleep(max(0.0, harness.median(expected) * 0.95))
             deadline = time.monotonic() + 120
             while True:
-                state, finished = watch.execute(state_of, {"task_id": task_id}).one()
-                watch.rollback()  # a fresh snapshot for the next look
-                if state == "succeeded":
-                    return float(finished) - sent, task_id
-                if state in ("failed", "canceled") or time.monotonic() > deadline:
+                row = db.jobs.get(harness.TENANT, task_id)
+                if row.state == "succeeded" and row.finished_at is not None:
+                    return row.finished_at.timestamp() - sent, task_id
+                if row.is_terminal or time.monotonic() > deadline:
                     snapshot: dict[str, Any] = client.get(f"/v1/jobs/{task_id}").json()
-                    raise RuntimeError(f"job {task_id} ended {state}: {snapshot.get('error')}")
+                    raise RuntimeError(f"job {task_id} ended {row.state}: {snapshot.get('error')}")
                 time.sleep(0.005)
 
         for _ in range(2):  # warm-up: the worker's first job loads lazily built parts, the API's caches fill
@@ -146,9 +141,8 @@ def run(config: Config) -> list[BenchResult]:
             farm_s.append(seconds)
             task_ids.append(task_id)
         client.close()
-        watch.close()
-        watcher.dispose()
-        job_ids = _job_ids(farm.database_url, task_ids)
+        job_ids = {task_id: str(db.jobs.get(harness.TENANT, task_id).id) for task_id in task_ids}
+        db.close()
         timings = _worker_timings(worker.log_text())
     overhead_ms = [(f - e) * 1000 for f, e in zip(farm_s, engine_s, strict=True)]
     ratio = harness.median(farm_s) / harness.median(engine_s)
@@ -204,19 +198,3 @@ def run(config: Config) -> list[BenchResult]:
     else:
         result.note("the worker's per-phase timings were not found in its log; no breakdown")
     return [result]
-
-
-def _job_ids(database_url: str, task_ids: list[str]) -> dict[str, str]:
-    import sqlalchemy as sa
-
-    from shared.db import make_engine
-
-    engine = make_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text("SELECT task_id, id FROM jobs WHERE task_id = ANY(:ids)"), {"ids": task_ids}
-            ).all()
-    finally:
-        engine.dispose()
-    return {task_id: str(job_id) for task_id, job_id in rows}

@@ -2,7 +2,7 @@
 
     settings (no RENDERFARM_REDIS_URL)
       -> `renderfarm db upgrade` (SQLite in the data folder unless RENDERFARM_DATABASE_URL says otherwise)
-      -> one worker dependency set: repository, storage, live status, model cache (the tiny model by default)
+      -> one worker dependency set: database, storage, live status, model cache (the tiny model by default)
       -> one Celery app on kombu's `memory://` transport, with the render task registered
       -> the API (`scheduler.app.create_app`) on those same parts and that same app: its dispatcher publishes into
          the in-memory broker that the in-process worker consumes
@@ -150,13 +150,13 @@ def build_farm(settings: Settings, *, warm: bool = True) -> EmbeddedFarm:
     upgrade(settings.resolved_database_url)
     name = f"{EMBEDDED_WORKER_NAME}@{socket.gethostname()}"
     deps = build_worker_deps(settings, worker_name=name)
-    closers: list[Callable[[], None]] = [deps.repo.engine.dispose, deps.storage.close, deps.live.close]
+    closers: list[Callable[[], None]] = [deps.db.close, deps.storage.close, deps.live.close]
     try:
         celery_app = create_worker_app(settings, lambda: deps, warm=False)
         closers.append(celery_app.close)
         # One set of parts for both halves: the live status is in memory, so only a shared object carries
         # progress and cancel flags between them; the app is the worker's, so both use one in-memory broker.
-        app = create_app(settings, celery_app=celery_app, live=deps.live, storage=deps.storage, repository=deps.repo)
+        app = create_app(settings, celery_app=celery_app, live=deps.live, storage=deps.storage, db=deps.db)
         worker = start_embedded_worker(settings, celery_app, deps, warm=warm, hostname=name)
         closers.append(worker.stop)
     except BaseException:

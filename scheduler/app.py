@@ -28,9 +28,9 @@ from scheduler.metrics import install_metrics
 from scheduler.queue_limit import QueueLimit
 from scheduler.routes import assets, events, files, health, jobs
 from scheduler.routes import batches as batch_routes
-from scheduler.snapshots import RunTimeEstimator
+from scheduler.wait_estimate import RunTimeEstimator
 from shared.config import Settings
-from shared.db import JobRepository, head_revision, make_engine
+from shared.db import Database, head_revision
 from shared.errors import ConfigError, DatabaseUnavailable
 from shared.live import LiveStatus, open_live_status
 from shared.queueing import make_celery_app
@@ -43,23 +43,11 @@ API_VERSION = "1"
 STREAM_WAIT_THREADS = 256  # open SSE streams that can wait for changes at once; more wait for a free thread
 
 
-def schema_revision(repo: JobRepository) -> str | None:
-    """The database's Alembic revision (None: never migrated). Raises DatabaseUnavailable when unreachable."""
-    import sqlalchemy as sa
-    from alembic.runtime.migration import MigrationContext
-
-    try:
-        with repo.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        raise DatabaseUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
-
-
-def require_schema(repo: JobRepository) -> None:
+def require_schema(db: Database) -> None:
     """Raise ConfigError unless the database is at the newest revision. An unreachable database is only logged:
     the process starts and `/readyz` reports it until the database is back."""
     try:
-        current = schema_revision(repo)
+        current = db.schema_revision()
     except DatabaseUnavailable as exc:
         log.warning("cannot check the database schema at start-up: %s", exc.message)
         return
@@ -105,10 +93,10 @@ class _Background:
         s = self.services
         if s.settings.embedded:
             # The in-memory broker starts empty: every queued job must be published again.
-            reset_dispatch_on_startup(s.repo)
-        self.dispatcher = Dispatcher(s.repo, s.celery_app, s.live, s.settings)
+            reset_dispatch_on_startup(s.db)
+        self.dispatcher = Dispatcher(s.db, s.celery_app, s.live, s.settings)
         # Jobs the reconciler re-queues are published at once, not at the dispatcher's next tick.
-        self.reconciler = Reconciler(s.repo, s.celery_app, s.live, s.settings, on_requeue=self.dispatcher.wake)
+        self.reconciler = Reconciler(s.db, s.celery_app, s.live, s.settings, on_requeue=self.dispatcher.wake)
         self.dispatcher.run_in_thread()
         self.reconciler.run_in_thread()
         s.dispatcher = self.dispatcher
@@ -129,21 +117,20 @@ def create_app(
     celery_app: Any = None,
     live: LiveStatus | None = None,
     storage: Storage | None = None,
-    repository: JobRepository | None = None,
+    db: Database | None = None,
     start_background: bool = True,
 ) -> FastAPI:
     """The API app. Parts not given are built from `settings` (and closed by the app at shutdown):
-    the repository from RENDERFARM_DATABASE_URL, live status from RENDERFARM_REDIS_URL (in-process without it),
+    the database from RENDERFARM_DATABASE_URL, live status from RENDERFARM_REDIS_URL (in-process without it),
     storage from RENDERFARM_STORAGE_URL, the Celery app (publish only) from the same settings.
 
     Raises ConfigError for invalid settings (tokens included). Does not touch the network until it serves.
     """
     tokens = TokenTable(settings.tenant_tokens())
     owned: list[Callable[[], None]] = []
-    if repository is None:
-        engine = make_engine(settings.resolved_database_url)
-        repository = JobRepository(engine)
-        owned.append(engine.dispose)
+    if db is None:
+        db = Database.from_url(settings.resolved_database_url)
+        owned.append(db.close)
     if live is None:
         live = open_live_status(settings.redis_url)
         owned.append(live.close)
@@ -156,19 +143,19 @@ def create_app(
     stream_waits = ThreadPoolExecutor(max_workers=STREAM_WAIT_THREADS, thread_name_prefix="sse-wait")
     services = Services(
         settings=settings,
-        repo=repository,
+        db=db,
         live=live,
         storage=storage,
         celery_app=celery_app,
-        estimator=RunTimeEstimator(repository),
-        queue_limit=QueueLimit(lambda tenant, cap: repository.queued_count(tenant, cap=cap)),
+        estimator=RunTimeEstimator(db),
+        queue_limit=QueueLimit(lambda tenant, cap: db.stats.queued_count(tenant, cap=cap)),
         stream_waits=stream_waits,
     )
     background = _Background(services)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        require_schema(services.repo)
+        require_schema(services.db)
         if start_background:
             background.start()
         try:

@@ -12,7 +12,7 @@ always explicit: guessing it would silently turn 3 × 3 items into 3 or 9.
 
 Children get `{batch_id}-{index}` as task id unless their request names a `force_task_id`. Every child is validated
 and normalised exactly as `PUT /v1/jobs` does (`scheduler.submission`), then all are inserted in ONE statement and
-transaction with the batch row (`JobRepository.create_batch_if_absent`), on the batch tier's queue
+transaction with the batch row (`Database.create_batch_if_absent`), on the batch tier's queue
 (`queue_name(model, batch=True)`), so interactive jobs are not stuck behind a night's batch.
 
 A client-chosen `batch_id` makes the request create-or-get, like `PUT /v1/jobs/{task_id}`: the same batch again
@@ -299,7 +299,7 @@ def submit_batch(services: Services, tenant: str, body: Any) -> BatchSubmission:
     if existing is None:
         _check_queue_limit(services, tenant, len(new_jobs))
         manifest = {"hash": digest, **description}
-        existing, result = services.repo.create_batch_if_absent(
+        existing, result = services.db.batches.create_if_absent(
             tenant, new_jobs, mode=mode, manifest=manifest, batch_id=batch_id
         )
         if result is not None:
@@ -316,7 +316,7 @@ def submit_batch(services: Services, tenant: str, body: Any) -> BatchSubmission:
 
 def _existing_batch(services: Services, tenant: str, batch_id: uuid.UUID) -> BatchRow | None:
     try:
-        return services.repo.get_batch(tenant, batch_id)
+        return services.db.batches.get(tenant, batch_id)
     except NotFound:
         return None
 
@@ -384,18 +384,18 @@ def read_batch(
 ) -> dict[str, Any]:
     """The batch's status (counts by state, progress, ETA) and one page of its items (full job snapshots, in the
     order of the manifest). Raises NotFound for an unknown batch and another tenant's alike."""
-    batch = services.repo.get_batch(tenant, batch_id)
-    counts = services.repo.batch_counts(batch.id)
+    batch = services.db.batches.get(tenant, batch_id)
+    counts = services.db.batches.counts(batch.id)
     running_rows: list[JobRow] = []
     if counts[JobState.RUNNING]:
-        running_rows, _ = services.repo.list_jobs(tenant, state=JobState.RUNNING, batch_id=batch.id, limit=1000)
+        running_rows, _ = services.db.jobs.list_jobs(tenant, state=JobState.RUNNING, batch_id=batch.id, limit=1000)
     live = safe_live_many(services, running_rows)
     fractions = [live[str(row.id)].fraction for row in running_rows if str(row.id) in live]
     total, finished, remaining, progress = batch_progress(counts, fractions)
-    first_started, last_finished = services.repo.batch_timing(batch.id)
+    first_started, last_finished = services.db.batches.timing(batch.id)
     now = datetime.now(UTC)
     elapsed = _elapsed_s(first_started, last_finished if remaining == 0 and last_finished else now)
-    rows, next_cursor = services.repo.list_jobs(
+    rows, next_cursor = services.db.jobs.list_jobs(
         tenant, state=state, batch_id=batch.id, cursor=cursor, limit=limit, oldest_first=True
     )
     page_live = safe_live_many(services, rows)
@@ -421,10 +421,10 @@ def read_batch(
 
 def cancel_batch(services: Services, tenant: str, batch_id: uuid.UUID) -> None:
     """Cancel what has not finished: queued children at once, running ones at their next step. Raises NotFound."""
-    batch = services.repo.cancel_batch(tenant, batch_id)
+    batch = services.db.batches.cancel(tenant, batch_id)
     cursor: str | None = None
     while True:
-        running, cursor = services.repo.list_jobs(
+        running, cursor = services.db.jobs.list_jobs(
             tenant, state=JobState.RUNNING, batch_id=batch.id, cursor=cursor, limit=1000
         )
         for row in running:

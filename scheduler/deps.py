@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 from fastapi import Depends, Request
 
 from shared.config import Settings
-from shared.db import JobRepository
+from shared.db import Database
 from shared.live import LiveStatus
 from shared.storage import Storage
 
 if TYPE_CHECKING:
     from scheduler.queue_limit import QueueLimit
-    from scheduler.snapshots import RunTimeEstimator
+    from scheduler.wait_estimate import RunTimeEstimator
 
 
 class Wakeable(Protocol):
@@ -33,7 +33,7 @@ class Services:
     """Everything the routes use. `dispatcher` is None until the background loops start (or when they are off)."""
 
     settings: Settings
-    repo: JobRepository
+    db: Database
     live: LiveStatus
     storage: Storage
     celery_app: Any

@@ -5,7 +5,7 @@ docs/farm-design.md "Queues, dispatch and fairness" is the spec. In short:
 - The API inserts a job with `dispatched_at` NULL, commits, then calls `Dispatcher.wake()`. It never publishes.
 - Each round, for every queue with undispatched jobs and room in its window (at most `window_per_queue` messages in
   the broker, i.e. queued rows whose `dispatched_at` is set), the dispatcher claims the next jobs in fair order
-  (`JobRepository.claim_dispatch`: priority, then round-robin over tenants), publishes them with
+  (`Database.outbox.claim_dispatch`: priority, then round-robin over tenants), publishes them with
   `shared.queueing.publish_render`, and sets the Redis marker `rf:dispatched:{job_id}` that lets the reconciler
   notice messages Redis lost.
 - A publish that fails (the broker is down) hands the unpublished claims back (`release_dispatch`) and ends the
@@ -26,7 +26,7 @@ from typing import Any
 from celery import Celery
 
 from shared.config import Settings
-from shared.db import JobRepository, JobRow
+from shared.db import Database, JobRow
 from shared.live import KEY_PREFIX, LiveStatus
 from shared.queueing import celery_config, message_id, publish_render
 
@@ -62,7 +62,7 @@ class Dispatcher:
     """Publishes undispatched queued jobs, keeping at most `window_per_queue` messages in flight per queue.
 
     Args:
-        repo: the farm's repository (its clock stamps `dispatched_at`).
+        db: the farm's database (its clock stamps `dispatched_at`).
         celery_app: the app to publish with (`shared.queueing.make_celery_app`).
         live: live status; watchers of a job are notified when it is published (its `seq` changed).
         settings: the farm's settings (the visibility timeout for the marker's TTL; `redis_url`).
@@ -79,7 +79,7 @@ class Dispatcher:
 
     def __init__(
         self,
-        repo: JobRepository,
+        db: Database,
         celery_app: Celery,
         live: LiveStatus,
         settings: Settings,
@@ -96,7 +96,7 @@ class Dispatcher:
             raise ValueError(f"window_per_queue must be at least 1, not {window}")
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, not {tick_s}")
-        self._repo = repo
+        self._db = db
         self._app = celery_app
         self._live = live
         self._settings = settings
@@ -133,7 +133,7 @@ class Dispatcher:
         """
         with self._round_lock:
             published = 0
-            outbox = sorted(self._repo.outbox_by_queue().items())
+            outbox = sorted(self._db.outbox.outbox_by_queue().items())
             broker_ok = True
             for queue, counts in outbox:
                 if not counts.waiting or counts.in_flight >= self._window:
@@ -149,7 +149,7 @@ class Dispatcher:
 
     def _dispatch_queue(self, queue: str) -> tuple[int, bool]:
         """Claim, publish and mark one queue's next jobs. Returns (published, broker_ok)."""
-        claimed = self._repo.claim_dispatch(queue, self._window, max_jobs=MAX_CLAIM_PER_ROUND)
+        claimed = self._db.outbox.claim_dispatch(queue, self._window, max_jobs=MAX_CLAIM_PER_ROUND)
         if len(claimed) == MAX_CLAIM_PER_ROUND:
             self._wake.set()  # a big window: the loop comes straight back for the rest
         published: list[JobRow] = []
@@ -183,7 +183,7 @@ class Dispatcher:
             len(unpublished),
         )
         try:
-            self._repo.release_dispatch(unpublished)
+            self._db.outbox.release_dispatch(unpublished)
         except Exception:
             # The rows keep dispatched_at without a message or marker; the reconciler's lost-message check makes
             # them undispatched after its grace period (cluster mode), the embedded start-up reset otherwise.

@@ -44,15 +44,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from shared.db import JobRepository
-from shared.db.tables import jobs, utcnow
+from shared.db import Database, FinishedJob, QueueCounts, utcnow
+from shared.db.stats import Stats
 from shared.errors import DatabaseUnavailable
-from shared.states import TERMINAL_STATES, JobState
+from shared.states import JobState
 
 log = logging.getLogger("scheduler.metrics")
 
@@ -60,8 +59,8 @@ __all__ = [
     "FOLD_OVERLAP_S",
     "RUN_BUCKETS_S",
     "WAIT_BUCKETS_S",
+    "DatabaseCollector",
     "FinishedJobs",
-    "RepositoryCollector",
     "build_registry",
     "install_metrics",
     "metrics_response",
@@ -73,7 +72,6 @@ WAIT_BUCKETS_S: tuple[float, ...] = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 6
 # Renders: a tiny test model takes under a second, a large SDXL batch many minutes.
 RUN_BUCKETS_S: tuple[float, ...] = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 FOLD_OVERLAP_S = 600.0  # seconds re-read behind the watermark: commits with a skewed or slow clock land late
-FOLD_PAGE = 5000  # finished rows read per query while folding
 DEFAULT_MODEL_LABEL = "default"  # jobs without a model use the farm's default model (RENDERFARM_MODEL)
 UNKNOWN_CODE = "unknown"
 
@@ -110,18 +108,6 @@ def _float_text(value: float) -> str:
     return repr(float(value))
 
 
-@dataclass(frozen=True)
-class _Finished:
-    id: uuid.UUID
-    model: str | None
-    state: JobState
-    attempt: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime
-    error_code: str | None
-
-
 class FinishedJobs:
     """Counters and histograms of finished jobs, folded incrementally from the jobs table. Thread-safe."""
 
@@ -138,12 +124,12 @@ class FinishedJobs:
         self.wait: dict[str, _Histogram] = {}
         self.run: dict[tuple[str, str], _Histogram] = {}
 
-    def refresh(self, engine: sa.Engine) -> int:
+    def refresh(self, stats: Stats) -> int:
         """Fold every job that finished since the last refresh; returns how many were new."""
         with self._lock:
             since = None if self._watermark is None else self._watermark - self._overlap
             new = 0
-            for row in _finished_rows(engine, since):
+            for row in stats.finished_since(since):
                 if row.id in self._recent:
                     continue
                 self._fold(row)
@@ -156,7 +142,7 @@ class FinishedJobs:
                 self._recent = {key: when for key, when in self._recent.items() if when >= horizon}
             return new
 
-    def _fold(self, row: _Finished) -> None:
+    def _fold(self, row: FinishedJob) -> None:
         model = _model_label(row.model)
         state = row.state.value
         self.finished[(model, state)] = self.finished.get((model, state), 0) + 1
@@ -176,136 +162,55 @@ class FinishedJobs:
 
     def metrics(self) -> Iterator[Metric]:
         with self._lock:
-            finished = CounterMetricFamily(
-                "renderfarm_jobs_finished", "Jobs that reached a terminal state", labels=["model", "state"]
+            yield _counters(
+                "renderfarm_jobs_finished", "Jobs that reached a terminal state", ["model", "state"], self.finished
             )
-            for (model, state), value in sorted(self.finished.items()):
-                finished.add_metric([model, state], value)
-            yield finished
-            attempts = CounterMetricFamily(
-                "renderfarm_job_attempts", "Deliveries (claims) of finished jobs", labels=["model"]
+            yield _counters("renderfarm_job_attempts", "Deliveries (claims) of finished jobs", ["model"], self.attempts)
+            yield _counters(
+                "renderfarm_job_retries", "Deliveries of finished jobs beyond their first", ["model"], self.retries
             )
-            for model, value in sorted(self.attempts.items()):
-                attempts.add_metric([model], value)
-            yield attempts
-            retries = CounterMetricFamily(
-                "renderfarm_job_retries", "Deliveries of finished jobs beyond their first", labels=["model"]
+            yield _counters(
+                "renderfarm_job_cancels", "Canceled jobs, by whether they had started", ["model", "stage"], self.cancels
             )
-            for model, value in sorted(self.retries.items()):
-                retries.add_metric([model], value)
-            yield retries
-            cancels = CounterMetricFamily(
-                "renderfarm_job_cancels", "Canceled jobs, by whether they had started", labels=["model", "stage"]
-            )
-            for (model, stage), value in sorted(self.cancels.items()):
-                cancels.add_metric([model, stage], value)
-            yield cancels
-            failures = CounterMetricFamily(
-                "renderfarm_job_failures", "Failed jobs by error code", labels=["model", "code"]
-            )
-            for (model, code), value in sorted(self.failures.items()):
-                failures.add_metric([model, code], value)
-            yield failures
-            wait = HistogramMetricFamily(
+            yield _counters("renderfarm_job_failures", "Failed jobs by error code", ["model", "code"], self.failures)
+            yield _histograms(
                 "renderfarm_job_wait_seconds",
                 "Seconds from submission to the start of the finishing attempt",
-                labels=["model"],
+                ["model"],
+                self.wait,
             )
-            for model, histogram in sorted(self.wait.items()):
-                wait.add_metric([model], histogram.cumulative(), histogram.total)
-            yield wait
-            run = HistogramMetricFamily(
+            yield _histograms(
                 "renderfarm_job_run_seconds",
                 "Seconds from start to finish of the finishing attempt",
-                labels=["model", "state"],
+                ["model", "state"],
+                self.run,
             )
-            for (model, state), histogram in sorted(self.run.items()):
-                run.add_metric([model, state], histogram.cumulative(), histogram.total)
-            yield run
 
 
-def _finished_rows(engine: sa.Engine, since: datetime | None) -> Iterator[_Finished]:
-    """Finished jobs with `finished_at >= since` (all when None), oldest first, read in keyset pages."""
-    columns = (
-        jobs.c.id,
-        jobs.c.model,
-        jobs.c.state,
-        jobs.c.attempt,
-        jobs.c.created_at,
-        jobs.c.started_at,
-        jobs.c.finished_at,
-        jobs.c.error,
-    )
-    terminal = [state.value for state in sorted(TERMINAL_STATES)]
-    after: tuple[datetime, uuid.UUID] | None = None
-    while True:
-        statement = sa.select(*columns).where(jobs.c.state.in_(terminal), jobs.c.finished_at.is_not(None))
-        if since is not None:
-            statement = statement.where(jobs.c.finished_at >= since)
-        if after is not None:
-            key = sa.tuple_(jobs.c.finished_at, jobs.c.id)
-            statement = statement.where(
-                key > sa.tuple_(sa.literal(after[0], jobs.c.finished_at.type), sa.literal(after[1], jobs.c.id.type))
-            )
-        statement = statement.order_by(jobs.c.finished_at, jobs.c.id).limit(FOLD_PAGE)
-        try:
-            with engine.connect() as conn:
-                page = conn.execute(statement).mappings().all()
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            raise DatabaseUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
-        for row in page:
-            error = row["error"]
-            code = error.get("code") if isinstance(error, Mapping) else None
-            yield _Finished(
-                id=row["id"],
-                model=row["model"],
-                state=JobState(row["state"]),
-                attempt=int(row["attempt"]),
-                created_at=row["created_at"],
-                started_at=row["started_at"],
-                finished_at=row["finished_at"],
-                error_code=None if code is None else str(code),
-            )
-        if len(page) < FOLD_PAGE:
-            return
-        after = (page[-1]["finished_at"], page[-1]["id"])
+def _label_values(key: str | tuple[str, ...]) -> list[str]:
+    return list(key) if isinstance(key, tuple) else [key]
 
 
-@dataclass(frozen=True)
-class _QueueCounts:
-    queued: int = 0
-    in_flight: int = 0
-    running: int = 0
-    oldest_queued: datetime | None = None
+def _counters(name: str, documentation: str, labels: list[str], values: Mapping[Any, int]) -> CounterMetricFamily:
+    """One counter family: a sample per label set (a key of `values`: a label value, or a tuple of them)."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for key, value in sorted(values.items()):
+        family.add_metric(_label_values(key), value)
+    return family
 
 
-def _queue_counts(engine: sa.Engine) -> dict[str, _QueueCounts]:
-    """Queued (of which in flight) and running jobs, and the oldest queued job, of every queue that has any."""
-    in_flight = sa.case((jobs.c.dispatched_at.is_not(None), 1), else_=0)
-    statement = (
-        sa.select(jobs.c.queue, jobs.c.state, sa.func.count(), sa.func.sum(in_flight), sa.func.min(jobs.c.created_at))
-        .where(jobs.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
-        .group_by(jobs.c.queue, jobs.c.state)
-    )
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(statement).all()
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        raise DatabaseUnavailable(f"the database is unavailable: {exc.orig or exc}") from exc
-    out: dict[str, _QueueCounts] = {}
-    for queue, state, count, flying, oldest in rows:
-        # min() keeps the column's type, so `oldest` comes back as an aware datetime on both databases.
-        current = out.get(str(queue), _QueueCounts())
-        if state == JobState.QUEUED.value:
-            current = _QueueCounts(int(count), int(flying or 0), current.running, oldest)
-        else:
-            current = _QueueCounts(current.queued, current.in_flight, int(count), current.oldest_queued)
-        out[str(queue)] = current
-    return out
+def _histograms(
+    name: str, documentation: str, labels: list[str], values: Mapping[Any, _Histogram]
+) -> HistogramMetricFamily:
+    """One histogram family: a histogram per label set (keyed like `_counters`)."""
+    family = HistogramMetricFamily(name, documentation, labels=labels)
+    for key, histogram in sorted(values.items()):
+        family.add_metric(_label_values(key), histogram.cumulative(), histogram.total)
+    return family
 
 
-class RepositoryCollector(Collector):
-    """Collects the farm's metrics from the repository (and the broker) at every scrape.
+class DatabaseCollector(Collector):
+    """Collects the farm's metrics from the database (and the broker) at every scrape.
 
     `broker_lengths(queues)` returns the broker's message count per queue name (for example `redis_list_lengths`);
     None leaves `renderfarm_broker_queue_length` out (embedded mode). `known_queues` are always reported, even at 0,
@@ -314,14 +219,14 @@ class RepositoryCollector(Collector):
 
     def __init__(
         self,
-        repo: JobRepository,
+        db: Database,
         *,
         broker_lengths: Callable[[Sequence[str]], Mapping[str, int]] | None = None,
         known_queues: Iterable[str] = (),
         clock: Callable[[], datetime] = utcnow,
         overlap_s: float = FOLD_OVERLAP_S,
     ) -> None:
-        self._repo = repo
+        self._db = db
         self._broker_lengths = broker_lengths
         self._queues: set[str] = set(known_queues)
         self._clock = clock
@@ -333,9 +238,9 @@ class RepositoryCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("renderfarm_metrics_database_up", "1 when the database answered this scrape")
         try:
-            by_state = self._repo.counts_by_state()
-            per_queue = _queue_counts(self._repo.engine)
-            self.finished.refresh(self._repo.engine)
+            by_state = self._db.stats.counts_by_state()
+            per_queue = self._db.stats.queue_counts()
+            self.finished.refresh(self._db.stats)
         except DatabaseUnavailable as exc:
             log.warning("metrics: %s", exc.message)
             up.add_metric([], 0)
@@ -361,7 +266,7 @@ class RepositoryCollector(Collector):
             "renderfarm_queue_oldest_age_seconds", "Age of the oldest queued job per queue (0: none)", labels=["queue"]
         )
         for queue in sorted(self._queues):
-            counts = per_queue.get(queue, _QueueCounts())
+            counts = per_queue.get(queue, QueueCounts())
             depth.add_metric([queue], counts.queued)
             parts.add_metric([queue, "undispatched"], counts.queued - counts.in_flight)
             parts.add_metric([queue, "in_flight"], counts.in_flight)
@@ -408,10 +313,10 @@ def redis_list_lengths(redis_url: str) -> tuple[Callable[[Sequence[str]], Mappin
     return lengths, client.close
 
 
-def build_registry(repo: JobRepository, **collector_options: Any) -> tuple[CollectorRegistry, RepositoryCollector]:
-    """A fresh registry holding one `RepositoryCollector` (options as its keywords)."""
+def build_registry(db: Database, **collector_options: Any) -> tuple[CollectorRegistry, DatabaseCollector]:
+    """A fresh registry holding one `DatabaseCollector` (options as its keywords)."""
     registry = CollectorRegistry(auto_describe=False)
-    collector = RepositoryCollector(repo, **collector_options)
+    collector = DatabaseCollector(db, **collector_options)
     registry.register(collector)
     return registry, collector
 
@@ -422,7 +327,7 @@ def metrics_response(registry: CollectorRegistry) -> tuple[bytes, str]:
 
 
 def install_metrics(app: Any, services: Any) -> Callable[[], None]:
-    """Add `GET /metrics` to the FastAPI `app`, reading `services.repo` (and the Redis broker in cluster mode).
+    """Add `GET /metrics` to the FastAPI `app`, reading `services.db` (and the Redis broker in cluster mode).
 
     Returns the function that releases what it opened (a Redis client); call it at shutdown.
     """
@@ -437,7 +342,7 @@ def install_metrics(app: Any, services: Any) -> Callable[[], None]:
     if settings.redis_url is not None:
         broker_lengths, close = redis_list_lengths(settings.redis_url)
     default_queues = [queue_name(None, batch=False), queue_name(None, batch=True)]
-    registry, _ = build_registry(services.repo, broker_lengths=broker_lengths, known_queues=default_queues)
+    registry, _ = build_registry(services.db, broker_lengths=broker_lengths, known_queues=default_queues)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

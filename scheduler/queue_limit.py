@@ -37,7 +37,7 @@ class _Estimate:
 class QueueLimit:
     """Admission against a per-tenant limit on queued jobs. Thread-safe; one per scheduler process.
 
-    `count(tenant, cap)` returns the tenant's queued jobs, counted up to `cap` (the repository's `queued_count`).
+    `count(tenant, cap)` returns the tenant's queued jobs, counted up to `cap` (`Database.stats.queued_count`).
     """
 
     def __init__(

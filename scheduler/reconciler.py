@@ -11,7 +11,7 @@ Each run (every `settings.reconcile_interval_s` in the scheduler, or once with `
    process ends: `reset_dispatch_on_startup` covers that case.
 4. Watchers of every changed job are notified, and a finished or re-queued job's live progress is cleared.
 
-Every change is one conditional UPDATE in the repository, so two reconcilers (two scheduler processes) running at
+Every change is one conditional UPDATE in shared.db, so two reconcilers (two scheduler processes) running at
 once change each job once.
 """
 
@@ -28,7 +28,7 @@ from celery import Celery
 
 from scheduler.dispatch import Dispatcher, dispatched_marker
 from shared.config import Settings
-from shared.db import JobRepository, JobRow, make_engine
+from shared.db import Database, JobRow, make_engine
 from shared.live import LiveStatus, open_live_status
 from shared.queueing import make_celery_app
 from shared.states import JobState
@@ -60,14 +60,14 @@ class ReconcileReport:
         return len(self.requeued) + len(self.canceled) + len(self.failed) + len(self.lost)
 
 
-def reset_dispatch_on_startup(repo: JobRepository) -> int:
+def reset_dispatch_on_startup(db: Database) -> int:
     """Embedded start-up: make every queued job undispatched, because the in-memory broker starts empty.
 
     Call it before starting the dispatcher. Returns how many jobs were reset. Raises `DatabaseUnavailable`.
     Never call it in cluster mode while other schedulers run: their messages are still in Redis (harmless, but
     every in-flight job would be published twice).
     """
-    count = repo.reset_all_dispatch()
+    count = db.outbox.reset_all_dispatch()
     if count:
         log.info("start-up: %d queued job(s) made undispatched (the in-memory broker starts empty)", count)
     return count
@@ -77,7 +77,7 @@ class Reconciler:
     """Requeues or fails jobs whose lease expired and recovers lost messages; see the module's docstring.
 
     Args:
-        repo: the farm's repository (its clock decides what is expired).
+        db: the farm's database (its clock decides what is expired).
         celery_app: the farm's Celery app. Publishing is the dispatcher's job (`on_requeue`); the reconciler keeps
             the app so a caller can build both from one set of parts.
         live: live status: progress of changed jobs is cleared, their watchers notified.
@@ -93,7 +93,7 @@ class Reconciler:
 
     def __init__(
         self,
-        repo: JobRepository,
+        db: Database,
         celery_app: Celery,
         live: LiveStatus,
         settings: Settings,
@@ -106,7 +106,7 @@ class Reconciler:
             lost_grace_s = settings.reconcile_lost_grace_s
         if lost_grace_s < 0:
             raise ValueError(f"lost_grace_s must be zero or more, not {lost_grace_s}")
-        self._repo = repo
+        self._db = db
         self.celery_app = celery_app
         self._live = live
         self._settings = settings
@@ -130,7 +130,7 @@ class Reconciler:
         (`lost_check_skipped`): a missing answer must not be taken for missing markers.
         """
         with self._run_lock:
-            expired = self._repo.requeue_expired()
+            expired = self._db.leases.requeue_expired()
             requeued = [job for job in expired if job.state is JobState.QUEUED]
             canceled = [job for job in expired if job.state is JobState.CANCELED]
             for job in requeued:
@@ -145,7 +145,7 @@ class Reconciler:
             for job in canceled:
                 log.info("job %s: lease expired with a cancel request; canceled", job.id)
 
-            failed = self._repo.fail_exhausted()
+            failed = self._db.leases.fail_exhausted()
             for job in failed:
                 log.warning(
                     "job %s (tenant %s, task %s): lease expired on attempt %d of %d; failed (attempts_exhausted)",
@@ -178,7 +178,7 @@ class Reconciler:
         """Step 3. Returns (jobs made undispatched, whether the check was skipped)."""
         if self._redis is None:
             return [], True
-        stale = self._repo.stale_dispatched_jobs(self._lost_grace_s, limit=LOST_SCAN_LIMIT)
+        stale = self._db.outbox.stale_dispatched_jobs(self._lost_grace_s, limit=LOST_SCAN_LIMIT)
         if not stale:
             return [], False
         try:
@@ -193,7 +193,7 @@ class Reconciler:
         if not missing:
             return [], False
         # Fenced by the grace again: a job re-dispatched since the read above keeps its fresh dispatch.
-        lost = self._repo.reset_lost_dispatch(missing, self._lost_grace_s)
+        lost = self._db.outbox.reset_lost_dispatch(missing, self._lost_grace_s)
         for job in lost:
             log.warning(
                 "job %s (queue %s): its message is lost (no dispatch marker in Redis); made undispatched to be "
@@ -278,9 +278,9 @@ def main_once(settings: Settings) -> ReconcileReport:
     live = open_live_status(settings.redis_url)
     app = make_celery_app(settings)
     try:
-        repo = JobRepository(engine)
-        reconciler = Reconciler(repo, app, live, settings)
-        dispatcher = None if settings.embedded else Dispatcher(repo, app, live, settings)
+        db = Database(engine)
+        reconciler = Reconciler(db, app, live, settings)
+        dispatcher = None if settings.embedded else Dispatcher(db, app, live, settings)
         try:
             report = reconciler.run_once()
             if dispatcher is not None:

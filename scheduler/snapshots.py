@@ -10,18 +10,13 @@ progress write of the running attempt, so a larger `seq` is always a newer snaps
 from __future__ import annotations
 
 import logging
-import statistics
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import sqlalchemy as sa
 from pydantic import BaseModel
 
-from shared.db import ArtifactRow, JobRepository, JobRow
-from shared.db.tables import jobs
+from shared.db import ArtifactRow, JobRow
 from shared.live import LiveProgress
 from shared.states import JobState
 from shared.storage import Storage
@@ -34,8 +29,6 @@ log = logging.getLogger("scheduler.snapshots")
 LIVE_SEQ_BITS = 20
 LIVE_SEQ_SPAN = 2**LIVE_SEQ_BITS  # live progress writes per attempt that fit below one durable change
 DOWNLOAD_URL_EXPIRES_S = 3600  # lifetime of the artifact URLs in a snapshot (seconds)
-RUN_TIME_SAMPLE = 50  # recent succeeded jobs per queue whose run time makes the wait estimate
-RUN_TIME_CACHE_S = 30.0  # seconds a queue's median run time is reused before it is read again
 # A queued job's position is counted up to here: a job further back shows this number (and an eta from it). The
 # count is the costliest read of a status request, and a job 1,000 places back needs no exact place; without the
 # cap a status read cost 23 ms of PostgreSQL time with 25,000 jobs queued (bench/RESULTS.md).
@@ -180,61 +173,6 @@ def build_snapshot(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The wait estimate
-
-
-class RunTimeEstimator:
-    """The median run time (seconds, claim to finish) of a queue's recent succeeded jobs, cached per queue.
-
-    Reads the jobs table directly (a read-only aggregate the repository does not offer yet); cached for
-    `RUN_TIME_CACHE_S` so a page of snapshots costs one query per queue at most.
-    """
-
-    def __init__(self, repo: JobRepository, *, sample: int = RUN_TIME_SAMPLE, cache_s: float = RUN_TIME_CACHE_S):
-        self._repo = repo
-        self._sample = sample
-        self._cache_s = cache_s
-        self._cache: dict[str, tuple[float, float | None]] = {}
-        self._lock = threading.Lock()
-
-    def median_run_s(self, queue: str) -> float | None:
-        """The median, or None when the queue has no succeeded job yet."""
-        now = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(queue)
-        if cached is not None and now - cached[0] < self._cache_s:
-            return cached[1]
-        statement = (
-            sa.select(jobs.c.started_at, jobs.c.finished_at)
-            .where(
-                jobs.c.state == JobState.SUCCEEDED.value,
-                jobs.c.queue == queue,
-                jobs.c.started_at.is_not(None),
-                jobs.c.finished_at.is_not(None),
-            )
-            .order_by(jobs.c.finished_at.desc())
-            .limit(self._sample)
-        )
-        with self._repo.engine.connect() as conn:
-            durations = [(finished - started).total_seconds() for started, finished in conn.execute(statement)]
-        median = statistics.median(durations) if durations else None
-        with self._lock:
-            self._cache[queue] = (now, median)
-        return median
-
-    def wait_s(self, queue: str, queue_position: int | None) -> float | None:
-        """Seconds until a queued job at `queue_position` is done: (position + 1) × the median run time.
-
-        One worker per queue is assumed (the farm does not know how many serve it), so this is an upper bound
-        while more workers run. None when the position or the median is unknown.
-        """
-        if queue_position is None:
-            return None
-        median = self.median_run_s(queue)
-        return None if median is None else round((queue_position + 1) * median, 1)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Reading
 
 
@@ -257,9 +195,9 @@ def read_snapshot(
         progress = safe_live_progress(services, row)
     else:
         progress = None
-    artifacts = services.repo.artifacts_of(row.id) if row.state is JobState.SUCCEEDED else []
+    artifacts = services.db.jobs.artifacts_of(row.id) if row.state is JobState.SUCCEEDED else []
     queued = with_queue and row.state is JobState.QUEUED
-    position = services.repo.queue_position(row, cap=QUEUE_POSITION_CAP) if queued else None
+    position = services.db.stats.queue_position(row, cap=QUEUE_POSITION_CAP) if queued else None
     eta = services.estimator.wait_s(row.queue, position) if position is not None else None
     return build_snapshot(row, progress, artifacts, services.storage, position, eta)
 

@@ -73,7 +73,7 @@ def store_asset(
     """
     digest = hashlib.sha256(data).hexdigest()
     try:
-        return services.repo.get_asset(tenant, digest), False
+        return services.db.assets.get(tenant, digest), False
     except NotFound:
         pass
     image = decode_image(data, field=field, limits=limits)
@@ -86,7 +86,7 @@ def store_asset(
     key = asset_key(tenant, digest)
     # Object first, row second: a row always names an object that exists.
     services.storage.put(key, data, mime, sha256=digest)
-    return services.repo.add_asset(
+    return services.db.assets.add(
         tenant, digest, storage_key=key, size_bytes=len(data), mime=mime, width=width, height=height
     )
 
@@ -136,7 +136,7 @@ class _Normaliser:
             return f"asset:{asset.sha256}"
         if ref.kind == "asset":
             try:
-                self.services.repo.get_asset(self.tenant, ref.value)
+                self.services.db.assets.get(self.tenant, ref.value)
             except NotFound:
                 raise InputError(
                     f"{field}: no asset asset:{ref.value} (upload the image with POST /v1/assets first)",
@@ -192,7 +192,7 @@ def _within_queue_limit(services: Services, tenant: str) -> bool:
 
 def _existing(services: Services, tenant: str, task_id: str) -> JobRow | None:
     try:
-        return services.repo.get(tenant, task_id)
+        return services.db.jobs.get(tenant, task_id)
     except NotFound:
         return None
 
@@ -237,7 +237,7 @@ def submit_job(services: Services, tenant: str, body: Any, *, task_id: str | Non
         return Submission(existing, created=False)
     model = normalised.resolved_model
     try:
-        row, created = services.repo.create_or_get(
+        row, created = services.db.jobs.create_or_get(
             tenant,
             final_id,
             normalised.to_request_json(),

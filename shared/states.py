@@ -1,7 +1,7 @@
 """Job states and the transitions between them.
 
 One enum, one spelling (api.md "Status"). Every transition the farm makes is one conditional UPDATE in
-`shared.db.repository`; this table is what those UPDATEs are allowed to do, and the tests check both sides of it.
+`shared.db.job_updates`; this table is what those UPDATEs are allowed to do, and the tests check both sides of it.
 
     queued ──claim──▶ running ──▶ succeeded | failed | canceled
        │                 │

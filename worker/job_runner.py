@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from shared.config import Settings
-from shared.db import ArtifactRecord, JobError, JobRepository, JobRow
+from shared.db import ArtifactRecord, Database, JobError, JobRow
 from shared.errors import (
     ConfigError,
     DatabaseUnavailable,
@@ -129,7 +129,7 @@ class WorkerDeps:
     """
 
     settings: Settings
-    repo: JobRepository
+    db: Database
     storage: Storage
     live: LiveStatus
     models: ModelSource
@@ -302,7 +302,7 @@ class _Run:
         deps = self.deps
         now = deps.clock()
         try:
-            status = deps.repo.renew_lease(self.job_id, self.attempt, self.lease_s)
+            status = deps.db.leases.renew_lease(self.job_id, self.attempt, self.lease_s)
         except DatabaseUnavailable as exc:
             # The lease still has two thirds left; the fenced commit catches a takeover that happens meanwhile.
             logger.warning("job %s: lease renewal failed (%s); retrying in %.0f s", self.job_id, exc, RENEW_RETRY_S)
@@ -414,7 +414,7 @@ def run_job(job_id: uuid.UUID, delivered_attempt: int, deps: WorkerDeps) -> RunO
     live = _LiveGuard(deps.live, deps.clock)
     with timings.phase("claim"):
         try:
-            row = deps.repo.get_by_id(job_id)
+            row = deps.db.jobs.get_by_id(job_id)
         except NotFound:
             logger.warning("job %s: unknown job; acking its message", job_id)
             return RunOutcome(job_id, "skipped", None, timings_ms=types.MappingProxyType(timings.ms))
@@ -425,10 +425,11 @@ def run_job(job_id: uuid.UUID, delivered_attempt: int, deps: WorkerDeps) -> RunO
         except InputError as exc:
             spec_error = exc  # claimed below all the same, so that the failure is recorded under an attempt
         lease_s = lease_seconds(job, deps.settings) if job is not None else deps.settings.lease_base_s
-        attempt = deps.repo.claim(job_id, deps.worker_name, lease_s)
-    if attempt is None:
+        claimed = deps.db.leases.claim(job_id, deps.worker_name, lease_s)
+    if claimed is None:
         logger.info("job %s: not queued (duplicate or canceled delivery %s); skipped", job_id, delivered_attempt)
         return RunOutcome(job_id, "skipped", None, timings_ms=types.MappingProxyType(dict(timings.ms)))
+    attempt = claimed.attempt
     if attempt != delivered_attempt + 1:
         logger.info("job %s: message of attempt %s runs as attempt %s", job_id, delivered_attempt, attempt)
     run = _Run(job_id, attempt, row, lease_s, deps, timings, live)
@@ -509,7 +510,7 @@ def _render_upload_commit(run: _Run, job: Img2ImgJob) -> RunOutcome:
         records = _upload(run, processed)
     with run.timings.phase("commit"):
         try:
-            deps.repo.succeed(run.job_id, run.attempt, records, warnings=warnings)
+            deps.db.leases.succeed(run.job_id, run.attempt, records, warnings=warnings)
         except LeaseLost as exc:
             logger.warning("job %s: commit refused (%s); removing this attempt's uploads", run.job_id, exc)
             _delete_quietly(deps.storage, [record.storage_key for record in records])
@@ -634,7 +635,7 @@ def _delete_quietly(storage: Storage, keys: Sequence[str]) -> None:
 
 def _fail(run: _Run, error: JobError) -> RunOutcome:
     try:
-        row = run.deps.repo.fail(run.job_id, run.attempt, error)
+        row = run.deps.db.leases.fail(run.job_id, run.attempt, error)
     except DatabaseUnavailable as exc:
         logger.error("job %s: cannot record failure %s (%s)", run.job_id, error.code, exc)
         return run.outcome("unrecorded", error_code=error.code)
@@ -647,13 +648,13 @@ def _fail(run: _Run, error: JobError) -> RunOutcome:
 
 
 def _cancel(run: _Run) -> RunOutcome:
-    repo = run.deps.repo
+    db = run.deps.db
     try:
-        canceled = repo.cancel_running(run.job_id, run.attempt) is not None
+        canceled = db.leases.cancel_running(run.job_id, run.attempt) is not None
         if not canceled:
             # Only the live flag was up (the row's flag is set first by the API, so this is rare): honour the user's
             # cancel all the same, fenced by the attempt.
-            canceled = repo.transition(
+            canceled = db.leases.transition(
                 run.job_id,
                 JobState.CANCELED,
                 expected_attempt=run.attempt,
@@ -682,7 +683,7 @@ def _requeue(run: _Run, exc: RenderfarmError | None) -> RunOutcome:
             ),
         )
     try:
-        moved = run.deps.repo.transition(
+        moved = run.deps.db.leases.transition(
             run.job_id, JobState.QUEUED, expected_attempt=run.attempt, from_states=frozenset({JobState.RUNNING})
         )
     except DatabaseUnavailable as db_exc:

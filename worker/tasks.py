@@ -30,7 +30,7 @@ from celery import Celery, Task, signals
 from celery.exceptions import Reject, WorkerShutdown
 
 from shared.config import Settings
-from shared.db import JobRepository, make_engine
+from shared.db import Database
 from shared.errors import DatabaseUnavailable
 from shared.live import open_live_status
 from shared.queueing import RENDER_TASK, make_celery_app
@@ -88,7 +88,7 @@ def build_worker_deps(
 
     return WorkerDeps(
         settings=settings,
-        repo=JobRepository(make_engine(settings.resolved_database_url)),
+        db=Database.from_url(settings.resolved_database_url),
         storage=open_storage(settings),
         live=open_live_status(settings.redis_url),
         models=ModelCache(default_cache_bytes(target), loader=WORKER_METRICS.instrument_loader(loader)),

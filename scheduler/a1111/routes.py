@@ -63,8 +63,7 @@ from scheduler.deps import Services, ServicesDep
 from scheduler.routes import checked_task_id
 from scheduler.snapshots import QUEUE_POSITION_CAP, current_live, safe_live_progress
 from scheduler.submission import Submission, submit_job
-from shared.db import ArtifactRow, JobRow
-from shared.db.repository import MAX_LIST_LIMIT
+from shared.db import MAX_LIST_LIMIT, ArtifactRow, JobRow
 from shared.errors import InputError, NotFound, RenderfarmError, TransientError
 from shared.images import encode_png
 from shared.live import LiveProgress, LiveStatus, StopRequests
@@ -126,7 +125,7 @@ async def _wait_until_finished(services: Services, job_id: uuid.UUID, request: R
         # Wait first, read second: a change that lands during the read still ends the next wait at once.
         waiter = loop.run_in_executor(services.stream_waits, _wait_for_change, services.live, job_id, WAIT_SLICE_S)
         try:
-            row = await run_in_threadpool(services.repo.get_by_id, job_id)
+            row = await run_in_threadpool(services.db.jobs.get_by_id, job_id)
         except TransientError as exc:
             # The job is safe in the database; keep the client waiting rather than lose its answer over a blip.
             log.warning("reading job %s failed while an A1111 client waits (%s); retrying", job_id, exc.message)
@@ -154,7 +153,7 @@ def _answer(services: Services, row: JobRow, request: Img2ImgRequest) -> JSONRes
         status = 422 if error.get("type") == "invalid_request" else 500
         return JSONResponse({"error": error}, status_code=status)
     job = Img2ImgJob.from_request_json(row.request)
-    artifacts = services.repo.artifacts_of(row.id)
+    artifacts = services.db.jobs.artifacts_of(row.id)
     results = sorted((a for a in artifacts if a.kind == "result"), key=lambda a: a.index)
     infotexts = [a.infotext or "" for a in results]
     want_grid = request.save_images and len(results) > 1
@@ -230,17 +229,17 @@ def _find(services: Services, tenant: str, task_id: str | None) -> JobRow | None
     if not task_id:
         return None
     try:
-        return services.repo.get(tenant, checked_task_id(task_id))
+        return services.db.jobs.get(tenant, checked_task_id(task_id))
     except (NotFound, InputError):
         return None
 
 
 def _queue_text(services: Services, row: JobRow) -> str:
     # Both counts stop at the cap (each grows with the backlog, and UIs poll this every second).
-    position = services.repo.queue_position(row, cap=QUEUE_POSITION_CAP)
+    position = services.db.stats.queue_position(row, cap=QUEUE_POSITION_CAP)
     if position is None:
         return "Waiting..."
-    depth = services.repo.queue_depth(row.queue, cap=QUEUE_POSITION_CAP + 1)
+    depth = services.db.stats.queue_depth(row.queue, cap=QUEUE_POSITION_CAP + 1)
     if depth > QUEUE_POSITION_CAP:
         return f"In queue: {position + 1}/{QUEUE_POSITION_CAP}+" if position < QUEUE_POSITION_CAP else "In queue"
     return f"In queue: {position + 1}/{max(depth, position + 1)}"
@@ -299,7 +298,7 @@ def pending_tasks(services: ServicesDep, tenant: TenantDep) -> JSONResponse:
     tasks: list[str] = []
     cursor: str | None = None
     while True:
-        rows, cursor = services.repo.list_jobs(
+        rows, cursor = services.db.jobs.list_jobs(
             tenant, state=JobState.QUEUED, cursor=cursor, limit=MAX_LIST_LIMIT, oldest_first=True
         )
         tasks.extend(row.task_id for row in rows)
@@ -323,7 +322,7 @@ def _idle_state(job: str = "") -> dict[str, Any]:
 
 
 def _latest_running(services: Services, tenant: str) -> JobRow | None:
-    rows, _ = services.repo.list_jobs(tenant, state=JobState.RUNNING, limit=1)
+    rows, _ = services.db.jobs.list_jobs(tenant, state=JobState.RUNNING, limit=1)
     return rows[0] if rows else None
 
 
@@ -393,12 +392,12 @@ def _running_rows(services: Services, tenant: str, id_task: str | None) -> list[
     """The job(s) a stop request is for: the named task (404 when it is not the caller's), else every running job
     of the caller. Only running jobs: a queued job is not interrupted, as in the reference."""
     if id_task is not None:
-        row = services.repo.get(tenant, checked_task_id(id_task))
+        row = services.db.jobs.get(tenant, checked_task_id(id_task))
         return [row] if row.state is JobState.RUNNING else []
     rows: list[JobRow] = []
     cursor: str | None = None
     while True:
-        page, cursor = services.repo.list_jobs(tenant, state=JobState.RUNNING, cursor=cursor, limit=MAX_LIST_LIMIT)
+        page, cursor = services.db.jobs.list_jobs(tenant, state=JobState.RUNNING, cursor=cursor, limit=MAX_LIST_LIMIT)
         rows.extend(page)
         if cursor is None:
             return rows

@@ -105,4 +105,4 @@ def get_asset(
     match = _ASSET_ID_RE.fullmatch(asset_id)
     if match is None:
         raise NotFound(f"no asset {asset_id!r}", code="asset_not_found")
-    return JSONResponse(asset_body(services.repo.get_asset(tenant, match.group(1))))
+    return JSONResponse(asset_body(services.db.assets.get(tenant, match.group(1))))

@@ -72,7 +72,7 @@ async def snapshot_stream(
     while True:
         # Start waiting before reading, so a change that lands during the read still wakes the next wait.
         waiter = loop.run_in_executor(services.stream_waits, _wait, services.live, job_id, wait_slice_s)
-        row = await run_in_threadpool(services.repo.get_by_id, job_id)
+        row = await run_in_threadpool(services.db.jobs.get_by_id, job_id)
         snapshot = await run_in_threadpool(read_snapshot, services, row)
         if snapshot["seq"] > last_sent:
             yield format_event(snapshot)
@@ -116,7 +116,7 @@ async def job_events(
 ) -> StreamingResponse:
     resume_after = _resume_point(last_event_id, last_event_id_query)
     # Read once before streaming, so an unknown id (or another tenant's) is a typed 404, not an empty stream.
-    row = await run_in_threadpool(services.repo.get, tenant, checked_task_id(task_id))
+    row = await run_in_threadpool(services.db.jobs.get, tenant, checked_task_id(task_id))
     return StreamingResponse(
         snapshot_stream(services, row.id, resume_after),
         media_type="text/event-stream",

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
-import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -28,15 +27,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _ping_database(services: Services) -> None:
-    with services.repo.engine.connect() as conn:
-        conn.execute(sa.text("SELECT 1"))
-
-
 def run_checks(services: Services, timeout_s: float = CHECK_TIMEOUT_S) -> dict[str, str]:
     """Each dependency's state: "ok", "unreachable" or "timeout". All run at once, each bounded by `timeout_s`."""
     checks: dict[str, Callable[[], None]] = {
-        "database": lambda: _ping_database(services),
+        "database": services.db.ping,
         "live_status": services.live.ping,
         "storage": services.storage.check,
     }

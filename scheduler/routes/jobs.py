@@ -18,7 +18,7 @@ from scheduler.deps import Services, ServicesDep
 from scheduler.routes import checked_task_id
 from scheduler.snapshots import JobList, JobSnapshot, read_snapshot, safe_live_many
 from scheduler.submission import Submission, submit_job
-from shared.db.repository import MAX_LIST_LIMIT
+from shared.db import MAX_LIST_LIMIT
 from shared.states import JobState
 
 log = logging.getLogger("scheduler.routes.jobs")
@@ -86,7 +86,7 @@ def post_job(body: Annotated[Any, Body()], services: ServicesDep, tenant: Tenant
 
 @router.get("/{task_id}", summary="A job's status", response_model=JobSnapshot, responses=ERROR_RESPONSES)
 def get_job(task_id: str, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
-    row = services.repo.get(tenant, checked_task_id(task_id))
+    row = services.db.jobs.get(tenant, checked_task_id(task_id))
     return JSONResponse(read_snapshot(services, row))
 
 
@@ -106,7 +106,7 @@ def list_jobs(
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
 ) -> JSONResponse:
-    rows, next_cursor = services.repo.list_jobs(tenant, state=state, batch_id=batch, cursor=cursor, limit=limit)
+    rows, next_cursor = services.db.jobs.list_jobs(tenant, state=state, batch_id=batch, cursor=cursor, limit=limit)
     live = safe_live_many(services, rows)
     snapshots = [read_snapshot(services, row, with_queue=False, live=live) for row in rows]
     return JSONResponse({"jobs": snapshots, "next_cursor": next_cursor})
@@ -121,7 +121,7 @@ def list_jobs(
     "state becomes canceled then. finished: unchanged. Always 200 with the job's snapshot.",
 )
 def cancel_job(task_id: str, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
-    row = services.repo.request_cancel(tenant, checked_task_id(task_id))
+    row = services.db.jobs.request_cancel(tenant, checked_task_id(task_id))
     try:
         if row.state is JobState.RUNNING and row.cancel_requested:
             # The fast flag the worker checks at every step; the durable one (in the row) is seen at lease renewal.

@@ -1,40 +1,49 @@
-"""The farm's database: tables, migrations, engines and the one repository every process writes through.
+"""The farm's database: tables, migrations, engines and the one door every process reads and writes through.
 
-Typical use: `upgrade(url)` once at start (idempotent; `renderfarm db upgrade`), then
-`JobRepository(make_engine(url))` for every read and write; `engine.dispose()` at shutdown.
+Typical use: `upgrade(url)` once at start (idempotent; `renderfarm db upgrade`), then `Database.from_url(url)` for
+every read and write (`db.jobs`, `db.outbox`, `db.leases`, `db.stats`, `db.batches`, `db.assets`; see
+shared.db.database); `db.close()` at shutdown.
 """
 
 from __future__ import annotations
 
+from shared.db.database import Database
 from shared.db.engine import make_engine, session_factory
+from shared.db.jobs import MAX_LIST_LIMIT
 from shared.db.migrate import current_revision, head_revision, upgrade
-from shared.db.repository import JobRepository
 from shared.db.rows import (
     ArtifactRecord,
     ArtifactRow,
     AssetRow,
     BatchRow,
     BulkResult,
+    FinishedJob,
     JobError,
     JobRow,
     LeaseStatus,
     NewJob,
+    QueueCounts,
 )
+from shared.db.tables import utcnow
 
 __all__ = [
+    "MAX_LIST_LIMIT",
     "ArtifactRecord",
     "ArtifactRow",
     "AssetRow",
     "BatchRow",
     "BulkResult",
+    "Database",
+    "FinishedJob",
     "JobError",
-    "JobRepository",
     "JobRow",
     "LeaseStatus",
     "NewJob",
+    "QueueCounts",
     "current_revision",
     "head_revision",
     "make_engine",
     "session_factory",
     "upgrade",
+    "utcnow",
 ]

@@ -20,7 +20,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
 from shared.db.engine import make_engine
-from shared.errors import DatabaseUnavailable
+from shared.db.transaction import unavailable_as_error
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # An arbitrary, fixed 64-bit key for pg_advisory_xact_lock: "renderfarm migrate" (so two upgrades serialise).
@@ -60,11 +60,9 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     """
     engine = make_engine(database_url)
     try:
-        with engine.begin() as connection:
+        with unavailable_as_error("cannot migrate the database"), engine.begin() as connection:
             _lock(connection)
             command.upgrade(alembic_config(connection), revision)
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        raise DatabaseUnavailable(f"cannot migrate the database: {exc.orig or exc}") from exc
     finally:
         engine.dispose()
 
@@ -76,10 +74,8 @@ def current_revision(database_url: str) -> str | None:
     """
     engine = make_engine(database_url)
     try:
-        with engine.connect() as connection:
+        with unavailable_as_error("cannot read the database's revision"), engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        raise DatabaseUnavailable(f"cannot read the database's revision: {exc.orig or exc}") from exc
     finally:
         engine.dispose()
 

@@ -1,15 +1,21 @@
-"""What the repository returns and accepts: frozen dataclasses, never ORM objects tied to a session."""
+"""What the database operations return and accept: frozen dataclasses, never ORM objects tied to a session."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from shared.errors import RenderfarmError
 from shared.states import JobState
+
+
+class ColumnValues(Protocol):
+    """A row read from the database: its values by column name (SQLAlchemy's RowMapping, or a plain dict)."""
+
+    def __getitem__(self, name: str, /) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,18 @@ class JobRow:
     seq: int
     total_steps: int | None
 
+    @classmethod
+    def from_mapping(cls, row: ColumnValues) -> JobRow:
+        """The snapshot of a `jobs` row read as a mapping (column name -> value)."""
+        error = row["error"]
+        return cls(
+            **{name: row[name] for name in _JOB_COLUMNS_AS_STORED},
+            state=JobState(row["state"]),
+            cancel_requested=bool(row["cancel_requested"]),
+            error=None if error is None else JobError.from_dict(error),
+            warnings=tuple(row["warnings"] or ()),
+        )
+
     @property
     def message_id(self) -> str:
         """The Celery message id of the current delivery: `{uuid}:{attempt}` (never reused)."""
@@ -80,9 +98,22 @@ class JobRow:
         return self.state.is_terminal
 
 
+# The columns JobRow keeps as the database returns them (the others are converted in `JobRow.from_mapping`).
+_JOB_COLUMNS_AS_STORED = tuple(
+    column.name for column in fields(JobRow) if column.name not in ("state", "cancel_requested", "error", "warnings")
+)
+
+_Plain = TypeVar("_Plain")
+
+
+def plain_row(cls: type[_Plain], row: ColumnValues) -> _Plain:
+    """A row dataclass whose fields are the table's columns, unchanged (ArtifactRow, AssetRow, BatchRow)."""
+    return cls(**{column.name: row[column.name] for column in fields(cls)})  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class NewJob:
-    """One job to insert with `JobRepository.bulk_create` (the fields that differ between a batch's items)."""
+    """One job of a batch to insert (`Database.batches.create_if_absent`): the fields that differ between items."""
 
     task_id: str
     request: Any
@@ -97,7 +128,7 @@ class NewJob:
 
 @dataclass(frozen=True)
 class BulkResult:
-    """What `bulk_create` did: rows inserted now, and rows that already existed with the same request."""
+    """What a batch's insert did: rows inserted now, and rows that already existed with the same request."""
 
     created: int
     existing: int
@@ -106,7 +137,7 @@ class BulkResult:
 
 @dataclass(frozen=True)
 class ArtifactRecord:
-    """One uploaded output to record with `JobRepository.succeed` (sizes in bytes and pixels)."""
+    """One uploaded output to record with `Database.leases.succeed` (sizes in bytes and pixels)."""
 
     kind: str  # "result" | "overlay" | "mask"
     index: int
@@ -119,20 +150,13 @@ class ArtifactRecord:
     infotext: str | None = None
 
 
-@dataclass(frozen=True)
-class ArtifactRow:
+@dataclass(frozen=True, kw_only=True)
+class ArtifactRow(ArtifactRecord):
+    """A recorded artifact: what was uploaded, of which attempt of which job, and when it was recorded."""
+
     id: uuid.UUID
     job_id: uuid.UUID
     attempt: int
-    kind: str
-    index: int
-    storage_key: str
-    sha256: str
-    bytes: int
-    width: int
-    height: int
-    seed: int | None
-    infotext: str | None
     created_at: datetime
 
 
@@ -165,3 +189,28 @@ class BatchRow:
     mode: str
     manifest: Any
     canceled_at: datetime | None
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    """What the metrics fold of one finished job needs (`Stats.finished_since`)."""
+
+    id: uuid.UUID
+    model: str | None
+    state: JobState
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime
+    error_code: str | None
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """One Celery queue's unfinished jobs (`Stats.queue_counts`): queued (of which in flight) and running, and
+    when its oldest queued job was submitted."""
+
+    queued: int = 0
+    in_flight: int = 0
+    running: int = 0
+    oldest_queued: datetime | None = None

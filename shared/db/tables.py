@@ -9,7 +9,7 @@ Portability rules kept here (the first migration in `shared/db/migrations/versio
 - timestamps are `UTCDateTime`: aware datetimes in UTC in Python; `timestamptz` on PostgreSQL; on SQLite a
   fixed-width ISO string in UTC, which compares correctly as text.
 
-Only the repository (`shared.db.repository`) writes these tables; everyone else reads rows through it.
+Only `shared.db` (through `shared.db.database.Database`) reads and writes these tables; everyone else goes through it.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from PIL import Image
 
 from scheduler.app import create_app
 from shared.config import Settings
-from shared.db import JobRepository, make_engine, upgrade
+from shared.db import Database, make_engine, upgrade
 from shared.live import RedisLiveStatus
 from shared.queueing import queue_name
 from shared.storage import S3Storage
@@ -75,7 +75,7 @@ class AnyNameModels:
 class LiveFarm:
     url: str
     settings: Settings
-    repo: JobRepository
+    db: Database
     live: RedisLiveStatus
     storage: S3Storage
     deps: WorkerDeps
@@ -152,7 +152,7 @@ def farm(
             progress_interval_s=0.05,
         ).check()
         engine = make_engine(database_url)
-        repo = JobRepository(engine)
+        db = Database(engine)
         live = RedisLiveStatus(redis_url)
         storage = S3Storage(
             settings.storage_url.removeprefix("s3://").split("/", 1)[0],  # type: ignore[union-attr]
@@ -163,7 +163,7 @@ def farm(
         switch = SwitchEngine()
         deps = WorkerDeps(
             settings=settings,
-            repo=repo,
+            db=db,
             storage=storage,
             live=live,
             models=AnyNameModels(tiny_model),
@@ -174,12 +174,12 @@ def farm(
         # The broker in memory (the worker lives in this process); live status, database and storage are real.
         celery_app.conf.broker_url = "memory://"
         celery_app.conf.broker_transport_options = {"polling_interval": 0.05}
-        app = create_app(settings, celery_app=celery_app, live=live, storage=storage, repository=repo)
+        app = create_app(settings, celery_app=celery_app, live=live, storage=storage, db=db)
         worker = start_embedded_worker(
             settings, celery_app, deps, warm=False, queues=[queue_name(None, batch=False)], hostname="a1111@test"
         )
         server, thread = _serve(app, port)
-        live_farm = LiveFarm(settings.public_url, settings, repo, live, storage, deps, switch, app)
+        live_farm = LiveFarm(settings.public_url, settings, db, live, storage, deps, switch, app)
         try:
             live_farm.wait_for("the API to answer", lambda: _healthy(live_farm.url), READY_TIMEOUT_S)
             yield live_farm

@@ -75,9 +75,7 @@ def test_options_are_per_tenant_durable_and_apply_to_jobs(farm: LiveFarm) -> Non
 
     # Stored in the farm's storage, so another scheduler process (here a second app) sees them.
     assert farm.storage.exists(options_key("alice"))
-    other = create_app(
-        farm.settings, live=farm.live, storage=farm.storage, repository=farm.repo, start_background=False
-    )
+    other = create_app(farm.settings, live=farm.live, storage=farm.storage, db=farm.db, start_background=False)
     with TestClient(other, client=("127.0.0.1", 50000)) as client:
         seen = client.get("/sdapi/v1/options", auth=("alice", ALICE_TOKEN))
     assert seen.status_code == 200

@@ -133,7 +133,7 @@ def test_interrupt_with_an_id_stops_that_job_and_no_other(farm: LiveFarm, standi
         assert bob.post("/sdapi/v1/interrupt").json() == {}
         assert bob.post("/sdapi/v1/skip").json() is None
         assert bob.post("/sdapi/v1/interrupt", params={"id_task": target}).status_code == 404
-        target_id = farm.repo.get("alice", target).id
+        target_id = farm.db.jobs.get("alice", target).id
         assert not farm.live.interrupt_requested(target_id)
         assert farm.live.skip_requested(target_id) == 0
 
@@ -153,7 +153,7 @@ def test_interrupt_with_an_id_stops_that_job_and_no_other(farm: LiveFarm, standi
         full = untouched.result()
         assert full.status_code == 200
         assert len(full.json()["images"]) == 2
-        other_id = farm.repo.get("alice", other).id
+        other_id = farm.db.jobs.get("alice", other).id
         assert not farm.live.interrupt_requested(other_id)
 
 
@@ -190,13 +190,13 @@ def _run_twins(farm: LiveFarm, stop: Callable[[Any], None] | None, name: str) ->
     }
     with farm.client() as client:
         assert client.put(f"/v1/jobs/{name}", json=job).status_code == 201
-    row = farm.repo.get("alice", name)
+    row = farm.db.jobs.get("alice", name)
     if stop is not None:
         stop(row.id)
     deps = dataclasses.replace(farm.deps, engine=process_images, worker_name="a1111-test-direct")
     outcome = run_job(row.id, 0, deps)
     assert outcome.state == "succeeded"
-    return [a.sha256 for a in farm.repo.artifacts_of(row.id) if a.kind == "result"]
+    return [a.sha256 for a in farm.db.jobs.artifacts_of(row.id) if a.kind == "result"]
 
 
 def test_worker_skip_ends_one_batch_and_interrupt_keeps_what_it_has(farm: LiveFarm) -> None:

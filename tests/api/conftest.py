@@ -3,7 +3,7 @@
 - "embedded": SQLite file + local-folder storage + in-process live status;
 - "cluster": PostgreSQL + Redis live status + S3 (moto's real HTTP server).
 
-No workers run: jobs stay queued unless a test drives the repository itself, as a worker would (`Farm.claim`,
+No workers run: jobs stay queued unless a test drives the database itself, as a worker would (`Farm.claim`,
 `Farm.succeed_with_artifacts`). Requests go through Starlette's TestClient (the ASGI app in-process, lifespan
 included), or through a real uvicorn server where streaming and plain-HTTP downloads need one (`live_server`).
 """
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -28,11 +27,11 @@ from PIL import Image
 
 from scheduler.app import create_app
 from shared.config import Settings
-from shared.db import ArtifactRecord, JobRepository, JobRow, make_engine, upgrade
-from shared.db.tables import metadata
+from shared.db import ArtifactRecord, Database, JobRow, make_engine, upgrade
 from shared.images import encode_png
 from shared.live import LiveProgress, LiveStatus, LocalLiveStatus, RedisLiveStatus
 from shared.storage import Storage, artifact_key, open_storage
+from tests.databases import empty_tables
 from tests.services import S3Server, free_loopback_port
 
 ALICE_TOKEN = "alice-token-0123456789abcdef"
@@ -70,7 +69,7 @@ class Farm:
 
     kind: str
     settings: Settings
-    repo: JobRepository
+    db: Database
     live: LiveStatus
     storage: Storage
     app: FastAPI
@@ -78,14 +77,14 @@ class Farm:
     _closers: list[Callable[[], None]] = field(default_factory=list)
 
     def job_row(self, tenant: str, task_id: str) -> JobRow:
-        return self.repo.get(tenant, task_id)
+        return self.db.jobs.get(tenant, task_id)
 
     def claim(self, tenant: str, task_id: str, worker: str = "gpu-0") -> JobRow:
         row = self.job_row(tenant, task_id)
-        attempt = self.repo.claim(row.id, worker, 60.0)
-        assert attempt is not None
+        claimed = self.db.leases.claim(row.id, worker, 60.0)
+        assert claimed is not None
         self.live.notify(row.id)
-        return self.repo.get_by_id(row.id)
+        return self.db.jobs.get_by_id(row.id)
 
     def progress(self, row: JobRow, step: int, total: int, seq: int) -> LiveProgress:
         now = time.time()
@@ -132,7 +131,7 @@ class Farm:
                     infotext="a red square\nSteps: 10, Seed: 7",
                 )
             )
-        done = self.repo.succeed(row.id, row.attempt, records)
+        done = self.db.leases.succeed(row.id, row.attempt, records)
         self.live.clear(row.id)
         self.live.notify(row.id)
         return done, uploaded
@@ -140,16 +139,6 @@ class Farm:
     def close(self) -> None:
         for close in reversed(self._closers):
             close()
-
-
-def _truncate(url: str) -> None:
-    engine = make_engine(url)
-    try:
-        with engine.begin() as conn:
-            names = ", ".join(table.name for table in metadata.sorted_tables)
-            conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -180,7 +169,7 @@ def make_farm(farm_kind: str, request: pytest.FixtureRequest, tmp_path: Path) ->
         else:
             database_url = request.getfixturevalue("migrated_postgres")
             if not farms:
-                _truncate(database_url)
+                empty_tables(database_url)
             s3: S3Server = request.getfixturevalue("s3_env")
             values.update(
                 database_url=database_url,
@@ -191,12 +180,12 @@ def make_farm(farm_kind: str, request: pytest.FixtureRequest, tmp_path: Path) ->
         values.update(overrides)
         settings = Settings(_env_file=None, **values).check()
         engine = make_engine(settings.resolved_database_url)
-        repo = JobRepository(engine)
+        db = Database(engine)
         live: LiveStatus = RedisLiveStatus(settings.redis_url) if settings.redis_url else LocalLiveStatus()
         storage = open_storage(settings)
-        app = create_app(settings, live=live, storage=storage, repository=repo, start_background=False)
+        app = create_app(settings, live=live, storage=storage, db=db, start_background=False)
         client = TestClient(app, client=LOOPBACK_CLIENT)
-        farm = Farm(farm_kind, settings, repo, live, storage, app, client)
+        farm = Farm(farm_kind, settings, db, live, storage, app, client)
         farm._closers += [engine.dispose, live.close, storage.close]
         if start_client:
             client.__enter__()  # runs the lifespan (the schema check)

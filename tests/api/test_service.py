@@ -37,7 +37,7 @@ def test_healthz_and_readyz(farm: Farm) -> None:
 
 def test_readyz_is_503_naming_an_unreachable_live_status(farm: Farm) -> None:
     closed = RedisLiveStatus(f"redis://127.0.0.1:{free_loopback_port()}/0")
-    app = create_app(farm.settings, live=closed, storage=farm.storage, repository=farm.repo, start_background=False)
+    app = create_app(farm.settings, live=closed, storage=farm.storage, db=farm.db, start_background=False)
     try:
         with TestClient(app, client=LOOPBACK_CLIENT) as client:
             response = client.get("/readyz")
@@ -196,7 +196,7 @@ def test_assets_are_per_tenant_content_addressed(farm: Farm) -> None:
 
 
 def test_background_dispatcher_publishes_new_jobs(farm: Farm) -> None:
-    app = create_app(farm.settings, live=farm.live, storage=farm.storage, repository=farm.repo)
+    app = create_app(farm.settings, live=farm.live, storage=farm.storage, db=farm.db)
     with TestClient(app, client=LOOPBACK_CLIENT) as client:
         assert app.state.services.dispatcher is not None
         asset = client.post("/v1/assets", content=png_bytes(), headers=ALICE).json()["asset_id"]

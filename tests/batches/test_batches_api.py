@@ -21,9 +21,10 @@ from PIL import Image
 from scheduler.app import create_app
 from scheduler.batches import batch_eta_s, batch_progress, expand_grid, grid_size
 from shared.config import Settings
-from shared.db import JobRepository, make_engine, upgrade
+from shared.db import Database, make_engine, upgrade
 from shared.live import LocalLiveStatus
 from shared.states import JobState
+from tests.databases import empty_tables
 from tests.services import fresh_postgres_database
 
 ALICE_TOKEN = "batch-alice-token-0123456789"
@@ -36,7 +37,7 @@ DATABASE_BUDGET_S = 1.0  # seconds of database time for a batch of 10,000 jobs
 @dataclass
 class Api:
     client: TestClient
-    repo: JobRepository
+    db: Database
     statements: list[tuple[str, float]]  # (SQL, seconds) of every statement since the farm started
     image: str
 
@@ -61,10 +62,7 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
         upgrade(url)
     else:
         url = request.getfixturevalue("postgres_database")
-        engine = make_engine(url)
-        with engine.begin() as conn:
-            conn.execute(sa.text("TRUNCATE artifacts, jobs, batches, assets CASCADE"))
-        engine.dispose()
+        empty_tables(url)
     overrides = getattr(request, "param_overrides", {})
     settings = Settings(
         _env_file=None,
@@ -84,15 +82,15 @@ def api(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Api]:
     def finished(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
         statements.append((statement, time.perf_counter() - conn.info["rf_started"].pop()))
 
-    repo = JobRepository(engine)
+    db = Database(engine)
     live = LocalLiveStatus()
-    app = create_app(settings, live=live, repository=repo, start_background=False)
+    app = create_app(settings, live=live, db=db, start_background=False)
     with TestClient(app, client=("127.0.0.1", 50000)) as client:
         buffer = io.BytesIO()
         Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="PNG")
         uploaded = client.post("/v1/assets", content=buffer.getvalue(), headers=ALICE)
         assert uploaded.status_code in (200, 201), uploaded.text
-        yield Api(client, repo, statements, uploaded.json()["asset_id"])
+        yield Api(client, db, statements, uploaded.json()["asset_id"])
     live.close()
     engine.dispose()
 
@@ -116,7 +114,7 @@ def test_a_product_grid_fans_out_in_order_with_batch_task_ids(api: Api) -> None:
     batch_id = created["batch_id"]
     assert (created["requested"], created["enqueued"], created["existing"], created["mode"]) == (6, 6, 0, "product")
     assert created["task_ids"] == [f"{batch_id}-{i}" for i in range(6)]
-    rows = [api.repo.get("alice", task_id) for task_id in created["task_ids"]]
+    rows = [api.db.jobs.get("alice", task_id) for task_id in created["task_ids"]]
     assert [(row.request["prompt"], row.request["seed"]) for row in rows] == [
         ("a fox", 1),
         ("a fox", 2),
@@ -140,8 +138,8 @@ def test_a_zip_grid_pairs_values_and_init_images_take_one_picture_each(api: Api)
     }
     created = api.post(body).json()
     assert created["task_ids"] == ["r", "b"]
-    assert api.repo.get("alice", "b").request["init_images"] == [other]
-    assert api.repo.get("alice", "b").request["prompt"] == "blue"
+    assert api.db.jobs.get("alice", "b").request["init_images"] == [other]
+    assert api.db.jobs.get("alice", "b").request["prompt"] == "blue"
 
 
 def test_a_list_of_jobs_with_their_own_task_ids(api: Api) -> None:
@@ -181,7 +179,7 @@ def test_an_invalid_item_names_its_index_and_nothing_is_created(api: Api) -> Non
     assert "2 of 3 items" in error["message"]
     grid = {"defaults": small(api.image), "grid": {"mode": "product", "axes": {"steps": [4, 999]}}}
     assert api.post(grid).json()["error"]["field"] == "items.1.steps"
-    assert api.repo.list_jobs("alice")[0] == []
+    assert api.db.jobs.list_jobs("alice")[0] == []
 
 
 def test_an_unknown_asset_is_named_per_item(api: Api) -> None:
@@ -222,7 +220,7 @@ def test_a_child_task_id_taken_by_another_request_is_409_and_creates_nothing(api
     api.client.put("/v1/jobs/taken", json=small(api.image, prompt="something else"), headers=ALICE)
     response = api.post({"jobs": [small(api.image), small(api.image, force_task_id="taken")]})
     assert response.status_code == 409
-    assert [row.task_id for row in api.repo.list_jobs("alice")[0]] == ["taken"]
+    assert [row.task_id for row in api.db.jobs.list_jobs("alice")[0]] == ["taken"]
 
 
 @pytest.mark.parametrize("api", ["sqlite"], indirect=True)
@@ -246,11 +244,11 @@ def test_status_counts_progress_eta_and_paged_items(api: Api) -> None:
     start = datetime.now(UTC) - timedelta(seconds=10)
     # Two finish (one ran 10 s ago, as if two workers had been at it), one is running.
     for task_id in task_ids[:3]:
-        row = api.repo.get("alice", task_id)
-        assert api.repo.claim(row.id, "w1", 60.0, now=start) is not None
+        row = api.db.jobs.get("alice", task_id)
+        assert api.db.leases.claim(row.id, "w1", 60.0, now=start) is not None
     for task_id in task_ids[:2]:
-        row = api.repo.get("alice", task_id)
-        assert api.repo.succeed(row.id, row.attempt, [])
+        row = api.db.jobs.get("alice", task_id)
+        assert api.db.leases.succeed(row.id, row.attempt, [])
     status = api.status(batch_id, limit=2).json()
     assert status["counts"] == {"queued": 2, "running": 1, "succeeded": 2, "failed": 0, "canceled": 0}
     assert sum(status["counts"].values()) == status["total"] == status["requested"] == 5
@@ -269,7 +267,7 @@ def test_status_counts_progress_eta_and_paged_items(api: Api) -> None:
     assert after["canceled_at"] is not None
     # Queued ones at once; the running one is asked to stop (a worker would record it canceled).
     assert after["counts"] == {"queued": 0, "running": 1, "succeeded": 2, "failed": 0, "canceled": 2}
-    assert api.repo.get("alice", task_ids[2]).cancel_requested
+    assert api.db.jobs.get("alice", task_ids[2]).cancel_requested
     assert api.client.post(f"/v1/batches/{uuid.uuid4()}/cancel", headers=ALICE).status_code == 404
 
 

@@ -1,4 +1,4 @@
-"""The scheduler's `/metrics` from a real repository, and the worker's metrics and HTTP endpoint."""
+"""The scheduler's `/metrics` from a real db, and the worker's metrics and HTTP endpoint."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler.metrics import build_registry, install_metrics, metrics_response, redis_list_lengths
 from shared.config import Settings
-from shared.db import JobError, JobRepository, make_engine
+from shared.db import Database, JobError, make_engine
 from shared.db.migrate import upgrade
 from shared.queueing import queue_name
 from tests.services import fresh_postgres_database
@@ -84,76 +84,78 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def repo(database_url: str, clock: Clock) -> Iterator[JobRepository]:
+def db(database_url: str, clock: Clock) -> Iterator[Database]:
     engine = make_engine(database_url)
-    yield JobRepository(engine, clock=clock)
+    yield Database(engine, clock=clock)
     engine.dispose()
 
 
-def submit(repo: JobRepository, clock: Clock, task_id: str, at: float, *, model: str | None, queue: str) -> uuid.UUID:
+def submit(db: Database, clock: Clock, task_id: str, at: float, *, model: str | None, queue: str) -> uuid.UUID:
     clock.at(at)
-    job, created = repo.create_or_get(
+    job, created = db.jobs.create_or_get(
         "tenant-a", task_id, {"prompt": task_id}, f"{task_id:0>64}"[-64:], queue=queue, max_attempts=3, model=model
     )
     assert created
     return job.id
 
 
-def play_a_day(repo: JobRepository, clock: Clock) -> None:
+def play_a_day(db: Database, clock: Clock) -> None:
     """What happened, with the expected metrics in test_scheduler_metrics_match_what_happened."""
-    a = submit(repo, clock, "a", 0, model="sd15", queue=INTERACTIVE)
-    b = submit(repo, clock, "b", 0, model="sd15", queue=INTERACTIVE)
-    submit(repo, clock, "c", 0, model="sd15", queue=INTERACTIVE)
-    d = submit(repo, clock, "d", 0, model=None, queue=INTERACTIVE)
-    e = submit(repo, clock, "e", 0, model=None, queue=BATCH)
-    f = submit(repo, clock, "f", 0, model=None, queue=INTERACTIVE)
-    submit(repo, clock, "g", 0, model=None, queue=BATCH)
-    h = submit(repo, clock, "h", 0, model=None, queue=INTERACTIVE)
-    i = submit(repo, clock, "i", 0, model=None, queue=INTERACTIVE)
+    a = submit(db, clock, "a", 0, model="sd15", queue=INTERACTIVE)
+    b = submit(db, clock, "b", 0, model="sd15", queue=INTERACTIVE)
+    submit(db, clock, "c", 0, model="sd15", queue=INTERACTIVE)
+    d = submit(db, clock, "d", 0, model=None, queue=INTERACTIVE)
+    e = submit(db, clock, "e", 0, model=None, queue=BATCH)
+    f = submit(db, clock, "f", 0, model=None, queue=INTERACTIVE)
+    submit(db, clock, "g", 0, model=None, queue=BATCH)
+    h = submit(db, clock, "h", 0, model=None, queue=INTERACTIVE)
+    i = submit(db, clock, "i", 0, model=None, queue=INTERACTIVE)
 
     # a: waits 10 s, renders 30 s, succeeds.
     clock.at(10)
-    attempt = repo.claim(a, "gpu0@host", 600)
+    claimed = db.leases.claim(a, "gpu0@host", 600)
+    assert claimed is not None
+    attempt = claimed.attempt
     assert attempt == 1
     clock.at(40)
-    repo.succeed(a, attempt, [])
+    db.leases.succeed(a, attempt, [])
     # b: waits 5 s, fails after 2 s with render_failed.
     clock.at(5)
-    assert repo.claim(b, "gpu1@host", 600) == 1
+    assert db.leases.claim(b, "gpu1@host", 600).attempt == 1
     clock.at(7)
-    assert repo.fail(b, 1, JobError(type="permanent", code="render_failed", message="boom")) is not None
+    assert db.leases.fail(b, 1, JobError(type="permanent", code="render_failed", message="boom")) is not None
     # c: canceled while queued.
     clock.at(8)
-    assert repo.request_cancel("tenant-a", "c").state.value == "canceled"
+    assert db.jobs.request_cancel("tenant-a", "c").state.value == "canceled"
     # d: canceled while running (the worker honours the flag).
     clock.at(20)
-    assert repo.claim(d, "gpu0@host", 600) == 1
-    repo.request_cancel("tenant-a", "d")
+    assert db.leases.claim(d, "gpu0@host", 600).attempt == 1
+    db.jobs.request_cancel("tenant-a", "d")
     clock.at(25)
-    assert repo.cancel_running(d, 1) is not None
+    assert db.leases.cancel_running(d, 1) is not None
     # e: its first worker vanished, the lease expired, the second attempt succeeded (one retry).
     clock.at(30)
-    assert repo.claim(e, "gpu2@host", 10) == 1
+    assert db.leases.claim(e, "gpu2@host", 10).attempt == 1
     clock.at(50)
-    assert [job.state.value for job in repo.requeue_expired()] == ["queued"]
+    assert [job.state.value for job in db.leases.requeue_expired()] == ["queued"]
     clock.at(60)
-    assert repo.claim(e, "gpu3@host", 600) == 2
+    assert db.leases.claim(e, "gpu3@host", 600).attempt == 2
     clock.at(70)
-    repo.succeed(e, 2, [])
+    db.leases.succeed(e, 2, [])
     # f: published, waiting in the broker; g: still in the table (undispatched); h: running.
     clock.at(71)
-    assert repo.mark_dispatched(f)
+    assert [job.id for job in db.outbox.claim_dispatch(INTERACTIVE, 1)] == [f]
     clock.at(72)
-    assert repo.claim(h, "gpu1@host", 600) == 1
+    assert db.leases.claim(h, "gpu1@host", 600).attempt == 1
     # i: refused by the API before it ever ran.
     clock.at(73)
-    assert repo.fail(i, None, JobError(type="input", code="invalid_image", message="not an image")) is not None
+    assert db.leases.fail(i, None, JobError(type="input", code="invalid_image", message="not an image")) is not None
     clock.at(100)
 
 
-def test_scheduler_metrics_match_what_happened(repo: JobRepository, clock: Clock) -> None:
-    play_a_day(repo, clock)
-    registry, _ = build_registry(repo, known_queues=[INTERACTIVE, BATCH], clock=clock)
+def test_scheduler_metrics_match_what_happened(db: Database, clock: Clock) -> None:
+    play_a_day(db, clock)
+    registry, _ = build_registry(db, known_queues=[INTERACTIVE, BATCH], clock=clock)
     samples = scrape(registry)
 
     assert value(samples, "renderfarm_metrics_database_up") == 1
@@ -205,16 +207,16 @@ def test_scheduler_metrics_match_what_happened(repo: JobRepository, clock: Clock
     assert ("renderfarm_broker_queue_length", (("queue", INTERACTIVE),)) not in samples  # no broker given
 
 
-def test_counters_grow_by_what_finished_since_the_last_scrape(repo: JobRepository, clock: Clock) -> None:
-    play_a_day(repo, clock)
-    registry, _ = build_registry(repo, clock=clock, overlap_s=600)
+def test_counters_grow_by_what_finished_since_the_last_scrape(db: Database, clock: Clock) -> None:
+    play_a_day(db, clock)
+    registry, _ = build_registry(db, clock=clock, overlap_s=600)
     first = scrape(registry)
     again = scrape(registry)
     assert again == first, "a scrape with nothing new changes nothing (the overlap is deduplicated)"
     # h (running since 72 s) finishes now; a late commit stamped 30 s earlier than the newest row still counts.
     clock.at(45)
-    h = repo.get("tenant-a", "h")
-    repo.succeed(h.id, h.attempt, [])
+    h = db.jobs.get("tenant-a", "h")
+    db.leases.succeed(h.id, h.attempt, [])
     clock.at(200)
     later = scrape(registry)
     assert value(later, "renderfarm_jobs_finished_total", model="default", state="succeeded") == 2
@@ -222,14 +224,14 @@ def test_counters_grow_by_what_finished_since_the_last_scrape(repo: JobRepositor
     assert value(later, "renderfarm_jobs", state="running") == 0
     assert value(later, "renderfarm_queue_running", queue=INTERACTIVE) == 0
     # a fresh collector (a restarted scheduler) reports the same totals: counters never go backwards
-    restarted, _ = build_registry(repo, clock=clock)
+    restarted, _ = build_registry(db, clock=clock)
     assert scrape(restarted) == later
 
 
 def test_database_outage_is_reported_not_raised(tmp_path: Path) -> None:
     engine = make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none")
     try:
-        registry, _ = build_registry(JobRepository(engine), known_queues=[INTERACTIVE])
+        registry, _ = build_registry(Database(engine), known_queues=[INTERACTIVE])
         samples = scrape(registry)
     finally:
         engine.dispose()
@@ -237,13 +239,13 @@ def test_database_outage_is_reported_not_raised(tmp_path: Path) -> None:
     assert not [key for key in samples if key[0] == "renderfarm_jobs"]
 
 
-def test_broker_list_lengths_come_from_redis(repo: JobRepository, clock: Clock, redis_url: str) -> None:
+def test_broker_list_lengths_come_from_redis(db: Database, clock: Clock, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     try:
         client.delete(INTERACTIVE, BATCH)
         client.rpush(INTERACTIVE, "m1", "m2", "m3")
         lengths, close = redis_list_lengths(redis_url)
-        registry, _ = build_registry(repo, broker_lengths=lengths, known_queues=[INTERACTIVE, BATCH], clock=clock)
+        registry, _ = build_registry(db, broker_lengths=lengths, known_queues=[INTERACTIVE, BATCH], clock=clock)
         samples = scrape(registry)
         close()
     finally:
@@ -253,12 +255,12 @@ def test_broker_list_lengths_come_from_redis(repo: JobRepository, clock: Clock, 
     assert value(samples, "renderfarm_broker_queue_length", queue=BATCH) == 0
 
 
-def test_install_metrics_serves_get_metrics(repo: JobRepository, clock: Clock, tmp_path: Path) -> None:
+def test_install_metrics_serves_get_metrics(db: Database, clock: Clock, tmp_path: Path) -> None:
     """What the lead wires into create_app: one call adds GET /metrics."""
-    play_a_day(repo, clock)
+    play_a_day(db, clock)
     settings = Settings(data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
     app = FastAPI()
-    close = install_metrics(app, SimpleNamespace(settings=settings, repo=repo))
+    close = install_metrics(app, SimpleNamespace(settings=settings, db=db))
     try:
         with TestClient(app) as client:
             response = client.get("/metrics")

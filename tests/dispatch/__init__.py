@@ -1,4 +1,5 @@
-"""Helpers of the dispatcher and reconciler tests: databases of both kinds, the broker's view, a settable clock.
+"""Helpers of the dispatcher and reconciler tests: jobs the way the API makes them and the broker's view (the
+databases and the clock are tests.databases').
 
 The broker is real Redis: kombu's Redis transport keeps a queue as a Redis list named like the queue (LPUSH to
 publish, BRPOP to consume, so the oldest message is at the right end), each item a JSON message whose
@@ -10,66 +11,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import redis
-import sqlalchemy as sa
 
 from shared.config import Settings
-from shared.db import JobRepository, JobRow, make_engine, upgrade
-from shared.db.tables import metadata
+from shared.db import Database, JobRow
 from shared.queueing import queue_name
 
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE_S = 60.0
 QUEUE = queue_name("tiny", batch=False)
 OTHER_QUEUE = queue_name("tiny", batch=True)
-
-
-class FakeClock:
-    """A settable UTC clock, so lease expiry, grace periods and ordering by time are exact and instant."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
-
-
-def prepare_database(kind: str, tmp_path: Path, postgres_url: str | None) -> str:
-    """A migrated, empty database of `kind` ("sqlite": a temp file; "postgresql": the session's, truncated)."""
-    if kind == "sqlite":
-        url = f"sqlite:///{tmp_path / 'db' / 'renderfarm.db'}"
-        upgrade(url)
-        return url
-    assert postgres_url is not None
-    upgrade(postgres_url)  # idempotent: a no-op after the first test
-    engine = make_engine(postgres_url)
-    try:
-        with engine.begin() as conn:
-            names = ", ".join(table.name for table in metadata.sorted_tables)
-            conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
-    finally:
-        engine.dispose()
-    return postgres_url
-
-
-@contextmanager
-def repository(database_url: str, clock: FakeClock | None = None) -> Iterator[JobRepository]:
-    """A repository on its own engine (disposed afterwards); `clock` None means the real clock."""
-    engine = make_engine(database_url)
-    try:
-        yield JobRepository(engine) if clock is None else JobRepository(engine, clock=clock)
-    finally:
-        engine.dispose()
 
 
 def cluster_settings(redis_url: str, database_url: str | None = None, **overrides: Any) -> Settings:
@@ -81,7 +33,7 @@ _counter = itertools.count()
 
 
 def submit(
-    repo: JobRepository,
+    db: Database,
     count: int = 1,
     *,
     tenant: str = "alice",
@@ -94,7 +46,7 @@ def submit(
     for _ in range(count):
         task_id = f"task({next(_counter)})"
         request = {"prompt": task_id, "steps": 4}
-        job, was_created = repo.create_or_get(
+        job, was_created = db.jobs.create_or_get(
             tenant,
             task_id,
             request,

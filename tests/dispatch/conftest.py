@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from shared.db import JobRepository
-from tests.dispatch import FakeClock, prepare_database, repository
+from shared.db import Database
+from tests.databases import FakeClock, open_database, prepare_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -24,9 +24,9 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def repo(database_url: str, clock: FakeClock) -> Iterator[JobRepository]:
-    with repository(database_url, clock) as repo:
-        yield repo
+def db(database_url: str, clock: FakeClock) -> Iterator[Database]:
+    with open_database(database_url, clock) as db:
+        yield db
 
 
 @pytest.fixture

@@ -21,18 +21,17 @@ from scheduler.reconciler import (
     reset_dispatch_on_startup,
 )
 from shared.config import Settings
-from shared.db import JobRepository
+from shared.db import Database
 from shared.db.tables import utcnow
 from shared.live import LiveProgress, LocalLiveStatus, RedisLiveStatus
 from shared.queueing import make_celery_app
 from shared.states import JobState
+from tests.databases import FakeClock, in_flight, open_database
 from tests.dispatch import (
     LEASE_S,
     QUEUE,
-    FakeClock,
     broker_ids,
     cluster_settings,
-    repository,
     submit,
     take_message,
 )
@@ -62,17 +61,17 @@ def app(settings: Settings, broker: redis.Redis) -> Iterator[Celery]:
 
 
 @pytest.fixture
-def dispatcher(repo: JobRepository, app: Celery, live: RedisLiveStatus, settings: Settings) -> Iterator[Dispatcher]:
-    dispatcher = Dispatcher(repo, app, live, settings)
+def dispatcher(db: Database, app: Celery, live: RedisLiveStatus, settings: Settings) -> Iterator[Dispatcher]:
+    dispatcher = Dispatcher(db, app, live, settings)
     yield dispatcher
     dispatcher.stop()
 
 
 @pytest.fixture
 def reconciler(
-    repo: JobRepository, app: Celery, live: RedisLiveStatus, settings: Settings, dispatcher: Dispatcher
+    db: Database, app: Celery, live: RedisLiveStatus, settings: Settings, dispatcher: Dispatcher
 ) -> Iterator[Reconciler]:
-    reconciler = Reconciler(repo, app, live, settings, on_requeue=dispatcher.wake)
+    reconciler = Reconciler(db, app, live, settings, on_requeue=dispatcher.wake)
     yield reconciler
     reconciler.stop()
 
@@ -96,17 +95,17 @@ def progress_of(job_id: object, attempt: int) -> LiveProgress:
 
 
 def test_an_expired_lease_requeues_the_job_and_it_is_published_again(
-    repo: JobRepository,
+    db: Database,
     dispatcher: Dispatcher,
     reconciler: Reconciler,
     live: RedisLiveStatus,
     broker: redis.Redis,
     clock: FakeClock,
 ) -> None:
-    (job,) = submit(repo, 1)
+    (job,) = submit(db, 1)
     assert dispatcher.dispatch_once() == 1
     assert take_message(broker) == f"{job.id}:0"
-    assert repo.claim(job.id, "gpu-0", LEASE_S) == 1
+    assert db.leases.claim(job.id, "gpu-0", LEASE_S).attempt == 1
     live.set_progress(progress_of(job.id, 1))
 
     clock.advance(LEASE_S - 1)
@@ -115,7 +114,7 @@ def test_an_expired_lease_requeues_the_job_and_it_is_published_again(
     clock.advance(2)  # the worker died: no renewal
     report = reconciler.run_once()
     assert report == ReconcileReport(requeued=(job.id,))
-    row = repo.get_by_id(job.id)
+    row = db.jobs.get_by_id(job.id)
     assert (row.state, row.attempt, row.dispatched_at, row.worker) == (JobState.QUEUED, 1, None, None)
     assert live.get_progress(job.id) is None  # the dead attempt's progress is gone
 
@@ -124,16 +123,16 @@ def test_an_expired_lease_requeues_the_job_and_it_is_published_again(
 
 
 def test_an_expired_lease_on_the_last_attempt_fails_the_job(
-    repo: JobRepository, dispatcher: Dispatcher, reconciler: Reconciler, broker: redis.Redis, clock: FakeClock
+    db: Database, dispatcher: Dispatcher, reconciler: Reconciler, broker: redis.Redis, clock: FakeClock
 ) -> None:
-    (job,) = submit(repo, 1, max_attempts=1)
+    (job,) = submit(db, 1, max_attempts=1)
     dispatcher.dispatch_once()
-    assert repo.claim(job.id, "gpu-7", LEASE_S) == 1
+    assert db.leases.claim(job.id, "gpu-7", LEASE_S).attempt == 1
     clock.advance(LEASE_S + 1)
 
     report = reconciler.run_once()
     assert report == ReconcileReport(failed=(job.id,))
-    row = repo.get_by_id(job.id)
+    row = db.jobs.get_by_id(job.id)
     assert row.state is JobState.FAILED
     assert row.error is not None
     assert row.error.code == "attempts_exhausted"
@@ -143,32 +142,32 @@ def test_an_expired_lease_on_the_last_attempt_fails_the_job(
 
 
 def test_an_expired_job_with_a_cancel_request_is_canceled(
-    repo: JobRepository, dispatcher: Dispatcher, reconciler: Reconciler, clock: FakeClock
+    db: Database, dispatcher: Dispatcher, reconciler: Reconciler, clock: FakeClock
 ) -> None:
-    (job,) = submit(repo, 1)
+    (job,) = submit(db, 1)
     dispatcher.dispatch_once()
-    repo.claim(job.id, "gpu-0", LEASE_S)
-    repo.request_cancel(job.tenant, job.task_id)
+    db.leases.claim(job.id, "gpu-0", LEASE_S)
+    db.jobs.request_cancel(job.tenant, job.task_id)
     clock.advance(LEASE_S + 1)
     assert reconciler.run_once() == ReconcileReport(canceled=(job.id,))
-    assert repo.get_by_id(job.id).state is JobState.CANCELED
+    assert db.jobs.get_by_id(job.id).state is JobState.CANCELED
 
 
 def test_messages_lost_with_redis_are_found_after_the_grace_period_and_published_again(
-    repo: JobRepository, dispatcher: Dispatcher, reconciler: Reconciler, broker: redis.Redis, clock: FakeClock
+    db: Database, dispatcher: Dispatcher, reconciler: Reconciler, broker: redis.Redis, clock: FakeClock
 ) -> None:
-    jobs = submit(repo, 3)
+    jobs = submit(db, 3)
     assert dispatcher.dispatch_once() == 3
     clock.advance(DEFAULT_LOST_GRACE_S + 1)
     assert reconciler.run_once().changed == 0  # markers present: the messages are waiting, not lost
 
-    (late,) = submit(repo, 1)
+    (late,) = submit(db, 1)
     assert dispatcher.dispatch_once() == 1
     broker.flushdb()  # Redis restarted empty: every message and marker is gone
 
     report = reconciler.run_once()
     assert set(report.lost) == {job.id for job in jobs}  # `late` was dispatched within the grace period
-    assert all(repo.get_by_id(job.id).dispatched_at is None for job in jobs)
+    assert all(db.jobs.get_by_id(job.id).dispatched_at is None for job in jobs)
     assert dispatcher.dispatch_once() == 3
     assert broker_ids(broker) == [f"{job.id}:0" for job in jobs]
     assert all(broker.exists(dispatched_marker(job.id)) for job in jobs)
@@ -181,29 +180,29 @@ def test_messages_lost_with_redis_are_found_after_the_grace_period_and_published
 
 
 def test_the_lost_check_with_no_grace_and_no_redis(
-    repo: JobRepository,
+    db: Database,
     app: Celery,
     live: RedisLiveStatus,
     settings: Settings,
     broker: redis.Redis,
     clock: FakeClock,
 ) -> None:
-    jobs = submit(repo, 2)
-    dispatcher = Dispatcher(repo, app, live, settings)
+    jobs = submit(db, 2)
+    dispatcher = Dispatcher(db, app, live, settings)
     dispatcher.dispatch_once()
     dispatcher.stop()
     broker.delete(dispatched_marker(jobs[0].id))
 
-    # Grace 0 still needs the dispatch to be in the past: the repository's clock moves on.
+    # Grace 0 still needs the dispatch to be in the past: the database's clock moves on.
     clock.advance(0.001)
-    eager = Reconciler(repo, app, live, settings, lost_grace_s=0)
+    eager = Reconciler(db, app, live, settings, lost_grace_s=0)
     try:
         assert eager.run_once() == ReconcileReport(lost=(jobs[0].id,))
     finally:
         eager.stop()
 
     embedded = Settings(_env_file=None)
-    blind = Reconciler(repo, app, LocalLiveStatus(), embedded, lost_grace_s=0)
+    blind = Reconciler(db, app, LocalLiveStatus(), embedded, lost_grace_s=0)
     try:
         report = blind.run_once()
         assert report.lost_check_skipped
@@ -213,48 +212,46 @@ def test_the_lost_check_with_no_grace_and_no_redis(
 
 
 def test_an_unreadable_redis_skips_the_lost_check(
-    repo: JobRepository, app: Celery, dispatcher: Dispatcher, settings: Settings, clock: FakeClock
+    db: Database, app: Celery, dispatcher: Dispatcher, settings: Settings, clock: FakeClock
 ) -> None:
     from tests.services import free_loopback_port
 
-    submit(repo, 2)
+    submit(db, 2)
     dispatcher.dispatch_once()
     clock.advance(DEFAULT_LOST_GRACE_S + 1)
-    down = Reconciler(repo, app, LocalLiveStatus(), settings, redis_url=f"redis://127.0.0.1:{free_loopback_port()}/0")
+    down = Reconciler(db, app, LocalLiveStatus(), settings, redis_url=f"redis://127.0.0.1:{free_loopback_port()}/0")
     try:
         report = down.run_once()
     finally:
         down.stop()
     assert report.lost_check_skipped
     assert report.changed == 0
-    assert repo.in_flight_counts() == {QUEUE: 2}
+    assert in_flight(db) == {QUEUE: 2}
 
 
-def test_reset_dispatch_on_startup_makes_every_queued_job_undispatched(
-    repo: JobRepository, dispatcher: Dispatcher
-) -> None:
-    jobs = submit(repo, 3)
+def test_reset_dispatch_on_startup_makes_every_queued_job_undispatched(db: Database, dispatcher: Dispatcher) -> None:
+    jobs = submit(db, 3)
     dispatcher.dispatch_once()
-    repo.claim(jobs[0].id, "gpu-0", LEASE_S)
-    assert reset_dispatch_on_startup(repo) == 2
-    assert repo.in_flight_counts() == {}
-    assert repo.get_by_id(jobs[0].id).state is JobState.RUNNING
-    assert reset_dispatch_on_startup(repo) == 0
+    db.leases.claim(jobs[0].id, "gpu-0", LEASE_S)
+    assert reset_dispatch_on_startup(db) == 2
+    assert in_flight(db) == {}
+    assert db.jobs.get_by_id(jobs[0].id).state is JobState.RUNNING
+    assert reset_dispatch_on_startup(db) == 0
 
 
 def test_the_loop_requeues_and_wakes_the_dispatcher(
-    repo: JobRepository, app: Celery, live: RedisLiveStatus, settings: Settings, clock: FakeClock
+    db: Database, app: Celery, live: RedisLiveStatus, settings: Settings, clock: FakeClock
 ) -> None:
-    (job,) = submit(repo, 1)
-    repo.mark_dispatched(job.id)
-    repo.claim(job.id, "gpu-0", LEASE_S)
+    (job,) = submit(db, 1)
+    assert [claimed.id for claimed in db.outbox.claim_dispatch(job.queue, 1)] == [job.id]
+    db.leases.claim(job.id, "gpu-0", LEASE_S)
     clock.advance(LEASE_S + 1)
     woken = threading.Event()
-    reconciler = Reconciler(repo, app, live, settings, on_requeue=woken.set)
+    reconciler = Reconciler(db, app, live, settings, on_requeue=woken.set)
     thread = reconciler.run_in_thread()
     try:
         assert woken.wait(EVENT_TIMEOUT_S), "the loop did not re-queue the expired job"
-        assert repo.get_by_id(job.id).state is JobState.QUEUED
+        assert db.jobs.get_by_id(job.id).state is JobState.QUEUED
     finally:
         reconciler.stop()
     assert not thread.is_alive()
@@ -264,11 +261,11 @@ def test_main_once_reconciles_and_publishes(
     database_url: str, redis_url: str, broker: redis.Redis, tmp_path: Path
 ) -> None:
     settings = cluster_settings(redis_url, database_url, data_dir=tmp_path / "data")
-    with repository(database_url) as repo:  # the real clock, like the command's
-        expired, waiting = submit(repo, 2)
-        repo.mark_dispatched(expired.id)
+    with open_database(database_url) as db:  # the real clock, like the command's
+        expired, waiting = submit(db, 2)
+        assert [job.id for job in db.outbox.claim_dispatch(expired.queue, 1)] == [expired.id]
         an_hour_ago = utcnow() - timedelta(hours=1)
-        assert repo.claim(expired.id, "gpu-0", LEASE_S, now=an_hour_ago) == 1
+        assert db.leases.claim(expired.id, "gpu-0", LEASE_S, now=an_hour_ago).attempt == 1
 
         started = time.monotonic()
         report = main_once(settings)
@@ -276,14 +273,14 @@ def test_main_once_reconciles_and_publishes(
         assert report.requeued == (expired.id,)
         assert report.published == 2
         assert sorted(broker_ids(broker)) == sorted([f"{expired.id}:1", f"{waiting.id}:0"])
-        assert repo.in_flight_counts() == {QUEUE: 2}
+        assert in_flight(db) == {QUEUE: 2}
 
 
 def test_main_once_in_embedded_mode_publishes_nothing(database_url: str, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "data", database_url=database_url, _env_file=None)
-    with repository(database_url) as repo:
-        (job,) = submit(repo, 1)
+    with open_database(database_url) as db:
+        (job,) = submit(db, 1)
         report = main_once(settings)
         assert report.published == 0
         assert report.lost_check_skipped
-        assert repo.get_by_id(job.id).dispatched_at is None
+        assert db.jobs.get_by_id(job.id).dispatched_at is None

@@ -137,7 +137,7 @@ class FarmEnv:
     """Where the farm's processes find everything, as the RENDERFARM_* environment they all share."""
 
     env: dict[str, str]
-    settings: Settings  # the same settings, for the test process's own clients (repository, Redis, Celery)
+    settings: Settings  # the same settings, for the test process's own clients (database, Redis, Celery)
     postgres_url: str
     redis_url: str
     s3: S3Server

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from scheduler.dispatch import dispatched_marker
-from shared.db import ArtifactRecord, JobRepository, make_engine
+from shared.db import ArtifactRecord, Database, make_engine
 from shared.errors import LeaseLost
 from tests.e2e.conftest import Api, FarmEnv, Worker, WorkerPool, new_task_id, queue_of, unique_hostname
 
@@ -20,9 +20,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture
-def repo(farm_env: FarmEnv) -> Iterator[JobRepository]:
+def db(farm_env: FarmEnv) -> Iterator[Database]:
     engine = make_engine(farm_env.postgres_url)
-    yield JobRepository(engine)
+    yield Database(engine)
     engine.dispose()
 
 
@@ -34,7 +34,7 @@ def redis_client(farm_env: FarmEnv) -> Iterator[redis.Redis]:
 
 
 def test_forty_jobs_on_two_workers_each_run_exactly_once(
-    alice: Api, farm_env: FarmEnv, repo: JobRepository, standin_workers: list[Worker]
+    alice: Api, farm_env: FarmEnv, db: Database, standin_workers: list[Worker]
 ) -> None:
     task_ids = [new_task_id(f"many{i}") for i in range(40)]
     for task_id in task_ids:
@@ -48,7 +48,7 @@ def test_forty_jobs_on_two_workers_each_run_exactly_once(
         assert [a["kind"] for a in snapshot["artifacts"]] == ["result"]
         assert farm_env.s3_keys(f"alice/{task_id}/") == [f"farm/alice/{task_id}/1/result-0.png"]
     # The workers' own record: every job rendered once, by one worker (a duplicate delivery would be "skipped").
-    ids = {str(repo.get("alice", task_id).id) for task_id in task_ids}
+    ids = {str(db.jobs.get("alice", task_id).id) for task_id in task_ids}
     runs = [
         match.group(1)
         for worker in standin_workers
@@ -58,7 +58,7 @@ def test_forty_jobs_on_two_workers_each_run_exactly_once(
 
 
 def test_a_worker_killed_mid_render_is_replaced_and_cannot_overwrite_the_result(
-    alice: Api, farm_env: FarmEnv, repo: JobRepository, workers: WorkerPool
+    alice: Api, farm_env: FarmEnv, db: Database, workers: WorkerPool
 ) -> None:
     queue = queue_of("e2e-kill")
     # A short lease for the doomed worker: how long the farm waits before it takes a silent worker's job back.
@@ -78,8 +78,8 @@ def test_a_worker_killed_mid_render_is_replaced_and_cannot_overwrite_the_result(
     assert [a["kind"] for a in done["artifacts"]] == ["result"]
     assert farm_env.s3_keys(f"alice/{task_id}/") == [f"farm/alice/{task_id}/2/result-0.png"]
     # The first worker comes back late and tries to commit attempt 1: the fence refuses it, nothing changes.
-    row = repo.get("alice", task_id)
-    before = repo.artifacts_of(row.id)
+    row = db.jobs.get("alice", task_id)
+    before = db.jobs.artifacts_of(row.id)
     late = ArtifactRecord(
         kind="result",
         index=0,
@@ -90,21 +90,21 @@ def test_a_worker_killed_mid_render_is_replaced_and_cannot_overwrite_the_result(
         height=64,
     )
     with pytest.raises(LeaseLost):
-        repo.succeed(row.id, 1, [late])
-    assert repo.artifacts_of(row.id) == before
+        db.leases.succeed(row.id, 1, [late])
+    assert db.jobs.artifacts_of(row.id) == before
     after = alice.get(task_id)
     assert (after["state"], after["attempt"]) == ("succeeded", 2)
     assert [a["sha256"] for a in after["artifacts"]] == [a["sha256"] for a in done["artifacts"]]
 
 
 def test_jobs_queued_when_redis_is_flushed_are_restored_and_finish(
-    alice: Api, farm_env: FarmEnv, repo: JobRepository, redis_client: redis.Redis, workers: WorkerPool
+    alice: Api, farm_env: FarmEnv, db: Database, redis_client: redis.Redis, workers: WorkerPool
 ) -> None:
     queue = queue_of("e2e-flush")  # no worker consumes it until the end
     task_ids = [new_task_id(f"flush{i}") for i in range(3)]
     for task_id in task_ids:
         alice.submit(task_id, model="e2e-flush", steps=2)
-    job_ids = [repo.get("alice", task_id).id for task_id in task_ids]
+    job_ids = [db.jobs.get("alice", task_id).id for task_id in task_ids]
 
     def published() -> bool:
         return redis_client.llen(queue) == len(job_ids) and all(

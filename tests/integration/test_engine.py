@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from shared.db import JobRepository, make_engine, upgrade
+from shared.db import Database, make_engine, upgrade
 from shared.db import engine as db_engine
 from tests.services import fresh_postgres_database
 
@@ -77,7 +77,7 @@ def test_reads_run_outside_a_transaction(url: str) -> None:
     from psycopg.pq import TransactionStatus
 
     engine = make_engine(url)
-    repo = JobRepository(engine)
+    db = Database(engine)
     statuses: list[TransactionStatus] = []
 
     def after(conn: sa.Connection, *_args: Any) -> None:
@@ -85,7 +85,7 @@ def test_reads_run_outside_a_transaction(url: str) -> None:
 
     sa.event.listen(engine, "after_cursor_execute", after)
     try:
-        repo.queued_count("alice")
+        db.stats.queued_count("alice")
         assert statuses == [TransactionStatus.IDLE]
         with engine.connect() as conn:  # the pooled connection is transactional again for the writers
             conn.execute(sa.text("SELECT 1"))

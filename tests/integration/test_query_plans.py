@@ -1,6 +1,6 @@
 """The reads made per status request, per submission and per dispatch round cost what they need, not the backlog.
 
-With thousands of queued jobs, PostgreSQL's own `EXPLAIN ANALYZE` of each statement the repository sends must show
+With thousands of queued jobs, PostgreSQL's own `EXPLAIN ANALYZE` of each statement `shared.db` sends must show
 at most a bounded number of rows read from `jobs` (the cap, or one index probe per queue). Before the partial
 indexes of migration 0002 and the capped counts, each of these read every queued job (bench/RESULTS.md).
 """
@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from shared.db import JobRepository, make_engine, upgrade
+from shared.db import Database, make_engine, upgrade
 from shared.db.rows import NewJob
+from tests.databases import insert_batch
 from tests.services import fresh_postgres_database
 
 pytestmark = pytest.mark.integration
@@ -26,28 +27,34 @@ CAP = 100
 
 
 @pytest.fixture(scope="module")
-def backlog_repo() -> Iterator[JobRepository]:
+def backlog_engine() -> Iterator[sa.Engine]:
+    """An engine on a database holding the backlog (the tests watch the statements sent on it)."""
     with fresh_postgres_database() as url:
         upgrade(url)
         engine = make_engine(url)
-        repo = JobRepository(engine)
+        db = Database(engine)
         items = [
             NewJob(task_id=f"job-{i}", request={"seed": i}, request_hash=hashlib.sha256(b"%d" % i).hexdigest())
             for i in range(BACKLOG)
         ]
-        repo.bulk_create("alice", items)
-        repo.bulk_create("bob", items[:10])
-        repo.bulk_create("carol", items)  # finished jobs: most of a real table
+        insert_batch(db, "alice", items)
+        insert_batch(db, "bob", items[:10])
+        insert_batch(db, "carol", items)  # finished jobs: most of a real table
         with engine.begin() as conn:
             conn.execute(sa.text("UPDATE jobs SET state = 'succeeded' WHERE tenant = 'carol'"))
             conn.execute(sa.text("ANALYZE jobs"))
         try:
-            yield repo
+            yield engine
         finally:
             engine.dispose()
 
 
-def rows_read_from_jobs(repo: JobRepository, call: Callable[[], Any]) -> list[int]:
+@pytest.fixture
+def backlog_db(backlog_engine: sa.Engine) -> Database:
+    return Database(backlog_engine)
+
+
+def rows_read_from_jobs(engine: sa.Engine, call: Callable[[], Any]) -> list[int]:
     """Run `call`; EXPLAIN ANALYZE every SELECT it sent again and sum the rows its scans of `jobs` examined."""
     sent: list[tuple[str, Any]] = []
 
@@ -55,14 +62,14 @@ def rows_read_from_jobs(repo: JobRepository, call: Callable[[], Any]) -> list[in
         if statement.lstrip().upper().startswith(("SELECT", "WITH")):
             sent.append((statement, parameters))
 
-    sa.event.listen(repo.engine, "before_cursor_execute", capture)
+    sa.event.listen(engine, "before_cursor_execute", capture)
     try:
         call()
     finally:
-        sa.event.remove(repo.engine, "before_cursor_execute", capture)
+        sa.event.remove(engine, "before_cursor_execute", capture)
     assert sent, "the call sent no SELECT"
     totals = []
-    with repo.engine.connect() as conn:
+    with engine.connect() as conn:
         for statement, parameters in sent:
             plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + statement, parameters).scalar_one()
             plan = json.loads(plan) if isinstance(plan, str) else plan
@@ -79,23 +86,25 @@ def _rows_from_jobs(node: dict[str, Any]) -> int:
     return own + sum(_rows_from_jobs(child) for child in node.get("Plans", []))
 
 
-def test_queue_position_reads_at_most_the_cap(backlog_repo: JobRepository) -> None:
-    last = backlog_repo.get("alice", f"job-{BACKLOG - 1}")
-    assert backlog_repo.queue_position(last, cap=CAP) == CAP
-    assert backlog_repo.queue_position(last) == BACKLOG - 1  # uncapped: exact (bob's jobs came later)
-    (rows,) = rows_read_from_jobs(backlog_repo, lambda: backlog_repo.queue_position(last, cap=CAP))
+def test_queue_position_reads_at_most_the_cap(backlog_engine: sa.Engine, backlog_db: Database) -> None:
+    last = backlog_db.jobs.get("alice", f"job-{BACKLOG - 1}")
+    assert backlog_db.stats.queue_position(last, cap=CAP) == CAP
+    assert backlog_db.stats.queue_position(last) == BACKLOG - 1  # uncapped: exact (bob's jobs came later)
+    (rows,) = rows_read_from_jobs(backlog_engine, lambda: backlog_db.stats.queue_position(last, cap=CAP))
     assert rows <= 2 * CAP
 
 
-def test_a_tenants_queued_count_reads_at_most_the_cap(backlog_repo: JobRepository) -> None:
-    assert backlog_repo.queued_count("alice", cap=CAP) == CAP
-    assert backlog_repo.queued_count("bob", cap=CAP) == 10
-    (rows,) = rows_read_from_jobs(backlog_repo, lambda: backlog_repo.queued_count("alice", cap=CAP))
+def test_a_tenants_queued_count_reads_at_most_the_cap(backlog_engine: sa.Engine, backlog_db: Database) -> None:
+    assert backlog_db.stats.queued_count("alice", cap=CAP) == CAP
+    assert backlog_db.stats.queued_count("bob", cap=CAP) == 10
+    (rows,) = rows_read_from_jobs(backlog_engine, lambda: backlog_db.stats.queued_count("alice", cap=CAP))
     assert rows <= CAP
 
 
-def test_the_dispatchers_outbox_read_does_not_count_the_backlog(backlog_repo: JobRepository) -> None:
-    assert backlog_repo.outbox_by_queue() == {"default": (True, 0)}
-    waiting, in_flight = rows_read_from_jobs(backlog_repo, backlog_repo.outbox_by_queue)
+def test_the_dispatchers_outbox_read_does_not_count_the_backlog(
+    backlog_engine: sa.Engine, backlog_db: Database
+) -> None:
+    assert backlog_db.outbox.outbox_by_queue() == {"default": (True, 0)}
+    waiting, in_flight = rows_read_from_jobs(backlog_engine, backlog_db.outbox.outbox_by_queue)
     assert waiting <= 10  # one index probe per queue name (and one more to find there is no next)
     assert in_flight == 0

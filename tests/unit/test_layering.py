@@ -110,3 +110,161 @@ def test_the_engine_checker_sees_farm_imports() -> None:
     assert is_forbidden_in_engine("worker.job_runner")
     assert not is_forbidden_in_engine("worker.engine.sampling.plan")
     assert not is_forbidden_in_engine("shared.job.steps")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The database behind one door (shared.db.database.Database)
+
+# The product's packages reach the database only through `shared.db`'s door: no SQLAlchemy, no table objects, no
+# connections of their own. bench/ and tests/ are not held to this: they create and drop whole databases, fill
+# tables with fixture data at scale (bench/growth.py) and read query plans (tests/integration/test_query_plans.py).
+DOOR_KEEPERS = ("scheduler", "worker", "renderfarm")
+DB_INTERNALS = {"shared.db.tables", "shared.db.transaction", "shared.db.job_updates", "shared.db.job_inserts"}
+CONNECTION_METHODS = {"connect", "begin", "raw_connection"}
+
+
+def database_bypasses(path: Path) -> list[str]:
+    """What in `path` goes around the door: SQLAlchemy or shared.db internals imported, an engine's connection."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        modules: list[str] = []
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for module in modules:
+            if module.split(".")[0] == "sqlalchemy" or module in DB_INTERNALS:
+                found.append(f"line {node.lineno}: imports {module}")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in CONNECTION_METHODS
+            and ast.unparse(node.func.value).split(".")[-1].endswith("engine")
+        ):
+            found.append(f"line {node.lineno}: {ast.unparse(node.func)}()")
+    return found
+
+
+@pytest.mark.parametrize("package", DOOR_KEEPERS)
+def test_nothing_outside_shared_db_touches_tables_or_connections(package: str) -> None:
+    violations = {str(path.relative_to(ROOT)): database_bypasses(path) for path in modules_of(package)}
+    assert {path: found for path, found in violations.items() if found} == {}
+
+
+def test_the_door_checker_sees_a_bypass(tmp_path: Path) -> None:
+    # Guards the guard: each way around the door is reported, and a Celery signal's connect() is not.
+    module = tmp_path / "bypass.py"
+    module.write_text(
+        "import sqlalchemy as sa\n"
+        "from shared.db import tables\n"
+        "from shared.db.tables import jobs\n"
+        "def f(db, signals):\n"
+        "    with db.engine.connect() as conn:\n"
+        "        pass\n"
+        "    signals.worker_init.connect(f)\n",
+        encoding="utf-8",
+    )
+    assert database_bypasses(module) == [
+        "line 1: imports sqlalchemy",
+        "line 2: imports shared.db.tables",
+        "line 3: imports shared.db.tables",
+        "line 5: db.engine.connect()",
+    ]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# No import circles
+
+PROJECT_PACKAGES = ("scheduler", "shared", "worker", "renderfarm")
+# Circles another branch of the same change removes; each entry is one circle's modules, sorted.
+KNOWN_CIRCLES: list[list[str]] = [
+    ["renderfarm._errors", "renderfarm._types"],  # removed by the sdk branch
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_level_imports(path: Path, known: set[str]) -> set[str]:
+    """The project modules `path` imports at module level, `if TYPE_CHECKING:` blocks included (a circle there is
+    a circle in the design even when Python never runs it); imports inside functions (lazy ones) are not counted.
+    `from package import name` counts as importing `package.name` when that is a module, else `package`."""
+    imported: set[str] = set()
+    statements = list(ast.parse(path.read_text(encoding="utf-8")).body)
+    while statements:
+        node = statements.pop()
+        if isinstance(node, ast.If | ast.Try):
+            statements.extend([*node.body, *node.orelse, *getattr(node, "finalbody", [])])
+            for handler in getattr(node, "handlers", []):
+                statements.extend(handler.body)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names if alias.name in known)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                if submodule in known:
+                    imported.add(submodule)
+                elif node.module in known:
+                    imported.add(node.module)
+    return imported
+
+
+def import_circles() -> list[list[str]]:
+    """Every set of project modules that import each other in a circle (strongly connected components, Tarjan)."""
+    paths = {module_name(path): path for package in PROJECT_PACKAGES for path in modules_of(package)}
+    known = set(paths)
+    graph = {name: sorted(module_level_imports(path, known) - {name}) for name, path in paths.items()}
+    index: dict[str, int] = {}
+    lowlink: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(name: str) -> None:
+        index[name] = lowlink[name] = len(index)
+        stack.append(name)
+        on_stack.add(name)
+        for other in graph[name]:
+            if other not in index:
+                visit(other)
+                lowlink[name] = min(lowlink[name], lowlink[other])
+            elif other in on_stack:
+                lowlink[name] = min(lowlink[name], index[other])
+        if lowlink[name] == index[name]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == name:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for name in sorted(graph):
+        if name not in index:
+            visit(name)
+    return sorted(circles)
+
+
+def test_no_import_circles() -> None:
+    circles = import_circles()
+    assert [circle for circle in circles if circle not in KNOWN_CIRCLES] == []
+
+
+def test_the_circle_finder_sees_a_circle_through_type_checking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Guards the guard: a circle closed only by an `if TYPE_CHECKING:` import is reported; a lazy import is not.
+    package = tmp_path / "scheduler"
+    package.mkdir()
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from scheduler.b import B\n"
+    )
+    (package / "b.py").write_text("from scheduler import a\n")
+    (package / "c.py").write_text("def f():\n    from scheduler import b\n")
+    (package / "d.py").write_text("from scheduler.c import f\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    monkeypatch.setitem(globals(), "PROJECT_PACKAGES", ("scheduler",))
+    assert import_circles() == [["scheduler.a", "scheduler.b"]]

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from shared.config import Settings
-from shared.db import JobRepository, JobRow, make_engine, upgrade
+from shared.db import Database, JobRow, make_engine, upgrade
 from shared.live import LiveProgress, RedisLiveStatus
 from shared.queueing import queue_name
 from shared.spec import SpecLimits, parse_job, request_hash
@@ -40,9 +40,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
 
 
 @pytest.fixture
-def repo(worker_db_url: str) -> Iterator[JobRepository]:
+def db(worker_db_url: str) -> Iterator[Database]:
     engine = make_engine(worker_db_url)
-    yield JobRepository(engine)
+    yield Database(engine)
     engine.dispose()
 
 
@@ -105,11 +105,11 @@ class TinyModels:
 
 @pytest.fixture
 def deps(
-    settings: Settings, repo: JobRepository, storage: S3Storage, live: RecordingLive, tiny_model: LoadedModel
+    settings: Settings, db: Database, storage: S3Storage, live: RecordingLive, tiny_model: LoadedModel
 ) -> WorkerDeps:
     return WorkerDeps(
         settings=settings,
-        repo=repo,
+        db=db,
         storage=storage,
         live=live,
         models=TinyModels(tiny_model),
@@ -138,13 +138,13 @@ def centre_mask() -> Image.Image:
     return mask
 
 
-def upload_asset(repo: JobRepository, storage: Storage, image: Image.Image, tenant: str = TENANT) -> str:
+def upload_asset(db: Database, storage: Storage, image: Image.Image, tenant: str = TENANT) -> str:
     """Store `image` as the API does for POST /v1/assets; returns its reference `asset:<sha256>`."""
     data = png_bytes(image)
     sha = hashlib.sha256(data).hexdigest()
     key = asset_key(tenant, sha)
     storage.put(key, data, "image/png", sha256=sha)
-    repo.add_asset(
+    db.assets.add(
         tenant, sha, storage_key=key, size_bytes=len(data), mime="image/png", width=image.width, height=image.height
     )
     return f"asset:{sha}"
@@ -152,7 +152,7 @@ def upload_asset(repo: JobRepository, storage: Storage, image: Image.Image, tena
 
 @dataclass
 class Submitter:
-    repo: JobRepository
+    db: Database
     storage: Storage
     defaults: dict[str, Any] = field(
         default_factory=lambda: {
@@ -168,9 +168,9 @@ class Submitter:
     def __call__(self, *, max_attempts: int = 3, tenant: str = TENANT, **fields: Any) -> JobRow:
         """Create a queued job as the API stores it; `init_images` defaults to one uploaded picture."""
         body = {**self.defaults, **fields}
-        body.setdefault("init_images", [upload_asset(self.repo, self.storage, picture(), tenant)])
+        body.setdefault("init_images", [upload_asset(self.db, self.storage, picture(), tenant)])
         job = parse_job(body, SpecLimits())
-        row, created = self.repo.create_or_get(
+        row, created = self.db.jobs.create_or_get(
             tenant,
             f"task-{uuid.uuid4().hex[:12]}",
             job.to_request_json(),
@@ -183,8 +183,8 @@ class Submitter:
 
 
 @pytest.fixture
-def submit(repo: JobRepository, storage: S3Storage) -> Submitter:
-    return Submitter(repo, storage)
+def submit(db: Database, storage: S3Storage) -> Submitter:
+    return Submitter(db, storage)
 
 
 def with_engine(deps: WorkerDeps, engine: Callable[..., Any], **changes: Any) -> WorkerDeps:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from shared.config import Settings
-from shared.db import JobRepository, JobRow
+from shared.db import Database, JobRow
 from shared.queueing import EMBEDDED_BROKER_URL, make_celery_app, publish_render, queue_name
 from shared.states import JobState
 from tests.worker.conftest import Submitter
@@ -21,12 +21,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 DEADLINE_S = 60.0
 
 
-def wait_for_state(repo: JobRepository, row: JobRow, states: set[JobState]) -> JobRow:
+def wait_for_state(db: Database, row: JobRow, states: set[JobState]) -> JobRow:
     """Poll the job row until it reaches one of `states`, or fail at the deadline."""
     deadline = time.monotonic() + DEADLINE_S
     delay = 0.02
     while True:
-        job = repo.get_by_id(row.id)
+        job = db.jobs.get_by_id(row.id)
         if job.state in states:
             return job
         if time.monotonic() > deadline:
@@ -48,34 +48,35 @@ def embedded(settings: Settings, deps: WorkerDeps) -> Iterator[EmbeddedWorker]:
 
 
 def test_a_published_job_is_rendered_by_the_embedded_worker(
-    embedded: EmbeddedWorker, settings: Settings, repo: JobRepository, submit: Submitter
+    embedded: EmbeddedWorker, settings: Settings, db: Database, submit: Submitter
 ) -> None:
     publisher = make_celery_app(settings)  # the scheduler's own app: a different object, the same in-memory broker
     rows = [submit(seed=1), submit(seed=2, batch_size=2)]
     for row in rows:
         publish_render(publisher, row.id, row.attempt, queue_name(None, batch=False))
-        repo.mark_dispatched(row.id)
+    for queue in {row.queue for row in rows}:
+        db.outbox.claim_dispatch(queue, 1_000_000)  # marks those the worker has not claimed yet (any window)
 
-    done = [wait_for_state(repo, row, {JobState.SUCCEEDED, JobState.FAILED}) for row in rows]
+    done = [wait_for_state(db, row, {JobState.SUCCEEDED, JobState.FAILED}) for row in rows]
 
     assert [job.state for job in done] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
-    assert [len(repo.artifacts_of(row.id)) for row in rows] == [1, 2]
+    assert [len(db.jobs.artifacts_of(row.id)) for row in rows] == [1, 2]
 
 
 def test_a_duplicate_message_is_acked_without_a_second_run(
-    embedded: EmbeddedWorker, settings: Settings, repo: JobRepository, submit: Submitter
+    embedded: EmbeddedWorker, settings: Settings, db: Database, submit: Submitter
 ) -> None:
     publisher = make_celery_app(settings)
     row = submit()
     publish_render(publisher, row.id, 0, queue_name(None, batch=True))
-    wait_for_state(repo, row, {JobState.SUCCEEDED})
+    wait_for_state(db, row, {JobState.SUCCEEDED})
     # The same job published again (a reconciler re-publish): the claim finds it finished and the message is acked.
     publisher.send_task(
         "renderfarm.render_job", args=[str(row.id), 0], task_id=f"{row.id}:0-dup", queue=queue_name(None, batch=True)
     )
     marker = submit()
     publish_render(publisher, marker.id, 0, queue_name(None, batch=True))
-    wait_for_state(repo, marker, {JobState.SUCCEEDED})  # consumed after the duplicate, so it was processed
+    wait_for_state(db, marker, {JobState.SUCCEEDED})  # consumed after the duplicate, so it was processed
 
-    job = repo.get_by_id(row.id)
+    job = db.jobs.get_by_id(row.id)
     assert (job.state, job.attempt) == (JobState.SUCCEEDED, 1)

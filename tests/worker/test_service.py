@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from shared.config import Settings
-from shared.db import JobRepository
+from shared.db import Database
 from shared.queueing import make_celery_app, publish_render
 from shared.states import JobState
 from tests.worker.conftest import Submitter
@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_a_cpu_worker_process_renders_a_job_and_shuts_down_on_sigterm(
-    settings: Settings, redis_url: str, repo: JobRepository, submit: Submitter, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, redis_url: str, db: Database, submit: Submitter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cluster = settings.model_copy(update={"redis_url": redis_url})
     queue = f"rf.test-{uuid.uuid4().hex[:8]}.interactive"  # this test's own queue: no other consumer sees it
@@ -32,7 +32,7 @@ def test_a_cpu_worker_process_renders_a_job_and_shuts_down_on_sigterm(
         row = submit()
         publish_render(publisher, row.id, row.attempt, queue)
 
-        job = wait_for_state(repo, row, {JobState.SUCCEEDED, JobState.FAILED})
+        job = wait_for_state(db, row, {JobState.SUCCEEDED, JobState.FAILED})
 
         assert job.state is JobState.SUCCEEDED
         assert job.worker is not None

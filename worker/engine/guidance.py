@@ -1,5 +1,6 @@
 """Classifier-free guidance: the UNet as the sampler sees it, ε(x, t) from one batched pass over the conditional and
-unconditional prompts, or three passes for edit (InstructPix2Pix) models with an image CFG scale (§3.3)."""
+unconditional prompts, or three passes for edit (InstructPix2Pix) models with an image CFG scale
+(img2img-semantics.md §3.3)."""
 
 from __future__ import annotations
 
