@@ -34,8 +34,8 @@ from torch.nn import functional
 
 from shared.images import encode_png
 from shared.infotext import create_infotext
+from shared.job.spec import Img2ImgJob
 from shared.sampler_names import find_schedule, split_sampler_and_schedule
-from shared.spec import Img2ImgJob
 from shared.version import __version__
 from worker.imaging import apply_overlay, resize_image
 from worker.models import LoadedModel

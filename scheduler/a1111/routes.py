@@ -55,7 +55,6 @@ from scheduler.a1111.translate import (
     image_grid,
     job_body,
     job_timestamp,
-    new_task_id,
     rename_fields,
 )
 from scheduler.auth import TenantDep
@@ -67,9 +66,10 @@ from shared.db import ArtifactRow, JobRow
 from shared.db.repository import MAX_LIST_LIMIT
 from shared.errors import InputError, NotFound, RenderfarmError, TransientError
 from shared.images import encode_png
+from shared.job.ids import MAX_TASK_ID_LENGTH, new_a1111_task_id
+from shared.job.spec import Img2ImgJob
 from shared.live import LiveProgress, LiveStatus, StopRequests
 from shared.sampler_names import SAMPLERS, SCHEDULES
-from shared.spec import Img2ImgJob
 from shared.states import JobState
 
 log = logging.getLogger("scheduler.a1111")
@@ -102,7 +102,7 @@ class JobCanceled(RenderfarmError):
 
 
 def _submit(services: Services, tenant: str, request: Img2ImgRequest) -> Submission:
-    task_id = request.force_task_id or new_task_id()
+    task_id = request.force_task_id or new_a1111_task_id()
     tenant_options = read_options(services.storage, tenant)
     body = job_body(request, task_id=task_id, default_model=services.settings.model, tenant_options=tenant_options)
     try:
@@ -364,7 +364,7 @@ def get_progress(
     services: ServicesDep,
     tenant: TenantDep,
     skip_current_image: Annotated[bool, Query()] = False,
-    id_task: Annotated[str | None, Query(max_length=128)] = None,
+    id_task: Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)] = None,
 ) -> JSONResponse:
     # skip_current_image is accepted and has nothing to skip: the farm keeps no preview images.
     return JSONResponse(ProgressResponse(**sdapi_progress(services, tenant, id_task)).model_dump())
@@ -420,7 +420,7 @@ async def interrupt(
     request: Request,
     services: ServicesDep,
     tenant: TenantDep,
-    id_task: Annotated[str | None, Query(max_length=128)] = None,
+    id_task: Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)] = None,
 ) -> JSONResponse:
     target = await _id_task_of(request, id_task)
     await run_in_threadpool(_stop, services, tenant, target, "interrupt")
@@ -432,7 +432,7 @@ async def skip(
     request: Request,
     services: ServicesDep,
     tenant: TenantDep,
-    id_task: Annotated[str | None, Query(max_length=128)] = None,
+    id_task: Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)] = None,
 ) -> JSONResponse:
     target = await _id_task_of(request, id_task)
     await run_in_threadpool(_stop, services, tenant, target, "skip")

@@ -3,19 +3,12 @@ plain function (scheduler.submission, scheduler.snapshots) and shapes the answer
 
 from __future__ import annotations
 
-import re
-
 from shared.errors import InputError
-
-TASK_ID_RE = re.compile(r"[A-Za-z0-9._\-:()]{1,128}")  # architecture.md "Ids", as shared.spec checks force_task_id
+from shared.job.ids import is_valid_task_id, task_id_problem
 
 
 def checked_task_id(task_id: str) -> str:
-    """`task_id` if it is 1-128 characters of A-Z a-z 0-9 . _ - : ( ); else InputError (422) naming `task_id`."""
-    if not TASK_ID_RE.fullmatch(task_id):
-        raise InputError(
-            "task_id: must be 1-128 characters of A-Z a-z 0-9 . _ - : ( ), e.g. task(img2img-ABC1234)",
-            code="invalid_task_id",
-            field="task_id",
-        )
+    """`task_id` if it is a valid task id (shared.job.ids); else InputError (422) naming `task_id`."""
+    if not is_valid_task_id(task_id):
+        raise InputError(f"task_id: {task_id_problem()}", code="invalid_task_id", field="task_id")
     return task_id

@@ -17,9 +17,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from scheduler.assets import asset_body, store_asset
 from scheduler.auth import TenantDep
 from scheduler.deps import ServicesDep
-from scheduler.submission import asset_body, store_asset
 from shared.errors import InputError, NotFound
 from shared.images import ImageLimits
 

@@ -26,7 +26,7 @@ log = logging.getLogger("scheduler.routes.jobs")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 DEFAULT_LIST_LIMIT = 50
-# The body is validated by shared.spec.parse_job (with the farm's limits), not by FastAPI; this documents it.
+# The body is validated by shared.job.spec.parse_job (with the farm's limits), not by FastAPI; this documents it.
 JOB_BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,

@@ -47,9 +47,7 @@ from shared.db.rows import (
     NewJob,
 )
 from shared.db.tables import (
-    ARTIFACT_KINDS,
     BATCH_MODES,
-    TASK_ID_MAX_LENGTH,
     artifacts,
     assets,
     batches,
@@ -57,6 +55,8 @@ from shared.db.tables import (
     utcnow,
 )
 from shared.errors import Conflict, DatabaseUnavailable, InputError, LeaseLost, NotFound
+from shared.job.artifacts import ARTIFACT_KINDS
+from shared.job.ids import is_valid_task_id, task_id_problem
 from shared.states import JobState, sources_of
 
 MAX_LIST_LIMIT = 1000  # rows per page of list_jobs
@@ -1412,10 +1412,8 @@ class JobRepository:
 
 
 def _check_task_id(task_id: str) -> None:
-    if not task_id or len(task_id) > TASK_ID_MAX_LENGTH:
-        raise InputError(
-            f"task id must be 1 to {TASK_ID_MAX_LENGTH} characters", code="invalid_task_id", field="task_id"
-        )
+    if not is_valid_task_id(task_id):
+        raise InputError(f"task id {task_id_problem()}", code="invalid_task_id", field="task_id")
 
 
 def _check_max_attempts(max_attempts: int) -> None:

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from shared.infotext import parse_infotext
+from shared.job.spec import SpecLimits, parse_job
 from shared.sampler_names import SAMPLERS
-from shared.spec import SpecLimits, parse_job
 from worker.models import LoadedModel
 from worker.noise import create_noise
 from worker.pixel_stage import BLANK_MASK_COMMENT, BLANK_MASK_WARNING_CODE
