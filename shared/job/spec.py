@@ -371,20 +371,15 @@ class Img2ImgJob(BaseModel):
             )
         return value
 
-    @field_validator("batch_size")
+    @field_validator("batch_size", "n_iter")
     @classmethod
-    def _check_batch_size(cls, value: int, info: ValidationInfo) -> int:
+    def _check_against_limits(cls, value: int, info: ValidationInfo) -> int:
+        # The upper bounds of batch_size and n_iter are the farm's limits, so they are checked here, not by Field.
         limits = _limits(info)
-        if limits is not None and value > limits.max_batch_size:
-            raise problem("out_of_range", f"must be from 1 to {limits.max_batch_size} (got {value})")
-        return value
-
-    @field_validator("n_iter")
-    @classmethod
-    def _check_n_iter(cls, value: int, info: ValidationInfo) -> int:
-        limits = _limits(info)
-        if limits is not None and value > limits.max_n_iter:
-            raise problem("out_of_range", f"must be from 1 to {limits.max_n_iter} (got {value})")
+        if limits is not None:
+            most = limits.max_batch_size if info.field_name == "batch_size" else limits.max_n_iter
+            if value > most:
+                raise problem("out_of_range", f"must be from 1 to {most} (got {value})")
         return value
 
     @field_validator("tags")
