@@ -79,6 +79,7 @@ router = APIRouter(tags=["a1111"])
 WAIT_SLICE_S = 1.0  # the longest one wait for a change lasts before the row (and the client's connection) is checked
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
 KARRAS_RHO = 7.0  # the webui's default_rho of the Karras schedule; -1 means "not applicable" for the others
+IdTask = Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)]  # `?id_task=`: names one task of the caller
 
 
 class NotImplementedByFarm(RenderfarmError):
@@ -364,7 +365,7 @@ def get_progress(
     services: ServicesDep,
     tenant: TenantDep,
     skip_current_image: Annotated[bool, Query()] = False,
-    id_task: Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)] = None,
+    id_task: IdTask = None,
 ) -> JSONResponse:
     # skip_current_image is accepted and has nothing to skip: the farm keeps no preview images.
     return JSONResponse(ProgressResponse(**sdapi_progress(services, tenant, id_task)).model_dump())
@@ -415,27 +416,19 @@ def _stop(services: Services, tenant: str, id_task: str | None, kind: str) -> in
     return len(rows)
 
 
+async def _stop_route(request: Request, services: Services, tenant: str, id_task: str | None, kind: str) -> None:
+    await run_in_threadpool(_stop, services, tenant, await _id_task_of(request, id_task), kind)
+
+
 @router.post("/sdapi/v1/interrupt", summary="Stop the task's sampling now and keep what it has")
-async def interrupt(
-    request: Request,
-    services: ServicesDep,
-    tenant: TenantDep,
-    id_task: Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)] = None,
-) -> JSONResponse:
-    target = await _id_task_of(request, id_task)
-    await run_in_threadpool(_stop, services, tenant, target, "interrupt")
-    return JSONResponse({})
+async def interrupt(request: Request, services: ServicesDep, tenant: TenantDep, id_task: IdTask = None) -> JSONResponse:
+    await _stop_route(request, services, tenant, id_task, "interrupt")
+    return JSONResponse({})  # the reference's answers: {} here, null for skip
 
 
 @router.post("/sdapi/v1/skip", summary="End the task's current batch early; the next batch runs")
-async def skip(
-    request: Request,
-    services: ServicesDep,
-    tenant: TenantDep,
-    id_task: Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)] = None,
-) -> JSONResponse:
-    target = await _id_task_of(request, id_task)
-    await run_in_threadpool(_stop, services, tenant, target, "skip")
+async def skip(request: Request, services: ServicesDep, tenant: TenantDep, id_task: IdTask = None) -> JSONResponse:
+    await _stop_route(request, services, tenant, id_task, "skip")
     return JSONResponse(None)
 
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from scheduler.auth import TenantDep
 from scheduler.deps import Services, ServicesDep
-from scheduler.routes import checked_task_id
+from scheduler.routes import Responses, checked_task_id, create_or_get_responses, created_or_existing
 from scheduler.snapshots import JobList, JobSnapshot, read_snapshot, safe_live_many
 from scheduler.submission import Submission, submit_job
 from shared.db.repository import MAX_LIST_LIMIT
@@ -33,32 +33,32 @@ JOB_BODY_DOC: dict[str, Any] = {
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Img2ImgJob"}}},
     }
 }
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: Responses = {
     401: {"description": "missing or invalid API token"},
     404: {"description": "no such job for this tenant"},
     422: {"description": "invalid request, naming the field"},
 }
+_SUBMIT_ERRORS = {413: "an inline image or the body is over the limit", 429: "too many queued jobs (Retry-After)"}
 
 
 def _submitted(services: Services, submission: Submission) -> JSONResponse:
-    snapshot = read_snapshot(services, submission.row)
-    if not submission.created:
-        return JSONResponse(snapshot, status_code=200)
-    return JSONResponse(snapshot, status_code=201, headers={"Location": f"/v1/jobs/{submission.row.task_id}"})
+    return created_or_existing(
+        read_snapshot(services, submission.row),
+        created=submission.created,
+        location=f"/v1/jobs/{submission.row.task_id}",
+    )
 
 
 @router.put(
     "/{task_id}",
     summary="Create a job under a client-chosen id, or get the job that id already names",
     response_model=None,
-    responses={
-        200: {"model": JobSnapshot, "description": "the job existed with the same request"},
-        201: {"model": JobSnapshot, "description": "created"},
-        409: {"description": "the id is taken by a different request (both hashes named)"},
-        413: {"description": "an inline image or the body is over the limit"},
-        429: {"description": "too many queued jobs (Retry-After)"},
-        **ERROR_RESPONSES,
-    },
+    responses=create_or_get_responses(
+        JobSnapshot,
+        existing="the job existed with the same request",
+        errors={409: "the id is taken by a different request (both hashes named)", **_SUBMIT_ERRORS},
+        common=ERROR_RESPONSES,
+    ),
     openapi_extra=JOB_BODY_DOC,
 )
 def put_job(task_id: str, body: Annotated[Any, Body()], services: ServicesDep, tenant: TenantDep) -> JSONResponse:
@@ -70,14 +70,12 @@ def put_job(task_id: str, body: Annotated[Any, Body()], services: ServicesDep, t
     "",
     summary="Create a job with a server-chosen id (or the body's force_task_id)",
     response_model=None,
-    responses={
-        200: {"model": JobSnapshot, "description": "force_task_id named an existing job with the same request"},
-        201: {"model": JobSnapshot, "description": "created"},
-        409: {"description": "force_task_id is taken by a different request"},
-        413: {"description": "an inline image or the body is over the limit"},
-        429: {"description": "too many queued jobs (Retry-After)"},
-        **ERROR_RESPONSES,
-    },
+    responses=create_or_get_responses(
+        JobSnapshot,
+        existing="force_task_id named an existing job with the same request",
+        errors={409: "force_task_id is taken by a different request", **_SUBMIT_ERRORS},
+        common=ERROR_RESPONSES,
+    ),
     openapi_extra=JOB_BODY_DOC,
 )
 def post_job(body: Annotated[Any, Body()], services: ServicesDep, tenant: TenantDep) -> JSONResponse:
