@@ -38,7 +38,20 @@ ERROR_RESPONSES: Responses = {
     404: {"description": "no such job for this tenant"},
     422: {"description": "invalid request, naming the field"},
 }
-_SUBMIT_ERRORS = {413: "an inline image or the body is over the limit", 429: "too many queued jobs (Retry-After)"}
+
+
+def _submit_responses(existing: str, conflict: str) -> Responses:
+    """The documented answers of a job submission: `existing` (200) and `conflict` (409) say what the id was."""
+    return create_or_get_responses(
+        JobSnapshot,
+        existing=existing,
+        errors={
+            409: conflict,
+            413: "an inline image or the body is over the limit",
+            429: "too many queued jobs (Retry-After)",
+        },
+        common=ERROR_RESPONSES,
+    )
 
 
 def _submitted(services: Services, submission: Submission) -> JSONResponse:
@@ -53,11 +66,8 @@ def _submitted(services: Services, submission: Submission) -> JSONResponse:
     "/{task_id}",
     summary="Create a job under a client-chosen id, or get the job that id already names",
     response_model=None,
-    responses=create_or_get_responses(
-        JobSnapshot,
-        existing="the job existed with the same request",
-        errors={409: "the id is taken by a different request (both hashes named)", **_SUBMIT_ERRORS},
-        common=ERROR_RESPONSES,
+    responses=_submit_responses(
+        "the job existed with the same request", "the id is taken by a different request (both hashes named)"
     ),
     openapi_extra=JOB_BODY_DOC,
 )
@@ -70,11 +80,8 @@ def put_job(task_id: str, body: Annotated[Any, Body()], services: ServicesDep, t
     "",
     summary="Create a job with a server-chosen id (or the body's force_task_id)",
     response_model=None,
-    responses=create_or_get_responses(
-        JobSnapshot,
-        existing="force_task_id named an existing job with the same request",
-        errors={409: "force_task_id is taken by a different request", **_SUBMIT_ERRORS},
-        common=ERROR_RESPONSES,
+    responses=_submit_responses(
+        "force_task_id named an existing job with the same request", "force_task_id is taken by a different request"
     ),
     openapi_extra=JOB_BODY_DOC,
 )
