@@ -23,10 +23,10 @@ TARGET_RATIO = 1.2
 
 
 def _request_json() -> tuple[dict[str, Any], str]:
-    from shared.spec import SpecLimits, parse_job, request_hash
+    from shared.job.hashing import request_hash
+    from shared.job.spec import SpecLimits, parse_job
 
     job = parse_job(harness.job_body("asset:" + "a" * 64, size=512, steps=20), SpecLimits())
-    job = job.model_copy(update={"force_task_id": "growth"})
     return job.to_request_json(), request_hash(job)
 
 

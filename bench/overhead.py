@@ -53,7 +53,7 @@ def run(config: Config) -> list[BenchResult]:
     import torch
 
     from shared.images import ImageLimits, decode_image
-    from shared.spec import SpecLimits, parse_job
+    from shared.job.spec import SpecLimits, parse_job
     from worker.engine.models import load_model, pick_device, pick_dtype
     from worker.engine.processing import StableDiffusionProcessingImg2Img, process_images
 

@@ -56,14 +56,14 @@ from renderfarm._transport import (
     transport_error,
 )
 from renderfarm._types import Artifact, Asset, Batch, BatchCreated, Grid, Job, JobState
-from shared.spec import Img2ImgJob
+from shared.job.spec import Img2ImgJob
 
 __all__ = ["ARTIFACT_KINDS", "Client", "ImageInput", "JobSpec", "new_task_id"]
 
 ImageInput: TypeAlias = Image.Image | str | os.PathLike[str] | bytes
 """A picture: a PIL image, a file path, the file's bytes, or a reference the farm has (`asset:<sha256>`, a URL)."""
 JobSpec: TypeAlias = Mapping[str, Any] | Img2ImgJob
-"""A job's fields as a mapping (images may be any `ImageInput`), or a `shared.spec.Img2ImgJob`."""
+"""A job's fields as a mapping (images may be any `ImageInput`), or a `shared.job.spec.Img2ImgJob`."""
 
 ARTIFACT_KINDS: Final = ("result", "overlay", "mask")
 USER_AGENT: Final = "renderfarm-python/0.1"

@@ -32,9 +32,9 @@ from scheduler.wait_estimate import RunTimeEstimator
 from shared.config import Settings
 from shared.db import Database, head_revision
 from shared.errors import ConfigError, DatabaseUnavailable
+from shared.job.spec import Img2ImgJob
 from shared.live import LiveStatus, open_live_status
 from shared.queueing import make_celery_app
-from shared.spec import Img2ImgJob
 from shared.storage import Storage, open_storage
 
 log = logging.getLogger("scheduler.app")
@@ -62,7 +62,7 @@ def require_schema(db: Database) -> None:
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """The OpenAPI document, with the job schema (validated by shared.spec, not by FastAPI) added."""
+    """The OpenAPI document, with the job schema (validated by shared.job.spec, not by FastAPI) added."""
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is not None:

@@ -11,9 +11,9 @@ A grid's axes are any job fields (`init_images`, `prompt`, `seed`, `cfg_scale`, 
 always explicit: guessing it would silently turn 3 × 3 items into 3 or 9.
 
 Children get `{batch_id}-{index}` as task id unless their request names a `force_task_id`. Every child is validated
-and normalised exactly as `PUT /v1/jobs` does (`scheduler.submission`), then all are inserted in ONE statement and
-transaction with the batch row (`Database.create_batch_if_absent`), on the batch tier's queue
-(`queue_name(model, batch=True)`), so interactive jobs are not stuck behind a night's batch.
+and admitted exactly as `PUT /v1/jobs` does (the one admission path, `scheduler.admission`), then all are inserted
+in ONE statement and transaction with the batch row (`Database.batches.create_if_absent`), on the batch tier's
+queue (`queue_name(model, batch=True)`), so interactive jobs are not stuck behind a night's batch.
 
 A client-chosen `batch_id` makes the request create-or-get, like `PUT /v1/jobs/{task_id}`: the same batch again
 answers 200 with what exists; a different one under that id is 409. The SDK always sends one, so a retry after a
@@ -34,13 +34,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from scheduler.admission import QUEUE_LIMIT_RETRY_AFTER_S, ImageNormaliser, admit
 from scheduler.deps import Services
 from scheduler.snapshots import read_snapshot, safe_live_many
-from scheduler.submission import QUEUE_LIMIT_RETRY_AFTER_S, _Normaliser, expected_total_steps
 from shared.db import BatchRow, JobRow, NewJob
-from shared.errors import Conflict, FieldProblem, InputError, NotFound, PayloadTooLarge, RateLimited
-from shared.queueing import queue_name
-from shared.spec import Img2ImgJob, SpecLimits, parse_job, request_hash
+from shared.errors import Conflict, FieldProblem, InputError, NotFound, RateLimited
+from shared.job.problems import headline_first
+from shared.job.spec import Img2ImgJob, SpecLimits, parse_job
 from shared.states import JobState
 
 log = logging.getLogger("scheduler.batches")
@@ -221,28 +221,13 @@ def _parse_items(items: Sequence[Mapping[str, Any]], limits: SpecLimits, prefix:
                     problems.append(FieldProblem(f"{prefix}.{index}.{problem.field}", problem.message, problem.code))
     if problems:
         # As for one job: an inline image over the limit makes it a 413, and that problem is the headline.
-        too_large = [problem for problem in problems if problem.code == "too_large"]
-        kind = PayloadTooLarge if too_large else InputError
-        ordered = too_large + [problem for problem in problems if problem.code != "too_large"]
+        kind, ordered = headline_first(problems)
         first = ordered[0]
         message = f"{first.field}: {first.message}"
         if bad_items > 1:
             message += f" ({bad_items} of {len(items)} items are invalid)"
         raise kind(message, code=first.code, field=first.field, problems=ordered)
     return parsed
-
-
-def _normalise(normalise: _Normaliser, job: Img2ImgJob, prefix: str, task_id: str) -> Img2ImgJob:
-    """`job` with its images in normal form and its task id set (one copy: 10,000 of these add up)."""
-    update: dict[str, Any] = {
-        "init_images": [normalise(text, f"{prefix}.init_images.{i}") for i, text in enumerate(job.init_images)],
-        "force_task_id": task_id,
-    }
-    if job.mask is not None:
-        update["mask"] = normalise(job.mask, f"{prefix}.mask")
-    if job.latent_mask is not None:
-        update["latent_mask"] = normalise(job.latent_mask, f"{prefix}.latent_mask")
-    return job.model_copy(update=update)
 
 
 def _batch_hash(items: Sequence[NewJob]) -> str:
@@ -275,24 +260,18 @@ def submit_batch(services: Services, tenant: str, body: Any) -> BatchSubmission:
     prefix = "jobs" if mode == "list" else "items"
     jobs = _parse_items(raw_items, SpecLimits.from_settings(settings), prefix)
     # One normaliser for the whole batch: 10,000 children of one picture look its asset up once.
-    normalise = _Normaliser(services, tenant)
-    new_jobs: list[NewJob] = []
-    for index, job in enumerate(jobs):
-        task_id = job.force_task_id or child_task_id(batch_id, index)
-        normalised = _normalise(normalise, job, f"{prefix}.{index}", task_id)
-        model = normalised.resolved_model
-        new_jobs.append(
-            NewJob(
-                task_id=task_id,
-                request=normalised.to_request_json(),
-                request_hash=request_hash(normalised),
-                priority=normalised.priority,
-                queue=queue_name(model, batch=True),
-                model=model,
-                max_attempts=settings.max_attempts,
-                total_steps=expected_total_steps(normalised),
-            )
+    normalise = ImageNormaliser(services, tenant)
+    new_jobs = [
+        admit(
+            normalise,
+            job,
+            task_id=job.force_task_id or child_task_id(batch_id, index),
+            batch=True,
+            max_attempts=settings.max_attempts,
+            field_prefix=f"{prefix}.{index}.",
         )
+        for index, job in enumerate(jobs)
+    ]
     digest = _batch_hash(new_jobs)
     task_ids = tuple(item.task_id for item in new_jobs)
     existing = _existing_batch(services, tenant, batch_id)

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import quote, unquote, urlparse, urlsplit
 
 from shared.errors import ConfigError, InputError, NotFound, PermanentError, StorageUnavailable
+from shared.job.artifacts import ARTIFACT_KINDS
+from shared.job.ids import is_valid_task_id, task_id_problem
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -66,9 +68,7 @@ S3_CONNECT_TIMEOUT_S = 5.0
 S3_READ_TIMEOUT_S = 60.0
 S3_LIST_PAGE_SIZE = 1000  # keys per ListObjectsV2 page (S3's maximum)
 
-ARTIFACT_KINDS = frozenset({"result", "overlay", "mask"})
 _TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # as shared.config accepts tenants
-_TASK_ID_RE = re.compile(r"^[A-Za-z0-9._:()-]{1,128}$")  # architecture.md "Ids"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # A segment that no tenant or task id can be ('~' is outside both alphabets), so that a task named "assets" can
 # never share a prefix with the assets, and deleting a task's keys by prefix can never reach an asset.
@@ -131,8 +131,8 @@ def artifact_key(tenant: str, task_id: str, attempt: int, kind: str, index: int)
     Raises ValueError for a tenant or task id outside their alphabets, an unknown kind or a negative number.
     """
     _check_tenant(tenant)
-    if not _TASK_ID_RE.match(task_id) or task_id in (".", ".."):
-        raise ValueError(f"task id {task_id!r} must be 1-128 characters of A-Z a-z 0-9 . _ - : ( )")
+    if not is_valid_task_id(task_id):
+        raise ValueError(f"task id {task_id!r} {task_id_problem()}")
     if kind not in ARTIFACT_KINDS:
         raise ValueError(f"artifact kind must be one of {sorted(ARTIFACT_KINDS)}, not {kind!r}")
     if attempt < 0 or index < 0:

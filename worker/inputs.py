@@ -1,6 +1,6 @@
 """Resolve a job's image references to decoded PIL images (farm-design.md, "The worker's run of one job", step 3).
 
-A reference is one of (see `shared.spec.ImageRef`):
+A reference is one of (see `shared.job.image_refs.ImageRef`):
 
 - `asset:<sha256>`: an uploaded asset, read from `asset_key(tenant, sha256)`; its bytes are checked against the sha256.
 - a URL of the farm's own storage: `s3://<bucket>/<prefix><key>` of the farm's bucket, the API's download URL
@@ -22,7 +22,8 @@ from PIL import Image
 
 from shared.errors import InputError, NotFound, PermanentError
 from shared.images import ImageLimits, decode_image
-from shared.spec import ImageRef, Img2ImgJob
+from shared.job.image_refs import ImageRef
+from shared.job.spec import Img2ImgJob
 from shared.storage import Storage, asset_key, key_of_farm_url
 from worker.asset_cache import AssetCache
 

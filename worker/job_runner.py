@@ -46,8 +46,8 @@ from shared.errors import (
     TransientError,
 )
 from shared.images import ImageLimits, encode_png
+from shared.job.spec import Img2ImgJob
 from shared.live import LiveProgress, LiveStatus, StopRequests
-from shared.spec import Img2ImgJob
 from shared.states import JobState
 from shared.storage import Storage, artifact_key
 from worker.asset_cache import AssetCache

@@ -55,7 +55,6 @@ from scheduler.a1111.translate import (
     image_grid,
     job_body,
     job_timestamp,
-    new_task_id,
     rename_fields,
 )
 from scheduler.auth import TenantDep
@@ -66,9 +65,10 @@ from scheduler.submission import Submission, submit_job
 from shared.db import MAX_LIST_LIMIT, ArtifactRow, JobRow
 from shared.errors import InputError, NotFound, RenderfarmError, TransientError
 from shared.images import encode_png
+from shared.job.ids import MAX_TASK_ID_LENGTH, new_a1111_task_id
+from shared.job.spec import Img2ImgJob
 from shared.live import LiveProgress, LiveStatus, StopRequests
 from shared.sampler_names import SAMPLERS, SCHEDULES
-from shared.spec import Img2ImgJob
 from shared.states import JobState
 
 log = logging.getLogger("scheduler.a1111")
@@ -78,6 +78,7 @@ router = APIRouter(tags=["a1111"])
 WAIT_SLICE_S = 1.0  # the longest one wait for a change lasts before the row (and the client's connection) is checked
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
 KARRAS_RHO = 7.0  # the webui's default_rho of the Karras schedule; -1 means "not applicable" for the others
+IdTask = Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)]  # `?id_task=`: names one task of the caller
 
 
 class NotImplementedByFarm(RenderfarmError):
@@ -101,7 +102,7 @@ class JobCanceled(RenderfarmError):
 
 
 def _submit(services: Services, tenant: str, request: Img2ImgRequest) -> Submission:
-    task_id = request.force_task_id or new_task_id()
+    task_id = request.force_task_id or new_a1111_task_id()
     tenant_options = read_options(services.storage, tenant)
     body = job_body(request, task_id=task_id, default_model=services.settings.model, tenant_options=tenant_options)
     try:
@@ -363,7 +364,7 @@ def get_progress(
     services: ServicesDep,
     tenant: TenantDep,
     skip_current_image: Annotated[bool, Query()] = False,
-    id_task: Annotated[str | None, Query(max_length=128)] = None,
+    id_task: IdTask = None,
 ) -> JSONResponse:
     # skip_current_image is accepted and has nothing to skip: the farm keeps no preview images.
     return JSONResponse(ProgressResponse(**sdapi_progress(services, tenant, id_task)).model_dump())
@@ -414,27 +415,19 @@ def _stop(services: Services, tenant: str, id_task: str | None, kind: str) -> in
     return len(rows)
 
 
+async def _stop_route(request: Request, services: Services, tenant: str, id_task: str | None, kind: str) -> None:
+    await run_in_threadpool(_stop, services, tenant, await _id_task_of(request, id_task), kind)
+
+
 @router.post("/sdapi/v1/interrupt", summary="Stop the task's sampling now and keep what it has")
-async def interrupt(
-    request: Request,
-    services: ServicesDep,
-    tenant: TenantDep,
-    id_task: Annotated[str | None, Query(max_length=128)] = None,
-) -> JSONResponse:
-    target = await _id_task_of(request, id_task)
-    await run_in_threadpool(_stop, services, tenant, target, "interrupt")
-    return JSONResponse({})
+async def interrupt(request: Request, services: ServicesDep, tenant: TenantDep, id_task: IdTask = None) -> JSONResponse:
+    await _stop_route(request, services, tenant, id_task, "interrupt")
+    return JSONResponse({})  # the reference's answers: {} here, null for skip
 
 
 @router.post("/sdapi/v1/skip", summary="End the task's current batch early; the next batch runs")
-async def skip(
-    request: Request,
-    services: ServicesDep,
-    tenant: TenantDep,
-    id_task: Annotated[str | None, Query(max_length=128)] = None,
-) -> JSONResponse:
-    target = await _id_task_of(request, id_task)
-    await run_in_threadpool(_stop, services, tenant, target, "skip")
+async def skip(request: Request, services: ServicesDep, tenant: TenantDep, id_task: IdTask = None) -> JSONResponse:
+    await _stop_route(request, services, tenant, id_task, "skip")
     return JSONResponse(None)
 
 

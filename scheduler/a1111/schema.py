@@ -4,7 +4,7 @@
 API's defaults (not the UI's: inpainting_fill 0, inpaint_full_res true, padding 0, sampler_index "Euler", 50 steps).
 Types are as lenient as the reference's (pydantic's lax mode: "42" is 42, 0/1 are booleans) and unknown fields are
 ignored as the reference ignores them, so a client's body is accepted as it is. The farm's own, stricter checks
-(ranges, names) come after translation, from `shared.spec.parse_job`, and name the fields with their A1111 names.
+(ranges, names) come after translation, from `shared.job.spec.parse_job`, and name the fields with their A1111 names.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ id, so no task's keys (or a cleanup by task prefix) can ever reach it. Redis was
 everything (farm-design.md), and a lost checkpoint choice would silently switch models.
 
 Only the settable subset is stored: `sd_model_checkpoint` and the options a job may override
-(`shared.spec.SUPPORTED_OVERRIDE_KEYS`), each checked like a job's override. Other webui options are accepted and
+(`shared.job.spec.SUPPORTED_OVERRIDE_KEYS`), each checked like a job's override. Other webui options are accepted and
 ignored, as the webui ignores options it does not know. Concurrent writes of one tenant: the last one wins.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from shared.errors import FieldProblem, InputError, NotFound
-from shared.spec import SUPPORTED_OVERRIDE_KEYS, OverrideSettings
+from shared.job.spec import SUPPORTED_OVERRIDE_KEYS, OverrideSettings
 from shared.storage import Storage, validate_key
 
 OPTIONS_SEGMENT = "~a1111"

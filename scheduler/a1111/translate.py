@@ -2,10 +2,10 @@
 
 Pure functions (no I/O): the routes read and write, these only reshape. Written from img2img-semantics.md §5.2:
 
-- the task id is `force_task_id` or a new `task(img2img-XXXXXXX)` (7 characters of A-Z 0-9);
+- the task id is `force_task_id` or a new `task(img2img-XXXXXXX)` (`shared.job.ids.new_a1111_task_id`);
 - the sampler is `sampler_name or sampler_index` (so the default is "Euler"); names with a schedule suffix such as
   "DPM++ 2M Karras", aliases such as "k_euler_a", and schedules by name or label in either case are matched by
-  `shared.spec` / `shared.sampler_names`. Unlike the reference, an unknown name is a 422 naming the field (§7.5);
+  `shared.job.spec` / `shared.sampler_names`. Unlike the reference, an unknown name is a 422 naming the field (§7.5);
 - `override_settings`: the keys the farm supports are passed on (and checked); the webui's other options are ignored,
   as the reference ignores options it does not know. `sd_model_checkpoint` (from the request, else the tenant's
   default set with `POST /sdapi/v1/options`) becomes the job's model;
@@ -22,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import secrets
-import string
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -34,10 +32,8 @@ from PIL import Image
 from scheduler.a1111.schema import Img2ImgRequest
 from shared.errors import FieldProblem, InputError
 from shared.infotext import LEADING_KEYS, TRAILING_KEYS, parse_infotext
-from shared.spec import SUPPORTED_OVERRIDE_KEYS, Img2ImgJob
+from shared.job.spec import SUPPORTED_OVERRIDE_KEYS, Img2ImgJob
 
-TASK_ID_CHARS = string.ascii_uppercase + string.digits
-TASK_ID_RANDOM_LENGTH = 7
 SEED_MODULUS = 4294967294  # farm-design.md: how the worker resolves seed -1 from the job's UUID
 FARM_VERSION = "renderfarm"  # what `info.version` says instead of the webui's version
 
@@ -46,12 +42,6 @@ LEADING_INFOTEXT_KEYS = frozenset(LEADING_KEYS + TRAILING_KEYS)
 
 _HASH_SUFFIX_RE = re.compile(r"\s*\[[0-9A-Fa-f]{6,64}\]$")  # "model.safetensors [6ce0161689]": the webui's title
 _SIZE_RE = re.compile(r"(\d+)x(\d+)")
-
-
-def new_task_id() -> str:
-    """A task id of the reference's form: `task(img2img-XXXXXXX)`, 7 random characters of A-Z 0-9."""
-    suffix = "".join(secrets.choice(TASK_ID_CHARS) for _ in range(TASK_ID_RANDOM_LENGTH))
-    return f"task(img2img-{suffix})"
 
 
 def model_of_checkpoint(checkpoint: str | None, default_model: str) -> str | None:
@@ -165,7 +155,7 @@ def job_body(
     default_model: str,
     tenant_options: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The farm job (a body for `shared.spec.parse_job`) that runs `request`.
+    """The farm job (a body for `shared.job.spec.parse_job`) that runs `request`.
 
     `tenant_options` are the tenant's stored webui options (`POST /sdapi/v1/options`): defaults under the request's
     own override_settings. Raises InputError (422) for scripts and for a missing init image (the reference: 404).

@@ -17,9 +17,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from scheduler.assets import asset_body, store_asset
 from scheduler.auth import TenantDep
 from scheduler.deps import ServicesDep
-from scheduler.submission import asset_body, store_asset
+from scheduler.routes import create_or_get_responses, created_or_existing
 from shared.errors import InputError, NotFound
 from shared.images import ImageLimits
 
@@ -66,12 +67,15 @@ def file_of_multipart(content_type: str, body: bytes) -> bytes:
     "",
     summary="Upload an input image (raw body or multipart field 'file')",
     response_model=None,
-    responses={
-        200: {"model": AssetOut, "description": "you had uploaded these bytes before"},
-        201: {"model": AssetOut, "description": "stored"},
-        413: {"description": "the image or body is over the limits"},
-        422: {"description": "not a supported image (PNG, JPEG, WebP, GIF, BMP)"},
-    },
+    responses=create_or_get_responses(
+        AssetOut,
+        existing="you had uploaded these bytes before",
+        created="stored",
+        errors={
+            413: "the image or body is over the limits",
+            422: "not a supported image (PNG, JPEG, WebP, GIF, BMP)",
+        },
+    ),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -93,7 +97,7 @@ async def upload_asset(request: Request, services: ServicesDep, tenant: TenantDe
     # Uploads may be larger than inline images: only the request limit bounds their bytes.
     limits = ImageLimits(max_pixels=services.settings.max_image_pixels, max_bytes=services.settings.max_request_bytes)
     asset, created = await run_in_threadpool(store_asset, services, tenant, data, field=UPLOAD_FIELD, limits=limits)
-    return JSONResponse(asset_body(asset), status_code=201 if created else 200)
+    return created_or_existing(asset_body(asset), created=created)
 
 
 @router.get("/{asset_id}", summary="An asset's description", response_model=AssetOut)

@@ -16,12 +16,13 @@ from pydantic import BaseModel
 from scheduler.auth import TenantDep
 from scheduler.batches import DEFAULT_ITEMS_PAGE, MAX_ITEMS_PAGE, cancel_batch, read_batch, submit_batch
 from scheduler.deps import ServicesDep
+from scheduler.routes import Responses, create_or_get_responses, created_or_existing
 from scheduler.snapshots import JobSnapshot
 from shared.states import JobState
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: Responses = {
     401: {"description": "missing or invalid API token"},
     404: {"description": "no such batch for this tenant"},
     422: {"description": "invalid request, naming the field"},
@@ -85,22 +86,22 @@ class BatchStatus(BaseModel):
     "",
     summary="Create a batch of jobs from a list or a grid (create-or-get with a batch_id)",
     response_model=None,
-    responses={
-        200: {"model": BatchCreated, "description": "batch_id named the same batch; nothing new was created"},
-        201: {"model": BatchCreated, "description": "created"},
-        409: {"description": "the batch id, or a child's task id, is taken by a different request"},
-        413: {"description": "an inline image or the body is over the limit"},
-        429: {"description": "the children would pass your queued-jobs limit (Retry-After)"},
-        **ERROR_RESPONSES,
-    },
+    responses=create_or_get_responses(
+        BatchCreated,
+        existing="batch_id named the same batch; nothing new was created",
+        errors={
+            409: "the batch id, or a child's task id, is taken by a different request",
+            413: "an inline image or the body is over the limit",
+            429: "the children would pass your queued-jobs limit (Retry-After)",
+        },
+        common=ERROR_RESPONSES,
+    ),
     openapi_extra=BATCH_BODY_DOC,
 )
 def post_batch(body: Annotated[Any, Body()], services: ServicesDep, tenant: TenantDep) -> JSONResponse:
     submission = submit_batch(services, tenant, body)
-    if not submission.created:
-        return JSONResponse(submission.to_body(), status_code=200)
-    return JSONResponse(
-        submission.to_body(), status_code=201, headers={"Location": f"/v1/batches/{submission.batch.id}"}
+    return created_or_existing(
+        submission.to_body(), created=submission.created, location=f"/v1/batches/{submission.batch.id}"
     )
 
 

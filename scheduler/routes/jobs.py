@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 
 from scheduler.auth import TenantDep
 from scheduler.deps import Services, ServicesDep
-from scheduler.routes import checked_task_id
+from scheduler.routes import Responses, checked_task_id, create_or_get_responses, created_or_existing
 from scheduler.snapshots import JobList, JobSnapshot, read_snapshot, safe_live_many
 from scheduler.submission import Submission, submit_job
 from shared.db import MAX_LIST_LIMIT
@@ -26,39 +26,49 @@ log = logging.getLogger("scheduler.routes.jobs")
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 DEFAULT_LIST_LIMIT = 50
-# The body is validated by shared.spec.parse_job (with the farm's limits), not by FastAPI; this documents it.
+# The body is validated by shared.job.spec.parse_job (with the farm's limits), not by FastAPI; this documents it.
 JOB_BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Img2ImgJob"}}},
     }
 }
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: Responses = {
     401: {"description": "missing or invalid API token"},
     404: {"description": "no such job for this tenant"},
     422: {"description": "invalid request, naming the field"},
 }
 
 
+def _submit_responses(existing: str, conflict: str) -> Responses:
+    """The documented answers of a job submission: `existing` (200) and `conflict` (409) say what the id was."""
+    return create_or_get_responses(
+        JobSnapshot,
+        existing=existing,
+        errors={
+            409: conflict,
+            413: "an inline image or the body is over the limit",
+            429: "too many queued jobs (Retry-After)",
+        },
+        common=ERROR_RESPONSES,
+    )
+
+
 def _submitted(services: Services, submission: Submission) -> JSONResponse:
-    snapshot = read_snapshot(services, submission.row)
-    if not submission.created:
-        return JSONResponse(snapshot, status_code=200)
-    return JSONResponse(snapshot, status_code=201, headers={"Location": f"/v1/jobs/{submission.row.task_id}"})
+    return created_or_existing(
+        read_snapshot(services, submission.row),
+        created=submission.created,
+        location=f"/v1/jobs/{submission.row.task_id}",
+    )
 
 
 @router.put(
     "/{task_id}",
     summary="Create a job under a client-chosen id, or get the job that id already names",
     response_model=None,
-    responses={
-        200: {"model": JobSnapshot, "description": "the job existed with the same request"},
-        201: {"model": JobSnapshot, "description": "created"},
-        409: {"description": "the id is taken by a different request (both hashes named)"},
-        413: {"description": "an inline image or the body is over the limit"},
-        429: {"description": "too many queued jobs (Retry-After)"},
-        **ERROR_RESPONSES,
-    },
+    responses=_submit_responses(
+        "the job existed with the same request", "the id is taken by a different request (both hashes named)"
+    ),
     openapi_extra=JOB_BODY_DOC,
 )
 def put_job(task_id: str, body: Annotated[Any, Body()], services: ServicesDep, tenant: TenantDep) -> JSONResponse:
@@ -70,14 +80,9 @@ def put_job(task_id: str, body: Annotated[Any, Body()], services: ServicesDep, t
     "",
     summary="Create a job with a server-chosen id (or the body's force_task_id)",
     response_model=None,
-    responses={
-        200: {"model": JobSnapshot, "description": "force_task_id named an existing job with the same request"},
-        201: {"model": JobSnapshot, "description": "created"},
-        409: {"description": "force_task_id is taken by a different request"},
-        413: {"description": "an inline image or the body is over the limit"},
-        429: {"description": "too many queued jobs (Retry-After)"},
-        **ERROR_RESPONSES,
-    },
+    responses=_submit_responses(
+        "force_task_id named an existing job with the same request", "force_task_id is taken by a different request"
+    ),
     openapi_extra=JOB_BODY_DOC,
 )
 def post_job(body: Annotated[Any, Body()], services: ServicesDep, tenant: TenantDep) -> JSONResponse:

@@ -20,9 +20,10 @@ from sqlalchemy.sql.dml import ReturningInsert
 from shared.db.ids import new_id
 from shared.db.job_updates import chunks
 from shared.db.rows import BulkResult, NewJob
-from shared.db.tables import TASK_ID_MAX_LENGTH, jobs
+from shared.db.tables import jobs
 from shared.db.transaction import Transactions
 from shared.errors import Conflict, InputError
+from shared.job.ids import is_valid_task_id, task_id_problem
 from shared.states import JobState
 
 _INCOMING_TABLE = "rf_incoming_jobs"  # a batch's rows on their way in (PostgreSQL, per transaction)
@@ -44,10 +45,8 @@ def task_id_conflict(task_id: str, existing_hash: str, new_hash: str, *, consequ
 
 
 def check_task_id(task_id: str) -> None:
-    if not task_id or len(task_id) > TASK_ID_MAX_LENGTH:
-        raise InputError(
-            f"task id must be 1 to {TASK_ID_MAX_LENGTH} characters", code="invalid_task_id", field="task_id"
-        )
+    if not is_valid_task_id(task_id):
+        raise InputError(f"task id {task_id_problem()}", code="invalid_task_id", field="task_id")
 
 
 def _check_max_attempts(max_attempts: int) -> None:

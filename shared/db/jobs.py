@@ -15,9 +15,10 @@ import sqlalchemy as sa
 from shared.db.job_inserts import check_task_id, new_job_values, task_id_conflict
 from shared.db.job_updates import cancel_jobs
 from shared.db.rows import ArtifactRow, JobRow, NewJob, plain_row
-from shared.db.tables import ARTIFACT_KINDS, artifacts, jobs
+from shared.db.tables import artifacts, jobs
 from shared.db.transaction import Operations
 from shared.errors import InputError, NotFound
+from shared.job.artifacts import ARTIFACT_KINDS
 from shared.states import JobState
 
 MAX_LIST_LIMIT = 1000  # rows per page of list_jobs

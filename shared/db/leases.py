@@ -16,9 +16,10 @@ import sqlalchemy as sa
 from shared.db.ids import new_id
 from shared.db.job_updates import ErrorLike, error_dict, touch_jobs, update_jobs
 from shared.db.rows import ArtifactRecord, JobError, JobRow, LeaseStatus
-from shared.db.tables import ARTIFACT_KINDS, artifacts, jobs
+from shared.db.tables import artifacts, jobs
 from shared.db.transaction import Operations
 from shared.errors import LeaseLost
+from shared.job.artifacts import ARTIFACT_KINDS
 from shared.states import JobState
 
 # Columns a caller of `transition` may not set: the key, the tenant's identity, and what the update manages itself.

@@ -23,13 +23,13 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.job.artifacts import ARTIFACT_KINDS
+from shared.job.ids import MAX_TASK_ID_LENGTH
 from shared.states import JobState
 
-TASK_ID_MAX_LENGTH = 128  # characters (architecture.md "Ids")
 TENANT_MAX_LENGTH = 64  # characters (shared.config's tenant pattern)
 SHA256_HEX_LENGTH = 64  # characters of a sha256 hex digest
 
-ARTIFACT_KINDS: tuple[str, ...] = ("result", "overlay", "mask")
 BATCH_MODES: tuple[str, ...] = ("list", "zip", "product")
 
 # Constraint and index names are fixed by convention, so the migration, the models and every database agree on
@@ -143,7 +143,7 @@ class Job(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
     tenant: Mapped[str] = mapped_column(sa.String(TENANT_MAX_LENGTH))
-    task_id: Mapped[str] = mapped_column(sa.String(TASK_ID_MAX_LENGTH))
+    task_id: Mapped[str] = mapped_column(sa.String(MAX_TASK_ID_LENGTH))
     state: Mapped[str] = mapped_column(sa.String(16))
     attempt: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("0"))
     max_attempts: Mapped[int] = mapped_column(sa.Integer)

@@ -12,12 +12,12 @@ from scheduler.a1111.translate import (
     image_grid,
     job_body,
     model_of_checkpoint,
-    new_task_id,
     parse_infotext,
 )
 from shared.errors import InputError
+from shared.job.ids import new_a1111_task_id
+from shared.job.spec import SpecLimits, parse_job
 from shared.live import LocalLiveStatus, StopRequests
-from shared.spec import SpecLimits, parse_job
 
 IMAGE = "iVBORw0KGgo="
 
@@ -96,7 +96,7 @@ def test_infotext_fills_in_what_was_not_sent() -> None:
 
 
 def test_task_ids_and_grid() -> None:
-    ids = {new_task_id() for _ in range(50)}
+    ids = {new_a1111_task_id() for _ in range(50)}
     assert len(ids) == 50
     assert all(re.fullmatch(r"task\(img2img-[A-Z0-9]{7}\)", i) for i in ids)
     tiles = [Image.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(3)]

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.spec import Img2ImgJob, request_hash
+from shared.job.hashing import request_hash
+from shared.job.spec import Img2ImgJob
 from shared.states import JobState
 from tests.api.conftest import ALICE, BOB, Farm, FarmFactory, job_body, png_bytes, put_job, upload
 
@@ -75,7 +76,9 @@ def test_stored_request_is_normalised_and_hashed(farm: Farm, image_png: bytes) -
     sha = __import__("hashlib").sha256(image_png).hexdigest()
     assert row.request["init_images"] == [f"asset:{sha}"]
     assert row.request["mask"].startswith("asset:")
-    assert row.request["force_task_id"] == "norm-1"
+    # The task id is the row's key, not part of the stored request.
+    assert row.task_id == "norm-1"
+    assert "force_task_id" not in row.request
     assert row.request_hash == request_hash(Img2ImgJob.from_request_json(row.request))
     assert row.queue == "rf.default.interactive"
     assert row.max_attempts == farm.settings.max_attempts

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from shared.infotext import parse_infotext
+from shared.job.spec import SpecLimits, parse_job
 from shared.sampler_names import SAMPLERS
-from shared.spec import SpecLimits, parse_job
 from worker.engine.models import LoadedModel
 from worker.engine.noise import create_noise
 from worker.engine.pixel_stage import BLANK_MASK_COMMENT, BLANK_MASK_WARNING_CODE

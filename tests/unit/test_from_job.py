@@ -6,7 +6,7 @@ from typing import Any, cast
 
 from PIL import Image
 
-from shared.spec import Img2ImgJob
+from shared.job.spec import Img2ImgJob
 from worker.engine.processing import _FIELDS_FROM_JOB, StableDiffusionProcessingImg2Img
 
 ASSET = "asset:" + "0" * 64

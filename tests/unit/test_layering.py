@@ -9,6 +9,7 @@ happens to import.
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -268,3 +269,30 @@ def test_the_circle_finder_sees_a_circle_through_type_checking(tmp_path: Path, m
     monkeypatch.setitem(globals(), "ROOT", tmp_path)
     monkeypatch.setitem(globals(), "PROJECT_PACKAGES", ("scheduler",))
     assert import_circles() == [["scheduler.a", "scheduler.b"]]
+
+
+# The job contract (shared/job/) is used by the SDK, the scheduler and the worker alike, so it stays pure: the
+# standard library, pydantic, and the few shared modules that are pure themselves.
+JOB_CONTRACT_MAY_IMPORT = {"pydantic", "pydantic_core", "annotated_types", "typing_extensions"}
+JOB_CONTRACT_SHARED_MODULES = {"shared.config", "shared.errors", "shared.sampler_names"}
+
+
+def test_the_job_contract_is_pure() -> None:
+    violations = {}
+    for path in modules_of("shared/job"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        modules = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+        } | {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        found = {
+            module
+            for module in modules
+            if module.split(".")[0] not in sys.stdlib_module_names | JOB_CONTRACT_MAY_IMPORT
+            and module not in JOB_CONTRACT_SHARED_MODULES
+            and not module.startswith("shared.job")
+        }
+        if found:
+            violations[str(path.relative_to(ROOT))] = sorted(found)
+    assert violations == {}

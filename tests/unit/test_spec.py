@@ -13,17 +13,10 @@ import pytest
 
 from shared.config import Settings
 from shared.errors import InputError, PayloadTooLarge
+from shared.job.hashing import canonical_json, request_hash
+from shared.job.image_refs import ImageRef, parse_image_ref
+from shared.job.spec import SUPPORTED_OVERRIDE_KEYS, Img2ImgJob, SpecLimits, parse_job
 from shared.sampler_names import SAMPLER_LABELS, SCHEDULE_LABELS
-from shared.spec import (
-    SUPPORTED_OVERRIDE_KEYS,
-    ImageRef,
-    Img2ImgJob,
-    SpecLimits,
-    canonical_json,
-    parse_image_ref,
-    parse_job,
-    request_hash,
-)
 
 SHA = "0123456789abcdef" * 4
 ASSET = f"asset:{SHA}"
@@ -647,7 +640,6 @@ def test_round_trip_through_request_json() -> None:
         mask=f"data:image/png;base64,{INLINE}",
         mask_blur=6,
         sampler_name="DPM++ 2M Karras",
-        force_task_id="task(img2img-ABC1234)",
         override_settings={"CLIP_stop_at_last_layers": 2, "img2img_fix_steps": True},
         tags=["a", "b"],
         eta=0.5,
@@ -656,8 +648,18 @@ def test_round_trip_through_request_json() -> None:
     again = Img2ImgJob.from_request_json(stored)
     assert again == job
     assert request_hash(again) == request_hash(job)
-    assert again.force_task_id == "task(img2img-ABC1234)"
-    assert stored["force_task_id"] == "task(img2img-ABC1234)"
+
+
+def test_the_stored_request_leaves_the_task_id_out() -> None:
+    # The id is the row's key (its task_id column), so the stored request does not carry it; the request hash is the
+    # same with or without it.
+    job = job_of(force_task_id="task(img2img-ABC1234)")
+    stored = json.loads(json.dumps(job.to_request_json()))
+    assert "force_task_id" not in stored
+    again = Img2ImgJob.from_request_json(stored)
+    assert again.force_task_id is None
+    assert again == job_of()
+    assert request_hash(again) == request_hash(job)
 
 
 def test_from_request_json_does_not_recheck_the_limits() -> None:

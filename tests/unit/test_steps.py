@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scheduler.submission import expected_total_steps
+from scheduler.admission import expected_total_steps
+from shared.job.spec import Img2ImgJob
 from shared.job.steps import (
     ANCESTRAL_ETA_SAMPLERS,
     DDIM_ETA_SAMPLERS,
@@ -19,7 +20,6 @@ from shared.job.steps import (
     sampling_steps,
 )
 from shared.sampler_names import SAMPLER_LABELS
-from shared.spec import Img2ImgJob
 from worker.engine.models import SD1_SCHEDULER_CONFIG, LoadedModel, load_model
 from worker.engine.processing import StableDiffusionProcessingImg2Img
 from worker.engine.sampling import plan_img2img, sampler_default_eta

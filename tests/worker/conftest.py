@@ -16,9 +16,10 @@ from PIL import Image
 
 from shared.config import Settings
 from shared.db import Database, JobRow, make_engine, upgrade
+from shared.job.hashing import request_hash
+from shared.job.spec import SpecLimits, parse_job
 from shared.live import LiveProgress, RedisLiveStatus
 from shared.queueing import queue_name
-from shared.spec import SpecLimits, parse_job, request_hash
 from shared.storage import S3Storage, Storage, asset_key
 from tests.services import S3Server
 from worker.engine.models import LoadedModel, ModelNotFound, load_model

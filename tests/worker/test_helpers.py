@@ -9,7 +9,7 @@ import torch
 
 from shared.config import Settings
 from shared.errors import ConfigError, InputError
-from shared.spec import Img2ImgJob
+from shared.job.spec import Img2ImgJob
 from shared.storage import LocalFolderStorage, S3Storage
 from worker.inputs import resolve_storage_key
 from worker.job_runner import SEED_MODULUS, deterministic_seeds, is_out_of_memory, lease_seconds, smaller_batch

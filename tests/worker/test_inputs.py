@@ -12,7 +12,7 @@ from PIL import Image
 
 from shared.errors import PermanentError
 from shared.images import ImageLimits
-from shared.spec import SpecLimits, parse_job
+from shared.job.spec import SpecLimits, parse_job
 from shared.storage import LocalFolderStorage, asset_key
 from worker.asset_cache import AssetCache
 from worker.inputs import load_inputs

@@ -30,9 +30,9 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from shared.infotext import create_infotext
+from shared.job.spec import Img2ImgJob
 from shared.job.steps import eta_kind
 from shared.sampler_names import find_schedule, split_sampler_and_schedule
-from shared.spec import Img2ImgJob
 from shared.version import __version__
 from worker.engine.color_correction import apply_color_correction
 from worker.engine.guidance import cfg_denoiser

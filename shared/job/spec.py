@@ -8,11 +8,12 @@ the limit. The job is stored as `job.to_request_json()`; the worker reads it bac
 `Img2ImgJob.from_request_json(data)`, which re-checks the structure but not the limits (the job was admitted under
 the scheduler's limits; a worker with other settings must not refuse it afterwards).
 
-Create-or-get compares `request_hash(job)`: the sha256 of `canonical_json(job)`, which has every default filled in,
-so a request that omits a default hashes the same as one that sends it.
+The stored request has no task id: `force_task_id` is accepted in a body (A1111 clients send it), and the
+scheduler takes it as the job's id, but the id lives in the URL and the row's column, never in the stored request.
+Create-or-get compares `shared.job.hashing.request_hash(job)` of that stored request.
 
 Images are references here, never pixels: `asset:<sha256>`, a URL of the farm's storage, or inline base64 (a bare
-string or a `data:image/...;base64,` URI). `parse_image_ref` classifies one; `shared.images` decodes them.
+string or a `data:image/...;base64,` URI). `shared.job.image_refs` classifies one; `shared.images` decodes them.
 
 Deliberate differences from the reference API (img2img-semantics.md §7.5, §7.6): out-of-range values, unknown
 sampler/schedule names, unknown fields and unknown `override_settings` keys are rejected; `latent_mask` is an image
@@ -23,14 +24,10 @@ This module imports no torch and no web framework.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_type_hints
-from urllib.parse import urlsplit
 
 import annotated_types
 from pydantic import (
@@ -45,7 +42,6 @@ from pydantic import (
     model_validator,
     with_config,
 )
-from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
 from shared.config import (
@@ -55,7 +51,9 @@ from shared.config import (
     DEFAULT_MAX_N_ITER,
     Settings,
 )
-from shared.errors import FieldProblem, InputError, PayloadTooLarge
+from shared.job.ids import is_valid_task_id, task_id_problem
+from shared.job.image_refs import CONTROL_RE, ImageRef, ImageRefProblem, check_url, classify_image_ref
+from shared.job.problems import Loc, field_problems, headline_first, problem, several
 from shared.sampler_names import (
     SAMPLER_LABELS,
     SCHEDULE_LABELS,
@@ -74,15 +72,10 @@ __all__ = [
     "MIN_SIDE_PX",
     "SIZE_MULTIPLE_PX",
     "SUPPORTED_OVERRIDE_KEYS",
-    "ImageRef",
-    "ImageRefKind",
     "Img2ImgJob",
     "OverrideSettings",
     "SpecLimits",
-    "canonical_json",
-    "parse_image_ref",
     "parse_job",
-    "request_hash",
 ]
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -100,20 +93,12 @@ MAX_PADDING_PX = 8192  # inpaint_full_res_padding, pixels of the original pictur
 MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 MAX_TAGS = 16
 MAX_TAG_LENGTH = 64  # characters
-MAX_URL_LENGTH = 4096  # characters of an image URL or webhook URL
 MAX_MODEL_NAME_LENGTH = 512  # characters
-MAX_TASK_ID_LENGTH = 128  # characters; architecture.md "Ids"
 MAX_CLIP_SKIP = 12
 
 ETA_DEFAULT = 1.0  # what `eta = None` means for ancestral samplers (the webui option eta_ancestral)
 
-_TASK_ID_RE = re.compile(rf"[A-Za-z0-9._\-:()]{{1,{MAX_TASK_ID_LENGTH}}}")
-_SHA256_RE = re.compile(r"[0-9a-f]{64}")
-_BASE64_RE = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-_WHITESPACE_RE = re.compile(r"[ \t\r\n]+")
-_DATA_URI_RE = re.compile(r"data:(image/[A-Za-z0-9.+-]+)((?:;[A-Za-z0-9._+=-]+)*?);base64,(.*)", re.DOTALL)
 _HEX_COLOR_RE = re.compile(r"#[0-9a-fA-F]{6}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -157,142 +142,16 @@ def _limits(info: ValidationInfo) -> SpecLimits | None:
     return None
 
 
-def _problem(code: str, message: str, **extra: Any) -> PydanticCustomError:
-    # The message goes through the context, so braces in it are never taken for format fields.
-    return PydanticCustomError(code, "{message}", {"message": message, **extra})
-
-
 # ----------------------------------------------------------------------------------------------------------------
-# Image references
-
-ImageRefKind = Literal["asset", "url", "inline"]
-
-
-@dataclass(frozen=True)
-class ImageRef:
-    """Where one input image comes from. Parsing it checks the form only; the pixels are decoded elsewhere.
-
-    kind "asset": `value` is the 64-hex-digit sha256 of an uploaded asset (`asset:<sha256>`).
-    kind "url": `value` is the URL as sent (s3://, http://, https://); the scheduler checks that it is the farm's.
-    kind "inline": `value` is the base64 text (whitespace removed, data-URI prefix removed); `media_type` is the
-    data URI's declared type (e.g. "image/png"), or None for bare base64.
-    """
-
-    kind: ImageRefKind
-    value: str
-    media_type: str | None = None
-
-    def __repr__(self) -> str:
-        # An inline value can be megabytes; never put all of it into logs.
-        shown = self.value if len(self.value) <= 80 else f"{self.value[:40]}...({len(self.value)} chars)"
-        return f"ImageRef(kind={self.kind!r}, value={shown!r}, media_type={self.media_type!r})"
-
-    @property
-    def inline_size(self) -> int:
-        """Bytes of the decoded inline data, computed from the base64 length. Raises ValueError for other kinds."""
-        if self.kind != "inline":
-            raise ValueError(f"an {self.kind} reference has no inline data")
-        return _base64_decoded_size(self.value)
-
-    def inline_bytes(self) -> bytes:
-        """The decoded inline data (the image file's bytes). Raises ValueError for other kinds."""
-        if self.kind != "inline":
-            raise ValueError(f"an {self.kind} reference has no inline data")
-        return base64.b64decode(self.value, validate=True)
-
-
-class _RefProblem(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _base64_decoded_size(text: str) -> int:
-    return len(text) // 4 * 3 - (len(text) - len(text.rstrip("=")))
-
-
-def _parse_ref(text: str, max_inline_bytes: int | None) -> ImageRef:
-    if not text:
-        raise _RefProblem("invalid_image_ref", "is empty; send asset:<sha256>, a storage URL, or base64 image data")
-    head = text[:16].lower()
-    if head.startswith("asset:"):
-        digest = text[len("asset:") :]
-        if not _SHA256_RE.fullmatch(digest):
-            raise _RefProblem(
-                "invalid_image_ref", "an asset reference is asset: followed by 64 lower-case hex digits (sha256)"
-            )
-        return ImageRef("asset", digest)
-    if head.startswith(("s3://", "http://", "https://")):
-        return ImageRef("url", _check_url(text, ("s3", "http", "https")))
-    media_type: str | None = None
-    payload = text
-    if head.startswith("data:"):
-        match = _DATA_URI_RE.fullmatch(text)
-        if match is None:
-            raise _RefProblem(
-                "invalid_image_ref", "a data URI must look like data:image/png;base64,<data> (an image, base64)"
-            )
-        media_type, payload = match.group(1).lower(), match.group(3)
-    elif ":" in head:
-        # Base64 has no colon, so this is a URL of a scheme we do not fetch (file:, ftp:, ...).
-        raise _RefProblem(
-            "invalid_image_ref",
-            "unsupported reference; send asset:<sha256>, an s3:// or http(s):// URL of the farm's storage, "
-            "or base64 image data",
-        )
-    # Clients that wrap base64 at 76 columns (MIME style) are common; line breaks carry no data.
-    payload = _WHITESPACE_RE.sub("", payload)
-    if not payload:
-        raise _RefProblem("invalid_base64", "the inline image data is empty")
-    if len(payload) % 4 or not _BASE64_RE.fullmatch(payload):
-        raise _RefProblem(
-            "invalid_base64",
-            "is not valid base64 (standard alphabet A-Z a-z 0-9 + /, padded with = to a multiple of 4 characters)",
-        )
-    size = _base64_decoded_size(payload)
-    if max_inline_bytes is not None and size > max_inline_bytes:
-        raise _RefProblem(
-            "too_large",
-            f"the inline image is {size} bytes, over the limit of {max_inline_bytes} bytes; "
-            "upload it with POST /v1/assets and send asset:<sha256> instead",
-        )
-    return ImageRef("inline", payload, media_type)
-
-
-def _check_url(text: str, schemes: Sequence[str]) -> str:
-    if len(text) > MAX_URL_LENGTH:
-        raise _RefProblem("invalid_url", f"is longer than {MAX_URL_LENGTH} characters")
-    if _CONTROL_RE.search(text) or " " in text:
-        raise _RefProblem("invalid_url", "contains spaces or control characters")
-    parts = urlsplit(text)
-    if parts.scheme.lower() not in schemes or not parts.netloc:
-        raise _RefProblem("invalid_url", f"must be a URL with a host and one of the schemes {', '.join(schemes)}")
-    if parts.scheme.lower() == "s3" and parts.path.strip("/") == "":
-        raise _RefProblem("invalid_url", "an s3:// URL needs a key after the bucket (s3://BUCKET/KEY)")
-    return text
-
-
-def parse_image_ref(text: str, *, field: str = "image", max_inline_bytes: int | None = None) -> ImageRef:
-    """Classify one image reference string.
-
-    `field` is the dotted path named in errors (e.g. "init_images.0"). `max_inline_bytes` bounds the decoded size
-    of inline data in bytes; None checks no size.
-    Raises PayloadTooLarge (413) for inline data over the limit, InputError (422) for anything malformed.
-    """
-    try:
-        return _parse_ref(text, max_inline_bytes)
-    except _RefProblem as problem:
-        error_type = PayloadTooLarge if problem.code == "too_large" else InputError
-        raise error_type.from_problems([FieldProblem(field, problem.message, problem.code)]) from None
+# Image references (their form: shared.job.image_refs)
 
 
 def _validate_image_ref(value: str, info: ValidationInfo) -> str:
     limits = _limits(info)
     try:
-        _parse_ref(value, limits.max_inline_image_bytes if limits else None)
-    except _RefProblem as problem:
-        raise _problem(problem.code, problem.message) from None
+        classify_image_ref(value, limits.max_inline_image_bytes if limits else None)
+    except ImageRefProblem as found:
+        raise problem(found.code, found.message) from None
     return value
 
 
@@ -307,7 +166,7 @@ ImageRefStr = Annotated[str, AfterValidator(_validate_image_ref)]
 def _reject_bool(value: Any) -> Any:
     # pydantic's lax mode reads true as 1; a boolean where a number is meant is a client bug, so say so.
     if isinstance(value, bool):
-        raise _problem("invalid_type", "must be a number, not true/false")
+        raise problem("invalid_type", "must be a number, not true/false")
     return value
 
 
@@ -321,7 +180,7 @@ Float = Annotated[float, BeforeValidator(_reject_bool)]
 
 def _check_hex_color(value: str) -> str:
     if not _HEX_COLOR_RE.fullmatch(value):
-        raise _problem("invalid_format", "must be a colour #rrggbb, e.g. #ffffff")
+        raise problem("invalid_format", "must be a colour #rrggbb, e.g. #ffffff")
     return value
 
 
@@ -440,32 +299,32 @@ class Img2ImgJob(BaseModel):
         if value is None:
             return None
         if isinstance(value, bool):
-            raise _problem(
+            raise problem(
                 "invalid_type",
                 "must be a whole number of pixels or null, not true/false (the reference would read true as 1)",
             )
         if isinstance(value, float) and _integral(value) is None:
-            raise _problem(
+            raise problem(
                 "invalid_type",
                 "must be a whole number of pixels or null; the reference ignores a fractional mask_blur, so it "
                 "is refused rather than silently dropped (use mask_blur_x and mask_blur_y, also whole pixels)",
             )
         if not isinstance(value, int | float):
-            raise _problem("invalid_type", "must be a whole number of pixels or null")
+            raise problem("invalid_type", "must be a whole number of pixels or null")
         return _integral(value)
 
     @field_validator("init_images")
     @classmethod
     def _check_init_images(cls, value: list[str]) -> list[str]:
         if not value:
-            raise _problem("missing", "needs at least one image (asset:<sha256>, a storage URL, or base64)")
+            raise problem("missing", "needs at least one image (asset:<sha256>, a storage URL, or base64)")
         return value
 
     @field_validator("styles")
     @classmethod
     def _check_styles(cls, value: list[str]) -> list[str]:
         if value:
-            raise _problem(
+            raise problem(
                 "unsupported",
                 "the farm has no style presets; put the style's text into prompt and negative_prompt instead",
             )
@@ -474,18 +333,15 @@ class Img2ImgJob(BaseModel):
     @field_validator("force_task_id")
     @classmethod
     def _check_task_id(cls, value: str | None) -> str | None:
-        if value is not None and not _TASK_ID_RE.fullmatch(value):
-            raise _problem(
-                "invalid_task_id",
-                f"must be 1-{MAX_TASK_ID_LENGTH} characters of A-Z a-z 0-9 . _ - : ( ), e.g. task(img2img-ABC1234)",
-            )
+        if value is not None and not is_valid_task_id(value):
+            raise problem("invalid_task_id", task_id_problem())
         return value
 
     @field_validator("sampler_name")
     @classmethod
     def _check_sampler(cls, value: str) -> str:
         if split_sampler_and_schedule(value) is None:
-            raise _problem(
+            raise problem(
                 "unknown_sampler",
                 f"unknown sampler {value!r}; known samplers: {', '.join(SAMPLER_LABELS)} "
                 f"(a schedule may follow the name, e.g. 'DPM++ 2M Karras')",
@@ -496,7 +352,7 @@ class Img2ImgJob(BaseModel):
     @classmethod
     def _check_scheduler(cls, value: str | None) -> str | None:
         if value is not None and find_schedule(value) is None:
-            raise _problem(
+            raise problem(
                 "unknown_schedule", f"unknown schedule {value!r}; known schedules: {', '.join(SCHEDULE_LABELS)}"
             )
         return value
@@ -505,38 +361,33 @@ class Img2ImgJob(BaseModel):
     @classmethod
     def _check_side(cls, value: int) -> int:
         if value < MIN_SIDE_PX:
-            raise _problem("out_of_range", f"must be at least {MIN_SIDE_PX} pixels (got {value})")
+            raise problem("out_of_range", f"must be at least {MIN_SIDE_PX} pixels (got {value})")
         if value % SIZE_MULTIPLE_PX:
             below = value // SIZE_MULTIPLE_PX * SIZE_MULTIPLE_PX
-            raise _problem(
+            raise problem(
                 "not_multiple_of_8",
                 f"must be a multiple of {SIZE_MULTIPLE_PX} pixels "
                 f"(got {value}; {below} or {below + SIZE_MULTIPLE_PX} would do)",
             )
         return value
 
-    @field_validator("batch_size")
+    @field_validator("batch_size", "n_iter")
     @classmethod
-    def _check_batch_size(cls, value: int, info: ValidationInfo) -> int:
+    def _check_against_limits(cls, value: int, info: ValidationInfo) -> int:
+        # The upper bounds of batch_size and n_iter are the farm's limits, so they are checked here, not by Field.
         limits = _limits(info)
-        if limits is not None and value > limits.max_batch_size:
-            raise _problem("out_of_range", f"must be from 1 to {limits.max_batch_size} (got {value})")
-        return value
-
-    @field_validator("n_iter")
-    @classmethod
-    def _check_n_iter(cls, value: int, info: ValidationInfo) -> int:
-        limits = _limits(info)
-        if limits is not None and value > limits.max_n_iter:
-            raise _problem("out_of_range", f"must be from 1 to {limits.max_n_iter} (got {value})")
+        if limits is not None:
+            most = limits.max_batch_size if info.field_name == "batch_size" else limits.max_n_iter
+            if value > most:
+                raise problem("out_of_range", f"must be from 1 to {most} (got {value})")
         return value
 
     @field_validator("tags")
     @classmethod
     def _check_tags(cls, value: list[str]) -> list[str]:
         for tag in value:
-            if not tag or len(tag) > MAX_TAG_LENGTH or _CONTROL_RE.search(tag):
-                raise _problem(
+            if not tag or len(tag) > MAX_TAG_LENGTH or CONTROL_RE.search(tag):
+                raise problem(
                     "invalid_tag",
                     f"each tag must be 1-{MAX_TAG_LENGTH} characters without control characters (got {tag!r:.80})",
                 )
@@ -547,9 +398,9 @@ class Img2ImgJob(BaseModel):
     def _check_webhook_url(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                _check_url(value, ("http", "https"))
-            except _RefProblem as problem:
-                raise _problem(problem.code, problem.message) from None
+                check_url(value, ("http", "https"))
+            except ImageRefProblem as found:
+                raise problem(found.code, found.message) from None
         return value
 
     @model_validator(mode="after")
@@ -598,7 +449,7 @@ class Img2ImgJob(BaseModel):
                 )
             )
         if problems:
-            raise PydanticCustomError("several", "{message}", {"message": problems[0][2], "problems": problems})
+            raise several(problems)
         return self
 
     # ------------------------------------------------------------------------------------------------------------
@@ -630,22 +481,24 @@ class Img2ImgJob(BaseModel):
 
     @property
     def init_image_refs(self) -> tuple[ImageRef, ...]:
-        return tuple(_parse_ref(text, None) for text in self.init_images)
+        return tuple(classify_image_ref(text, None) for text in self.init_images)
 
     @property
     def mask_ref(self) -> ImageRef | None:
-        return _parse_ref(self.mask, None) if self.mask is not None else None
+        return classify_image_ref(self.mask, None) if self.mask is not None else None
 
     @property
     def latent_mask_ref(self) -> ImageRef | None:
-        return _parse_ref(self.latent_mask, None) if self.latent_mask is not None else None
+        return classify_image_ref(self.latent_mask, None) if self.latent_mask is not None else None
 
     # ------------------------------------------------------------------------------------------------------------
     # Storage
 
     def to_request_json(self) -> dict[str, Any]:
-        """Every field, defaults included, as JSON-ready values: what the scheduler stores for the worker."""
-        return self.model_dump(mode="json")
+        """Every field but the task id, defaults included, as JSON-ready values: what the scheduler stores for the
+        worker and what the request hash is computed over. `force_task_id` is left out: the id is the key the
+        request is stored and compared under (the row's task_id column), not part of the request."""
+        return self.model_dump(mode="json", exclude={"force_task_id"})
 
     @classmethod
     def from_request_json(cls, data: Mapping[str, Any]) -> Img2ImgJob:
@@ -697,63 +550,17 @@ def _validate(data: Any, limits: SpecLimits | None) -> Img2ImgJob:
             data = dict(data)
         return Img2ImgJob.model_validate(data, context={_LIMITS_KEY: limits} if limits is not None else None)
     except ValidationError as exc:
-        problems = [problem for error in exc.errors() for problem in _problems_of(error)]
-        # The headline of a 413 is the oversized image, so it goes first.
-        too_large = [p for p in problems if p.code == "too_large"]
-        if too_large:
-            others = [p for p in problems if p.code != "too_large"]
-            raise PayloadTooLarge.from_problems(too_large + others) from None
-        raise InputError.from_problems(problems) from None
-
-
-def canonical_json(job: Img2ImgJob) -> bytes:
-    """The request as canonical UTF-8 JSON: every field with its default, sorted keys, no spaces.
-
-    `force_task_id` is left out (it is the key the hash is compared under). Spellings that mean the same render are
-    made one: `mask_blur` is left out (its effect is already in mask_blur_x/_y), and the sampler and schedule
-    are written as the resolved label and schedule id ("DPM++ 2M Karras" = "DPM++ 2M" + scheduler "karras").
-    """
-    data = job.to_request_json()
-    del data["force_task_id"], data["mask_blur"]
-    data["sampler_name"] = job.sampler.name
-    data["scheduler"] = job.schedule.name
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def request_hash(job: Img2ImgJob) -> str:
-    """sha256 hex of `canonical_json(job)`: equal for requests that mean the same job."""
-    return hashlib.sha256(canonical_json(job)).hexdigest()
+        problems = [
+            found
+            for error in exc.errors()
+            for found in field_problems(error, metadata_at=_metadata_at, unknown_field=_unknown_field)
+        ]
+        kind, ordered = headline_first(problems)
+        raise kind.from_problems(ordered) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# pydantic errors → FieldProblem
-
-_CODE_BY_TYPE: dict[str, str] = {
-    "missing": "missing",
-    "extra_forbidden": "unknown_field",
-    "greater_than": "out_of_range",
-    "greater_than_equal": "out_of_range",
-    "less_than": "out_of_range",
-    "less_than_equal": "out_of_range",
-    "literal_error": "invalid_choice",
-    "enum": "invalid_choice",
-    "too_long": "too_many",
-    "too_short": "too_few",
-    "string_too_long": "invalid_length",
-    "string_too_short": "invalid_length",
-}
-
-_KIND_BY_TYPE_PREFIX: dict[str, str] = {
-    "int": "an integer",
-    "float": "a number",
-    "finite_number": "a finite number",
-    "bool": "true or false",
-    "string": "a string",
-    "list": "a list",
-    "dict": "an object",
-    "typed_dict": "an object",
-    "model": "an object",
-}
+# pydantic errors → FieldProblem: what is particular to a job (shared.job.problems does the rest)
 
 # Fields of A1111's API request that are not job fields: a hint instead of a bare "unknown field".
 _UNKNOWN_FIELD_HINTS: dict[str, str] = {
@@ -768,66 +575,14 @@ _UNKNOWN_FIELD_HINTS: dict[str, str] = {
 }
 
 
-def _path(loc: Sequence[int | str]) -> str:
-    return ".".join(str(part) for part in loc) or "body"
+def _unknown_field(loc: Loc) -> tuple[str, str]:
+    if loc[:1] == ("override_settings",) and len(loc) == 2:
+        return f"is not a setting the farm supports; supported: {', '.join(SUPPORTED_OVERRIDE_KEYS)}", "unknown_setting"
+    hint = _UNKNOWN_FIELD_HINTS.get(str(loc[-1]), "see the API reference for the fields of a job")
+    return f"is not a field of an img2img job ({hint})", "unknown_field"
 
 
-def _problems_of(error: Any) -> list[FieldProblem]:
-    error_type: str = error["type"]
-    loc: tuple[int | str, ...] = tuple(error["loc"])
-    ctx: dict[str, Any] = error.get("ctx") or {}
-    if error_type == "several":
-        return [FieldProblem(field, message, code) for field, code, message in ctx["problems"]]
-    field = _path(loc)
-    if "message" in ctx:  # one of ours: the type is already the stable code
-        return [FieldProblem(field, ctx["message"], error_type)]
-    code = _CODE_BY_TYPE.get(error_type)
-    bounds = _bounds_text(loc)
-    given = _shown(error.get("input"))
-    if error_type == "extra_forbidden":
-        if loc[:1] == ("override_settings",) and len(loc) == 2:
-            return [
-                FieldProblem(
-                    field,
-                    f"is not a setting the farm supports; supported: {', '.join(SUPPORTED_OVERRIDE_KEYS)}",
-                    "unknown_setting",
-                )
-            ]
-        hint = _UNKNOWN_FIELD_HINTS.get(str(loc[-1]), "see the API reference for the fields of a job")
-        return [FieldProblem(field, f"is not a field of an img2img job ({hint})", "unknown_field")]
-    if error_type == "missing":
-        return [FieldProblem(field, "is required", "missing")]
-    if code == "out_of_range":
-        return [FieldProblem(field, f"must be {bounds or 'in range'} (got {given})", code)]
-    if code is not None:
-        return [FieldProblem(field, f"{error['msg']} (got {given})", code)]
-    kind = next((k for prefix, k in _KIND_BY_TYPE_PREFIX.items() if error_type.startswith(prefix)), None)
-    if kind is not None or error_type == "int_from_float":
-        kind = "a whole number" if error_type == "int_from_float" else kind
-        return [FieldProblem(field, f"must be {kind}{' ' + bounds if bounds else ''} (got {given})", "invalid_type")]
-    return [FieldProblem(field, f"{error['msg']} (got {given})", "invalid")]
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else f"{text[:57]}..."
-
-
-def _bounds_text(loc: Sequence[int | str]) -> str:
-    """'from 1 to 150', 'at least 0', 'at most 1000', or '' for the field at `loc`."""
-    metadata = _metadata_at(loc)
-    low = next((m.ge for m in metadata if isinstance(m, annotated_types.Ge)), None)
-    high = next((m.le for m in metadata if isinstance(m, annotated_types.Le)), None)
-    if low is not None and high is not None:
-        return f"from {low} to {high}"
-    if low is not None:
-        return f"at least {low}"
-    if high is not None:
-        return f"at most {high}"
-    return ""
-
-
-def _metadata_at(loc: Sequence[int | str]) -> list[Any]:
+def _metadata_at(loc: Loc) -> list[Any]:
     if len(loc) == 1 and isinstance(loc[0], str) and loc[0] in Img2ImgJob.model_fields:
         return list(Img2ImgJob.model_fields[loc[0]].metadata)
     if len(loc) == 2 and loc[0] == "override_settings":
