@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from renderfarm._errors import APIError, RenderfarmError, TransportError, WaitTimeout
-from renderfarm._types import Job, JobState
+from renderfarm._errors import APIError, RenderfarmError, TransportError
+from renderfarm._job import Job, JobState, WaitTimeout
 from renderfarm.client import Client
 
 __all__ = ["register"]
