@@ -20,8 +20,28 @@ FORBIDDEN: dict[str, set[str]] = {
     "scheduler": {"renderfarm", "worker", *HEAVY},
     "worker": {"renderfarm", "scheduler"},
 }
-# The command line composes the farm; it may import scheduler and worker (inside functions, to stay fast).
-COMPOSERS = {"renderfarm/cli.py", "renderfarm/embedded.py", "renderfarm/demo.py"}
+# The server commands compose the farm; they may import scheduler and worker (inside functions, to stay fast).
+# renderfarm/cli.py imports them only when a server command runs.
+COMPOSERS = {"renderfarm/server_cli.py", "renderfarm/embedded.py", "renderfarm/demo.py"}
+# What the client install (`pip install renderfarm`, no extras) lacks: the SDK outside the composers imports none.
+SERVER_PACKAGES = {
+    "sqlalchemy",
+    "alembic",
+    "psycopg",
+    "celery",
+    "kombu",
+    "redis",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "boto3",
+    "botocore",
+    "prometheus_client",
+    "pydantic_settings",
+    "numpy",
+}
+# The shared modules the SDK may use: the job contract (stdlib + pydantic) and the job states.
+SDK_SHARED = ("shared.job", "shared.states")
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -62,3 +82,41 @@ def test_the_checker_sees_imports() -> None:
     # Guards the guard: a module that imports torch must be reported.
     assert "torch" in imported_packages(ROOT / "worker" / "processing.py")
     assert "shared" in imported_packages(ROOT / "scheduler" / "app.py")
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The full dotted names of the absolute imports of a module."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_the_sdk_imports_only_what_the_client_install_has() -> None:
+    violations = {}
+    for path in modules_of("renderfarm"):
+        relative = str(path.relative_to(ROOT))
+        if relative in COMPOSERS:
+            continue
+        modules = imported_modules(path)
+        found = {name for name in modules if name.split(".")[0] in SERVER_PACKAGES}
+        found |= {name for name in modules if name.split(".")[0] == "shared" and not name.startswith(SDK_SHARED)}
+        if found:
+            violations[relative] = sorted(found)
+    assert violations == {}
+
+
+def test_the_command_line_reaches_the_server_commands_only_lazily() -> None:
+    tree = ast.parse((ROOT / "renderfarm" / "cli.py").read_text(encoding="utf-8"))
+    top_level = set()
+    for node in tree.body:  # module level only: the imports inside functions run when their command runs
+        if isinstance(node, ast.Import):
+            top_level.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top_level.add(node.module)
+    composers = {f"renderfarm.{Path(relative).stem}" for relative in COMPOSERS}
+    assert top_level & composers == set()
+    assert {name for name in top_level if name.split(".")[0] in {"shared", "scheduler", "worker"}} == set()
