@@ -20,6 +20,7 @@ from renderfarm._transport import SSEParser
 from renderfarm.client import build_job_body
 from renderfarm.manifest import ManifestError, load_manifest
 from scheduler.batches import expand_grid
+from tests.sdk.clients import ClientMaker
 
 URL = "http://farm.test"
 FAST = Retries(attempts=3, backoff_s=0.001, max_backoff_s=0.002)
@@ -47,9 +48,15 @@ def snapshot(task_id: str = "t1", state: str = "queued", seq: int = 1, **extra: 
     }
 
 
-def client_with(handler: Callable[[httpx.Request], httpx.Response], **kwargs: Any) -> Client:
-    kwargs.setdefault("retries", FAST)
-    return Client(URL, token="secret-token", transport=httpx.MockTransport(handler), **kwargs)
+@pytest.fixture
+def client_with(make_client: ClientMaker) -> Callable[..., Client]:
+    """A client of the farm that `handler` plays (the test runs with `Client` and with `AsyncClient`)."""
+
+    def make(handler: Callable[[httpx.Request], httpx.Response], **kwargs: Any) -> Client:
+        kwargs.setdefault("retries", FAST)
+        return make_client(URL, token="secret-token", transport=httpx.MockTransport(handler), **kwargs)
+
+    return make
 
 
 def error(status: int, type_: str, code: str, message: str = "no", **extra: Any) -> httpx.Response:
@@ -57,6 +64,11 @@ def error(status: int, type_: str, code: str, message: str = "no", **extra: Any)
     return httpx.Response(
         status, json={"error": {"type": type_, "code": code, "message": message, **extra}}, headers=headers
     )
+
+
+def fresh(response: httpx.Response) -> httpx.Response:
+    """A new response like `response`: a client takes over the stream of the one it gets, so none is served twice."""
+    return httpx.Response(response.status_code, headers=response.headers, content=response.content)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -76,9 +88,11 @@ def error(status: int, type_: str, code: str, message: str = "no", **extra: Any)
         (httpx.Response(502, text="<html>bad gateway</html>"), renderfarm.ServerError),
     ],
 )
-def test_error_answers_become_typed_exceptions(response: httpx.Response, expected: type[Exception]) -> None:
+def test_error_answers_become_typed_exceptions(
+    response: httpx.Response, expected: type[Exception], client_with: Callable[..., Client]
+) -> None:
     with (
-        client_with(lambda request: response, retries=Retries(attempts=1)) as client,
+        client_with(lambda request: fresh(response), retries=Retries(attempts=1)) as client,
         pytest.raises(expected) as caught,
     ):
         client.get("t1")
@@ -94,14 +108,14 @@ def test_error_answers_become_typed_exceptions(response: httpx.Response, expecte
         assert (exc.existing_request_hash, exc.request_hash) == ("a", "b")
 
 
-def test_try_later_answers_are_retried_and_retry_after_is_honoured() -> None:
+def test_try_later_answers_are_retried_and_retry_after_is_honoured(client_with: Callable[..., Client]) -> None:
     answers = [error(503, "unavailable", "database_unavailable", retry_after=0), httpx.Response(200, json=snapshot())]
     with client_with(lambda request: answers.pop(0)) as client:
         assert client.get("t1").task_id == "t1"
     assert answers == []
 
 
-def test_a_long_retry_after_is_raised_with_its_value() -> None:
+def test_a_long_retry_after_is_raised_with_its_value(client_with: Callable[..., Client]) -> None:
     calls = 0
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -115,7 +129,7 @@ def test_a_long_retry_after_is_raised_with_its_value() -> None:
     assert caught.value.retry_after_s == 3600
 
 
-def test_server_errors_are_not_retried_but_transport_failures_are() -> None:
+def test_server_errors_are_not_retried_but_transport_failures_are(client_with: Callable[..., Client]) -> None:
     calls: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -129,7 +143,7 @@ def test_server_errors_are_not_retried_but_transport_failures_are() -> None:
     assert len(calls) == 3
 
 
-def test_a_submit_retried_after_a_timeout_uses_the_same_task_id() -> None:
+def test_a_submit_retried_after_a_timeout_uses_the_same_task_id(client_with: Callable[..., Client]) -> None:
     paths: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -145,7 +159,7 @@ def test_a_submit_retried_after_a_timeout_uses_the_same_task_id() -> None:
     assert job.task_id.startswith("rf-")
 
 
-def test_timeouts_exhausted_raise_request_timeout() -> None:
+def test_timeouts_exhausted_raise_request_timeout(client_with: Callable[..., Client]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow", request=request)
 
@@ -157,7 +171,7 @@ def test_timeouts_exhausted_raise_request_timeout() -> None:
 # Waiting
 
 
-def test_wait_streams_events_and_drops_stale_snapshots() -> None:
+def test_wait_streams_events_and_drops_stale_snapshots(client_with: Callable[..., Client]) -> None:
     events = "".join(
         f"id: {seq}\nevent: snapshot\ndata: {json.dumps(snapshot(state=state, seq=seq))}\n\n"
         for seq, state in ((2, "running"), (1, "queued"), (5, "succeeded"))
@@ -176,7 +190,7 @@ def test_wait_streams_events_and_drops_stale_snapshots() -> None:
     assert seen == [2, 5]
 
 
-def test_wait_falls_back_to_polling_when_streaming_fails() -> None:
+def test_wait_falls_back_to_polling_when_streaming_fails(client_with: Callable[..., Client]) -> None:
     polls = 0
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -191,7 +205,7 @@ def test_wait_falls_back_to_polling_when_streaming_fails() -> None:
     assert polls == 3
 
 
-def test_wait_gives_up_after_its_timeout_with_the_last_snapshot() -> None:
+def test_wait_gives_up_after_its_timeout_with_the_last_snapshot(client_with: Callable[..., Client]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/events"):
             raise httpx.ConnectError("no streams here", request=request)
@@ -214,7 +228,7 @@ def test_sse_parser_follows_the_event_stream_rules() -> None:
 # Downloads and the token
 
 
-def test_downloads_are_verified_and_the_token_stays_home(tmp_path: Path) -> None:
+def test_downloads_are_verified_and_the_token_stays_home(tmp_path: Path, client_with: Callable[..., Client]) -> None:
     good = b"\x89PNG good bytes"
     artifact = {
         "kind": "result",
@@ -247,7 +261,7 @@ def test_downloads_are_verified_and_the_token_stays_home(tmp_path: Path) -> None
     assert authorizations["storage.test"] is None  # presigned URLs must not carry a second credential
 
 
-def test_url_and_token_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_url_and_token_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, make_client: ClientMaker) -> None:
     monkeypatch.setenv("RENDERFARM_URL", "http://env.test:1234/")
     monkeypatch.setenv("RENDERFARM_TOKEN", "env-token")
     seen: list[httpx.Request] = []
@@ -256,7 +270,7 @@ def test_url_and_token_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
         seen.append(request)
         return httpx.Response(200, json=snapshot())
 
-    with Client(transport=httpx.MockTransport(handler)) as client:
+    with make_client(transport=httpx.MockTransport(handler)) as client:
         assert client.base_url == "http://env.test:1234"
         client.get("t1")
     assert seen[0].headers["authorization"] == "Bearer env-token"
