@@ -42,7 +42,6 @@ from renderfarm._requests import (
     JobSpec,
     PathDigests,
     batch_skeleton,
-    build_job_body,
     check_batch_body,
     file_sha256,
     grid_body_axes,
@@ -604,7 +603,7 @@ class Operations:
         if jobs is not None:
             body["jobs"] = []
             for job in jobs:
-                body["jobs"].append((yield from self._resolve_images(build_job_body(job))))
+                body["jobs"].append((yield from self._resolve_images(job_request(job).as_batch_item())))
         if grid is not None:
             axes = grid_body_axes(grid)
             for name in IMAGE_FIELDS:

@@ -3,7 +3,7 @@ the small file helpers of downloads. Shared by `Client` and `AsyncClient` throug
 
 A job's task id lives in the URL (`PUT /v1/jobs/{task_id}`): `job_request` splits it from the job's fields, so the
 body of a single job never carries it. A batch item names its own id inside the item (`force_task_id`, the form
-`POST /v1/batches` takes), which `build_job_body` writes.
+`POST /v1/batches` takes), which `JobRequest.as_batch_item` writes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ __all__ = [
     "ImageInput",
     "JobRequest",
     "JobSpec",
-    "build_job_body",
     "file_sha256",
     "image_bytes",
     "is_reference",
@@ -81,6 +80,12 @@ class JobRequest:
     task_id: str | None
     fields: dict[str, Any]
 
+    def as_batch_item(self) -> dict[str, Any]:
+        """The job as an item of `POST /v1/batches`, which reads an item's own task id from `force_task_id`."""
+        if self.task_id is None:
+            return dict(self.fields)
+        return {**self.fields, "force_task_id": self.task_id}
+
 
 def job_request(
     spec: JobSpec | None,
@@ -122,22 +127,6 @@ def job_request(
     return JobRequest(task_id if task_id is not None else named, body)
 
 
-def build_job_body(
-    spec: JobSpec | None,
-    *,
-    image: ImageInput | Sequence[ImageInput] | None = None,
-    mask: ImageInput | None = None,
-    task_id: str | None = None,
-    fields: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A batch item's body: the job's fields (as `job_request` reads them) with its task id, if it names one, as
-    `force_task_id`, where `POST /v1/batches` reads an item's id."""
-    request = job_request(spec, image=image, mask=mask, task_id=task_id, fields=fields)
-    if request.task_id is None:
-        return request.fields
-    return {**request.fields, "force_task_id": request.task_id}
-
-
 def _as_image_list(value: Any) -> builtins.list[Any]:
     return builtins.list(value) if isinstance(value, list | tuple) else [value]
 
@@ -171,7 +160,7 @@ def grid_body_axes(grid: Grid) -> dict[str, builtins.list[Any]]:
 
 def batch_skeleton(defaults: JobSpec | None, batch_id: str | None) -> dict[str, Any]:
     chosen = str(uuid.UUID(batch_id)) if batch_id else str(uuid.uuid4())
-    return {"batch_id": chosen, "defaults": build_job_body(defaults) if defaults is not None else {}}
+    return {"batch_id": chosen, "defaults": job_request(defaults).as_batch_item() if defaults is not None else {}}
 
 
 def check_batch_body(body: Mapping[str, Any]) -> None:

@@ -43,7 +43,7 @@ from renderfarm._flows import (
     shell_signature,
 )
 from renderfarm._job import Job
-from renderfarm._requests import ImageInput, JobSpec, build_job_body, file_sha256, write_atomically
+from renderfarm._requests import ImageInput, JobSpec, file_sha256, job_request, write_atomically
 from renderfarm._transport import Retries, Timeout, transport_error
 from shared.job.artifacts import ARTIFACT_KINDS
 
@@ -52,8 +52,8 @@ __all__ = [
     "Client",
     "ImageInput",
     "JobSpec",
-    "build_job_body",
     "file_sha256",
+    "job_request",
     "new_task_id",
     "write_atomically",
 ]

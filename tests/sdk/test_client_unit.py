@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,10 @@ from PIL import Image
 import renderfarm
 from renderfarm import Client, Grid, JobState, Retries, Timeout
 from renderfarm._transport import SSEParser
-from renderfarm.client import build_job_body
+from renderfarm.client import job_request
 from renderfarm.manifest import ManifestError, load_manifest
 from scheduler.batches import expand_grid
+from shared.job.ids import is_valid_task_id
 from tests.sdk.clients import ClientMaker
 
 URL = "http://farm.test"
@@ -294,14 +296,63 @@ def test_timeout_and_retries_are_value_objects() -> None:
 
 def test_job_bodies_take_shorthands_and_refuse_duplicates() -> None:
     image = Image.new("RGB", (64, 64))
-    body = build_job_body({"prompt": "a", "image": "x.png"}, mask=image, task_id="t1", fields={"steps": 4})
+    request = job_request({"prompt": "a", "image": "x.png"}, mask=image, task_id="t1", fields={"steps": 4})
+    body = request.as_batch_item()
     assert body == {"prompt": "a", "init_images": ["x.png"], "mask": image, "force_task_id": "t1", "steps": 4}
     with pytest.raises(ValueError, match="image"):
-        build_job_body({"init_images": ["a"]}, image="b")
+        job_request({"init_images": ["a"]}, image="b")
     with pytest.raises(ValueError, match="task_id"):
-        build_job_body({"force_task_id": "a"}, task_id="b")
+        job_request({"force_task_id": "a"}, task_id="b")
     with pytest.raises(TypeError):
-        build_job_body(42)  # type: ignore[arg-type]
+        job_request(42)  # type: ignore[arg-type]
+
+
+def test_the_task_id_goes_in_the_url_and_never_in_the_body(client_with: Callable[..., Client]) -> None:
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append((request.url.path, json.loads(request.content)))
+        return httpx.Response(200, json=snapshot(request.url.path.rsplit("/", 1)[1]))
+
+    image = "asset:" + "a" * 64
+    with client_with(handler) as client:
+        client.submit(image=image, task_id="mine", prompt="x")
+        client.submit({"image": image, "task_id": "from-the-spec"})
+        client.submit({"init_images": [image], "force_task_id": "a1111-style"}, task_id="a1111-style")
+        minted = client.submit(image=image)
+    assert [path for path, _ in sent] == [
+        "/v1/jobs/mine",
+        "/v1/jobs/from-the-spec",
+        "/v1/jobs/a1111-style",
+        f"/v1/jobs/{minted.task_id}",
+    ]
+    assert re.fullmatch(r"rf-[0-9a-f]{32}", minted.task_id)
+    for _, body in sent:
+        assert body["init_images"] == [image]
+        assert not {"task_id", "force_task_id"} & set(body)
+
+
+def test_batch_items_name_their_own_task_id_as_force_task_id(client_with: Callable[..., Client]) -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        created = {"mode": "jobs", "requested": 2, "enqueued": 2, "existing": 0, "task_ids": ["one", "b-1"]}
+        return httpx.Response(200, json={"batch_id": bodies[-1]["batch_id"], **created})
+
+    image = "asset:" + "b" * 64
+    with client_with(handler) as client:
+        client.submit_batch(jobs=[{"image": image, "task_id": "one"}, {"image": image}], defaults={"steps": 4})
+    [body] = bodies
+    assert body["jobs"] == [{"init_images": [image], "force_task_id": "one"}, {"init_images": [image]}]
+    assert body["defaults"] == {"steps": 4}
+
+
+def test_client_task_ids_have_the_contract_s_form() -> None:
+    task_id = renderfarm.new_task_id()
+    assert task_id.startswith("rf-")
+    assert is_valid_task_id(task_id)
+    assert task_id != renderfarm.new_task_id()
 
 
 def test_grid_size() -> None:
@@ -386,3 +437,13 @@ def test_the_public_surface_is_explicit_and_documented() -> None:
         asynchronous = inspect.signature(getattr(renderfarm.AsyncClient, method))
         assert list(sync.parameters) == list(asynchronous.parameters), method
         assert inspect.iscoroutinefunction(getattr(renderfarm.AsyncClient, method)) or method == "list"
+
+
+def test_both_clients_offer_every_operation_of_the_shared_core() -> None:
+    from renderfarm._flows import ClientBase, Operations
+
+    operations = {name for name in vars(Operations) if not name.startswith("_")} - {"url", "headers", "exchange"}
+    for client in (renderfarm.Client, renderfarm.AsyncClient):
+        offered = {name for name in vars(client) if not name.startswith("_")} - {"close", "aclose"}
+        assert offered == operations, client
+        assert issubclass(client, ClientBase)
