@@ -25,22 +25,20 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 
-from renderfarm._flows import (
+from renderfarm._effects import (
     Call,
-    ClientBase,
     Close,
     Effect,
     Flow,
     Lines,
     NextLine,
-    Operations,
     Outcome,
-    Pager,
     ReadBody,
     Sleep,
     Stepper,
     shell_signature,
 )
+from renderfarm._flows import ClientBase, Operations, Pager
 from renderfarm._job import Job
 from renderfarm._transport import Retries, Timeout, transport_error
 

@@ -1,5 +1,5 @@
 """Every operation of the SDK, written once, as a flow: a generator that yields the I/O it needs (an HTTP exchange, a
-pause, a line of an event stream) and is sent back the result, or has the failure thrown in.
+pause, a line of an event stream: renderfarm/_effects.py) and is sent back the result, or has the failure thrown in.
 
 `Client` runs a flow blocking, `AsyncClient` awaiting (`renderfarm/client.py`, `renderfarm/_async_client.py`); they
 do nothing but that I/O. So every rule of talking to the farm (request building, retries, the wait's stream then
@@ -14,18 +14,17 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import inspect
 import json
 import os
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, Generic, TypeAlias, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar
 
 import httpx
 from PIL import Image
 
+from renderfarm._effects import Call, Close, Flow, Lines, NextLine, ReadBody, Sleep
 from renderfarm._errors import (
     APIError,
     IntegrityError,
@@ -60,19 +59,7 @@ from renderfarm._types import Artifact, Asset, Batch, BatchCreated, Grid, Job, J
 from shared.job.artifacts import ARTIFACT_KINDS
 from shared.job.ids import new_task_id as mint_task_id
 
-__all__ = [
-    "USER_AGENT",
-    "Call",
-    "ClientBase",
-    "Effect",
-    "Flow",
-    "Operations",
-    "Outcome",
-    "Page",
-    "Pager",
-    "Stepper",
-    "new_task_id",
-]
+__all__ = ["USER_AGENT", "ClientBase", "Operations", "Page", "Pager", "new_task_id"]
 
 T = TypeVar("T")
 
@@ -89,123 +76,10 @@ def new_task_id() -> str:
     return mint_task_id(prefix=CLIENT_TASK_ID_PREFIX)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# What a flow asks of its shell
-
-
-@dataclass(frozen=True)
-class Call:
-    """Send one request and hand back the response (its body read, unless `stream`); a failure to reach the farm is
-    thrown in as the SDK's TransportError."""
-
-    method: str
-    url: str
-    headers: Mapping[str, str]
-    json_body: Any = None
-    content: bytes | None = None
-    params: Mapping[str, Any] | None = None
-    timeout: httpx.Timeout | None = None  # None: the client's
-    stream: bool = False
-
-    def request_arguments(self) -> dict[str, Any]:
-        """The call as the arguments of httpx's `build_request`."""
-        arguments: dict[str, Any] = {"method": self.method, "url": self.url, "headers": dict(self.headers)}
-        arguments.update(json=self.json_body, content=self.content, params=self.params)
-        if self.timeout is not None:
-            arguments["timeout"] = self.timeout
-        return arguments
-
-
-@dataclass(frozen=True)
-class Sleep:
-    """Pause for `seconds`."""
-
-    seconds: float
-
-
-@dataclass(frozen=True)
-class ReadBody:
-    """Read the rest of a streamed response's body (to build the error of a refused stream)."""
-
-    response: httpx.Response
-
-
-@dataclass(frozen=True)
-class Lines:
-    """Start reading a streamed response's lines: hand back the (async) iterator of them."""
-
-    response: httpx.Response
-
-
-@dataclass(frozen=True)
-class NextLine:
-    """The next line of `Lines`' iterator, or None at the stream's end."""
-
-    lines: Any
-
-
-@dataclass(frozen=True)
-class Close:
-    """Close a streamed response."""
-
-    response: httpx.Response
-
-
-Effect: TypeAlias = Call | Sleep | ReadBody | Lines | NextLine | Close
-Flow: TypeAlias = Generator[Effect, Any, T]
 Page: TypeAlias = tuple[tuple[Job, ...], str | None]
 """One page of a listing: its jobs and the next page's cursor (None on the last)."""
 Pager: TypeAlias = Callable[[str | None], Flow[Page]]
 """A listing: the flow that reads the page at a cursor (None: the first)."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What performing an effect gave: a value, or the exception it raised."""
-
-    value: Any = None
-    error: Exception | None = None
-
-
-def outcome_of(perform: Callable[[Effect], Any], effect: Effect) -> Outcome:
-    try:
-        return Outcome(perform(effect))
-    except Exception as exc:  # handed to the flow, which decides (a retry, a fallback) or lets it rise
-        return Outcome(error=exc)
-
-
-class Stepper(Generic[T]):
-    """Runs a flow one effect at a time: `effect` is what it waits for; `resume` hands in the outcome. When the
-    flow returns, `done` is True and `result` holds its value; an exception it does not handle rises from `resume`."""
-
-    def __init__(self, flow: Flow[T]) -> None:
-        self._flow = flow
-        self.done = False
-        self.result: T
-        self.effect: Effect
-        self._advance(lambda: next(flow))
-
-    def resume(self, outcome: Outcome) -> None:
-        if outcome.error is not None:
-            error = outcome.error
-            self._advance(lambda: self._flow.throw(error))
-        else:
-            self._advance(lambda: self._flow.send(outcome.value))
-
-    def _advance(self, step: Callable[[], Effect]) -> None:
-        try:
-            self.effect = step()
-        except StopIteration as stop:
-            self.done = True
-            self.result = stop.value
-
-
-def shell_signature(flow: Callable[..., Any], returns: str | None = None) -> inspect.Signature:
-    """The signature a client's method shows for an operation: the flow's, returning what the flow returns (or
-    `returns`) instead of the flow itself."""
-    signature = inspect.signature(flow)
-    flow_returns = str(signature.return_annotation).removeprefix("Flow[").removesuffix("]")
-    return signature.replace(return_annotation=returns or flow_returns)
 
 
 class ClientBase:

@@ -25,23 +25,20 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 
-from renderfarm._flows import (
+from renderfarm._effects import (
     Call,
-    ClientBase,
     Close,
     Effect,
     Flow,
     Lines,
     NextLine,
-    Operations,
-    Pager,
     ReadBody,
     Sleep,
     Stepper,
-    new_task_id,
     outcome_of,
     shell_signature,
 )
+from renderfarm._flows import ClientBase, Operations, Pager, new_task_id
 from renderfarm._job import Job
 from renderfarm._requests import ImageInput, JobSpec, file_sha256, job_request, write_atomically
 from renderfarm._transport import Retries, Timeout, transport_error

@@ -120,3 +120,47 @@ def test_the_command_line_reaches_the_server_commands_only_lazily() -> None:
     composers = {f"renderfarm.{Path(relative).stem}" for relative in COMPOSERS}
     assert top_level & composers == set()
     assert {name for name in top_level if name.split(".")[0] in {"shared", "scheduler", "worker"}} == set()
+
+
+def import_graph(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of `package` it imports (at any level, TYPE_CHECKING blocks included)."""
+    graph: dict[str, set[str]] = {}
+    for path in modules_of(package):
+        relative = path.relative_to(ROOT).with_suffix("")
+        name = ".".join(relative.parts[:-1] if relative.name == "__init__" else relative.parts)
+        graph[name] = set()
+        for imported in imported_modules(path):
+            if imported.split(".")[0] == package:
+                graph[name].add(imported)
+    return {
+        name: {target for target in targets if target in graph and target != name} for name, targets in graph.items()
+    }
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every circle of the graph that a depth-first walk meets (each once, as the path that closes it)."""
+    circles: list[list[str]] = []
+    done: set[str] = set()
+
+    def walk(name: str, path: list[str]) -> None:
+        for target in sorted(graph[name]):
+            if target in path:
+                circles.append([*path[path.index(target) :], target])
+            elif target not in done:
+                walk(target, [*path, target])
+        done.add(name)
+
+    for name in sorted(graph):
+        if name not in done:
+            walk(name, [name])
+    return circles
+
+
+# Each package is added here once its circles are gone; in the end, every one of them.
+@pytest.mark.parametrize("package", ["renderfarm"])
+def test_no_import_circles(package: str) -> None:
+    assert import_circles(import_graph(package)) == []
+
+
+def test_the_circle_finder_sees_a_circle() -> None:
+    assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
