@@ -426,7 +426,17 @@ def test_bad_manifests_say_where(tmp_path: Path, text: str, message: str) -> Non
 def test_the_public_surface_is_explicit_and_documented() -> None:
     exported = set(renderfarm.__all__)
     public = {name for name in vars(renderfarm) if not name.startswith("_")}
-    modules = {"client", "manifest", "batch_runner", "contact_sheet", "client_cli", "cli", "demo", "embedded"}
+    modules = {
+        "client",
+        "manifest",
+        "batch_runner",
+        "contact_sheet",
+        "client_cli",
+        "cli",
+        "server_cli",
+        "demo",
+        "embedded",
+    }
     assert public - modules <= exported | {"annotations"}
     for name in exported - {"__version__", "JobState"}:  # JobState is the farm's own enum (shared.states)
         value = getattr(renderfarm, name)
