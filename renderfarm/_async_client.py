@@ -18,29 +18,16 @@ downloads, uploads); each only does the I/O, this one awaiting it. So the two ca
 
 from __future__ import annotations
 
-import asyncio
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 
-from renderfarm._effects import (
-    Call,
-    Close,
-    Effect,
-    Flow,
-    Lines,
-    NextLine,
-    Outcome,
-    ReadBody,
-    Sleep,
-    Stepper,
-    shell_signature,
-)
+from renderfarm._effects import Flow, Stepper, awaited_outcome_of, shell_signature
 from renderfarm._flows import ClientBase, Operations, Pager
 from renderfarm._job import Job
-from renderfarm._transport import Retries, Timeout, transport_error
+from renderfarm._transport import Retries, Timeout
 
 __all__ = ["AsyncClient"]
 
@@ -79,13 +66,6 @@ def _awaiting_pages(
 
     method.__signature__ = shell_signature(listing, "AsyncIterator[Job]")  # type: ignore[attr-defined]
     return method
-
-
-async def _outcome_of(perform: Awaitable[Any]) -> Outcome:
-    try:
-        return Outcome(await perform)
-    except Exception as exc:  # handed to the flow, which decides (a retry, a fallback) or lets it rise
-        return Outcome(error=exc)
 
 
 class AsyncClient(ClientBase):
@@ -132,29 +112,8 @@ class AsyncClient(ClientBase):
     async def _run(self, flow: Flow[T]) -> T:
         step = Stepper(flow)
         while not step.done:
-            step.resume(await _outcome_of(self._perform(step.effect)))
+            step.resume(await awaited_outcome_of(step.effect, self._http))
         return step.result
-
-    async def _perform(self, effect: Effect) -> Any:
-        if isinstance(effect, Call):
-            return await self._send(effect)
-        if isinstance(effect, Sleep):
-            return await asyncio.sleep(effect.seconds)
-        if isinstance(effect, ReadBody):
-            return await effect.response.aread()
-        if isinstance(effect, Lines):
-            return effect.response.aiter_lines()
-        if isinstance(effect, NextLine):
-            return await anext(effect.lines, None)
-        assert isinstance(effect, Close)
-        return await effect.response.aclose()
-
-    async def _send(self, call: Call) -> httpx.Response:
-        request = self._http.build_request(**call.request_arguments())
-        try:
-            return await self._http.send(request, stream=call.stream)
-        except httpx.TransportError as exc:
-            raise transport_error(exc, request) from exc
 
     # ------------------------------------------------------------------------------------------------------------
     # The operations

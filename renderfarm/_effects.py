@@ -1,14 +1,17 @@
 """What a flow (renderfarm/_flows.py) asks of the client that runs it, and the machinery that runs one.
 
 A flow is a generator: it yields an effect (`Call`, `Sleep`, the steps of reading a stream), the client performs it
-(blocking in `Client`, awaited in `AsyncClient`) and hands the outcome back through a `Stepper`: the value is sent
-into the generator, an exception is thrown into it, so the flow's own `try` decides about retries and fallbacks.
+and hands the outcome back through a `Stepper`: the value is sent into the generator, an exception is thrown into
+it, so the flow's own `try` decides about retries and fallbacks. Each effect says how it is performed, blocking
+(`run`, for `Client`) and awaited (`arun`, for `AsyncClient`), side by side: the only place the two clients differ.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Callable, Generator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeAlias, TypeVar
 
@@ -25,6 +28,7 @@ __all__ = [
     "ReadBody",
     "Sleep",
     "Stepper",
+    "awaited_outcome_of",
     "outcome_of",
     "shell_signature",
 ]
@@ -38,8 +42,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Call:
-    """Send one request and hand back the response (its body read, unless `stream`); a failure to reach the farm is
-    thrown in as the SDK's TransportError."""
+    """Send one request and hand back the response (its body read, unless `stream`). A failure to reach the farm is
+    thrown in as httpx's TransportError, which carries the request."""
 
     method: str
     url: str
@@ -50,8 +54,14 @@ class Call:
     timeout: httpx.Timeout | None = None  # None: the client's
     stream: bool = False
 
-    def request_arguments(self) -> dict[str, Any]:
-        """The call as the arguments of httpx's `build_request`."""
+    def run(self, http: httpx.Client) -> httpx.Response:
+        return http.send(http.build_request(**self._arguments()), stream=self.stream)
+
+    async def arun(self, http: httpx.AsyncClient) -> httpx.Response:
+        return await http.send(http.build_request(**self._arguments()), stream=self.stream)
+
+    def _arguments(self) -> dict[str, Any]:
+        """The call as the arguments of httpx's `build_request` (the client adds its own headers and defaults)."""
         arguments: dict[str, Any] = {"method": self.method, "url": self.url, "headers": dict(self.headers)}
         arguments.update(json=self.json_body, content=self.content, params=self.params)
         if self.timeout is not None:
@@ -65,6 +75,12 @@ class Sleep:
 
     seconds: float
 
+    def run(self, http: httpx.Client) -> None:
+        time.sleep(self.seconds)
+
+    async def arun(self, http: httpx.AsyncClient) -> None:
+        await asyncio.sleep(self.seconds)
+
 
 @dataclass(frozen=True)
 class ReadBody:
@@ -72,12 +88,24 @@ class ReadBody:
 
     response: httpx.Response
 
+    def run(self, http: httpx.Client) -> bytes:
+        return self.response.read()
+
+    async def arun(self, http: httpx.AsyncClient) -> bytes:
+        return await self.response.aread()
+
 
 @dataclass(frozen=True)
 class Lines:
-    """Start reading a streamed response's lines: hand back the (async) iterator of them."""
+    """Start reading a streamed response's lines: hand back the iterator of them (an async one when awaited)."""
 
     response: httpx.Response
+
+    def run(self, http: httpx.Client) -> Iterator[str]:
+        return self.response.iter_lines()
+
+    async def arun(self, http: httpx.AsyncClient) -> AsyncIterator[str]:
+        return self.response.aiter_lines()
 
 
 @dataclass(frozen=True)
@@ -86,12 +114,24 @@ class NextLine:
 
     lines: Any
 
+    def run(self, http: httpx.Client) -> str | None:
+        return next(self.lines, None)
+
+    async def arun(self, http: httpx.AsyncClient) -> str | None:
+        return await anext(self.lines, None)
+
 
 @dataclass(frozen=True)
 class Close:
     """Close a streamed response."""
 
     response: httpx.Response
+
+    def run(self, http: httpx.Client) -> None:
+        self.response.close()
+
+    async def arun(self, http: httpx.AsyncClient) -> None:
+        await self.response.aclose()
 
 
 Effect: TypeAlias = Call | Sleep | ReadBody | Lines | NextLine | Close
@@ -106,10 +146,19 @@ class Outcome:
     error: Exception | None = None
 
 
-def outcome_of(perform: Callable[[Effect], Any], effect: Effect) -> Outcome:
+def outcome_of(effect: Effect, http: httpx.Client) -> Outcome:
+    """Perform the effect, blocking."""
     try:
-        return Outcome(perform(effect))
+        return Outcome(effect.run(http))
     except Exception as exc:  # handed to the flow, which decides (a retry, a fallback) or lets it rise
+        return Outcome(error=exc)
+
+
+async def awaited_outcome_of(effect: Effect, http: httpx.AsyncClient) -> Outcome:
+    """Perform the effect, awaited."""
+    try:
+        return Outcome(await effect.arun(http))
+    except Exception as exc:  # as in outcome_of
         return Outcome(error=exc)
 
 

@@ -54,7 +54,16 @@ from renderfarm._requests import (
     sha256,
     write_atomically,
 )
-from renderfarm._transport import Retries, SSEParser, Timeout, checked, resolve_token, resolve_url, same_origin
+from renderfarm._transport import (
+    Retries,
+    SSEParser,
+    Timeout,
+    checked,
+    resolve_token,
+    resolve_url,
+    same_origin,
+    transport_error,
+)
 from renderfarm._types import Artifact, Asset, Batch, BatchCreated, Grid, Job, JobState
 from shared.job.artifacts import ARTIFACT_KINDS
 from shared.job.ids import new_task_id as mint_task_id
@@ -202,10 +211,10 @@ class Operations:
             attempt += 1
             try:
                 response: httpx.Response = yield call
-            except TransportError:
+            except httpx.TransportError as exc:
                 delay = self.retries.delay_after_failure(attempt)
                 if delay is None:
-                    raise
+                    raise transport_error(exc, exc.request) from exc
                 yield Sleep(delay)
                 continue
             delay = self.retries.delay_after_answer(response, attempt)

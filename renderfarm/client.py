@@ -19,29 +19,16 @@ retrying after a timeout or a dropped connection finds the job the first try cre
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, TypeVar
 
 import httpx
 
-from renderfarm._effects import (
-    Call,
-    Close,
-    Effect,
-    Flow,
-    Lines,
-    NextLine,
-    ReadBody,
-    Sleep,
-    Stepper,
-    outcome_of,
-    shell_signature,
-)
+from renderfarm._effects import Flow, Stepper, outcome_of, shell_signature
 from renderfarm._flows import ClientBase, Operations, Pager, new_task_id
 from renderfarm._job import Job
 from renderfarm._requests import ImageInput, JobSpec, file_sha256, job_request, write_atomically
-from renderfarm._transport import Retries, Timeout, transport_error
+from renderfarm._transport import Retries, Timeout
 from shared.job.artifacts import ARTIFACT_KINDS
 
 __all__ = [
@@ -131,29 +118,8 @@ class Client(ClientBase):
     def _run(self, flow: Flow[T]) -> T:
         step = Stepper(flow)
         while not step.done:
-            step.resume(outcome_of(self._perform, step.effect))
+            step.resume(outcome_of(step.effect, self._http))
         return step.result
-
-    def _perform(self, effect: Effect) -> Any:
-        if isinstance(effect, Call):
-            return self._send(effect)
-        if isinstance(effect, Sleep):
-            return time.sleep(effect.seconds)
-        if isinstance(effect, ReadBody):
-            return effect.response.read()
-        if isinstance(effect, Lines):
-            return effect.response.iter_lines()
-        if isinstance(effect, NextLine):
-            return next(effect.lines, None)
-        assert isinstance(effect, Close)
-        return effect.response.close()
-
-    def _send(self, call: Call) -> httpx.Response:
-        request = self._http.build_request(**call.request_arguments())
-        try:
-            return self._http.send(request, stream=call.stream)
-        except httpx.TransportError as exc:
-            raise transport_error(exc, request) from exc
 
     # ------------------------------------------------------------------------------------------------------------
     # The operations
