@@ -50,7 +50,7 @@ setup() {
     "$VENV/bin/python" -m pip install -q --upgrade pip
     # torch first, pinned; RENDERFARM_TORCH_INDEX (e.g. PyTorch's CPU index) chooses where it comes from.
     "$VENV/bin/python" -m pip install -q ${RENDERFARM_TORCH_INDEX:+--index-url "$RENDERFARM_TORCH_INDEX"} "$TORCH_SPEC"
-    "$VENV/bin/python" -m pip install -q -e '.[worker,dev]'
+    "$VENV/bin/python" -m pip install -q -e '.[server,worker,dev]'
     echo "$want" >"$STAMP"
 }
 

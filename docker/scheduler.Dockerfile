@@ -3,7 +3,7 @@
 #   docker build -f docker/scheduler.Dockerfile -t renderfarm-scheduler .
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 
-# ---- build: a virtual environment with the farm and its (torch-free) dependencies -----------------------------
+# ---- build: a virtual environment with the farm and the server extra (torch-free) -----------------------------
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -16,7 +16,7 @@ COPY renderfarm ./renderfarm
 COPY shared ./shared
 COPY scheduler ./scheduler
 # No worker/ here: the scheduler never imports it (architecture.md "Imports go one way").
-RUN pip install . && python -c "import scheduler.app, shared.db.migrate"
+RUN pip install ".[server]" && python -c "import scheduler.app, shared.db.migrate"
 
 # ---- runtime: the environment only, run as an unprivileged user ------------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -29,9 +29,6 @@ from renderfarm._errors import (
     ConnectError,
     Forbidden,
     IntegrityError,
-    JobCanceled,
-    JobFailed,
-    JobNotFinished,
     NotFound,
     PayloadTooLarge,
     RateLimited,
@@ -42,8 +39,8 @@ from renderfarm._errors import (
     Unauthorized,
     Unavailable,
     ValidationError,
-    WaitTimeout,
 )
+from renderfarm._job import JobCanceled, JobFailed, JobNotFinished, WaitTimeout
 from renderfarm._transport import Retries, Timeout
 from renderfarm._types import Artifact, Asset, Batch, BatchCreated, ErrorInfo, Grid, Job, JobState
 from renderfarm.client import Client, ImageInput, JobSpec, new_task_id

@@ -21,18 +21,17 @@ a request carries it (`.request`).
     ├── WaitTimeout                     `wait` gave up; the job itself goes on (`.job` is the last snapshot seen)
     └── IntegrityError                  a download's sha256 differs from the farm's record
 
-These are the SDK's classes, not the server's (`shared.errors`): a client needs no server code to catch them.
+The four about a job (JobFailed, JobCanceled, JobNotFinished, WaitTimeout) carry its snapshot, so they live beside
+`Job` in `renderfarm._job`. These are the SDK's classes, not the server's (`shared.errors`): a client needs no server
+code to catch them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
-
-if TYPE_CHECKING:
-    from renderfarm._types import Job
 
 __all__ = [
     "APIError",
@@ -40,9 +39,6 @@ __all__ = [
     "ConnectError",
     "Forbidden",
     "IntegrityError",
-    "JobCanceled",
-    "JobFailed",
-    "JobNotFinished",
     "NotFound",
     "PayloadTooLarge",
     "RateLimited",
@@ -53,7 +49,6 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "ValidationError",
-    "WaitTimeout",
     "error_from_response",
 ]
 
@@ -165,37 +160,6 @@ class ServerError(APIError):
 
 class Unavailable(ServerError, _RetryAfter):
     """503: the farm or one of its dependencies is briefly down; wait `retry_after_s` seconds."""
-
-
-class JobFailed(RenderfarmError):
-    """The job ended `failed`; `job.error` says why (type, code, message, field)."""
-
-    def __init__(self, job: Job) -> None:
-        error = job.error
-        reason = f"{error.code}: {error.message}" if error is not None else "no reason given"
-        super().__init__(f"job {job.task_id} ended {job.state.value} ({reason})")
-        self.job = job
-
-
-class JobCanceled(JobFailed):
-    """The job ended `canceled`."""
-
-
-class JobNotFinished(RenderfarmError):
-    """Results were asked for while the job is still queued or running."""
-
-    def __init__(self, job: Job) -> None:
-        super().__init__(f"job {job.task_id} is {job.state.value}: it has no results yet (wait for it first)")
-        self.job = job
-
-
-class WaitTimeout(RenderfarmError):
-    """`wait` gave up after its timeout. The job itself goes on; `job` is the last snapshot seen."""
-
-    def __init__(self, job: Job, timeout_s: float) -> None:
-        super().__init__(f"job {job.task_id} was still {job.state.value} after {timeout_s:g} s")
-        self.job = job
-        self.timeout_s = timeout_s
 
 
 class IntegrityError(RenderfarmError):

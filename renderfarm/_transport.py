@@ -84,6 +84,13 @@ class Timeout:
                 raise ValueError(f"timeout {name} must be a positive number of seconds or None, not {value}")
             object.__setattr__(self, name, None if value is None else float(value))
 
+    @classmethod
+    def of(cls, timeout: Timeout | float | None) -> Timeout:
+        """The `Timeout` a client was given: as it is, seconds for every phase, or None for the default."""
+        if isinstance(timeout, Timeout):
+            return timeout
+        return cls(timeout) if timeout is not None else cls()
+
     def to_httpx(self) -> httpx.Timeout:
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
 

@@ -1,4 +1,5 @@
-"""What the farm answers, as frozen dataclasses: a job's snapshot, its artifacts, an asset, a batch.
+"""What the farm answers, as frozen dataclasses: a job's snapshot, its artifacts (renderfarm/_job.py), an asset, a
+batch; and `Grid`, a batch's axes.
 
 Each has `from_dict` (the API's JSON) and keeps the JSON it came from in `raw`, so a field the farm adds later is
 reachable before the SDK knows it. Times are timezone-aware UTC datetimes; durations are seconds.
@@ -11,8 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from renderfarm._errors import JobCanceled, JobFailed
-from shared.states import JobState
+from renderfarm._job import Artifact, ErrorInfo, Job, JobState, optional_time, required_time
 
 __all__ = [
     "Artifact",
@@ -26,140 +26,7 @@ __all__ = [
     "JobState",
 ]
 
-ArtifactKind = Literal["result", "overlay", "mask"]
-
-
-def _time(value: Any) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-
-def _required_time(value: Any) -> datetime:
-    parsed = _time(value)
-    if parsed is None:
-        raise ValueError("a required time is missing from the farm's answer")
-    return parsed
-
-
-@dataclass(frozen=True)
-class ErrorInfo:
-    """Why a job failed: `type` (class of problem), `code` (precise, stable), `message`, and the `field` at fault."""
-
-    type: str
-    code: str
-    message: str
-    field: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ErrorInfo:
-        return cls(
-            str(data.get("type", "")), str(data.get("code", "")), str(data.get("message", "")), data.get("field")
-        )
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """One stored output image: `kind` result | overlay | mask, its `index` in the job, a download `url` that
-    expires, its `sha256` and size in `bytes`, pixel size, the seed it was rendered with and its infotext."""
-
-    kind: str
-    index: int
-    url: str
-    sha256: str
-    bytes: int
-    width: int
-    height: int
-    seed: int | None = None
-    infotext: str | None = None
-
-    @property
-    def filename(self) -> str:
-        """`{kind}-{index}.png`, the name `download` gives it."""
-        return f"{self.kind}-{self.index}.png"
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Artifact:
-        return cls(
-            kind=str(data["kind"]),
-            index=int(data["index"]),
-            url=str(data["url"]),
-            sha256=str(data["sha256"]),
-            bytes=int(data.get("bytes", 0)),
-            width=int(data.get("width", 0)),
-            height=int(data.get("height", 0)),
-            seed=data.get("seed"),
-            infotext=data.get("infotext"),
-        )
-
-
-@dataclass(frozen=True)
-class Job:
-    """One snapshot of a job. `progress` is 0..1, `eta_s` seconds (None when unknown); `seq` grows with every
-    change, so of two snapshots of one job the one with the larger `seq` is newer.
-
-    >>> job.state, job.progress                                          # doctest: +SKIP
-    (<JobState.RUNNING: 'running'>, 0.4)
-    """
-
-    task_id: str
-    state: JobState
-    progress: float
-    step: int
-    total_steps: int | None
-    eta_s: float | None
-    queue_position: int | None
-    attempt: int
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    worker: str | None
-    error: ErrorInfo | None
-    warnings: tuple[Mapping[str, Any], ...]
-    artifacts: tuple[Artifact, ...]
-    seq: int
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Job:
-        error = data.get("error")
-        return cls(
-            task_id=str(data["task_id"]),
-            state=JobState(data["state"]),
-            progress=float(data.get("progress") or 0.0),
-            step=int(data.get("step") or 0),
-            total_steps=data.get("total_steps"),
-            eta_s=data.get("eta_s"),
-            queue_position=data.get("queue_position"),
-            attempt=int(data.get("attempt") or 0),
-            created_at=_required_time(data["created_at"]),
-            started_at=_time(data.get("started_at")),
-            finished_at=_time(data.get("finished_at")),
-            worker=data.get("worker"),
-            error=ErrorInfo.from_dict(error) if isinstance(error, Mapping) else None,
-            warnings=tuple(data.get("warnings") or ()),
-            artifacts=tuple(Artifact.from_dict(item) for item in data.get("artifacts") or ()),
-            seq=int(data.get("seq") or 0),
-            raw=dict(data),
-        )
-
-    @property
-    def is_finished(self) -> bool:
-        """True once the job is succeeded, failed or canceled: it will not change any more."""
-        return self.state.is_terminal
-
-    @property
-    def results(self) -> tuple[Artifact, ...]:
-        """The result images (not the overlays or masks), by index."""
-        return tuple(artifact for artifact in self.artifacts if artifact.kind == "result")
-
-    def raise_for_state(self) -> Job:
-        """This job if it succeeded or is not finished yet; JobFailed / JobCanceled if it ended otherwise."""
-        if self.state is JobState.FAILED:
-            raise JobFailed(self)
-        if self.state is JobState.CANCELED:
-            raise JobCanceled(self)
-        return self
+ArtifactKind = Literal["result", "overlay", "mask"]  # shared.job.artifacts.ARTIFACT_KINDS, as a type
 
 
 @dataclass(frozen=True)
@@ -272,8 +139,8 @@ class Batch:
         return cls(
             batch_id=str(data["batch_id"]),
             mode=str(data["mode"]),
-            created_at=_required_time(data["created_at"]),
-            canceled_at=_time(data.get("canceled_at")),
+            created_at=required_time(data["created_at"]),
+            canceled_at=optional_time(data.get("canceled_at")),
             requested=int(data["requested"]),
             total=int(data["total"]),
             counts={JobState(name): int(count) for name, count in (data.get("counts") or {}).items()},

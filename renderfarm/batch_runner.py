@@ -34,8 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from renderfarm._requests import file_sha256, write_atomically
 from renderfarm._types import Batch, Job, JobState
-from renderfarm.client import Client, file_sha256, write_atomically
+from renderfarm.client import Client
 from renderfarm.contact_sheet import SheetRow, write_contact_sheet
 from renderfarm.manifest import Manifest, ManifestItem, load_manifest
 

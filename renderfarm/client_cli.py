@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from renderfarm._errors import APIError, RenderfarmError, TransportError, WaitTimeout
-from renderfarm._types import Job, JobState
+from renderfarm._errors import APIError, RenderfarmError, TransportError
+from renderfarm._job import Job, JobState, WaitTimeout
 from renderfarm.client import Client
 
 __all__ = ["register"]
@@ -97,7 +97,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     """Add submit, status, wait, cancel, ls, download and batch to the `renderfarm` command's subparsers."""
-    submit = subparsers.add_parser("submit", help="submit one img2img / inpainting job")
+    submit = _command(subparsers, "submit", _submit, "submit one img2img / inpainting job")
     submit.add_argument("image", help="the init picture (a path, or asset:<sha256>)")
     submit.add_argument("--prompt", default=None)
     submit.add_argument("--negative-prompt", default=None)
@@ -115,48 +115,44 @@ def register(subparsers: Any) -> None:
     submit.add_argument("--wait", action="store_true", help="wait until it finishes")
     submit.add_argument("--out", default=None, help="download the results here (implies --wait)")
     submit.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
-    _common(submit)
-    submit.set_defaults(handler=_wrap(_submit), api_settings=False)
 
-    status = subparsers.add_parser("status", help="a job's state and progress")
-    status.add_argument("task_id")
-    _common(status)
-    status.set_defaults(handler=_wrap(_status), api_settings=False)
+    _command(subparsers, "status", _status, "a job's state and progress").add_argument("task_id")
 
-    wait = subparsers.add_parser("wait", help="wait until a job finishes")
+    wait = _command(subparsers, "wait", _wait, "wait until a job finishes")
     wait.add_argument("task_id")
     wait.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
-    _common(wait)
-    wait.set_defaults(handler=_wrap(_wait), api_settings=False)
 
-    cancel = subparsers.add_parser("cancel", help="cancel a job (queued: at once; running: at its next step)")
+    cancel = _command(subparsers, "cancel", _cancel, "cancel a job (queued: at once; running: at its next step)")
     cancel.add_argument("task_id")
-    _common(cancel)
-    cancel.set_defaults(handler=_wrap(_cancel), api_settings=False)
 
-    ls = subparsers.add_parser("ls", help="list your jobs, newest first")
+    ls = _command(subparsers, "ls", _ls, "list your jobs, newest first")
     ls.add_argument("--state", choices=[state.value for state in JobState], default=None)
     ls.add_argument("--batch", default=None, help="only the jobs of this batch id")
     ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50; 0: all)")
-    _common(ls)
-    ls.set_defaults(handler=_wrap(_ls), api_settings=False)
 
-    download = subparsers.add_parser("download", help="download a job's results, overlays and masks")
+    download = _command(subparsers, "download", _download, "download a job's results, overlays and masks")
     download.add_argument("task_id")
     download.add_argument("--out", required=True, help="folder to write into")
-    _common(download)
-    download.set_defaults(handler=_wrap(_download), api_settings=False)
 
-    batch = subparsers.add_parser(
-        "batch", help="run a manifest's batch: progress, downloads, results.json and a contact sheet (resumable)"
+    batch = _command(
+        subparsers,
+        "batch",
+        _batch,
+        "run a manifest's batch: progress, downloads, results.json and a contact sheet (resumable)",
     )
     batch.add_argument("manifest", help="YAML, JSON or CSV manifest")
     batch.add_argument("--out", required=True, help="output folder (also the resume state)")
     batch.add_argument("--batch-id", default=None, help="a UUID for the batch (default: the manifest's, or new)")
     batch.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
     batch.add_argument("--poll", type=float, default=None, help="seconds between status reads")
-    _common(batch)
-    batch.set_defaults(handler=_wrap(_batch), api_settings=False)
+
+
+def _command(subparsers: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+    """A client command's parser, with the flags every client command takes, run by `handler` through `_wrap`."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text)
+    _common(parser)
+    parser.set_defaults(handler=_wrap(handler))
+    return parser
 
 
 def _wrap(handler: Handler) -> Callable[[argparse.Namespace, Any], int]:

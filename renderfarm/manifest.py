@@ -39,14 +39,13 @@ from typing import Any, Final
 
 import yaml
 
+from renderfarm._requests import SHORTHANDS, is_reference
 from renderfarm._types import Grid
-from renderfarm.client import is_reference
 
 __all__ = ["IMAGE_FIELDS", "Manifest", "ManifestError", "ManifestItem", "load_manifest"]
 
 IMAGE_FIELDS: Final = ("image", "init_images", "mask", "latent_mask")
 _TOP_KEYS: Final = frozenset({"batch_id", "defaults", "jobs", "grid"})
-_SHORTHANDS: Final = {"image": "init_images", "task_id": "force_task_id"}
 
 
 class ManifestError(ValueError):
@@ -92,7 +91,7 @@ class Manifest:
             rows = [_canonical({**self.defaults, **_canonical(job)}) for job in self.jobs]
         else:
             assert self.grid is not None
-            names = [_SHORTHANDS.get(name, name) for name in self.grid.axes]
+            names = [SHORTHANDS.get(name, name) for name in self.grid.axes]
             values = list(self.grid.axes.values())
             combos = itertools.product(*values) if self.grid.mode == "product" else zip(*values, strict=True)
             rows = [{**self.defaults, **dict(zip(names, combo, strict=True))} for combo in combos]
@@ -109,7 +108,7 @@ class Manifest:
 
 
 def _canonical(fields: Mapping[str, Any]) -> dict[str, Any]:
-    return {_SHORTHANDS.get(name, name): value for name, value in fields.items()}
+    return {SHORTHANDS.get(name, name): value for name, value in fields.items()}
 
 
 def _resolve_image(value: Any, base: Path, where: str) -> Any:

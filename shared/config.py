@@ -19,14 +19,16 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.job.limits import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    DEFAULT_MAX_INLINE_IMAGE_BYTES,
+    DEFAULT_MAX_N_ITER,
+)
 
 ENV_PREFIX = "RENDERFARM_"
 
-DEFAULT_MAX_IMAGE_PIXELS = 4096 * 4096  # pixels of one decoded input image (a 16-megapixel picture)
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024  # bytes of one HTTP request body
-DEFAULT_MAX_INLINE_IMAGE_BYTES = 4 * 1024 * 1024  # bytes of one base64-decoded inline image
-DEFAULT_MAX_BATCH_SIZE = 16  # images per sampling batch of one job
-DEFAULT_MAX_N_ITER = 64  # batches per job
 DEFAULT_MAX_BATCH_ITEMS = 10_000  # child jobs of one POST /v1/batches
 DEFAULT_MAX_QUEUED_JOBS_PER_TENANT = 100_000
 DEFAULT_MAX_ATTEMPTS = 3  # deliveries of one job before it fails

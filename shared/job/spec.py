@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, Protocol, get_type_hints
 
 import annotated_types
 from pydantic import (
@@ -44,15 +44,14 @@ from pydantic import (
 )
 from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
-from shared.config import (
+from shared.job.ids import is_valid_task_id, task_id_problem
+from shared.job.image_refs import CONTROL_RE, ImageRef, ImageRefProblem, check_url, classify_image_ref
+from shared.job.limits import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_INLINE_IMAGE_BYTES,
     DEFAULT_MAX_N_ITER,
-    Settings,
 )
-from shared.job.ids import is_valid_task_id, task_id_problem
-from shared.job.image_refs import CONTROL_RE, ImageRef, ImageRefProblem, check_url, classify_image_ref
 from shared.job.problems import Loc, field_problems, headline_first, problem, several
 from shared.sampler_names import (
     SAMPLER_LABELS,
@@ -105,6 +104,20 @@ _HEX_COLOR_RE = re.compile(r"#[0-9a-fA-F]{6}")
 # Limits
 
 
+class LimitSettings(Protocol):
+    """What `SpecLimits.from_settings` reads: the farm's `shared.config.Settings` has these (the job contract does
+    not import the settings, so the SDK's client install needs no pydantic-settings)."""
+
+    @property
+    def max_image_pixels(self) -> int: ...
+    @property
+    def max_inline_image_bytes(self) -> int: ...
+    @property
+    def max_batch_size(self) -> int: ...
+    @property
+    def max_n_iter(self) -> int: ...
+
+
 @dataclass(frozen=True)
 class SpecLimits:
     """The farm's size limits that a job is admitted under. Passed to `parse_job`; the worker does not re-check them.
@@ -120,7 +133,7 @@ class SpecLimits:
     max_n_iter: int = DEFAULT_MAX_N_ITER
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SpecLimits:
+    def from_settings(cls, settings: LimitSettings) -> SpecLimits:
         return cls(
             max_image_pixels=settings.max_image_pixels,
             max_inline_image_bytes=settings.max_inline_image_bytes,

@@ -29,9 +29,11 @@ import httpx
 import pytest
 from PIL import Image
 
+from renderfarm import Client
 from shared.config import Settings
 from shared.db import upgrade
 from shared.queueing import make_celery_app
+from tests.sdk.clients import CLIENT_KINDS, ClientMaker
 from tests.services import (
     S3Server,
     free_loopback_port,
@@ -260,3 +262,17 @@ def alice_token() -> str:
 @pytest.fixture
 def bob_token() -> str:
     return BOB_TOKEN
+
+
+@pytest.fixture(params=CLIENT_KINDS)
+def make_client(request: pytest.FixtureRequest) -> Iterator[ClientMaker]:
+    """Runs the test once with `Client` and once with `AsyncClient` (driven through `tests.sdk.clients`)."""
+    maker = ClientMaker(request.param)
+    yield maker
+    maker.close_all()
+
+
+@pytest.fixture
+def farm(live_farm: LiveFarm, alice_token: str, make_client: ClientMaker) -> Client:
+    """Alice's client of the live farm: `Client`, then `AsyncClient` (see `make_client`)."""
+    return make_client(live_farm.url, token=alice_token)

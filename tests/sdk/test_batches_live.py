@@ -1,12 +1,12 @@
 """Batches on the live farm: 24 items over two workers, counts that add up at every poll, cancel of a running batch,
-and `renderfarm batch` with its progress, downloads, resume, results manifest and contact sheet."""
+and `renderfarm batch` with its progress, downloads, resume, results manifest and contact sheet. The tests that take
+`farm` run once with `Client` and once with `AsyncClient`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -22,12 +22,6 @@ from tests.sdk.conftest import LiveFarm, job_fields, mask_picture, picture
 pytestmark = [pytest.mark.integration]
 
 BATCH_TIMEOUT_S = 120.0
-
-
-@pytest.fixture
-def farm(live_farm: LiveFarm, alice_token: str) -> Iterator[Client]:
-    with Client(live_farm.url, token=alice_token) as client:
-        yield client
 
 
 def test_a_24_item_grid_completes_on_both_workers_and_counts_add_up(farm: Client, live_farm: LiveFarm) -> None:

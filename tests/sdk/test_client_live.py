@@ -1,12 +1,12 @@
 """The SDK's blocking and async clients against the live farm: submit, wait, cancel, list, download, render, errors,
-and a timed-out first submit whose retry still makes exactly one job."""
+and a timed-out first submit whose retry still makes exactly one job. Every test that takes `farm` or `make_client`
+runs once with `Client` and once with `AsyncClient`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,6 +14,7 @@ import pytest
 
 import renderfarm
 from renderfarm import AsyncClient, Client, JobState, Retries
+from tests.sdk.clients import ClientMaker
 from tests.sdk.conftest import (
     MODEL,
     SIZE,
@@ -28,12 +29,6 @@ from tests.sdk.conftest import (
 pytestmark = [pytest.mark.integration]
 
 JOB_TIMEOUT_S = 60.0
-
-
-@pytest.fixture
-def farm(live_farm: LiveFarm, alice_token: str) -> Iterator[Client]:
-    with Client(live_farm.url, token=alice_token) as client:
-        yield client
 
 
 def test_submit_wait_download_with_a_mask(farm: Client, tmp_path: Path, live_farm: LiveFarm) -> None:
@@ -63,14 +58,13 @@ def test_submit_wait_download_with_a_mask(farm: Client, tmp_path: Path, live_far
     assert {path: path.stat().st_mtime_ns for path in paths} == before
 
 
-def test_the_same_picture_is_uploaded_once(farm: Client, live_farm: LiveFarm) -> None:
+def test_the_same_picture_is_uploaded_once(live_farm: LiveFarm, alice_token: str, make_client: ClientMaker) -> None:
     seen: list[str] = []
 
     def record(request: httpx.Request) -> None:
         seen.append(f"{request.method} {request.url.path}")
 
-    with Client(live_farm.url, token=farm._token) as client:
-        client._http.event_hooks["request"].append(record)
+    with make_client(live_farm.url, token=alice_token, on_request=record) as client:
         image = picture(2)
         first = client.submit(image=image, **job_fields())
         second = client.submit(image=png(image), **job_fields(seed=3))
@@ -115,8 +109,8 @@ def _stop_when_running(job: renderfarm.Job) -> None:
         raise _Running
 
 
-def test_list_iterates_every_page(live_farm: LiveFarm, bob_token: str) -> None:
-    with Client(live_farm.url, token=bob_token) as bob:
+def test_list_iterates_every_page(live_farm: LiveFarm, bob_token: str, make_client: ClientMaker) -> None:
+    with make_client(live_farm.url, token=bob_token) as bob:
         ids = {bob.submit(image=picture(5), task_id=unique("list"), **job_fields(seed=i)).task_id for i in range(5)}
         listed = [job.task_id for job in bob.list(page_size=2)]
         assert ids <= set(listed)
@@ -127,7 +121,7 @@ def test_list_iterates_every_page(live_farm: LiveFarm, bob_token: str) -> None:
         assert ids <= succeeded
 
 
-def test_errors_map_the_api_answers(farm: Client, live_farm: LiveFarm) -> None:
+def test_errors_map_the_api_answers(farm: Client, live_farm: LiveFarm, make_client: ClientMaker) -> None:
     with pytest.raises(renderfarm.ValidationError) as invalid:
         farm.submit(image=picture(6), **job_fields(steps=1000))
     assert invalid.value.status_code == 422
@@ -145,63 +139,85 @@ def test_errors_map_the_api_answers(farm: Client, live_farm: LiveFarm) -> None:
     assert conflict.value.existing_request_hash
     assert conflict.value.request_hash
 
-    with Client(live_farm.url, token="not-a-valid-token-at-all") as stranger, pytest.raises(renderfarm.Unauthorized):
+    with (
+        make_client(live_farm.url, token="not-a-valid-token-at-all") as stranger,
+        pytest.raises(renderfarm.Unauthorized),
+    ):
         stranger.get(task_id)
 
     with (
-        Client("http://127.0.0.1:9", retries=Retries(attempts=2, backoff_s=0.01)) as nowhere,
+        make_client("http://127.0.0.1:9", retries=Retries(attempts=2, backoff_s=0.01)) as nowhere,
         pytest.raises(renderfarm.ConnectError),
     ):
         nowhere.get("x")
 
 
-class DropFirstResponse(httpx.BaseTransport):
+class DropFirstResponse(httpx.BaseTransport, httpx.AsyncBaseTransport):
     """Sends every request, but for the first PUT throws the answer away and raises a read timeout, as if the
-    connection died after the farm had done the work."""
+    connection died after the farm had done the work. Serves the blocking and the async client."""
 
     def __init__(self) -> None:
         self.inner = httpx.HTTPTransport()
+        self.async_inner = httpx.AsyncHTTPTransport()
         self.puts = 0
+
+    def _lost(self, request: httpx.Request) -> bool:
+        if request.method == "PUT":
+            self.puts += 1
+        return request.method == "PUT" and self.puts == 1
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response = self.inner.handle_request(request)
-        if request.method == "PUT":
-            self.puts += 1
-            if self.puts == 1:
-                response.read()
-                response.close()
-                raise httpx.ReadTimeout("the answer was lost", request=request)
+        if self._lost(request):
+            response.read()
+            response.close()
+            raise httpx.ReadTimeout("the answer was lost", request=request)
+        return response
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.async_inner.handle_async_request(request)
+        if self._lost(request):
+            await response.aread()
+            await response.aclose()
+            raise httpx.ReadTimeout("the answer was lost", request=request)
         return response
 
     def close(self) -> None:
         self.inner.close()
 
+    async def aclose(self) -> None:
+        await self.async_inner.aclose()
 
-def test_a_timed_out_first_submit_retried_makes_exactly_one_job(live_farm: LiveFarm, alice_token: str) -> None:
+
+def test_a_timed_out_first_submit_retried_makes_exactly_one_job(
+    live_farm: LiveFarm, alice_token: str, make_client: ClientMaker
+) -> None:
     transport = DropFirstResponse()
     tag = unique("retry")
-    with Client(live_farm.url, token=alice_token, transport=transport, retries=Retries(backoff_s=0.01)) as client:
+    with make_client(live_farm.url, token=alice_token, transport=transport, retries=Retries(backoff_s=0.01)) as client:
         job = client.submit(image=picture(7), **job_fields(tags=[tag]))
         assert transport.puts == 2  # the lost answer, then the retry that found the job
         done = client.wait(job.task_id, timeout=JOB_TIMEOUT_S)
         assert done.state is JobState.SUCCEEDED
-    with Client(live_farm.url, token=alice_token) as client:
+    with make_client(live_farm.url, token=alice_token) as client:
         tagged = [listed for listed in client.list(page_size=500) if listed.task_id == job.task_id]
         assert len(tagged) == 1
 
 
-def test_a_real_client_timeout_then_retry_makes_one_job(live_farm: LiveFarm, alice_token: str) -> None:
+def test_a_real_client_timeout_then_retry_makes_one_job(
+    live_farm: LiveFarm, alice_token: str, make_client: ClientMaker
+) -> None:
     """No wrapper: a read timeout far below what a submit takes, and enough retries that one finally answers."""
     retries = Retries(attempts=15, backoff_s=0.05, max_backoff_s=0.1)
     timeout = renderfarm.Timeout(5, read=0.001)
     task_id = unique("short")
-    with Client(live_farm.url, token=alice_token, timeout=timeout, retries=retries) as hasty:
-        with Client(live_farm.url, token=alice_token) as patient:
+    with make_client(live_farm.url, token=alice_token, timeout=timeout, retries=retries) as hasty:
+        with make_client(live_farm.url, token=alice_token) as patient:
             asset = patient.upload(picture(8)).asset_id  # the upload itself is not the point here
         # Every try may time out on a busy machine: the job may then exist or not, but never twice.
         with contextlib.suppress(renderfarm.RequestTimeout):
             hasty.submit(image=asset, task_id=task_id, **job_fields())
-    with Client(live_farm.url, token=alice_token) as client:
+    with make_client(live_farm.url, token=alice_token) as client:
         # The job may or may not have been created by one of the tries; either way the same id names one job.
         try:
             job = client.submit(image=asset, task_id=task_id, **job_fields())

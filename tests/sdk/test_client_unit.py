@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,9 +18,11 @@ from PIL import Image
 import renderfarm
 from renderfarm import Client, Grid, JobState, Retries, Timeout
 from renderfarm._transport import SSEParser
-from renderfarm.client import build_job_body
+from renderfarm.client import job_request
 from renderfarm.manifest import ManifestError, load_manifest
 from scheduler.batches import expand_grid
+from shared.job.ids import is_valid_task_id
+from tests.sdk.clients import ClientMaker
 
 URL = "http://farm.test"
 FAST = Retries(attempts=3, backoff_s=0.001, max_backoff_s=0.002)
@@ -47,9 +50,15 @@ def snapshot(task_id: str = "t1", state: str = "queued", seq: int = 1, **extra: 
     }
 
 
-def client_with(handler: Callable[[httpx.Request], httpx.Response], **kwargs: Any) -> Client:
-    kwargs.setdefault("retries", FAST)
-    return Client(URL, token="secret-token", transport=httpx.MockTransport(handler), **kwargs)
+@pytest.fixture
+def client_with(make_client: ClientMaker) -> Callable[..., Client]:
+    """A client of the farm that `handler` plays (the test runs with `Client` and with `AsyncClient`)."""
+
+    def make(handler: Callable[[httpx.Request], httpx.Response], **kwargs: Any) -> Client:
+        kwargs.setdefault("retries", FAST)
+        return make_client(URL, token="secret-token", transport=httpx.MockTransport(handler), **kwargs)
+
+    return make
 
 
 def error(status: int, type_: str, code: str, message: str = "no", **extra: Any) -> httpx.Response:
@@ -57,6 +66,11 @@ def error(status: int, type_: str, code: str, message: str = "no", **extra: Any)
     return httpx.Response(
         status, json={"error": {"type": type_, "code": code, "message": message, **extra}}, headers=headers
     )
+
+
+def fresh(response: httpx.Response) -> httpx.Response:
+    """A new response like `response`: a client takes over the stream of the one it gets, so none is served twice."""
+    return httpx.Response(response.status_code, headers=response.headers, content=response.content)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -76,9 +90,11 @@ def error(status: int, type_: str, code: str, message: str = "no", **extra: Any)
         (httpx.Response(502, text="<html>bad gateway</html>"), renderfarm.ServerError),
     ],
 )
-def test_error_answers_become_typed_exceptions(response: httpx.Response, expected: type[Exception]) -> None:
+def test_error_answers_become_typed_exceptions(
+    response: httpx.Response, expected: type[Exception], client_with: Callable[..., Client]
+) -> None:
     with (
-        client_with(lambda request: response, retries=Retries(attempts=1)) as client,
+        client_with(lambda request: fresh(response), retries=Retries(attempts=1)) as client,
         pytest.raises(expected) as caught,
     ):
         client.get("t1")
@@ -94,14 +110,14 @@ def test_error_answers_become_typed_exceptions(response: httpx.Response, expecte
         assert (exc.existing_request_hash, exc.request_hash) == ("a", "b")
 
 
-def test_try_later_answers_are_retried_and_retry_after_is_honoured() -> None:
+def test_try_later_answers_are_retried_and_retry_after_is_honoured(client_with: Callable[..., Client]) -> None:
     answers = [error(503, "unavailable", "database_unavailable", retry_after=0), httpx.Response(200, json=snapshot())]
     with client_with(lambda request: answers.pop(0)) as client:
         assert client.get("t1").task_id == "t1"
     assert answers == []
 
 
-def test_a_long_retry_after_is_raised_with_its_value() -> None:
+def test_a_long_retry_after_is_raised_with_its_value(client_with: Callable[..., Client]) -> None:
     calls = 0
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -115,7 +131,7 @@ def test_a_long_retry_after_is_raised_with_its_value() -> None:
     assert caught.value.retry_after_s == 3600
 
 
-def test_server_errors_are_not_retried_but_transport_failures_are() -> None:
+def test_server_errors_are_not_retried_but_transport_failures_are(client_with: Callable[..., Client]) -> None:
     calls: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -129,7 +145,7 @@ def test_server_errors_are_not_retried_but_transport_failures_are() -> None:
     assert len(calls) == 3
 
 
-def test_a_submit_retried_after_a_timeout_uses_the_same_task_id() -> None:
+def test_a_submit_retried_after_a_timeout_uses_the_same_task_id(client_with: Callable[..., Client]) -> None:
     paths: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -145,7 +161,7 @@ def test_a_submit_retried_after_a_timeout_uses_the_same_task_id() -> None:
     assert job.task_id.startswith("rf-")
 
 
-def test_timeouts_exhausted_raise_request_timeout() -> None:
+def test_timeouts_exhausted_raise_request_timeout(client_with: Callable[..., Client]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow", request=request)
 
@@ -157,7 +173,7 @@ def test_timeouts_exhausted_raise_request_timeout() -> None:
 # Waiting
 
 
-def test_wait_streams_events_and_drops_stale_snapshots() -> None:
+def test_wait_streams_events_and_drops_stale_snapshots(client_with: Callable[..., Client]) -> None:
     events = "".join(
         f"id: {seq}\nevent: snapshot\ndata: {json.dumps(snapshot(state=state, seq=seq))}\n\n"
         for seq, state in ((2, "running"), (1, "queued"), (5, "succeeded"))
@@ -176,7 +192,7 @@ def test_wait_streams_events_and_drops_stale_snapshots() -> None:
     assert seen == [2, 5]
 
 
-def test_wait_falls_back_to_polling_when_streaming_fails() -> None:
+def test_wait_falls_back_to_polling_when_streaming_fails(client_with: Callable[..., Client]) -> None:
     polls = 0
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -191,7 +207,7 @@ def test_wait_falls_back_to_polling_when_streaming_fails() -> None:
     assert polls == 3
 
 
-def test_wait_gives_up_after_its_timeout_with_the_last_snapshot() -> None:
+def test_wait_gives_up_after_its_timeout_with_the_last_snapshot(client_with: Callable[..., Client]) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/events"):
             raise httpx.ConnectError("no streams here", request=request)
@@ -214,7 +230,7 @@ def test_sse_parser_follows_the_event_stream_rules() -> None:
 # Downloads and the token
 
 
-def test_downloads_are_verified_and_the_token_stays_home(tmp_path: Path) -> None:
+def test_downloads_are_verified_and_the_token_stays_home(tmp_path: Path, client_with: Callable[..., Client]) -> None:
     good = b"\x89PNG good bytes"
     artifact = {
         "kind": "result",
@@ -247,7 +263,7 @@ def test_downloads_are_verified_and_the_token_stays_home(tmp_path: Path) -> None
     assert authorizations["storage.test"] is None  # presigned URLs must not carry a second credential
 
 
-def test_url_and_token_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_url_and_token_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, make_client: ClientMaker) -> None:
     monkeypatch.setenv("RENDERFARM_URL", "http://env.test:1234/")
     monkeypatch.setenv("RENDERFARM_TOKEN", "env-token")
     seen: list[httpx.Request] = []
@@ -256,7 +272,7 @@ def test_url_and_token_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
         seen.append(request)
         return httpx.Response(200, json=snapshot())
 
-    with Client(transport=httpx.MockTransport(handler)) as client:
+    with make_client(transport=httpx.MockTransport(handler)) as client:
         assert client.base_url == "http://env.test:1234"
         client.get("t1")
     assert seen[0].headers["authorization"] == "Bearer env-token"
@@ -280,14 +296,63 @@ def test_timeout_and_retries_are_value_objects() -> None:
 
 def test_job_bodies_take_shorthands_and_refuse_duplicates() -> None:
     image = Image.new("RGB", (64, 64))
-    body = build_job_body({"prompt": "a", "image": "x.png"}, mask=image, task_id="t1", fields={"steps": 4})
+    request = job_request({"prompt": "a", "image": "x.png"}, mask=image, task_id="t1", fields={"steps": 4})
+    body = request.as_batch_item()
     assert body == {"prompt": "a", "init_images": ["x.png"], "mask": image, "force_task_id": "t1", "steps": 4}
     with pytest.raises(ValueError, match="image"):
-        build_job_body({"init_images": ["a"]}, image="b")
+        job_request({"init_images": ["a"]}, image="b")
     with pytest.raises(ValueError, match="task_id"):
-        build_job_body({"force_task_id": "a"}, task_id="b")
+        job_request({"force_task_id": "a"}, task_id="b")
     with pytest.raises(TypeError):
-        build_job_body(42)  # type: ignore[arg-type]
+        job_request(42)  # type: ignore[arg-type]
+
+
+def test_the_task_id_goes_in_the_url_and_never_in_the_body(client_with: Callable[..., Client]) -> None:
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append((request.url.path, json.loads(request.content)))
+        return httpx.Response(200, json=snapshot(request.url.path.rsplit("/", 1)[1]))
+
+    image = "asset:" + "a" * 64
+    with client_with(handler) as client:
+        client.submit(image=image, task_id="mine", prompt="x")
+        client.submit({"image": image, "task_id": "from-the-spec"})
+        client.submit({"init_images": [image], "force_task_id": "a1111-style"}, task_id="a1111-style")
+        minted = client.submit(image=image)
+    assert [path for path, _ in sent] == [
+        "/v1/jobs/mine",
+        "/v1/jobs/from-the-spec",
+        "/v1/jobs/a1111-style",
+        f"/v1/jobs/{minted.task_id}",
+    ]
+    assert re.fullmatch(r"rf-[0-9a-f]{32}", minted.task_id)
+    for _, body in sent:
+        assert body["init_images"] == [image]
+        assert not {"task_id", "force_task_id"} & set(body)
+
+
+def test_batch_items_name_their_own_task_id_as_force_task_id(client_with: Callable[..., Client]) -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        created = {"mode": "jobs", "requested": 2, "enqueued": 2, "existing": 0, "task_ids": ["one", "b-1"]}
+        return httpx.Response(200, json={"batch_id": bodies[-1]["batch_id"], **created})
+
+    image = "asset:" + "b" * 64
+    with client_with(handler) as client:
+        client.submit_batch(jobs=[{"image": image, "task_id": "one"}, {"image": image}], defaults={"steps": 4})
+    [body] = bodies
+    assert body["jobs"] == [{"init_images": [image], "force_task_id": "one"}, {"init_images": [image]}]
+    assert body["defaults"] == {"steps": 4}
+
+
+def test_client_task_ids_have_the_contract_s_form() -> None:
+    task_id = renderfarm.new_task_id()
+    assert task_id.startswith("rf-")
+    assert is_valid_task_id(task_id)
+    assert task_id != renderfarm.new_task_id()
 
 
 def test_grid_size() -> None:
@@ -361,7 +426,17 @@ def test_bad_manifests_say_where(tmp_path: Path, text: str, message: str) -> Non
 def test_the_public_surface_is_explicit_and_documented() -> None:
     exported = set(renderfarm.__all__)
     public = {name for name in vars(renderfarm) if not name.startswith("_")}
-    modules = {"client", "manifest", "batch_runner", "contact_sheet", "client_cli", "cli", "demo", "embedded"}
+    modules = {
+        "client",
+        "manifest",
+        "batch_runner",
+        "contact_sheet",
+        "client_cli",
+        "cli",
+        "server_cli",
+        "demo",
+        "embedded",
+    }
     assert public - modules <= exported | {"annotations"}
     for name in exported - {"__version__", "JobState"}:  # JobState is the farm's own enum (shared.states)
         value = getattr(renderfarm, name)
@@ -372,3 +447,13 @@ def test_the_public_surface_is_explicit_and_documented() -> None:
         asynchronous = inspect.signature(getattr(renderfarm.AsyncClient, method))
         assert list(sync.parameters) == list(asynchronous.parameters), method
         assert inspect.iscoroutinefunction(getattr(renderfarm.AsyncClient, method)) or method == "list"
+
+
+def test_both_clients_offer_every_operation_of_the_shared_core() -> None:
+    from renderfarm._flows import ClientBase, Operations
+
+    operations = {name for name in vars(Operations) if not name.startswith("_")} - {"url", "headers", "exchange"}
+    for client in (renderfarm.Client, renderfarm.AsyncClient):
+        offered = {name for name in vars(client) if not name.startswith("_")} - {"close", "aclose"}
+        assert offered == operations, client
+        assert issubclass(client, ClientBase)

@@ -21,8 +21,30 @@ FORBIDDEN: dict[str, set[str]] = {
     "scheduler": {"renderfarm", "worker", *HEAVY},
     "worker": {"renderfarm", "scheduler"},
 }
-# The command line composes the farm; it may import scheduler and worker (inside functions, to stay fast).
-COMPOSERS = {"renderfarm/cli.py", "renderfarm/embedded.py", "renderfarm/demo.py"}
+# The server commands compose the farm; they may import scheduler and worker (inside functions, to stay fast).
+# renderfarm/cli.py imports them only when a server command runs.
+COMPOSERS = {"renderfarm/server_cli.py", "renderfarm/embedded.py", "renderfarm/demo.py"}
+# What the client install (`pip install renderfarm`, no extras) lacks: the SDK outside the composers imports none.
+SERVER_PACKAGES = {
+    "sqlalchemy",
+    "alembic",
+    "psycopg",
+    "celery",
+    "kombu",
+    "redis",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "boto3",
+    "botocore",
+    "prometheus_client",
+    "pydantic_settings",
+    "numpy",
+}
+
+# The shared modules that are pure (the standard library and pydantic): the job contract and what it uses. The SDK's
+# client install has these and no other shared module.
+PURE_SHARED_MODULES = ("shared.job", "shared.states", "shared.errors", "shared.sampler_names")
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -177,10 +199,6 @@ def test_the_door_checker_sees_a_bypass(tmp_path: Path) -> None:
 # No import circles
 
 PROJECT_PACKAGES = ("scheduler", "shared", "worker", "renderfarm")
-# Circles another branch of the same change removes; each entry is one circle's modules, sorted.
-KNOWN_CIRCLES: list[list[str]] = [
-    ["renderfarm._errors", "renderfarm._types"],  # removed by the sdk branch
-]
 
 
 def module_name(path: Path) -> str:
@@ -251,8 +269,7 @@ def import_circles() -> list[list[str]]:
 
 
 def test_no_import_circles() -> None:
-    circles = import_circles()
-    assert [circle for circle in circles if circle not in KNOWN_CIRCLES] == []
+    assert import_circles() == []
 
 
 def test_the_circle_finder_sees_a_circle_through_type_checking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -274,7 +291,6 @@ def test_the_circle_finder_sees_a_circle_through_type_checking(tmp_path: Path, m
 # The job contract (shared/job/) is used by the SDK, the scheduler and the worker alike, so it stays pure: the
 # standard library, pydantic, and the few shared modules that are pure themselves.
 JOB_CONTRACT_MAY_IMPORT = {"pydantic", "pydantic_core", "annotated_types", "typing_extensions"}
-JOB_CONTRACT_SHARED_MODULES = {"shared.config", "shared.errors", "shared.sampler_names"}
 
 
 def test_the_job_contract_is_pure() -> None:
@@ -290,9 +306,41 @@ def test_the_job_contract_is_pure() -> None:
             module
             for module in modules
             if module.split(".")[0] not in sys.stdlib_module_names | JOB_CONTRACT_MAY_IMPORT
-            and module not in JOB_CONTRACT_SHARED_MODULES
-            and not module.startswith("shared.job")
+            and not module.startswith(PURE_SHARED_MODULES)
         }
         if found:
             violations[str(path.relative_to(ROOT))] = sorted(found)
     assert violations == {}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The SDK installs alone
+
+
+def test_the_sdk_imports_only_what_the_client_install_has() -> None:
+    violations = {}
+    for path in modules_of("renderfarm"):
+        relative = str(path.relative_to(ROOT))
+        if relative in COMPOSERS:
+            continue
+        modules = imported_modules(path)
+        found = {name for name in modules if name.split(".")[0] in SERVER_PACKAGES}
+        found |= {
+            name for name in modules if name.split(".")[0] == "shared" and not name.startswith(PURE_SHARED_MODULES)
+        }
+        if found:
+            violations[relative] = sorted(found)
+    assert violations == {}
+
+
+def test_the_command_line_reaches_the_server_commands_only_lazily() -> None:
+    tree = ast.parse((ROOT / "renderfarm" / "cli.py").read_text(encoding="utf-8"))
+    top_level = set()
+    for node in tree.body:  # module level only: the imports inside functions run when their command runs
+        if isinstance(node, ast.Import):
+            top_level.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top_level.add(node.module)
+    composers = {f"renderfarm.{Path(relative).stem}" for relative in COMPOSERS}
+    assert top_level & composers == set()
+    assert {name for name in top_level if name.split(".")[0] in {"shared", "scheduler", "worker"}} == set()
