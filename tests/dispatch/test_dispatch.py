@@ -29,7 +29,7 @@ from tests.dispatch import (
     submit,
     take_message,
 )
-from tests.services import free_loopback_port
+from tests.processes import free_loopback_port
 
 pytestmark = pytest.mark.integration
 

@@ -215,7 +215,7 @@ def test_the_lost_check_with_no_grace_and_no_redis(
 def test_an_unreadable_redis_skips_the_lost_check(
     repo: JobRepository, app: Celery, dispatcher: Dispatcher, settings: Settings, clock: FakeClock
 ) -> None:
-    from tests.services import free_loopback_port
+    from tests.processes import free_loopback_port
 
     submit(repo, 2)
     dispatcher.dispatch_once()

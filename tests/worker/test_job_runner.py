@@ -21,7 +21,8 @@ from shared.db.tables import utcnow
 from shared.images import read_png_infotext
 from shared.states import JobState
 from shared.storage import S3Storage, Storage, StoredObject, asset_key
-from tests.services import S3Server, free_loopback_port
+from tests.processes import free_loopback_port
+from tests.services import S3Server
 from tests.worker.conftest import SIZE, TENANT, RecordingLive, Submitter, centre_mask, picture, upload_asset
 from worker.job_runner import PHASES, SEED_MODULUS, WorkerDeps, run_job
 from worker.processing import Processed, Progress, StableDiffusionProcessingImg2Img, process_images
