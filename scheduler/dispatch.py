@@ -25,6 +25,7 @@ from typing import Any
 
 from celery import Celery
 
+from scheduler.background import BackgroundLoop
 from shared.config import Settings
 from shared.db import JobRepository, JobRow
 from shared.live import KEY_PREFIX, LiveStatus
@@ -58,7 +59,7 @@ def marker_ttl_s(settings: Settings) -> int:
     return int(celery_config(settings)["visibility_timeout"])
 
 
-class Dispatcher:
+class Dispatcher(BackgroundLoop):
     """Publishes undispatched queued jobs, keeping at most `window_per_queue` messages in flight per queue.
 
     Args:
@@ -111,8 +112,7 @@ class Dispatcher:
 
             # Short timeouts: a hung Redis must not stall the round; a failed marker only costs a duplicate later.
             self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
+        super().__init__("dispatcher", DEFAULT_STOP_TIMEOUT_S)
         self._backlog = False  # the last round left undispatched jobs behind a full window
         self._thread: threading.Thread | None = None
         # One round at a time per process: the loop and a direct `dispatch_once()` call must not interleave.
@@ -212,26 +212,10 @@ class Dispatcher:
     # --------------------------------------------------------------------------------------------------------------
     # The loop
 
-    def wake(self) -> None:
-        """Make the loop run a round now (the API calls this after committing new jobs). Never blocks."""
-        self._wake.set()
-
-    def run_in_thread(self) -> threading.Thread:
-        """Start the loop in a daemon thread (once; a second call returns the running thread).
-
-        The loop runs a round at start (jobs left from before), then whenever woken or every `tick_s` seconds
-        (every `BUSY_TICK_S` while jobs wait behind a full window, so slots freed by workers are refilled at once).
-        An exception in a round is logged and the loop goes on.
-        """
-        if self._thread is not None and self._thread.is_alive():
-            return self._thread
-        self._stopping.clear()
-        self._wake.set()
-        self._thread = threading.Thread(target=self._loop, name="renderfarm-dispatcher", daemon=True)
-        self._thread.start()
-        return self._thread
-
     def _loop(self) -> None:
+        """A round at start (jobs left from before), then whenever woken (the API calls `wake()` after committing
+        new jobs) or every `tick_s` seconds (every `BUSY_TICK_S` while jobs wait behind a full window, so slots
+        freed by workers are refilled at once). An exception in a round is logged and the loop goes on."""
         last_round = float("-inf")
         while not self._stopping.is_set():
             busy = min(self._tick_s, BUSY_TICK_S)
@@ -257,18 +241,7 @@ class Dispatcher:
                 except Exception:
                     log.exception("the dispatcher's on_round callback failed")
 
-    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
-        """Stop the loop and wait up to `timeout_s` seconds for its current round; close the marker connection.
-
-        Idempotent. Raises `TimeoutError` when the loop's thread did not end in time.
-        """
-        self._stopping.set()
-        self._wake.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout_s)
-            if thread.is_alive():
-                raise TimeoutError(f"the dispatcher did not stop within {timeout_s} s")
+    def _close(self) -> None:
         if self._redis is not None:
             # redis-py reconnects on next use, so a later dispatch_once() still works.
             self._redis.close()

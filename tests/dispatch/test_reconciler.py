@@ -72,7 +72,7 @@ def dispatcher(repo: JobRepository, app: Celery, live: RedisLiveStatus, settings
 def reconciler(
     repo: JobRepository, app: Celery, live: RedisLiveStatus, settings: Settings, dispatcher: Dispatcher
 ) -> Iterator[Reconciler]:
-    reconciler = Reconciler(repo, app, live, settings, on_requeue=dispatcher.wake)
+    reconciler = Reconciler(repo, live, settings, on_requeue=dispatcher.wake)
     yield reconciler
     reconciler.stop()
 
@@ -196,14 +196,14 @@ def test_the_lost_check_with_no_grace_and_no_redis(
 
     # Grace 0 still needs the dispatch to be in the past: the repository's clock moves on.
     clock.advance(0.001)
-    eager = Reconciler(repo, app, live, settings, lost_grace_s=0)
+    eager = Reconciler(repo, live, settings, lost_grace_s=0)
     try:
         assert eager.run_once() == ReconcileReport(lost=(jobs[0].id,))
     finally:
         eager.stop()
 
     embedded = Settings(_env_file=None)
-    blind = Reconciler(repo, app, LocalLiveStatus(), embedded, lost_grace_s=0)
+    blind = Reconciler(repo, LocalLiveStatus(), embedded, lost_grace_s=0)
     try:
         report = blind.run_once()
         assert report.lost_check_skipped
@@ -220,7 +220,7 @@ def test_an_unreadable_redis_skips_the_lost_check(
     submit(repo, 2)
     dispatcher.dispatch_once()
     clock.advance(DEFAULT_LOST_GRACE_S + 1)
-    down = Reconciler(repo, app, LocalLiveStatus(), settings, redis_url=f"redis://127.0.0.1:{free_loopback_port()}/0")
+    down = Reconciler(repo, LocalLiveStatus(), settings, redis_url=f"redis://127.0.0.1:{free_loopback_port()}/0")
     try:
         report = down.run_once()
     finally:
@@ -250,7 +250,7 @@ def test_the_loop_requeues_and_wakes_the_dispatcher(
     repo.claim(job.id, "gpu-0", LEASE_S)
     clock.advance(LEASE_S + 1)
     woken = threading.Event()
-    reconciler = Reconciler(repo, app, live, settings, on_requeue=woken.set)
+    reconciler = Reconciler(repo, live, settings, on_requeue=woken.set)
     thread = reconciler.run_in_thread()
     try:
         assert woken.wait(EVENT_TIMEOUT_S), "the loop did not re-queue the expired job"
