@@ -41,8 +41,8 @@ DEFAULT_WINDOW_PER_QUEUE = 16
 DEFAULT_TICK_S = 1.0  # seconds between rounds when nobody wakes the dispatcher (workers free window slots)
 # Seconds between rounds while jobs wait behind a full window. Workers free window slots by claiming, and nothing
 # wakes the dispatcher then; with only the 1 s tick a farm whose jobs take less than a second per window's worth
-# ran at most `window` jobs per second (bench/scaling.py: 4 jobs/s with 2 workers and a window of 4, whatever the
-# render time). A round with nothing to publish is one indexed GROUP BY, so this costs little.
+# would run at most `window` jobs per second, whatever the render time (bench/scaling.py shows it with 2 workers and
+# a window of 4). A round with nothing to publish is one indexed GROUP BY, so this costs little.
 BUSY_TICK_S = 0.05
 MAX_CLAIM_PER_ROUND = 256  # jobs claimed per queue in one transaction; a bigger backlog takes further rounds
 DEFAULT_STOP_TIMEOUT_S = 10.0  # seconds `stop()` waits for the loop's current round to finish
@@ -90,8 +90,6 @@ class Dispatcher(BackgroundLoop):
         tick_s: float = DEFAULT_TICK_S,
         on_round: Callable[[int], None] | None = None,
     ) -> None:
-        # The setting RENDERFARM_DISPATCH_WINDOW_PER_QUEUE existed but was never read here, so a farm with more
-        # workers per queue than the default window left the extra workers idle (bench/scaling.py measured it).
         window = settings.dispatch_window_per_queue if window_per_queue is None else window_per_queue
         if window < 1:
             raise ValueError(f"window_per_queue must be at least 1, not {window}")
