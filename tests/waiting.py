@@ -13,7 +13,11 @@ MAX_INTERVAL_S = 0.1
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout: float, what: str | Callable[[], str], *, max_interval: float = MAX_INTERVAL_S
+    predicate: Callable[[], T | None],
+    timeout: float,
+    what: str | Callable[[], str],
+    *,
+    max_interval: float = MAX_INTERVAL_S,
 ) -> T:
     """Call `predicate` until it returns something truthy and return that; after `timeout` seconds, raise an
     AssertionError that names `what` and the predicate's last value. `what` may be a callable, for a description

@@ -126,7 +126,7 @@ def farm(
         upgrade(database_url)
         port = free_loopback_port()
         settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             data_dir=data_dir,
             database_url=database_url,
             redis_url=redis_url,

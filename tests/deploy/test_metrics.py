@@ -256,7 +256,7 @@ def test_broker_list_lengths_come_from_redis(repo: JobRepository, clock: Clock, 
 def test_install_metrics_serves_get_metrics(repo: JobRepository, clock: Clock, tmp_path: Path) -> None:
     """What the lead wires into create_app: one call adds GET /metrics."""
     play_a_day(repo, clock)
-    settings = Settings(data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
+    settings = Settings(data_dir=tmp_path, _env_file=None)
     app = FastAPI()
     close = install_metrics(app, SimpleNamespace(settings=settings, repo=repo))
     try:
@@ -297,8 +297,13 @@ def test_worker_metrics_count_what_the_worker_did() -> None:
     metrics.record_outcome(outcome, "sd15")
     metrics.record_outcome(SimpleNamespace(state="skipped", timings_ms={"claim": 1.0}), None)
 
-    loads = []
-    loader = metrics.instrument_loader(lambda name: loads.append(name) or f"model:{name}")
+    loads: list[str] = []
+
+    def load(name: str) -> str:
+        loads.append(name)
+        return f"model:{name}"
+
+    loader = metrics.instrument_loader(load)
     assert loader("sd15") == "model:sd15"
 
     def broken(name: str) -> str:
@@ -398,4 +403,4 @@ def test_metrics_server_off_and_ports_per_gpu() -> None:
     assert metrics_port_for(9400, None) == 9400
     assert metrics_port_for(9400, 3) == 9403
     assert metrics_port_for(0, 3) == 0
-    assert Settings(_env_file=None).metrics_port == 9400  # type: ignore[call-arg]
+    assert Settings(_env_file=None).metrics_port == 9400

@@ -28,6 +28,7 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE_S = 60.0
 QUEUE = queue_name("tiny", batch=False)
 OTHER_QUEUE = queue_name("tiny", batch=True)
+EVENT_TIMEOUT_S = 30.0  # generous: only reached when the behaviour under test is broken
 
 
 class FakeClock:

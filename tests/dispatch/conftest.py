@@ -8,14 +8,21 @@ from pathlib import Path
 import pytest
 import redis
 
+from shared.config import Settings
 from shared.db import JobRepository
-from tests.dispatch import FakeClock, prepare_database, repository
+from tests.dispatch import FakeClock, cluster_settings, prepare_database, repository
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     postgres_url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
     return prepare_database(request.param, tmp_path, postgres_url)
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    """Cluster settings on the test's Redis; the reconciler's loop runs every 50 ms."""
+    return cluster_settings(redis_url, reconcile_interval_s=0.05)
 
 
 @pytest.fixture

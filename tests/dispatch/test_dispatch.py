@@ -18,6 +18,7 @@ from shared.live import LocalLiveStatus, RedisLiveStatus
 from shared.queueing import RENDER_TASK, make_celery_app
 from shared.states import JobState
 from tests.dispatch import (
+    EVENT_TIMEOUT_S,
     LEASE_S,
     OTHER_QUEUE,
     QUEUE,
@@ -32,13 +33,6 @@ from tests.dispatch import (
 from tests.processes import free_loopback_port
 
 pytestmark = pytest.mark.integration
-
-EVENT_TIMEOUT_S = 30.0  # generous: only reached when the behaviour under test is broken
-
-
-@pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return cluster_settings(redis_url)
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from shared.live import LiveProgress, LocalLiveStatus, RedisLiveStatus
 from shared.queueing import make_celery_app
 from shared.states import JobState
 from tests.dispatch import (
+    EVENT_TIMEOUT_S,
     LEASE_S,
     QUEUE,
     FakeClock,
@@ -38,13 +39,6 @@ from tests.dispatch import (
 )
 
 pytestmark = pytest.mark.integration
-
-EVENT_TIMEOUT_S = 30.0  # generous: only reached when the behaviour under test is broken
-
-
-@pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return cluster_settings(redis_url, reconcile_interval_s=0.05)
 
 
 @pytest.fixture

@@ -79,7 +79,7 @@ def live(redis_url: str) -> Iterator[RecordingLive]:
 
 @pytest.fixture
 def settings(tmp_path: Path, worker_db_url: str, s3_env: S3Server, bucket: str) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         _env_file=None,
         data_dir=tmp_path / "data",
         database_url=worker_db_url,

@@ -282,9 +282,9 @@ def test_lease_lost_mid_render_stops_without_writing(
 class TakeoverOnFirstPut(S3Storage):
     """Storage whose first artifact upload coincides with another worker taking the job over."""
 
-    def __init__(self, base: S3Storage, takeover: Callable[[], None]) -> None:
+    def __init__(self, base: S3Storage, takeover: Callable[[], object]) -> None:
         super().__init__(base.bucket, "farm", endpoint_url=base.endpoint_url, region=base.region)
-        self._takeover: Callable[[], None] | None = takeover
+        self._takeover: Callable[[], object] | None = takeover
 
     def put(self, key: str, data: bytes, content_type: str, sha256: str | None = None) -> StoredObject:
         if self._takeover is not None and "/~assets/" not in key:
