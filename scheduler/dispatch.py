@@ -54,6 +54,18 @@ def dispatched_marker(job_id: object) -> str:
     return f"{DISPATCHED_MARKER_PREFIX}{job_id}"
 
 
+def marker_store(redis_url: str | None) -> Any:
+    """The Redis client of the dispatch markers, or None without a Redis URL (the embedded farm sets none).
+
+    Short timeouts: a hung Redis must not stall a dispatch or reconcile round; a failed marker only costs a
+    duplicate message later."""
+    if not redis_url:
+        return None
+    import redis
+
+    return redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+
+
 def marker_ttl_s(settings: Settings) -> int:
     """Seconds a dispatch marker lives: the broker's visibility timeout (an unacked message lives that long)."""
     return int(celery_config(settings)["visibility_timeout"])
@@ -103,13 +115,7 @@ class Dispatcher(BackgroundLoop):
         self._tick_s = tick_s
         self._on_round = on_round
         self._marker_ttl_s = marker_ttl_s(settings)
-        url = redis_url or settings.redis_url
-        self._redis: Any = None
-        if url:
-            import redis
-
-            # Short timeouts: a hung Redis must not stall the round; a failed marker only costs a duplicate later.
-            self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._redis = marker_store(redis_url or settings.redis_url)
         super().__init__("dispatcher", DEFAULT_STOP_TIMEOUT_S)
         self._backlog = False  # the last round left undispatched jobs behind a full window
         self._thread: threading.Thread | None = None

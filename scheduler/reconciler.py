@@ -22,10 +22,9 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from scheduler.background import BackgroundLoop
-from scheduler.dispatch import Dispatcher, dispatched_marker
+from scheduler.dispatch import Dispatcher, dispatched_marker, marker_store
 from shared.config import Settings
 from shared.db import JobRepository, JobRow, make_engine
 from shared.live import LiveStatus, open_live_status
@@ -107,12 +106,7 @@ class Reconciler(BackgroundLoop):
         self._settings = settings
         self._lost_grace_s = lost_grace_s
         self._on_requeue = on_requeue
-        url = redis_url or settings.redis_url
-        self._redis: Any = None
-        if url:
-            import redis
-
-            self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self._redis = marker_store(redis_url or settings.redis_url)
         super().__init__("reconciler", DEFAULT_STOP_TIMEOUT_S)
         self._run_lock = threading.Lock()
 
