@@ -57,6 +57,22 @@ def fresh_postgres_database(admin_url: str = POSTGRES_ADMIN_URL, prefix: str = "
         admin.dispose()
 
 
+def empty_all_tables(database_url: str) -> None:
+    """Truncate every table of a migrated database: a clean slate per test on a database kept for the session."""
+    import sqlalchemy as sa
+
+    from shared.db import make_engine
+    from shared.db.tables import metadata
+
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            names = ", ".join(table.name for table in metadata.sorted_tables)
+            conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
+    finally:
+        engine.dispose()
+
+
 @contextmanager
 def isolated_redis_database(
     base_url: str = REDIS_BASE_URL, numbers: Sequence[int] = REDIS_TEST_DBS, owner: str = "renderfarm-test-run"

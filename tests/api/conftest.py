@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -27,12 +26,11 @@ from PIL import Image
 from scheduler.app import create_app
 from shared.config import Settings
 from shared.db import ArtifactRecord, JobRepository, JobRow, make_engine, upgrade
-from shared.db.tables import metadata
 from shared.images import encode_png
 from shared.live import LiveProgress, LiveStatus, LocalLiveStatus, RedisLiveStatus
 from shared.storage import Storage, artifact_key, open_storage
 from tests.processes import free_loopback_port, serve_in_thread
-from tests.services import S3Server
+from tests.services import S3Server, empty_all_tables
 
 ALICE_TOKEN = "alice-token-0123456789abcdef"
 BOB_TOKEN = "bob-token-0123456789abcdefgh"
@@ -141,16 +139,6 @@ class Farm:
             close()
 
 
-def _truncate(url: str) -> None:
-    engine = make_engine(url)
-    try:
-        with engine.begin() as conn:
-            names = ", ".join(table.name for table in metadata.sorted_tables)
-            conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture(scope="session")
 def migrated_postgres(postgres_url: str) -> str:
     upgrade(postgres_url)
@@ -180,7 +168,7 @@ def make_farm(farm_kind: str, request: pytest.FixtureRequest, tmp_path: Path) ->
         else:
             database_url = request.getfixturevalue("migrated_postgres")
             if not farms:
-                _truncate(database_url)
+                empty_all_tables(database_url)
             s3: S3Server = request.getfixturevalue("s3_env")
             values.update(
                 database_url=database_url,

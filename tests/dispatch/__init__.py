@@ -12,37 +12,21 @@ import itertools
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import redis
-import sqlalchemy as sa
 
 from shared.config import Settings
 from shared.db import JobRepository, JobRow, make_engine, upgrade
-from shared.db.tables import metadata
 from shared.queueing import queue_name
+from tests.clock import FakeClock
+from tests.services import empty_all_tables
 
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE_S = 60.0
 QUEUE = queue_name("tiny", batch=False)
 OTHER_QUEUE = queue_name("tiny", batch=True)
 EVENT_TIMEOUT_S = 30.0  # generous: only reached when the behaviour under test is broken
-
-
-class FakeClock:
-    """A settable UTC clock, so lease expiry, grace periods and ordering by time are exact and instant."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
 
 
 def prepare_database(kind: str, tmp_path: Path, postgres_url: str | None) -> str:
@@ -53,13 +37,7 @@ def prepare_database(kind: str, tmp_path: Path, postgres_url: str | None) -> str
         return url
     assert postgres_url is not None
     upgrade(postgres_url)  # idempotent: a no-op after the first test
-    engine = make_engine(postgres_url)
-    try:
-        with engine.begin() as conn:
-            names = ", ".join(table.name for table in metadata.sorted_tables)
-            conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
-    finally:
-        engine.dispose()
+    empty_all_tables(postgres_url)
     return postgres_url
 
 

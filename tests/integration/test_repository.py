@@ -7,7 +7,7 @@ import itertools
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,28 +23,14 @@ from shared.db import (
     make_engine,
     upgrade,
 )
-from shared.db.tables import metadata
 from shared.errors import Conflict, DatabaseUnavailable, InputError, LeaseLost, NotFound
 from shared.states import ALLOWED_TRANSITIONS, JobState
+from tests.clock import FakeClock
+from tests.services import empty_all_tables
 
 pytestmark = pytest.mark.integration
 
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LEASE_S = 60.0
-
-
-class FakeClock:
-    """A settable UTC clock, so lease expiry and ordering by time are exact and instant."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
 
 
 @pytest.fixture(scope="session")
@@ -62,14 +48,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
         return
     url = request.getfixturevalue("migrated_postgres_url")
-    engine = make_engine(url)
-    try:
-        with engine.begin() as conn:
-            # Empty tables for each test; one database per session keeps the suite fast.
-            names = ", ".join(table.name for table in metadata.sorted_tables)
-            conn.execute(sa.text(f"TRUNCATE {names} CASCADE"))
-    finally:
-        engine.dispose()
+    empty_all_tables(url)  # empty tables for each test; one database per session keeps the suite fast
     yield url
 
 

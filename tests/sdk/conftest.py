@@ -12,7 +12,6 @@ jobs or take their messages.
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -22,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from PIL import Image
 
 from shared.config import Settings
 from shared.db import upgrade
 from shared.queueing import make_celery_app
+from tests.pictures import centre_mask, png_bytes
+from tests.pictures import picture as picture
 from tests.processes import Proc, free_loopback_port, spawn, wait_celery_workers_ready, wait_until_http_ready
 from tests.services import S3Server, fresh_postgres_database, isolated_redis_database
 
@@ -141,25 +141,8 @@ def live_farm(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> 
 # Pictures and jobs
 
 
-def picture(seed: int = 0) -> Image.Image:
-    """A 64×64 gradient that differs per seed (so uploads of different seeds are different assets)."""
-    image = Image.new("RGB", (SIZE, SIZE))
-    image.putdata(
-        [((x * 4 + seed) % 256, (y * 4) % 256, (x * y + seed * 7) % 256) for y in range(SIZE) for x in range(SIZE)]
-    )
-    return image
-
-
-def mask_picture() -> Image.Image:
-    mask = Image.new("L", (SIZE, SIZE), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    return mask
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+mask_picture = centre_mask  # the names these tests use for the shared pictures
+png = png_bytes
 
 
 def job_fields(**overrides: Any) -> dict[str, Any]:

@@ -4,7 +4,6 @@ and a helper that submits a job the way the API stores one (images uploaded as a
 from __future__ import annotations
 
 import hashlib
-import io
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,8 @@ from shared.live import LiveProgress, RedisLiveStatus
 from shared.queueing import queue_name
 from shared.spec import SpecLimits, parse_job, request_hash
 from shared.storage import S3Storage, Storage, asset_key
+from tests.pictures import centre_mask as centre_mask
+from tests.pictures import picture, png_bytes
 from tests.services import S3Server
 from worker.job_runner import WorkerDeps
 from worker.models import LoadedModel, ModelNotFound, load_model
@@ -115,27 +116,6 @@ def deps(
         models=TinyModels(tiny_model),
         worker_name="test-worker",
     )
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def picture(seed: int = 0) -> Image.Image:
-    """A deterministic 64×64 gradient with some noise, so renders differ visibly."""
-    image = Image.new("RGB", (SIZE, SIZE))
-    image.putdata(
-        [((x * 4 + seed) % 256, (y * 4) % 256, (x * y + seed * 7) % 256) for y in range(SIZE) for x in range(SIZE)]
-    )
-    return image
-
-
-def centre_mask() -> Image.Image:
-    mask = Image.new("L", (SIZE, SIZE), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    return mask
 
 
 def upload_asset(repo: JobRepository, storage: Storage, image: Image.Image, tenant: str = TENANT) -> str:
