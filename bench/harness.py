@@ -43,6 +43,7 @@ STOP_TIMEOUT_S = 20.0
 TENANT = "bench"
 TOKEN = "bench-token-0123456789abcdef"  # noqa: S105 - a bench-only token for a bench-only database
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH_TOKENS = f"{TENANT}:{TOKEN}"  # RENDERFARM_API_TOKENS of the benchmark's farm
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -278,29 +279,16 @@ class Farm:
 def farm(extra_env: dict[str, str] | None = None, *, keep_logs: bool = False) -> Iterator[Farm]:
     """A whole farm of its own (no scheduler or workers started yet: call `start_scheduler` / `start_workers`)."""
     from shared.config import Settings
+    from tests.services import S3Server, farm_environment
 
     log_dir = Path(tempfile.mkdtemp(prefix="renderfarm-bench-"))
     data_dir = log_dir / "data"
     data_dir.mkdir()
     with postgres_database() as database_url, redis_database() as redis_url, s3_server() as s3:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("RENDERFARM_")}
-        env.update(
-            {
-                "PYTHONUNBUFFERED": "1",
-                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1",
-                "RENDERFARM_DATABASE_URL": database_url,
-                "RENDERFARM_REDIS_URL": redis_url,
-                "RENDERFARM_STORAGE_URL": f"s3://{s3.bucket}/farm",
-                "RENDERFARM_S3_ENDPOINT_URL": s3.endpoint_url,
-                "RENDERFARM_API_TOKENS": f"{TENANT}:{TOKEN}",
-                "RENDERFARM_DATA_DIR": str(data_dir),
-                "RENDERFARM_METRICS_PORT": "0",  # many workers on one host must not compete for one port
-                **(extra_env or {}),
-            }
-        )
+        env = farm_environment(database_url, redis_url, S3Server(s3.endpoint_url), s3.bucket, AUTH_TOKENS, data_dir)
+        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+        env["RENDERFARM_METRICS_PORT"] = "0"  # many workers on one host must not compete for one port
+        env.update(extra_env or {})
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
             os.environ.setdefault(key, env[key])  # the benchmark's own boto3 clients
         values: dict[str, Any] = {

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -150,3 +151,29 @@ def running_s3_server(start_timeout_s: float = SERVICE_START_TIMEOUT_S) -> Itera
         yield S3Server(endpoint)
     finally:
         stop_process_group(process, timeout_s=10)
+
+
+def farm_environment(
+    database_url: str, redis_url: str, s3: S3Server, bucket: str, api_tokens: str, data_dir: Path, **more: str
+) -> dict[str, str]:
+    """The environment of a farm's processes (scheduler, workers) on these services: this process's environment
+    without its RENDERFARM_* variables, one torch thread, unbuffered output, the S3 credentials, the RENDERFARM_*
+    settings that point at the services, and `more` (full variable names) on top."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RENDERFARM_")}
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            "AWS_ACCESS_KEY_ID": s3.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+            "AWS_DEFAULT_REGION": s3.region,
+            "RENDERFARM_DATABASE_URL": database_url,
+            "RENDERFARM_REDIS_URL": redis_url,
+            "RENDERFARM_STORAGE_URL": f"s3://{bucket}/farm",
+            "RENDERFARM_S3_ENDPOINT_URL": s3.endpoint_url,
+            "RENDERFARM_API_TOKENS": api_tokens,
+            "RENDERFARM_DATA_DIR": str(data_dir),
+            **more,
+        }
+    )
+    return env

@@ -19,7 +19,6 @@ whole process group is killed at teardown; logs go to files under the session's 
 from __future__ import annotations
 
 import io
-import os
 import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -41,7 +40,7 @@ from tests.processes import (
     wait_celery_workers_ready,
     wait_until_http_ready,
 )
-from tests.services import S3Server, fresh_postgres_database, isolated_redis_database
+from tests.services import S3Server, farm_environment, fresh_postgres_database, isolated_redis_database
 from tests.waiting import wait_until
 
 ALICE_TOKEN = "e2e-alice-token-0123456789"
@@ -122,24 +121,8 @@ def farm_env(e2e_databases: tuple[str, str], s3_server: S3Server, tmp_path_facto
     for name in TEST_MODELS:
         (models_dir / name).symlink_to(tiny, target_is_directory=True)
     bucket = s3_server.new_bucket()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RENDERFARM_")}
-    env.update(
-        {
-            "OMP_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1",
-            "AWS_ACCESS_KEY_ID": s3_server.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key,
-            "AWS_DEFAULT_REGION": s3_server.region,
-            "RENDERFARM_DATABASE_URL": postgres_url,
-            "RENDERFARM_REDIS_URL": redis_url,
-            "RENDERFARM_STORAGE_URL": f"s3://{bucket}/farm",
-            "RENDERFARM_S3_ENDPOINT_URL": s3_server.endpoint_url,
-            "RENDERFARM_API_TOKENS": TOKENS,
-            "RENDERFARM_DATA_DIR": str(data_dir),
-            "RENDERFARM_MODELS_DIR": str(models_dir),
-            **FAST_SETTINGS,
-        }
-    )
+    env = farm_environment(postgres_url, redis_url, s3_server, bucket, TOKENS, data_dir, **FAST_SETTINGS)
+    env["RENDERFARM_MODELS_DIR"] = str(models_dir)
     settings = Settings(
         _env_file=None,
         data_dir=data_dir,

@@ -12,7 +12,6 @@ jobs or take their messages.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
@@ -28,7 +27,7 @@ from shared.queueing import make_celery_app
 from tests.pictures import centre_mask, png_bytes
 from tests.pictures import picture as picture
 from tests.processes import Proc, free_loopback_port, spawn, wait_celery_workers_ready, wait_until_http_ready
-from tests.services import S3Server, fresh_postgres_database, isolated_redis_database
+from tests.services import S3Server, farm_environment, fresh_postgres_database, isolated_redis_database
 
 MODEL = "sdk-standin"  # the model name of these tests' jobs, hence their queues
 QUEUES = (f"rf.{MODEL}.interactive", f"rf.{MODEL}.batch")
@@ -73,26 +72,8 @@ def live_farm(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> 
         bucket = s3_server.new_bucket()
         port = free_loopback_port()
         url = f"http://127.0.0.1:{port}"
-        env = {key: value for key, value in os.environ.items() if not key.startswith("RENDERFARM_")}
-        env.update(
-            {
-                "OMP_NUM_THREADS": "1",
-                "PYTHONUNBUFFERED": "1",
-                "AWS_ACCESS_KEY_ID": s3_server.access_key_id,
-                "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key,
-                "AWS_DEFAULT_REGION": s3_server.region,
-                "RENDERFARM_DATABASE_URL": database_url,
-                "RENDERFARM_REDIS_URL": redis_url,
-                "RENDERFARM_STORAGE_URL": f"s3://{bucket}/farm",
-                "RENDERFARM_S3_ENDPOINT_URL": s3_server.endpoint_url,
-                "RENDERFARM_API_TOKENS": TOKENS,
-                "RENDERFARM_DATA_DIR": str(data_dir),
-                "RENDERFARM_MODELS_DIR": str(models_dir),
-                "RENDERFARM_MODEL": MODEL,
-                "RENDERFARM_PUBLIC_URL": url,
-                **FAST_SETTINGS,
-            }
-        )
+        env = farm_environment(database_url, redis_url, s3_server, bucket, TOKENS, data_dir, **FAST_SETTINGS)
+        env.update(RENDERFARM_MODELS_DIR=str(models_dir), RENDERFARM_MODEL=MODEL, RENDERFARM_PUBLIC_URL=url)
         settings = Settings(
             _env_file=None, data_dir=data_dir, database_url=database_url, redis_url=redis_url, api_tokens=TOKENS
         )
