@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -84,8 +83,6 @@ class Dispatcher(BackgroundLoop):
         redis_url: where to set the `rf:dispatched:{id}` markers; None means `settings.redis_url` (the embedded
             default has none and sets no markers: its in-memory broker cannot lose messages while it runs).
         tick_s: seconds the loop waits for a `wake()` before it runs a round anyway.
-        on_round: called from the loop's thread with the number of messages published after each round that did
-            not raise (for tests and metrics). It must not block.
 
     Raises `ValueError` for a window below 1 or a tick that is not positive.
     """
@@ -100,7 +97,6 @@ class Dispatcher(BackgroundLoop):
         window_per_queue: int | None = None,
         redis_url: str | None = None,
         tick_s: float = DEFAULT_TICK_S,
-        on_round: Callable[[int], None] | None = None,
     ) -> None:
         window = settings.dispatch_window_per_queue if window_per_queue is None else window_per_queue
         if window < 1:
@@ -113,7 +109,6 @@ class Dispatcher(BackgroundLoop):
         self._settings = settings
         self._window = window
         self._tick_s = tick_s
-        self._on_round = on_round
         self._marker_ttl_s = marker_ttl_s(settings)
         self._redis = marker_store(redis_url or settings.redis_url)
         super().__init__("dispatcher", DEFAULT_STOP_TIMEOUT_S)
@@ -235,15 +230,9 @@ class Dispatcher(BackgroundLoop):
                 break
             last_round = time.monotonic()
             try:
-                published = self.dispatch_once()
+                self.dispatch_once()
             except Exception:
                 log.exception("dispatch round failed; retrying in %.1f s", self._tick_s)
-                continue
-            if self._on_round is not None:
-                try:
-                    self._on_round(published)
-                except Exception:
-                    log.exception("the dispatcher's on_round callback failed")
 
     def _close(self) -> None:
         if self._redis is not None:
