@@ -113,7 +113,6 @@ class Dispatcher(BackgroundLoop):
         self._redis = marker_store(redis_url or settings.redis_url)
         super().__init__("dispatcher", DEFAULT_STOP_TIMEOUT_S)
         self._backlog = False  # the last round left undispatched jobs behind a full window
-        self._thread: threading.Thread | None = None
         # One round at a time per process: the loop and a direct `dispatch_once()` call must not interleave.
         self._round_lock = threading.Lock()
 
