@@ -20,11 +20,8 @@ import asyncio
 import contextlib
 import math
 import os
-import random
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,17 +31,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.processes import Proc, free_loopback_port, spawn, wait_celery_workers_ready, wait_until_http_ready
+
 POSTGRES_ADMIN_URL = os.environ.get(
     "RENDERFARM_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_BASE_URL = os.environ.get("RENDERFARM_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 REDIS_DBS = range(15, 0, -1)  # claimed from the top: the test suite claims from the bottom
-REDIS_CLAIM_TTL_S = 3 * 3600  # a claim of a killed run expires on its own
 READY_TIMEOUT_S = 180.0  # a worker imports torch and loads a model; 32 of them at once on two cores take a while
 STOP_TIMEOUT_S = 20.0
 TENANT = "bench"
 TOKEN = "bench-token-0123456789abcdef"  # noqa: S105 - a bench-only token for a bench-only database
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+AUTH_TOKENS = f"{TENANT}:{TOKEN}"  # RENDERFARM_API_TOKENS of the benchmark's farm
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -71,162 +70,45 @@ def median(values: Sequence[float]) -> float:
 # Services
 
 
+# The services and processes are the test suite's (tests/services.py, tests/processes.py): one harness for both,
+# with the benchmarks' own database names, Redis numbers (claimed from the top) and buckets. tests.services is
+# imported where it is used, so that the scheduler process this module serves does not import pytest.
+
+
 @contextlib.contextmanager
 def postgres_database(migrate: bool = True) -> Iterator[str]:
     """Create `renderfarm_bench_<random>`, migrate it, yield its URL, drop it (WITH FORCE) afterwards."""
-    import sqlalchemy as sa
-
     from shared.db import upgrade
+    from tests.services import fresh_postgres_database
 
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"renderfarm_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with fresh_postgres_database(POSTGRES_ADMIN_URL, prefix="renderfarm_bench") as url:
         if migrate:
             upgrade(url)
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @contextlib.contextmanager
 def redis_database() -> Iterator[str]:
     """Claim a free Redis database number (1-15), flush it, yield its URL; flush and release it afterwards."""
-    import redis
+    from tests.services import isolated_redis_database
 
-    control = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
-    marker = f"renderfarm-bench-run:{uuid.uuid4().hex}"
-    for db in REDIS_DBS:
-        if control.set(f"renderfarm-test-db:{db}", marker, nx=True, ex=REDIS_CLAIM_TTL_S):
-            break
-    else:
-        raise RuntimeError("every Redis database 1-15 is claimed by a test or benchmark run")
-    url = f"{REDIS_BASE_URL}/{db}"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    try:
+    with isolated_redis_database(REDIS_BASE_URL, REDIS_DBS, owner="renderfarm-bench-run") as url:
         yield url
-    finally:
-        client.flushdb()
-        client.close()
-        if control.get(f"renderfarm-test-db:{db}") == marker.encode():
-            control.delete(f"renderfarm-test-db:{db}")
-        control.close()
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(
-    url: str, alive: Callable[[], bool], timeout_s: float = READY_TIMEOUT_S, *, want: int | None = None
-) -> None:
-    """Poll `url` until it answers (with status `want`, if given); raise if `alive()` turns false or time runs out."""
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    delay = 0.05
-    while True:
-        if not alive():
-            raise RuntimeError(f"the server of {url} exited before it was ready")
-        try:
-            response = httpx.get(url, timeout=2.0)
-            if want is None or response.status_code == want:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{url} was not ready within {timeout_s} s")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
 
 
 @dataclass
 class S3:
     endpoint_url: str
     bucket: str
-    process: subprocess.Popen[bytes]
 
 
 @contextlib.contextmanager
 def s3_server() -> Iterator[S3]:
     """moto's S3 server on a free loopback port with one fresh bucket."""
-    import boto3
+    from tests.services import running_s3_server
 
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{endpoint}/moto-api/", lambda: process.poll() is None, 60)
-        bucket = f"rf-bench-{uuid.uuid4().hex[:12]}"
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",  # noqa: S106 - moto accepts any credentials
-        )
-        client.create_bucket(Bucket=bucket)
-        client.close()
-        yield S3(endpoint, bucket, process)
-    finally:
-        _stop_group(process)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Processes
-
-
-def _stop_group(process: subprocess.Popen[Any], timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """SIGTERM the process's group (it leads one), wait, then SIGKILL what is left. Idempotent."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=timeout_s)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    if process.poll() is None:
-        process.wait(timeout=timeout_s)
-
-
-@dataclass
-class Proc:
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        _stop_group(self.process)
-
-
-def spawn(name: str, argv: Sequence[str], env: dict[str, str], log_dir: Path) -> Proc:
-    log = log_dir / f"{name}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            list(argv), env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO_ROOT
-        )
-    return Proc(name, process, log)
+    with running_s3_server(start_timeout_s=60) as server:
+        yield S3(server.endpoint_url, server.new_bucket(prefix="rf-bench"))
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -330,17 +212,14 @@ class Farm:
         return self._scheduler_urls[proc.name]
 
     def _scheduler_process(self, name: str, env: dict[str, str], background: bool) -> Proc:
-        port = free_port()
+        port = free_loopback_port()
         argv = [sys.executable, "-m", "bench.harness", "scheduler", "--port", str(port)]
         if not background:
             argv.append("--no-background")
-        proc = spawn(name, argv, env, self.log_dir)
+        proc = spawn(name, argv, env, self.log_dir, cwd=REPO_ROOT)
         url = f"http://127.0.0.1:{port}"
         self._scheduler_urls[name] = url
-        try:
-            wait_http(f"{url}/readyz", proc.alive, want=200)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\n{proc.log_text()[-3000:]}") from None
+        wait_until_http_ready(f"{url}/readyz", proc.alive, READY_TIMEOUT_S, want=200, log=lambda: proc.log_tail(3000))
         return proc
 
     # -- workers --------------------------------------------------------------------------------------------------
@@ -364,7 +243,7 @@ class Farm:
             name = f"w{len(self.workers):02d}-{uuid.uuid4().hex[:4]}@bench"
             argv = [sys.executable, "-m", "worker.service", "--device", device, "--queues", ",".join(queues)]
             argv += ["--hostname", name]
-            proc = spawn(name.split("@")[0], argv, env, self.log_dir)
+            proc = spawn(name.split("@")[0], argv, env, self.log_dir, cwd=REPO_ROOT)
             proc.name = name
             self.workers.append(proc)
             started.append(proc)
@@ -377,18 +256,7 @@ class Farm:
 
         if self._control is None:
             self._control = make_celery_app(self.settings, name="bench-control")
-        pending = {proc.name: proc for proc in procs}
-        deadline = time.monotonic() + timeout_s
-        while pending:
-            for proc in pending.values():
-                if not proc.alive():
-                    raise RuntimeError(f"worker {proc.name} exited before it was ready:\n{proc.log_text()[-3000:]}")
-            replies = self._control.control.ping(destination=list(pending), timeout=1.0)
-            for reply in replies:
-                for name in reply:
-                    pending.pop(name, None)
-            if pending and time.monotonic() > deadline:
-                raise RuntimeError(f"workers not ready within {timeout_s} s: {sorted(pending)}")
+        wait_celery_workers_ready(self._control, {proc.name: proc for proc in procs}, timeout_s)
 
     def stop_workers(self) -> None:
         for proc in reversed(self.workers):
@@ -396,13 +264,13 @@ class Farm:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.process.pid, signal.SIGTERM)
         for proc in reversed(self.workers):
-            proc.stop()
+            proc.stop(STOP_TIMEOUT_S)
         self.workers.clear()
 
     def close(self) -> None:
         self.stop_workers()
         for proc in [*self._extra, *([self.scheduler] if self.scheduler else [])]:
-            proc.stop()
+            proc.stop(STOP_TIMEOUT_S)
         if self._control is not None:
             self._control.close()
 
@@ -411,29 +279,16 @@ class Farm:
 def farm(extra_env: dict[str, str] | None = None, *, keep_logs: bool = False) -> Iterator[Farm]:
     """A whole farm of its own (no scheduler or workers started yet: call `start_scheduler` / `start_workers`)."""
     from shared.config import Settings
+    from tests.services import S3Server, farm_environment
 
     log_dir = Path(tempfile.mkdtemp(prefix="renderfarm-bench-"))
     data_dir = log_dir / "data"
     data_dir.mkdir()
     with postgres_database() as database_url, redis_database() as redis_url, s3_server() as s3:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("RENDERFARM_")}
-        env.update(
-            {
-                "PYTHONUNBUFFERED": "1",
-                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"),
-                "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1",
-                "RENDERFARM_DATABASE_URL": database_url,
-                "RENDERFARM_REDIS_URL": redis_url,
-                "RENDERFARM_STORAGE_URL": f"s3://{s3.bucket}/farm",
-                "RENDERFARM_S3_ENDPOINT_URL": s3.endpoint_url,
-                "RENDERFARM_API_TOKENS": f"{TENANT}:{TOKEN}",
-                "RENDERFARM_DATA_DIR": str(data_dir),
-                "RENDERFARM_METRICS_PORT": "0",  # many workers on one host must not compete for one port
-                **(extra_env or {}),
-            }
-        )
+        env = farm_environment(database_url, redis_url, S3Server(s3.endpoint_url), s3.bucket, AUTH_TOKENS, data_dir)
+        env["OMP_NUM_THREADS"] = os.environ.get("OMP_NUM_THREADS", "1")
+        env["RENDERFARM_METRICS_PORT"] = "0"  # many workers on one host must not compete for one port
+        env.update(extra_env or {})
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
             os.environ.setdefault(key, env[key])  # the benchmark's own boto3 clients
         values: dict[str, Any] = {
@@ -611,10 +466,6 @@ def job_body(image_ref: str, size: int = 64, steps: int = 10, **fields: Any) -> 
         "seed": 1234,
         **fields,
     }
-
-
-def random_suffix() -> str:
-    return uuid.uuid4().hex[:10] + f"{random.randrange(1 << 16):04x}"
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
 
+from scheduler.background import BackgroundLoop
 from shared.config import Settings
 from shared.db import Database, JobRow
 from shared.live import KEY_PREFIX, LiveStatus
@@ -40,8 +40,8 @@ DEFAULT_WINDOW_PER_QUEUE = 16
 DEFAULT_TICK_S = 1.0  # seconds between rounds when nobody wakes the dispatcher (workers free window slots)
 # Seconds between rounds while jobs wait behind a full window. Workers free window slots by claiming, and nothing
 # wakes the dispatcher then; with only the 1 s tick a farm whose jobs take less than a second per window's worth
-# ran at most `window` jobs per second (bench/scaling.py: 4 jobs/s with 2 workers and a window of 4, whatever the
-# render time). A round with nothing to publish is one indexed GROUP BY, so this costs little.
+# would run at most `window` jobs per second, whatever the render time (bench/scaling.py shows it with 2 workers and
+# a window of 4). A round with nothing to publish is one indexed GROUP BY, so this costs little.
 BUSY_TICK_S = 0.05
 MAX_CLAIM_PER_ROUND = 256  # jobs claimed per queue in one transaction; a bigger backlog takes further rounds
 DEFAULT_STOP_TIMEOUT_S = 10.0  # seconds `stop()` waits for the loop's current round to finish
@@ -53,12 +53,24 @@ def dispatched_marker(job_id: object) -> str:
     return f"{DISPATCHED_MARKER_PREFIX}{job_id}"
 
 
+def marker_store(redis_url: str | None) -> Any:
+    """The Redis client of the dispatch markers, or None without a Redis URL (the embedded farm sets none).
+
+    Short timeouts: a hung Redis must not stall a dispatch or reconcile round; a failed marker only costs a
+    duplicate message later."""
+    if not redis_url:
+        return None
+    import redis
+
+    return redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+
+
 def marker_ttl_s(settings: Settings) -> int:
     """Seconds a dispatch marker lives: the broker's visibility timeout (an unacked message lives that long)."""
     return int(celery_config(settings)["visibility_timeout"])
 
 
-class Dispatcher:
+class Dispatcher(BackgroundLoop):
     """Publishes undispatched queued jobs, keeping at most `window_per_queue` messages in flight per queue.
 
     Args:
@@ -71,8 +83,6 @@ class Dispatcher:
         redis_url: where to set the `rf:dispatched:{id}` markers; None means `settings.redis_url` (the embedded
             default has none and sets no markers: its in-memory broker cannot lose messages while it runs).
         tick_s: seconds the loop waits for a `wake()` before it runs a round anyway.
-        on_round: called from the loop's thread with the number of messages published after each round that did
-            not raise (for tests and metrics). It must not block.
 
     Raises `ValueError` for a window below 1 or a tick that is not positive.
     """
@@ -87,10 +97,7 @@ class Dispatcher:
         window_per_queue: int | None = None,
         redis_url: str | None = None,
         tick_s: float = DEFAULT_TICK_S,
-        on_round: Callable[[int], None] | None = None,
     ) -> None:
-        # The setting RENDERFARM_DISPATCH_WINDOW_PER_QUEUE existed but was never read here, so a farm with more
-        # workers per queue than the default window left the extra workers idle (bench/scaling.py measured it).
         window = settings.dispatch_window_per_queue if window_per_queue is None else window_per_queue
         if window < 1:
             raise ValueError(f"window_per_queue must be at least 1, not {window}")
@@ -102,19 +109,10 @@ class Dispatcher:
         self._settings = settings
         self._window = window
         self._tick_s = tick_s
-        self._on_round = on_round
         self._marker_ttl_s = marker_ttl_s(settings)
-        url = redis_url or settings.redis_url
-        self._redis: Any = None
-        if url:
-            import redis
-
-            # Short timeouts: a hung Redis must not stall the round; a failed marker only costs a duplicate later.
-            self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
+        self._redis = marker_store(redis_url or settings.redis_url)
+        super().__init__("dispatcher", DEFAULT_STOP_TIMEOUT_S)
         self._backlog = False  # the last round left undispatched jobs behind a full window
-        self._thread: threading.Thread | None = None
         # One round at a time per process: the loop and a direct `dispatch_once()` call must not interleave.
         self._round_lock = threading.Lock()
 
@@ -212,26 +210,10 @@ class Dispatcher:
     # --------------------------------------------------------------------------------------------------------------
     # The loop
 
-    def wake(self) -> None:
-        """Make the loop run a round now (the API calls this after committing new jobs). Never blocks."""
-        self._wake.set()
-
-    def run_in_thread(self) -> threading.Thread:
-        """Start the loop in a daemon thread (once; a second call returns the running thread).
-
-        The loop runs a round at start (jobs left from before), then whenever woken or every `tick_s` seconds
-        (every `BUSY_TICK_S` while jobs wait behind a full window, so slots freed by workers are refilled at once).
-        An exception in a round is logged and the loop goes on.
-        """
-        if self._thread is not None and self._thread.is_alive():
-            return self._thread
-        self._stopping.clear()
-        self._wake.set()
-        self._thread = threading.Thread(target=self._loop, name="renderfarm-dispatcher", daemon=True)
-        self._thread.start()
-        return self._thread
-
     def _loop(self) -> None:
+        """A round at start (jobs left from before), then whenever woken (the API calls `wake()` after committing
+        new jobs) or every `tick_s` seconds (every `BUSY_TICK_S` while jobs wait behind a full window, so slots
+        freed by workers are refilled at once). An exception in a round is logged and the loop goes on."""
         last_round = float("-inf")
         while not self._stopping.is_set():
             busy = min(self._tick_s, BUSY_TICK_S)
@@ -247,28 +229,11 @@ class Dispatcher:
                 break
             last_round = time.monotonic()
             try:
-                published = self.dispatch_once()
+                self.dispatch_once()
             except Exception:
                 log.exception("dispatch round failed; retrying in %.1f s", self._tick_s)
-                continue
-            if self._on_round is not None:
-                try:
-                    self._on_round(published)
-                except Exception:
-                    log.exception("the dispatcher's on_round callback failed")
 
-    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
-        """Stop the loop and wait up to `timeout_s` seconds for its current round; close the marker connection.
-
-        Idempotent. Raises `TimeoutError` when the loop's thread did not end in time.
-        """
-        self._stopping.set()
-        self._wake.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout_s)
-            if thread.is_alive():
-                raise TimeoutError(f"the dispatcher did not stop within {timeout_s} s")
+    def _close(self) -> None:
         if self._redis is not None:
             # redis-py reconnects on next use, so a later dispatch_once() still works.
             self._redis.close()

@@ -22,11 +22,9 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
 
-from celery import Celery
-
-from scheduler.dispatch import Dispatcher, dispatched_marker
+from scheduler.background import BackgroundLoop
+from scheduler.dispatch import Dispatcher, dispatched_marker, marker_store
 from shared.config import Settings
 from shared.db import Database, JobRow, make_engine
 from shared.live import LiveStatus, open_live_status
@@ -73,13 +71,11 @@ def reset_dispatch_on_startup(db: Database) -> int:
     return count
 
 
-class Reconciler:
+class Reconciler(BackgroundLoop):
     """Requeues or fails jobs whose lease expired and recovers lost messages; see the module's docstring.
 
     Args:
         db: the farm's database (its clock decides what is expired).
-        celery_app: the farm's Celery app. Publishing is the dispatcher's job (`on_requeue`); the reconciler keeps
-            the app so a caller can build both from one set of parts.
         live: live status: progress of changed jobs is cleared, their watchers notified.
         settings: the farm's settings (`reconcile_interval_s`, `redis_url`).
         redis_url: where the dispatch markers live; None means `settings.redis_url`. Without one the lost-message
@@ -94,7 +90,6 @@ class Reconciler:
     def __init__(
         self,
         db: Database,
-        celery_app: Celery,
         live: LiveStatus,
         settings: Settings,
         *,
@@ -107,19 +102,12 @@ class Reconciler:
         if lost_grace_s < 0:
             raise ValueError(f"lost_grace_s must be zero or more, not {lost_grace_s}")
         self._db = db
-        self.celery_app = celery_app
         self._live = live
         self._settings = settings
         self._lost_grace_s = lost_grace_s
         self._on_requeue = on_requeue
-        url = redis_url or settings.redis_url
-        self._redis: Any = None
-        if url:
-            import redis
-
-            self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._redis = marker_store(redis_url or settings.redis_url)
+        super().__init__("reconciler", DEFAULT_STOP_TIMEOUT_S)
         self._run_lock = threading.Lock()
 
     def run_once(self) -> ReconcileReport:
@@ -217,19 +205,9 @@ class Reconciler:
     # --------------------------------------------------------------------------------------------------------------
     # The loop
 
-    def run_in_thread(self) -> threading.Thread:
-        """Run `run_once` now and then every `settings.reconcile_interval_s` seconds in a daemon thread.
-
-        A second call returns the running thread. An exception in a run is logged and the loop goes on.
-        """
-        if self._thread is not None and self._thread.is_alive():
-            return self._thread
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._loop, name="renderfarm-reconciler", daemon=True)
-        self._thread.start()
-        return self._thread
-
     def _loop(self) -> None:
+        """`run_once` now and then every `settings.reconcile_interval_s` seconds. An exception in a run is logged
+        and the loop goes on."""
         while not self._stopping.is_set():
             try:
                 report = self.run_once()
@@ -245,17 +223,7 @@ class Reconciler:
                 log.exception("reconcile run failed; retrying in %.1f s", self._settings.reconcile_interval_s)
             self._stopping.wait(self._settings.reconcile_interval_s)
 
-    def stop(self, timeout_s: float = DEFAULT_STOP_TIMEOUT_S) -> None:
-        """Stop the loop, wait up to `timeout_s` seconds for its current run, close the marker connection.
-
-        Idempotent. Raises `TimeoutError` when the loop's thread did not end in time.
-        """
-        self._stopping.set()
-        thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout_s)
-            if thread.is_alive():
-                raise TimeoutError(f"the reconciler did not stop within {timeout_s} s")
+    def _close(self) -> None:
         if self._redis is not None:
             self._redis.close()
 
@@ -279,7 +247,7 @@ def main_once(settings: Settings) -> ReconcileReport:
     app = make_celery_app(settings)
     try:
         db = Database(engine)
-        reconciler = Reconciler(db, app, live, settings)
+        reconciler = Reconciler(db, live, settings)
         dispatcher = None if settings.embedded else Dispatcher(db, app, live, settings)
         try:
             report = reconciler.run_once()

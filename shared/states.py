@@ -37,11 +37,6 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 
 
-def can_transition(source: JobState, target: JobState) -> bool:
-    """True when the state machine allows `source -> target`."""
-    return target in ALLOWED_TRANSITIONS[source]
-
-
 def sources_of(target: JobState) -> frozenset[JobState]:
     """The states from which `target` may be reached (the `WHERE state IN (...)` of an UPDATE)."""
     return frozenset(source for source, targets in ALLOWED_TRANSITIONS.items() if target in targets)

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
@@ -261,10 +261,13 @@ class LocalFolderStorage(Storage):
     from the data.
 
     Download URLs carry an expiry (unix seconds) and an HMAC-SHA256 of key and expiry under `signing_key`;
-    the API route checks them with `verify_download`.
+    the API route checks them with `verify_download`. `clock` (unix seconds) dates them: `time.time`, or a
+    clock a test can advance.
     """
 
-    def __init__(self, root: Path, public_url: str, signing_key: bytes) -> None:
+    def __init__(
+        self, root: Path, public_url: str, signing_key: bytes, *, clock: Callable[[], float] = time.time
+    ) -> None:
         if len(signing_key) < 16:
             raise ConfigError(
                 "the signing key of local download URLs must be at least 16 bytes", field="RENDERFARM_SIGNING_KEY"
@@ -272,6 +275,7 @@ class LocalFolderStorage(Storage):
         self.root = Path(root)
         self.public_url = public_url.rstrip("/")
         self._signing_key = signing_key
+        self._clock = clock
         self._objects = self.root / "objects"
         self._meta = self.root / "meta"
         self._tmp = self.root / "tmp"
@@ -409,10 +413,10 @@ class LocalFolderStorage(Storage):
         return hmac.new(self._signing_key, message, hashlib.sha256).hexdigest()
 
     def download_url(self, key: str, expires_s: int) -> str:
-        expires = int(time.time()) + _check_expires_s(expires_s)
+        expires = int(self._clock()) + _check_expires_s(expires_s)
         return f"{self.public_url}{download_path(key)}?expires={expires}&sig={self._signature(key, expires)}"
 
-    def verify_download(self, key: str, expires: int | str, sig: str, now: float | None = None) -> None:
+    def verify_download(self, key: str, expires: int | str, sig: str) -> None:
         """Check a download URL's `expires` (unix seconds) and `sig` for `key` (the unquoted key).
 
         Raises NotFound — never a 403, which would tell a prober that the object exists — when the key is
@@ -425,8 +429,7 @@ class LocalFolderStorage(Storage):
             raise NotFound("no such file") from None
         # compare_digest refuses non-ASCII str; such a signature is wrong anyway.
         valid = isinstance(sig, str) and sig.isascii() and hmac.compare_digest(self._signature(key, expires_at), sig)
-        current = time.time() if now is None else now
-        if not valid or current > expires_at:
+        if not valid or self._clock() > expires_at:
             raise NotFound("no such file")
 
     def check(self) -> None:
@@ -760,11 +763,12 @@ def load_or_create_signing_key(data_dir: Path) -> bytes:
     return key
 
 
-def open_storage(settings: Settings) -> Storage:
+def open_storage(settings: Settings, *, clock: Callable[[], float] = time.time) -> Storage:
     """The storage the settings name: `file:///PATH` (a local folder) or `s3://BUCKET[/PREFIX]`.
 
     The local folder signs its download URLs with RENDERFARM_SIGNING_KEY, or with the key kept in
-    `DATA_DIR/signing.key` so that URLs survive restarts. Raises ConfigError for any other URL.
+    `DATA_DIR/signing.key` so that URLs survive restarts, and dates them by `clock`. Raises ConfigError for any
+    other URL.
     """
     url = urlparse(settings.resolved_storage_url)
     if url.scheme == "file":
@@ -775,7 +779,7 @@ def open_storage(settings: Settings) -> Storage:
             if settings.signing_key
             else load_or_create_signing_key(settings.data_dir)
         )
-        return LocalFolderStorage(Path(unquote(url.path)), settings.public_url, signing_key)
+        return LocalFolderStorage(Path(unquote(url.path)), settings.public_url, signing_key, clock=clock)
     if url.scheme == "s3":
         return S3Storage(
             bucket=url.netloc,

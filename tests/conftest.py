@@ -54,4 +54,4 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 @pytest.fixture
 def embedded_settings(tmp_path: Path) -> Settings:
     """Settings of the embedded default, in a fresh data folder."""
-    return Settings(data_dir=tmp_path / "data", _env_file=None).check()  # type: ignore[call-arg]
+    return Settings(data_dir=tmp_path / "data", _env_file=None).check()

@@ -1,35 +1,19 @@
-"""Databases for the tests that run on both kinds (a migrated SQLite file, an emptied PostgreSQL database), a settable
-clock, and what tests do through `shared.db` that production does another way (insert a batch of plain jobs, count
+"""Databases for the tests that run on both kinds (a migrated SQLite file, an emptied PostgreSQL database), and what
+tests do through `shared.db` that production does another way (insert a batch of plain jobs, count
 the messages in flight)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from shared.db import BulkResult, Database, NewJob, make_engine, upgrade
+from shared.db import BulkResult, Database, JobRow, NewJob, make_engine, upgrade
 from shared.db.ids import new_id
 from shared.db.tables import metadata
-
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-class FakeClock:
-    """A settable UTC clock, so lease expiry, grace periods and ordering by time are exact and instant."""
-
-    def __init__(self, start: datetime = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
+from tests.clock import FakeClock
 
 
 def empty_tables(database_url: str) -> None:
@@ -75,3 +59,8 @@ def insert_batch(db: Database, tenant: str, items: Sequence[NewJob]) -> BulkResu
     _, result = db.batches.create_if_absent(tenant, items, mode="list", manifest={}, batch_id=new_id())
     assert result is not None
     return result
+
+
+def attempt_of(claimed: JobRow | None) -> int | None:
+    """The attempt a claim started, None when the claim found nothing to claim."""
+    return None if claimed is None else claimed.attempt

@@ -7,18 +7,18 @@ The tests never skip because a service is missing: `make test` starts PostgreSQL
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+
+from tests.processes import free_loopback_port, stop_process_group, wait_until_http_ready
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "RENDERFARM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -26,6 +26,7 @@ POSTGRES_ADMIN_URL = os.environ.get(
 REDIS_BASE_URL = os.environ.get("RENDERFARM_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 SERVICE_START_TIMEOUT_S = 30.0
 REDIS_TEST_DBS = range(1, 16)  # db 0 holds only the claim markers below
+REDIS_CLAIM_TTL_S = 3 * 3600  # a claim expires on its own, so a run that was killed does not hold a database forever
 
 
 def fail_unreachable(service: str, detail: object) -> None:
@@ -37,12 +38,12 @@ def fail_unreachable(service: str, detail: object) -> None:
 
 
 @contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """Create a database with a unique name, yield its SQLAlchemy URL, drop it afterwards."""
+def fresh_postgres_database(admin_url: str = POSTGRES_ADMIN_URL, prefix: str = "renderfarm_test") -> Iterator[str]:
+    """Create a database `<prefix>_<random>`, yield its SQLAlchemy URL, drop it (WITH FORCE) afterwards."""
     import sqlalchemy as sa
 
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"renderfarm_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
@@ -50,7 +51,7 @@ def fresh_postgres_database() -> Iterator[str]:
         admin.dispose()
         fail_unreachable("PostgreSQL", exc.orig)
     try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -58,23 +59,25 @@ def fresh_postgres_database() -> Iterator[str]:
 
 
 @contextmanager
-def isolated_redis_database() -> Iterator[str]:
-    """Claim a Redis database number no other test run uses, flush it, yield its URL, flush and free it."""
+def isolated_redis_database(
+    base_url: str = REDIS_BASE_URL, numbers: Sequence[int] = REDIS_TEST_DBS, owner: str = "renderfarm-test-run"
+) -> Iterator[str]:
+    """Claim a Redis database number no other test or benchmark run uses (the first free one of `numbers`), flush
+    it, yield its URL, flush and free it. The claims live in db 0, shared by the tests and the benchmarks."""
     import redis
 
-    control = redis.Redis.from_url(f"{REDIS_BASE_URL}/0")
+    control = redis.Redis.from_url(f"{base_url}/0")
     try:
         control.ping()
     except redis.RedisError as exc:
         fail_unreachable("Redis", exc)
-    marker = f"renderfarm-test-run:{uuid.uuid4().hex}"
-    for db in REDIS_TEST_DBS:
-        # A claim expires on its own, so a run that was killed does not hold a database forever.
-        if control.set(f"renderfarm-test-db:{db}", marker, nx=True, ex=3 * 3600):
+    marker = f"{owner}:{uuid.uuid4().hex}"
+    for db in numbers:
+        if control.set(f"renderfarm-test-db:{db}", marker, nx=True, ex=REDIS_CLAIM_TTL_S):
             break
     else:
-        pytest.fail("every Redis test database (1-15) is claimed by another test run", pytrace=False)
-    url = f"{REDIS_BASE_URL}/{db}"
+        pytest.fail("every Redis test database (1-15) is claimed by another test or benchmark run", pytrace=False)
+    url = f"{base_url}/{db}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     try:
@@ -85,28 +88,6 @@ def isolated_redis_database() -> Iterator[str]:
         if control.get(f"renderfarm-test-db:{db}") == marker.encode():
             control.delete(f"renderfarm-test-db:{db}")
         control.close()
-
-
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until_http_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    """Poll `url` until it answers; fail early if the process died. Readiness, not a fixed sleep."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.02
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with code {process.returncode} before it was ready")
-        try:
-            httpx.get(url, timeout=1.0)
-            return
-        except httpx.TransportError:
-            time.sleep(delay)
-            delay = min(delay * 2, 0.5)
-    raise RuntimeError(f"{url} did not answer within {timeout_s} s")
 
 
 @dataclass(frozen=True)
@@ -128,8 +109,8 @@ class S3Server:
             aws_secret_access_key=self.secret_access_key,
         )
 
-    def new_bucket(self) -> str:
-        name = f"rf-test-{uuid.uuid4().hex[:16]}"
+    def new_bucket(self, prefix: str = "rf-test") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:16]}"
         client = self.client()
         try:
             client.create_bucket(Bucket=name)
@@ -139,22 +120,44 @@ class S3Server:
 
 
 @contextmanager
-def running_s3_server() -> Iterator[S3Server]:
-    """moto's S3-compatible HTTP server on a free loopback port, in its own process."""
+def running_s3_server(start_timeout_s: float = SERVICE_START_TIMEOUT_S) -> Iterator[S3Server]:
+    """moto's S3-compatible HTTP server on a free loopback port, in its own process group."""
     port = free_loopback_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        wait_until_http_ready(f"{endpoint}/moto-api/", process, SERVICE_START_TIMEOUT_S)
+        wait_until_http_ready(f"{endpoint}/moto-api/", lambda: process.poll() is None, start_timeout_s)
         yield S3Server(endpoint)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process_group(process, timeout_s=10)
+
+
+def farm_environment(
+    database_url: str, redis_url: str, s3: S3Server, bucket: str, api_tokens: str, data_dir: Path, **more: str
+) -> dict[str, str]:
+    """The environment of a farm's processes (scheduler, workers) on these services: this process's environment
+    without its RENDERFARM_* variables, one torch thread, unbuffered output, the S3 credentials, the RENDERFARM_*
+    settings that point at the services, and `more` (full variable names) on top."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("RENDERFARM_")}
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            "AWS_ACCESS_KEY_ID": s3.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": s3.secret_access_key,
+            "AWS_DEFAULT_REGION": s3.region,
+            "RENDERFARM_DATABASE_URL": database_url,
+            "RENDERFARM_REDIS_URL": redis_url,
+            "RENDERFARM_STORAGE_URL": f"s3://{bucket}/farm",
+            "RENDERFARM_S3_ENDPOINT_URL": s3.endpoint_url,
+            "RENDERFARM_API_TOKENS": api_tokens,
+            "RENDERFARM_DATA_DIR": str(data_dir),
+            **more,
+        }
+    )
+    return env

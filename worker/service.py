@@ -136,10 +136,10 @@ def run_worker_process(settings: Settings, queues: list[str], device: Device, ho
     # Not settings.check(): its token rules are the API's. The parts a worker uses fail on their own when built.
     _ = settings.database_kind
     if device == "cpu" and not os.environ.get("OMP_NUM_THREADS", "").strip():
-        # An explicit OMP_NUM_THREADS wins: on a small machine shared with other processes (CI, benchmarks, a
-        # laptop running the API and S3 too) one thread per core made renders 5-20× slower, because every kernel
-        # waits for a descheduled OpenMP thread (tests/engine/conftest.py). Overriding the operator's choice here
-        # made that setting impossible to apply to a worker (bench/RESULTS.md, 2026-11-21).
+        # An explicit OMP_NUM_THREADS wins, so an operator can apply it to a worker: on a small machine shared with
+        # other processes (CI, benchmarks, a laptop running the API and S3 too) one thread per core makes renders
+        # several times slower, because every kernel waits for a descheduled OpenMP thread (tests/engine/conftest.py,
+        # bench/RESULTS.md).
         torch.set_num_threads(_owned_cores())
     name = hostname or f"{'gpu' if device == 'cuda' else 'cpu'}@{socket.gethostname()}"
     factory = functools.partial(build_worker_deps, settings, device=device, worker_name=name)

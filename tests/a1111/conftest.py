@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
 from scheduler.app import create_app
@@ -33,7 +30,9 @@ from shared.db import Database, make_engine, upgrade
 from shared.live import RedisLiveStatus
 from shared.queueing import queue_name
 from shared.storage import S3Storage
-from tests.services import S3Server, free_loopback_port, fresh_postgres_database
+from tests.processes import free_loopback_port, serve_in_thread
+from tests.services import S3Server, fresh_postgres_database
+from tests.waiting import wait_until
 from worker.engine.models import LoadedModel, load_model
 from worker.engine.processing import Processed, StableDiffusionProcessingImg2Img, process_images
 from worker.job_runner import WorkerDeps
@@ -88,13 +87,7 @@ class LiveFarm:
 
     def wait_for(self, what: str, check: Callable[[], Any], timeout_s: float = JOB_TIMEOUT_S) -> Any:
         """Poll `check` until it returns something truthy; fail after `timeout_s` seconds."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            time.sleep(0.02)
-        raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        return wait_until(check, timeout_s, what)
 
 
 def png_b64(color: tuple[int, int, int] = (200, 40, 40), size: int = SIZE, mode: str = "RGB") -> str:
@@ -118,14 +111,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> LoadedModel:
     return load_model("tiny", device="cpu", tiny_dir=tmp_path_factory.mktemp("models"))
 
 
-def _serve(app: Any, port: int) -> tuple[uvicorn.Server, threading.Thread]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="a1111-test-api", daemon=True)
-    thread.start()
-    return server, thread
-
-
 @pytest.fixture(scope="module")
 def farm(
     tiny_model: LoadedModel, redis_url: str, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
@@ -141,7 +126,7 @@ def farm(
         upgrade(database_url)
         port = free_loopback_port()
         settings = Settings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             data_dir=data_dir,
             database_url=database_url,
             redis_url=redis_url,
@@ -178,14 +163,13 @@ def farm(
         worker = start_embedded_worker(
             settings, celery_app, deps, warm=False, queues=[queue_name(None, batch=False)], hostname="a1111@test"
         )
-        server, thread = _serve(app, port)
+        server = serve_in_thread(app, port, name="a1111-test-api")
         live_farm = LiveFarm(settings.public_url, settings, db, live, storage, deps, switch, app)
         try:
             live_farm.wait_for("the API to answer", lambda: _healthy(live_farm.url), READY_TIMEOUT_S)
             yield live_farm
         finally:
-            server.should_exit = True
-            thread.join(30)
+            server.stop(30)
             worker.stop()
             celery_app.close()
             storage.close()

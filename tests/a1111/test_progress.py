@@ -174,7 +174,7 @@ def test_a_client_that_disconnects_does_not_lose_its_job(farm: LiveFarm, standin
         assert len(again.json()["images"]) == 1
 
 
-def _run_twins(farm: LiveFarm, stop: Callable[[Any], None] | None, name: str) -> list[str]:
+def _run_twins(farm: LiveFarm, stop: Callable[[Any], object] | None, name: str) -> list[str]:
     """Create a job on a queue no worker serves, raise its stop flag, run it here with the real renderer; returns
     the sha256 of its results."""
     job = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -32,7 +30,8 @@ from shared.images import encode_png
 from shared.live import LiveProgress, LiveStatus, LocalLiveStatus, RedisLiveStatus
 from shared.storage import Storage, artifact_key, open_storage
 from tests.databases import empty_tables
-from tests.services import S3Server, free_loopback_port
+from tests.processes import free_loopback_port, serve_in_thread
+from tests.services import S3Server
 
 ALICE_TOKEN = "alice-token-0123456789abcdef"
 BOB_TOKEN = "bob-token-0123456789abcdefgh"
@@ -157,10 +156,11 @@ def farm_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def make_farm(farm_kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FarmFactory]:
-    """Build farms of this test's kind; keyword arguments override settings (e.g. `max_inline_image_bytes=...`)."""
+    """Build farms of this test's kind; keyword arguments override settings (e.g. `max_inline_image_bytes=...`);
+    `storage_clock` dates the local folder's download URLs."""
     farms: list[Farm] = []
 
-    def build(*, start_client: bool = True, **overrides: Any) -> Farm:
+    def build(*, start_client: bool = True, storage_clock: Callable[[], float] = time.time, **overrides: Any) -> Farm:
         values: dict[str, Any] = {"data_dir": tmp_path / f"data-{len(farms)}", "api_tokens": TOKENS}
         if farm_kind == "embedded":
             database_url = f"sqlite:///{tmp_path / f'db-{len(farms)}' / 'renderfarm.db'}"
@@ -182,7 +182,7 @@ def make_farm(farm_kind: str, request: pytest.FixtureRequest, tmp_path: Path) ->
         engine = make_engine(settings.resolved_database_url)
         db = Database(engine)
         live: LiveStatus = RedisLiveStatus(settings.redis_url) if settings.redis_url else LocalLiveStatus()
-        storage = open_storage(settings)
+        storage = open_storage(settings, clock=storage_clock)
         app = create_app(settings, live=live, storage=storage, db=db, start_background=False)
         client = TestClient(app, client=LOOPBACK_CLIENT)
         farm = Farm(farm_kind, settings, db, live, storage, app, client)
@@ -223,38 +223,13 @@ def put_job(farm: Farm, task_id: str, body: dict[str, Any], headers: dict[str, s
 # A real HTTP server, for streams and plain downloads
 
 
-@dataclass
-class LiveServer:
-    base_url: str
-    server: uvicorn.Server
-    thread: threading.Thread
-
-
-def start_live_server(app: FastAPI, port: int) -> LiveServer:
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    return LiveServer(f"http://127.0.0.1:{port}", server, thread)
-
-
-def stop_live_server(live: LiveServer) -> None:
-    live.server.should_exit = True
-    live.thread.join(timeout=10)
-
-
 @pytest.fixture
 def served_farm(make_farm: FarmFactory) -> Iterator[tuple[Farm, str]]:
     """A farm served by uvicorn on a free port, with `public_url` pointing at it (local download URLs work)."""
     port = free_loopback_port()
     farm = make_farm(start_client=False, public_url=f"http://127.0.0.1:{port}")
-    live = start_live_server(farm.app, port)
+    live = serve_in_thread(farm.app, port, name=f"uvicorn-{port}", ws="none")
     try:
         yield farm, live.base_url
     finally:
-        stop_live_server(live)
+        live.stop(10)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import typing
 import uuid
 from typing import Any
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
 from shared.job.hashing import request_hash
 from shared.job.spec import Img2ImgJob
@@ -419,13 +421,54 @@ def test_list_pages_cover_every_job_once(farm: Farm, image_png: bytes) -> None:
     assert farm.client.get(f"/v1/jobs?batch={uuid.uuid4()}", headers=ALICE).json() == {"jobs": [], "next_cursor": None}
 
 
+def _documented_models(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation names (`X`, `X | None`, `list[X]`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _documented_models(arg)]
+
+
+def assert_only_documented_fields(model: type[BaseModel], data: Any, path: str = "snapshot") -> None:
+    """Every key of `data`, at every level the model describes, is a field of the model: nothing undocumented."""
+    assert isinstance(data, dict), f"{path}: {data!r}"
+    undocumented = set(data) - set(model.model_fields)
+    assert not undocumented, f"{path} has fields {model.__name__} does not document: {sorted(undocumented)}"
+    for name, field in model.model_fields.items():
+        nested = _documented_models(field.annotation)
+        value = data.get(name)
+        if not nested or value is None:
+            continue
+        if isinstance(value, list):
+            for i, item in enumerate(value):
+                assert_only_documented_fields(nested[0], item, f"{path}.{name}[{i}]")
+        else:
+            assert_only_documented_fields(nested[0], value, f"{path}.{name}")
+
+
 def test_snapshot_matches_the_documented_model(farm: Farm, image_png: bytes) -> None:
     from scheduler.snapshots import JobSnapshot
 
     put_job(farm, "doc", job_body(b64(image_png)))
-    JobSnapshot.model_validate(farm.client.get("/v1/jobs/doc", headers=ALICE).json())
+    queued = farm.client.get("/v1/jobs/doc", headers=ALICE).json()
+    JobSnapshot.model_validate(queued)
+    assert_only_documented_fields(JobSnapshot, queued)
     farm.succeed_with_artifacts("alice", "doc")
-    JobSnapshot.model_validate(farm.client.get("/v1/jobs/doc", headers=ALICE).json())
+    succeeded = farm.client.get("/v1/jobs/doc", headers=ALICE).json()
+    JobSnapshot.model_validate(succeeded)
+    assert_only_documented_fields(JobSnapshot, succeeded)
+    assert succeeded["artifacts"]  # the nested models were checked too
+
+
+def test_an_undocumented_snapshot_field_fails_the_documentation_check() -> None:
+    from scheduler.snapshots import JobSnapshot
+
+    snapshot = {name: None for name in JobSnapshot.model_fields}
+    assert_only_documented_fields(JobSnapshot, snapshot)
+    with pytest.raises(AssertionError, match="does not document: \\['secret'\\]"):
+        assert_only_documented_fields(JobSnapshot, {**snapshot, "secret": 1})
+    artifact = {"kind": "result", "extra": True}
+    with pytest.raises(AssertionError, match=r"snapshot.artifacts\[0\] has fields ArtifactOut"):
+        assert_only_documented_fields(JobSnapshot, {**snapshot, "artifacts": [artifact]})
 
 
 def test_jobs_table_is_not_written_by_a_rejected_request(farm: Farm) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -19,7 +18,9 @@ from shared.errors import ConfigError
 from shared.live import RedisLiveStatus
 from shared.storage import LocalFolderStorage
 from tests.api.conftest import ALICE, LOOPBACK_CLIENT, Farm, FarmFactory, job_body, png_bytes, upload
-from tests.services import free_loopback_port
+from tests.clock import ManualClock
+from tests.processes import free_loopback_port
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -159,7 +160,8 @@ def test_asset_upload_refuses_what_is_not_an_image(farm: Farm) -> None:
 
 
 def test_file_downloads_check_the_signature(make_farm: FarmFactory, farm_kind: str) -> None:
-    farm = make_farm()
+    clock = ManualClock()
+    farm = make_farm(storage_clock=clock)
     data = png_bytes()
     key = "alice/task(img2img-X1)/1/result-0.png"
     farm.storage.put(key, data, "image/png")
@@ -183,7 +185,7 @@ def test_file_downloads_check_the_signature(make_farm: FarmFactory, farm_kind: s
     other = farm.client.get(url.path.replace("result-0", "mask-0"), params=query)
     assert other.status_code == 404
     expired_url = urlsplit(farm.storage.download_url(key, 1))
-    time.sleep(2.1)
+    clock.advance(2.1)
     assert farm.client.get(f"{expired_url.path}?{expired_url.query}").status_code == 404
 
 
@@ -201,8 +203,5 @@ def test_background_dispatcher_publishes_new_jobs(farm: Farm) -> None:
         assert app.state.services.dispatcher is not None
         asset = client.post("/v1/assets", content=png_bytes(), headers=ALICE).json()["asset_id"]
         assert client.put("/v1/jobs/bg-1", json=job_body(asset), headers=ALICE).status_code == 201
-        deadline = time.monotonic() + 10
-        while farm.job_row("alice", "bg-1").dispatched_at is None:
-            assert time.monotonic() < deadline, "the dispatcher did not publish the job"
-            time.sleep(0.05)
+        wait_until(lambda: farm.job_row("alice", "bg-1").dispatched_at, 10, "the dispatcher to publish the job")
     assert app.state.services.dispatcher is None  # stopped with the app

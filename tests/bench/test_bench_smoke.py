@@ -104,11 +104,13 @@ def test_benchmark_runs_and_reports_sane_figures(name: str, parts: list[str], tm
         assert found["  worker: claim (median)"] is not None
     elif name == "throughput":
         for key in ("single submissions", "status reads", "bare Celery send_task (ceiling)"):
-            assert found[key] is not None
-            assert found[key] > 1
+            rate = found[key]
+            assert rate is not None
+            assert rate > 1
     elif name == "scaling":
-        assert found["N=2: efficiency"] is not None
-        assert 5 < found["N=2: efficiency"] < 150
+        efficiency = found["N=2: efficiency"]
+        assert efficiency is not None
+        assert 5 < efficiency < 150
         assert found["jobs lost"] == 0
         assert found["jobs run twice"] == 0
     elif name == "growth":

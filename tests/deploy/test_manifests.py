@@ -357,7 +357,8 @@ def test_kubernetes_environment_is_exactly_farm_settings() -> None:
             containers += 1
     assert containers == 4  # migrate, scheduler, two worker tiers
     data = _configmap_data()
-    Settings(**{key[len(ENV_PREFIX) :].lower(): value for key, value in data.items()})  # values parse too
+    values: dict[str, Any] = {key[len(ENV_PREFIX) :].lower(): value for key, value in data.items()}
+    Settings(**values)  # values parse too
 
 
 def test_scheduler_deployment_service_and_probes() -> None:

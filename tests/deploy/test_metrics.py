@@ -23,6 +23,7 @@ from shared.config import Settings
 from shared.db import Database, JobError, make_engine
 from shared.db.migrate import upgrade
 from shared.queueing import queue_name
+from tests.databases import attempt_of
 from tests.services import fresh_postgres_database
 from worker.metrics import WorkerMetrics, metrics_port_for, start_metrics_server
 
@@ -121,7 +122,7 @@ def play_a_day(db: Database, clock: Clock) -> None:
     db.leases.succeed(a, attempt, [])
     # b: waits 5 s, fails after 2 s with render_failed.
     clock.at(5)
-    assert db.leases.claim(b, "gpu1@host", 600).attempt == 1
+    assert attempt_of(db.leases.claim(b, "gpu1@host", 600)) == 1
     clock.at(7)
     assert db.leases.fail(b, 1, JobError(type="permanent", code="render_failed", message="boom")) is not None
     # c: canceled while queued.
@@ -129,24 +130,24 @@ def play_a_day(db: Database, clock: Clock) -> None:
     assert db.jobs.request_cancel("tenant-a", "c").state.value == "canceled"
     # d: canceled while running (the worker honours the flag).
     clock.at(20)
-    assert db.leases.claim(d, "gpu0@host", 600).attempt == 1
+    assert attempt_of(db.leases.claim(d, "gpu0@host", 600)) == 1
     db.jobs.request_cancel("tenant-a", "d")
     clock.at(25)
     assert db.leases.cancel_running(d, 1) is not None
     # e: its first worker vanished, the lease expired, the second attempt succeeded (one retry).
     clock.at(30)
-    assert db.leases.claim(e, "gpu2@host", 10).attempt == 1
+    assert attempt_of(db.leases.claim(e, "gpu2@host", 10)) == 1
     clock.at(50)
     assert [job.state.value for job in db.leases.requeue_expired()] == ["queued"]
     clock.at(60)
-    assert db.leases.claim(e, "gpu3@host", 600).attempt == 2
+    assert attempt_of(db.leases.claim(e, "gpu3@host", 600)) == 2
     clock.at(70)
     db.leases.succeed(e, 2, [])
     # f: published, waiting in the broker; g: still in the table (undispatched); h: running.
     clock.at(71)
     assert [job.id for job in db.outbox.claim_dispatch(INTERACTIVE, 1)] == [f]
     clock.at(72)
-    assert db.leases.claim(h, "gpu1@host", 600).attempt == 1
+    assert attempt_of(db.leases.claim(h, "gpu1@host", 600)) == 1
     # i: refused by the API before it ever ran.
     clock.at(73)
     assert db.leases.fail(i, None, JobError(type="input", code="invalid_image", message="not an image")) is not None
@@ -258,7 +259,7 @@ def test_broker_list_lengths_come_from_redis(db: Database, clock: Clock, redis_u
 def test_install_metrics_serves_get_metrics(db: Database, clock: Clock, tmp_path: Path) -> None:
     """What the lead wires into create_app: one call adds GET /metrics."""
     play_a_day(db, clock)
-    settings = Settings(data_dir=tmp_path, _env_file=None)  # type: ignore[call-arg]
+    settings = Settings(data_dir=tmp_path, _env_file=None)
     app = FastAPI()
     close = install_metrics(app, SimpleNamespace(settings=settings, db=db))
     try:
@@ -299,8 +300,13 @@ def test_worker_metrics_count_what_the_worker_did() -> None:
     metrics.record_outcome(outcome, "sd15")
     metrics.record_outcome(SimpleNamespace(state="skipped", timings_ms={"claim": 1.0}), None)
 
-    loads = []
-    loader = metrics.instrument_loader(lambda name: loads.append(name) or f"model:{name}")
+    loads: list[str] = []
+
+    def load(name: str) -> str:
+        loads.append(name)
+        return f"model:{name}"
+
+    loader = metrics.instrument_loader(load)
     assert loader("sd15") == "model:sd15"
 
     def broken(name: str) -> str:
@@ -400,4 +406,4 @@ def test_metrics_server_off_and_ports_per_gpu() -> None:
     assert metrics_port_for(9400, None) == 9400
     assert metrics_port_for(9400, 3) == 9403
     assert metrics_port_for(0, 3) == 0
-    assert Settings(_env_file=None).metrics_port == 9400  # type: ignore[call-arg]
+    assert Settings(_env_file=None).metrics_port == 9400

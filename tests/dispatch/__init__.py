@@ -22,6 +22,7 @@ from shared.queueing import queue_name
 LEASE_S = 60.0
 QUEUE = queue_name("tiny", batch=False)
 OTHER_QUEUE = queue_name("tiny", batch=True)
+EVENT_TIMEOUT_S = 30.0  # generous: only reached when the behaviour under test is broken
 
 
 def cluster_settings(redis_url: str, database_url: str | None = None, **overrides: Any) -> Settings:

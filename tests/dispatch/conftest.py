@@ -8,14 +8,23 @@ from pathlib import Path
 import pytest
 import redis
 
+from shared.config import Settings
 from shared.db import Database
-from tests.databases import FakeClock, open_database, prepare_database
+from tests.clock import FakeClock
+from tests.databases import open_database, prepare_database
+from tests.dispatch import cluster_settings
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     postgres_url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
     return prepare_database(request.param, tmp_path, postgres_url)
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    """Cluster settings on the test's Redis; the reconciler's loop runs every 50 ms."""
+    return cluster_settings(redis_url, reconcile_interval_s=0.05)
 
 
 @pytest.fixture

@@ -17,8 +17,10 @@ from shared.db import Database
 from shared.live import LocalLiveStatus, RedisLiveStatus
 from shared.queueing import RENDER_TASK, make_celery_app
 from shared.states import JobState
-from tests.databases import FakeClock, in_flight, open_database
+from tests.clock import FakeClock
+from tests.databases import in_flight, open_database
 from tests.dispatch import (
+    EVENT_TIMEOUT_S,
     LEASE_S,
     OTHER_QUEUE,
     QUEUE,
@@ -28,16 +30,10 @@ from tests.dispatch import (
     submit,
     take_message,
 )
-from tests.services import free_loopback_port
+from tests.processes import free_loopback_port
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
-
-EVENT_TIMEOUT_S = 30.0  # generous: only reached when the behaviour under test is broken
-
-
-@pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return cluster_settings(redis_url)
 
 
 @pytest.fixture
@@ -258,17 +254,9 @@ def test_a_failed_publish_leaves_the_job_undispatched_and_a_later_round_publishe
 def test_the_loop_runs_on_wake_and_survives_a_failing_round(
     db: Database, make_dispatcher, broker: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    published = threading.Event()
     failed = threading.Event()
-    rounds: list[int] = []
-
-    def on_round(count: int) -> None:
-        rounds.append(count)
-        if count:
-            published.set()
-
     # A tick far longer than the test: only wake() can make the loop run.
-    dispatcher = make_dispatcher(tick_s=3600.0, on_round=on_round)
+    dispatcher = make_dispatcher(tick_s=3600.0)
     real_outbox = db.outbox.outbox_by_queue
 
     def failing_once() -> dict[str, object]:
@@ -283,7 +271,7 @@ def test_the_loop_runs_on_wake_and_survives_a_failing_round(
 
     (job,) = submit(db, 1)
     dispatcher.wake()
-    assert published.wait(EVENT_TIMEOUT_S), "wake() did not make the loop publish"
+    wait_until(lambda: broker_ids(broker), EVENT_TIMEOUT_S, "wake() to make the loop publish")
     assert thread.is_alive()
     assert broker_ids(broker) == [f"{job.id}:0"]
 

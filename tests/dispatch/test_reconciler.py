@@ -26,8 +26,10 @@ from shared.db.tables import utcnow
 from shared.live import LiveProgress, LocalLiveStatus, RedisLiveStatus
 from shared.queueing import make_celery_app
 from shared.states import JobState
-from tests.databases import FakeClock, in_flight, open_database
+from tests.clock import FakeClock
+from tests.databases import attempt_of, in_flight, open_database
 from tests.dispatch import (
+    EVENT_TIMEOUT_S,
     LEASE_S,
     QUEUE,
     broker_ids,
@@ -37,13 +39,6 @@ from tests.dispatch import (
 )
 
 pytestmark = pytest.mark.integration
-
-EVENT_TIMEOUT_S = 30.0  # generous: only reached when the behaviour under test is broken
-
-
-@pytest.fixture
-def settings(redis_url: str) -> Settings:
-    return cluster_settings(redis_url, reconcile_interval_s=0.05)
 
 
 @pytest.fixture
@@ -71,7 +66,7 @@ def dispatcher(db: Database, app: Celery, live: RedisLiveStatus, settings: Setti
 def reconciler(
     db: Database, app: Celery, live: RedisLiveStatus, settings: Settings, dispatcher: Dispatcher
 ) -> Iterator[Reconciler]:
-    reconciler = Reconciler(db, app, live, settings, on_requeue=dispatcher.wake)
+    reconciler = Reconciler(db, live, settings, on_requeue=dispatcher.wake)
     yield reconciler
     reconciler.stop()
 
@@ -105,7 +100,7 @@ def test_an_expired_lease_requeues_the_job_and_it_is_published_again(
     (job,) = submit(db, 1)
     assert dispatcher.dispatch_once() == 1
     assert take_message(broker) == f"{job.id}:0"
-    assert db.leases.claim(job.id, "gpu-0", LEASE_S).attempt == 1
+    assert attempt_of(db.leases.claim(job.id, "gpu-0", LEASE_S)) == 1
     live.set_progress(progress_of(job.id, 1))
 
     clock.advance(LEASE_S - 1)
@@ -127,7 +122,7 @@ def test_an_expired_lease_on_the_last_attempt_fails_the_job(
 ) -> None:
     (job,) = submit(db, 1, max_attempts=1)
     dispatcher.dispatch_once()
-    assert db.leases.claim(job.id, "gpu-7", LEASE_S).attempt == 1
+    assert attempt_of(db.leases.claim(job.id, "gpu-7", LEASE_S)) == 1
     clock.advance(LEASE_S + 1)
 
     report = reconciler.run_once()
@@ -195,14 +190,14 @@ def test_the_lost_check_with_no_grace_and_no_redis(
 
     # Grace 0 still needs the dispatch to be in the past: the database's clock moves on.
     clock.advance(0.001)
-    eager = Reconciler(db, app, live, settings, lost_grace_s=0)
+    eager = Reconciler(db, live, settings, lost_grace_s=0)
     try:
         assert eager.run_once() == ReconcileReport(lost=(jobs[0].id,))
     finally:
         eager.stop()
 
     embedded = Settings(_env_file=None)
-    blind = Reconciler(db, app, LocalLiveStatus(), embedded, lost_grace_s=0)
+    blind = Reconciler(db, LocalLiveStatus(), embedded, lost_grace_s=0)
     try:
         report = blind.run_once()
         assert report.lost_check_skipped
@@ -214,12 +209,12 @@ def test_the_lost_check_with_no_grace_and_no_redis(
 def test_an_unreadable_redis_skips_the_lost_check(
     db: Database, app: Celery, dispatcher: Dispatcher, settings: Settings, clock: FakeClock
 ) -> None:
-    from tests.services import free_loopback_port
+    from tests.processes import free_loopback_port
 
     submit(db, 2)
     dispatcher.dispatch_once()
     clock.advance(DEFAULT_LOST_GRACE_S + 1)
-    down = Reconciler(db, app, LocalLiveStatus(), settings, redis_url=f"redis://127.0.0.1:{free_loopback_port()}/0")
+    down = Reconciler(db, LocalLiveStatus(), settings, redis_url=f"redis://127.0.0.1:{free_loopback_port()}/0")
     try:
         report = down.run_once()
     finally:
@@ -247,7 +242,7 @@ def test_the_loop_requeues_and_wakes_the_dispatcher(
     db.leases.claim(job.id, "gpu-0", LEASE_S)
     clock.advance(LEASE_S + 1)
     woken = threading.Event()
-    reconciler = Reconciler(db, app, live, settings, on_requeue=woken.set)
+    reconciler = Reconciler(db, live, settings, on_requeue=woken.set)
     thread = reconciler.run_in_thread()
     try:
         assert woken.wait(EVENT_TIMEOUT_S), "the loop did not re-queue the expired job"
@@ -265,7 +260,7 @@ def test_main_once_reconciles_and_publishes(
         expired, waiting = submit(db, 2)
         assert [job.id for job in db.outbox.claim_dispatch(expired.queue, 1)] == [expired.id]
         an_hour_ago = utcnow() - timedelta(hours=1)
-        assert db.leases.claim(expired.id, "gpu-0", LEASE_S, now=an_hour_ago).attempt == 1
+        assert attempt_of(db.leases.claim(expired.id, "gpu-0", LEASE_S, now=an_hour_ago)) == 1
 
         started = time.monotonic()
         report = main_once(settings)

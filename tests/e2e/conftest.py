@@ -18,13 +18,8 @@ whole process group is killed at teardown; logs go to files under the session's 
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
-import signal
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,12 +33,15 @@ from PIL import Image
 from shared.config import Settings
 from shared.db import upgrade
 from shared.queueing import make_celery_app
-from tests.services import (
-    S3Server,
+from tests.processes import (
+    Proc,
     free_loopback_port,
-    fresh_postgres_database,
-    isolated_redis_database,
+    spawn,
+    wait_celery_workers_ready,
+    wait_until_http_ready,
 )
+from tests.services import S3Server, farm_environment, fresh_postgres_database, isolated_redis_database
+from tests.waiting import wait_until
 
 ALICE_TOKEN = "e2e-alice-token-0123456789"
 BOB_TOKEN = "e2e-bob-token-0123456789ab"
@@ -51,7 +49,6 @@ TOKENS = f"alice:{ALICE_TOKEN},bob:{BOB_TOKEN}"
 
 READY_TIMEOUT_S = 120.0  # seconds a process may take to become ready (torch import and model load on 2 busy cores)
 JOB_TIMEOUT_S = 90.0  # seconds a job may take to reach an expected state
-STOP_TIMEOUT_S = 15.0  # seconds a process gets to exit after SIGTERM before it is killed
 TEST_MODELS = ("e2e-standin", "e2e-kill", "e2e-flush", "e2e-idle")  # model names, hence queues, of the tests
 SIZE = 64  # pixels: the smallest side the spec allows
 
@@ -70,62 +67,6 @@ FAST_SETTINGS = {
 
 def queue_of(model: str) -> str:
     return f"rf.{model}.interactive"
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# Processes
-
-
-@dataclass
-class Proc:
-    """A farm process started by the harness, in its own process group; its output goes to `log`."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
-
-    def kill_now(self) -> None:
-        """SIGKILL the process itself (not its group): a crash, as a test wants it."""
-        os.kill(self.pid, signal.SIGKILL)
-        self.process.wait(timeout=STOP_TIMEOUT_S)
-
-    def stop(self) -> None:
-        """SIGTERM the process group, then SIGKILL it if it does not end in time. Idempotent."""
-        if self.alive():
-            _signal_group(self.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-        # Children (a `renderfarm worker`'s Celery process) may outlive their parent: end the whole group.
-        _signal_group(self.pid, signal.SIGKILL)
-        if self.process.poll() is None:
-            self.process.wait(timeout=STOP_TIMEOUT_S)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):  # the group is gone already
-        os.killpg(pid, sig)  # the process leads its own group (start_new_session)
-
-
-def spawn(name: str, argv: Sequence[str], env: dict[str, str], log_dir: Path) -> Proc:
-    log = log_dir / f"{name}-{uuid.uuid4().hex[:6]}.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            list(argv), env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, cwd=Path.cwd()
-        )
-    return Proc(name, process, log)
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -180,24 +121,8 @@ def farm_env(e2e_databases: tuple[str, str], s3_server: S3Server, tmp_path_facto
     for name in TEST_MODELS:
         (models_dir / name).symlink_to(tiny, target_is_directory=True)
     bucket = s3_server.new_bucket()
-    env = {key: value for key, value in os.environ.items() if not key.startswith("RENDERFARM_")}
-    env.update(
-        {
-            "OMP_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1",
-            "AWS_ACCESS_KEY_ID": s3_server.access_key_id,
-            "AWS_SECRET_ACCESS_KEY": s3_server.secret_access_key,
-            "AWS_DEFAULT_REGION": s3_server.region,
-            "RENDERFARM_DATABASE_URL": postgres_url,
-            "RENDERFARM_REDIS_URL": redis_url,
-            "RENDERFARM_STORAGE_URL": f"s3://{bucket}/farm",
-            "RENDERFARM_S3_ENDPOINT_URL": s3_server.endpoint_url,
-            "RENDERFARM_API_TOKENS": TOKENS,
-            "RENDERFARM_DATA_DIR": str(data_dir),
-            "RENDERFARM_MODELS_DIR": str(models_dir),
-            **FAST_SETTINGS,
-        }
-    )
+    env = farm_environment(postgres_url, redis_url, s3_server, bucket, TOKENS, data_dir, **FAST_SETTINGS)
+    env["RENDERFARM_MODELS_DIR"] = str(models_dir)
     settings = Settings(
         _env_file=None,
         data_dir=data_dir,
@@ -222,20 +147,7 @@ class Scheduler:
 
 def wait_ready(url: str, proc: Proc, timeout_s: float = READY_TIMEOUT_S) -> None:
     """Poll `url` until it answers 200; fail early, with the process's log, if it exits."""
-    deadline = time.monotonic() + timeout_s
-    delay = 0.05
-    while True:
-        if not proc.alive():
-            pytest.fail(f"{proc.name} exited with {proc.process.returncode} before it was ready:\n{proc.log_tail()}")
-        try:
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{url} was not ready within {timeout_s} s:\n{proc.log_tail()}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+    wait_until_http_ready(url, proc.alive, timeout_s, want=200, log=proc.log_tail)
 
 
 @pytest.fixture(scope="session")
@@ -310,15 +222,7 @@ class WorkerPool:
         """Celery's own readiness: the worker answers a broadcast ping only once it consumes its queues."""
         if self._control is None:
             self._control = make_celery_app(self.farm.settings, name="e2e-control")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if not worker.proc.alive():
-                pytest.fail(f"worker {worker.hostname} exited before it was ready:\n{worker.proc.log_tail()}")
-            replies = self._control.control.ping(destination=[worker.hostname], timeout=0.5)
-            if any(worker.hostname in reply for reply in replies):
-                return
-            if time.monotonic() > deadline:
-                pytest.fail(f"worker {worker.hostname} not ready within {timeout_s} s:\n{worker.proc.log_tail()}")
+        wait_celery_workers_ready(self._control, {worker.hostname: worker.proc}, timeout_s)
 
     def stop_all(self) -> None:
         for worker in reversed(self.started):
@@ -437,14 +341,13 @@ class Api:
         what: str = "the expected state",
     ) -> dict[str, Any]:
         """Poll the job until `done(snapshot)`; fail at the deadline with the last snapshot."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            snapshot = self.get(task_id)
-            if done(snapshot):
-                return snapshot
-            if time.monotonic() > deadline:
-                pytest.fail(f"job {task_id} did not reach {what} within {timeout_s} s; last snapshot: {snapshot}")
-            time.sleep(0.05)
+        last: list[dict[str, Any]] = [{}]
+
+        def reached() -> dict[str, Any] | None:
+            last[0] = self.get(task_id)
+            return last[0] if done(last[0]) else None
+
+        return wait_until(reached, timeout_s, lambda: f"job {task_id} to reach {what}; last snapshot: {last[0]}")
 
     def wait_state(self, task_id: str, state: str, *, timeout_s: float = JOB_TIMEOUT_S) -> dict[str, Any]:
         terminal = {"succeeded", "failed", "canceled"}

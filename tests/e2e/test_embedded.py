@@ -13,15 +13,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import JOB_TIMEOUT_S, STOP_TIMEOUT_S, png_bytes, spawn, wait_ready
-from tests.services import free_loopback_port
+from tests.e2e.conftest import JOB_TIMEOUT_S, png_bytes, wait_ready
+from tests.processes import STOP_TIMEOUT_S, free_loopback_port, spawn
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.slow]
 
@@ -68,12 +68,11 @@ def test_up_serves_the_api_and_a_job_submitted_with_curl_succeeds(tmp_path: Path
         )
         assert created["task_id"] == "curl-1"
 
-        deadline = time.monotonic() + JOB_TIMEOUT_S
-        snapshot = created
-        while snapshot["state"] not in ("succeeded", "failed", "canceled"):
-            assert time.monotonic() < deadline, f"job still {snapshot['state']} after {JOB_TIMEOUT_S} s"
-            time.sleep(0.1)
+        def finished() -> dict[str, Any] | None:
             snapshot = curl_json(f"{url}/v1/jobs/curl-1")
+            return snapshot if snapshot["state"] in ("succeeded", "failed", "canceled") else None
+
+        snapshot = wait_until(finished, JOB_TIMEOUT_S, "job curl-1 to finish")
 
         assert snapshot["state"] == "succeeded", snapshot
         assert snapshot["worker"].startswith("embedded@")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +14,7 @@ from scheduler.dispatch import dispatched_marker
 from shared.db import ArtifactRecord, Database, make_engine
 from shared.errors import LeaseLost
 from tests.e2e.conftest import Api, FarmEnv, Worker, WorkerPool, new_task_id, queue_of, unique_hostname
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -111,11 +111,11 @@ def test_jobs_queued_when_redis_is_flushed_are_restored_and_finish(
             redis_client.exists(dispatched_marker(job_id)) for job_id in job_ids
         )
 
-    wait_until(published, "the jobs' messages and markers in Redis")
+    wait_until(published, 30.0, "the jobs' messages and markers in Redis")
     redis_client.flushdb()  # Redis restarted empty: every message and marker is gone
     assert redis_client.llen(queue) == 0
     # The reconciler sees queued, dispatched jobs without markers and has them published again.
-    wait_until(published, "the jobs re-published after the flush")
+    wait_until(published, 30.0, "the jobs re-published after the flush")
 
     workers.start(unique_hostname("after-flush"), [queue], standin_step_s=0.05)
     done = [alice.wait_state(task_id, "succeeded") for task_id in task_ids]
@@ -133,12 +133,3 @@ def test_reconcile_once_runs_against_the_cluster(farm_env: FarmEnv) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "reconciled:" in result.stdout
-
-
-def wait_until(condition: object, what: str, timeout_s: float = 30.0) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)

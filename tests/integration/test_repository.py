@@ -27,8 +27,9 @@ from shared.db import (
 )
 from shared.db.ids import new_id
 from shared.errors import Conflict, DatabaseUnavailable, InputError, LeaseLost, NotFound
-from shared.states import ALLOWED_TRANSITIONS, JobState, can_transition
-from tests.databases import FakeClock, in_flight, insert_batch, prepare_database
+from shared.states import ALLOWED_TRANSITIONS, JobState
+from tests.clock import FakeClock
+from tests.databases import attempt_of, in_flight, insert_batch, prepare_database
 from tests.dispatch import LEASE_S
 
 pytestmark = pytest.mark.integration
@@ -202,7 +203,7 @@ def test_every_allowed_transition_works_and_every_other_is_refused(db: Database,
         assert job.state is source
         changed = db.leases.transition(job.id, target)
         after = db.jobs.get_by_id(job.id)
-        if can_transition(source, target):
+        if target in ALLOWED_TRANSITIONS[source]:
             assert changed, f"{source} -> {target} was refused"
             assert after.state is target
             assert after.seq == job.seq + 1
@@ -286,7 +287,7 @@ def test_concurrent_claims_have_exactly_one_winner(db: Database) -> None:
 
 def test_claim_sets_lease_worker_and_attempt(db: Database, clock: FakeClock) -> None:
     job = new_job(db)
-    assert db.leases.claim(job.id, "gpu-7", 30.0).attempt == 1
+    assert attempt_of(db.leases.claim(job.id, "gpu-7", 30.0)) == 1
     running = db.jobs.get_by_id(job.id)
     assert running.state is JobState.RUNNING
     assert running.worker == "gpu-7"
@@ -330,10 +331,10 @@ def test_succeed_writes_artifacts_and_appends_warnings(db: Database) -> None:
 
 def test_fenced_succeed_rejects_a_stale_attempt_and_writes_nothing(db: Database, clock: FakeClock) -> None:
     job = new_job(db)
-    assert db.leases.claim(job.id, "gpu-old", LEASE_S).attempt == 1
+    assert attempt_of(db.leases.claim(job.id, "gpu-old", LEASE_S)) == 1
     clock.advance(LEASE_S + 1)
     assert [j.state for j in db.leases.requeue_expired()] == [JobState.QUEUED]
-    assert db.leases.claim(job.id, "gpu-new", LEASE_S).attempt == 2
+    assert attempt_of(db.leases.claim(job.id, "gpu-new", LEASE_S)) == 2
 
     before = db.jobs.get_by_id(job.id)
     with pytest.raises(LeaseLost):
@@ -414,7 +415,7 @@ def test_request_cancel_in_every_state(db: Database) -> None:
 def test_requeue_expired_and_fail_exhausted(db: Database, clock: FakeClock) -> None:
     job = new_job(db, max_attempts=2)
     assert [claimed.id for claimed in db.outbox.claim_dispatch(job.queue, 1)] == [job.id]
-    assert db.leases.claim(job.id, "gpu-0", LEASE_S).attempt == 1
+    assert attempt_of(db.leases.claim(job.id, "gpu-0", LEASE_S)) == 1
 
     clock.advance(LEASE_S - 1)
     assert db.leases.requeue_expired() == []
@@ -426,7 +427,7 @@ def test_requeue_expired_and_fail_exhausted(db: Database, clock: FakeClock) -> N
     assert (requeued.attempt, requeued.worker, requeued.lease_until, requeued.dispatched_at) == (1, None, None, None)
     assert db.outbox.outbox_by_queue() == {job.queue: (True, 0)}  # waits to be published again
 
-    assert db.leases.claim(job.id, "gpu-1", LEASE_S).attempt == 2
+    assert attempt_of(db.leases.claim(job.id, "gpu-1", LEASE_S)) == 2
     clock.advance(LEASE_S + 1)
     assert db.leases.requeue_expired() == []  # no attempts left
     (failed,) = db.leases.fail_exhausted()

@@ -29,7 +29,9 @@ from shared.storage import (
     open_storage,
     validate_key,
 )
-from tests.services import S3Server, free_loopback_port
+from tests.clock import ManualClock
+from tests.processes import free_loopback_port
+from tests.services import S3Server
 
 pytestmark = pytest.mark.integration
 
@@ -271,10 +273,20 @@ def test_local_tampered_and_expired_signatures_are_refused(local_storage: LocalF
             local_storage.verify_download(key, expires, bad_sig)
     with pytest.raises(NotFound):
         local_storage.verify_download(key, "not-a-number", sig)
-    # Expired: the same URL, checked one second after its expiry.
-    local_storage.verify_download(key, expires, sig, now=int(expires))
+
+
+def test_local_signatures_expire_by_the_storage_clock(tmp_path: Path) -> None:
+    clock = ManualClock(start=1_800_000_000.0)
+    storage = LocalFolderStorage(tmp_path / "storage", "http://127.0.0.1:7860", SIGNING_KEY, clock=clock)
+    key = "acme/job/1/result-0.png"
+    _, expires, sig = _url_parts(storage.download_url(key, 300))
+    assert int(expires) == 1_800_000_300
+    # Expired: the same URL, checked at its expiry and one second after it.
+    clock.advance(300)
+    storage.verify_download(key, expires, sig)
+    clock.advance(1)
     with pytest.raises(NotFound):
-        local_storage.verify_download(key, expires, sig, now=int(expires) + 1)
+        storage.verify_download(key, expires, sig)
 
 
 def test_local_signatures_depend_on_the_key(tmp_path: Path) -> None:

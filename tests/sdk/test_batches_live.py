@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,10 +13,11 @@ import httpx
 import pytest
 import yaml
 
-from renderfarm import Client, Grid, JobState
+from renderfarm import Batch, Client, Grid, JobState
 from renderfarm.batch_runner import run_batch
 from renderfarm.client_cli import register
 from tests.sdk.conftest import LiveFarm, job_fields, mask_picture, picture
+from tests.waiting import wait_until
 
 pytestmark = [pytest.mark.integration]
 
@@ -30,17 +30,13 @@ def test_a_24_item_grid_completes_on_both_workers_and_counts_add_up(farm: Client
     assert (created.requested, created.enqueued, created.mode) == (24, 24, "product")
     assert created.task_ids == tuple(f"{created.batch_id}-{i}" for i in range(24))
 
-    polls = 0
-    deadline = time.monotonic() + BATCH_TIMEOUT_S
-    while True:
+    def finished() -> Batch | None:
         status = farm.get_batch(created.batch_id)
-        polls += 1
         assert sum(status.counts.values()) == status.total == 24, status.counts
         assert 0.0 <= status.progress <= 1.0
-        if status.is_finished:
-            break
-        assert time.monotonic() < deadline, f"batch not done: {status.counts}\n{live_farm.logs()}"
-        time.sleep(0.2)
+        return status if status.is_finished else None
+
+    status = wait_until(finished, BATCH_TIMEOUT_S, lambda: f"the batch to finish\n{live_farm.logs()}", max_interval=0.2)
     assert status.count("succeeded") == 24
     assert status.progress == 1.0
     assert status.eta_s == 0.0
@@ -65,18 +61,20 @@ def test_cancel_of_a_running_batch_stops_the_rest(farm: Client, live_farm: LiveF
         grid=Grid.product(seed=list(range(24))),
         defaults=job_fields(image=picture(23), steps=30, denoising_strength=1.0),
     )
-    deadline = time.monotonic() + BATCH_TIMEOUT_S
-    while (status := farm.get_batch(created.batch_id)).count("succeeded") < 2:
-        assert time.monotonic() < deadline, status.counts
-        time.sleep(0.05)
+    wait_until(
+        lambda: farm.get_batch(created.batch_id).count("succeeded") >= 2, BATCH_TIMEOUT_S, "two items to succeed"
+    )
     canceled = farm.cancel_batch(created.batch_id)
     assert canceled.canceled_at is not None
     assert sum(canceled.counts.values()) == 24
     succeeded_at_cancel = canceled.count("succeeded") + canceled.count("running")
-    while not (status := farm.get_batch(created.batch_id)).is_finished:
+
+    def finished() -> Batch | None:
+        status = farm.get_batch(created.batch_id)
         assert sum(status.counts.values()) == 24
-        assert time.monotonic() < deadline, status.counts
-        time.sleep(0.1)
+        return status if status.is_finished else None
+
+    status = wait_until(finished, BATCH_TIMEOUT_S, "the canceled batch to finish")
     assert status.count("failed") == 0
     assert status.count("canceled") >= 24 - succeeded_at_cancel
     assert status.count("succeeded") <= succeeded_at_cancel  # nothing started after the cancel

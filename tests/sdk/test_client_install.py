@@ -19,8 +19,8 @@ from tests.unit.test_layering import PURE_SHARED_MODULES
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("renderfarm", "shared", "scheduler", "worker")
 # The packages that the server and worker extras bring, and the farm's own server-side code.
-NOT_IN_THE_CLIENT_INSTALL = ("sqlalchemy", "alembic", "psycopg", "celery", "redis", "fastapi", "uvicorn", "boto3")
-NOT_IN_THE_CLIENT_INSTALL += ("prometheus_client", "pydantic_settings", "torch", "diffusers")
+NOT_IN_THE_CLIENT_INSTALL: tuple[str, ...] = ("sqlalchemy", "alembic", "psycopg", "celery", "redis", "fastapi")
+NOT_IN_THE_CLIENT_INSTALL += ("uvicorn", "boto3", "prometheus_client", "pydantic_settings", "torch", "diffusers")
 SERVER_SIDE_CODE = ("scheduler", "worker")
 INSTALL_TIMEOUT_S = 300
 
@@ -66,12 +66,16 @@ def client_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
     # Without PYTHONPATH: pip would take a checkout on it (with its egg-info) for an installed renderfarm.
-    run = {"check": True, "cwd": root, "timeout": INSTALL_TIMEOUT_S, "env": clean_env()}
-    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(source)], **run)
+    env = clean_env()
+
+    def run(argv: list[str]) -> None:
+        subprocess.run(argv, check=True, cwd=root, timeout=INSTALL_TIMEOUT_S, env=env)
+
+    run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(root / "dist"), str(source)])
     [wheel] = (root / "dist").glob("renderfarm-*.whl")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], **run)
+    run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")])
     bin_dir = root / "venv" / "bin"
-    subprocess.run([*pip, "--python", str(bin_dir / "python"), "install", str(wheel)], **run)
+    run([*pip, "--python", str(bin_dir / "python"), "install", str(wheel)])
     return bin_dir
 
 
@@ -111,13 +115,17 @@ def test_the_client_install_imports_the_sdk_and_the_job_contract(client_install:
 
 def test_the_client_commands_run_and_the_server_commands_name_their_extra(client_install: Path, tmp_path: Path) -> None:
     command = str(client_install / "renderfarm")
-    run = {"capture_output": True, "text": True, "cwd": tmp_path, "env": clean_env(), "timeout": 60}
-    status = subprocess.run([command, "status", "--help"], **run)
+    env = clean_env()
+
+    def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60)
+
+    status = run([command, "status", "--help"])
     assert status.returncode == 0, status.stderr
     assert "task_id" in status.stdout
-    assert subprocess.run([command, "--help"], **run).returncode == 0
+    assert run([command, "--help"]).returncode == 0
     for argv, extra in ((["scheduler"], "server"), (["db", "upgrade"], "server"), (["worker"], "worker")):
-        refused = subprocess.run([command, *argv], **run)
+        refused = run([command, *argv])
         assert refused.returncode == 2, (argv, refused.stderr)
         assert f"pip install 'renderfarm[{extra}]'" in refused.stderr, argv
         assert "Traceback" not in refused.stderr

@@ -44,7 +44,7 @@ def test_from_job_copies_the_values_and_resolves_the_names() -> None:
         sampler_name="k_dpmpp_2m",
         scheduler="karras",
         override_settings={"img2img_fix_steps": True},
-        **values,  # type: ignore[arg-type]
+        **values,
     )
     picture = Image.new("RGB", (64, 64))
     p = StableDiffusionProcessingImg2Img.from_job(job, sd_model=cast(Any, None), init_images=[picture])

@@ -148,8 +148,10 @@ CONNECTION_METHODS = {"connect", "begin", "raw_connection"}
 
 def database_bypasses(path: Path) -> list[str]:
     """What in `path` goes around the door: SQLAlchemy or shared.db internals imported, an engine's connection."""
-    found = []
+    found: list[str] = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.stmt | ast.expr):
+            continue
         modules: list[str] = []
         if isinstance(node, ast.Import):
             modules = [alias.name for alias in node.names]
@@ -335,7 +337,7 @@ def test_the_sdk_imports_only_what_the_client_install_has() -> None:
 
 def test_the_command_line_reaches_the_server_commands_only_lazily() -> None:
     tree = ast.parse((ROOT / "renderfarm" / "cli.py").read_text(encoding="utf-8"))
-    top_level = set()
+    top_level: set[str] = set()
     for node in tree.body:  # module level only: the imports inside functions run when their command runs
         if isinstance(node, ast.Import):
             top_level.update(alias.name for alias in node.names)

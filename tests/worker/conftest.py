@@ -4,7 +4,6 @@ and a helper that submits a job the way the API stores one (images uploaded as a
 from __future__ import annotations
 
 import hashlib
-import io
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -21,6 +20,8 @@ from shared.job.spec import SpecLimits, parse_job
 from shared.live import LiveProgress, RedisLiveStatus
 from shared.queueing import queue_name
 from shared.storage import S3Storage, Storage, asset_key
+from tests.pictures import centre_mask as centre_mask
+from tests.pictures import picture, png_bytes
 from tests.services import S3Server
 from worker.engine.models import LoadedModel, ModelNotFound, load_model
 from worker.job_runner import WorkerDeps
@@ -80,7 +81,7 @@ def live(redis_url: str) -> Iterator[RecordingLive]:
 
 @pytest.fixture
 def settings(tmp_path: Path, worker_db_url: str, s3_env: S3Server, bucket: str) -> Settings:
-    return Settings(  # type: ignore[call-arg]
+    return Settings(
         _env_file=None,
         data_dir=tmp_path / "data",
         database_url=worker_db_url,
@@ -116,27 +117,6 @@ def deps(
         models=TinyModels(tiny_model),
         worker_name="test-worker",
     )
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def picture(seed: int = 0) -> Image.Image:
-    """A deterministic 64×64 gradient with some noise, so renders differ visibly."""
-    image = Image.new("RGB", (SIZE, SIZE))
-    image.putdata(
-        [((x * 4 + seed) % 256, (y * 4) % 256, (x * y + seed * 7) % 256) for y in range(SIZE) for x in range(SIZE)]
-    )
-    return image
-
-
-def centre_mask() -> Image.Image:
-    mask = Image.new("L", (SIZE, SIZE), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    return mask
 
 
 def upload_asset(db: Database, storage: Storage, image: Image.Image, tenant: str = TENANT) -> str:

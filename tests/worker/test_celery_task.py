@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,6 +10,7 @@ from shared.config import Settings
 from shared.db import Database, JobRow
 from shared.queueing import EMBEDDED_BROKER_URL, make_celery_app, publish_render, queue_name
 from shared.states import JobState
+from tests.waiting import wait_until
 from tests.worker.conftest import Submitter
 from worker.embedded import EmbeddedWorker, start_embedded_worker
 from worker.job_runner import WorkerDeps
@@ -23,16 +23,12 @@ DEADLINE_S = 60.0
 
 def wait_for_state(db: Database, row: JobRow, states: set[JobState]) -> JobRow:
     """Poll the job row until it reaches one of `states`, or fail at the deadline."""
-    deadline = time.monotonic() + DEADLINE_S
-    delay = 0.02
-    while True:
+
+    def reached() -> JobRow | None:
         job = db.jobs.get_by_id(row.id)
-        if job.state in states:
-            return job
-        if time.monotonic() > deadline:
-            pytest.fail(f"job {row.id} is still {job.state} after {DEADLINE_S} s")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.25)
+        return job if job.state in states else None
+
+    return wait_until(reached, DEADLINE_S, f"job {row.id} to reach {sorted(states)}", max_interval=0.25)
 
 
 @pytest.fixture

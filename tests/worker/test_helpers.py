@@ -33,7 +33,7 @@ def test_seeds_of_minus_one_come_from_the_uuid_and_explicit_seeds_stay() -> None
 
 
 def test_lease_grows_with_steps_pixels_and_batches_and_is_capped() -> None:
-    settings = Settings(_env_file=None, lease_base_s=60, lease_s_per_step_megapixel=2, job_deadline_max_s=3600)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, lease_base_s=60, lease_s_per_step_megapixel=2, job_deadline_max_s=3600)
     one = lease_seconds(job(steps=50, width=1000, height=1000), settings)
     assert one == pytest.approx(60 + 50 * 1.0 * 2)
     assert lease_seconds(job(steps=50, width=1000, height=1000, n_iter=2), settings) == pytest.approx(60 + 200)
@@ -90,7 +90,7 @@ def test_gpu_selection() -> None:
 
 
 def test_settings_travel_to_worker_processes_through_the_environment() -> None:
-    settings = Settings(_env_file=None, model="tiny-inpaint", dev_mode=True, max_attempts=5)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, model="tiny-inpaint", dev_mode=True, max_attempts=5)
     env = _settings_env(settings)
     assert env["RENDERFARM_MODEL"] == "tiny-inpaint"
     assert Settings(_env_file=None, **{k.removeprefix("RENDERFARM_").lower(): v for k, v in env.items()}) == settings  # type: ignore[arg-type]

@@ -21,7 +21,9 @@ from shared.db.tables import utcnow
 from shared.images import read_png_infotext
 from shared.states import JobState
 from shared.storage import S3Storage, Storage, StoredObject, asset_key
-from tests.services import S3Server, free_loopback_port
+from tests.databases import attempt_of
+from tests.processes import free_loopback_port
+from tests.services import S3Server
 from tests.worker.conftest import SIZE, TENANT, RecordingLive, Submitter, centre_mask, picture, upload_asset
 from worker.engine.processing import Processed, Progress, StableDiffusionProcessingImg2Img, process_images
 from worker.job_runner import PHASES, SEED_MODULUS, WorkerDeps, run_job
@@ -138,7 +140,7 @@ def test_seed_minus_one_comes_from_the_job_uuid_and_a_retry_renders_the_same_pix
 
 def test_a_duplicate_delivery_is_skipped(deps: WorkerDeps, db: Database, submit: Submitter) -> None:
     row = submit()
-    assert db.leases.claim(row.id, "someone-else", 60.0).attempt == 1
+    assert attempt_of(db.leases.claim(row.id, "someone-else", 60.0)) == 1
 
     outcome = run_job(row.id, 0, deps)
 
@@ -285,9 +287,9 @@ def test_lease_lost_mid_render_stops_without_writing(
 class TakeoverOnFirstPut(S3Storage):
     """Storage whose first artifact upload coincides with another worker taking the job over."""
 
-    def __init__(self, base: S3Storage, takeover: Callable[[], None]) -> None:
+    def __init__(self, base: S3Storage, takeover: Callable[[], object]) -> None:
         super().__init__(base.bucket, "farm", endpoint_url=base.endpoint_url, region=base.region)
-        self._takeover: Callable[[], None] | None = takeover
+        self._takeover: Callable[[], object] | None = takeover
 
     def put(self, key: str, data: bytes, content_type: str, sha256: str | None = None) -> StoredObject:
         if self._takeover is not None and "/~assets/" not in key:
