@@ -103,12 +103,6 @@ def test_omitted_defaults_resolve_to_euler_and_automatic() -> None:
 # --------------------------------------------------------------------------------------------------------------
 # Every bad field gives a 422 that names it, with a stable code.
 
-
-def bad_setting(name: str, value: Any, code: str) -> tuple[dict[str, Any], str, str]:
-    """A case of BAD_FIELDS: one bad override setting, reported at `override_settings.<name>`."""
-    return {"override_settings": {name: value}}, f"override_settings.{name}", code
-
-
 BAD_FIELDS: list[tuple[dict[str, Any], str, str]] = [
     ({"resize_mode": -1}, "resize_mode", "out_of_range"),
     ({"resize_mode": 4}, "resize_mode", "out_of_range"),
@@ -191,26 +185,58 @@ BAD_FIELDS: list[tuple[dict[str, Any], str, str]] = [
     ({"bogus": 1}, "bogus", "unknown_field"),
     ({"sampler_index": "Euler"}, "sampler_index", "unknown_field"),
     ({"override_settings": []}, "override_settings", "invalid_type"),
-    bad_setting("sd_hypernetwork", "x", "unknown_setting"),
-    bad_setting("CLIP_stop_at_last_layers", 0, "out_of_range"),
-    bad_setting("CLIP_stop_at_last_layers", 13, "out_of_range"),
-    bad_setting("CLIP_stop_at_last_layers", "two", "invalid_type"),
-    bad_setting("img2img_fix_steps", "maybe", "invalid_type"),
-    bad_setting("sd_model_checkpoint", 5, "invalid_type"),
-    bad_setting("initial_noise_multiplier", 2.0, "out_of_range"),
-    bad_setting("img2img_background_color", "white", "invalid_format"),
-    bad_setting("img2img_background_color", "#fffff", "invalid_format"),
-    bad_setting("img2img_color_correction", "no way", "invalid_type"),
-    bad_setting("eta_noise_seed_delta", -1, "out_of_range"),
-    bad_setting("inpainting_mask_weight", 1.5, "out_of_range"),
-    bad_setting("eta_ancestral", 2, "out_of_range"),
-    bad_setting("randn_source", "NV", "invalid_choice"),
-    bad_setting("sd_vae", "", "invalid_length"),
-    bad_setting("samples_format", "bmp", "invalid_choice"),
-    bad_setting("img2img_extra_noise", -0.1, "out_of_range"),
-    bad_setting("overlay_inpaint", "maybe", "invalid_type"),
-    bad_setting("return_mask", None, "invalid_type"),
-    bad_setting("return_mask_composite", [], "invalid_type"),
+    ({"override_settings": {"sd_hypernetwork": "x"}}, "override_settings.sd_hypernetwork", "unknown_setting"),
+    (
+        {"override_settings": {"CLIP_stop_at_last_layers": 0}},
+        "override_settings.CLIP_stop_at_last_layers",
+        "out_of_range",
+    ),
+    (
+        {"override_settings": {"CLIP_stop_at_last_layers": 13}},
+        "override_settings.CLIP_stop_at_last_layers",
+        "out_of_range",
+    ),
+    (
+        {"override_settings": {"CLIP_stop_at_last_layers": "two"}},
+        "override_settings.CLIP_stop_at_last_layers",
+        "invalid_type",
+    ),
+    ({"override_settings": {"img2img_fix_steps": "maybe"}}, "override_settings.img2img_fix_steps", "invalid_type"),
+    ({"override_settings": {"sd_model_checkpoint": 5}}, "override_settings.sd_model_checkpoint", "invalid_type"),
+    (
+        {"override_settings": {"initial_noise_multiplier": 2.0}},
+        "override_settings.initial_noise_multiplier",
+        "out_of_range",
+    ),
+    (
+        {"override_settings": {"img2img_background_color": "white"}},
+        "override_settings.img2img_background_color",
+        "invalid_format",
+    ),
+    (
+        {"override_settings": {"img2img_background_color": "#fffff"}},
+        "override_settings.img2img_background_color",
+        "invalid_format",
+    ),
+    (
+        {"override_settings": {"img2img_color_correction": "no way"}},
+        "override_settings.img2img_color_correction",
+        "invalid_type",
+    ),
+    ({"override_settings": {"eta_noise_seed_delta": -1}}, "override_settings.eta_noise_seed_delta", "out_of_range"),
+    (
+        {"override_settings": {"inpainting_mask_weight": 1.5}},
+        "override_settings.inpainting_mask_weight",
+        "out_of_range",
+    ),
+    ({"override_settings": {"eta_ancestral": 2}}, "override_settings.eta_ancestral", "out_of_range"),
+    ({"override_settings": {"randn_source": "NV"}}, "override_settings.randn_source", "invalid_choice"),
+    ({"override_settings": {"sd_vae": ""}}, "override_settings.sd_vae", "invalid_length"),
+    ({"override_settings": {"samples_format": "bmp"}}, "override_settings.samples_format", "invalid_choice"),
+    ({"override_settings": {"img2img_extra_noise": -0.1}}, "override_settings.img2img_extra_noise", "out_of_range"),
+    ({"override_settings": {"overlay_inpaint": "maybe"}}, "override_settings.overlay_inpaint", "invalid_type"),
+    ({"override_settings": {"return_mask": None}}, "override_settings.return_mask", "invalid_type"),
+    ({"override_settings": {"return_mask_composite": []}}, "override_settings.return_mask_composite", "invalid_type"),
     (
         {"model": "a.safetensors", "override_settings": {"sd_model_checkpoint": "b.safetensors"}},
         "override_settings.sd_model_checkpoint",
