@@ -39,6 +39,15 @@ def _ldm_resnet(name: str) -> str:
     raise ValueError(f"unexpected UNet resnet weight {name!r}")
 
 
+def _ldm_layer_part(layer: str, kind: str, rest: str) -> str | None:
+    """A down or up block's resnet or attention → slot 0 or 1 of its LDM layer; None for any other kind."""
+    if kind == "resnets":
+        return f"{layer}.0.{_ldm_resnet(rest)}"
+    if kind == "attentions":
+        return f"{layer}.1.{rest}"
+    return None
+
+
 def _unet_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """Diffusers UNet2DConditionModel weights → the LDM UNetModel's names (SD 1.x/2.x layout)."""
     per = int(config["layers_per_block"]) + 1  # LDM blocks per diffusers down block: the layers + a downsampler
@@ -56,12 +65,10 @@ def _unet_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -
         new: str | None = next((ldm + key[len(d) :] for d, ldm in simple.items() if key.startswith(d)), None)
         if new is None and parts[0] == "down_blocks":
             block, kind, index, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
-            if kind == "resnets":
-                new = f"input_blocks.{1 + block * per + index}.0.{_ldm_resnet(rest)}"
-            elif kind == "attentions":
-                new = f"input_blocks.{1 + block * per + index}.1.{rest}"
-            elif kind == "downsamplers":
+            if kind == "downsamplers":
                 new = f"input_blocks.{(block + 1) * per}.0.op.{rest.removeprefix('conv.')}"
+            else:
+                new = _ldm_layer_part(f"input_blocks.{1 + block * per + index}", kind, rest)
         elif new is None and parts[0] == "mid_block":
             kind, index, rest = parts[1], int(parts[2]), ".".join(parts[3:])
             if kind == "resnets":
@@ -70,13 +77,11 @@ def _unet_to_ldm(state: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -
                 new = f"middle_block.1.{rest}"
         elif new is None and parts[0] == "up_blocks":
             block, kind, index, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
-            if kind == "resnets":
-                new = f"output_blocks.{block * per + index}.0.{_ldm_resnet(rest)}"
-            elif kind == "attentions":
-                new = f"output_blocks.{block * per + index}.1.{rest}"
-            elif kind == "upsamplers":
+            if kind == "upsamplers":
                 slot = 2 if with_attention[block] else 1
                 new = f"output_blocks.{block * per + per - 1}.{slot}.{rest}"
+            else:
+                new = _ldm_layer_part(f"output_blocks.{block * per + index}", kind, rest)
         if new is None:
             raise ValueError(f"unexpected UNet weight {key!r}")
         out[_LDM_UNET + new] = tensor

@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -118,6 +119,17 @@ def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path,
             cwd=cwd or Path.cwd(),
         )
     return Proc(name, process, log)
+
+
+def scheduler_argv(port: int) -> list[str]:
+    """The command line of a farm's scheduler process (API, dispatcher, reconciler) on a loopback port."""
+    return [sys.executable, "-m", "renderfarm.cli", "scheduler", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def worker_argv(queues: Sequence[str], hostname: str) -> list[str]:
+    """The command line of a farm's CPU worker process (`worker.service`) consuming `queues` as `hostname`."""
+    command = [sys.executable, "-m", "worker.service", "--device", "cpu"]
+    return [*command, "--queues", ",".join(queues), "--hostname", hostname]
 
 
 def wait_celery_workers_ready(control: Any, workers: Mapping[str, Proc], timeout_s: float) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from shared.config import Settings
 from tests.processes import free_loopback_port, stop_process_group, wait_until_http_ready
 
 POSTGRES_ADMIN_URL = os.environ.get(
@@ -161,3 +162,34 @@ def farm_environment(
         }
     )
     return env
+
+
+def farm_settings(
+    database_url: str, redis_url: str, s3: S3Server, bucket: str, api_tokens: str, data_dir: Path, **more: Any
+) -> Settings:
+    """The settings `farm_environment` gives a farm's processes, as a `Settings` for the test process itself: its
+    own database, Redis and Celery clients, or a farm it runs in-process. `more` are further fields."""
+    return Settings(
+        _env_file=None,
+        data_dir=data_dir,
+        database_url=database_url,
+        redis_url=redis_url,
+        storage_url=f"s3://{bucket}/farm",
+        s3_endpoint_url=s3.endpoint_url,
+        api_tokens=api_tokens,
+        **more,
+    )
+
+
+def fast_recovery_environment(
+    *, lost_grace_s: float, lease_base_s: float, progress_interval_s: float
+) -> dict[str, str]:
+    """RENDERFARM_* settings for a farm's processes under test: lost jobs are recovered in seconds, not minutes."""
+    return {
+        "RENDERFARM_RECONCILE_INTERVAL_S": "0.5",
+        "RENDERFARM_RECONCILE_LOST_GRACE_S": str(lost_grace_s),
+        "RENDERFARM_LEASE_BASE_S": str(lease_base_s),
+        "RENDERFARM_PROGRESS_INTERVAL_S": str(progress_interval_s),
+        "RENDERFARM_WORKER_SOFT_SHUTDOWN_S": "5",
+        "RENDERFARM_METRICS_PORT": "0",  # several workers on one host must not compete for one metrics port
+    }

@@ -31,7 +31,7 @@ from shared.live import RedisLiveStatus
 from shared.queueing import queue_name
 from shared.storage import S3Storage
 from tests.processes import free_loopback_port, serve_in_thread
-from tests.services import S3Server, fresh_postgres_database
+from tests.services import S3Server, farm_settings, fresh_postgres_database
 from tests.waiting import wait_until
 from worker.engine.models import LoadedModel, load_model
 from worker.engine.processing import Processed, StableDiffusionProcessingImg2Img, process_images
@@ -125,22 +125,16 @@ def farm(
         patch.setenv("AWS_DEFAULT_REGION", s3_server.region)
         upgrade(database_url)
         port = free_loopback_port()
-        settings = Settings(
-            _env_file=None,
-            data_dir=data_dir,
-            database_url=database_url,
-            redis_url=redis_url,
-            storage_url=f"s3://{s3_server.new_bucket()}/farm",
-            s3_endpoint_url=s3_server.endpoint_url,
-            api_tokens=TOKENS,
-            public_url=f"http://127.0.0.1:{port}",
-            progress_interval_s=0.05,
+        bucket = s3_server.new_bucket()
+        farm_url = f"http://127.0.0.1:{port}"
+        settings = farm_settings(
+            database_url, redis_url, s3_server, bucket, TOKENS, data_dir, public_url=farm_url, progress_interval_s=0.05
         ).check()
         engine = make_engine(database_url)
         db = Database(engine)
         live = RedisLiveStatus(redis_url)
         storage = S3Storage(
-            settings.storage_url.removeprefix("s3://").split("/", 1)[0],  # type: ignore[union-attr]
+            bucket,
             prefix="farm",
             endpoint_url=s3_server.endpoint_url,
             region=s3_server.region,

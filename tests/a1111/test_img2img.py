@@ -176,18 +176,23 @@ def test_minimal_request_gets_the_reference_api_defaults(farm: LiveFarm) -> None
     assert response.status_code == 200, response.text
     answer = response.json()
     parameters = answer["parameters"]
-    # The API's defaults, not the UI's (semantics §5.2).
-    assert parameters["sampler_index"] == "Euler"
-    assert parameters["sampler_name"] is None
-    assert parameters["inpainting_fill"] == 0
-    assert parameters["inpaint_full_res"] is True
-    assert parameters["inpaint_full_res_padding"] == 0
-    assert parameters["denoising_strength"] == 0.75
-    assert parameters["cfg_scale"] == 7.0
-    assert parameters["seed"] == -1
-    assert parameters["batch_size"] == 1
-    assert parameters["send_images"] is True
-    assert parameters["save_images"] is False
+    # The API's defaults, not the UI's (semantics §5.2), with their JSON types (true is not 1).
+    api_defaults = {
+        "sampler_index": "Euler",
+        "sampler_name": None,
+        "inpainting_fill": 0,
+        "inpaint_full_res": True,
+        "inpaint_full_res_padding": 0,
+        "denoising_strength": 0.75,
+        "cfg_scale": 7.0,
+        "seed": -1,
+        "batch_size": 1,
+        "send_images": True,
+        "save_images": False,
+    }
+    echoed = {name: parameters[name] for name in api_defaults}
+    assert echoed == api_defaults
+    assert {name: type(value) for name, value in echoed.items()} == {k: type(v) for k, v in api_defaults.items()}
     assert parameters["init_images"] == body["init_images"]  # include_init_images: echoed as sent
     assert "an_unknown" not in parameters  # unknown fields are ignored, as the reference ignores them
     info = json.loads(answer["info"])

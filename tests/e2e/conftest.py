@@ -36,11 +36,20 @@ from shared.queueing import make_celery_app
 from tests.processes import (
     Proc,
     free_loopback_port,
+    scheduler_argv,
     spawn,
     wait_celery_workers_ready,
     wait_until_http_ready,
+    worker_argv,
 )
-from tests.services import S3Server, farm_environment, fresh_postgres_database, isolated_redis_database
+from tests.services import (
+    S3Server,
+    farm_environment,
+    farm_settings,
+    fast_recovery_environment,
+    fresh_postgres_database,
+    isolated_redis_database,
+)
 from tests.waiting import wait_until
 
 ALICE_TOKEN = "e2e-alice-token-0123456789"
@@ -52,17 +61,10 @@ JOB_TIMEOUT_S = 90.0  # seconds a job may take to reach an expected state
 TEST_MODELS = ("e2e-standin", "e2e-kill", "e2e-flush", "e2e-idle")  # model names, hence queues, of the tests
 SIZE = 64  # pixels: the smallest side the spec allows
 
-# Settings of every farm process: recovery in seconds, not minutes.
-FAST_SETTINGS = {
-    "RENDERFARM_RECONCILE_INTERVAL_S": "0.5",
-    "RENDERFARM_RECONCILE_LOST_GRACE_S": "1",
-    # Long enough that a slow first render on two busy cores keeps its lease; the SIGKILL test gives its doomed
-    # worker a short one (`WorkerPool.start(lease_base_s=...)`): a worker's own settings decide its lease.
-    "RENDERFARM_LEASE_BASE_S": "60",
-    "RENDERFARM_PROGRESS_INTERVAL_S": "0.1",
-    "RENDERFARM_WORKER_SOFT_SHUTDOWN_S": "5",
-    "RENDERFARM_METRICS_PORT": "0",  # several workers on one host must not compete for one metrics port
-}
+# Settings of every farm process. The lease is long enough that a slow first render on two busy cores keeps it; the
+# SIGKILL test gives its doomed worker a short one (`WorkerPool.start(lease_base_s=...)`): a worker's own settings
+# decide its lease.
+FAST_SETTINGS = fast_recovery_environment(lost_grace_s=1, lease_base_s=60, progress_interval_s=0.1)
 
 
 def queue_of(model: str) -> str:
@@ -123,15 +125,7 @@ def farm_env(e2e_databases: tuple[str, str], s3_server: S3Server, tmp_path_facto
     bucket = s3_server.new_bucket()
     env = farm_environment(postgres_url, redis_url, s3_server, bucket, TOKENS, data_dir, **FAST_SETTINGS)
     env["RENDERFARM_MODELS_DIR"] = str(models_dir)
-    settings = Settings(
-        _env_file=None,
-        data_dir=data_dir,
-        database_url=postgres_url,
-        redis_url=redis_url,
-        storage_url=f"s3://{bucket}/farm",
-        s3_endpoint_url=s3_server.endpoint_url,
-        api_tokens=TOKENS,
-    )
+    settings = farm_settings(postgres_url, redis_url, s3_server, bucket, TOKENS, data_dir)
     return FarmEnv(env, settings, postgres_url, redis_url, s3_server, bucket, log_dir)
 
 
@@ -153,8 +147,7 @@ def wait_ready(url: str, proc: Proc, timeout_s: float = READY_TIMEOUT_S) -> None
 @pytest.fixture(scope="session")
 def scheduler(farm_env: FarmEnv) -> Iterator[Scheduler]:
     port = free_loopback_port()
-    argv = [sys.executable, "-m", "renderfarm.cli", "scheduler", "--host", "127.0.0.1", "--port", str(port)]
-    proc = spawn("scheduler", argv, farm_env.env, farm_env.log_dir)
+    proc = spawn("scheduler", scheduler_argv(port), farm_env.env, farm_env.log_dir)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(f"{url}/readyz", proc)
@@ -200,8 +193,7 @@ class WorkerPool:
             env["RENDERFARM_STANDIN_STEP_S"] = str(standin_step_s)
         if lease_base_s is not None:
             env["RENDERFARM_LEASE_BASE_S"] = str(lease_base_s)
-        argv = [sys.executable, "-m", "worker.service", "--device", "cpu"]
-        argv += ["--queues", ",".join(queues), "--hostname", hostname]
+        argv = worker_argv(queues, hostname)
         worker = Worker(hostname, spawn(hostname.split("@", 1)[0], argv, env, self.farm.log_dir))
         self.started.append(worker)
         if wait:

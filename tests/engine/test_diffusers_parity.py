@@ -43,15 +43,10 @@ CFG_SCALE = 7.0
 
 
 def diffusers_pipeline(model: LoadedModel, scheduler: EulerDiscreteScheduler) -> Any:
+    # The pipeline runs our model's own parts, and no safety checker, as our renderer has none.
+    parts = {"vae": model.vae, "text_encoder": model.text_encoder, "tokenizer": model.tokenizer, "unet": model.unet}
     pipe: Any = StableDiffusionImg2ImgPipeline(
-        vae=model.vae,
-        text_encoder=model.text_encoder,
-        tokenizer=model.tokenizer,
-        unet=model.unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        **parts, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

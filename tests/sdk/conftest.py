@@ -25,11 +25,12 @@ from renderfarm import Client
 from shared.config import Settings
 from shared.db import upgrade
 from shared.queueing import make_celery_app
+from tests import processes, services
 from tests.pictures import centre_mask, png_bytes
 from tests.pictures import picture as picture
-from tests.processes import Proc, free_loopback_port, spawn, wait_celery_workers_ready, wait_until_http_ready
+from tests.processes import Proc
 from tests.sdk.clients import CLIENT_KINDS, ClientMaker
-from tests.services import S3Server, farm_environment, fresh_postgres_database, isolated_redis_database
+from tests.services import S3Server
 
 MODEL = "sdk-standin"  # the model name of these tests' jobs, hence their queues
 QUEUES = (f"rf.{MODEL}.interactive", f"rf.{MODEL}.batch")
@@ -39,14 +40,7 @@ TOKENS = f"alice:{ALICE_TOKEN},bob:{BOB_TOKEN}"
 STANDIN_STEP_S = 0.02  # seconds per sampling step in the workers
 READY_TIMEOUT_S = 180.0  # torch import and model load of two workers on two busy cores
 SIZE = 64  # pixels: the smallest side the spec allows
-FAST_SETTINGS = {
-    "RENDERFARM_RECONCILE_INTERVAL_S": "0.5",
-    "RENDERFARM_RECONCILE_LOST_GRACE_S": "2",
-    "RENDERFARM_LEASE_BASE_S": "10",
-    "RENDERFARM_PROGRESS_INTERVAL_S": "0.05",
-    "RENDERFARM_WORKER_SOFT_SHUTDOWN_S": "5",
-    "RENDERFARM_METRICS_PORT": "0",
-}
+FAST_SETTINGS = services.fast_recovery_environment(lost_grace_s=2, lease_base_s=10, progress_interval_s=0.05)
 
 
 @dataclass
@@ -69,16 +63,14 @@ def live_farm(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> 
     data_dir, models_dir, log_dir = root / "data", root / "models", root / "logs"
     for folder in (data_dir, models_dir, log_dir):
         folder.mkdir()
-    with fresh_postgres_database() as database_url, isolated_redis_database() as redis_url:
+    with services.fresh_postgres_database() as database_url, services.isolated_redis_database() as redis_url:
         upgrade(database_url)
         bucket = s3_server.new_bucket()
-        port = free_loopback_port()
+        port = processes.free_loopback_port()
         url = f"http://127.0.0.1:{port}"
-        env = farm_environment(database_url, redis_url, s3_server, bucket, TOKENS, data_dir, **FAST_SETTINGS)
+        env = services.farm_environment(database_url, redis_url, s3_server, bucket, TOKENS, data_dir, **FAST_SETTINGS)
         env.update(RENDERFARM_MODELS_DIR=str(models_dir), RENDERFARM_MODEL=MODEL, RENDERFARM_PUBLIC_URL=url)
-        settings = Settings(
-            _env_file=None, data_dir=data_dir, database_url=database_url, redis_url=redis_url, api_tokens=TOKENS
-        )
+        settings = services.farm_settings(database_url, redis_url, s3_server, bucket, TOKENS, data_dir)
         # The tiny model is built once, before the workers start (two building it at once would race); it runs in
         # a process of its own so that this test process never imports torch.
         tiny = data_dir / "models" / "tiny"
@@ -93,25 +85,21 @@ def live_farm(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> 
         (models_dir / MODEL).symlink_to(tiny, target_is_directory=True)
         procs: list[Proc] = []
         try:
-            scheduler = spawn(
-                "scheduler",
-                [sys.executable, "-m", "renderfarm.cli", "scheduler", "--host", "127.0.0.1", "--port", str(port)],
-                env,
-                log_dir,
-            )
+            scheduler = processes.spawn("scheduler", processes.scheduler_argv(port), env, log_dir)
             procs.append(scheduler)
             workers: list[tuple[str, Proc]] = []
             worker_env = {**env, "RENDERFARM_STANDIN_STEP_S": str(STANDIN_STEP_S)}
             for i in range(2):
                 hostname = f"sdk{i}-{uuid.uuid4().hex[:6]}@test"
-                argv = [sys.executable, "-m", "worker.service", "--device", "cpu", "--queues", ",".join(QUEUES)]
-                proc = spawn(f"worker{i}", [*argv, "--hostname", hostname], worker_env, log_dir)
+                proc = processes.spawn(f"worker{i}", processes.worker_argv(QUEUES, hostname), worker_env, log_dir)
                 procs.append(proc)
                 workers.append((hostname, proc))
-            wait_until_http_ready(f"{url}/readyz", scheduler.alive, READY_TIMEOUT_S, want=200, log=scheduler.log_tail)
+            processes.wait_until_http_ready(
+                f"{url}/readyz", scheduler.alive, READY_TIMEOUT_S, want=200, log=scheduler.log_tail
+            )
             control = make_celery_app(settings, name="sdk-test-control")
             try:
-                wait_celery_workers_ready(control, dict(workers), READY_TIMEOUT_S)
+                processes.wait_celery_workers_ready(control, dict(workers), READY_TIMEOUT_S)
             finally:
                 control.close()
             yield LiveFarm(url, tuple(h for h, _ in workers), settings, scheduler, tuple(p for _, p in workers))

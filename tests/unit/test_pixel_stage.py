@@ -591,14 +591,8 @@ def test_mask_and_picture_of_different_sizes_in_whole_picture_mode() -> None:
 
 def test_mask_and_picture_of_different_sizes_in_only_masked_mode() -> None:
     """semantics §6: the box is in mask coordinates; the overlay's mask is resized to the picture."""
-    stage = prepare_pixels(
-        [picture(100, 100)],
-        width=64,
-        height=64,
-        mask=square_mask(50, 50, (10, 10, 20, 20)),
-        mask_blur_x=0,
-        mask_blur_y=0,
-    )
+    mask = square_mask(50, 50, (10, 10, 20, 20))  # half the picture's size
+    stage = prepare_pixels([picture(100, 100)], width=64, height=64, mask=mask, mask_blur_x=0, mask_blur_y=0)
     assert stage.crop_region == (10, 10, 20, 20)
     assert stage.mask_for_overlay is not None
     assert stage.mask_for_overlay.size == (100, 100)

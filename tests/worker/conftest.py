@@ -110,12 +110,7 @@ def deps(
     settings: Settings, db: Database, storage: S3Storage, live: RecordingLive, tiny_model: LoadedModel
 ) -> WorkerDeps:
     return WorkerDeps(
-        settings=settings,
-        db=db,
-        storage=storage,
-        live=live,
-        models=TinyModels(tiny_model),
-        worker_name="test-worker",
+        settings=settings, db=db, storage=storage, live=live, models=TinyModels(tiny_model), worker_name="test-worker"
     )
 
 
