@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
+    from worker.deps import WorkerDeps
     from worker.embedded import EmbeddedWorker
-    from worker.job_runner import WorkerDeps
 
 __all__ = [
     "DEFAULT_HOST",

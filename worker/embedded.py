@@ -25,7 +25,7 @@ from celery.worker import state as worker_state
 
 from shared.config import Settings
 from shared.queueing import queue_name
-from worker.job_runner import WorkerDeps
+from worker.deps import WorkerDeps
 from worker.tasks import deps_holder, warm_up
 
 __all__ = ["EMBEDDED_POLLING_INTERVAL_S", "EmbeddedWorker", "start_embedded_worker"]

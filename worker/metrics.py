@@ -17,10 +17,10 @@ Kubernetes liveness probe on it restarts a wedged worker; its job's lease then e
 
 Nothing here imports torch at module level; GPU memory is read only when torch is already imported and CUDA is up.
 
-Wiring (worker/job_runner.py and worker/tasks.py), with the process-wide `WORKER_METRICS`:
+Wiring (worker/job_runner.py, worker/step_hook.py and worker/tasks.py), with the process-wide `WORKER_METRICS`:
 
     WORKER_METRICS.job_started()                       # run_job, after a successful claim
-    WORKER_METRICS.step(model)                         # _StepHook.__call__, first line
+    WORKER_METRICS.step(model)                         # StepHook.__call__, first line
     WORKER_METRICS.record_outcome(outcome, model)      # run_job, before returning the outcome
     WORKER_METRICS.oom(model)                          # where WorkerStats.record_oom() is called
     loader = WORKER_METRICS.instrument_loader(loader)  # build_worker_deps, around the model loader
@@ -71,7 +71,7 @@ T = TypeVar("T")
 
 
 class _Outcome(Protocol):
-    """What `record_outcome` reads of `worker.job_runner.RunOutcome`."""
+    """What `record_outcome` reads of `worker.run_outcome.RunOutcome`."""
 
     @property
     def state(self) -> str: ...
@@ -177,7 +177,7 @@ class WorkerMetrics:
             self.step_seconds.labels(_model_label(model)).observe(now - previous)
 
     def record_outcome(self, outcome: _Outcome, model: str | None) -> None:
-        """A delivery ended (`worker.job_runner.RunOutcome`): count it, time it, and refresh GPU memory."""
+        """A delivery ended (`worker.run_outcome.RunOutcome`): count it, time it, and refresh GPU memory."""
         label = _model_label(model)
         self.renders.labels(label, outcome.state).inc()
         timings = dict(outcome.timings_ms or {})

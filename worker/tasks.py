@@ -35,9 +35,10 @@ from shared.errors import DatabaseUnavailable
 from shared.live import open_live_status
 from shared.queueing import RENDER_TASK, make_celery_app
 from shared.storage import open_storage
+from worker.deps import Engine, WorkerDeps
 from worker.engine.models import LoadedModel, load_model, pick_device
 from worker.engine.processing import process_images
-from worker.job_runner import Engine, WorkerDeps, run_job
+from worker.job_runner import run_job
 from worker.metrics import WORKER_METRICS
 from worker.model_cache import ModelCache
 from worker.standin import standin_from_env

@@ -33,9 +33,9 @@ from shared.storage import S3Storage
 from tests.processes import free_loopback_port, serve_in_thread
 from tests.services import S3Server, farm_settings, fresh_postgres_database
 from tests.waiting import wait_until
+from worker.deps import WorkerDeps
 from worker.engine.models import LoadedModel, load_model
 from worker.engine.processing import Processed, StableDiffusionProcessingImg2Img, process_images
-from worker.job_runner import WorkerDeps
 from worker.standin import StandinEngine
 
 ALICE_TOKEN = "a1111-alice-token-0123456789"

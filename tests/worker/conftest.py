@@ -23,8 +23,8 @@ from shared.storage import S3Storage, Storage, asset_key
 from tests.pictures import centre_mask as centre_mask
 from tests.pictures import picture, png_bytes
 from tests.services import S3Server
+from worker.deps import WorkerDeps
 from worker.engine.models import LoadedModel, ModelNotFound, load_model
-from worker.job_runner import WorkerDeps
 
 TENANT = "acme"
 SIZE = 64  # pixels: the smallest side the spec allows, so the tiny model renders in milliseconds

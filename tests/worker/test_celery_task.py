@@ -12,8 +12,8 @@ from shared.queueing import EMBEDDED_BROKER_URL, make_celery_app, publish_render
 from shared.states import JobState
 from tests.waiting import wait_until
 from tests.worker.conftest import Submitter
+from worker.deps import WorkerDeps
 from worker.embedded import EmbeddedWorker, start_embedded_worker
-from worker.job_runner import WorkerDeps
 from worker.tasks import create_worker_app, deps_holder
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -25,8 +25,10 @@ from tests.databases import attempt_of
 from tests.processes import free_loopback_port
 from tests.services import S3Server
 from tests.worker.conftest import SIZE, TENANT, RecordingLive, Submitter, centre_mask, picture, upload_asset
+from worker.deps import WorkerDeps
 from worker.engine.processing import Processed, Progress, StableDiffusionProcessingImg2Img, process_images
-from worker.job_runner import PHASES, SEED_MODULUS, WorkerDeps, run_job
+from worker.job_runner import SEED_MODULUS, run_job
+from worker.run_outcome import PHASES
 from worker.standin import StandinEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
