@@ -19,7 +19,7 @@ downloads, uploads); each only does the I/O, this one awaiting it. So the two ca
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
@@ -27,7 +27,6 @@ import httpx
 from renderfarm._effects import Flow, Stepper, awaited_outcome_of, shell_signature
 from renderfarm._flows import ClientBase, Operations, Pager
 from renderfarm._job import Job
-from renderfarm._transport import Retries, Timeout
 
 __all__ = ["AsyncClient"]
 
@@ -68,7 +67,7 @@ def _awaiting_pages(
     return method
 
 
-class AsyncClient(ClientBase):
+class AsyncClient(ClientBase[httpx.AsyncBaseTransport]):
     """An asyncio client of one farm, with the methods of `Client`, awaited (`list` and `batch_items` are async
     iterators). Use it as an async context manager, or call `aclose()`.
 
@@ -83,18 +82,8 @@ class AsyncClient(ClientBase):
     ...     await farm.download(job, "out")
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        *,
-        token: str | None = None,
-        timeout: Timeout | float | None = None,
-        retries: Retries | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(base_url, token, timeout, retries)
-        self._http = httpx.AsyncClient(**self._http_options(transport, headers))
+    def _open_http(self, **options: Any) -> None:
+        self._http = httpx.AsyncClient(**options)
 
     async def aclose(self) -> None:
         """Close the connections. The client cannot be used afterwards."""

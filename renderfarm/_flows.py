@@ -17,9 +17,10 @@ import contextlib
 import json
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final, Generic, TypeAlias, TypeVar
 
 import httpx
 from PIL import Image
@@ -71,6 +72,7 @@ from shared.job.ids import new_task_id as mint_task_id
 __all__ = ["USER_AGENT", "ClientBase", "Operations", "Page", "Pager", "new_task_id"]
 
 T = TypeVar("T")
+TransportT = TypeVar("TransportT")
 
 USER_AGENT: Final = "renderfarm-python/0.1"
 STREAM_READ_S: Final = 45.0  # seconds a stream may be silent; the farm sends a keep-alive every 15 s
@@ -91,22 +93,31 @@ Pager: TypeAlias = Callable[[str | None], Flow[Page]]
 """A listing: the flow that reads the page at a cursor (None: the first)."""
 
 
-class ClientBase:
-    """What `Client` and `AsyncClient` share besides their I/O: the operations, and the settings they read."""
+class ClientBase(ABC, Generic[TransportT]):
+    """What `Client` and `AsyncClient` share besides their I/O: the constructor (each documents its parameters),
+    the operations, and the settings they read. `TransportT` is the httpx transport type of the shell's I/O."""
 
     def __init__(
-        self, base_url: str | None, token: str | None, timeout: Timeout | float | None, retries: Retries | None
+        self,
+        base_url: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: Timeout | float | None = None,
+        retries: Retries | None = None,
+        transport: TransportT | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         self._ops = Operations(base_url, token, Timeout.of(timeout), retries or Retries())
+        self._open_http(
+            timeout=self.timeout.to_httpx(),
+            transport=transport,
+            headers={"User-Agent": USER_AGENT, **(headers or {})},
+            follow_redirects=True,
+        )
 
-    def _http_options(self, transport: Any, headers: Mapping[str, str] | None) -> dict[str, Any]:
-        """The arguments of the client's httpx client (sync or async)."""
-        return {
-            "timeout": self.timeout.to_httpx(),
-            "transport": transport,
-            "headers": {"User-Agent": USER_AGENT, **(headers or {})},
-            "follow_redirects": True,
-        }
+    @abstractmethod
+    def _open_http(self, **options: Any) -> None:
+        """Make the shell's httpx client (sync or async) with these arguments."""
 
     @property
     def base_url(self) -> str:

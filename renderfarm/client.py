@@ -19,8 +19,8 @@ retrying after a timeout or a dropped connection finds the job the first try cre
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
-from typing import Concatenate, ParamSpec, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 
@@ -28,7 +28,6 @@ from renderfarm._effects import Flow, Stepper, outcome_of, shell_signature
 from renderfarm._flows import ClientBase, Operations, Pager, new_task_id
 from renderfarm._job import Job
 from renderfarm._requests import ImageInput, JobSpec, file_sha256, job_request, write_atomically
-from renderfarm._transport import Retries, Timeout
 from shared.job.artifacts import ARTIFACT_KINDS
 
 __all__ = [
@@ -75,7 +74,7 @@ def _blocking_pages(
     return method
 
 
-class Client(ClientBase):
+class Client(ClientBase[httpx.BaseTransport]):
     """A blocking client of one farm. Thread-safe; use it as a context manager, or call `close()`.
 
     base_url: the farm's address (default RENDERFARM_URL, else http://127.0.0.1:7860).
@@ -89,18 +88,8 @@ class Client(ClientBase):
     ...     farm.download(job, "out")
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        *,
-        token: str | None = None,
-        timeout: Timeout | float | None = None,
-        retries: Retries | None = None,
-        transport: httpx.BaseTransport | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(base_url, token, timeout, retries)
-        self._http = httpx.Client(**self._http_options(transport, headers))
+    def _open_http(self, **options: Any) -> None:
+        self._http = httpx.Client(**options)
 
     def close(self) -> None:
         """Close the connections. The client cannot be used afterwards."""

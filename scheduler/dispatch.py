@@ -70,7 +70,33 @@ def marker_ttl_s(settings: Settings) -> int:
     return int(celery_config(settings)["visibility_timeout"])
 
 
-class Dispatcher(BackgroundLoop):
+class MarkerLoop(BackgroundLoop):
+    """A scheduler loop over the database and live status that uses the dispatch markers (the dispatcher sets them,
+    the reconciler looks for them): it opens the marker store (None without a Redis URL) and closes it on `stop()`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        stop_timeout_s: float,
+        db: Database,
+        live: LiveStatus,
+        settings: Settings,
+        redis_url: str | None,
+    ) -> None:
+        super().__init__(name, stop_timeout_s)
+        self._db = db
+        self._live = live
+        self._settings = settings
+        self._redis = marker_store(redis_url or settings.redis_url)
+
+    def _close(self) -> None:
+        if self._redis is not None:
+            # redis-py reconnects on next use, so a later direct round (`dispatch_once()`, `run_once()`) still works.
+            self._redis.close()
+
+
+class Dispatcher(MarkerLoop):
     """Publishes undispatched queued jobs, keeping at most `window_per_queue` messages in flight per queue.
 
     Args:
@@ -103,15 +129,11 @@ class Dispatcher(BackgroundLoop):
             raise ValueError(f"window_per_queue must be at least 1, not {window}")
         if tick_s <= 0:
             raise ValueError(f"tick_s must be positive, not {tick_s}")
-        self._db = db
+        super().__init__("dispatcher", DEFAULT_STOP_TIMEOUT_S, db, live, settings, redis_url)
         self._app = celery_app
-        self._live = live
-        self._settings = settings
         self._window = window
         self._tick_s = tick_s
         self._marker_ttl_s = marker_ttl_s(settings)
-        self._redis = marker_store(redis_url or settings.redis_url)
-        super().__init__("dispatcher", DEFAULT_STOP_TIMEOUT_S)
         self._backlog = False  # the last round left undispatched jobs behind a full window
         # One round at a time per process: the loop and a direct `dispatch_once()` call must not interleave.
         self._round_lock = threading.Lock()
@@ -232,8 +254,3 @@ class Dispatcher(BackgroundLoop):
                 self.dispatch_once()
             except Exception:
                 log.exception("dispatch round failed; retrying in %.1f s", self._tick_s)
-
-    def _close(self) -> None:
-        if self._redis is not None:
-            # redis-py reconnects on next use, so a later dispatch_once() still works.
-            self._redis.close()

@@ -49,20 +49,12 @@ _VALIDATION_CODES = {
 }
 
 
-class Unauthorized(RenderfarmError):
+class Unauthorized(RenderfarmError, type="unauthorized", http_status=401, default_code="unauthorized"):
     """No credentials, or credentials that name no tenant (401, with `WWW-Authenticate: Bearer`)."""
 
-    type = "unauthorized"
-    http_status = 401
-    default_code = "unauthorized"
 
-
-class Forbidden(RenderfarmError):
+class Forbidden(RenderfarmError, type="forbidden", http_status=403, default_code="forbidden"):
     """The request is understood but refused for where it comes from (development mode on a remote address)."""
-
-    type = "forbidden"
-    http_status = 403
-    default_code = "forbidden"
 
 
 class TaskIdConflict(Conflict):

@@ -23,8 +23,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
-from scheduler.background import BackgroundLoop
-from scheduler.dispatch import Dispatcher, dispatched_marker, marker_store
+from scheduler.dispatch import Dispatcher, MarkerLoop, dispatched_marker
 from shared.config import Settings
 from shared.db import Database, JobRow, make_engine
 from shared.live import LiveStatus, open_live_status
@@ -71,7 +70,7 @@ def reset_dispatch_on_startup(db: Database) -> int:
     return count
 
 
-class Reconciler(BackgroundLoop):
+class Reconciler(MarkerLoop):
     """Requeues or fails jobs whose lease expired and recovers lost messages; see the module's docstring.
 
     Args:
@@ -101,13 +100,9 @@ class Reconciler(BackgroundLoop):
             lost_grace_s = settings.reconcile_lost_grace_s
         if lost_grace_s < 0:
             raise ValueError(f"lost_grace_s must be zero or more, not {lost_grace_s}")
-        self._db = db
-        self._live = live
-        self._settings = settings
+        super().__init__("reconciler", DEFAULT_STOP_TIMEOUT_S, db, live, settings, redis_url)
         self._lost_grace_s = lost_grace_s
         self._on_requeue = on_requeue
-        self._redis = marker_store(redis_url or settings.redis_url)
-        super().__init__("reconciler", DEFAULT_STOP_TIMEOUT_S)
         self._run_lock = threading.Lock()
 
     def run_once(self) -> ReconcileReport:
@@ -222,10 +217,6 @@ class Reconciler(BackgroundLoop):
             except Exception:
                 log.exception("reconcile run failed; retrying in %.1f s", self._settings.reconcile_interval_s)
             self._stopping.wait(self._settings.reconcile_interval_s)
-
-    def _close(self) -> None:
-        if self._redis is not None:
-            self._redis.close()
 
 
 def _ids(rows: Iterable[JobRow]) -> tuple[uuid.UUID, ...]:

@@ -88,17 +88,7 @@ def submit_job(services: Services, tenant: str, body: Any, *, task_id: str | Non
             raise TaskIdConflict(final_id, existing.request_hash, item.request_hash)
         return Submission(existing, created=False)
     try:
-        row, created = services.db.jobs.create_or_get(
-            tenant,
-            item.task_id,
-            item.request,
-            item.request_hash,
-            queue=item.queue,
-            max_attempts=item.max_attempts,
-            priority=item.priority,
-            model=item.model,
-            total_steps=item.total_steps,
-        )
+        row, created = services.db.jobs.create_or_get(tenant, item)
     except Conflict as exc:
         # The id is taken by a different request; name both hashes.
         current = _existing(services, tenant, final_id)

@@ -32,6 +32,24 @@ class RenderfarmError(Exception):
     http_status: ClassVar[int] = 500
     default_code: ClassVar[str] = "internal"
 
+    def __init_subclass__(
+        cls,
+        *,
+        type: str | None = None,
+        http_status: int | None = None,
+        default_code: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """A subclass names what sets it apart in its header (`class NotFound(RenderfarmError, type="not_found",
+        http_status=404, default_code="not_found")`); what it leaves out it inherits."""
+        super().__init_subclass__(**kwargs)
+        if type is not None:
+            cls.type = type
+        if http_status is not None:
+            cls.http_status = http_status
+        if default_code is not None:
+            cls.default_code = default_code
+
     def __init__(self, message: str, *, code: str | None = None, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -45,11 +63,8 @@ class RenderfarmError(Exception):
         return {"error": error}
 
 
-class ConfigError(RenderfarmError):
+class ConfigError(RenderfarmError, type="config", default_code="bad_setting"):
     """A setting is missing, malformed or insecure. `field` names the environment variable."""
-
-    type = "config"
-    default_code = "bad_setting"
 
 
 @dataclass(frozen=True)
@@ -64,12 +79,8 @@ class FieldProblem:
         return {"field": self.field, "code": self.code, "message": self.message}
 
 
-class InputError(RenderfarmError):
+class InputError(RenderfarmError, type="invalid_request", http_status=422, default_code="invalid"):
     """The client's request cannot be run as it is; retrying it unchanged can never succeed."""
-
-    type = "invalid_request"
-    http_status = 422
-    default_code = "invalid"
 
     def __init__(
         self,
@@ -96,24 +107,16 @@ class InputError(RenderfarmError):
         return body
 
 
-class PayloadTooLarge(InputError):
+class PayloadTooLarge(InputError, type="payload_too_large", http_status=413, default_code="too_large"):
     """An image or a request body is larger than the farm's limits."""
 
-    type = "payload_too_large"
-    http_status = 413
-    default_code = "too_large"
+
+class NotFound(RenderfarmError, type="not_found", http_status=404, default_code="not_found"):
+    """What the request names (a job, batch, asset, stored object) does not exist, or is another tenant's."""
 
 
-class NotFound(RenderfarmError):
-    type = "not_found"
-    http_status = 404
-    default_code = "not_found"
-
-
-class Conflict(RenderfarmError):
-    type = "conflict"
-    http_status = 409
-    default_code = "conflict"
+class Conflict(RenderfarmError, type="conflict", http_status=409, default_code="conflict"):
+    """The request clashes with what the farm already holds (an id taken by a different request)."""
 
 
 class _RetryAfterError(RenderfarmError):
@@ -127,42 +130,29 @@ class _RetryAfterError(RenderfarmError):
         return body
 
 
-class RateLimited(_RetryAfterError):
-    type = "rate_limited"
-    http_status = 429
-    default_code = "rate_limited"
+class RateLimited(_RetryAfterError, type="rate_limited", http_status=429, default_code="rate_limited"):
+    """The tenant is at a limit (its queued jobs); retry after `retry_after_s` seconds."""
 
 
-class Unavailable(_RetryAfterError):
-    type = "unavailable"
-    http_status = 503
-    default_code = "unavailable"
+class Unavailable(_RetryAfterError, type="unavailable", http_status=503, default_code="unavailable"):
+    """The farm cannot serve this now; retry after `retry_after_s` seconds."""
 
 
-class PermanentError(RenderfarmError):
+class PermanentError(RenderfarmError, type="permanent", default_code="render_failed"):
     """The job failed for a reason that a retry would not change (a broken model file, a bug)."""
 
-    type = "permanent"
-    default_code = "render_failed"
 
-
-class LeaseLost(PermanentError):
+class LeaseLost(PermanentError, default_code="lease_lost"):
     """This worker no longer owns the job: its lease expired and another attempt took over."""
 
-    default_code = "lease_lost"
 
-
-class TransientError(RenderfarmError):
+class TransientError(RenderfarmError, type="transient", http_status=503, default_code="transient"):
     """A dependency was briefly unavailable; the job is retried as a new delivery."""
 
-    type = "transient"
-    http_status = 503
-    default_code = "transient"
+
+class StorageUnavailable(TransientError, default_code="storage_unavailable"):
+    """The object storage did not answer."""
 
 
-class StorageUnavailable(TransientError):
-    default_code = "storage_unavailable"
-
-
-class DatabaseUnavailable(TransientError):
-    default_code = "database_unavailable"
+class DatabaseUnavailable(TransientError, default_code="database_unavailable"):
+    """The database did not answer (or refused the connection)."""

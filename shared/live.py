@@ -157,22 +157,26 @@ class LocalLiveStatus(LiveStatus):
             self._skips.pop(str(job_id), None)
 
     def request_cancel(self, job_id: uuid.UUID | str) -> None:
-        with self._changed:
-            self._cancel.add(str(job_id))
-        self.notify(job_id)
+        self._raise_flag(self._cancel, job_id)
 
     def cancel_requested(self, job_id: uuid.UUID | str) -> bool:
-        with self._changed:
-            return str(job_id) in self._cancel
+        return self._flag_raised(self._cancel, job_id)
 
     def request_interrupt(self, job_id: uuid.UUID | str) -> None:
-        with self._changed:
-            self._interrupt.add(str(job_id))
-        self.notify(job_id)
+        self._raise_flag(self._interrupt, job_id)
 
     def interrupt_requested(self, job_id: uuid.UUID | str) -> bool:
+        return self._flag_raised(self._interrupt, job_id)
+
+    def _raise_flag(self, flags: set[str], job_id: uuid.UUID | str) -> None:
+        """Mark the job in `flags` (cancel or interrupt) and wake whoever waits on it."""
         with self._changed:
-            return str(job_id) in self._interrupt
+            flags.add(str(job_id))
+        self.notify(job_id)
+
+    def _flag_raised(self, flags: set[str], job_id: uuid.UUID | str) -> bool:
+        with self._changed:
+            return str(job_id) in flags
 
     def request_skip(self, job_id: uuid.UUID | str) -> int:
         with self._changed:

@@ -81,20 +81,12 @@ KARRAS_RHO = 7.0  # the webui's default_rho of the Karras schedule; -1 means "no
 IdTask = Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)]  # `?id_task=`: names one task of the caller
 
 
-class NotImplementedByFarm(RenderfarmError):
+class NotImplementedByFarm(RenderfarmError, type="not_implemented", http_status=501, default_code="not_implemented"):
     """A webui route the farm does not serve (501)."""
 
-    type = "not_implemented"
-    http_status = 501
-    default_code = "not_implemented"
 
-
-class JobCanceled(RenderfarmError):
+class JobCanceled(RenderfarmError, type="conflict", http_status=409, default_code="canceled"):
     """The job was canceled (through `/v1`) while an A1111 client waited for it (409)."""
-
-    type = "conflict"
-    http_status = 409
-    default_code = "canceled"
 
 
 # --------------------------------------------------------------------------------------------------------------

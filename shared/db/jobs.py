@@ -6,9 +6,7 @@ import base64
 import binascii
 import json
 import uuid
-from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -27,45 +25,22 @@ MAX_LIST_LIMIT = 1000  # rows per page of list_jobs
 class Jobs(Operations):
     """Jobs as the API sees them: by tenant and task id (or by database key, for the worker)."""
 
-    def create_or_get(
-        self,
-        tenant: str,
-        task_id: str,
-        request: Any,
-        request_hash: str,
-        *,
-        queue: str,
-        max_attempts: int,
-        priority: int = 0,
-        model: str | None = None,
-        batch_id: uuid.UUID | None = None,
-        total_steps: int | None = None,
-        warnings: Sequence[Mapping[str, Any]] = (),
-    ) -> tuple[JobRow, bool]:
-        """Insert a queued job, or return the tenant's existing job with this `task_id`.
+    def create_or_get(self, tenant: str, item: NewJob, *, batch_id: uuid.UUID | None = None) -> tuple[JobRow, bool]:
+        """Insert `item` as a queued job, or return the tenant's existing job with its `task_id`.
 
         Returns `(job, created)`. Race-safe: two submissions of one id insert one row (INSERT ... ON CONFLICT DO
         NOTHING, then read). Raises `Conflict` (code `task_id_conflict`) when the existing job's `request_hash`
-        differs from `request_hash`, naming both; `InputError` for an over-long task id.
+        differs from the item's, naming both; `InputError` for an over-long task id.
         """
-        check_task_id(task_id)
-        item = NewJob(
-            task_id=task_id,
-            request=request,
-            request_hash=request_hash,
-            priority=priority,
-            queue=queue,
-            model=model,
-            max_attempts=max_attempts,
-            total_steps=total_steps,
-            warnings=tuple(warnings),
-        )
+        check_task_id(item.task_id)
         values = new_job_values(tenant, item, batch_id=batch_id, now=self._tx.clock())
         with self._tx.begin() as conn:
             row, created = self._tx.insert_or_get(conn, jobs, values, [jobs.c.tenant, jobs.c.task_id])
         job = JobRow.from_mapping(row)
-        if not created and job.request_hash != request_hash:
-            raise task_id_conflict(task_id, job.request_hash, request_hash, consequence="choose another task id")
+        if not created and job.request_hash != item.request_hash:
+            raise task_id_conflict(
+                item.task_id, job.request_hash, item.request_hash, consequence="choose another task id"
+            )
         return job, created
 
     def get(self, tenant: str, task_id: str) -> JobRow:

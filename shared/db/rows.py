@@ -113,7 +113,7 @@ def plain_row(cls: type[_Plain], row: ColumnValues) -> _Plain:
 
 @dataclass(frozen=True)
 class NewJob:
-    """One job of a batch to insert (`Database.batches.create_if_absent`): the fields that differ between items."""
+    """One job to insert (`Database.jobs.create_or_get`, or a batch's item with `Database.batches.create_if_absent`)."""
 
     task_id: str
     request: Any

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from scheduler.metrics import build_registry, install_metrics, metrics_response, redis_list_lengths
 from shared.config import Settings
-from shared.db import Database, JobError, make_engine
+from shared.db import Database, JobError, NewJob, make_engine
 from shared.db.migrate import upgrade
 from shared.queueing import queue_name
 from tests.databases import attempt_of
@@ -94,7 +94,8 @@ def db(database_url: str, clock: Clock) -> Iterator[Database]:
 def submit(db: Database, clock: Clock, task_id: str, at: float, *, model: str | None, queue: str) -> uuid.UUID:
     clock.at(at)
     job, created = db.jobs.create_or_get(
-        "tenant-a", task_id, {"prompt": task_id}, f"{task_id:0>64}"[-64:], queue=queue, max_attempts=3, model=model
+        "tenant-a",
+        NewJob(task_id, {"prompt": task_id}, f"{task_id:0>64}"[-64:], queue=queue, max_attempts=3, model=model),
     )
     assert created
     return job.id

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from shared.config import Settings
-from shared.db import Database, JobRow
+from shared.db import Database, JobRow, NewJob
 from shared.queueing import queue_name
 
 LEASE_S = 60.0
@@ -47,16 +47,19 @@ def submit(
     for _ in range(count):
         task_id = f"task({next(_counter)})"
         request = {"prompt": task_id, "steps": 4}
+        request_hash = hashlib.sha256(task_id.encode()).hexdigest()
         job, was_created = db.jobs.create_or_get(
             tenant,
-            task_id,
-            request,
-            hashlib.sha256(task_id.encode()).hexdigest(),
-            queue=queue,
-            max_attempts=max_attempts,
-            priority=priority,
-            model="tiny",
-            total_steps=4,
+            NewJob(
+                task_id,
+                request,
+                request_hash,
+                priority=priority,
+                queue=queue,
+                model="tiny",
+                max_attempts=max_attempts,
+                total_steps=4,
+            ),
         )
         assert was_created
         created.append(job)

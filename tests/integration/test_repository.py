@@ -84,14 +84,10 @@ def new_job(
     request = request_of(task_id)
     job, created = db.jobs.create_or_get(
         tenant,
-        task_id,
-        request,
-        hash_of(request),
-        queue=queue,
-        max_attempts=max_attempts,
-        priority=priority,
+        NewJob(
+            task_id, request, hash_of(request), priority=priority, queue=queue, max_attempts=max_attempts, total_steps=4
+        ),
         batch_id=batch_id,
-        total_steps=4,
     )
     assert created
     return job
@@ -121,7 +117,8 @@ ERROR = JobError(type="invalid_request", code="invalid", message="bad mask", fie
 def test_create_or_get_returns_the_same_job_for_the_same_request(db: Database) -> None:
     request = request_of("a cat")
     first, created = db.jobs.create_or_get(
-        "alice", "task(img2img-1)", request, hash_of(request), queue="q", max_attempts=3, priority=5, model="tiny"
+        "alice",
+        NewJob("task(img2img-1)", request, hash_of(request), queue="q", max_attempts=3, priority=5, model="tiny"),
     )
     assert created
     assert first.state is JobState.QUEUED
@@ -132,7 +129,7 @@ def test_create_or_get_returns_the_same_job_for_the_same_request(db: Database) -
     assert first.message_id == f"{first.id}:0"
 
     again, created = db.jobs.create_or_get(
-        "alice", "task(img2img-1)", request, hash_of(request), queue="q", max_attempts=3, priority=5
+        "alice", NewJob("task(img2img-1)", request, hash_of(request), queue="q", max_attempts=3, priority=5)
     )
     assert not created
     assert again == first
@@ -142,7 +139,7 @@ def test_create_or_get_with_a_different_request_is_a_conflict_naming_both_hashes
     first = new_job(db, task_id="same-id")
     other = request_of("a dog")
     with pytest.raises(Conflict) as caught:
-        db.jobs.create_or_get("alice", "same-id", other, hash_of(other), queue="default", max_attempts=3)
+        db.jobs.create_or_get("alice", NewJob("same-id", other, hash_of(other), queue="default", max_attempts=3))
     assert caught.value.code == "task_id_conflict"
     assert first.request_hash in caught.value.message
     assert hash_of(other) in caught.value.message
@@ -157,7 +154,7 @@ def test_concurrent_create_or_get_inserts_one_job(db: Database) -> None:
     def submit() -> None:
         barrier.wait()
         results.append(
-            db.jobs.create_or_get("alice", "racy", request, hash_of(request), queue="default", max_attempts=3)
+            db.jobs.create_or_get("alice", NewJob("racy", request, hash_of(request), queue="default", max_attempts=3))
         )
 
     run_threads(submit, 4)

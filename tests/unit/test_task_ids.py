@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from scheduler.routes import checked_task_id
-from shared.db import Database, make_engine, upgrade
+from shared.db import Database, NewJob, make_engine, upgrade
 from shared.errors import InputError
 from shared.job.ids import MAX_TASK_ID_LENGTH, is_valid_task_id, new_a1111_task_id, new_task_id
 from shared.job.spec import SpecLimits, parse_job
@@ -78,7 +78,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
 
 def _repository_refusal(db: Database, task_id: str) -> str | None:
     try:
-        db.jobs.create_or_get("alice", task_id, {}, "0" * 64, queue="rf.default.interactive", max_attempts=1)
+        db.jobs.create_or_get("alice", NewJob(task_id, {}, "0" * 64, queue="rf.default.interactive", max_attempts=1))
     except InputError as exc:
         return exc.code
     return None

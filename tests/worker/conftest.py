@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from shared.config import Settings
-from shared.db import Database, JobRow, make_engine, upgrade
+from shared.db import Database, JobRow, NewJob, make_engine, upgrade
 from shared.job.hashing import request_hash
 from shared.job.spec import SpecLimits, parse_job
 from shared.live import LiveProgress, RedisLiveStatus
@@ -148,11 +148,13 @@ class Submitter:
         job = parse_job(body, SpecLimits())
         row, created = self.db.jobs.create_or_get(
             tenant,
-            f"task-{uuid.uuid4().hex[:12]}",
-            job.to_request_json(),
-            request_hash(job),
-            queue=queue_name(None, batch=False),
-            max_attempts=max_attempts,
+            NewJob(
+                f"task-{uuid.uuid4().hex[:12]}",
+                job.to_request_json(),
+                request_hash(job),
+                queue=queue_name(None, batch=False),
+                max_attempts=max_attempts,
+            ),
         )
         assert created
         return row

@@ -71,22 +71,16 @@ _HASH_CHUNK_BYTES: Final = 1 << 20
 # Errors
 
 
-class ModelError(PermanentError):
+class ModelError(PermanentError, default_code="model_error"):
     """A model cannot be built or loaded: a broken file, an unsupported architecture, an unusable folder."""
 
-    default_code = "model_error"
 
-
-class ModelNotFound(ModelError):
+class ModelNotFound(ModelError, default_code="model_not_found"):
     """No model answers to the name: it is no path, not in the models folder, and not (reachable) on the hub."""
 
-    default_code = "model_not_found"
 
-
-class ModelConfigMissing(ModelError):
+class ModelConfigMissing(ModelError, default_code="model_config_missing"):
     """A single-file checkpoint whose component configs cannot be found locally (the hub is out of reach)."""
-
-    default_code = "model_config_missing"
 
 
 def kind_of(in_channels: int, source: str) -> ModelKind:
