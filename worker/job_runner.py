@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import types
 import uuid
-from typing import Final
 
 from PIL import Image
 
@@ -36,6 +35,7 @@ from shared.errors import (
     RenderfarmError,
     TransientError,
 )
+from shared.job.seeds import resolved_seeds
 from shared.job.spec import Img2ImgJob
 from shared.states import JobState
 from worker.artifact_upload import delete_quietly, upload_artifacts
@@ -49,21 +49,17 @@ from worker.out_of_memory import free_memory, is_out_of_memory, smaller_batch
 from worker.run_outcome import PhaseTimings, RunOutcome
 from worker.step_hook import Draining, StepHook
 
-__all__ = ["SEED_MODULUS", "deterministic_seeds", "run_job"]
+__all__ = ["deterministic_seeds", "run_job"]
 
 logger = logging.getLogger(__name__)
-
-SEED_MODULUS: Final = 4294967294  # farm-design.md "A job's request as stored": seeds from the job's UUID
 
 
 def deterministic_seeds(job: Img2ImgJob, job_id: uuid.UUID) -> Img2ImgJob:
     """The job with `seed = -1` / `subseed = -1` resolved from its UUID, so every attempt renders the same pixels."""
-    update: dict[str, int] = {}
-    if job.seed == -1:
-        update["seed"] = job_id.int % SEED_MODULUS
-    if job.subseed == -1:
-        update["subseed"] = (job_id.int >> 32) % SEED_MODULUS
-    return job.model_copy(update=update) if update else job
+    seed, subseed = resolved_seeds(job.seed, job.subseed, job_id)
+    if (seed, subseed) == (job.seed, job.subseed):
+        return job
+    return job.model_copy(update={"seed": seed, "subseed": subseed})
 
 
 class _OutOfMemory(Exception):

@@ -32,9 +32,9 @@ from PIL import Image
 from scheduler.a1111.schema import Img2ImgRequest
 from shared.errors import FieldProblem, InputError
 from shared.infotext import LEADING_KEYS, TRAILING_KEYS, parse_infotext
+from shared.job.seeds import resolved_seeds
 from shared.job.spec import SUPPORTED_OVERRIDE_KEYS, Img2ImgJob
 
-SEED_MODULUS = 4294967294  # farm-design.md: how the worker resolves seed -1 from the job's UUID
 FARM_VERSION = "renderfarm"  # what `info.version` says instead of the webui's version
 
 # The reference's own infotext keys; the rest of a parameter line are extra generation params.
@@ -251,13 +251,6 @@ def echoed_parameters(request: Img2ImgRequest) -> dict[str, Any]:
 # Job → answer
 
 
-def resolved_seeds(job: Img2ImgJob, job_id: uuid.UUID) -> tuple[int, int]:
-    """(seed, subseed) as the worker resolved them (farm-design.md: -1 is derived from the job's UUID)."""
-    seed = job.seed if job.seed != -1 else job_id.int % SEED_MODULUS
-    subseed = job.subseed if job.subseed != -1 else (job_id.int >> 32) % SEED_MODULUS
-    return seed, subseed
-
-
 def job_timestamp(when: datetime | None) -> str:
     """The webui's job timestamp, `YYYYmmddHHMMSS` (UTC here), or "0" when unknown."""
     if when is None:
@@ -283,7 +276,7 @@ def build_info(
     farm's additions: the reference's answer carries no task id, and the farm's warnings (such as the blank-mask
     fallback) are worth seeing.
     """
-    seed, subseed = resolved_seeds(job, job_id)
+    seed, subseed = resolved_seeds(job.seed, job.subseed, job_id)
     count = len(infotexts)
     all_seeds = [value if value is not None else seed for value in seeds]
     params = parse_infotext(infotexts[0])[2] if infotexts else {}

@@ -28,7 +28,7 @@ POSTGRES_CONNECT_TIMEOUT_S = 10  # seconds; a dead server must surface as Databa
 # Connections kept open per engine. The API runs its synchronous routes in up to 40 threads (anyio's default), each
 # holding one connection at a time; with SQLAlchemy's default (5 kept + 10 overflow) every request beyond the fifth
 # opened and closed a PostgreSQL connection (a backend fork and an authentication each), which made status reads
-# under 16 concurrent clients several times slower (bench/RESULTS.md, 2026-11-21). Connections are opened lazily,
+# under 16 concurrent clients several times slower (bench/RESULTS.md). Connections are opened lazily,
 # so a single-threaded worker still holds one or two.
 POSTGRES_POOL_SIZE = 20
 POSTGRES_MAX_OVERFLOW = 20

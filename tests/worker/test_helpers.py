@@ -9,11 +9,12 @@ import torch
 
 from shared.config import Settings
 from shared.errors import ConfigError, InputError
+from shared.job.seeds import SEED_MODULUS
 from shared.job.spec import Img2ImgJob
 from shared.storage import LocalFolderStorage, S3Storage
 from worker.claimed_run import lease_seconds
 from worker.inputs import resolve_storage_key
-from worker.job_runner import SEED_MODULUS, deterministic_seeds
+from worker.job_runner import deterministic_seeds
 from worker.out_of_memory import is_out_of_memory, smaller_batch
 from worker.service import _settings_env, parse_gpus, worker_command
 from worker.standin import STANDIN_ENV, StandinEngine, standin_from_env

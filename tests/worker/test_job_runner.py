@@ -19,6 +19,7 @@ from PIL import Image
 from shared.db import Database
 from shared.db.tables import utcnow
 from shared.images import read_png_infotext
+from shared.job.seeds import SEED_MODULUS
 from shared.states import JobState
 from shared.storage import S3Storage, Storage, StoredObject, asset_key
 from tests.databases import attempt_of
@@ -27,7 +28,7 @@ from tests.services import S3Server
 from tests.worker.conftest import SIZE, TENANT, RecordingLive, Submitter, centre_mask, picture, upload_asset
 from worker.deps import WorkerDeps
 from worker.engine.processing import Processed, Progress, StableDiffusionProcessingImg2Img, process_images
-from worker.job_runner import SEED_MODULUS, run_job
+from worker.job_runner import run_job
 from worker.run_outcome import PHASES
 from worker.standin import StandinEngine
 
