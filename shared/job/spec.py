@@ -53,6 +53,7 @@ from shared.job.limits import (
     DEFAULT_MAX_N_ITER,
 )
 from shared.job.problems import Loc, field_problems, headline_first, problem, several
+from shared.job.text import text_problems
 from shared.sampler_names import (
     SAMPLER_LABELS,
     SCHEDULE_LABELS,
@@ -93,6 +94,10 @@ MIN_PRIORITY, MAX_PRIORITY = -1000, 1000
 MAX_TAGS = 16
 MAX_TAG_LENGTH = 64  # characters
 MAX_MODEL_NAME_LENGTH = 512  # characters
+# Characters of prompt and of negative_prompt. The webui sets no limit; real prompts are a few thousand characters
+# at most. Without one, a 60 MB prompt drove a worker past 11 GB before its first step and made every status read
+# of the job as large.
+MAX_PROMPT_LENGTH = 32_768
 MAX_CLIP_SKIP = 12
 
 ETA_DEFAULT = 1.0  # what `eta = None` means for ancestral samplers (the webui option eta_ancestral)
@@ -266,8 +271,8 @@ class Img2ImgJob(BaseModel):
     force_task_id: str | None = None  # the public task id; not part of the request hash
 
     # --- StableDiffusionProcessing (base)
-    prompt: str = ""
-    negative_prompt: str = ""
+    prompt: str = Field("", max_length=MAX_PROMPT_LENGTH)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_LENGTH)
     styles: list[str] = Field(default_factory=list)  # must stay empty: the farm has no style presets
     seed: Int = Field(-1, ge=-1, le=MAX_SEED)  # -1: random
     subseed: Int = Field(-1, ge=-1, le=MAX_SEED)
@@ -293,6 +298,15 @@ class Img2ImgJob(BaseModel):
 
     # ------------------------------------------------------------------------------------------------------------
     # Field checks
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_text(cls, data: Any) -> Any:
+        # Every string of the body, before anything else reads it (shared.job.text says why).
+        problems = list(text_problems(data))
+        if problems:
+            raise several(problems)
+        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import typing
 import uuid
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from shared.job.hashing import request_hash
-from shared.job.spec import Img2ImgJob
+from shared.job.spec import MAX_PROMPT_LENGTH, Img2ImgJob
 from shared.states import JobState
 from tests.api.conftest import ALICE, BOB, Farm, FarmFactory, job_body, png_bytes, put_job, upload
 
@@ -141,6 +142,12 @@ def test_put_with_a_different_force_task_id_is_refused(farm: Farm, image_png: by
         ({"init_images": [b64(b"not an image at all")]}, "init_images.0"),
         ({"mask": "s3://some-other-bucket/alice/x.png"}, "mask"),
         ({"override_settings": {"bogus": 1}}, "override_settings.bogus"),
+        # Text the database or the hash cannot take (a 500 before), and prompts past the length limit.
+        ({"prompt": "a\x00b"}, "prompt"),
+        ({"tags": ["fine", "nul\x00"]}, "tags.1"),
+        ({"override_settings": {"sd_vae\x00": "x"}}, "override_settings"),
+        ({"prompt": "x" * (MAX_PROMPT_LENGTH + 1)}, "prompt"),
+        ({"negative_prompt": "x" * (MAX_PROMPT_LENGTH + 1)}, "negative_prompt"),
     ],
 )
 def test_invalid_fields_are_422_naming_the_field(farm: Farm, image_png: bytes, change: dict, field: str) -> None:
@@ -150,6 +157,19 @@ def test_invalid_fields_are_422_naming_the_field(farm: Farm, image_png: bytes, c
     assert error["details"][0]["field"] == field
     with pytest.raises(Exception, match="no job"):
         farm.job_row("alice", "bad-1")
+
+
+def test_a_lone_surrogate_is_422_naming_the_field(farm: Farm, image_png: bytes) -> None:
+    # JSON may escape half of a surrogate pair; the decoded string cannot be UTF-8, so it used to fail at hashing (500).
+    body = json.dumps({**job_body(b64(image_png)), "negative_prompt": "lone \ud83d surrogate"})  # ASCII escapes
+    assert "\\ud83d" in body
+    response = farm.client.put(
+        "/v1/jobs/bad-text", content=body.encode(), headers={**ALICE, "content-type": "application/json"}
+    )
+    error = assert_error(response, 422, "invalid_request", "negative_prompt")
+    assert error["details"][0]["code"] == "invalid_text"
+    with pytest.raises(Exception, match="no job"):
+        farm.job_row("alice", "bad-text")
 
 
 def test_several_problems_are_all_listed(farm: Farm, image_png: bytes) -> None:
