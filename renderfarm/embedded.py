@@ -198,6 +198,8 @@ def serve(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
 
     Raises ConfigError for unusable settings or an address that cannot be used.
     """
+    from shared.db import url_for_display
+
     check_embedded(settings, host)
     sock = bind_socket(host, port)
     bound_port = int(sock.getsockname()[1])
@@ -205,8 +207,9 @@ def serve(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
         farm_settings = embedded_settings(settings, host, bound_port)
         farm = build_farm(farm_settings)
         try:
+            database = url_for_display(farm_settings.resolved_database_url)
             print(
-                f"renderfarm up: serving {farm.url} (embedded: database {farm_settings.resolved_database_url}, "
+                f"renderfarm up: serving {farm.url} (embedded: database {database}, "
                 f"storage {farm_settings.resolved_storage_url}, model {farm_settings.model!r}, in-process worker); "
                 "Ctrl-C stops it",
                 flush=True,

@@ -22,10 +22,11 @@ __all__ = ["run"]
 
 
 def _cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    from shared.db import url_for_display
     from shared.db.migrate import upgrade
 
     upgrade(settings.resolved_database_url, revision=args.revision)
-    print(f"database at {settings.resolved_database_url} is at revision {args.revision}")
+    print(f"database at {url_for_display(settings.resolved_database_url)} is at revision {args.revision}")
     return 0
 
 

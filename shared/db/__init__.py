@@ -8,7 +8,7 @@ shared.db.database); `db.close()` at shutdown.
 from __future__ import annotations
 
 from shared.db.database import Database
-from shared.db.engine import make_engine, session_factory
+from shared.db.engine import make_engine, session_factory, url_for_display
 from shared.db.jobs import MAX_LIST_LIMIT
 from shared.db.migrate import current_revision, head_revision, upgrade
 from shared.db.rows import (
@@ -45,5 +45,6 @@ __all__ = [
     "make_engine",
     "session_factory",
     "upgrade",
+    "url_for_display",
     "utcnow",
 ]

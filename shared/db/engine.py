@@ -49,6 +49,11 @@ def normalize_url(database_url: str | URL) -> URL:
     return url
 
 
+def url_for_display(database_url: str | URL) -> str:
+    """The database URL with its password replaced by `***`: what may be printed or logged."""
+    return make_url(database_url).render_as_string(hide_password=True)
+
+
 def is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from sqlalchemy.engine import make_url
 
 from renderfarm.cli import main
 from renderfarm.demo import DEMO_JOBS
@@ -31,6 +32,18 @@ def test_db_upgrade_creates_the_sqlite_schema(data_dir: Path, capsys: pytest.Cap
 def test_db_upgrade_on_postgres(postgres_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RENDERFARM_DATABASE_URL", postgres_url)
     assert main(["db", "upgrade"]) == 0
+
+
+def test_db_upgrade_does_not_print_the_database_password(
+    postgres_url: str, data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The test server trusts local connections, so a password in the URL is accepted and ignored.
+    with_password = make_url(postgres_url).set(password="sw0rdf1sh-secret")
+    monkeypatch.setenv("RENDERFARM_DATABASE_URL", with_password.render_as_string(hide_password=False))
+    assert main(["db", "upgrade"]) == 0
+    printed = capsys.readouterr()
+    assert "sw0rdf1sh-secret" not in printed.out + printed.err
+    assert "***" in printed.out
 
 
 def test_build_tiny_writes_a_loadable_model(tmp_path: Path, data_dir: Path) -> None:
