@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from renderfarm._job import Artifact, ErrorInfo, Job, JobState, optional_time, required_time
+from shared.job.artifacts import ArtifactKind
 
 __all__ = [
     "Artifact",
@@ -25,8 +26,6 @@ __all__ = [
     "Job",
     "JobState",
 ]
-
-ArtifactKind = Literal["result", "overlay", "mask"]  # shared.job.artifacts.ARTIFACT_KINDS, as a type
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Literal, get_args
 
 #: A render's picture, the picture pasted over the original (inpainting), and the mask the worker used.
-ARTIFACT_KINDS: Final[tuple[str, ...]] = ("result", "overlay", "mask")
+ArtifactKind = Literal["result", "overlay", "mask"]
+ARTIFACT_KINDS: Final[tuple[str, ...]] = get_args(ArtifactKind)
