@@ -16,6 +16,8 @@ INVALID_TEXT_CODE = "invalid_text"
 def _text_problem(text: str) -> str | None:
     if "\x00" in text:
         return "must not contain a NUL character (\\u0000)"
+    if text.isascii():  # most text, and all base64 image data: no surrogate, and no copy made to find out
+        return None
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
