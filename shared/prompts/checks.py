@@ -109,13 +109,11 @@ def prompt_problems(field: str, text: str, *, negative: bool | None = None) -> l
     if is_negative:
         parts = [text]
     else:
-        for tag in find_extra_networks(text):
-            if tag.type in LORA_TYPES:
-                problems.append(FieldProblem(field, f"LoRA tags are not supported yet ({tag.text})", "unsupported"))
-            elif tag.type == HYPERNET_TYPE:
-                problems.append(
-                    FieldProblem(field, f"hypernetwork tags are not supported yet ({tag.text})", "unsupported")
-                )
+        types = {tag.type for tag in find_extra_networks(text)}
+        if types & set(LORA_TYPES):
+            problems.append(FieldProblem(field, "LoRA tags are not supported yet", "unsupported"))
+        if HYPERNET_TYPE in types:
+            problems.append(FieldProblem(field, "hypernetwork tags are not supported yet", "unsupported"))
         stripped, _ = strip_extra_networks(text)
         parts = [split_weight(part)[0] for part in and_parts(stripped)]
     for part in dict.fromkeys(parts):

@@ -97,7 +97,7 @@ def tokenize_line(
     emphasis mode "None": the line is one segment at 1.0 (no brackets, escapes or BREAK). `id_pad` replaces every
     token after a chunk's first EOS (0 for OpenCLIP encoders). Raises EmbeddingTooLong (P5).
     """
-    parsed = parse_prompt_attention(line) if emphasis else [[line, 1.0]]
+    parsed: list[list[str | float]] = parse_prompt_attention(line) if emphasis else [[line, 1.0]]
     tokenized = tokenize([str(text) for text, _ in parsed])
 
     chunks: list[PromptChunk] = []
