@@ -146,5 +146,5 @@ def admit(
         model=model,
         max_attempts=max_attempts,
         total_steps=expected_total_steps(normalised),
-        warnings=prompt_warnings(normalised.prompt, normalised.negative_prompt),
+        warnings=tuple(prompt_warnings(normalised.prompt, normalised.negative_prompt)),
     )
