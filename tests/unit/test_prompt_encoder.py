@@ -110,7 +110,7 @@ def test_texts_with_fewer_chunks_get_empty_chunks() -> None:
 
 def test_open_clip_pads_with_zero_after_the_first_eos() -> None:
     backend = FakeBackend(id_pad=0)
-    PromptEncoder(backend).encode(["a b"])  # type: ignore[arg-type]
+    PromptEncoder(backend).encode(["a b"])
     assert backend.seen[0][0].tolist() == [BOS, 1000, 1001, EOS] + [0] * 73
 
 
@@ -166,7 +166,7 @@ def test_embedding_vectors_replace_their_tokens() -> None:
     emb_token = backend.word_id("emb")
     vec = torch.tensor([[7.0, 7.0, 7.0], [8.0, 8.0, 8.0]])
     lookup = FakeLookup(emb_token, FakeEmbedding("emb", vec))
-    enc = PromptEncoder(backend, embeddings=lookup, emphasis="No norm")  # type: ignore[arg-type]
+    enc = PromptEncoder(backend, embeddings=lookup, emphasis="No norm")
     z = enc.encode(["a (emb:2) b"])
     assert z[0, 1, 0] == backend.vocab["a"]
     assert torch.equal(z[0, 2:4], vec * 2.0)  # at offset + 1 (after BOS), with the segment's weight

@@ -190,7 +190,9 @@ class CFGDenoiser:
             start = end
         return outputs
 
-    def _unet(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+    def _unet(
+        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, extra: torch.Tensor | None
+    ) -> torch.Tensor:
         model_input = x if extra is None else torch.cat([x, extra], dim=1)
         with torch.no_grad():
             return cast(torch.Tensor, self.unet(model_input, t, encoder_hidden_states=context).sample)

@@ -29,13 +29,13 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
+from shared.errors import InputError
 from shared.infotext import create_infotext
 from shared.job.spec import Img2ImgJob
 from shared.job.steps import eta_kind
 from shared.sampler_names import find_schedule, split_sampler_and_schedule
 from shared.version import __version__
 from worker.engine.color_correction import apply_color_correction
-from shared.errors import InputError
 from worker.engine.conditioning.clip import ClipBackend
 from worker.engine.conditioning.conds import (
     learned_conditioning,
@@ -521,9 +521,7 @@ class StableDiffusionProcessingImg2Img:
             )
         return self.prompt_encoder
 
-    def setup_conds(
-        self, prompts: Sequence[str], negative_prompts: Sequence[str]
-    ) -> tuple[MulticondBatch, CondBatch]:
+    def setup_conds(self, prompts: Sequence[str], negative_prompts: Sequence[str]) -> tuple[MulticondBatch, CondBatch]:
         """The scheduled conditionings of one batch's prompts and negative prompts (docs/engine.md, "Prompt
         encoding"): schedules built for the steps × 2 of second-order samplers, AND only in the prompts."""
         options = self.options
@@ -532,13 +530,12 @@ class StableDiffusionProcessingImg2Img:
         old = options.use_old_scheduling
         uncond = learned_conditioning(encoder, negative_prompts, steps, use_old_scheduling=old)
         cond = multicond_learned_conditioning(encoder, prompts, steps, use_old_scheduling=old)
-        if self.is_edit_model and self.image_cfg_scale is not None and self.image_cfg_scale != 1.0:
-            if any(len(sub_prompts) != 1 for sub_prompts in cond.images):
-                raise InputError(
-                    "AND prompts cannot be used with an edit (InstructPix2Pix) model and an image CFG scale other "
-                    "than 1",
-                    field="prompt",
-                )
+        three_pass = self.is_edit_model and self.image_cfg_scale is not None and self.image_cfg_scale != 1.0
+        if three_pass and any(len(sub_prompts) != 1 for sub_prompts in cond.images):
+            raise InputError(
+                "AND prompts cannot be used with an edit (InstructPix2Pix) model and an image CFG scale other than 1",
+                field="prompt",
+            )
         if old and old_timelines_differ([*prompts, *negative_prompts], steps):
             self.extra_generation_params["Old prompt editing timelines"] = True
         if options.emphasis != "Original" and encoder.emphasis_syntax_seen:

@@ -45,7 +45,7 @@ def _schedules(
     timelines = get_learned_conditioning_prompt_schedules(unique, steps, use_old_scheduling=use_old_scheduling)
     encoded: dict[str, PromptSchedule] = {}
     for prompt, timeline in zip(unique, timelines, strict=True):
-        conds = encoder.encode([text for _end, text in timeline])
+        conds = encoder.encode([str(text) for _end, text in timeline])
         encoded[prompt] = tuple(
             ScheduledCond(int(end), cond) for (end, _text), cond in zip(timeline, conds, strict=True)
         )

@@ -57,9 +57,7 @@ def stack_padded(conds: Sequence[torch.Tensor]) -> torch.Tensor:
     """`(N, T, C)` from conds `(T_i, C)`; shorter ones are padded to the longest by repeating their last token vector
     (how the reference stacks the AND sub-prompts of a batch)."""
     longest = max(c.shape[0] for c in conds)
-    padded = [
-        c if c.shape[0] == longest else torch.cat([c, c[-1:].expand(longest - c.shape[0], -1)]) for c in conds
-    ]
+    padded = [c if c.shape[0] == longest else torch.cat([c, c[-1:].expand(longest - c.shape[0], -1)]) for c in conds]
     return torch.stack(padded)
 
 
