@@ -8,7 +8,7 @@ that tests can use a fake one whose outputs are known.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -96,7 +96,6 @@ class PromptEncoder:
             chunk_length=CHUNK_TOKENS,
             comma_padding_backtrack=self.comma_padding_backtrack,
             embeddings=self.embeddings,
-            id_start=backend.id_start,
             id_end=backend.id_end,
             id_pad=backend.id_end,
         )
@@ -124,9 +123,16 @@ class PromptEncoder:
             outputs.append(self._encode_chunks(batch))
         return torch.cat(outputs, dim=1)
 
+    def _with_start(self, tokens: Sequence[int]) -> list[int]:
+        """A chunk's 77 ids with this text encoder's BOS first (the chunker writes CLIP's usual BOS; the farm's tiny
+        test models have their own)."""
+        if len(tokens) != CHUNK_TOKENS + 2:
+            raise ValueError(f"a prompt chunk has {len(tokens)} tokens, not {CHUNK_TOKENS + 2}")
+        return [self.backend.id_start, *tokens[1:]]
+
     def _encode_chunks(self, batch: list[PromptChunk]) -> torch.Tensor:
         backend = self.backend
-        tokens = torch.tensor([list(chunk.tokens) for chunk in batch], dtype=torch.long)
+        tokens = torch.tensor([self._with_start(chunk.tokens) for chunk in batch], dtype=torch.long)
         if backend.id_pad != backend.id_end:
             tokens = _pad_after_first_end(tokens, backend.id_end, backend.id_pad)
         multipliers = torch.tensor([list(chunk.multipliers) for chunk in batch], dtype=torch.float32)
@@ -155,6 +161,3 @@ def _pad_after_first_end(tokens: torch.Tensor, id_end: int, id_pad: int) -> torc
     is_end = tokens == id_end
     after_first = (is_end.long().cumsum(dim=1) - is_end.long()) > 0
     return tokens.masked_fill(after_first, id_pad)
-
-
-Tokenize = Callable[[list[str]], list[list[int]]]
