@@ -33,6 +33,7 @@ from shared.job.hashing import request_hash
 from shared.job.image_refs import parse_image_ref
 from shared.job.spec import Img2ImgJob
 from shared.job.steps import sampling_steps
+from shared.prompts import prompt_warnings
 from shared.queueing import queue_name
 from shared.storage import DOWNLOAD_ROUTE, Storage, key_of_farm_url, validate_key
 
@@ -145,4 +146,5 @@ def admit(
         model=model,
         max_attempts=max_attempts,
         total_steps=expected_total_steps(normalised),
+        warnings=prompt_warnings(normalised.prompt, normalised.negative_prompt),
     )

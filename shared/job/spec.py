@@ -54,6 +54,7 @@ from shared.job.limits import (
 )
 from shared.job.problems import Loc, field_problems, headline_first, problem, several
 from shared.job.text import text_problems
+from shared.prompts import prompt_problems
 from shared.sampler_names import (
     SAMPLER_LABELS,
     SCHEDULE_LABELS,
@@ -356,6 +357,14 @@ class Img2ImgJob(BaseModel):
     def _check_init_images(cls, value: list[str]) -> list[str]:
         if not value:
             raise problem("missing", "needs at least one image (asset:<sha256>, a storage URL, or base64)")
+        return value
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _check_prompt(cls, value: str, info: ValidationInfo) -> str:
+        problems = prompt_problems(str(info.field_name), value)  # docs/engine.md, "Prompt language"
+        if problems:
+            raise several([(p.field, p.code, p.message) for p in problems])
         return value
 
     @field_validator("styles")
