@@ -33,6 +33,7 @@ from shared.errors import InputError
 from shared.infotext import create_infotext
 from shared.job.spec import Img2ImgJob
 from shared.job.steps import eta_kind
+from shared.prompts import EmbeddingLookup, EmbeddingTooLong
 from shared.sampler_names import find_schedule, split_sampler_and_schedule
 from shared.version import __version__
 from worker.engine.color_correction import apply_color_correction
@@ -186,7 +187,7 @@ class StableDiffusionProcessingImg2Img:
     interrupted: bool = field(default=False, init=False)
     skipped: bool = field(default=False, init=False)
     job_no: int = field(default=0, init=False)
-    embeddings: Any = field(default=None, repr=False)  # an EmbeddingLookup (textual inversion), or None
+    embeddings: EmbeddingLookup | None = field(default=None, repr=False)  # textual-inversion embeddings
     prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
     denoiser: CFGDenoiser | None = field(default=None, init=False, repr=False)  # the current batch's
 
@@ -528,8 +529,14 @@ class StableDiffusionProcessingImg2Img:
         encoder = self._prompt_encoder()
         steps = schedule_steps(self.steps, _sampler_label(self.sampler_name))
         old = options.use_old_scheduling
-        uncond = learned_conditioning(encoder, negative_prompts, steps, use_old_scheduling=old)
-        cond = multicond_learned_conditioning(encoder, prompts, steps, use_old_scheduling=old)
+        try:
+            uncond = learned_conditioning(encoder, negative_prompts, steps, use_old_scheduling=old)
+        except EmbeddingTooLong as error:
+            raise InputError(str(error), field="negative_prompt") from None
+        try:
+            cond = multicond_learned_conditioning(encoder, prompts, steps, use_old_scheduling=old)
+        except EmbeddingTooLong as error:
+            raise InputError(str(error), field="prompt") from None
         three_pass = self.is_edit_model and self.image_cfg_scale is not None and self.image_cfg_scale != 1.0
         if three_pass and any(len(sub_prompts) != 1 for sub_prompts in cond.images):
             raise InputError(

@@ -17,7 +17,7 @@ import torch
 from shared.prompts import EmbeddingLookup, PromptChunk, tokenize_line
 from worker.engine.conditioning.emphasis import EmphasisMode, apply_emphasis, parses_emphasis
 
-__all__ = ["PromptEncoder", "TextBackend", "TokenVectors", "escape_for_literal"]
+__all__ = ["PromptEncoder", "TextBackend", "TokenVectors"]
 
 CHUNK_TOKENS = 75  # prompt tokens per chunk; BOS and EOS make 77
 
@@ -58,12 +58,6 @@ class TextBackend(Protocol):
         ...
 
 
-def escape_for_literal(text: str) -> str:
-    """`text` with the emphasis parser's special characters escaped, so that the parser returns it as one literal
-    segment (emphasis mode "None"; BREAK is handled by the caller)."""
-    return "".join("\\" + c if c in "\\()[]" else c for c in text)
-
-
 @dataclass(eq=False)
 class PromptEncoder:
     """Encodes texts as the reference's CLIP hijack does (docs/engine.md, "Prompt encoding").
@@ -88,9 +82,8 @@ class PromptEncoder:
     def chunks(self, text: str) -> list[PromptChunk]:
         """The chunks of 77 tokens of one text (at least one)."""
         backend = self.backend
-        line = text if parses_emphasis(self.emphasis) else escape_for_literal(text)
         chunks, _count = tokenize_line(
-            line,
+            text,
             self._tokenize,
             comma_token=backend.comma_token if backend.comma_token is not None else -1,
             chunk_length=CHUNK_TOKENS,
@@ -98,6 +91,7 @@ class PromptEncoder:
             embeddings=self.embeddings,
             id_end=backend.id_end,
             id_pad=backend.id_end,
+            emphasis=parses_emphasis(self.emphasis),
         )
         return chunks
 
