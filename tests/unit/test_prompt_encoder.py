@@ -4,6 +4,7 @@ embeddings, schedules and AND."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
@@ -155,7 +156,7 @@ class FakeLookup:
     token: int
     embedding: FakeEmbedding
 
-    def find_embedding_at_position(self, tokens: list[int], offset: int) -> tuple[FakeEmbedding | None, int | None]:
+    def find_embedding_at_position(self, tokens: Sequence[int], offset: int) -> tuple[FakeEmbedding | None, int | None]:
         if tokens[offset] == self.token:
             return self.embedding, 1
         return None, None
