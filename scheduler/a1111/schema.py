@@ -20,7 +20,6 @@ UNUSED_FIELDS: tuple[str, ...] = (
     "tiling",
     "do_not_save_samples",
     "do_not_save_grid",
-    "s_min_uncond",
     "s_churn",
     "s_tmax",
     "s_tmin",

@@ -46,6 +46,12 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "overlay_inpaint": True,
     "return_mask": False,
     "return_mask_composite": False,
+    "emphasis": "Original",
+    "comma_padding_backtrack": 20,
+    "use_old_scheduling": False,
+    "pad_cond_uncond": False,
+    "pad_cond_uncond_v0": False,
+    "s_min_uncond_all": False,
 }
 
 _OVERRIDES = TypeAdapter(OverrideSettings)

@@ -99,6 +99,7 @@ def _fields_from_infotext(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
         "Masked area padding": ("inpaint_full_res_padding", int),
         "Noise multiplier": ("initial_noise_multiplier", float),
         "Eta": ("eta", float),
+        "NGMS": ("s_min_uncond", float),
     }
     for key, (name, kind) in simple.items():
         if key in params:
@@ -121,6 +122,17 @@ def _fields_from_infotext(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
     for key, option in setting_keys.items():
         if key in params and isinstance(_number(params[key]), int):
             overrides[option] = _number(params[key])
+    if "Emphasis" in params:
+        overrides["emphasis"] = params["Emphasis"]
+    flag_keys = {
+        "Pad conds": "pad_cond_uncond",
+        "Pad conds v0": "pad_cond_uncond_v0",
+        "Old prompt editing timelines": "use_old_scheduling",
+        "NGMS all steps": "s_min_uncond_all",
+    }
+    for key, option in flag_keys.items():
+        if params.get(key) in ("True", "False"):
+            overrides[option] = params[key] == "True"
     if "Model" in params:
         overrides["sd_model_checkpoint"] = params["Model"]
     if params.get("RNG") in ("GPU", "CPU"):
@@ -206,6 +218,7 @@ def job_body(
         "width": sent["width"],
         "height": sent["height"],
         "eta": sent["eta"],
+        "s_min_uncond": sent["s_min_uncond"],
         "override_settings": farm_overrides,
     }
     if sent["mask_blur"] is not None:

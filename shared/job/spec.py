@@ -100,6 +100,8 @@ MAX_MODEL_NAME_LENGTH = 512  # characters
 # of the job as large.
 MAX_PROMPT_LENGTH = 32_768
 MAX_CLIP_SKIP = 12
+MAX_S_MIN_UNCOND = 15.0  # the "Negative Guidance minimum sigma" slider
+MAX_COMMA_PADDING_BACKTRACK = 74  # the option's slider: tokens of a 75-token chunk
 
 ETA_DEFAULT = 1.0  # what `eta = None` means for ancestral samplers (the webui option eta_ancestral)
 
@@ -231,6 +233,14 @@ class OverrideSettings(TypedDict, total=False):
     overlay_inpaint: bool
     return_mask: bool
     return_mask_composite: bool
+    # Prompt encoding (docs/engine.md, "Prompt encoding"); "Unknown names fall back to Original" in the reference,
+    # here an unknown emphasis name is a 422.
+    emphasis: Literal["Original", "No norm", "Ignore", "None"]
+    comma_padding_backtrack: Annotated[Int, annotated_types.Ge(0), annotated_types.Le(MAX_COMMA_PADDING_BACKTRACK)]
+    use_old_scheduling: bool
+    pad_cond_uncond: bool
+    pad_cond_uncond_v0: bool
+    s_min_uncond_all: bool
 
 
 SUPPORTED_OVERRIDE_KEYS: tuple[str, ...] = tuple(OverrideSettings.__annotations__)
@@ -289,6 +299,7 @@ class Img2ImgJob(BaseModel):
     width: Int = 512  # multiple of 8, ≥ 64; width × height ≤ SpecLimits.max_image_pixels
     height: Int = 512
     eta: Float | None = Field(None, ge=0.0, le=1.0)  # ancestral noise amount; None: eta_ancestral option (1.0)
+    s_min_uncond: Float | None = Field(None, ge=0.0, le=MAX_S_MIN_UNCOND)  # negative guidance minimum sigma; None: 0
     model: str | None = Field(None, min_length=1, max_length=MAX_MODEL_NAME_LENGTH)  # None: the farm's default
     override_settings: OverrideSettings = Field(default_factory=lambda: OverrideSettings())
 

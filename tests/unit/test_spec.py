@@ -72,6 +72,7 @@ REFERENCE_API_DEFAULTS: dict[str, Any] = {
     "width": 512,
     "height": 512,
     "eta": None,
+    "s_min_uncond": None,
     "model": None,
     "override_settings": {},
     "priority": 0,
@@ -408,6 +409,12 @@ def test_every_supported_override_is_accepted_with_its_type() -> None:
         "overlay_inpaint": False,
         "return_mask": True,
         "return_mask_composite": True,
+        "emphasis": "No norm",
+        "comma_padding_backtrack": 0,
+        "use_old_scheduling": True,
+        "pad_cond_uncond": True,
+        "pad_cond_uncond_v0": True,
+        "s_min_uncond_all": True,
     }
     assert set(overrides) == set(SUPPORTED_OVERRIDE_KEYS)
     job = job_of(override_settings=overrides)

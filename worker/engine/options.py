@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from shared.job.steps import DEFAULT_ETA_ANCESTRAL, DEFAULT_ETA_DDIM
+from worker.engine.conditioning.emphasis import EmphasisMode
 
 # The override keys that do not map onto an option here: the model is chosen per job by the scheduler
 # (`sd_model_checkpoint` becomes the job's model), and `initial_noise_multiplier` is resolved before overrides apply,
@@ -33,6 +34,13 @@ class Options:
     eta_ddim: float = DEFAULT_ETA_DDIM
     randn_source: Literal["GPU", "CPU"] = "GPU"
     CLIP_stop_at_last_layers: int = 1  # the webui's option name, as clients send it
+    # Prompt encoding (docs/engine.md, "Prompt encoding").
+    emphasis: EmphasisMode = "Original"
+    comma_padding_backtrack: int = 20  # tokens; 0 = off
+    use_old_scheduling: bool = False  # the pre-1.6 reading of prompt-editing `when` numbers
+    pad_cond_uncond: bool = False
+    pad_cond_uncond_v0: bool = False
+    s_min_uncond_all: bool = False  # skip the uncond on every evaluation below s_min_uncond, not every other one
     overlay_inpaint: bool = True
     return_mask: bool = False
     return_mask_composite: bool = False
