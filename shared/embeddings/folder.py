@@ -69,9 +69,12 @@ def _walk(folder: Path, seen: set[tuple[int, int]]) -> Iterator[Path]:
         try:
             if entry.is_dir(follow_symlinks=True):
                 folders.append(Path(entry.path))
-            elif entry.is_file(follow_symlinks=True) and _is_candidate(Path(entry.name)):
-                if entry.stat(follow_symlinks=True).st_size > 0:
-                    yield Path(entry.path)
+            elif (
+                entry.is_file(follow_symlinks=True)
+                and _is_candidate(Path(entry.name))
+                and entry.stat(follow_symlinks=True).st_size > 0
+            ):
+                yield Path(entry.path)
         except OSError as exc:  # a dangling link, a file removed meanwhile
             log.warning("skipping %s: %s", entry.path, exc)
     for sub in folders:

@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-__all__ = ["TEXT_CHUNK", "TENSOR_KEY", "decode_embedding_json", "extract_hidden_data", "read_image_embedding"]
+__all__ = ["TENSOR_KEY", "TEXT_CHUNK", "decode_embedding_json", "extract_hidden_data", "read_image_embedding"]
 
 TEXT_CHUNK: Final = "sd-ti-embedding"
 TENSOR_KEY: Final = "TORCHTENSOR"
@@ -80,8 +80,8 @@ _NIBBLES = _NibbleStream()
 
 def _crop_black_border(pixels: NDArray[np.uint8]) -> NDArray[np.uint8]:
     """The smallest box holding every pixel whose three channels are all non-zero (unchanged when none is)."""
-    lit = (pixels > 0).all(axis=2)
-    rows, cols = np.flatnonzero(lit.any(axis=1)), np.flatnonzero(lit.any(axis=0))
+    lit = np.all(pixels > 0, axis=2)
+    rows, cols = np.flatnonzero(np.any(lit, axis=1)), np.flatnonzero(np.any(lit, axis=0))
     if rows.size == 0:
         return pixels
     return pixels[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
@@ -95,7 +95,7 @@ def extract_hidden_data(image: Image.Image) -> Any:
     """The JSON document hidden in `image`'s pixels, or None when it has no black columns to split at.
     Raises ValueError (zlib.error included) when the blocks do not decode."""
     pixels = _crop_black_border(np.asarray(image.convert("RGB"), dtype=np.uint8))
-    low_bits = pixels & 0x0F
+    low_bits = (pixels & 0x0F).astype(np.uint8)
     black_columns = np.flatnonzero(low_bits.sum(axis=(0, 2)) == 0)
     if black_columns.size < 2:
         return None

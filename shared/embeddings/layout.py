@@ -22,6 +22,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar
 __all__ = ["MAX_VECTORS", "EmbeddingFormatError", "Layout", "TensorOps", "read_layout"]
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 
 MAX_VECTORS = 75  # tokens of one prompt chunk: an embedding longer than this can never be placed (proposal P5)
 
@@ -32,7 +33,7 @@ class EmbeddingFormatError(ValueError):
     """The file holds no embedding in a layout the reference accepts (the message says why)."""
 
 
-class TensorOps(Protocol[T]):
+class TensorOps(Protocol[T_contra]):
     """What the rules need to know about a value: whether it is a tensor, a plain one (not a `Parameter`), and
     its shape."""
 
@@ -40,7 +41,7 @@ class TensorOps(Protocol[T]):
 
     def is_plain_tensor(self, value: object) -> bool: ...
 
-    def shape(self, value: T) -> tuple[int, ...]: ...
+    def shape(self, value: T_contra) -> tuple[int, ...]: ...
 
 
 @dataclass(frozen=True)

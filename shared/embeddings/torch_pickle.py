@@ -26,8 +26,8 @@ _LEGACY_PROTOCOL: Final = 1001
 
 # torch dtypes a pickle may name (the `dtype` argument of _rebuild_tensor_v3); they come back as their names.
 _DTYPES: Final = frozenset(
-    "float32 float16 bfloat16 float64 float8_e4m3fn float8_e5m2 int64 int32 int16 int8 uint8 bool "
-    "complex64 complex128".split()
+    {"float32", "float16", "bfloat16", "float64", "float8_e4m3fn", "float8_e5m2", "int64", "int32", "int16"}
+    | {"int8", "uint8", "bool", "complex64", "complex128"}
 )
 
 

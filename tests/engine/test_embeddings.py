@@ -159,7 +159,8 @@ def test_the_torch_free_reader_agrees_with_the_torch_loader(tmp_path: Path) -> N
     for kind, (path, _, _) in every_format(tmp_path).items():
         loaded = load_embedding_file(path)
         info = read_embedding_info(path)
-        assert loaded is not None and info is not None, kind
+        assert loaded is not None, kind
+        assert info is not None, kind
         assert info.listing_entry() == loaded.listing_entry(), kind
         assert info.name == loaded.name, kind
 
@@ -188,7 +189,8 @@ def test_legacy_torch_files_are_read_without_torch(tmp_path: Path) -> None:
     assert structure["step"] == 500
     loaded = load_embedding_file(path)
     info = read_embedding_info(path)
-    assert loaded is not None and info is not None
+    assert loaded is not None
+    assert info is not None
     assert info.listing_entry() == loaded.listing_entry()
 
 
@@ -240,7 +242,13 @@ def test_width_decides_loaded_or_skipped_and_a_later_file_replaces_an_earlier(tm
     assert "broken.pt" in db.errors
     listing = db.listing()
     assert listing["loaded"] == {
-        "same": {"step": 500, "sd_checkpoint": "0123456789", "sd_checkpoint_name": "v1-5-pruned", "shape": 8, "vectors": 2}
+        "same": {
+            "step": 500,
+            "sd_checkpoint": "0123456789",
+            "sd_checkpoint_name": "v1-5-pruned",
+            "shape": 8,
+            "vectors": 2,
+        }
     }
     assert listing["skipped"]["wide"]["shape"] == 768
 
@@ -343,7 +351,8 @@ def test_a_skipped_embedding_used_in_a_prompt_gives_a_warning(tmp_path: Path) ->
     warnings = db.incompatible_warnings(segments, field="negative_prompt")
     assert [w.code for w in warnings] == ["embedding_incompatible"]  # once, though used twice
     assert "'sd2-style'" in warnings[0].message
-    assert "width 1024" in warnings[0].message and f"takes {WIDTH}" in warnings[0].message
+    assert "width 1024" in warnings[0].message
+    assert f"takes {WIDTH}" in warnings[0].message
     assert warnings[0].message.startswith("negative_prompt:")
     # Skipped names are found where the chunker would read text; a usable name never warns.
     assert db.incompatible_embeddings(tok("usable")) == []

@@ -194,8 +194,8 @@ def model_tokenize(model: LoadedModel) -> Tokenize:
 
 
 def model_width(model: LoadedModel) -> int:
-    """The width of the text encoder's token embeddings (768 for SD 1.x)."""
-    return int(model.text_encoder.get_input_embeddings().weight.shape[1])
+    """The width of the text encoder's token embeddings (768 for SD 1.x): CLIP's hidden size."""
+    return int(model.text_encoder.config.hidden_size)
 
 
 def for_model(model: LoadedModel, models_dir: Path | None) -> EmbeddingDatabase:
