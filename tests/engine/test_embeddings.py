@@ -133,6 +133,9 @@ def malformed_files(folder: Path) -> dict[str, Path]:
         "parameter value": write_torch(folder / "param.pt", {"emb": torch.nn.Parameter(v)}),
         "a bare tensor": write_torch(folder / "bare.pt", v),
         "3-D string_to_param": write_torch(folder / "cube.pt", webui_dict(v.reshape(1, 2, WIDTH))),
+        "SDXL rows differ": write_safetensors(
+            folder / "xl.safetensors", {"clip_l": vectors(2, 768), "clip_g": vectors(3, 1280)}
+        ),
         "not torch": _write_bytes(folder / "junk.pt", b"this is not a torch file"),
         "not safetensors": _write_bytes(folder / "junk.safetensors", b"\xff" * 16),
     }
