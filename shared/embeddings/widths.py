@@ -87,12 +87,12 @@ def _folder_width(folder: Path) -> int | None:
 
 
 def _inside(models_dir: Path, name: str) -> Path | None:
-    candidate = models_dir / name
-    try:
-        candidate.resolve().relative_to(models_dir.resolve())
-    except (ValueError, OSError):
+    """`models_dir / name` when `name` is a relative path that stays inside (symbolic links in the folder, such as
+    a checkpoint kept on another disk, are fine)."""
+    relative = Path(name)
+    if not name or relative.is_absolute() or ".." in relative.parts:
         return None
-    return candidate
+    return models_dir / relative
 
 
 def text_encoder_width(model: str, models_dir: Path | None) -> int | None:
