@@ -33,6 +33,12 @@ def models_dir(tmp_path: Path) -> Path:
         models / "sd1.safetensors",
         {"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": vectors(4, 768)},
     )
+    # A checkpoint kept elsewhere, linked into the folder.
+    elsewhere = write_safetensors(
+        tmp_path / "other-disk" / "real.safetensors",
+        {"cond_stage_model.model.token_embedding.weight": vectors(4, 1024)},
+    )
+    (models / "linked.safetensors").symlink_to(elsewhere)
     (models / "sd2-folder" / "text_encoder").mkdir(parents=True)
     (models / "sd2-folder" / "text_encoder" / "config.json").write_text(json.dumps({"hidden_size": 1024}))
     return models
@@ -73,8 +79,10 @@ def test_the_listing_is_per_model_family(client: TestClient) -> None:
     sd1 = client.get("/sdapi/v1/embeddings", params={"model": "sd1"}, auth=AUTH).json()
     assert sd1["loaded"] == {"sd1-style": entry(768, 3, webui=False)}
     assert set(sd1["skipped"]) == {"tiny-style", "too-long"}
-    sd2 = client.get("/sdapi/v1/embeddings", params={"model": "sd2-folder"}, auth=AUTH).json()
-    assert sd2["loaded"] == {}
+    for sd2_model in ("sd2-folder", "linked"):
+        sd2 = client.get("/sdapi/v1/embeddings", params={"model": sd2_model}, auth=AUTH).json()
+        assert sd2["loaded"] == {}, sd2_model
+        assert set(sd2["skipped"]) == {"tiny-style", "too-long", "sd1-style"}, sd2_model
 
     # The tenant's checkpoint option (a webui title with its hash) chooses the model when no ?model= is given.
     options = {"sd_model_checkpoint": "sd1.safetensors [0123456789]"}
