@@ -36,6 +36,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from PIL import Image
 
+from scheduler.a1111.embeddings import catalogue_for
 from scheduler.a1111.schema import (
     Img2ImgRequest,
     Img2ImgResponse,
@@ -55,6 +56,7 @@ from scheduler.a1111.translate import (
     image_grid,
     job_body,
     job_timestamp,
+    model_of_checkpoint,
     rename_fields,
 )
 from scheduler.auth import TenantDep
@@ -63,6 +65,7 @@ from scheduler.routes import checked_task_id
 from scheduler.snapshots import QUEUE_POSITION_CAP, current_live, safe_live_progress
 from scheduler.submission import Submission, submit_job
 from shared.db import MAX_LIST_LIMIT, ArtifactRow, JobRow
+from shared.embeddings.folder import EMBEDDINGS_FOLDER
 from shared.errors import InputError, NotFound, RenderfarmError, TransientError
 from shared.images import encode_png
 from shared.job.ids import MAX_TASK_ID_LENGTH, new_a1111_task_id
@@ -461,7 +464,7 @@ def _model_names(services: Services) -> list[str]:
     if folder is not None and folder.is_dir():
         for entry in sorted(folder.iterdir()):
             name = entry.name if entry.is_dir() else entry.stem if entry.suffix in MODEL_SUFFIXES else None
-            if name and not name.startswith(".") and name not in names:
+            if name and not name.startswith(".") and name not in names and name != EMBEDDINGS_FOLDER:
                 names.append(name)
     return names
 
@@ -480,6 +483,25 @@ def sd_models(services: ServicesDep, tenant: TenantDep) -> list[dict[str, Any]]:
         }
         for name in _model_names(services)
     ]
+
+
+@router.get("/sdapi/v1/embeddings", summary="Textual-inversion embeddings, loaded or skipped for a model")
+def embeddings(
+    services: ServicesDep, tenant: TenantDep, model: Annotated[str | None, Query(max_length=1024)] = None
+) -> dict[str, Any]:
+    """For `?model=` (a farm extension; a title's hash suffix is ignored), else the tenant's `sd_model_checkpoint`
+    option, else the default model (scheduler/a1111/embeddings.py)."""
+    if model is None:
+        stored = read_options(services.storage, tenant).get("sd_model_checkpoint")
+        model = stored if isinstance(stored, str) else None
+    name = model_of_checkpoint(model, services.settings.model) or services.settings.model
+    return catalogue_for(services.settings.models_dir).listing(name)
+
+
+@router.post("/sdapi/v1/refresh-embeddings", summary="Reread the embeddings folder")
+def refresh_embeddings(services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    catalogue_for(services.settings.models_dir).refresh()
+    return JSONResponse(None)
 
 
 @router.get("/sdapi/v1/options", summary="The caller's webui options (the ones the farm honours)")
