@@ -15,6 +15,7 @@ from shared.images import ImageLimits
 from shared.live import LiveStatus
 from shared.storage import Storage
 from worker.asset_cache import AssetCache
+from worker.embedding_catalogs import EmbeddingCatalogs
 from worker.engine.models import LoadedModel
 from worker.engine.processing import Processed, StableDiffusionProcessingImg2Img, process_images
 
@@ -78,6 +79,7 @@ class WorkerDeps:
     engine: Engine = process_images
     stats: WorkerStats = field(default_factory=WorkerStats)
     assets: AssetCache = field(default_factory=AssetCache)  # verified input assets, kept between jobs
+    embeddings: EmbeddingCatalogs = field(default_factory=EmbeddingCatalogs)  # each loaded model's embeddings
 
     @property
     def image_limits(self) -> ImageLimits:

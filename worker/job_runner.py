@@ -40,7 +40,7 @@ from shared.job.spec import Img2ImgJob
 from shared.states import JobState
 from worker.artifact_upload import delete_quietly, upload_artifacts
 from worker.claimed_run import RENEW_FRACTION, CancelRequested, ClaimedRun, LiveGuard, lease_seconds
-from worker.deps import Engine, WorkerDeps
+from worker.deps import WorkerDeps
 from worker.engine.models import LoadedModel, ModelNotFound
 from worker.engine.processing import Processed, StableDiffusionProcessingImg2Img
 from worker.inputs import load_inputs
@@ -198,7 +198,7 @@ def _render(
     oom_message = ""
     for try_no in (1, 2):
         try:
-            processed = _render_once(run.deps.engine, current, model, init_images, mask, latent_mask, hook)
+            processed = _render_once(run, current, model, init_images, mask, latent_mask, hook)
             warnings = [{"code": w.code, "message": w.message} for w in processed.warnings]
             return processed, notes + warnings
         except Exception as exc:
@@ -229,7 +229,7 @@ def _render(
 
 
 def _render_once(
-    engine: Engine,
+    run: ClaimedRun,
     job: Img2ImgJob,
     model: LoadedModel,
     init_images: list[Image.Image],
@@ -238,12 +238,14 @@ def _render_once(
     hook: StepHook,
 ) -> Processed:
     # Its own function so that the processing object and its tensors die with this frame when the render fails.
+    deps = run.deps
     p = StableDiffusionProcessingImg2Img.from_job(
         job, sd_model=model, init_images=init_images, mask=mask, latent_mask=latent_mask
     )
+    p.embeddings = deps.embeddings.for_job(model, deps.settings.models_dir)
     p.progress_callback = hook
     hook.processing = p  # so that A1111 interrupt / skip requests reach this render
-    return engine(p)
+    return deps.engine(p)
 
 
 # ----------------------------------------------------------------------------------------------------------------

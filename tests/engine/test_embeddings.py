@@ -19,6 +19,7 @@ from shared.embeddings import MAX_VECTORS, EmbeddingFormatError, read_embedding_
 from shared.embeddings.folder import embedding_files
 from shared.embeddings.torch_pickle import TensorShape, read_torch_structure
 from shared.embeddings.widths import TINY_TEXT_WIDTH
+from shared.prompts import EmbeddingTooLong
 from tests.embedding_files import (
     FakeTokenizer,
     json_document,
@@ -31,7 +32,6 @@ from tests.embedding_files import (
 )
 from worker.engine.embeddings import (
     EmbeddingDatabase,
-    EmbeddingTooLong,
     for_model,
     load_embedding_file,
     model_tokenize,
@@ -338,9 +338,7 @@ def test_an_embedding_of_more_than_75_vectors_is_listed_as_skipped_and_refused_i
     assert db.find_embedding_at_position(tok("full"), 0)[1] == 1
     with pytest.raises(EmbeddingTooLong, match="76 vectors") as refused:
         db.find_embedding_at_position(tok("a huge cat"), 1)
-    assert refused.value.http_status == 422
-    assert refused.value.field == "prompt"
-    assert refused.value.code == "embedding_too_long"
+    assert refused.value.name == "huge"
 
 
 def test_a_skipped_embedding_used_in_a_prompt_gives_a_warning(tmp_path: Path) -> None:
@@ -390,3 +388,34 @@ def test_the_database_of_a_loaded_model(tiny_model: LoadedModel, tmp_path: Path)
     assert embedding.name == "MyStyle"
     assert length == len(tokenize("mystyle"))
     assert for_model(tiny_model, None).loaded == {}
+
+
+def test_a_render_places_the_embedding_writes_ti_hashes_and_warns_of_other_widths(
+    tiny_model: LoadedModel, tmp_path: Path
+) -> None:
+    from tests.engine.conftest import PROMPT, pixels, make_picture
+    from worker.engine.processing import StableDiffusionProcessingImg2Img, process_images
+
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    width = model_width(tiny_model)
+    placed = write_torch(folder / "zq.pt", webui_dict(vectors(2, width, seed=3) * 20))
+    write_torch(folder / "xw.pt", webui_dict(vectors(1, width + 8)))
+    db = for_model(tiny_model, tmp_path)
+
+    def render(prompt: str, embeddings: EmbeddingDatabase | None) -> tuple[Any, str, list[str]]:
+        p = StableDiffusionProcessingImg2Img(
+            sd_model=tiny_model, prompt=prompt, init_images=[make_picture()], width=64, height=64, steps=4, seed=5
+        )
+        p.embeddings = embeddings
+        processed = process_images(p)
+        return processed.images[0], processed.infotexts[0], [w.code for w in processed.warnings]
+
+    with_embedding, infotext, codes = render(f"{PROMPT} zq xw", db)
+    as_text, plain_infotext, plain_codes = render(f"{PROMPT} zq xw", None)
+    assert abs(pixels(with_embedding) - pixels(as_text)).max() > 0  # the vectors replaced the letters z, q
+    digest = hashlib.sha256(placed.read_bytes()).hexdigest()[:12]
+    assert f'TI hashes: "zq: {digest}"' in infotext
+    assert "TI hashes" not in plain_infotext
+    assert codes == ["embedding_incompatible"]  # xw has another width: encoded as its letters, and said so
+    assert plain_codes == []

@@ -46,6 +46,7 @@ from worker.engine.conditioning.conds import (
 )
 from worker.engine.conditioning.encoder import PromptEncoder
 from worker.engine.conditioning.schedules import CondBatch, MulticondBatch
+from worker.engine.embeddings import Embedding, EmbeddingDatabase, ti_hashes
 from worker.engine.guidance import CFGDenoiser
 from worker.engine.imaging import apply_overlay
 from worker.engine.latents import POSTERIOR_STREAM, encode_samples, image_conditioning, resize_latent
@@ -532,22 +533,38 @@ class StableDiffusionProcessingImg2Img:
         try:
             uncond = learned_conditioning(encoder, negative_prompts, steps, use_old_scheduling=old)
         except EmbeddingTooLong as error:
-            raise InputError(str(error), field="negative_prompt") from None
+            raise InputError(str(error), code="embedding_too_long", field="negative_prompt") from None
         try:
             cond = multicond_learned_conditioning(encoder, prompts, steps, use_old_scheduling=old)
         except EmbeddingTooLong as error:
-            raise InputError(str(error), field="prompt") from None
+            raise InputError(str(error), code="embedding_too_long", field="prompt") from None
         three_pass = self.is_edit_model and self.image_cfg_scale is not None and self.image_cfg_scale != 1.0
         if three_pass and any(len(sub_prompts) != 1 for sub_prompts in cond.images):
             raise InputError(
                 "AND prompts cannot be used with an edit (InstructPix2Pix) model and an image CFG scale other than 1",
                 field="prompt",
             )
+        self._record_embeddings(encoder, prompts, negative_prompts)
         if old and old_timelines_differ([*prompts, *negative_prompts], steps):
             self.extra_generation_params["Old prompt editing timelines"] = True
         if options.emphasis != "Original" and encoder.emphasis_syntax_seen:
             self.extra_generation_params["Emphasis"] = options.emphasis
         return cond, uncond
+
+    def _record_embeddings(
+        self, encoder: PromptEncoder, prompts: Sequence[str], negative_prompts: Sequence[str]
+    ) -> None:
+        """The infotext's "TI hashes" of the embeddings the encoder placed, and the warnings for embeddings of
+        another width named in the prompts (docs/engine.md, "Textual-inversion embeddings")."""
+        used = [embedding for embedding in encoder.used_embeddings.values() if isinstance(embedding, Embedding)]
+        hashes = ti_hashes(used)
+        if hashes:
+            self.extra_generation_params["TI hashes"] = hashes
+        if isinstance(self.embeddings, EmbeddingDatabase):
+            for field_name, texts in (("prompt", prompts), ("negative_prompt", negative_prompts)):
+                for warning in self.embeddings.incompatible_warnings_in_texts(dict.fromkeys(texts), field_name):
+                    if warning not in self.warnings:
+                        self.warnings.append(warning)
 
     # -- infotext --------------------------------------------------------------------------------------------------
 

@@ -4,7 +4,6 @@ the prompt encoder matches names with (`database.py`). Formats, rules and differ
 
 from worker.engine.embeddings.database import (
     EmbeddingDatabase,
-    EmbeddingTooLong,
     Tokenize,
     embedding_incompatible_warning,
     for_model,
@@ -17,7 +16,6 @@ from worker.engine.embeddings.loading import Embedding, load_embedding_file
 __all__ = [
     "Embedding",
     "EmbeddingDatabase",
-    "EmbeddingTooLong",
     "Tokenize",
     "embedding_incompatible_warning",
     "for_model",

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from shared.embeddings.folder import EMBEDDINGS_FOLDER, FolderScanner
 from shared.embeddings.layout import MAX_VECTORS
-from shared.embeddings.registry import Registry, too_long_message
-from shared.errors import InputError
+from shared.embeddings.registry import Registry
+from shared.prompts import EmbeddingTooLong, parse_prompt_attention
 from worker.engine.embeddings.loading import Embedding, load_embedding_file
 from worker.engine.pixel_stage import PixelWarning
 
@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EmbeddingDatabase",
-    "EmbeddingTooLong",
     "Tokenize",
     "embedding_incompatible_warning",
     "for_model",
@@ -42,10 +41,6 @@ __all__ = [
 Tokenize = Callable[[str], Sequence[int]]  # text → token ids, no BOS/EOS, no truncation
 
 _Candidates = tuple[tuple[tuple[int, ...], Embedding], ...]
-
-
-class EmbeddingTooLong(InputError, default_code="embedding_too_long"):
-    """A prompt uses an embedding of more than 75 vectors (proposal P5): 422 naming the prompt field."""
 
 
 def _index(embeddings: Iterable[Embedding], tokenize: Tokenize, errors: dict[str, str]) -> dict[int, _Candidates]:
@@ -127,14 +122,14 @@ class EmbeddingDatabase:
 
     def find_embedding_at_position(self, tokens: Sequence[int], offset: int) -> tuple[Embedding | None, int | None]:
         """The embedding whose name's tokens start at `tokens[offset]` and how many prompt tokens it replaces, or
-        (None, None). Raises EmbeddingTooLong (422, field `prompt`) for a match of more than 75 vectors: the
-        caller encoding the negative prompt re-raises it with field `negative_prompt`."""
+        (None, None). Raises the chunker's EmbeddingTooLong for a match of more than 75 vectors (proposal P5); the
+        engine answers it with a 422 naming the prompt field it came from."""
         found = _match(self._state.registered, tokens, offset)
         if found is None:
             return None, None
         embedding, length = found
         if embedding.vectors > MAX_VECTORS:
-            raise EmbeddingTooLong(too_long_message(embedding.name, embedding.vectors), field="prompt")
+            raise EmbeddingTooLong(embedding.name, embedding.vectors, MAX_VECTORS)
         return embedding, length
 
     def incompatible_embeddings(self, tokens: Sequence[int]) -> list[Embedding]:
@@ -162,6 +157,17 @@ class EmbeddingDatabase:
         for tokens in segments:
             seen += [e for e in self.incompatible_embeddings(tokens) if e not in seen]
         return [embedding_incompatible_warning(e, self.width, field) for e in seen]
+
+    def incompatible_warnings_in_texts(self, texts: Iterable[str], field: str = "prompt") -> list[PixelWarning]:
+        """`incompatible_warnings` for whole prompt texts: each text split into its emphasis segments (BREAK
+        included) as the chunker splits it, each segment tokenized."""
+        segments = [
+            self._tokenize(str(text))
+            for whole in texts
+            for text, weight in parse_prompt_attention(whole)
+            if weight != -1  # BREAK
+        ]
+        return self.incompatible_warnings(segments, field)
 
 
 def embedding_incompatible_warning(embedding: Embedding, model_width: int, field: str = "prompt") -> PixelWarning:

@@ -120,7 +120,7 @@ def _replaced_token_vectors(
                     output[row, position : position + count] = vectors[:count].to(output)
         return output
 
-    handle = text_encoder.text_model.embeddings.token_embedding.register_forward_hook(replace)
+    handle = text_encoder.get_input_embeddings().register_forward_hook(replace)  # the token embedding layer
     try:
         yield
     finally:
