@@ -46,6 +46,10 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "overlay_inpaint": True,
     "return_mask": False,
     "return_mask_composite": False,
+    "live_previews_enable": True,
+    "show_progress_every_n_steps": 10,
+    "show_progress_type": "Approx NN",
+    "show_progress_grid": True,
 }
 
 _OVERRIDES = TypeAdapter(OverrideSettings)

@@ -408,6 +408,10 @@ def test_every_supported_override_is_accepted_with_its_type() -> None:
         "overlay_inpaint": False,
         "return_mask": True,
         "return_mask_composite": True,
+        "live_previews_enable": False,
+        "show_progress_every_n_steps": -1,
+        "show_progress_type": "TAESD",
+        "show_progress_grid": False,
     }
     assert set(overrides) == set(SUPPORTED_OVERRIDE_KEYS)
     job = job_of(override_settings=overrides)
