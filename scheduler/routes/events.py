@@ -88,11 +88,12 @@ async def snapshot_stream(
         waiter = loop.run_in_executor(services.stream_waits, _wait, services.live, job_id, wait_slice_s)
         row = await run_in_threadpool(services.db.jobs.get_by_id, job_id)
         snapshot = await run_in_threadpool(read_snapshot, services, row)
+        # Marked watched before anything is sent, so the worker draws previews from the client's first event on.
+        preview = await run_in_threadpool(watched_preview, services, row) if previews else None
         if snapshot["seq"] > last_sent:
             yield format_event(snapshot)
             last_sent = snapshot["seq"]
             last_output = loop.time()
-        preview = await run_in_threadpool(watched_preview, services, row) if previews else None
         if preview is not None and preview.preview_id != last_preview:
             yield format_preview_event(preview_out(preview))
             last_preview = preview.preview_id

@@ -130,9 +130,7 @@ def test_nobody_watches_so_no_preview_is_drawn(
 def test_a_watched_job_gets_a_preview_on_every_due_step(
     deps: WorkerDeps, db: Database, submit: Submitter, preview_live: PreviewLog, every_n: int
 ) -> None:
-    row = submit(
-        steps=10, n_iter=2, denoising_strength=1.0, override_settings={"show_progress_every_n_steps": every_n}
-    )
+    row = submit(steps=10, n_iter=2, denoising_strength=1.0, override_settings={"show_progress_every_n_steps": every_n})
     preview_live.mark_watched(row.id)  # as a poller does; lasts WATCH_TTL_S, far longer than this render
     counting, engine = Counting(), StepRecorder()
     outcome = run_job(row.id, 0, replace(deps, live=preview_live, previews=counting, engine=engine))
