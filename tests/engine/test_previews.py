@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderTiny
+from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTiny
 from PIL import Image
 
 from worker.engine.previews import (
@@ -85,7 +85,7 @@ def test_taesd_matches_diffusers_autoencoder_tiny_with_the_same_weights() -> Non
     # diffusers' AutoencoderTiny is the same network (its soft clamp sits outside `layers`, so its indices are one
     # lower); with the same weights both must draw the same picture. Ours is [0, 1], diffusers' [-1, 1].
     torch.manual_seed(3)
-    tiny = AutoencoderTiny().eval()
+    tiny = AutoencoderTiny()  # no dropout or normalisation: train and eval mode compute the same
     ours = TaesdDecoder().eval()
     prefix = "decoder.layers."
     state = {

@@ -15,8 +15,8 @@ from shared.live import LivePreview, RedisLiveStatus
 from tests.engine.test_previews import random_taesd_file
 from tests.worker.conftest import Submitter
 from worker.deps import WorkerDeps
-from worker.engine.previews import PreviewSettings
-from worker.engine.processing import Progress, StableDiffusionProcessingImg2Img, process_images
+from worker.engine.previews import PreviewNote, PreviewSettings
+from worker.engine.processing import Processed, Progress, StableDiffusionProcessingImg2Img, process_images
 from worker.job_runner import run_job
 from worker.preview_publisher import PREVIEW_ID_SPAN, Renderer, default_renderer
 
@@ -47,7 +47,7 @@ class CountingRenderer:
         return self.inner.method_used
 
     @property
-    def notes(self) -> list:  # type: ignore[type-arg]
+    def notes(self) -> list[PreviewNote]:
         return self.inner.notes
 
     def render(self, latent: torch.Tensor) -> Image.Image:
@@ -77,7 +77,7 @@ class StepRecorder:
     def __init__(self) -> None:
         self.steps: list[tuple[int, int, int]] = []
 
-    def __call__(self, p: StableDiffusionProcessingImg2Img) -> object:
+    def __call__(self, p: StableDiffusionProcessingImg2Img) -> Processed:
         farm_callback = p.progress_callback
         assert farm_callback is not None
 
@@ -98,11 +98,8 @@ def due_steps(steps: list[tuple[int, int, int]], every_n: int) -> list[tuple[int
     for job_no, step, total in steps:
         if job_no != batch:
             batch, last = job_no, 0
-        if every_n == -1:
-            hit = step >= total - 1
-        else:
-            hit = every_n == 0 or step - last >= every_n
-        if hit:
+        at_end = step >= total - 1
+        if at_end if every_n == -1 else every_n == 0 or step - last >= every_n:
             due.append((job_no, step))
             last = step
     return due
