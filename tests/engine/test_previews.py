@@ -159,6 +159,7 @@ def test_encoding_is_png_when_small_and_bounded_when_not() -> None:
 
     noise = Image.frombytes("RGB", (1024, 768), torch.randint(0, 256, (1024 * 768 * 3,), dtype=torch.uint8).numpy())
     big = encode_preview(noise, max_bytes=64 * 1024)
+    assert big.mime == "image/jpeg"
     assert len(big.data) <= 64 * 1024
     assert max(big.width, big.height) <= 512
     assert big.width / big.height == pytest.approx(1024 / 768, rel=0.02)
