@@ -11,18 +11,16 @@ no decode, no encode, not even the loading of the TAESD weights.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import Final, Protocol
 
 import torch
 from PIL import Image
 
 from shared.live import LivePreview
 from worker.engine.previews import PreviewNote, PreviewRenderer, PreviewSettings, encode_preview
-
-if TYPE_CHECKING:
-    from worker.claimed_run import ClaimedRun
-    from worker.engine.processing import Progress, StableDiffusionProcessingImg2Img
+from worker.engine.processing import Progress, StableDiffusionProcessingImg2Img
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +53,23 @@ def default_renderer(
 
 
 class PreviewPublisher:
-    """Decides, per sampling step, whether to draw a preview, and publishes it. One per claimed run."""
+    """Decides, per sampling step, whether to draw a preview, and publishes it. One per claimed run.
 
-    def __init__(self, run: ClaimedRun, factory: RendererFactory = default_renderer) -> None:
-        self._run = run
+    `publish` stores a preview in the live status (and must not raise); `models_dir` is where TAESD weights are.
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        attempt: int,
+        publish: Callable[[LivePreview], None],
+        models_dir: Path | None,
+        factory: RendererFactory = default_renderer,
+    ) -> None:
+        self._job_id = job_id
+        self._attempt = attempt
+        self._publish_record = publish
+        self._models_dir = models_dir
         self._factory = factory
         self._renderer: Renderer | None = None
         self._settings: PreviewSettings | None = None
@@ -82,7 +93,7 @@ class PreviewPublisher:
         try:
             self._publish(progress, settings, processing, progress.preview_latent)
         except Exception as exc:  # a preview must never fail the render: stop drawing them for this job
-            logger.warning("job %s: live preview failed, no more previews for this job: %s", self._run.job_id, exc)
+            logger.warning("job %s: live preview failed, no more previews for this job: %s", self._job_id, exc)
             self._failed = True
 
     @staticmethod
@@ -108,15 +119,14 @@ class PreviewPublisher:
         processing: StableDiffusionProcessingImg2Img,
         latent: torch.Tensor,
     ) -> None:
-        run, deps = self._run, self._run.deps
         if self._renderer is None:
-            self._renderer = self._factory(settings, processing, deps.settings.models_dir)
+            self._renderer = self._factory(settings, processing, self._models_dir)
         encoded = encode_preview(self._renderer.render(latent))
         self.count += 1
-        preview_id = run.attempt * PREVIEW_ID_SPAN + self.count
+        preview_id = self._attempt * PREVIEW_ID_SPAN + self.count
         record = LivePreview(
-            job_id=str(run.job_id),
-            attempt=run.attempt,
+            job_id=self._job_id,
+            attempt=self._attempt,
             preview_id=preview_id,
             step=progress.step,
             job_no=progress.job_no,
@@ -127,7 +137,7 @@ class PreviewPublisher:
             width=encoded.width,
             height=encoded.height,
         )
-        run.live.call("preview write", lambda: deps.live.set_preview(record))
+        self._publish_record(record)
         self.latest_id = preview_id
 
     def warnings(self) -> list[dict[str, str]]:

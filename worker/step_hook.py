@@ -36,7 +36,13 @@ class StepHook:
         # ends one batch).
         self.processing: StableDiffusionProcessingImg2Img | None = None
         self._skips_seen = 0
-        self.previews = PreviewPublisher(run, deps.previews)
+        self.previews = PreviewPublisher(
+            str(run.job_id),
+            run.attempt,
+            lambda record: run.live.call("preview write", lambda: deps.live.set_preview(record)),
+            deps.settings.models_dir,
+            deps.previews,
+        )
 
     def __call__(self, progress: Progress) -> None:
         started = time.perf_counter()
