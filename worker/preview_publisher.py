@@ -76,13 +76,13 @@ class PreviewPublisher:
         self._batch = -1
         self._last_step = 0  # the step of the batch's last preview (the reference's counter restarts per batch)
         self._batch_previewed = False
-        self._failed = False
+        self._failed: str | None = None  # why drawing failed; then no more previews are drawn for the job
         self.count = 0  # previews drawn by this run
         self.latest_id: int | None = None
 
     def on_step(self, progress: Progress, watched: bool, processing: StableDiffusionProcessingImg2Img | None) -> None:
         """Draw and publish a preview of this step when it is due and a client watches."""
-        if processing is None or progress.preview_latent is None or self._failed:
+        if processing is None or progress.preview_latent is None or self._failed is not None:
             return
         settings = self._settings_of(processing)
         if progress.job_no != self._batch:
@@ -94,7 +94,7 @@ class PreviewPublisher:
             self._publish(progress, settings, processing, progress.preview_latent)
         except Exception as exc:  # a preview must never fail the render: stop drawing them for this job
             logger.warning("job %s: live preview failed, no more previews for this job: %s", self._job_id, exc)
-            self._failed = True
+            self._failed = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
     @staticmethod
     def _due_every_n(step: int, last_step: int, every_n: int) -> bool:
@@ -141,7 +141,9 @@ class PreviewPublisher:
         self.latest_id = preview_id
 
     def warnings(self) -> list[dict[str, str]]:
-        """The job warnings of the previews drawn (a substituted method, missing weights); none when none was."""
-        if self._renderer is None:
-            return []
-        return [{"code": note.code, "message": note.message} for note in self._renderer.notes]
+        """The job warnings of the previews drawn (a substituted method, missing weights, a failure); none when no
+        preview was asked for."""
+        notes = [] if self._renderer is None else list(self._renderer.notes)
+        if self._failed is not None:
+            notes.append(PreviewNote("preview_failed", f"live previews stopped: {self._failed}"))
+        return [{"code": note.code, "message": note.message} for note in notes]

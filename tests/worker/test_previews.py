@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -177,3 +178,18 @@ def test_taesd_weights_in_the_models_folder_draw_full_size_previews(
     codes = [w["code"] for w in db.jobs.get_by_id(row.id).warnings]
     assert "preview_method_substituted" in codes
     assert "preview_decoder_missing" not in codes
+
+
+def test_a_failing_preview_never_fails_the_job(
+    deps: WorkerDeps, db: Database, submit: Submitter, preview_live: PreviewLog
+) -> None:
+    def broken(settings: PreviewSettings, processing: StableDiffusionProcessingImg2Img, models_dir: Path | None) -> Any:
+        raise RuntimeError("no decoder today")
+
+    row = submit(steps=8, denoising_strength=1.0, override_settings={"show_progress_every_n_steps": 0})
+    preview_live.mark_watched(row.id)
+    assert run_job(row.id, 0, replace(deps, live=preview_live, previews=broken)).state == "succeeded"
+    assert preview_live.previews == []
+    warnings = [w for w in db.jobs.get_by_id(row.id).warnings if w["code"] == "preview_failed"]
+    assert len(warnings) == 1
+    assert "no decoder today" in warnings[0]["message"]
