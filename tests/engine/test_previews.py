@@ -12,6 +12,7 @@ import torch
 from diffusers.models.autoencoders.autoencoder_tiny import AutoencoderTiny
 from PIL import Image
 
+from worker.engine.models import LoadedModel
 from worker.engine.previews import (
     APPROX_CHEAP_SD,
     APPROX_CHEAP_SDXL,
@@ -24,6 +25,7 @@ from worker.engine.previews import (
     encode_preview,
     image_grid,
 )
+from worker.engine.results import decode_latent
 
 
 def expected_pixel(latent_values: list[float], table: tuple[tuple[float, float, float], ...]) -> tuple[int, ...]:
@@ -164,3 +166,14 @@ def test_encoding_is_png_when_small_and_bounded_when_not() -> None:
     assert max(big.width, big.height) <= 512
     assert big.width / big.height == pytest.approx(1024 / 768, rel=0.02)
     assert Image.open(io.BytesIO(big.data)).size == (big.width, big.height)
+
+
+def test_full_previews_are_the_models_own_vae_decode(tiny_model: LoadedModel) -> None:
+    latent = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    renderer = PreviewRenderer(PreviewSettings(method="Full", grid=False), model=tiny_model)
+    image = renderer.render(latent)
+    assert renderer.method_used == "Full"
+    assert renderer.notes == []
+    expected = decode_latent(tiny_model, latent[:1])
+    assert image.size == expected.size == (4 * tiny_model.vae_scale_factor, 4 * tiny_model.vae_scale_factor)
+    assert image.tobytes() == expected.tobytes()
