@@ -18,6 +18,7 @@ from worker.asset_cache import AssetCache
 from worker.embedding_catalogs import EmbeddingCatalogs
 from worker.engine.models import LoadedModel
 from worker.engine.processing import Processed, StableDiffusionProcessingImg2Img, process_images
+from worker.preview_publisher import RendererFactory, default_renderer
 
 OOM_UNHEALTHY_AFTER: Final = 3  # consecutive out-of-memory jobs after which a worker should stop taking work
 
@@ -80,6 +81,7 @@ class WorkerDeps:
     stats: WorkerStats = field(default_factory=WorkerStats)
     assets: AssetCache = field(default_factory=AssetCache)  # verified input assets, kept between jobs
     embeddings: EmbeddingCatalogs = field(default_factory=EmbeddingCatalogs)  # each loaded model's embeddings
+    previews: RendererFactory = default_renderer  # what draws live previews (tests count its calls)
 
     @property
     def image_limits(self) -> ImageLimits:

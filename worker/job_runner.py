@@ -200,7 +200,7 @@ def _render(
         try:
             processed = _render_once(run, current, model, init_images, mask, latent_mask, hook)
             warnings = [{"code": w.code, "message": w.message} for w in processed.warnings]
-            return processed, notes + warnings
+            return processed, notes + warnings + hook.previews.warnings()
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise

@@ -62,7 +62,7 @@ from scheduler.a1111.translate import (
 from scheduler.auth import TenantDep
 from scheduler.deps import Services, ServicesDep
 from scheduler.routes import checked_task_id
-from scheduler.snapshots import QUEUE_POSITION_CAP, current_live, safe_live_progress
+from scheduler.snapshots import QUEUE_POSITION_CAP, current_live, safe_live_progress, watched_preview
 from scheduler.submission import Submission, submit_job
 from shared.db import MAX_LIST_LIMIT, ArtifactRow, JobRow
 from shared.embeddings.folder import EMBEDDINGS_FOLDER
@@ -260,6 +260,8 @@ def internal_progress(services: Services, tenant: str, query: InternalProgressRe
     if row is None:
         # The reference's answer for an id it has not seen yet; a client may poll before its POST has arrived.
         return {**idle, "textinfo": "Waiting..."}
+    # A poller asking for live previews is what makes the worker draw them (docs/engine.md "Live previews").
+    preview = watched_preview(services, row) if query.live_preview else None
     if row.state is JobState.QUEUED:
         return {**idle, "queued": True, "textinfo": _queue_text(services, row)}
     if row.state.is_terminal:
@@ -268,15 +270,17 @@ def internal_progress(services: Services, tenant: str, query: InternalProgressRe
     live = current_live(row, safe_live_progress(services, row))
     progress = min(max(live.fraction, 0.0), 1.0) if live is not None else 0.0
     eta = live.eta_s if live is not None else None
+    # As the reference: the picture only when its id differs from the one the client has; else the client's id
+    # is echoed, so it never thinks it missed one.
+    fresh = preview is not None and preview.preview_id != query.id_live_preview
     return {
         "active": True,
         "queued": False,
         "completed": False,
         "progress": progress,
         "eta": eta,
-        # The farm keeps no preview images; the id is echoed so a client never thinks it missed one.
-        "live_preview": None,
-        "id_live_preview": query.id_live_preview,
+        "live_preview": preview.data_uri if fresh and preview is not None else None,
+        "id_live_preview": preview.preview_id if fresh and preview is not None else query.id_live_preview,
         "textinfo": _step_text(live),
     }
 
@@ -322,12 +326,19 @@ def _latest_running(services: Services, tenant: str) -> JobRow | None:
     return rows[0] if rows else None
 
 
-def sdapi_progress(services: Services, tenant: str, id_task: str | None) -> dict[str, Any]:
-    """`GET /sdapi/v1/progress` for the caller (semantics §5.3). Blocking."""
+def sdapi_progress(
+    services: Services, tenant: str, id_task: str | None, *, skip_current_image: bool = False
+) -> dict[str, Any]:
+    """`GET /sdapi/v1/progress` for the caller (semantics §5.3). Blocking.
+
+    Unless `skip_current_image`, the read marks the job watched (its worker draws live previews while such reads
+    keep coming) and `current_image` is its newest preview, raw base64 (docs/engine.md "Live previews").
+    """
     row = _find(services, tenant, id_task) if id_task else _latest_running(services, tenant)
     idle: dict[str, Any] = {"progress": 0.0, "eta_relative": 0.0, "current_image": None, "textinfo": None}
     if row is None:
         return {**idle, "state": _idle_state(), "textinfo": "Waiting..." if id_task else None}
+    preview = None if skip_current_image else watched_preview(services, row)
     if row.state is not JobState.RUNNING:
         text = _queue_text(services, row) if row.state is JobState.QUEUED else _terminal_text(row)
         return {**idle, "state": _idle_state(row.task_id), "textinfo": text}
@@ -351,7 +362,14 @@ def sdapi_progress(services: Services, tenant: str, id_task: str | None) -> dict
         "sampling_step": live.step if live is not None else 0,
         "sampling_steps": live.total_steps if live is not None else 0,
     }
-    return {**idle, "progress": progress, "eta_relative": eta_relative, "state": state, "textinfo": _step_text(live)}
+    return {
+        **idle,
+        "progress": progress,
+        "eta_relative": eta_relative,
+        "state": state,
+        "current_image": preview.data_b64 if preview is not None else None,
+        "textinfo": _step_text(live),
+    }
 
 
 @router.get("/sdapi/v1/progress", summary="A1111 progress of the caller's running job", response_model=ProgressResponse)
@@ -361,8 +379,8 @@ def get_progress(
     skip_current_image: Annotated[bool, Query()] = False,
     id_task: IdTask = None,
 ) -> JSONResponse:
-    # skip_current_image is accepted and has nothing to skip: the farm keeps no preview images.
-    return JSONResponse(ProgressResponse(**sdapi_progress(services, tenant, id_task)).model_dump())
+    answer = sdapi_progress(services, tenant, id_task, skip_current_image=skip_current_image)
+    return JSONResponse(ProgressResponse(**answer).model_dump())
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -52,6 +52,10 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "pad_cond_uncond": False,
     "pad_cond_uncond_v0": False,
     "s_min_uncond_all": False,
+    "live_previews_enable": True,
+    "show_progress_every_n_steps": 10,
+    "show_progress_type": "Approx NN",
+    "show_progress_grid": True,
 }
 
 _OVERRIDES = TypeAdapter(OverrideSettings)

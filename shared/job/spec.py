@@ -241,6 +241,11 @@ class OverrideSettings(TypedDict, total=False):
     pad_cond_uncond: bool
     pad_cond_uncond_v0: bool
     s_min_uncond_all: bool
+    # Live previews (docs/engine.md "Live previews"): what watchers see while the job runs, not its result.
+    live_previews_enable: bool
+    show_progress_every_n_steps: Annotated[Int, annotated_types.Ge(-1), annotated_types.Le(MAX_STEPS)]
+    show_progress_type: Literal["Full", "Approx NN", "Approx cheap", "TAESD"]
+    show_progress_grid: bool
 
 
 SUPPORTED_OVERRIDE_KEYS: tuple[str, ...] = tuple(OverrideSettings.__annotations__)

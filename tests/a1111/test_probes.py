@@ -50,7 +50,7 @@ def test_options_are_per_tenant_durable_and_apply_to_jobs(farm: LiveFarm) -> Non
         changes = {
             "sd_model_checkpoint": "tiny [5634309f88]",
             "CLIP_stop_at_last_layers": 2,
-            "show_progress_every_n_steps": 5,
+            "live_preview_refresh_period": 500,
         }
         response = alice.post("/sdapi/v1/options", json=changes)
         assert response.status_code == 200

@@ -393,7 +393,7 @@ def test_the_database_of_a_loaded_model(tiny_model: LoadedModel, tmp_path: Path)
 def test_a_render_places_the_embedding_writes_ti_hashes_and_warns_of_other_widths(
     tiny_model: LoadedModel, tmp_path: Path
 ) -> None:
-    from tests.engine.conftest import PROMPT, pixels, make_picture
+    from tests.engine.conftest import PROMPT, make_picture, pixels
     from worker.engine.processing import StableDiffusionProcessingImg2Img, process_images
 
     folder = tmp_path / "embeddings"

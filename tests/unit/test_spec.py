@@ -415,6 +415,10 @@ def test_every_supported_override_is_accepted_with_its_type() -> None:
         "pad_cond_uncond": True,
         "pad_cond_uncond_v0": True,
         "s_min_uncond_all": True,
+        "live_previews_enable": False,
+        "show_progress_every_n_steps": -1,
+        "show_progress_type": "TAESD",
+        "show_progress_grid": False,
     }
     assert set(overrides) == set(SUPPORTED_OVERRIDE_KEYS)
     job = job_of(override_settings=overrides)

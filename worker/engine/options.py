@@ -15,6 +15,8 @@ from typing import Any, Literal
 from shared.job.steps import DEFAULT_ETA_ANCESTRAL, DEFAULT_ETA_DDIM
 from worker.engine.conditioning.emphasis import EmphasisMode
 
+PreviewMethod = Literal["Full", "Approx NN", "Approx cheap", "TAESD"]  # show_progress_type
+
 # The override keys that do not map onto an option here: the model is chosen per job by the scheduler
 # (`sd_model_checkpoint` becomes the job's model), and `initial_noise_multiplier` is resolved before overrides apply,
 # so an override of it has no effect (semantics §1) — both are accepted and otherwise ignored.
@@ -44,6 +46,11 @@ class Options:
     overlay_inpaint: bool = True
     return_mask: bool = False
     return_mask_composite: bool = False
+    # Live previews (docs/engine.md "Live previews"): they change no pixel of the result, only what watchers see.
+    live_previews_enable: bool = True
+    show_progress_every_n_steps: int = 10  # 0: every step; -1: once at the end of each batch
+    show_progress_type: PreviewMethod = "Approx NN"
+    show_progress_grid: bool = True
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Options:
         """A copy with the job's `override_settings` applied (keys the spec already validated)."""

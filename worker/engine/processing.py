@@ -390,12 +390,20 @@ class StableDiffusionProcessingImg2Img:
             assert regenerate is not None
             return x * regenerate + init_latent * keep
 
+        stopped = False
+
         def on_step(info: StepInfo) -> None:
+            nonlocal stopped
             if self.progress_callback is not None:
-                self.progress_callback(Progress(self.job_no, self.n_iter, info.step, info.total_steps, info.x0_preview))
+                # The preview shows the reference's default "Prompt" content: the first sub-prompt's own x0, without
+                # CFG or the mask blend (proposal P17; docs/engine.md "Live previews").
+                latest = denoiser.last_prompt_x0
+                preview = latest if latest is not None else info.x0_preview
+                self.progress_callback(Progress(self.job_no, self.n_iter, info.step, info.total_steps, preview))
             # After the last step there is nothing left to stop; stopping there would return the x0 prediction
             # instead of the finished latent.
             if (self.interrupted or self.skipped) and info.step + 1 < info.total_steps:
+                stopped = True
                 raise StopSampling
 
         denoiser = self._denoiser(conditioning, unconditional_conditioning, plan)
@@ -412,6 +420,9 @@ class StableDiffusionProcessingImg2Img:
             noise_multiplier=multiplier,
             **sampler_kwargs,
         )
+        if stopped and denoiser.last_prompt_x0 is not None:
+            # An interrupted run ends on the reference's last latent, which is the "Prompt" x0 (proposal P17).
+            samples = denoiser.last_prompt_x0.to(samples.dtype)
         if keep is not None:
             samples = blend(samples)  # the final mix (§3.4)
         self._record_guidance(denoiser)

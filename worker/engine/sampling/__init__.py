@@ -52,8 +52,8 @@ Known deviations from the reference
   a BrownianTree seeded with the batch's seeds: same statistics, different numbers (no ``torchsde`` dependency).
 * UniPC runs diffusers' discrete UniPC (order 3, bh1, lower-order final steps) on the reference's time-uniform points;
   the reference uses its own continuous-time implementation, so expect small numerical differences.
-* The x0 preview and the value returned on :class:`StopSampling` are the blended (CFG-combined) x0, i.e. the
-  reference's "Combined" live-preview content; its default "Prompt" preview needs the cond-only output.
+* The x0 in :class:`StepInfo` and the value returned on :class:`StopSampling` are the blended (CFG-combined) x0;
+  processing replaces both with the denoiser's cond-only x0, the reference's default "Prompt" content (P17).
 
 Modules
 -------
