@@ -135,7 +135,7 @@ def _fields_from_infotext(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
             overrides[option] = params[key] == "True"
     if "Model" in params:
         overrides["sd_model_checkpoint"] = params["Model"]
-    if params.get("RNG") in ("GPU", "CPU"):
+    if params.get("RNG") in ("GPU", "CPU", "NV"):
         overrides["randn_source"] = params["RNG"]
     return fields, overrides
 

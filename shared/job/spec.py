@@ -226,7 +226,7 @@ class OverrideSettings(TypedDict, total=False):
     eta_noise_seed_delta: Annotated[Int, annotated_types.Ge(0), annotated_types.Le(MAX_SEED)]
     inpainting_mask_weight: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
     eta_ancestral: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
-    randn_source: Literal["GPU", "CPU"]
+    randn_source: Literal["GPU", "CPU", "NV"]
     sd_vae: Annotated[str, annotated_types.Len(1, MAX_MODEL_NAME_LENGTH)]
     samples_format: Literal["png", "jpg", "jpeg", "webp"]
     img2img_extra_noise: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]

@@ -18,7 +18,6 @@ from shared.sampler_names import SAMPLERS
 from worker.engine.models import LoadedModel
 from worker.engine.noise import create_noise
 from worker.engine.pixel_stage import BLANK_MASK_COMMENT, BLANK_MASK_WARNING_CODE
-from worker.engine.results import decode_latent
 from worker.engine.processing import (
     Processed,
     Progress,
@@ -26,6 +25,7 @@ from worker.engine.processing import (
     apply_color_correction,
     process_images,
 )
+from worker.engine.results import decode_latent
 
 from .conftest import PROMPT, SEED, SIZE, STEPS, MakeJob, Render, make_mask, make_picture, pixels
 

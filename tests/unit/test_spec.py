@@ -231,7 +231,7 @@ BAD_FIELDS: list[tuple[dict[str, Any], str, str]] = [
         "out_of_range",
     ),
     ({"override_settings": {"eta_ancestral": 2}}, "override_settings.eta_ancestral", "out_of_range"),
-    ({"override_settings": {"randn_source": "NV"}}, "override_settings.randn_source", "invalid_choice"),
+    ({"override_settings": {"randn_source": "TPU"}}, "override_settings.randn_source", "invalid_choice"),
     ({"override_settings": {"sd_vae": ""}}, "override_settings.sd_vae", "invalid_length"),
     ({"override_settings": {"samples_format": "bmp"}}, "override_settings.samples_format", "invalid_choice"),
     ({"override_settings": {"img2img_extra_noise": -0.1}}, "override_settings.img2img_extra_noise", "out_of_range"),

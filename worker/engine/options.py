@@ -34,7 +34,7 @@ class Options:
     inpainting_mask_weight: float = 1.0  # "Conditional mask weight" of 9-channel inpainting models
     eta_ancestral: float = DEFAULT_ETA_ANCESTRAL
     eta_ddim: float = DEFAULT_ETA_DDIM
-    randn_source: Literal["GPU", "CPU"] = "GPU"
+    randn_source: Literal["GPU", "CPU", "NV"] = "GPU"  # semantics §3.1; "NV" = worker/engine/philox.py
     CLIP_stop_at_last_layers: int = 1  # the webui's option name, as clients send it
     # Prompt encoding (docs/engine.md, "Prompt encoding").
     emphasis: EmphasisMode = "Original"

@@ -597,7 +597,7 @@ class StableDiffusionProcessingImg2Img:
             "Conditional mask weight": self.extra_generation_params.get("Conditional mask weight"),
             "Clip skip": self.options.CLIP_stop_at_last_layers if self.options.CLIP_stop_at_last_layers > 1 else None,
             "ENSD": self.options.eta_noise_seed_delta or None,
-            "RNG": "CPU" if self.options.randn_source == "CPU" else None,
+            "RNG": self.options.randn_source if self.options.randn_source != "GPU" else None,
         }
         if self.subseed_strength:
             leading["Variation seed"] = all_subseeds[index]

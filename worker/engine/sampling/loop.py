@@ -15,7 +15,7 @@ from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultist
 from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
 
 from worker.engine.diffusers_internals import mark_input_scaled, quiet_numpy_array_deprecation
-from worker.engine.noise import randn_like_from_generators
+from worker.engine.noise import NoiseGenerator, randn_like_from_generators
 from worker.engine.sampling.plan import SamplingPlan
 from worker.engine.sampling.step_functions import STEP_FUNCTIONS, Step
 
@@ -66,7 +66,7 @@ class _Run:
     init: torch.Tensor
     noise: torch.Tensor
     denoise_eps: DenoiseEps
-    generators: Sequence[torch.Generator] | None
+    generators: Sequence[NoiseGenerator] | None
     callback: Callable[[StepInfo], None] | None
     extra_noise: float
     eta: float
@@ -81,7 +81,7 @@ def run_sampler(
     *,
     blend_x0: Callable[[torch.Tensor], torch.Tensor] | None = None,
     blend_xt_before: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    generators: Sequence[torch.Generator] | None = None,
+    generators: Sequence[NoiseGenerator] | None = None,
     callback: Callable[[StepInfo], None] | None = None,
     extra_noise: float = 0.0,
     noise_multiplier: float = 1.0,
