@@ -21,10 +21,13 @@ def canonical_json(job: Img2ImgJob) -> bytes:
     It is the stored request (`job.to_request_json()`, which leaves the task id out: the id is the key the hash is
     compared under). Spellings that mean the same render are made one: `mask_blur` is left out (its effect is
     already in mask_blur_x/_y), and the sampler and schedule are written as the resolved label and schedule id
-    ("DPM++ 2M Karras" = "DPM++ 2M" + scheduler "karras").
+    ("DPM++ 2M Karras" = "DPM++ 2M" + scheduler "karras"). Fields added since hashes were first stored are left out
+    at their defaults (`tiling`), so that the hash of an older request does not change.
     """
     data = job.to_request_json()
     del data["mask_blur"]
+    if not data["tiling"]:
+        del data["tiling"]  # added later: a request without tiling keeps the hash it had before the field existed
     data["sampler_name"] = job.sampler.name
     data["scheduler"] = job.schedule.name
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()

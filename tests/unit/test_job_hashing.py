@@ -45,6 +45,8 @@ def _hash_as_before(job: Img2ImgJob) -> str:
     """The hash as it was computed when the dump carried the task id and hashing deleted it again."""
     data = job.model_dump(mode="json")
     del data["force_task_id"], data["mask_blur"]
+    if not data["tiling"]:
+        del data["tiling"]  # the field did not exist then; a job without tiling is one of those requests
     data["sampler_name"] = job.sampler.name
     data["scheduler"] = job.schedule.name
     raw = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
