@@ -267,7 +267,7 @@ def test_refusals_name_the_field(farm: LiveFarm) -> None:
 
 def test_what_the_farm_cannot_render_is_a_422_naming_the_field(farm: LiveFarm) -> None:
     base = {"init_images": [png_b64()], "steps": 2, "width": 64, "height": 64}
-    refused = {
+    refused: dict[str, dict[str, Any]] = {
         "restore_faces": {"restore_faces": True},
         "refiner_checkpoint": {"refiner_checkpoint": "sd_xl_refiner_1.0", "refiner_switch_at": 0.8},
         "override_settings.sd_vae": {"override_settings": {"sd_vae": "vae-ft-mse-840000-ema-pruned.safetensors"}},

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Final, Literal
 
 from torch import nn
 
-CIRCULAR = "circular"
+CIRCULAR: Final[Literal["circular"]] = "circular"
 
 
 def _convolutions(modules: Iterable[nn.Module]) -> list[nn.Conv2d]:
