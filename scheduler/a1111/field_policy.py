@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from scheduler.a1111.schema import UNUSED_FIELDS, Img2ImgRequest
+from scheduler.a1111.translate import INFOTEXT_KEYS_DESCRIPTIVE, INFOTEXT_KEYS_READ
 from shared.errors import FieldProblem, InputError
+from shared.infotext import parse_infotext
 from shared.job.spec import SUPPORTED_OVERRIDE_KEYS
 from shared.job.warnings import JobWarning, warning
 
@@ -134,7 +136,8 @@ _HONOURED_FIELDS = {
     "save_images": "honoured as far as the answer goes: true puts a grid first when there are several images. "
     "Results are always kept in the farm's storage under the job, whatever the value (farm storage, "
     "not the webui's output folder)",
-    "infotext": "honoured: its fields fill the fields not sent, as in the webui",
+    "infotext": "honoured: its fields fill the fields not sent, as in the webui; parameters the farm does not apply "
+    "are named in an ignored_infotext warning",
     "tiling": "honoured: circular padding of the UNet and VAE (null: the webui option `tiling`)",
 }
 
@@ -299,6 +302,19 @@ def _script_problems(request: Img2ImgRequest) -> list[FieldProblem]:
     ]
 
 
+def _infotext_warnings(request: Img2ImgRequest) -> list[JobWarning]:
+    """One warning naming the keys of the request's infotext that the farm does not apply (the webui may have)."""
+    if not request.infotext:
+        return []
+    params = parse_infotext(request.infotext)[2]
+    unread = [key for key in params if key not in INFOTEXT_KEYS_READ and key not in INFOTEXT_KEYS_DESCRIPTIVE]
+    if not unread:
+        return []
+    names = ", ".join(_shown(key) for key in unread[:MAX_NAMED])
+    more = f" and {len(unread) - MAX_NAMED} more" if len(unread) > MAX_NAMED else ""
+    return [warning("ignored_infotext", "infotext", f"these parameters were not applied: {names}{more}")]
+
+
 def review_request(request: Img2ImgRequest) -> list[JobWarning]:
     """The admission warnings of an A1111 request; raises InputError (422) naming every refused field at once."""
     problems: list[FieldProblem] = []
@@ -329,4 +345,5 @@ def review_request(request: Img2ImgRequest) -> list[JobWarning]:
             "unknown fields were ignored",
         )
     )
+    found.extend(_infotext_warnings(request))
     return found

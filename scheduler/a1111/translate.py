@@ -79,6 +79,38 @@ def _number(text: str) -> int | float | str:
 
 _INPAINT_FILL = {"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}
 
+# The infotext keys `_fields_from_infotext` reads (keep it in step: a key read there but missing here only earns a
+# needless warning), and those that describe a render without changing one. Any other key of a request's infotext
+# is named in an `ignored_infotext` warning (scheduler.a1111.field_policy).
+INFOTEXT_KEYS_READ = frozenset(
+    {
+        "Steps",
+        "Sampler",
+        "Schedule type",
+        "CFG scale",
+        "Image CFG scale",
+        "Seed",
+        "Variation seed",
+        "Variation seed strength",
+        "Denoising strength",
+        "Mask blur",
+        "Masked area padding",
+        "Noise multiplier",
+        "Eta",
+        "Size",
+        "Seed resize from",
+        "Tiling",
+        "Inpaint area",
+        "Mask mode",
+        "Masked content",
+        "Clip skip",
+        "ENSD",
+        "Model",
+        "RNG",
+    }
+)
+INFOTEXT_KEYS_DESCRIPTIVE = frozenset({"Model hash", "VAE hash", "Init image hash", "Version", "User"})
+
 
 def _fields_from_infotext(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(request fields, override settings) that an infotext names. Values that do not parse are left out: the

@@ -24,7 +24,7 @@ from scheduler.a1111.field_policy import (
     review_request,
 )
 from scheduler.a1111.schema import UNUSED_FIELDS, Img2ImgRequest
-from scheduler.a1111.translate import answer_image, answer_infotext, job_body
+from scheduler.a1111.translate import INFOTEXT_KEYS_READ, answer_image, answer_infotext, job_body
 from shared.errors import InputError
 from shared.images import encode_png
 from shared.job.spec import SUPPORTED_OVERRIDE_KEYS, SpecLimits, parse_job
@@ -329,3 +329,34 @@ def test_tiling_field_wins_over_the_option_and_infotext_fills_it() -> None:
     assert translated(request(infotext="cat\nSteps: 4, Tiling: True"))["tiling"] is True
     # Not kept as a tenant option: named instead.
     assert [w["field"] for w in review_overrides({"tiling": True}, prefix="", translated=False)] == ["tiling"]
+
+
+def test_infotext_parameters_the_farm_does_not_apply_are_named() -> None:
+    text = (
+        "a cat\nNegative prompt: dog\nSteps: 12, Sampler: Euler, Face restoration: CodeFormer, Model hash: abc, "
+        "Token merging ratio: 0.5, Version: v1.10.1"
+    )
+    warnings = review_request(request(infotext=text))
+    assert [(w["code"], w["field"]) for w in warnings] == [("ignored_infotext", "infotext")]
+    assert warnings[0]["message"].endswith("not applied: Face restoration, Token merging ratio")
+    assert review_request(request(infotext="a cat\nSteps: 12, Sampler: Euler, Model hash: abc")) == []
+
+
+@pytest.mark.parametrize("key", sorted(INFOTEXT_KEYS_READ))
+def test_each_infotext_key_said_to_be_read_is_read(key: str) -> None:
+    values = {
+        "Sampler": "DPM++ 2M",
+        "Schedule type": "Karras",
+        "Size": "128x128",
+        "Seed resize from": "128x128",
+        "Tiling": "True",
+        "Inpaint area": "Whole picture",
+        "Mask mode": "Inpaint not masked",
+        "Masked content": "latent noise",
+        "Model": "other-model",
+        "RNG": "CPU",
+    }
+    value = values.get(key, "3")
+    with_key = translated(request(infotext=f"p\nSteps: 20, {key}: {value}" if key != "Steps" else "p\nSteps: 3"))
+    without = translated(request(infotext="p\nSteps: 20" if key != "Steps" else "p\nSampler: Euler"))
+    assert with_key != without, key
