@@ -21,6 +21,7 @@ Every function here blocks (database, storage): call them from a worker thread.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scheduler.assets import store_asset
@@ -33,6 +34,7 @@ from shared.job.hashing import request_hash
 from shared.job.image_refs import parse_image_ref
 from shared.job.spec import Img2ImgJob
 from shared.job.steps import sampling_steps
+from shared.job.warnings import job_warnings
 from shared.prompts import prompt_warnings
 from shared.queueing import queue_name
 from shared.storage import DOWNLOAD_ROUTE, Storage, key_of_farm_url, validate_key
@@ -128,9 +130,11 @@ def admit(
     batch: bool,
     max_attempts: int,
     field_prefix: str = "",
+    warnings: Sequence[Mapping[str, Any]] = (),
 ) -> NewJob:
     """The row's values for `job` under `task_id`: its images normalised, its stored request (without the task id)
-    and that request's hash, its queue (the batch tier's for a batch's child), model and expected steps.
+    and that request's hash, its queue (the batch tier's for a batch's child), model, expected steps and warnings:
+    `warnings` (the door's own, e.g. the A1111 request's fields) then the job contract's (`shared.job.warnings`).
 
     Raises InputError (422) or PayloadTooLarge (413) naming `{field_prefix}<field>`, and 503s when storage or the
     database is down.
@@ -146,5 +150,9 @@ def admit(
         model=model,
         max_attempts=max_attempts,
         total_steps=expected_total_steps(normalised),
-        warnings=tuple(prompt_warnings(normalised.prompt, normalised.negative_prompt)),
+        warnings=(
+            *warnings,
+            *job_warnings(normalised),
+            *prompt_warnings(normalised.prompt, normalised.negative_prompt),
+        ),
     )

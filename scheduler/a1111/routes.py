@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 from scheduler.a1111.embeddings import catalogue_for
+from scheduler.a1111.field_policy import review_request
 from scheduler.a1111.schema import (
     Img2ImgRequest,
     Img2ImgResponse,
@@ -48,8 +49,9 @@ from scheduler.a1111.schema import (
     SchedulerItem,
     SDModelItem,
 )
-from scheduler.a1111.tenant_options import OPTION_DEFAULTS, read_options, write_options
+from scheduler.a1111.tenant_options import OPTION_DEFAULTS, ignored_options, read_options, write_options
 from scheduler.a1111.translate import (
+    answer_image,
     build_info,
     echoed_parameters,
     field_renames,
@@ -97,11 +99,13 @@ class JobCanceled(RenderfarmError, type="conflict", http_status=409, default_cod
 
 
 def _submit(services: Services, tenant: str, request: Img2ImgRequest) -> Submission:
+    # First what the farm does not honour: refused (422) or named in the job's warnings (field_policy).
+    warnings = review_request(request)
     task_id = request.force_task_id or new_a1111_task_id()
     tenant_options = read_options(services.storage, tenant)
     body = job_body(request, task_id=task_id, default_model=services.settings.model, tenant_options=tenant_options)
     try:
-        return submit_job(services, tenant, body)
+        return submit_job(services, tenant, body, warnings=warnings)
     except InputError as exc:
         raise rename_fields(exc, field_renames(request)) from None
 
@@ -176,8 +180,12 @@ def _answer(services: Services, row: JobRow, request: Img2ImgRequest) -> JSONRes
         warnings=row.warnings,
         grid_first=want_grid,
     )
+    # The webui's API encodes its answer in the samples_format option (png, jpg/jpeg or webp).
+    samples_format = str(job.override_settings.get("samples_format", "png"))
     body = {
-        "images": [base64.b64encode(data).decode("ascii") for data in images] if request.send_images else [],
+        "images": [base64.b64encode(answer_image(data, samples_format)).decode("ascii") for data in images]
+        if request.send_images
+        else [],
         "parameters": echoed_parameters(request),
         "info": json.dumps(info, ensure_ascii=False),
     }
@@ -535,8 +543,10 @@ def get_options(services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
 
 @router.post("/sdapi/v1/options", summary="Set the caller's webui options (checkpoint and job overrides)")
 def set_options(services: ServicesDep, tenant: TenantDep, changes: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+    # null, as the webui answers, when every option was kept; otherwise the ones that were not, by name.
+    warnings = ignored_options(changes)
     write_options(services.storage, tenant, changes)
-    return JSONResponse(None)
+    return JSONResponse({"warnings": warnings} if warnings else None)
 
 
 @router.get("/sdapi/v1/cmd-flags", summary="The few webui command-line flags clients look at")

@@ -205,14 +205,32 @@ def _check_hex_color(value: str) -> str:
     return value
 
 
+# The sd_vae values that mean the checkpoint's own VAE on the farm: "None" says so, and "Automatic" finds no VAE file
+# beside the checkpoint because the farm has no VAE folder (docs/api.md "What the farm honours, warns about, or
+# refuses").
+OWN_VAE_VALUES = ("Automatic", "None")
+
+
+def _check_vae(value: str) -> str:
+    if value not in OWN_VAE_VALUES:
+        raise problem(
+            "unsupported",
+            f"VAE overrides are not supported yet: only {' or '.join(OWN_VAE_VALUES)} (the checkpoint's own VAE) "
+            f"(got {value!r:.80})",
+        )
+    return value
+
+
 @with_config(ConfigDict(extra="forbid", allow_inf_nan=False))
 class OverrideSettings(TypedDict, total=False):
     """The webui options a job may override, with their types. Any other key is rejected.
 
     `initial_noise_multiplier` is accepted for compatibility but has no effect: the reference resolves the job's
     noise multiplier when the processing object is built, before overrides apply (img2img-semantics.md §1). Use the
-    job field `initial_noise_multiplier` instead. `sd_model_checkpoint` selects the model like the job's `model`
-    field; sending both with different values is rejected.
+    job field `initial_noise_multiplier` instead (a job that sets it gets a warning, `shared.job.warnings`).
+    `sd_model_checkpoint` selects the model like the job's `model` field; sending both with different values is
+    rejected. `sd_vae` may only name the checkpoint's own VAE (`OWN_VAE_VALUES`). `samples_format` chooses how the
+    A1111 answer encodes its images; results are stored as PNG (also a warning).
     """
 
     sd_model_checkpoint: Annotated[str, annotated_types.Len(1, MAX_MODEL_NAME_LENGTH)]
@@ -227,7 +245,7 @@ class OverrideSettings(TypedDict, total=False):
     inpainting_mask_weight: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
     eta_ancestral: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
     randn_source: Literal["GPU", "CPU", "NV"]
-    sd_vae: Annotated[str, annotated_types.Len(1, MAX_MODEL_NAME_LENGTH)]
+    sd_vae: Annotated[str, AfterValidator(_check_vae)]
     samples_format: Literal["png", "jpg", "jpeg", "webp"]
     img2img_extra_noise: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
     overlay_inpaint: bool
@@ -305,13 +323,14 @@ class Img2ImgJob(BaseModel):
     height: Int = 512
     eta: Float | None = Field(None, ge=0.0, le=1.0)  # ancestral noise amount; None: eta_ancestral option (1.0)
     s_min_uncond: Float | None = Field(None, ge=0.0, le=MAX_S_MIN_UNCOND)  # negative guidance minimum sigma; None: 0
+    tiling: bool = False  # circular padding of the UNet and VAE: a seamless texture (worker/engine/tiling.py)
     model: str | None = Field(None, min_length=1, max_length=MAX_MODEL_NAME_LENGTH)  # None: the farm's default
     override_settings: OverrideSettings = Field(default_factory=lambda: OverrideSettings())
 
     # --- the farm's own
     priority: Int = Field(0, ge=MIN_PRIORITY, le=MAX_PRIORITY)  # higher runs first
     tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
-    webhook_url: str | None = None  # reserved: accepted and stored, not called yet
+    webhook_url: str | None = None  # reserved: stored, not called yet (the job gets a warning, shared.job.warnings)
 
     # ------------------------------------------------------------------------------------------------------------
     # Field checks

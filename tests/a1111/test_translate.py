@@ -7,6 +7,7 @@ import re
 import pytest
 from PIL import Image
 
+from scheduler.a1111.field_policy import review_request
 from scheduler.a1111.schema import Img2ImgRequest
 from scheduler.a1111.translate import (
     image_grid,
@@ -43,7 +44,8 @@ def test_defaults_and_sampler_choice() -> None:
     assert (parsed.sampler.name, parsed.schedule.name) == ("DPM++ 2M", "karras")
 
 
-def test_unused_fields_and_unknown_overrides_are_dropped() -> None:
+def test_translation_leaves_out_what_the_job_does_not_use() -> None:
+    # The policy (field_policy.review_request, tests/a1111/test_field_policy.py) refuses or names these first.
     job = body(
         restore_faces=True,
         tiling=False,
@@ -52,7 +54,8 @@ def test_unused_fields_and_unknown_overrides_are_dropped() -> None:
         override_settings_restore_afterwards=False,
     )
     assert job["override_settings"] == {"CLIP_stop_at_last_layers": 2}
-    assert not {"restore_faces", "tiling", "s_churn"} & set(job)
+    assert not {"restore_faces", "s_churn"} & set(job)
+    assert job["tiling"] is False  # a job field since tiling is rendered
     parse_job(job, SpecLimits())  # the strict job spec accepts what the translation makes
 
 
@@ -68,12 +71,15 @@ def test_checkpoint_becomes_the_model() -> None:
 
 
 def test_scripts_are_refused() -> None:
+    def review(**fields: object) -> object:
+        return review_request(Img2ImgRequest.model_validate({"init_images": [IMAGE], **fields}))
+
     with pytest.raises(InputError) as caught:
-        body(alwayson_scripts={"Soft Inpainting": {"args": [True]}})
+        review(alwayson_scripts={"Soft Inpainting": {"args": [True]}})
     assert caught.value.field == "alwayson_scripts.Soft Inpainting"
     with pytest.raises(InputError):
-        body(script_name="SD upscale")
-    body(alwayson_scripts={}, script_name="", script_args=[])
+        review(script_name="SD upscale")
+    assert review(alwayson_scripts={}, script_name="", script_args=[]) == []
 
 
 def test_infotext_fills_in_what_was_not_sent() -> None:

@@ -142,6 +142,8 @@ def test_put_with_a_different_force_task_id_is_refused(farm: Farm, image_png: by
         ({"init_images": [b64(b"not an image at all")]}, "init_images.0"),
         ({"mask": "s3://some-other-bucket/alice/x.png"}, "mask"),
         ({"override_settings": {"bogus": 1}}, "override_settings.bogus"),
+        ({"override_settings": {"sd_vae": "vae-ft-mse-840000-ema-pruned.safetensors"}}, "override_settings.sd_vae"),
+        ({"restore_faces": True}, "restore_faces"),  # an A1111 field, not a job field: never dropped silently
         # Text the database or the hash cannot take (a 500 before), and prompts past the length limit.
         ({"prompt": "a\x00b"}, "prompt"),
         ({"tags": ["fine", "nul\x00"]}, "tags.1"),
@@ -157,6 +159,26 @@ def test_invalid_fields_are_422_naming_the_field(farm: Farm, image_png: bytes, c
     assert error["details"][0]["field"] == field
     with pytest.raises(Exception, match="no job"):
         farm.job_row("alice", "bad-1")
+
+
+def test_admission_warnings_are_in_the_snapshot(farm: Farm, image_png: bytes) -> None:
+    # What the job contract accepts but does not do as asked is named (docs/api.md "What the farm honours, warns
+    # about, or refuses").
+    body = {
+        **job_body(b64(image_png)),
+        "webhook_url": "https://example.com/hook",
+        "override_settings": {"samples_format": "webp", "initial_noise_multiplier": 0.5},
+    }
+    created = put_job(farm, "warned-1", body)
+    assert created.status_code == 201, created.text
+    expected = [
+        ("no_effect", "override_settings.initial_noise_multiplier"),
+        ("stored_as_png", "override_settings.samples_format"),
+        ("not_called", "webhook_url"),
+    ]
+    assert [(w["code"], w["field"]) for w in created.json()["warnings"]] == expected
+    read = farm.client.get("/v1/jobs/warned-1", headers=ALICE).json()
+    assert [(w["code"], w["field"]) for w in read["warnings"]] == expected
 
 
 def test_a_lone_surrogate_is_422_naming_the_field(farm: Farm, image_png: bytes) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from shared.config import Settings
 from shared.errors import InputError, PayloadTooLarge
-from shared.job.hashing import canonical_json, request_hash
+from shared.job.hashing import FIELDS_ADDED_LATER, canonical_json, request_hash
 from shared.job.image_refs import ImageRef, parse_image_ref
 from shared.job.spec import SUPPORTED_OVERRIDE_KEYS, Img2ImgJob, SpecLimits, parse_job
 from shared.sampler_names import SAMPLER_LABELS, SCHEDULE_LABELS
@@ -73,6 +73,7 @@ REFERENCE_API_DEFAULTS: dict[str, Any] = {
     "height": 512,
     "eta": None,
     "s_min_uncond": None,
+    "tiling": False,
     "model": None,
     "override_settings": {},
     "priority": 0,
@@ -232,7 +233,8 @@ BAD_FIELDS: list[tuple[dict[str, Any], str, str]] = [
     ),
     ({"override_settings": {"eta_ancestral": 2}}, "override_settings.eta_ancestral", "out_of_range"),
     ({"override_settings": {"randn_source": "TPU"}}, "override_settings.randn_source", "invalid_choice"),
-    ({"override_settings": {"sd_vae": ""}}, "override_settings.sd_vae", "invalid_length"),
+    ({"override_settings": {"sd_vae": ""}}, "override_settings.sd_vae", "unsupported"),
+    ({"override_settings": {"sd_vae": "vae-ft-mse.safetensors"}}, "override_settings.sd_vae", "unsupported"),
     ({"override_settings": {"samples_format": "bmp"}}, "override_settings.samples_format", "invalid_choice"),
     ({"override_settings": {"img2img_extra_noise": -0.1}}, "override_settings.img2img_extra_noise", "out_of_range"),
     ({"override_settings": {"overlay_inpaint": "maybe"}}, "override_settings.overlay_inpaint", "invalid_type"),
@@ -403,7 +405,7 @@ def test_every_supported_override_is_accepted_with_its_type() -> None:
         "inpainting_mask_weight": 0.5,
         "eta_ancestral": 0.8,
         "randn_source": "CPU",
-        "sd_vae": "vae-ft-mse-840000-ema-pruned.safetensors",
+        "sd_vae": "None",  # the checkpoint's own VAE; a VAE file is refused (not supported yet)
         "samples_format": "png",
         "img2img_extra_noise": 0.1,
         "overlay_inpaint": False,
@@ -580,13 +582,16 @@ def test_canonical_json_is_sorted_compact_and_complete() -> None:
     assert b", " not in raw
     assert b'": ' not in raw
     assert "a cat ☕".encode() in raw  # UTF-8, not \u escapes
-    assert set(data) == set(Img2ImgJob.model_fields) - {"force_task_id", "mask_blur"}
+    # Fields added later are left out at their defaults, so that requests stored before they existed keep their hash.
+    assert set(data) == set(Img2ImgJob.model_fields) - {"force_task_id", "mask_blur", *FIELDS_ADDED_LATER}
+    assert json.loads(canonical_json(job_of(tiling=True)))["tiling"] is True
+    assert json.loads(canonical_json(job_of(s_min_uncond=2.0)))["s_min_uncond"] == 2.0
     assert data["steps"] == 50
 
 
 def test_hash_ignores_key_order() -> None:
-    a = {"init_images": [ASSET], "prompt": "p", "steps": 20, "override_settings": {"eta_ancestral": 0.5, "sd_vae": "v"}}
-    b = {"override_settings": {"sd_vae": "v", "eta_ancestral": 0.5}, "steps": 20, "prompt": "p", "init_images": [ASSET]}
+    a = {"init_images": [ASSET], "prompt": "p", "override_settings": {"eta_ancestral": 0.5, "sd_vae": "None"}}
+    b = {"override_settings": {"sd_vae": "None", "eta_ancestral": 0.5}, "prompt": "p", "init_images": [ASSET]}
     assert request_hash(parse_job(a, LIMITS)) == request_hash(parse_job(b, LIMITS))
 
 

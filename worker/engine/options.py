@@ -17,9 +17,12 @@ from worker.engine.conditioning.emphasis import EmphasisMode
 
 PreviewMethod = Literal["Full", "Approx NN", "Approx cheap", "TAESD"]  # show_progress_type
 
-# The override keys that do not map onto an option here: the model is chosen per job by the scheduler
-# (`sd_model_checkpoint` becomes the job's model), and `initial_noise_multiplier` is resolved before overrides apply,
-# so an override of it has no effect (semantics §1) — both are accepted and otherwise ignored.
+# The override keys that do not map onto an option here, none of them silently (docs/api.md "What the farm honours,
+# warns about, or refuses"): the model is chosen per job by the scheduler (`sd_model_checkpoint` becomes the job's
+# model); `initial_noise_multiplier` is resolved before overrides apply, so an override of it has no effect
+# (semantics §1; the job gets a warning); `sd_vae` can only be "Automatic" or "None", both the checkpoint's own VAE,
+# which is the one the engine uses (other values are refused at admission); `samples_format` is how the A1111 answer
+# encodes its images (the scheduler's business; results are stored as PNG, with a warning).
 IGNORED_OVERRIDE_KEYS = frozenset({"sd_model_checkpoint", "initial_noise_multiplier", "sd_vae", "samples_format"})
 
 

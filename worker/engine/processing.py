@@ -63,6 +63,7 @@ from worker.engine.sampling import (
     run_sampler,
     sampler_default_eta,
 )
+from worker.engine.tiling import circular_padding
 
 LATENT_CHANNELS = 4
 
@@ -118,6 +119,7 @@ _FIELDS_FROM_JOB = (
     "inpainting_mask_invert",
     "initial_noise_multiplier",
     "s_min_uncond",
+    "tiling",
 )
 
 
@@ -150,6 +152,7 @@ class StableDiffusionProcessingImg2Img:
     height: int = 512
     eta: float | None = None
     s_min_uncond: float | None = None  # negative guidance minimum sigma; None = 0 (off)
+    tiling: bool = False  # circular padding of every convolution of the UNet and VAE (worker/engine/tiling.py)
     override_settings: dict[str, Any] = field(default_factory=dict)
     extra_generation_params: dict[str, Any] = field(default_factory=dict)
     comments: list[str] = field(default_factory=list)
@@ -598,6 +601,7 @@ class StableDiffusionProcessingImg2Img:
             "Clip skip": self.options.CLIP_stop_at_last_layers if self.options.CLIP_stop_at_last_layers > 1 else None,
             "ENSD": self.options.eta_noise_seed_delta or None,
             "RNG": self.options.randn_source if self.options.randn_source != "GPU" else None,
+            "Tiling": True if self.tiling else None,
         }
         if self.subseed_strength:
             leading["Variation seed"] = all_subseeds[index]
@@ -626,7 +630,7 @@ def process_images(p: StableDiffusionProcessingImg2Img) -> Processed:
     all_prompts = [p.prompt] * count
     all_negative_prompts = [p.negative_prompt] * count
     all_seeds, all_subseeds = resolve_seeds(p.seed, p.subseed, p.subseed_strength, count)
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), circular_padding((model.unet, model.vae), p.tiling):
         p.init(all_prompts, all_seeds, all_subseeds)
         images: list[Image.Image] = []
         overlays: list[Image.Image | None] = []
