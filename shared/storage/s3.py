@@ -180,6 +180,8 @@ class S3Storage(Storage):
         """Map a boto3/botocore error to the farm's: NotFound, StorageUnavailable, ConfigError or PermanentError."""
         from botocore import exceptions as bex
 
+        # Messages that can reach a client (503 bodies, a job's error) name no bucket, key or endpoint; only the
+        # ConfigError, which stops a process at start-up and goes to its operator, says where.
         where = f"s3://{self.bucket}/{self.prefix}{key or ''}"
         if isinstance(exc, bex.ClientError):
             error = exc.response.get("Error", {})
@@ -188,7 +190,7 @@ class S3Storage(Storage):
             if code in _NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
                 return NotFound(f"no stored object {key!r}")
             if code in _THROTTLING_CODES or status == 429 or status >= 500:
-                return StorageUnavailable(f"S3 is unavailable ({code or status}) for {where}")
+                return StorageUnavailable(f"the object storage is unavailable ({code or status})")
             if code in _REFUSED_CODES or status in (301, 401, 403):
                 return ConfigError(
                     f"S3 refused {where} ({code or status}: {error.get('Message', '')}); check {STORAGE_SETTING}, "
@@ -196,7 +198,7 @@ class S3Storage(Storage):
                     code="storage_refused",
                     field=STORAGE_SETTING,
                 )
-            return PermanentError(f"S3 rejected a request for {where}: {code or status}", code="storage_rejected")
+            return PermanentError(f"the object storage rejected a request ({code or status})", code="storage_rejected")
         if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError | bex.CredentialRetrievalError):
             return ConfigError(
                 f"no usable S3 credentials for {STORAGE_SETTING} ({exc}); set AWS_ACCESS_KEY_ID and "
@@ -205,7 +207,7 @@ class S3Storage(Storage):
                 field=STORAGE_SETTING,
             )
         if isinstance(exc, bex.ConnectionError | bex.HTTPClientError | bex.IncompleteReadError):
-            return StorageUnavailable(f"S3 endpoint {self.endpoint_url or 'AWS'} unreachable for {where}: {exc}")
+            return StorageUnavailable(f"the object storage is unreachable ({type(exc).__name__})")
         return exc
 
     def _call(self, key: str | None, operation: str, **kwargs: Any) -> Any:
