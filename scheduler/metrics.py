@@ -54,6 +54,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.requests import Request
 
 from shared.db import Database, FinishedJob, QueueCounts, utcnow
 from shared.db.stats import Stats
@@ -333,7 +334,7 @@ def metrics_response(registry: CollectorRegistry) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-async def _check_scrape_access(request: Any, token_digest: bytes | None) -> None:
+async def _check_scrape_access(request: Request, token_digest: bytes | None) -> None:
     """Raise unless this request may read /metrics (see the module docstring)."""
     from starlette.exceptions import HTTPException
 
@@ -363,7 +364,7 @@ def install_metrics(app: Any, services: Any, *, token: str | None = None) -> Cal
 
     Returns the function that releases what it opened (a Redis client); call it at shutdown.
     """
-    from fastapi import Request, Response
+    from fastapi import Response
     from fastapi.concurrency import run_in_threadpool
 
     from shared.queueing import queue_name

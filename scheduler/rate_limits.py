@@ -19,7 +19,6 @@ limits then hold per replica), logs the outage once, and tries Redis again after
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import threading
@@ -28,6 +27,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import anyio
+import anyio.to_thread
 
 from shared.config import Settings
 from shared.errors import RateLimited
@@ -74,16 +76,21 @@ class WindowCounts:
         return self.previous * (1.0 - self.elapsed) + self.current
 
     def retry_after_s(self, limit: int, window_s: float) -> float:
-        """Seconds until the estimate is below `limit` again, if nothing more arrives."""
-        if self.current >= limit:
-            # The rest of this window, then the part of the next one during which this window still weighs enough.
-            rest = (1.0 - self.elapsed) * window_s
-            return rest + window_s * max(0.0, 1.0 - limit / self.current) if self.current else rest
-        if self.previous <= 0:
-            return 0.0
-        # previous × (1 − (elapsed + t/W)) + current < limit
-        fraction = 1.0 - (limit - self.current) / self.previous - self.elapsed
-        return max(0.0, fraction * window_s)
+        """Seconds from now until one more request would be within `limit` (`estimate + 1 <= limit`), if nothing
+        else arrives meanwhile."""
+        rest_of_window = (1.0 - self.elapsed) * window_s
+        room = limit - self.current - 1
+        if room >= 0:
+            # Still in this window, once enough of the previous one has slid out.
+            if self.previous <= 0:
+                return 0.0
+            wait = window_s * (1.0 - self.elapsed - room / self.previous)
+            if wait <= rest_of_window:
+                return max(0.0, wait)
+        # In the next window, where this window's count is the previous one and nothing is counted yet.
+        if self.current <= 0:
+            return rest_of_window
+        return rest_of_window + window_s * max(0.0, 1.0 - (limit - 1) / self.current)
 
 
 class WindowCounter(ABC):
@@ -129,77 +136,82 @@ class MemoryCounter(WindowCounter):
 
 
 class RedisCounter(WindowCounter):
-    """Counts in Redis, shared by every scheduler replica; falls back to `MemoryCounter` while Redis is away."""
+    """Counts in Redis, shared by every scheduler replica; falls back to `MemoryCounter` while Redis is away.
+
+    The client is redis-py's synchronous one (a thread-safe connection pool), called in a worker thread: an asyncio
+    client's connections belong to one event loop, and a test client starts a loop per request.
+    """
 
     def __init__(self, redis_url: str, *, clock: Clock = time.monotonic) -> None:
-        self._url = redis_url
-        self._client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        import redis
+
+        self._client = redis.Redis.from_url(
+            redis_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
+        )
         self._fallback = MemoryCounter()
         self._clock = clock
+        self._lock = threading.Lock()
         self._down_until: float | None = None  # while set, Redis is skipped until this moment
 
-    def _redis(self) -> Any:
-        """The async client of the running event loop (its connections belong to one loop; a server has one, a
-        test client may start several)."""
-        import redis.asyncio as aioredis
-
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = aioredis.Redis.from_url(
-                self._url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S
-            )
-            self._loop = loop
-        return self._client
-
     def _usable(self) -> bool:
-        return self._down_until is None or self._clock() >= self._down_until
+        with self._lock:
+            return self._down_until is None or self._clock() >= self._down_until
 
     def _failed(self, exc: Exception) -> None:
-        if self._down_until is None:
+        with self._lock:
+            first = self._down_until is None
+            self._down_until = self._clock() + REDIS_RETRY_S
+        if first:
             log.warning(
                 "rate limits: Redis did not answer (%s); counting in this process's memory until it does",
                 type(exc).__name__,
             )
-        self._down_until = self._clock() + REDIS_RETRY_S
 
     def _recovered(self) -> None:
-        if self._down_until is not None:
+        with self._lock:
+            was_down, self._down_until = self._down_until is not None, None
+        if was_down:
             log.info("rate limits: Redis answers again; counting there")
-            self._down_until = None
+
+    def _hit_in_redis(self, key: str, window: int, ttl_s: float) -> tuple[int, int]:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.incr(f"{KEY_PREFIX}{key}:{window}")
+        pipe.expire(f"{KEY_PREFIX}{key}:{window}", max(1, math.ceil(ttl_s)))
+        pipe.get(f"{KEY_PREFIX}{key}:{window - 1}")
+        current, _, previous = pipe.execute()
+        return int(previous or 0), int(current)
+
+    def _peek_in_redis(self, key: str, window: int) -> tuple[int, int]:
+        values: list[Any] = self._client.mget(  # type: ignore[assignment]  # redis-py's sync/async union
+            f"{KEY_PREFIX}{key}:{window - 1}", f"{KEY_PREFIX}{key}:{window}"
+        )
+        previous, current = values
+        return int(previous or 0), int(current or 0)
 
     async def hit(self, key: str, window: int, ttl_s: float) -> tuple[int, int]:
         if self._usable():
             try:
-                pipe = self._redis().pipeline(transaction=True)
-                pipe.incr(f"{KEY_PREFIX}{key}:{window}")
-                pipe.expire(f"{KEY_PREFIX}{key}:{window}", max(1, math.ceil(ttl_s)))
-                pipe.get(f"{KEY_PREFIX}{key}:{window - 1}")
-                current, _, previous = await pipe.execute()
+                counts = await anyio.to_thread.run_sync(self._hit_in_redis, key, window, ttl_s)
             except Exception as exc:  # any Redis trouble (connection, timeout, a read-only replica) is a wait
                 self._failed(exc)
             else:
                 self._recovered()
-                return int(previous or 0), int(current)
+                return counts
         return await self._fallback.hit(key, window, ttl_s)
 
     async def peek(self, key: str, window: int) -> tuple[int, int]:
         if self._usable():
             try:
-                previous, current = await self._redis().mget(
-                    f"{KEY_PREFIX}{key}:{window - 1}", f"{KEY_PREFIX}{key}:{window}"
-                )
+                counts = await anyio.to_thread.run_sync(self._peek_in_redis, key, window)
             except Exception as exc:
                 self._failed(exc)
             else:
                 self._recovered()
-                return int(previous or 0), int(current or 0)
+                return counts
         return await self._fallback.peek(key, window)
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._loop is asyncio.get_running_loop():
-            await client.aclose()
+        self._client.close()
 
 
 class RateLimiter:

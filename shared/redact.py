@@ -45,7 +45,7 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     # ?sig=...&X-Amz-Signature=...  →  ?sig=***&X-Amz-Signature=***
     (re.compile(r"([?&](?:" + "|".join(_SECRET_PARAMS) + r")=)[^&\s\"'<>]+", re.IGNORECASE), rf"\g<1>{MASK}"),
     # Authorization: Bearer abc / Basic abc
-    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}"), rf"\g<1> {MASK}"),
+    (re.compile(r"\b(Bearer|Basic)\s+(?!realm=)[A-Za-z0-9._~+/=-]{8,}"), rf"\g<1> {MASK}"),
     # libpq: connection to server at "host" (1.2.3.4), port 5432 failed / on socket "/run/..."
     (re.compile(r'(server (?:at|on socket)) "[^"]*"(?: \([^)]*\))?(?:, port \d+)?'), rf"\g<1> {ADDRESS}"),
     # redis-py: Error 111 connecting to host:6379.
