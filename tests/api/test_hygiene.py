@@ -15,8 +15,18 @@ from shared.config import Settings
 from shared.db import upgrade
 from shared.errors import StorageUnavailable
 from shared.storage import open_storage
-from tests.api.conftest import ALICE, ALICE_TOKEN, BOB, BOB_TOKEN, LOOPBACK_CLIENT, TOKENS, FarmFactory, job_body
-from tests.api.conftest import put_job, upload
+from tests.api.conftest import (
+    ALICE,
+    ALICE_TOKEN,
+    BOB,
+    BOB_TOKEN,
+    LOOPBACK_CLIENT,
+    TOKENS,
+    FarmFactory,
+    job_body,
+    put_job,
+    upload,
+)
 
 METRICS_TOKEN = "metrics-scrape-token-0123456789"
 REMOTE_CLIENT = ("10.1.2.3", 40000)
