@@ -138,7 +138,8 @@ def test_the_embedded_farms_access_log_holds_no_signed_url(tmp_path: Path) -> No
             snapshot = wait_until(finished, JOB_TIMEOUT_S, "job secret-1 to finish")
         assert snapshot["state"] == "succeeded", snapshot
         artifacts = snapshot["artifacts"]
-        assert isinstance(artifacts, list) and artifacts
+        assert isinstance(artifacts, list)
+        assert artifacts
         signatures = {}
         for number, artifact in enumerate(artifacts):
             assert artifact["url"].startswith(f"{url}/v1/files/")
