@@ -8,9 +8,9 @@
 - No tokens configured: development mode. Every request is tenant `local`, and only loopback clients are served
   (the CLI also refuses to bind elsewhere with `Settings.check_bind`); a remote client gets 403.
 - Missing or unknown credentials: 401 with `WWW-Authenticate: Bearer`.
-- Rate limits (scheduler/rate_limits.py) are checked here, around authentication: the source address's failed-auth
-  and request limits before the credentials are looked at, a failure counted after, the token's limit after
-  success. Over a limit: 429 with `Retry-After`.
+- Rate limits (scheduler/rate_limits.py) are checked here, with authentication: the source address's failed-auth
+  limit decides before the outcome of the credentials shows (a 429 whatever they are), then the address's and the
+  token's request limits; a failure is counted after. Over a limit: 429 with `Retry-After`.
 """
 
 from __future__ import annotations
@@ -132,16 +132,16 @@ async def current_tenant(request: Request) -> str:
     limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
     host = request.client.host if request.client else None
     address = host or "unix-socket"
-    if limiter is not None:
-        await limiter.check_address(address)
     try:
         tenant, token_key = identify(table, request.headers.get("authorization"), host)
-    except (Unauthorized, Forbidden):
+    except (Unauthorized, Forbidden) as refused:
+        # Whether the limits allow the request is decided first, as if the credentials had not been looked at.
         if limiter is not None:
+            await limiter.admit(address, None)
             await limiter.note_failed_auth(address)
-        raise
+        raise refused from None
     if limiter is not None:
-        await limiter.check_token(token_key)
+        await limiter.admit(address, token_key)
     return tenant
 
 

@@ -348,11 +348,12 @@ async def _check_scrape_access(request: Request, token_digest: bytes | None) -> 
         return
     limiter = getattr(request.app.state, "rate_limiter", None)
     address = host or "unix-socket"
-    if limiter is not None:
-        await limiter.check_address(address)
     presented = credentials_of(request.headers.get("authorization"))
     digest = hashlib.sha256((presented or "").encode("utf-8")).digest()
-    if presented is None or not hmac.compare_digest(digest, token_digest):
+    valid = presented is not None and hmac.compare_digest(digest, token_digest)
+    if limiter is not None:
+        await limiter.admit(address, None)  # scrapes are counted by address, like any request
+    if not valid:
         if limiter is not None:
             await limiter.note_failed_auth(address)
         raise Unauthorized("GET /metrics needs the metrics token: Authorization: Bearer <token>", code="invalid_token")

@@ -2,10 +2,9 @@
 authentications per source address, each over a sliding window; over a limit is a typed 429 with `Retry-After`.
 
     limiter = open_rate_limiter(settings)          # Redis in cluster mode, this process's memory when embedded
-    await limiter.check_address(address)           # before authenticating: refused while the address is over
-                                                   #   its failed-auth limit or its request limit
+    await limiter.admit(address, token_key)        # every authenticated request: one round trip; token_key None
+                                                   #   when its credentials were wrong; raises RateLimited
     await limiter.note_failed_auth(address)        # after a 401
-    await limiter.check_token(token_key)           # after authenticating
 
 Counting: each limit keeps one counter per fixed window of `rate_limit_window_s` seconds, and the rate is the
 sliding-window estimate `previous × (1 − elapsed/window) + current` (the previous window's count weighted by how
@@ -24,9 +23,8 @@ import math
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -94,18 +92,18 @@ class WindowCounts:
 
 
 class WindowCounter(ABC):
-    """Counters per key and fixed window."""
+    """Counters per key and fixed window. One call reads and counts everything one request needs, so a request
+    costs one round trip to Redis."""
 
     @abstractmethod
-    async def hit(self, key: str, window: int, ttl_s: float) -> tuple[int, int]:
-        """Add one to `key`'s count in `window`; return (count of window − 1, count of window after adding)."""
-
-    @abstractmethod
-    async def peek(self, key: str, window: int) -> tuple[int, int]:
-        """(count of window − 1, count of window), adding nothing."""
+    async def count(
+        self, hits: Sequence[str], peeks: Sequence[str], window: int, ttl_s: float
+    ) -> dict[str, tuple[int, int]]:
+        """Add one to each key of `hits` in `window`, and read the keys of `peeks` without adding; for every key,
+        (count of window − 1, count of window after adding)."""
 
     async def aclose(self) -> None:  # noqa: B027 - most counters hold nothing to release
-        """Release what the counter holds (from the event loop that used it)."""
+        """Release what the counter holds."""
 
 
 class MemoryCounter(WindowCounter):
@@ -122,17 +120,17 @@ class MemoryCounter(WindowCounter):
             self._newest = window
             self._counts = {k: v for k, v in self._counts.items() if k[1] >= window - 1}
 
-    async def hit(self, key: str, window: int, ttl_s: float) -> tuple[int, int]:
+    async def count(
+        self, hits: Sequence[str], peeks: Sequence[str], window: int, ttl_s: float
+    ) -> dict[str, tuple[int, int]]:
         with self._lock:
             self._prune(window)
-            current = self._counts.get((key, window), 0) + 1
-            self._counts[(key, window)] = current
-            return self._counts.get((key, window - 1), 0), current
-
-    async def peek(self, key: str, window: int) -> tuple[int, int]:
-        with self._lock:
-            self._prune(window)
-            return self._counts.get((key, window - 1), 0), self._counts.get((key, window), 0)
+            for key in hits:
+                self._counts[(key, window)] = self._counts.get((key, window), 0) + 1
+            return {
+                key: (self._counts.get((key, window - 1), 0), self._counts.get((key, window), 0))
+                for key in (*hits, *peeks)
+            }
 
 
 class RedisCounter(WindowCounter):
@@ -173,42 +171,33 @@ class RedisCounter(WindowCounter):
         if was_down:
             log.info("rate limits: Redis answers again; counting there")
 
-    def _hit_in_redis(self, key: str, window: int, ttl_s: float) -> tuple[int, int]:
+    def _count_in_redis(
+        self, hits: Sequence[str], peeks: Sequence[str], window: int, ttl_s: float
+    ) -> dict[str, tuple[int, int]]:
         pipe = self._client.pipeline(transaction=True)
-        pipe.incr(f"{KEY_PREFIX}{key}:{window}")
-        pipe.expire(f"{KEY_PREFIX}{key}:{window}", max(1, math.ceil(ttl_s)))
-        pipe.get(f"{KEY_PREFIX}{key}:{window - 1}")
-        current, _, previous = pipe.execute()
-        return int(previous or 0), int(current)
+        for key in hits:
+            pipe.incr(f"{KEY_PREFIX}{key}:{window}")
+            pipe.expire(f"{KEY_PREFIX}{key}:{window}", max(1, math.ceil(ttl_s)))
+        for key in (*hits, *peeks):
+            pipe.mget(f"{KEY_PREFIX}{key}:{window - 1}", f"{KEY_PREFIX}{key}:{window}")
+        answers = pipe.execute()[2 * len(hits) :]
+        return {
+            key: (int(previous or 0), int(current or 0))
+            for key, (previous, current) in zip((*hits, *peeks), answers, strict=True)
+        }
 
-    def _peek_in_redis(self, key: str, window: int) -> tuple[int, int]:
-        values: list[Any] = self._client.mget(  # type: ignore[assignment]  # redis-py's sync/async union
-            f"{KEY_PREFIX}{key}:{window - 1}", f"{KEY_PREFIX}{key}:{window}"
-        )
-        previous, current = values
-        return int(previous or 0), int(current or 0)
-
-    async def hit(self, key: str, window: int, ttl_s: float) -> tuple[int, int]:
+    async def count(
+        self, hits: Sequence[str], peeks: Sequence[str], window: int, ttl_s: float
+    ) -> dict[str, tuple[int, int]]:
         if self._usable():
             try:
-                counts = await anyio.to_thread.run_sync(self._hit_in_redis, key, window, ttl_s)
+                counts = await anyio.to_thread.run_sync(self._count_in_redis, hits, peeks, window, ttl_s)
             except Exception as exc:  # any Redis trouble (connection, timeout, a read-only replica) is a wait
                 self._failed(exc)
             else:
                 self._recovered()
                 return counts
-        return await self._fallback.hit(key, window, ttl_s)
-
-    async def peek(self, key: str, window: int) -> tuple[int, int]:
-        if self._usable():
-            try:
-                counts = await anyio.to_thread.run_sync(self._peek_in_redis, key, window)
-            except Exception as exc:
-                self._failed(exc)
-            else:
-                self._recovered()
-                return counts
-        return await self._fallback.peek(key, window)
+        return await self._fallback.count(hits, peeks, window, ttl_s)
 
     async def aclose(self) -> None:
         self._client.close()
@@ -227,53 +216,48 @@ class RateLimiter:
         window = math.floor(now)
         return window, now - window
 
-    async def _hit(self, key: str, limit: int) -> WindowCounts | None:
-        """Count one request under `key`; the counts when that puts it over `limit`, else None."""
-        if limit <= 0:
-            return None
-        window, elapsed = self._window()
-        previous, current = await self.counter.hit(key, window, 2 * self.limits.window_s)
-        counts = WindowCounts(previous, current, elapsed)
-        return counts if counts.estimate > limit else None
-
     def _refuse(self, counts: WindowCounts, limit: int, message: str, code: str) -> RateLimited:
         retry_after = max(1.0, math.ceil(counts.retry_after_s(limit, self.limits.window_s)))
         return RateLimited(f"{message}; retry after {retry_after:.0f} s", retry_after_s=retry_after, code=code)
 
-    async def check_address(self, address: str) -> None:
-        """Before authenticating a request from `address`: refused while the address is over its failed-auth limit
-        (without looking at its credentials: a password guesser learns nothing more) or its request limit."""
+    async def admit(self, address: str | None, token_key: str | None) -> None:
+        """Count one request from `address` (None: not limited by address) made with the token `token_key` (None:
+        no valid token; else `tenant#position`, no secret), and raise RateLimited if it is over a limit: first the
+        address's failed-auth limit (a request from an address that keeps failing is refused whatever its
+        credentials: a guesser learns nothing), then the address's request limit, then the token's."""
         limits = self.limits
-        if limits.address_failed_auth > 0:
-            window, elapsed = self._window()
-            previous, current = await self.counter.peek(f"auth:{address}", window)
-            counts = WindowCounts(previous, current, elapsed)
-            if counts.estimate >= limits.address_failed_auth:
+        auth_key = f"auth:{address}" if address is not None and limits.address_failed_auth > 0 else None
+        address_key = f"addr:{address}" if address is not None and limits.address_requests > 0 else None
+        token = f"token:{token_key}" if token_key is not None and limits.token_requests > 0 else None
+        hits = [key for key in (address_key, token) if key is not None]
+        peeks = [auth_key] if auth_key is not None else []
+        if not hits and not peeks:
+            return
+        window, elapsed = self._window()
+        counts = await self.counter.count(hits, peeks, window, 2 * limits.window_s)
+        if auth_key is not None:
+            failed = WindowCounts(*counts[auth_key], elapsed)
+            if failed.estimate >= limits.address_failed_auth:
                 raise self._refuse(
-                    counts,
+                    failed,
                     limits.address_failed_auth,
                     "too many requests with missing or invalid credentials from your address",
                     "too_many_failed_auth",
                 )
-        over = await self._hit(f"addr:{address}", limits.address_requests)
-        if over is not None:
-            raise self._refuse(
-                over, limits.address_requests, "too many requests from your address", "too_many_requests"
-            )
+        for key, limit, message in (
+            (address_key, limits.address_requests, "too many requests from your address"),
+            (token, limits.token_requests, "too many requests with your API token"),
+        ):
+            if key is not None:
+                seen = WindowCounts(*counts[key], elapsed)
+                if seen.estimate > limit:
+                    raise self._refuse(seen, limit, message, "too_many_requests")
 
     async def note_failed_auth(self, address: str) -> None:
         """Count a request from `address` that failed to authenticate."""
         if self.limits.address_failed_auth > 0:
             window, _ = self._window()
-            await self.counter.hit(f"auth:{address}", window, 2 * self.limits.window_s)
-
-    async def check_token(self, token_key: str) -> None:
-        """After authenticating: count a request of the token `token_key` (no secret: `tenant#index`)."""
-        over = await self._hit(f"token:{token_key}", self.limits.token_requests)
-        if over is not None:
-            raise self._refuse(
-                over, self.limits.token_requests, "too many requests with your API token", "too_many_requests"
-            )
+            await self.counter.count([f"auth:{address}"], [], window, 2 * self.limits.window_s)
 
     async def aclose(self) -> None:
         await self.counter.aclose()

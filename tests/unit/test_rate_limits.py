@@ -30,7 +30,7 @@ def limiter(counter: WindowCounter, clock: Clock, *, token: int = 0, address: in
 
 def allowed(limiter: RateLimiter, key: str = "alice#0") -> bool:
     try:
-        asyncio.run(limiter.check_token(key))
+        asyncio.run(limiter.admit(None, key))
     except RateLimited:
         return False
     return True
@@ -79,7 +79,7 @@ def test_a_token_is_refused_past_its_limit_and_served_again_after_retry_after(co
     limits = limiter(counter, clock, token=10)
     assert [allowed(limits) for _ in range(10)] == [True] * 10
     with pytest.raises(RateLimited) as refused:
-        asyncio.run(limits.check_token("alice#0"))
+        asyncio.run(limits.admit(None, "alice#0"))
     assert refused.value.http_status == 429
     assert refused.value.code == "too_many_requests"
     assert allowed(limits, "bob#1")  # counted per token
@@ -95,14 +95,14 @@ def test_failed_authentications_close_the_address_before_its_credentials_are_loo
     clock = Clock()
     limits = limiter(counter, clock, auth=3)
     for _ in range(3):
-        asyncio.run(limits.check_address("203.0.113.9"))
+        asyncio.run(limits.admit("203.0.113.9", None))
         asyncio.run(limits.note_failed_auth("203.0.113.9"))
     with pytest.raises(RateLimited) as refused:
-        asyncio.run(limits.check_address("203.0.113.9"))
+        asyncio.run(limits.admit("203.0.113.9", None))
     assert refused.value.code == "too_many_failed_auth"
-    asyncio.run(limits.check_address("203.0.113.10"))  # another address is not concerned
+    asyncio.run(limits.admit("203.0.113.10", None))  # another address is not concerned
     clock.now += 2 * WINDOW_S
-    asyncio.run(limits.check_address("203.0.113.9"))
+    asyncio.run(limits.admit("203.0.113.9", None))
 
 
 def test_two_limiters_on_one_redis_share_the_counts(redis_url: str) -> None:
