@@ -126,7 +126,7 @@ async def current_tenant(request: Request) -> str:
     """FastAPI dependency: the calling tenant (see `authenticate`), within the rate limits. The token table is on
     `app.state.tokens`, the limiter (optional) on `app.state.rate_limiter`.
 
-    Async on purpose: it hashes and asks Redis asynchronously, so it needs no worker thread.
+    Async on purpose: it only hashes; the limiter's one Redis round trip takes a worker thread of its own.
     """
     table: TokenTable = request.app.state.tokens
     limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
