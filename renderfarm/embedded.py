@@ -190,7 +190,12 @@ def stop_signals_end_quietly() -> Iterator[None]:
 def _server(app: FastAPI, log_level: str) -> uvicorn.Server:
     import uvicorn
 
-    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=10))
+    from shared.redact import install_log_redaction
+
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=10))
+    # uvicorn.Config set up its own loggers (the access log prints query strings: signed download URLs).
+    install_log_redaction()
+    return server
 
 
 def serve(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, log_level: str = "info") -> None:

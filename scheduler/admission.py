@@ -122,6 +122,19 @@ def normalise_images(normalise: ImageNormaliser, job: Img2ImgJob, field_prefix: 
     return job.model_copy(update=update)
 
 
+def check_priority_ceiling(services: Services, tenant: str, priority: int, field_prefix: str = "") -> None:
+    """Raise InputError (422 naming `priority`) when `priority` is over the tenant's ceiling (docs/api.md
+    "Priority"): refused, not clamped, so a job never runs at a priority other than the one it asked for."""
+    ceiling = services.priority_ceiling.of(tenant)
+    if ceiling is not None and priority > ceiling:
+        raise InputError(
+            f"{field_prefix}priority: {priority} is over your ceiling of {ceiling}; ask the farm's operators to "
+            "raise it (RENDERFARM_TENANT_MAX_PRIORITY)",
+            code="priority_over_ceiling",
+            field=f"{field_prefix}priority",
+        )
+
+
 def admit(
     normalise: ImageNormaliser,
     job: Img2ImgJob,
@@ -139,6 +152,7 @@ def admit(
     Raises InputError (422) or PayloadTooLarge (413) naming `{field_prefix}<field>`, and 503s when storage or the
     database is down.
     """
+    check_priority_ceiling(normalise.services, normalise.tenant, job.priority, field_prefix)
     normalised = normalise_images(normalise, job, field_prefix)
     model = normalised.resolved_model
     return NewJob(

@@ -9,6 +9,7 @@ progress write of the running attempt, so a larger `seq` is always a newer snaps
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -107,6 +108,15 @@ class JobList(BaseModel):
 # Building
 
 
+def public_worker_name(name: str | None) -> str | None:
+    """A worker's name as tenants see it: `gpu0@host` becomes `gpu0@<8 hex digits>`, a digest of the whole name.
+    Two jobs on one worker still show one name, but the operator's host names stay inside the farm."""
+    if not name:
+        return None
+    slot, _, _host = name.partition("@")
+    return f"{slot}@{hashlib.sha256(name.encode('utf-8')).hexdigest()[:8]}"
+
+
 def _iso(value: datetime | None) -> str | None:
     if value is None:
         return None
@@ -193,7 +203,7 @@ def build_snapshot(
         "created_at": _iso(row.created_at),
         "started_at": _iso(row.started_at),
         "finished_at": _iso(row.finished_at),
-        "worker": (live.worker if live is not None and live.worker else None) or row.worker,
+        "worker": public_worker_name((live.worker if live is not None and live.worker else None) or row.worker),
         "error": row.error.to_dict() if row.error is not None else None,
         "warnings": [dict(warning) for warning in row.warnings],
         "artifacts": [artifact_out(artifact, storage) for artifact in artifacts],

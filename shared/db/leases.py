@@ -220,16 +220,17 @@ class Leases(Operations):
         failed: list[JobRow] = []
         with self._tx.begin() as conn:
             candidates = conn.execute(
-                sa.select(jobs.c.id, jobs.c.attempt, jobs.c.max_attempts, jobs.c.worker).where(*expired).limit(limit)
+                sa.select(jobs.c.id, jobs.c.attempt, jobs.c.max_attempts).where(*expired).limit(limit)
             ).all()
-            for job_id, attempt, max_attempts, worker in candidates:
+            # The message reaches the tenant: it names no worker (worker names carry the operator's host names).
+            for job_id, attempt, max_attempts in candidates:
                 error = JobError(
                     type="permanent",
                     code="attempts_exhausted",
                     message=(
                         f"the job was started {attempt} times (the limit is {max_attempts}) and each time its "
-                        f"worker stopped renewing its lease (last worker: {worker or 'unknown'}); the worker may "
-                        "have crashed, been killed or lost its connection, possibly because of this job"
+                        "worker stopped renewing its lease; the worker may have crashed, been killed or lost its "
+                        "connection, possibly because of this job"
                     ),
                 )
                 # Fenced by the attempt seen, so a renewal that lands in between keeps the job alive.

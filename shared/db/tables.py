@@ -103,9 +103,12 @@ class Batch(Base):
     __table_args__ = (
         sa.CheckConstraint(f"mode IN ({_quoted_list(BATCH_MODES)})", name="mode"),
         sa.Index(None, "tenant", "created_at"),
+        # Keyed per tenant (migration 0003): a client-chosen batch id another tenant uses behaves as an unused one,
+        # so batch ids tell no tenant about another's.
+        sa.PrimaryKeyConstraint("tenant", "id"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
     tenant: Mapped[str] = mapped_column(sa.String(TENANT_MAX_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     requested: Mapped[int] = mapped_column(sa.Integer)
@@ -120,6 +123,8 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         sa.UniqueConstraint("tenant", "task_id"),
+        # A job's batch is its own tenant's (batches are keyed per tenant).
+        sa.ForeignKeyConstraint(["tenant", "batch_id"], ["batches.tenant", "batches.id"]),
         sa.CheckConstraint(f"state IN ({_quoted_list(JOB_STATE_VALUES)})", name="state"),
         # Partial indexes on queued jobs only (migration 0002): what the API and the dispatcher read per request and
         # per round stays proportional to what they need, not to the backlog or to the whole table.
@@ -154,7 +159,7 @@ class Job(Base):
     model: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
     request: Mapped[Any] = mapped_column(JSONType)
     request_hash: Mapped[str] = mapped_column(sa.String(SHA256_HEX_LENGTH))
-    batch_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, sa.ForeignKey("batches.id"), nullable=True)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

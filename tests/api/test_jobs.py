@@ -12,6 +12,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
+from scheduler.snapshots import public_worker_name
 from shared.job.hashing import request_hash
 from shared.job.spec import MAX_PROMPT_LENGTH, Img2ImgJob
 from shared.states import JobState
@@ -388,7 +389,7 @@ def test_running_snapshot_merges_live_progress(farm: Farm, image_png: bytes) -> 
     before = farm.client.get("/v1/jobs/prog", headers=ALICE).json()
     assert before["state"] == "running"
     assert before["attempt"] == 1
-    assert before["worker"] == "gpu-0"
+    assert before["worker"] == public_worker_name("gpu-0")  # no host name for tenants
     assert before["started_at"] is not None
     assert before["queue_position"] is None
     farm.progress(row, step=3, total=8, seq=5)
@@ -422,7 +423,8 @@ def test_succeeded_snapshot_lists_downloadable_artifacts(served_farm: tuple[Farm
         assert data in uploaded.values()
 
 
-def test_queue_position_and_wait_estimate(farm: Farm, image_png: bytes) -> None:
+def test_queue_position_and_wait_estimate(make_farm: FarmFactory, image_png: bytes) -> None:
+    farm = make_farm(tenant_max_priority="alice:10")  # above the default ceiling of 0 (docs/api.md "Priority")
     asset = upload(farm, image_png)["asset_id"]
     for task_id in ("a", "b", "c"):
         put_job(farm, task_id, job_body(asset))
