@@ -8,7 +8,6 @@ from fastapi.testclient import TestClient
 
 from scheduler.a1111.tenant_options import options_key
 from scheduler.app import create_app
-from shared.job.spec import SUPPORTED_OVERRIDE_KEYS
 from tests.a1111.conftest import ALICE_TOKEN, BOB, LiveFarm, png_b64
 
 
@@ -56,10 +55,9 @@ def test_options_are_per_tenant_durable_and_apply_to_jobs(farm: LiveFarm) -> Non
         }
         response = alice.post("/sdapi/v1/options", json=changes)
         assert response.status_code == 200
-        if "show_progress_every_n_steps" in SUPPORTED_OVERRIDE_KEYS:
-            assert response.json() is None
-        else:
-            assert [w["field"] for w in response.json()["warnings"]] == ["show_progress_every_n_steps"]
+        assert [w["field"] for w in response.json()["warnings"]] == ["live_preview_refresh_period"]
+        kept_only = alice.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2})
+        assert kept_only.json() is None  # the webui's answer when everything was kept
         assert alice.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
         assert bob.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
         bad = alice.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 99})
