@@ -14,6 +14,7 @@ the same noise on every machine; the result is moved to the latent's device and 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -40,5 +41,9 @@ class BrownianNoise:
         a = torch.as_tensor(sigma, dtype=torch.float32).cpu()
         b = torch.as_tensor(sigma_next, dtype=torch.float32).cpu()
         low, high, sign = (a, b, 1.0) if a < b else (b, a, -1.0)
-        w = torch.stack([tree(low, high) for tree in self._trees]) * sign
+        with warnings.catch_warnings():
+            # torchsde warns when a query end lies a rounding error outside [σ_min, σ_max] (float32 σ against its
+            # float64 bounds) and clamps it; the reference's trees do the same.
+            warnings.filterwarnings("ignore", message="Should have t", category=UserWarning)
+            w = torch.stack([tree(low, high) for tree in self._trees]) * sign
         return (w / (b - a).abs().sqrt()).to(device=self._device, dtype=self._dtype)
