@@ -13,18 +13,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Fields of the reference's request that the farm accepts and does not use: face restoration, tiling, the sampler
-# noise knobs, saving to the server's disk, refiner, extra networks, comments. Clients send them by default.
+# Fields of the reference's request that the farm accepts and does not use: face restoration, tiling, saving to the
+# server's disk, refiner, extra networks, comments. Clients send them by default. (s_churn, s_tmin, s_tmax and
+# s_noise are honoured: they go to the job spec.)
 UNUSED_FIELDS: tuple[str, ...] = (
     "restore_faces",
     "tiling",
     "do_not_save_samples",
     "do_not_save_grid",
     "s_min_uncond",
-    "s_churn",
-    "s_tmax",
-    "s_tmin",
-    "s_noise",
     "override_settings_restore_afterwards",
     "refiner_checkpoint",
     "refiner_switch_at",

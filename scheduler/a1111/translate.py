@@ -206,6 +206,10 @@ def job_body(
         "width": sent["width"],
         "height": sent["height"],
         "eta": sent["eta"],
+        "s_churn": sent["s_churn"],
+        "s_tmin": sent["s_tmin"],
+        "s_tmax": sent["s_tmax"],
+        "s_noise": sent["s_noise"],
         "override_settings": farm_overrides,
     }
     if sent["mask_blur"] is not None:

@@ -725,5 +725,5 @@ def test_processing_applies_eta_and_writes_it_only_where_it_applies(tiny_model: 
     _, euler_info, euler_codes = _render(tiny_model, "Euler", 0.3)  # Euler takes no eta
     assert "Eta" not in euler_info
     _, ddim_info, ddim_codes = _render(tiny_model, "DDIM", 0.5)
-    assert ddim_info["Eta"] == "0.5"
+    assert ddim_info["Eta DDIM"] == "0.5"  # the reference's key for the timestep samplers' η
     assert zero_codes == one_codes == euler_codes == ddim_codes == []

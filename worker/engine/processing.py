@@ -45,6 +45,7 @@ from worker.engine.pixel_stage import PixelStage, PixelWarning, prepare_pixels
 from worker.engine.results import Processed, decode_latent, mask_composite
 from worker.engine.sampling import (
     DenoiseEps,
+    DenoiseEpsCfgPP,
     SamplingPlan,
     StepInfo,
     StopSampling,
@@ -52,6 +53,7 @@ from worker.engine.sampling import (
     run_sampler,
     sampler_default_eta,
 )
+from worker.engine.sampling.settings import JobSamplerFields, resolve_sampler_options
 
 LATENT_CHANNELS = 4
 
@@ -95,6 +97,10 @@ _FIELDS_FROM_JOB = (
     "width",
     "height",
     "eta",
+    "s_churn",
+    "s_tmin",
+    "s_tmax",
+    "s_noise",
     "resize_mode",
     "denoising_strength",
     "image_cfg_scale",
@@ -137,6 +143,10 @@ class StableDiffusionProcessingImg2Img:
     width: int = 512
     height: int = 512
     eta: float | None = None
+    s_churn: float | None = None  # None: the option of the same name (docs/engine.md "Sampler options")
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
     override_settings: dict[str, Any] = field(default_factory=dict)
     extra_generation_params: dict[str, Any] = field(default_factory=dict)
     comments: list[str] = field(default_factory=list)
@@ -362,6 +372,8 @@ class StableDiffusionProcessingImg2Img:
             self.extra_generation_params["Extra noise"] = self.options.img2img_extra_noise
         sampler_kwargs = self._eta_arguments()
         plan = self._plan()
+        if plan.sampler.name == "DDIM CFG++":
+            sampler_kwargs["denoise_eps_cfgpp"] = self._cfgpp_denoiser(conditioning, unconditional_conditioning)
 
         init_latent = self.init_latent
         keep, regenerate = self.mask, self.nmask
@@ -388,6 +400,7 @@ class StableDiffusionProcessingImg2Img:
             blend_x0=blend if keep is not None else None,
             blend_xt_before=blend if keep is not None else None,
             generators=noise.generators,
+            seeds=list(seeds),
             callback=on_step,
             extra_noise=self.options.img2img_extra_noise,
             noise_multiplier=multiplier,
@@ -418,11 +431,16 @@ class StableDiffusionProcessingImg2Img:
         if default is None or eta is None:
             return {}
         if eta != default:
-            self.extra_generation_params["Eta"] = eta
+            # The reference's timestep samplers write theirs as "Eta DDIM".
+            self.extra_generation_params["Eta DDIM" if eta_kind(self.sampler_name) == "ddim" else "Eta"] = eta
         return {"eta": eta}
 
     def _plan(self) -> SamplingPlan:
         if self.plan is None:
+            fields = JobSamplerFields(self.s_churn, self.s_tmin, self.s_tmax, self.s_noise)
+            sampler_options, sigma_entries = resolve_sampler_options(
+                _sampler_label(self.sampler_name), fields, self.options, sdxl=_is_sdxl(self.model)
+            )
             self.plan = plan_img2img(
                 self.sampler_name,
                 self.scheduler,
@@ -430,7 +448,9 @@ class StableDiffusionProcessingImg2Img:
                 self.denoising_strength,
                 self.options.img2img_fix_steps,
                 self.model.scheduler_config,
+                options=sampler_options,
             )
+            self.extra_generation_params.update(sigma_entries)
             self.extra_generation_params.update(
                 (k, v) for k, v in self.plan.extra_generation_params.items() if k != "Schedule type"
             )
@@ -458,6 +478,33 @@ class StableDiffusionProcessingImg2Img:
             self.cfg_scale,
             self.image_cfg_scale if self.is_edit_model else None,
         )
+
+    def _cfgpp_denoiser(self, cond: torch.Tensor, uncond: torch.Tensor) -> DenoiseEpsCfgPP:
+        """DDIM CFG++'s model: CFG at cfg_scale/12.5, and the unconditional ε of the same UNet pass (docs/engine.md,
+        DDIM CFG++). The unconditional half is read from the last batch slice of the UNet's output — the layout of
+        the guidance (conditional passes first, the unconditional one last), as in the reference."""
+        captured: dict[str, torch.Tensor] = {}
+        unet = self.model.unet
+
+        def recording_unet(*args: Any, **kwargs: Any) -> Any:
+            out = unet(*args, **kwargs)
+            captured["out"] = out.sample
+            return out
+
+        guided = cfg_denoiser(
+            recording_unet,
+            cond,
+            uncond,
+            self.image_conditioning,
+            self.cfg_scale / CFGPP_SCALE_DIVISOR,
+            self.image_cfg_scale if self.is_edit_model else None,
+        )
+
+        def denoise(x_in: torch.Tensor, t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+            eps = guided(x_in, t, sigma)
+            return eps, captured["out"][-x_in.shape[0] :]
+
+        return denoise
 
     # -- infotext --------------------------------------------------------------------------------------------------
 
@@ -491,6 +538,16 @@ class StableDiffusionProcessingImg2Img:
         return create_infotext(
             self.prompt, self.negative_prompt, leading, extra, {"Version": f"renderfarm {__version__}"}
         )
+
+
+#: DDIM CFG++ maps the CFG scale's usual range [0, 12.5] onto its own [0, 1].
+CFGPP_SCALE_DIVISOR = 12.5
+
+
+def _is_sdxl(model: LoadedModel) -> bool:
+    """SDXL UNets take the added time/text embedding ("text_time"); Align Your Steps has a list for them."""
+    config = getattr(getattr(model, "unet", None), "config", None)
+    return getattr(config, "addition_embed_type", None) == "text_time"
 
 
 def _sampler_label(name: str) -> str:

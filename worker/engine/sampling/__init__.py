@@ -64,8 +64,15 @@ written here), :mod:`.loop` (:func:`run_sampler`).
 
 from __future__ import annotations
 
-from worker.engine.sampling.loop import DenoiseEps, StepInfo, StopSampling, run_sampler, v_prediction_to_eps
-from worker.engine.sampling.plan import SamplingPlan, plan_img2img, sampler_default_eta
+from worker.engine.sampling.loop import (
+    DenoiseEps,
+    DenoiseEpsCfgPP,
+    StepInfo,
+    StopSampling,
+    run_sampler,
+    v_prediction_to_eps,
+)
+from worker.engine.sampling.plan import SamplerOptions, SamplingPlan, plan_img2img, sampler_default_eta
 from worker.engine.sampling.schedules import (
     ModelSchedule,
     discard_penultimate_sigma,
@@ -79,7 +86,9 @@ from worker.engine.sampling.schedules import (
 
 __all__ = [
     "DenoiseEps",
+    "DenoiseEpsCfgPP",
     "ModelSchedule",
+    "SamplerOptions",
     "SamplingPlan",
     "StepInfo",
     "StopSampling",
