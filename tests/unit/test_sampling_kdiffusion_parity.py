@@ -58,7 +58,8 @@ def _load_k_diffusion_sampling() -> Any:
     sys.modules.setdefault("_kd_oracle.utils", utils)
     package.utils = utils  # type: ignore[attr-defined]
     module_spec = importlib.util.spec_from_file_location("_kd_oracle.sampling", root / "sampling.py")
-    assert module_spec is not None and module_spec.loader is not None
+    assert module_spec is not None
+    assert module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module
@@ -116,9 +117,7 @@ def _ours(sampler: str, schedule: str | None, strength: float, options: SamplerO
     return plan, out
 
 
-def _theirs(
-    kd: Any, plan: Any, call: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
+def _theirs(kd: Any, plan: Any, call: Callable[[Any, torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     init, noise = _inputs()
     kd.torch = _HijackedTorch(create_generators(list(SEEDS), source="CPU"))
     try:
@@ -231,4 +230,6 @@ def test_schedules_match_k_diffusion_formulas(kd: Any) -> None:
 
     assert torch.allclose(karras_sigmas(13, 0.03, 14.6, 5.0), kd.get_sigmas_karras(13, 0.03, 14.6, 5.0))
     assert torch.allclose(exponential_sigmas(13, 0.03, 14.6), kd.get_sigmas_exponential(13, 0.03, 14.6))
-    assert torch.allclose(polyexponential_sigmas(13, 0.03, 14.6, 2.0), kd.get_sigmas_polyexponential(13, 0.03, 14.6, 2.0))
+    assert torch.allclose(
+        polyexponential_sigmas(13, 0.03, 14.6, 2.0), kd.get_sigmas_polyexponential(13, 0.03, 14.6, 2.0)
+    )

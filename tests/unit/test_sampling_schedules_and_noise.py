@@ -5,6 +5,7 @@ DDIM CFG++), plus the sampler options (docs/engine.md "Samplers", "Schedules", "
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -74,9 +75,14 @@ def test_the_twelve_schedules_and_their_aliases() -> None:
     assert find_schedule("normal") is find_schedule("Normal")  # clients send ids and labels
     assert find_schedule("SGMUniform") is find_schedule("sgm_uniform")
     found = split_sampler_and_schedule("DPM++ 2M SDE Heun")
-    assert found is not None and found[0].name == "DPM++ 2M SDE Heun" and found[1] is None
+    assert found is not None
+    assert found[0].name == "DPM++ 2M SDE Heun"
+    assert found[1] is None
     found = split_sampler_and_schedule("Euler SGM Uniform")
-    assert found is not None and found[0].name == "Euler" and found[1] is not None and found[1].name == "sgm_uniform"
+    assert found is not None
+    assert found[0].name == "Euler"
+    assert found[1] is not None
+    assert found[1].name == "sgm_uniform"
 
 
 @pytest.mark.parametrize("n", [1, 7, 20])
@@ -103,7 +109,8 @@ def test_kl_optimal_is_tan_of_linear_arctan_and_ends_at_sigma_min_not_zero() -> 
     expected = np.tan(i * np.arctan(0.03) + (1 - i) * np.arctan(14.6))
     got = kl_optimal_sigmas(n, 0.03, 14.6)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
-    assert got.numel() == n + 1 and float(got[-1]) == pytest.approx(0.03, rel=1e-5)
+    assert got.numel() == n + 1
+    assert float(got[-1]) == pytest.approx(0.03, rel=1e-5)
 
 
 def test_align_your_steps_uses_the_published_lists() -> None:
@@ -174,7 +181,8 @@ def test_every_schedule_plans_and_counts_steps_like_the_admission_estimate(sched
 def test_always_discard_applies_to_timestep_samplers_too() -> None:
     plain = plan_img2img("DDIM", None, 10, 1.0, False, SD1)
     discard = plan_img2img("DDIM", None, 10, 1.0, False, SD1, always_discard_penultimate_sigma=True)
-    assert plain.timesteps is not None and discard.timesteps is not None
+    assert plain.timesteps is not None
+    assert discard.timesteps is not None
     assert discard.timesteps.numel() == 11  # built for one step more
     assert discard.extra_generation_params["Discard penultimate sigma"] is True
 
@@ -198,7 +206,8 @@ def test_brownian_noise_depends_on_the_image_seed_only() -> None:
     a = BrownianNoise(x, 0.03, 14.6, [5, 6])(3.0, 2.0)
     b = BrownianNoise(x, 0.03, 14.6, [5, 7])(3.0, 2.0)
     alone = BrownianNoise(x[:1], 0.03, 14.6, [5])(3.0, 2.0)
-    assert torch.equal(a[0], b[0]) and torch.equal(a[0], alone[0])
+    assert torch.equal(a[0], b[0])
+    assert torch.equal(a[0], alone[0])
     assert not torch.allclose(a[1], b[1])
 
 
@@ -217,7 +226,8 @@ def test_sde_samplers_take_their_noise_from_the_seeds_not_the_generators() -> No
     same = run([1, 2], [1, 2])
     assert torch.equal(same, run([1, 2], [8, 9]))  # the generators do not matter
     other = run([1, 3], [1, 2])
-    assert torch.equal(same[0], other[0]) and not torch.allclose(same[1], other[1])
+    assert torch.equal(same[0], other[0])
+    assert not torch.allclose(same[1], other[1])
 
 
 # --- LCM, Restart, PLMS, DDIM CFG++ ----------------------------------------------------------------------------------
@@ -244,7 +254,14 @@ def test_lcm_step_is_the_boundary_scaled_x0_renoised_to_the_next_sigma() -> None
         return (x_in * math.sqrt(1 + sigma * sigma) - target) / sigma
 
     seen: list[torch.Tensor] = []
-    run_sampler(plan, init, start, eps, generators=create_generators([1, 2], source="CPU"), callback=lambda i: seen.append(i.x0_preview))
+    run_sampler(
+        plan,
+        init,
+        start,
+        eps,
+        generators=create_generators([1, 2], source="CPU"),
+        callback=lambda i: seen.append(i.x0_preview),
+    )
     s0 = float(plan.sigma_sched[0])
     tau = 10 * float(plan.model.sigma_to_t(s0))
     x = start * s0
@@ -264,7 +281,7 @@ def test_restart_step_list_inserts_the_restart_segment() -> None:
     assert [a for a, _ in short] == pytest.approx(MODEL.get_sigmas(10)[:-1].tolist())
 
 
-def _constant_eps(value: torch.Tensor):  # type: ignore[no-untyped-def]
+def _constant_eps(value: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
     def eps(x_in: torch.Tensor, t: torch.Tensor, sigma: float) -> torch.Tensor:
         return value
 
@@ -285,7 +302,9 @@ def test_plms_equals_ddim_when_eps_is_constant_and_differs_otherwise() -> None:
     def varying(x_in: torch.Tensor, t: torch.Tensor, sigma: float) -> torch.Tensor:
         return torch.tanh(x_in) * (1 + float(t[0]) / 1000)
 
-    assert not torch.allclose(run_sampler(plms, init, noise, varying), run_sampler(ddim, init, noise, varying), atol=1e-3)
+    assert not torch.allclose(
+        run_sampler(plms, init, noise, varying), run_sampler(ddim, init, noise, varying), atol=1e-3
+    )
 
 
 def test_ddim_cfgpp_is_ddim_with_the_unconditional_direction() -> None:
@@ -315,7 +334,8 @@ def test_ddim_cfgpp_is_ddim_with_the_unconditional_direction() -> None:
 def test_uni_pc_skip_types(skip_type: str) -> None:
     plan = plan_img2img("UniPC", None, 10, 1.0, False, SD1, options=SamplerOptions(uni_pc_skip_type=skip_type))
     u = plan.call_timesteps.double().numpy()
-    assert plan.timesteps is not None and plan.t_enc == 9
+    assert plan.timesteps is not None
+    assert plan.t_enc == 9
     start = float(plan.timesteps[8])  # UniPC starts at timesteps[t_enc − 1] and runs t_enc steps
     if skip_type == "time_uniform":
         np.testing.assert_allclose(u, np.linspace(start, 0, 10)[:-1], atol=1e-3)
@@ -336,9 +356,12 @@ def test_job_churn_is_used_silently_and_an_option_overrides_it_with_an_infotext_
     assert (resolved.s_churn, resolved.s_noise, resolved.s_tmax) == (0.5, 1.1, math.inf)
     assert info == {}  # the reference writes only options that differ from the defaults
     resolved, info = resolve_sampler_options("Euler", job, Options(s_churn=0.3))
-    assert resolved.s_churn == 0.3 and info == {"Sigma churn": 0.3}
+    assert resolved.s_churn == 0.3
+    assert info == {"Sigma churn": 0.3}
     resolved, info = resolve_sampler_options("DPM++ 2S a", job, Options(s_churn=0.3))
-    assert resolved.s_churn == 0.0 and resolved.s_noise == 1.1 and info == {}  # takes s_noise only
+    assert resolved.s_churn == 0.0
+    assert resolved.s_noise == 1.1
+    assert info == {}  # takes s_noise only
     resolved, _ = resolve_sampler_options("Euler a", job, Options(s_noise=0.5))
     assert resolved.s_noise == 1.0  # the reference gives Euler a no s_noise
 

@@ -304,18 +304,19 @@ def _run_own_timestep(
     timestep (docs/engine.md "Samplers")."""
     plan, callback = run.plan, run.callback
     assert plan.timesteps is not None
+    timesteps = plan.timesteps
     acp_table = plan.model.alphas_cumprod
     n = plan.call_timesteps.numel()
     t_enc = n + 1
     old_eps: list[torch.Tensor] = []
 
     def acp_at(index: int) -> float:
-        return float(acp_table[int(plan.timesteps[index])]) if index >= 0 else float(acp_table[0])
+        return float(acp_table[int(timesteps[index])]) if index >= 0 else float(acp_table[0])
 
     def model(x_: torch.Tensor, index: int) -> torch.Tensor:
         acp = acp_at(index)
         x_in = blend_xt_before(x_) if blend_xt_before is not None else x_  # §3.3 mask_before_denoising
-        t = float(plan.timesteps[index])
+        t = float(timesteps[index])
         return run.denoise_eps(x_in, _batch_t(t, x_), math.sqrt((1.0 - acp) / acp))
 
     def ddim_move(x_: torch.Tensor, eps: torch.Tensor, a_t: float, a_prev: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,7 +329,7 @@ def _run_own_timestep(
         if plan.implementation == "own:ddim_cfgpp":
             assert run.denoise_eps_cfgpp is not None
             x_in = blend_xt_before(x) if blend_xt_before is not None else x
-            t = float(plan.timesteps[index])
+            t = float(timesteps[index])
             eps, eps_uncond = run.denoise_eps_cfgpp(x_in, _batch_t(t, x), math.sqrt((1.0 - a_t) / a_t))
             # CFG++: the x0 of the guided ε, the direction back to x_t from the unconditional ε; η as DDIM's.
             sigma_t = run.eta * math.sqrt((1.0 - a_prev) / (1.0 - a_t) * (1.0 - a_t / a_prev))

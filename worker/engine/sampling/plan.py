@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-
 import numpy as np
 import torch
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
@@ -78,7 +77,16 @@ class SamplerOptions:
 #: Samplers the reference gives churn (s_churn, s_tmin, s_tmax) and which take s_noise.
 CHURN_SAMPLERS = frozenset({"Euler", "Heun", "DPM2"})
 S_NOISE_SAMPLERS = frozenset(
-    {*CHURN_SAMPLERS, "DPM fast", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"}
+    {
+        *CHURN_SAMPLERS,
+        "DPM fast",
+        "DPM2 a",
+        "DPM++ 2S a",
+        "DPM++ SDE",
+        "DPM++ 2M SDE",
+        "DPM++ 2M SDE Heun",
+        "DPM++ 3M SDE",
+    }
 )
 
 
@@ -475,7 +483,7 @@ def _unipc_points(model: ModelSchedule, u_start: float, n: int, skip_type: str) 
         half_log_acp = 0.5 * model.alphas_cumprod.to(torch.float64).log()  # log α at u = 0..N−1
 
         def lam(u: float) -> float:
-            low = min(int(math.floor(u)), n_train - 2)
+            low = min(math.floor(u), n_train - 2)
             w = u - low
             log_alpha = (1 - w) * float(half_log_acp[low]) + w * float(half_log_acp[low + 1])
             return log_alpha - 0.5 * math.log(1 - math.exp(2 * log_alpha))

@@ -193,10 +193,8 @@ def _dpmpp_2m_sde(step: Step, heun: bool) -> torch.Tensor:
     x = (s_next / s) * math.exp(-eta_h) * x + gain * d0
     if old_x0 is not None and h_last is not None:
         ratio = h / h_last  # 1/r
-        if heun:
-            x = x + (1.0 - gain / (h + eta_h)) * ratio * (d0 - old_x0)
-        else:
-            x = x + 0.5 * gain * ratio * (d0 - old_x0)
+        weight = (1.0 - gain / (h + eta_h)) if heun else 0.5 * gain
+        x = x + weight * ratio * (d0 - old_x0)
     state["h_last"] = h
     if eta > 0:
         x = x + step.noise(s, s_next) * (s_next * math.sqrt(-math.expm1(-2.0 * eta_h)) * step.s_noise)

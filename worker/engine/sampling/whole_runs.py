@@ -8,6 +8,7 @@ Each gets ``denoise(x, σ) -> x0`` (blended), ``noise()`` (unit noise from the p
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -221,7 +222,7 @@ def restart_step_list(sigmas: torch.Tensor) -> list[tuple[float, float]]:
             if high < low:
                 segment = karras_sigmas(n_restart, float(sigmas[low]), float(sigmas[high]))[:-1].tolist()
                 for _ in range(times):
-                    pairs.extend(zip(segment[:-1], segment[1:], strict=True))
+                    pairs.extend(itertools.pairwise(segment))
     return pairs
 
 
