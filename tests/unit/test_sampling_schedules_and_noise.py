@@ -389,3 +389,15 @@ def test_every_sampler_has_an_implementation_and_its_reference_automatic_schedul
     assert automatic["DPM fast"] == automatic["DPM adaptive"] == automatic["LCM"] == "uniform"
     for sampler in SAMPLERS:
         plan_img2img(sampler, None, 10, 0.5, False, SD1)
+
+
+def test_the_options_listing_and_the_engine_share_the_sampler_defaults() -> None:
+    from dataclasses import asdict
+
+    from scheduler.a1111.tenant_options import OPTION_DEFAULTS
+
+    engine_defaults = asdict(Options())
+    for key in ("s_churn", "s_tmin", "s_tmax", "s_noise", "sigma_min", "sigma_max", "rho", "uni_pc_order"):
+        assert OPTION_DEFAULTS[key] == engine_defaults[key], key
+    for key in ("uni_pc_variant", "uni_pc_skip_type", "beta_dist_alpha", "sgm_noise_multiplier", "eta_ddim"):
+        assert OPTION_DEFAULTS[key] == engine_defaults[key], key
