@@ -12,7 +12,11 @@ import json
 
 from shared.job.spec import Img2ImgJob
 
-__all__ = ["canonical_json", "request_hash"]
+__all__ = ["FIELDS_HASHED_ONLY_WHEN_SET", "canonical_json", "request_hash"]
+
+#: Fields added to the spec after rows were stored: left out of the hash while at their default (None), so a request
+#: that does not use them keeps the hash it always had.
+FIELDS_HASHED_ONLY_WHEN_SET: tuple[str, ...] = ("s_churn", "s_tmin", "s_tmax", "s_noise")
 
 
 def canonical_json(job: Img2ImgJob) -> bytes:
@@ -21,10 +25,14 @@ def canonical_json(job: Img2ImgJob) -> bytes:
     It is the stored request (`job.to_request_json()`, which leaves the task id out: the id is the key the hash is
     compared under). Spellings that mean the same render are made one: `mask_blur` is left out (its effect is
     already in mask_blur_x/_y), and the sampler and schedule are written as the resolved label and schedule id
-    ("DPM++ 2M Karras" = "DPM++ 2M" + scheduler "karras").
+    ("DPM++ 2M Karras" = "DPM++ 2M" + scheduler "karras"). Fields added later are left out while unset
+    (`FIELDS_HASHED_ONLY_WHEN_SET`).
     """
     data = job.to_request_json()
     del data["mask_blur"]
+    for name in FIELDS_HASHED_ONLY_WHEN_SET:
+        if data.get(name) is None:
+            data.pop(name, None)
     data["sampler_name"] = job.sampler.name
     data["scheduler"] = job.schedule.name
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
