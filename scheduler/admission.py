@@ -46,7 +46,15 @@ def expected_total_steps(job: Img2ImgJob) -> int:
     """Sampling steps the whole job takes (all of its `n_iter` batches), for progress and ETA: exactly what the
     worker reports (`shared.job.steps.sampling_steps`)."""
     fix_steps = bool(job.override_settings.get("img2img_fix_steps", False))
-    return sampling_steps(job.sampler.name, job.steps, job.denoising_strength, fix_steps=fix_steps, n_iter=job.n_iter)
+    return sampling_steps(
+        job.sampler.name,
+        job.steps,
+        job.denoising_strength,
+        fix_steps=fix_steps,
+        n_iter=job.n_iter,
+        schedule=job.schedule.name,
+        always_discard_penultimate_sigma=bool(job.override_settings.get("always_discard_next_to_last_sigma", False)),
+    )
 
 
 def farm_key_of_url(url: str, storage: Storage, settings: Settings) -> str | None:

@@ -26,6 +26,7 @@ from PIL import Image
 from shared.config import ENV_PREFIX
 from shared.errors import ConfigError
 from shared.job.steps import sampling_steps
+from shared.sampler_names import find_schedule
 from worker.engine.noise import resolve_seeds
 from worker.engine.processing import Processed, Progress, StableDiffusionProcessingImg2Img
 
@@ -58,7 +59,15 @@ class StandinEngine:
         count = p.batch_size * p.n_iter
         seeds, subseeds = resolve_seeds(p.seed, p.subseed, p.subseed_strength, count)
         # The steps the real engine would sample per batch (none at strength 0).
-        total = sampling_steps(p.sampler_name, p.steps, p.denoising_strength, fix_steps=p.options.img2img_fix_steps)
+        schedule = find_schedule(p.scheduler) if p.scheduler else None
+        total = sampling_steps(
+            p.sampler_name,
+            p.steps,
+            p.denoising_strength,
+            fix_steps=p.options.img2img_fix_steps,
+            schedule=schedule.name if schedule is not None else None,
+            always_discard_penultimate_sigma=p.options.always_discard_next_to_last_sigma,
+        )
         images: list[Image.Image] = []
         for n in range(p.n_iter):
             if p.interrupted:

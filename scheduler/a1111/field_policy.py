@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from scheduler.a1111.schema import UNUSED_FIELDS, Img2ImgRequest
+from scheduler.a1111.schema import Img2ImgRequest
 from scheduler.a1111.translate import INFOTEXT_KEYS_DESCRIPTIVE, INFOTEXT_KEYS_READ
 from shared.errors import FieldProblem, InputError
 from shared.infotext import parse_infotext
@@ -142,15 +142,6 @@ _HONOURED_FIELDS = {
     "s_min_uncond": 'honoured: negative guidance minimum sigma (docs/engine.md, "Prompt encoding")',
 }
 
-_SAMPLER_KNOB_DEFAULTS: dict[str, tuple[Any, ...]] = {
-    # The webui options behind these fields, at their defaults (a field at None takes the option). s_tmax 0 means
-    # infinity there.
-    "s_churn": (0.0,),
-    "s_tmin": (0.0,),
-    "s_tmax": (0.0, math.inf),
-    "s_noise": (1.0,),
-}
-
 
 def _field_rules() -> dict[str, FieldRule]:
     rules: dict[str, FieldRule] = {name: _honoured(reason) for name, reason in _HONOURED_FIELDS.items()}
@@ -192,14 +183,6 @@ def _field_rules() -> dict[str, FieldRule]:
             "alwayson_scripts": _refused("the farm runs no webui scripts", code="unknown_script"),
         }
     )
-    # Sampler and guidance knobs whose honouring is other work of issue 13: until then, a value other than the
-    # webui's default is named in a warning.
-    for name in UNUSED_FIELDS:
-        rules[name] = _warned(
-            "not_applied",
-            "is not applied yet; the render uses the webui's default",
-            applies=_differs_from(*_SAMPLER_KNOB_DEFAULTS.get(name, ())),
-        )
     return rules
 
 

@@ -82,7 +82,6 @@ router = APIRouter(tags=["a1111"])
 
 WAIT_SLICE_S = 1.0  # the longest one wait for a change lasts before the row (and the client's connection) is checked
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
-KARRAS_RHO = 7.0  # the webui's default_rho of the Karras schedule; -1 means "not applicable" for the others
 IdTask = Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)]  # `?id_task=`: names one task of the caller
 
 
@@ -459,11 +458,7 @@ async def skip(request: Request, services: ServicesDep, tenant: TenantDep, id_ta
 @router.get("/sdapi/v1/samplers", summary="Samplers the farm runs", response_model=list[SamplerItem])
 def samplers(tenant: TenantDep) -> list[dict[str, Any]]:
     return [
-        {
-            "name": sampler.name,
-            "aliases": list(sampler.aliases),
-            "options": {"scheduler": sampler.default_schedule} if sampler.default_schedule != "uniform" else {},
-        }
+        {"name": sampler.name, "aliases": list(sampler.aliases), "options": sampler.options_dict}
         for sampler in SAMPLERS
     ]
 
@@ -474,10 +469,9 @@ def schedulers(tenant: TenantDep) -> list[dict[str, Any]]:
         {
             "name": schedule.name,
             "label": schedule.label,
-            "aliases": None,
-            "default_rho": KARRAS_RHO if schedule.name == "karras" else -1.0,
-            # The uniform schedule is the model's own discretisation (needs the model); the others are formulas.
-            "need_inner_model": schedule.name == "uniform",
+            "aliases": list(schedule.aliases) or None,  # the reference lists None where a schedule has none
+            "default_rho": schedule.default_rho,
+            "need_inner_model": schedule.need_inner_model,
         }
         for schedule in SCHEDULES
     ]

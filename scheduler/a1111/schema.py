@@ -15,15 +15,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Fields of the reference's request that the farm accepts and does not apply yet (the sampler and guidance knobs).
-# `scheduler.a1111.field_policy` names a value other than the webui's default in the job's warnings.
-UNUSED_FIELDS: tuple[str, ...] = (
-    "s_churn",
-    "s_tmax",
-    "s_tmin",
-    "s_noise",
-)
-
 
 class Img2ImgRequest(BaseModel):
     """The body of `POST /sdapi/v1/img2img`, field for field as the reference API defines it."""

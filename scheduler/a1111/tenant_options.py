@@ -60,6 +60,23 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "show_progress_every_n_steps": 10,
     "show_progress_type": "Approx NN",
     "show_progress_grid": True,
+    # sampler options (docs/engine.md "Sampler options"), the webui's defaults
+    "eta_ddim": 0.0,
+    "s_churn": 0.0,
+    "s_tmin": 0.0,
+    "s_tmax": 0.0,
+    "s_noise": 1.0,
+    "sigma_min": 0.0,
+    "sigma_max": 0.0,
+    "rho": 0.0,
+    "always_discard_next_to_last_sigma": False,
+    "sgm_noise_multiplier": False,
+    "uni_pc_variant": "bh1",
+    "uni_pc_skip_type": "time_uniform",
+    "uni_pc_order": 3,
+    "uni_pc_lower_order_final": True,
+    "beta_dist_alpha": 0.6,
+    "beta_dist_beta": 0.6,
 }
 
 _OVERRIDES = TypeAdapter(OverrideSettings)

@@ -240,6 +240,10 @@ def job_body(
         "s_min_uncond": sent["s_min_uncond"],
         # The reference: the field, or when it is null the webui option `tiling` (default off).
         "tiling": bool(sent["tiling"] if sent["tiling"] is not None else overrides.get("tiling") is True),
+        "s_churn": sent["s_churn"],
+        "s_tmin": sent["s_tmin"],
+        "s_tmax": sent["s_tmax"],
+        "s_noise": sent["s_noise"],
         "override_settings": farm_overrides,
     }
     if sent["mask_blur"] is not None:

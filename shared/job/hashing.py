@@ -16,7 +16,14 @@ __all__ = ["FIELDS_ADDED_LATER", "canonical_json", "request_hash"]
 
 # Fields added to the job since hashes were first stored, with their defaults. At its default such a field is left
 # out of the canonical JSON, so that a request that does not use it keeps the hash it had before the field existed.
-FIELDS_ADDED_LATER: dict[str, object] = {"tiling": False, "s_min_uncond": None}
+FIELDS_ADDED_LATER: dict[str, object] = {
+    "tiling": False,
+    "s_min_uncond": None,
+    "s_churn": None,
+    "s_tmin": None,
+    "s_tmax": None,
+    "s_noise": None,
+}
 
 
 def canonical_json(job: Img2ImgJob) -> bytes:

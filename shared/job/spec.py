@@ -103,6 +103,12 @@ MAX_CLIP_SKIP = 12
 MAX_S_MIN_UNCOND = 15.0  # the "Negative Guidance minimum sigma" slider
 MAX_COMMA_PADDING_BACKTRACK = 74  # the option's slider: tokens of a 75-token chunk
 
+MAX_S_CHURN = 100.0  # the webui's slider range
+MAX_S_NOISE = 10.0
+MAX_SCHEDULE_SIGMA = 1000.0  # far above any model's σ_max (SD: 14.6)
+MAX_RHO = 100.0
+MAX_UNI_PC_ORDER = 50  # the webui's slider range
+MAX_BETA_SHAPE = 100.0
 ETA_DEFAULT = 1.0  # what `eta = None` means for ancestral samplers (the webui option eta_ancestral)
 
 _HEX_COLOR_RE = re.compile(r"#[0-9a-fA-F]{6}")
@@ -264,6 +270,24 @@ class OverrideSettings(TypedDict, total=False):
     show_progress_every_n_steps: Annotated[Int, annotated_types.Ge(-1), annotated_types.Le(MAX_STEPS)]
     show_progress_type: Literal["Full", "Approx NN", "Approx cheap", "TAESD"]
     show_progress_grid: bool
+    # Sampler options (docs/engine.md "Sampler options"): churn/noise, schedule overrides (0 = off), UniPC's.
+    eta_ddim: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
+    s_churn: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_S_CHURN)]
+    s_tmin: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_SCHEDULE_SIGMA)]
+    s_tmax: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_SCHEDULE_SIGMA)]
+    s_noise: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_S_NOISE)]
+    sigma_min: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_SCHEDULE_SIGMA)]
+    sigma_max: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_SCHEDULE_SIGMA)]
+    rho: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_RHO)]
+    always_discard_next_to_last_sigma: bool
+    sgm_noise_multiplier: bool
+    # "vary_coeff" is the reference's third variant; diffusers' UniPC has no such solver, so it is refused.
+    uni_pc_variant: Literal["bh1", "bh2"]
+    uni_pc_skip_type: Literal["time_uniform", "time_quadratic", "logSNR"]
+    uni_pc_order: Annotated[Int, annotated_types.Ge(1), annotated_types.Le(MAX_UNI_PC_ORDER)]
+    uni_pc_lower_order_final: bool
+    beta_dist_alpha: Annotated[Float, annotated_types.Gt(0.0), annotated_types.Le(MAX_BETA_SHAPE)]
+    beta_dist_beta: Annotated[Float, annotated_types.Gt(0.0), annotated_types.Le(MAX_BETA_SHAPE)]
 
 
 SUPPORTED_OVERRIDE_KEYS: tuple[str, ...] = tuple(OverrideSettings.__annotations__)
@@ -324,6 +348,11 @@ class Img2ImgJob(BaseModel):
     eta: Float | None = Field(None, ge=0.0, le=1.0)  # ancestral noise amount; None: eta_ancestral option (1.0)
     s_min_uncond: Float | None = Field(None, ge=0.0, le=MAX_S_MIN_UNCOND)  # negative guidance minimum sigma; None: 0
     tiling: bool = False  # circular padding of the UNet and VAE: a seamless texture (worker/engine/tiling.py)
+    # Churn and noise of the samplers that take them (docs/engine.md "Sampler options"); None: the option's value.
+    s_churn: Float | None = Field(None, ge=0.0, le=MAX_S_CHURN)
+    s_tmin: Float | None = Field(None, ge=0.0, le=MAX_SCHEDULE_SIGMA)
+    s_tmax: Float | None = Field(None, ge=0.0, le=MAX_SCHEDULE_SIGMA)  # 0: no upper bound
+    s_noise: Float | None = Field(None, ge=0.0, le=MAX_S_NOISE)
     model: str | None = Field(None, min_length=1, max_length=MAX_MODEL_NAME_LENGTH)  # None: the farm's default
     override_settings: OverrideSettings = Field(default_factory=lambda: OverrideSettings())
 

@@ -18,6 +18,15 @@ def test_start_up_probes(farm: LiveFarm) -> None:
         assert {"Euler", "Euler a", "DPM++ 2M", "DDIM"} <= set(by_name)
         assert by_name["Euler a"]["aliases"] == ["k_euler_a", "k_euler_ancestral"]
         assert by_name["DPM++ 2M"]["options"] == {"scheduler": "karras"}
+        assert len(samplers) == 20  # every sampler of the reference, in its order
+        assert [item["name"] for item in samplers][:3] == ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE"]
+        assert by_name["DPM++ 3M SDE"]["options"] == {
+            "scheduler": "exponential",
+            "discard_next_to_last_sigma": True,
+            "brownian_noise": True,
+        }
+        assert by_name["DPM++ 2M SDE Heun"]["aliases"] == ["k_dpmpp_2m_sde_heun"]
+        assert by_name["LCM"] == {"name": "LCM", "aliases": ["lcm"], "options": {}}
         schedulers = {item["name"]: item for item in client.get("/sdapi/v1/schedulers").json()}
         assert schedulers["karras"] == {
             "name": "karras",
@@ -26,6 +35,10 @@ def test_start_up_probes(farm: LiveFarm) -> None:
             "default_rho": 7.0,
             "need_inner_model": False,
         }
+        assert len(schedulers) == 12
+        assert schedulers["sgm_uniform"]["aliases"] == ["SGMUniform"]
+        assert schedulers["polyexponential"]["default_rho"] == 1.0
+        assert schedulers["normal"]["need_inner_model"] is True
         models = client.get("/sdapi/v1/sd-models").json()
         assert models[0] == {
             "title": "tiny",

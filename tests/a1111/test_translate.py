@@ -49,14 +49,21 @@ def test_translation_leaves_out_what_the_job_does_not_use() -> None:
     job = body(
         restore_faces=True,
         tiling=False,
-        s_churn=0.5,
         override_settings={"CLIP_stop_at_last_layers": 2, "face_restoration_model": "CodeFormer"},
         override_settings_restore_afterwards=False,
     )
     assert job["override_settings"] == {"CLIP_stop_at_last_layers": 2}
-    assert not {"restore_faces", "s_churn"} & set(job)
+    assert "restore_faces" not in job
     assert job["tiling"] is False  # a job field since tiling is rendered
     parse_job(job, SpecLimits())  # the strict job spec accepts what the translation makes
+
+
+def test_sampler_noise_fields_are_honoured() -> None:
+    job = body(s_churn=0.5, s_tmin=0.2, s_tmax=9.0, s_noise=1.02)
+    assert (job["s_churn"], job["s_tmin"], job["s_tmax"], job["s_noise"]) == (0.5, 0.2, 9.0, 1.02)
+    parsed = parse_job(job, SpecLimits())
+    assert (parsed.s_churn, parsed.s_noise) == (0.5, 1.02)
+    assert body()["s_churn"] is None  # not sent: the option's value
 
 
 def test_checkpoint_becomes_the_model() -> None:

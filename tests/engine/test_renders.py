@@ -190,7 +190,10 @@ def test_every_sampler_renders_finite_pixels(render: Render, tiny_model: LoadedM
     with unet_calls(tiny_model) as calls:
         p, processed = render(sampler_name=sampler, steps=4, denoising_strength=0.8, mask=make_mask())
     assert p.plan is not None
-    assert len(calls) == p.plan.model_calls
+    if p.plan.implementation == "run:dpm_adaptive":
+        assert len(calls) % 3 == 0  # three calls per attempt; how many attempts depends on the model
+    else:
+        assert len(calls) == p.plan.model_calls
     image = processed.images[0]
     assert image.size == (SIZE, SIZE)
     assert params(processed)["Sampler"] == sampler

@@ -71,3 +71,10 @@ def test_the_hash_is_over_the_stored_request() -> None:
     assert "force_task_id" not in stored
     assert request_hash(Img2ImgJob.from_request_json(stored)) == request_hash(job)
     assert b"force_task_id" not in canonical_json(job)
+
+
+def test_sampler_noise_fields_change_the_hash_only_when_set() -> None:
+    plain = request_hash(parse_job(FIXED_REQUEST, SpecLimits()))
+    churned = request_hash(parse_job({**FIXED_REQUEST, "s_churn": 0.5}, SpecLimits()))
+    assert churned != plain
+    assert request_hash(parse_job({**FIXED_REQUEST, "s_churn": None}, SpecLimits())) == plain

@@ -74,6 +74,10 @@ REFERENCE_API_DEFAULTS: dict[str, Any] = {
     "eta": None,
     "s_min_uncond": None,
     "tiling": False,
+    "s_churn": None,
+    "s_tmin": None,
+    "s_tmax": None,
+    "s_noise": None,
     "model": None,
     "override_settings": {},
     "priority": 0,
@@ -144,10 +148,12 @@ BAD_FIELDS: list[tuple[dict[str, Any], str, str]] = [
     ({"seed_resize_from_h": -2}, "seed_resize_from_h", "out_of_range"),
     ({"seed_resize_from_w": 8193}, "seed_resize_from_w", "out_of_range"),
     ({"sampler_name": "Euler b"}, "sampler_name", "unknown_sampler"),
-    ({"sampler_name": "DPM++ 2M Polyexponential"}, "sampler_name", "unknown_sampler"),
+    ({"sampler_name": "DPM++ 2M Cosine"}, "sampler_name", "unknown_sampler"),
+    ({"s_churn": -1}, "s_churn", "out_of_range"),
+    ({"s_noise": 11}, "s_noise", "out_of_range"),
     ({"sampler_name": ""}, "sampler_name", "unknown_sampler"),
     ({"sampler_name": None}, "sampler_name", "invalid_type"),
-    ({"scheduler": "Polyexponential"}, "scheduler", "unknown_schedule"),
+    ({"scheduler": "Karras Exponential"}, "scheduler", "unknown_schedule"),
     ({"batch_size": 0}, "batch_size", "out_of_range"),
     ({"batch_size": 17}, "batch_size", "out_of_range"),
     ({"n_iter": 0}, "n_iter", "out_of_range"),
@@ -324,7 +330,7 @@ def test_message_says_what_is_allowed(patch: dict[str, Any], words: list[str]) -
 
 def test_unknown_sampler_lists_the_known_names() -> None:
     with pytest.raises(InputError) as caught:
-        job_of(sampler_name="DPM++ 3M SDE")
+        job_of(sampler_name="DPM++ 4M SDE")
     assert caught.value.field == "sampler_name"
     assert caught.value.code == "unknown_sampler"
     for label in SAMPLER_LABELS:
@@ -421,11 +427,34 @@ def test_every_supported_override_is_accepted_with_its_type() -> None:
         "show_progress_every_n_steps": -1,
         "show_progress_type": "TAESD",
         "show_progress_grid": False,
+        "eta_ddim": 0.3,
+        "s_churn": 0.5,
+        "s_tmin": 0.1,
+        "s_tmax": 9.0,
+        "s_noise": 1.01,
+        "sigma_min": 0.05,
+        "sigma_max": 10.0,
+        "rho": 5.0,
+        "always_discard_next_to_last_sigma": True,
+        "sgm_noise_multiplier": True,
+        "uni_pc_variant": "bh2",
+        "uni_pc_skip_type": "logSNR",
+        "uni_pc_order": 2,
+        "uni_pc_lower_order_final": False,
+        "beta_dist_alpha": 0.5,
+        "beta_dist_beta": 0.7,
     }
     assert set(overrides) == set(SUPPORTED_OVERRIDE_KEYS)
     job = job_of(override_settings=overrides)
     assert job.override_settings == overrides
     assert job.resolved_model == "v1-5-pruned-emaonly.safetensors"
+
+
+def test_uni_pc_vary_coeff_is_refused_naming_the_option() -> None:
+    # The reference's third UniPC variant has no diffusers solver: refused rather than rendered as another variant.
+    with pytest.raises(InputError) as caught:
+        job_of(override_settings={"uni_pc_variant": "vary_coeff"})
+    assert caught.value.field == "override_settings.uni_pc_variant"
 
 
 def test_model_and_an_equal_checkpoint_override_agree() -> None:

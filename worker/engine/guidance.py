@@ -66,6 +66,8 @@ class CFGDenoiser:
         step: evaluations made so far.
         last_prompt_x0: the x0 prediction `(B, c, h, w)` of each image's first sub-prompt alone at the last
             evaluation — no CFG, no mask blend: the reference's "Prompt" live-preview content.
+        last_uncond_eps: the unconditional ε of the last evaluation (the first sub-prompt's when s_min_uncond
+            skipped the pass; the image-and-text-free pass of an edit model): what DDIM CFG++ steps with.
         padded_cond_uncond, padded_cond_uncond_v0, skipped_uncond: whether any evaluation padded or skipped (the
             infotext's "Pad conds", "Pad conds v0" and "NGMS").
     """
@@ -84,6 +86,7 @@ class CFGDenoiser:
     empty_cond: torch.Tensor | None = None
     step: int = field(default=0, init=False)
     last_prompt_x0: torch.Tensor | None = field(default=None, init=False)
+    last_uncond_eps: torch.Tensor | None = field(default=None, init=False)
     padded_cond_uncond: bool = field(default=False, init=False)
     padded_cond_uncond_v0: bool = field(default=False, init=False)
     skipped_uncond: bool = field(default=False, init=False)
@@ -128,12 +131,14 @@ class CFGDenoiser:
             image_only, neither = outputs[1], outputs[2]
             assert self.image_cfg_scale is not None
             eps = neither + self.cfg_scale * (eps_cond - image_only) + self.image_cfg_scale * (image_only - neither)
+            self.last_uncond_eps = neither
         else:
             if skip_uncond:
                 self.skipped_uncond = True
                 eps_uncond, scale = eps_cond[first], 1.0
             else:
                 eps_uncond, scale = outputs[1], self.cfg_scale
+            self.last_uncond_eps = eps_uncond
             eps = eps_uncond.clone()
             for i, sub_prompts in enumerate(conds_list):
                 for row, weight in sub_prompts:

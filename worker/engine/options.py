@@ -15,6 +15,9 @@ from typing import Any, Literal
 from shared.job.steps import DEFAULT_ETA_ANCESTRAL, DEFAULT_ETA_DDIM
 from worker.engine.conditioning.emphasis import EmphasisMode
 
+#: The webui's defaults of the Beta schedule's shape (beta_dist_alpha, beta_dist_beta).
+DEFAULT_BETA_DIST = 0.6
+
 PreviewMethod = Literal["Full", "Approx NN", "Approx cheap", "TAESD"]  # show_progress_type
 
 # The override keys that do not map onto an option here, none of them silently (docs/api.md "What the farm honours,
@@ -54,6 +57,23 @@ class Options:
     show_progress_every_n_steps: int = 10  # 0: every step; -1: once at the end of each batch
     show_progress_type: PreviewMethod = "Approx NN"
     show_progress_grid: bool = True
+    # Sampler options (docs/engine.md "Sampler options"). The s_* options override the job's fields when they
+    # differ from the defaults below (and are then written to the infotext), as the reference does.
+    s_churn: float = 0.0
+    s_tmin: float = 0.0
+    s_tmax: float = 0.0  # 0: no upper bound
+    s_noise: float = 1.0
+    sigma_min: float = 0.0  # schedule overrides; 0: the model's σ range
+    sigma_max: float = 0.0
+    rho: float = 0.0  # 0: the schedule's own ρ
+    always_discard_next_to_last_sigma: bool = False
+    sgm_noise_multiplier: bool = False
+    uni_pc_variant: Literal["bh1", "bh2"] = "bh1"
+    uni_pc_skip_type: Literal["time_uniform", "time_quadratic", "logSNR"] = "time_uniform"
+    uni_pc_order: int = 3
+    uni_pc_lower_order_final: bool = True
+    beta_dist_alpha: float = DEFAULT_BETA_DIST
+    beta_dist_beta: float = DEFAULT_BETA_DIST
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> Options:
         """A copy with the job's `override_settings` applied (keys the spec already validated)."""

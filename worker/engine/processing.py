@@ -56,6 +56,7 @@ from worker.engine.options import DEFAULT_OPTIONS, Options
 from worker.engine.pixel_stage import PixelStage, PixelWarning, prepare_pixels
 from worker.engine.results import Processed, decode_latent, mask_composite
 from worker.engine.sampling import (
+    DenoiseEpsCfgPP,
     SamplingPlan,
     StepInfo,
     StopSampling,
@@ -63,6 +64,7 @@ from worker.engine.sampling import (
     run_sampler,
     sampler_default_eta,
 )
+from worker.engine.sampling.settings import JobSamplerFields, resolve_sampler_options
 from worker.engine.tiling import circular_padding
 
 LATENT_CHANNELS = 4
@@ -107,6 +109,10 @@ _FIELDS_FROM_JOB = (
     "width",
     "height",
     "eta",
+    "s_churn",
+    "s_tmin",
+    "s_tmax",
+    "s_noise",
     "resize_mode",
     "denoising_strength",
     "image_cfg_scale",
@@ -153,6 +159,10 @@ class StableDiffusionProcessingImg2Img:
     eta: float | None = None
     s_min_uncond: float | None = None  # negative guidance minimum sigma; None = 0 (off)
     tiling: bool = False  # circular padding of every convolution of the UNet and VAE (worker/engine/tiling.py)
+    s_churn: float | None = None  # None: the option of the same name (docs/engine.md "Sampler options")
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
     override_settings: dict[str, Any] = field(default_factory=dict)
     extra_generation_params: dict[str, Any] = field(default_factory=dict)
     comments: list[str] = field(default_factory=list)
@@ -410,6 +420,8 @@ class StableDiffusionProcessingImg2Img:
                 raise StopSampling
 
         denoiser = self._denoiser(conditioning, unconditional_conditioning, plan)
+        if plan.sampler.name == "DDIM CFG++":
+            sampler_kwargs["denoise_eps_cfgpp"] = _with_uncond_eps(denoiser)
         samples = run_sampler(
             plan,
             init_latent,
@@ -418,6 +430,7 @@ class StableDiffusionProcessingImg2Img:
             blend_x0=blend if keep is not None else None,
             blend_xt_before=blend if keep is not None else None,
             generators=noise.generators,
+            seeds=list(seeds),
             callback=on_step,
             extra_noise=self.options.img2img_extra_noise,
             noise_multiplier=multiplier,
@@ -452,11 +465,16 @@ class StableDiffusionProcessingImg2Img:
         if default is None or eta is None:
             return {}
         if eta != default:
-            self.extra_generation_params["Eta"] = eta
+            # The reference's timestep samplers write theirs as "Eta DDIM".
+            self.extra_generation_params["Eta DDIM" if eta_kind(self.sampler_name) == "ddim" else "Eta"] = eta
         return {"eta": eta}
 
     def _plan(self) -> SamplingPlan:
         if self.plan is None:
+            fields = JobSamplerFields(self.s_churn, self.s_tmin, self.s_tmax, self.s_noise)
+            sampler_options, sigma_entries = resolve_sampler_options(
+                _sampler_label(self.sampler_name), fields, self.options, sdxl=_is_sdxl(self.model)
+            )
             self.plan = plan_img2img(
                 self.sampler_name,
                 self.scheduler,
@@ -464,7 +482,9 @@ class StableDiffusionProcessingImg2Img:
                 self.denoising_strength,
                 self.options.img2img_fix_steps,
                 self.model.scheduler_config,
+                options=sampler_options,
             )
+            self.extra_generation_params.update(sigma_entries)
             self.extra_generation_params.update(
                 (k, v) for k, v in self.plan.extra_generation_params.items() if k != "Schedule type"
             )
@@ -493,7 +513,8 @@ class StableDiffusionProcessingImg2Img:
             cond,
             uncond,
             self.image_conditioning,
-            self.cfg_scale,
+            # DDIM CFG++ guides at cfg_scale / 12.5 (docs/engine.md, "DDIM CFG++").
+            self.cfg_scale / CFGPP_SCALE_DIVISOR if plan.sampler.name == "DDIM CFG++" else self.cfg_scale,
             self.image_cfg_scale if self.is_edit_model else None,
             s_min_uncond=float(self.s_min_uncond or 0.0),
             s_min_uncond_all=options.s_min_uncond_all,
@@ -613,6 +634,27 @@ class StableDiffusionProcessingImg2Img:
         return create_infotext(
             self.prompt, self.negative_prompt, leading, extra, {"Version": f"renderfarm {__version__}"}
         )
+
+
+#: DDIM CFG++ maps the CFG scale's usual range [0, 12.5] onto its own [0, 1].
+CFGPP_SCALE_DIVISOR = 12.5
+
+
+def _is_sdxl(model: LoadedModel) -> bool:
+    """SDXL UNets take the added time/text embedding ("text_time"); Align Your Steps has a list for them."""
+    config = getattr(getattr(model, "unet", None), "config", None)
+    return getattr(config, "addition_embed_type", None) == "text_time"
+
+
+def _with_uncond_eps(denoiser: CFGDenoiser) -> DenoiseEpsCfgPP:
+    """DDIM CFG++'s model: the guided ε and the unconditional ε of the same evaluation."""
+
+    def denoise(x_in: torch.Tensor, t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        eps = denoiser(x_in, t, sigma)
+        assert denoiser.last_uncond_eps is not None
+        return eps, denoiser.last_uncond_eps
+
+    return denoise
 
 
 def _sampler_label(name: str) -> str:
