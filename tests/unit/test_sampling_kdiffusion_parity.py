@@ -47,7 +47,8 @@ def _load_k_diffusion_sampling() -> Any:
             "k-diffusion torchdiffeq"
         )
     spec = importlib.util.find_spec("k_diffusion")
-    assert spec is not None and spec.submodule_search_locations
+    assert spec is not None
+    assert spec.submodule_search_locations
     root = Path(next(iter(spec.submodule_search_locations)))
     package = types.ModuleType("_kd_oracle")
     package.__path__ = [str(root)]
