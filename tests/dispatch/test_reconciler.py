@@ -71,6 +71,11 @@ def reconciler(
     reconciler.stop()
 
 
+def reconciler_settings_backoff(reconciler: Reconciler) -> float:
+    """How long a job re-queued by the reconciler waits before it is published again."""
+    return reconciler._settings.retry_backoff_base_s
+
+
 def progress_of(job_id: object, attempt: int) -> LiveProgress:
     return LiveProgress(
         job_id=str(job_id),
@@ -113,7 +118,9 @@ def test_an_expired_lease_requeues_the_job_and_it_is_published_again(
     assert (row.state, row.attempt, row.dispatched_at, row.worker) == (JobState.QUEUED, 1, None, None)
     assert live.get_progress(job.id) is None  # the dead attempt's progress is gone
 
-    assert dispatcher.dispatch_once() == 1
+    assert dispatcher.dispatch_once() == 0  # not republished at once: it waits for its retry (retry_at)...
+    clock.advance(reconciler_settings_backoff(reconciler))
+    assert dispatcher.dispatch_once() == 1  # ...and is published when due
     assert broker_ids(broker) == [f"{job.id}:1"]  # a new message id: the attempt it follows
 
 
@@ -255,7 +262,8 @@ def test_the_loop_requeues_and_wakes_the_dispatcher(
 def test_main_once_reconciles_and_publishes(
     database_url: str, redis_url: str, broker: redis.Redis, tmp_path: Path
 ) -> None:
-    settings = cluster_settings(redis_url, database_url, data_dir=tmp_path / "data")
+    # No backoff: the re-queued job is due at once (the backoff itself is tested with a fake clock above).
+    settings = cluster_settings(redis_url, database_url, data_dir=tmp_path / "data", retry_backoff_base_s=0)
     with open_database(database_url) as db:  # the real clock, like the command's
         expired, waiting = submit(db, 2)
         assert [job.id for job in db.outbox.claim_dispatch(expired.queue, 1)] == [expired.id]
