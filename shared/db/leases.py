@@ -29,6 +29,11 @@ _ATTEMPTS_USED = jobs.c.attempt - jobs.c.outage_requeues
 _PROTECTED_COLUMNS = frozenset({"id", "tenant", "task_id", "state", "seq", "updated_at", "created_at"})
 
 
+def _retry_at(now: datetime, delay_s: float) -> datetime | None:
+    """When a job re-queued at `now` may run again: NULL (at once) without a delay."""
+    return now + timedelta(seconds=delay_s) if delay_s > 0 else None
+
+
 class Leases(Operations):
     """Running jobs: who owns them until when, and how each attempt ends."""
 
@@ -213,7 +218,7 @@ class Leases(Operations):
                 conn,
                 JobState.QUEUED,
                 [*expired, sa.not_(jobs.c.cancel_requested), jobs.c.max_attempts > _ATTEMPTS_USED],
-                {"retry_at": when + timedelta(seconds=max(0.0, retry_delay_s))},
+                {"retry_at": _retry_at(when, retry_delay_s)},
                 now=when,
             )
         return canceled + requeued
@@ -302,7 +307,7 @@ class Leases(Operations):
                 )
                 if failed:
                     return failed[0]
-            values: dict[str, Any] = {"retry_at": when + timedelta(seconds=max(0.0, retry_delay_s))}
+            values: dict[str, Any] = {"retry_at": _retry_at(when, retry_delay_s)}
             if not counts_as_attempt:
                 values["outage_requeues"] = jobs.c.outage_requeues + 1
             if outage is not None:
