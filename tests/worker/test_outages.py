@@ -341,22 +341,34 @@ def test_a_takeover_during_an_upload_wait_stops_the_retries_and_removes_nothing_
 
 
 class BlipLeases(Leases):
-    """The real repository, whose first `succeed` calls meet a database blip: before the commit (nothing written)
-    or after it (committed, the reply lost)."""
+    """The real repository, whose first calls of one method (`succeed`, `fail`, `requeue`) meet a database blip:
+    before the write (nothing written) or after it (written, the reply lost)."""
 
-    def __init__(self, base: Database, *, blips: int, reply_lost: bool) -> None:
+    def __init__(self, base: Database, *, blips: int, reply_lost: bool, method: str = "succeed") -> None:
         super().__init__(base._tx)
         self.blips = blips
         self.reply_lost = reply_lost
+        self.method = method
         self.calls = 0
 
-    def succeed(self, *args: Any, **kwargs: Any) -> Any:
+    def _blip(self, method: str, write: Any) -> Any:
+        if method != self.method:
+            return write()
         self.calls += 1
         if self.calls <= self.blips:
             if self.reply_lost:
-                super().succeed(*args, **kwargs)
+                write()
             raise DatabaseUnavailable("connection to the database lost (injected)")
-        return super().succeed(*args, **kwargs)
+        return write()
+
+    def succeed(self, *args: Any, **kwargs: Any) -> Any:
+        return self._blip("succeed", lambda: super(BlipLeases, self).succeed(*args, **kwargs))
+
+    def fail(self, *args: Any, **kwargs: Any) -> Any:
+        return self._blip("fail", lambda: super(BlipLeases, self).fail(*args, **kwargs))
+
+    def requeue(self, *args: Any, **kwargs: Any) -> Any:
+        return self._blip("requeue", lambda: super(BlipLeases, self).requeue(*args, **kwargs))
 
 
 @pytest.mark.parametrize("reply_lost", [False, True])
@@ -392,6 +404,31 @@ def test_a_commit_lost_in_a_database_blip_is_retried_and_the_render_kept(
     # The committed upload is still there (a lost reply must not be taken for a refused commit).
     assert storage.exists(artifacts[0].storage_key)
     assert list(storage.list(f"{TENANT}/{row.task_id}/")) == [artifacts[0].storage_key]
+
+
+def test_a_failure_and_an_outage_requeue_are_recorded_through_a_database_blip(
+    deps: WorkerDeps,
+    timed_db: Database,
+    db_clock: FakeClock,
+    flaky_storage: S3Storage,
+    proxy: SwitchableProxy,
+    submit: Submitter,
+) -> None:
+    def refusing_engine(p: StableDiffusionProcessingImg2Img) -> Processed:
+        raise InputError("init_images.0: the image cannot be used", code="invalid_image", field="init_images.0")
+
+    poison = submit()
+    timed_db.leases = BlipLeases(timed_db, blips=1, reply_lost=False, method="fail")
+    poison_deps = replace(outage_deps(deps, flaky_storage, timed_db, db_clock), engine=refusing_engine)
+    outcome = run_job(poison.id, 0, poison_deps)
+    assert (outcome.state, timed_db.jobs.get_by_id(poison.id).state) == ("failed", JobState.FAILED)
+
+    waiting = submit()
+    timed_db.leases = BlipLeases(timed_db, blips=2, reply_lost=False, method="requeue")
+    proxy.refuse()
+    outcome = run_job(waiting.id, 0, outage_deps(deps, flaky_storage, timed_db, db_clock))
+    job = timed_db.jobs.get_by_id(waiting.id)
+    assert (outcome.state, job.state, job.outage_requeues) == ("requeued", JobState.QUEUED, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
