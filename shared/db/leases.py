@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from shared.db.ids import new_id
 from shared.db.job_updates import ErrorLike, error_dict, touch_jobs, update_jobs
 from shared.db.rows import ArtifactRecord, JobError, JobRow, LeaseStatus
-from shared.db.tables import UTCDateTime, artifacts, jobs
+from shared.db.tables import UNSWEPT, UTCDateTime, artifacts, jobs
 from shared.db.transaction import Operations
 from shared.errors import LeaseLost
 from shared.job.artifacts import ARTIFACT_KINDS
@@ -356,16 +356,10 @@ class Leases(Operations):
         except a job that succeeded at its first attempt (its only uploads are the committed ones).
         """
         cutoff = self._tx.now(now) - timedelta(seconds=grace_s)
-        terminal = [state.value for state in JobState if state.is_terminal]
         statement = (
+            # The predicate of ix_jobs_unswept verbatim, so that PostgreSQL reads that small partial index.
             sa.select(jobs)
-            .where(
-                jobs.c.state.in_(terminal),
-                jobs.c.storage_swept_at.is_(None),
-                jobs.c.finished_at < cutoff,
-                jobs.c.attempt >= 1,
-                sa.or_(jobs.c.state != JobState.SUCCEEDED.value, jobs.c.attempt > 1),
-            )
+            .where(sa.text(UNSWEPT), jobs.c.finished_at < cutoff)
             .order_by(jobs.c.finished_at, jobs.c.id)
             .limit(limit)
         )

@@ -85,6 +85,12 @@ JOB_STATE_VALUES: tuple[str, ...] = tuple(state.value for state in JobState)
 QUEUED = "state = 'queued'"
 UNDISPATCHED = "state = 'queued' AND dispatched_at IS NULL"
 IN_FLIGHT = "state = 'queued' AND dispatched_at IS NOT NULL"
+# Finished jobs whose uploads of uncommitted attempts the reconciler has not removed yet (migration 0003): claimed at
+# least once and not a success at the first attempt (that one's only uploads are the committed ones).
+UNSWEPT = (
+    "storage_swept_at IS NULL AND attempt >= 1 AND state IN ('succeeded', 'failed', 'canceled') "
+    "AND (state <> 'succeeded' OR attempt > 1)"
+)
 
 
 def _where(predicate: str) -> dict[str, Any]:
@@ -139,6 +145,8 @@ class Job(Base):
         sa.Index(None, "state", "lease_until"),
         # The reconciler: the outbox (queued jobs never published, or published long ago).
         sa.Index(None, "state", "dispatched_at"),
+        # The reconciler's sweep: finished jobs that may have left uploads behind, oldest first (migration 0003).
+        sa.Index("ix_jobs_unswept", "finished_at", "id", **_where(UNSWEPT)),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)

@@ -154,7 +154,8 @@ def test_migration_0003_is_reversible(empty_database_url: str) -> None:
         engine.dispose()
     assert current_revision(empty_database_url) == "0002"
     assert not RETRY_COLUMNS & jobs_columns(empty_database_url)
-    assert index_definitions(empty_database_url) == indexes_at_head
+    before_0003 = {name: text for name, text in indexes_at_head.items() if name != "ix_jobs_unswept"}
+    assert index_definitions(empty_database_url) == before_0003
 
     upgrade(empty_database_url)
     assert current_revision(empty_database_url) == head_revision()
