@@ -85,6 +85,12 @@ JOB_STATE_VALUES: tuple[str, ...] = tuple(state.value for state in JobState)
 QUEUED = "state = 'queued'"
 UNDISPATCHED = "state = 'queued' AND dispatched_at IS NULL"
 IN_FLIGHT = "state = 'queued' AND dispatched_at IS NOT NULL"
+# Finished jobs whose uploads of uncommitted attempts the reconciler has not removed yet (migration 0004): claimed at
+# least once and not a success at the first attempt (that one's only uploads are the committed ones).
+UNSWEPT = (
+    "storage_swept_at IS NULL AND attempt >= 1 AND state IN ('succeeded', 'failed', 'canceled') "
+    "AND (state <> 'succeeded' OR attempt > 1)"
+)
 
 
 def _where(predicate: str) -> dict[str, Any]:
@@ -144,6 +150,8 @@ class Job(Base):
         sa.Index(None, "state", "lease_until"),
         # The reconciler: the outbox (queued jobs never published, or published long ago).
         sa.Index(None, "state", "dispatched_at"),
+        # The reconciler's sweep: finished jobs that may have left uploads behind, oldest first (migration 0004).
+        sa.Index("ix_jobs_unswept", "finished_at", "id", **_where(UNSWEPT)),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
@@ -170,6 +178,12 @@ class Job(Base):
     warnings: Mapped[Any] = mapped_column(JSONType)
     seq: Mapped[int] = mapped_column(sa.BigInteger, server_default=sa.text("1"))
     total_steps: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    # Migration 0004 (reliability.md "Outages and retries"): a re-queued job is neither published nor claimed
+    # before `retry_at`; claims that ended in an outage are counted apart from the attempts, since `outage_since`.
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    outage_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    storage_swept_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    outage_requeues: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("0"))
 
 
 class Artifact(Base):

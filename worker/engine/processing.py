@@ -513,7 +513,7 @@ class StableDiffusionProcessingImg2Img:
             cond,
             uncond,
             self.image_conditioning,
-            # DDIM CFG++ guides at cfg_scale / 12.5 (docs/engine.md, "DDIM CFG++").
+            # DDIM CFG++ guides at cfg_scale / 12.5 (docs/engine.md, "Samplers").
             self.cfg_scale / CFGPP_SCALE_DIVISOR if plan.sampler.name == "DDIM CFG++" else self.cfg_scale,
             self.image_cfg_scale if self.is_edit_model else None,
             s_min_uncond=float(self.s_min_uncond or 0.0),
