@@ -415,9 +415,10 @@ class Operations:
         away = _Backoff()
         can_stream = stream
         streams_without_news = 0
+        poll_next = not stream
         poll_s = POLL_FIRST_S
         while True:
-            if can_stream and streams_without_news < STREAM_CONNECTS:
+            if not poll_next:
                 seen = tracker.seq
                 failure: Exception | None = None
                 try:
@@ -433,6 +434,7 @@ class Operations:
                 # A broken stream: one poll at once tells whether the farm is there (and the job's state); a
                 # stream that ended (the farm shutting down, a proxy's limit) is resumed after a short pause.
                 pause = 0.0 if failure is not None else away.first()
+                poll_next = failure is not None or not can_stream or streams_without_news >= STREAM_CONNECTS
             else:
                 try:
                     tracker.offer((yield from self._poll(task_id, deadline)))
@@ -445,7 +447,7 @@ class Operations:
                     pause = away.next()
                 elif can_stream and streams_without_news < STREAM_CONNECTS:
                     away.reset()
-                    pause = 0.0  # the farm answers: follow the stream again, from the last snapshot seen
+                    pause, poll_next = 0.0, False  # the farm answers: follow the stream again, after the last seq
                 else:
                     away.reset()
                     pause, poll_s = poll_s, min(poll_s * 1.5, POLL_MAX_S)
