@@ -15,8 +15,6 @@ uvicorn's `timeout_graceful_shutdown` (10 s), which is what it used to wait out.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import threading
 import time
 import uuid
@@ -28,14 +26,12 @@ import httpx
 import pytest
 
 from renderfarm import AsyncClient, Client, Job, JobState, Retries
-from tests import processes, services
+from tests.lone_scheduler import LoneScheduler, running_lone_scheduler
 from tests.pictures import picture, png_bytes
-from tests.processes import Proc
 from tests.services import S3Server
 from tests.waiting import wait_until
 
 TOKEN = "restart-token-0123456789abcdef"
-READY_TIMEOUT_S = 120.0
 WAIT_TIMEOUT_S = 180.0  # the waiters' own timeout: far longer than the restart
 SHUTDOWN_BOUND_S = 5.0  # a graceful shutdown with open streams must end within this (it took 10 s and more)
 FAILURES_WHILE_AWAY = 3  # failed requests each waiter must have survived: more than its 2 tries per request
@@ -143,65 +139,14 @@ class Waiter:
             raise AssertionError(f"{self.name} gave up: {self.error!r}") from self.error
 
 
-@dataclass
-class LoneScheduler:
-    """A scheduler process that the test stops and starts again on the same port."""
-
-    url: str
-    port: int
-    env: dict[str, str]
-    log_dir: Path
-    proc: Proc | None = None
-    logs: list[Proc] = field(default_factory=list)
-
-    def start(self) -> None:
-        self.proc = processes.spawn("scheduler", processes.scheduler_argv(self.port), self.env, self.log_dir)
-        self.logs.append(self.proc)
-        processes.wait_until_http_ready(
-            f"{self.url}/readyz", self.proc.alive, READY_TIMEOUT_S, want=200, log=self.proc.log_tail
-        )
-
-    def terminate_and_time(self) -> float:
-        """SIGTERM the scheduler (a graceful shutdown) and return the seconds until its process exited."""
-        assert self.proc is not None
-        started = time.monotonic()
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.process.wait(timeout=60)
-        return time.monotonic() - started
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-
-
 @pytest.fixture
 def lone_scheduler(s3_server: S3Server, tmp_path: Path) -> Iterator[LoneScheduler]:
-    data_dir, log_dir = tmp_path / "data", tmp_path / "logs"
-    data_dir.mkdir()
-    log_dir.mkdir()
-    with services.fresh_postgres_database() as database_url, services.isolated_redis_database() as redis_url:
-        from shared.db import upgrade
-
-        upgrade(database_url)
-        bucket = s3_server.new_bucket()
-        port = processes.free_loopback_port()
-        url = f"http://127.0.0.1:{port}"
-        env = services.farm_environment(database_url, redis_url, s3_server, bucket, f"alice:{TOKEN}", data_dir)
-        env["RENDERFARM_PUBLIC_URL"] = url
-        scheduler = LoneScheduler(url, port, env, log_dir)
-        try:
-            yield scheduler
-        finally:
-            scheduler.stop()
-
-
-def _logs(scheduler: LoneScheduler) -> str:
-    return "\n".join(f"--- {proc.name}\n{proc.log_tail()}" for proc in scheduler.logs)
+    with running_lone_scheduler(s3_server, tmp_path, f"alice:{TOKEN}") as scheduler:
+        yield scheduler
 
 
 def test_waits_return_the_final_snapshot_across_a_scheduler_restart(lone_scheduler: LoneScheduler) -> None:
     scheduler = lone_scheduler
-    scheduler.start()
     task_id = f"restart-{uuid.uuid4().hex[:10]}"
     with Client(scheduler.url, token=TOKEN) as client:
         # The model's queue has no worker: the job stays queued until the test cancels it.
@@ -225,13 +170,13 @@ def test_waits_return_the_final_snapshot_across_a_scheduler_restart(lone_schedul
         )
         return streams_open and all(w.updates for w in waiters)
 
-    wait_until(all_following, 60, lambda: f"the waiters to follow the job\n{_logs(scheduler)}")
+    wait_until(all_following, 60, lambda: f"the waiters to follow the job\n{scheduler.logs()}")
 
     # A graceful shutdown with the streams open ends promptly: the streams are told to end.
     shutdown_s = scheduler.terminate_and_time()
     stopped_at = time.monotonic()
-    assert shutdown_s < SHUTDOWN_BOUND_S, f"graceful shutdown took {shutdown_s:.1f} s\n{_logs(scheduler)}"
-    assert "open event stream(s)" in _logs(scheduler)
+    assert shutdown_s < SHUTDOWN_BOUND_S, f"graceful shutdown took {shutdown_s:.1f} s\n{scheduler.logs()}"
+    assert "open event stream(s)" in scheduler.logs()
 
     # While the scheduler is away, every waiter keeps trying, past the tries of one request.
     def each_failed_enough() -> bool:
@@ -257,7 +202,7 @@ def test_waits_return_the_final_snapshot_across_a_scheduler_restart(lone_schedul
     wait_until(
         streams_resumed,
         60,
-        lambda: f"streams resumed with Last-Event-ID: {[w.recorder.exchanges for w in streamers]}\n{_logs(scheduler)}",
+        lambda: f"streams resumed with Last-Event-ID: {[w.recorder.exchanges for w in streamers]}\n{scheduler.logs()}",
     )
     with httpx.Client(base_url=scheduler.url, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
         assert http.post(f"/v1/jobs/{task_id}/cancel").status_code == 200
@@ -265,7 +210,7 @@ def test_waits_return_the_final_snapshot_across_a_scheduler_restart(lone_schedul
     for waiter in waiters:
         assert waiter.thread is not None
         waiter.thread.join(60)
-        assert not waiter.thread.is_alive(), f"{waiter.name} still waits\n{_logs(scheduler)}"
+        assert not waiter.thread.is_alive(), f"{waiter.name} still waits\n{scheduler.logs()}"
         waiter.check_alive()
         assert waiter.result is not None, waiter.name
         assert waiter.result.state is JobState.CANCELED, waiter.name
