@@ -25,6 +25,7 @@ from scheduler.auth import TokenTable
 from scheduler.deps import Services
 from scheduler.errors import BodyLimitMiddleware, InternalErrorMiddleware, install_error_handlers
 from scheduler.metrics import install_metrics
+from scheduler.openapi import truthful_document
 from scheduler.queue_limit import QueueLimit
 from scheduler.routes import assets, events, files, health, jobs
 from scheduler.routes import batches as batch_routes
@@ -62,7 +63,8 @@ def require_schema(db: Database) -> None:
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """The OpenAPI document, with the job schema (validated by shared.job.spec, not by FastAPI) added."""
+    """The OpenAPI document, with the job schema (validated by shared.job.spec, not by FastAPI) added and the
+    errors, statuses and constraints as the routes really answer them (scheduler/openapi.py)."""
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -72,7 +74,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
         schemas.update(job_schema.pop("$defs", {}))
         schemas["Img2ImgJob"] = job_schema
-        app.openapi_schema = document
+        app.openapi_schema = truthful_document(document)
         return document
 
     return build
