@@ -13,7 +13,8 @@ down). This module rewrites it once, after generation:
   a token is needed; 503 where the route reads the database or another service; 422 where it takes input; 404
   where it names something (a path parameter, or a body that can reference assets and jobs);
 - the constraints the routes enforce and FastAPI cannot see, because the route checks them itself: the task id's
-  alphabet and length (`shared.job.ids`), the asset id's form.
+  alphabet and length (`shared.job.ids`, in paths and in `force_task_id`), the asset id's form, at least one init
+  image, the prompts' length (`shared.job.spec.MAX_PROMPT_LENGTH`) on the webui's route too.
 
 `tests/api/test_openapi_schemathesis.py` holds the document to the behaviour.
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from shared.job.ids import MAX_TASK_ID_LENGTH
+from shared.job.spec import MAX_PROMPT_LENGTH
 
 __all__ = ["ERROR_BODY_SCHEMA", "truthful_document"]
 
@@ -76,6 +78,21 @@ ASSET_ID_SCHEMA: Final[dict[str, Any]] = {
 }
 PATH_PARAMETER_SCHEMAS: Final[dict[str, dict[str, Any]]] = {"task_id": TASK_ID_SCHEMA, "asset_id": ASSET_ID_SCHEMA}
 
+# Constraints of request fields that the farm checks after FastAPI's validation (shared.job.spec, the webui
+# translation), by schema → field → what the field's string or array branch must say.
+FIELD_CONSTRAINTS: Final[dict[str, dict[str, dict[str, Any]]]] = {
+    "Img2ImgJob": {
+        "init_images": {"minItems": 1},
+        "force_task_id": {k: v for k, v in TASK_ID_SCHEMA.items() if k != "type"},
+    },
+    "Img2ImgRequest": {
+        "init_images": {"minItems": 1},
+        "prompt": {"maxLength": MAX_PROMPT_LENGTH},
+        "negative_prompt": {"maxLength": MAX_PROMPT_LENGTH},
+        "force_task_id": {k: v for k, v in TASK_ID_SCHEMA.items() if k != "type"},
+    },
+}
+
 # Routes that read nothing but the process itself.
 NO_SERVICES: Final = frozenset({"/healthz"})
 TOKEN_PREFIXES: Final = ("/v1/", "/sdapi/", "/internal/")
@@ -115,6 +132,15 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
     return statuses
 
 
+def _constrain(schema: dict[str, Any], constraints: dict[str, Any]) -> None:
+    """Add `constraints` to the schema's non-null branch (the schema itself, or the branch of an `anyOf`)."""
+    kind = "array" if "minItems" in constraints else "string"
+    branches = schema.get("anyOf", [schema])
+    for branch in branches:
+        if branch.get("type") == kind:
+            branch.update(constraints)
+
+
 def _error_content() -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": ERROR_REF}}}
 
@@ -125,6 +151,11 @@ def truthful_document(document: dict[str, Any]) -> dict[str, Any]:
     for name in _FASTAPI_VALIDATION_SCHEMAS:
         schemas.pop(name, None)
     schemas["ErrorBody"] = ERROR_BODY_SCHEMA
+    for schema_name, fields in FIELD_CONSTRAINTS.items():
+        properties = schemas.get(schema_name, {}).get("properties", {})
+        for field, constraints in fields.items():
+            if field in properties:
+                _constrain(properties[field], constraints)
     for path, operations in document.get("paths", {}).items():
         for method, operation in operations.items():
             responses: dict[str, Any] = operation.setdefault("responses", {})

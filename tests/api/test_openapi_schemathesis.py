@@ -11,7 +11,9 @@ contract"):
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 from typing import Any
 
 import pytest
@@ -27,7 +29,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.api.conftest import ALICE, Farm
+from shared.job.spec import MAX_PROMPT_LENGTH
+from tests.api.conftest import ALICE, Farm, png_bytes
 
 EXAMPLES = int(os.environ.get("RENDERFARM_SCHEMATHESIS_EXAMPLES", "20"))  # per operation and mode
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -77,3 +80,57 @@ def test_every_operation_answers_as_documented(farm: Farm) -> None:
                 failures.append(f"{operation.method.upper()} {operation.path} ({mode.value}): {exc}")
     assert operations > 10
     assert not failures, "\n\n".join(failures)
+
+
+def _concrete(path: str) -> str:
+    """A path template with a well-formed value in each parameter."""
+    values = {"task_id": "t-1", "asset_id": "a" * 64, "batch_id": "00000000-0000-4000-8000-000000000000", "key": "k"}
+    for name, value in values.items():
+        path = path.replace("{" + name + "}", value)
+    return path
+
+
+def test_a_wrong_method_answers_405_with_every_method_of_the_path(farm: Farm) -> None:
+    document = farm.client.get("/openapi.json").json()
+    for path, operations in document["paths"].items():
+        documented = {method.upper() for method in operations}
+        wrong = next(m for m in ("PATCH", "DELETE", "PUT", "POST") if m not in documented)
+        response = farm.client.request(wrong, _concrete(path), headers=ALICE)
+        assert response.status_code == 405, (wrong, path)
+        assert set(response.headers["Allow"].split(", ")) == documented, (wrong, path)
+        assert response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_the_document_describes_the_farms_errors_and_ids(farm: Farm) -> None:
+    document = farm.client.get("/openapi.json").json()
+    assert "HTTPValidationError" not in str(document)
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            errors = {status: answer for status, answer in operation["responses"].items() if int(status) >= 400}
+            assert "500" in errors, (method, path)
+            for status, answer in errors.items():
+                schema = answer["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, status)
+    [task_id] = [p for p in document["paths"]["/v1/jobs/{task_id}"]["get"]["parameters"] if p["name"] == "task_id"]
+    pattern = re.compile(task_id["schema"]["pattern"])
+    for good in ("job-1", "task(img2img-ABC1234)", "a.b", "x" * 128):
+        assert pattern.search(good), good
+    for bad in ("", ".", "..", "tâche", "a/b", "x" * 129):
+        assert not pattern.search(bad), bad
+        # ... and the route refuses what the document excludes.
+        if bad not in ("", ".", "..", "a/b"):  # those change the path itself
+            assert farm.client.get(f"/v1/jobs/{bad}", headers=ALICE).status_code == 422, bad
+
+
+def test_the_document_states_the_limits_the_routes_enforce(farm: Farm) -> None:
+    schemas = farm.client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["Img2ImgJob"]["properties"]["init_images"]["minItems"] == 1
+    webui = schemas["Img2ImgRequest"]["properties"]
+    assert webui["prompt"]["maxLength"] == MAX_PROMPT_LENGTH
+    assert [b.get("minItems") for b in webui["init_images"]["anyOf"] if b.get("type") == "array"] == [1]
+    # ... which the routes do enforce.
+    empty = farm.client.put("/v1/jobs/t-empty", json={"init_images": [], "prompt": "x"}, headers=ALICE)
+    assert (empty.status_code, empty.json()["error"]["field"]) == (422, "init_images")
+    webui_body = {"init_images": [base64.b64encode(png_bytes()).decode()], "prompt": "x" * (MAX_PROMPT_LENGTH + 1)}
+    long = farm.client.post("/sdapi/v1/img2img", json=webui_body, headers=ALICE)
+    assert (long.status_code, long.json()["error"]["field"]) == (422, "prompt")
