@@ -2,8 +2,8 @@
 
 Starlette answers a wrong method with the methods of the first route whose path matched, and the farm has several
 routes on one path (`GET` and `POST /v1/jobs`, `GET` and `PUT /v1/jobs/{task_id}`), so its `Allow` named one of
-them. RFC 9110 §15.5.6 asks for all of them: each is tried against the app's routes here, with Starlette's own
-matching, so the answer always agrees with the routing.
+them. HTTP (RFC 9110, "405 Method Not Allowed") asks for all of them: each method is tried against the app's routes
+here, with Starlette's own matching, so the answer always agrees with the routing.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The API's OpenAPI document, made to tell the truth about what the routes answer (docs/api.md "The OpenAPI
-document").
+"""The API's OpenAPI document, made to tell the truth about what the routes answer (docs/api.md "Auth, limits,
+errors").
 
 FastAPI's document, as generated, describes FastAPI's defaults rather than the farm: its 422 body is FastAPI's
 `HTTPValidationError`, while the farm answers every error with `{error: {type, code, message, ...}}`
