@@ -188,11 +188,10 @@ def stop_signals_end_quietly() -> Iterator[None]:
 
 
 def _server(app: FastAPI, log_level: str) -> uvicorn.Server:
-    import uvicorn
-
+    from scheduler.serving import graceful_server
     from shared.redact import install_log_redaction
 
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=10))
+    server = graceful_server(app, log_level=log_level, lifespan="on")
     # uvicorn.Config set up its own loggers (the access log prints query strings: signed download URLs).
     install_log_redaction()
     return server

@@ -62,10 +62,9 @@ def _cluster_only(settings: Settings, command: str) -> None:
 
 
 def _cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from renderfarm.embedded import bind_socket, stop_signals_end_quietly
     from scheduler.app import create_app
+    from scheduler.serving import graceful_server
 
     _cluster_only(settings, "scheduler")
     settings.check_bind(args.host)
@@ -75,7 +74,8 @@ def _cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     sock = bind_socket(args.host, args.port)
     try:
         app = create_app(settings)
-        server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=10))
+        # Open event streams end as the shutdown begins (their clients resume on the next scheduler).
+        server = graceful_server(app, log_level=args.log_level)
         # uvicorn.Config set up its own loggers (the access log prints query strings: signed download URLs).
         install_log_redaction()
         print(f"renderfarm scheduler: serving http://{args.host}:{sock.getsockname()[1]}", flush=True)

@@ -25,6 +25,7 @@ from scheduler.auth import TokenTable
 from scheduler.deps import PriorityCeiling, Services
 from scheduler.errors import BodyLimitMiddleware, InternalErrorMiddleware, install_error_handlers
 from scheduler.metrics import install_metrics
+from scheduler.openapi import truthful_document
 from scheduler.queue_limit import QueueLimit
 from scheduler.rate_limits import RateLimiter, open_rate_limiter
 from scheduler.routes import assets, events, files, health, jobs
@@ -63,7 +64,8 @@ def require_schema(db: Database) -> None:
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """The OpenAPI document, with the job schema (validated by shared.job.spec, not by FastAPI) added."""
+    """The OpenAPI document, with the job schema (validated by shared.job.spec, not by FastAPI) added and the
+    errors, statuses and constraints as the routes really answer them (scheduler/openapi.py)."""
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -73,7 +75,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
         schemas.update(job_schema.pop("$defs", {}))
         schemas["Img2ImgJob"] = job_schema
-        app.openapi_schema = document
+        app.openapi_schema = truthful_document(document)
         return document
 
     return build

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 
+from scheduler.open_streams import OpenStreams
 from shared.config import Settings
 from shared.db import Database
 from shared.live import LiveStatus
@@ -58,6 +59,8 @@ class Services:
     stream_waits: ThreadPoolExecutor
     dispatcher: Wakeable | None = None
     priority_ceiling: PriorityCeiling = field(default_factory=lambda: PriorityCeiling(unlimited=True))
+    # The open SSE streams, which a graceful shutdown ends at once (scheduler/open_streams.py).
+    streams: OpenStreams = field(default_factory=OpenStreams)
 
 
 async def get_services(request: Request) -> Services:

@@ -140,7 +140,7 @@ _HONOURED_FIELDS = {
     "are named in an ignored_infotext warning",
     "tiling": "honoured: circular padding of the UNet and VAE (null: the webui option `tiling`)",
     "s_min_uncond": 'honoured: negative guidance minimum sigma (docs/engine.md, "Prompt encoding")',
-    "s_churn": 'honoured by the samplers that take it; a webui option that is set wins (docs/engine.md, "Sampler options")',
+    "s_churn": 'honoured by the samplers that take it; a set webui option wins (docs/engine.md, "Sampler options")',
     "s_tmin": "honoured, as s_churn",
     "s_tmax": "honoured, as s_churn (0: no upper bound)",
     "s_noise": "honoured, as s_churn",

@@ -13,6 +13,9 @@ read at the latest, and a live status that is down degrades to polling instead o
 previews"; the mark is renewed at every wake-up, well within `WATCH_TTL_S`), and each new preview is sent as
 `event: preview`, `data: <the snapshot's preview object>` (no `id:`, so `Last-Event-ID` stays a snapshot seq).
 Snapshots in the stream carry no preview: the picture is sent once, not with every progress change.
+
+A graceful shutdown ends every open stream at once (`scheduler/open_streams.py`): the stream simply ends, and its
+client resumes on the next scheduler with `Last-Event-ID` (the SDK does; docs/reliability.md "Scheduler restarts").
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
+import threading
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
@@ -57,13 +60,15 @@ def format_preview_event(preview: dict[str, Any]) -> str:
     return f"event: preview\ndata: {data}\n\n"
 
 
-def _wait(live: LiveStatus, job_id: uuid.UUID, timeout_s: float) -> bool:
+def _wait(live: LiveStatus, job_id: uuid.UUID, timeout_s: float, stopping: threading.Event) -> bool:
+    if stopping.is_set():  # the server shuts down: no new wait can hold up its exit
+        return False
     try:
         return live.wait_for_change(job_id, timeout_s)
     except Exception as exc:
-        # Redis down: poll instead (sleep out the slice, then the caller re-reads the durable row).
+        # Redis down: poll instead (wait out the slice, then the caller re-reads the durable row).
         log.warning("waiting for changes of job %s failed (%s); polling", job_id, exc)
-        time.sleep(timeout_s)
+        stopping.wait(timeout_s)
         return False
 
 
@@ -76,34 +81,38 @@ async def snapshot_stream(
     wait_slice_s: float = WAIT_SLICE_S,
     previews: bool = False,
 ) -> AsyncGenerator[str, None]:
-    """The SSE text of one job's snapshots with seq > `resume_after`, ending after a terminal snapshot; with
-    `previews`, its new live previews too."""
+    """The SSE text of one job's snapshots with seq > `resume_after`, ending after a terminal snapshot, or when
+    the server shuts down (`services.streams.end_all`); with `previews`, its new live previews too."""
     loop = asyncio.get_running_loop()
     last_sent = resume_after
     last_preview = -1
     last_output = loop.time()
+    stopping = services.streams.stopping
     yield f"retry: {RETRY_MS}\n\n"
-    while True:
-        # Start waiting before reading, so a change that lands during the read still wakes the next wait.
-        waiter = loop.run_in_executor(services.stream_waits, _wait, services.live, job_id, wait_slice_s)
-        row = await run_in_threadpool(services.db.jobs.get_by_id, job_id)
-        snapshot = await run_in_threadpool(read_snapshot, services, row)
-        # Marked watched before anything is sent, so the worker draws previews from the client's first event on.
-        preview = await run_in_threadpool(watched_preview, services, row) if previews else None
-        if snapshot["seq"] > last_sent:
-            yield format_event(snapshot)
-            last_sent = snapshot["seq"]
-            last_output = loop.time()
-        if preview is not None and preview.preview_id != last_preview:
-            yield format_preview_event(preview_out(preview))
-            last_preview = preview.preview_id
-            last_output = loop.time()
-        if row.is_terminal:
-            return
-        await waiter
-        if loop.time() - last_output >= keepalive_s:
-            yield ": keep-alive\n\n"
-            last_output = loop.time()
+    with services.streams.track(job_id) as stream:
+        while True:
+            # Start waiting before reading, so a change that lands during the read still wakes the next wait.
+            waiter = loop.run_in_executor(services.stream_waits, _wait, services.live, job_id, wait_slice_s, stopping)
+            row = await run_in_threadpool(services.db.jobs.get_by_id, job_id)
+            snapshot = await run_in_threadpool(read_snapshot, services, row)
+            # Marked watched before anything is sent, so the worker draws previews from the client's first event on.
+            preview = await run_in_threadpool(watched_preview, services, row) if previews else None
+            if snapshot["seq"] > last_sent:
+                yield format_event(snapshot)
+                last_sent = snapshot["seq"]
+                last_output = loop.time()
+            if preview is not None and preview.preview_id != last_preview:
+                yield format_preview_event(preview_out(preview))
+                last_preview = preview.preview_id
+                last_output = loop.time()
+            if row.is_terminal or stream.ended.done():
+                return
+            await asyncio.wait((waiter, stream.ended), return_when=asyncio.FIRST_COMPLETED)
+            if stream.ended.done():
+                return
+            if loop.time() - last_output >= keepalive_s:
+                yield ": keep-alive\n\n"
+                last_output = loop.time()
 
 
 def _resume_point(header: str | None, query: int | None) -> int:
