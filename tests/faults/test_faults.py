@@ -1,0 +1,208 @@
+"""The fault suite (issue 15): each case injects a fault into the running farm and checks that every job ends in
+exactly one terminal state, a succeeded job's results exist exactly once, nothing is orphaned and no job ran twice;
+it reports the time the farm took to recover. Sizes: tests/faults/sizes.py (CI by default, nightly by
+RENDERFARM_FAULTS=nightly)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from renderfarm import WaitTimeout
+from tests.faults.cases import assert_invariants, submit_jobs, verdict, wait_all_finished
+from tests.faults.conftest import Report
+from tests.faults.farm import HOLD_MODEL, HOLD_QUEUE, Farm, Killer
+from tests.faults.faulty_worker import CRASH_MARKER, HOLD_ENV, HOLD_LINE, OOM_MARKER
+from tests.faults.sizes import Size
+from tests.waiting import wait_until
+
+HOLD_PREFIX = HOLD_LINE.split("{", 1)[0]
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
+
+
+def test_workers_sigkilled_at_random_moments(farm: Farm, size: Size, report: Report) -> None:
+    task_ids = submit_jobs(farm, "kill", size.kill_jobs, steps=8)
+    killer = Killer(farm, kills=size.kills, interval_s=(0.2, 1.2)).start()
+    try:
+        killer.wait(size.recovery_timeout_s * 2)
+    finally:
+        killer.stop()
+    recovery_s = wait_all_finished(farm, task_ids, size.recovery_timeout_s)
+
+    found = assert_invariants(farm, task_ids)
+    assert killer.kills >= size.kills
+    report.add(
+        "sigkill_random",
+        kills=killer.kills,
+        kills_mid_render=killer.mid_render,
+        recovery_s=round(recovery_s, 1),
+        **found.figures(),
+    )
+
+
+def test_a_worker_killed_between_receipt_and_claim_strands_nothing(farm: Farm, size: Size, report: Report) -> None:
+    """The held worker receives each message and dies before its claim; a healthy worker must get the job within
+    the recovery bound, not after the broker's visibility timeout (hours)."""
+    kills = 3
+    task_ids: list[str] = []
+    recoveries: list[float] = []
+    for round_no in range(kills):
+        with farm.extra_worker(HOLD_QUEUE, **{HOLD_ENV: "1"}) as held:
+            assert held.proc is not None
+            (task_id,) = submit_jobs(farm, f"hold{round_no}-", 1, clients=1, model=HOLD_MODEL)
+            task_ids.append(task_id)
+            proc = held.proc
+            wait_until(
+                lambda p=proc: HOLD_PREFIX in p.log_text(),  # type: ignore[misc]
+                size.recovery_timeout_s,
+                lambda p=proc: f"the held worker to receive the job:\n{p.log_tail()}",  # type: ignore[misc]
+                max_interval=0.5,
+            )
+            killed_at = time.monotonic()
+            held.proc.kill_now()
+        with farm.extra_worker(HOLD_QUEUE) as rescuer:
+            assert rescuer.proc is not None
+            wait_all_finished(farm, [task_id], size.recovery_timeout_s)
+            recoveries.append(time.monotonic() - killed_at)
+
+    found = assert_invariants(farm, task_ids)
+    report.add("sigkill_between_receipt_and_claim", kills=kills, recovery_s=round(max(recoveries), 1), **found.figures())
+
+
+def test_sigterm_mid_job_returns_or_finishes_it(farm: Farm, size: Size, report: Report) -> None:
+    long_steps = max(40, int(4 / size.step_s))  # a few seconds of render, so the signal lands mid-job
+    task_ids = submit_jobs(farm, "term", len(farm.slots), clients=1, steps=long_steps)
+    running = wait_until(lambda: farm.running_jobs() or None, size.recovery_timeout_s, "a job to run")
+    slot = next(s for s in farm.slots if s.hostname in running)
+    began = time.monotonic()
+    farm.terminate_worker(slot, timeout_s=60)
+    exit_s = time.monotonic() - began
+    recovery_s = wait_all_finished(farm, task_ids, size.recovery_timeout_s)
+
+    found = assert_invariants(farm, task_ids)
+    assert exit_s < 30, f"the worker took {exit_s:.1f} s to exit after SIGTERM"
+    report.add("sigterm_mid_job", worker_exit_s=round(exit_s, 1), recovery_s=round(recovery_s, 1), **found.figures())
+
+
+def test_redis_flushed_and_restarted(farm: Farm, size: Size, report: Report) -> None:
+    task_ids = submit_jobs(farm, "redis", size.outage_jobs, steps=8)
+    wait_until(lambda: farm.running_jobs() or None, size.recovery_timeout_s, "a job to run")
+    farm.redis.flush_and_restart()
+    recovery_s = wait_all_finished(farm, task_ids, size.recovery_timeout_s)
+
+    found = assert_invariants(farm, task_ids)
+    report.add("redis_flushed_restarted", recovery_s=round(recovery_s, 1), **found.figures())
+
+
+def test_postgres_restarted(farm: Farm, size: Size, report: Report) -> None:
+    """Every connection reset and new ones refused for a while, then accepted again: a database restart as the
+    farm sees it (the shared server itself is not ours to restart)."""
+    assert farm.postgres_proxy is not None
+    task_ids = submit_jobs(farm, "pg", size.outage_jobs, steps=8)
+    wait_until(lambda: farm.running_jobs() or None, size.recovery_timeout_s, "a job to run")
+    down_s = 5.0 if size.name == "ci" else 20.0
+    farm.postgres_proxy.refusing_for(down_s)
+    recovery_s = wait_all_finished(farm, task_ids, size.recovery_timeout_s)
+
+    found = assert_invariants(farm, task_ids)
+    report.add("postgres_restarted", down_s=down_s, recovery_s=round(recovery_s, 1), **found.figures())
+
+
+@pytest.mark.parametrize("fault", ["refusing", "hanging"])
+def test_s3_outage_is_a_wait_not_an_attempt(farm: Farm, size: Size, report: Report, fault: str) -> None:
+    """Finding 1: an S3 outage used attempts and failed jobs. During the outage jobs wait; after it they finish."""
+    assert farm.s3_proxy is not None
+    task_ids = submit_jobs(farm, f"s3{fault}", size.outage_jobs, steps=8)
+    wait_until(lambda: farm.running_jobs() or None, size.recovery_timeout_s, "a job to run")
+    if fault == "refusing":
+        duration = size.s3_refuse_s
+        farm.s3_proxy.refusing_for(duration)
+    else:
+        duration = size.s3_hang_s
+        farm.s3_proxy.hanging_for(duration)
+    recovery_s = wait_all_finished(farm, task_ids, size.recovery_timeout_s)
+
+    found = assert_invariants(farm, task_ids)
+    report.add(f"s3_{fault}", outage_s=duration, recovery_s=round(recovery_s, 1), **found.figures())
+
+
+def test_scheduler_restarted_under_polling_and_streaming_clients(farm: Farm, size: Size, report: Report) -> None:
+    """Finding 3: `wait(timeout=…)` must outlast a scheduler restart; polling clients see every job finish too."""
+    task_ids = submit_jobs(farm, "sched", 8, clients=2, steps=40)
+    waited: dict[str, Any] = {}
+    errors: list[BaseException] = []
+
+    def stream(task_id: str) -> None:
+        try:
+            with farm.client() as client:
+                waited[task_id] = client.wait(task_id, timeout=size.recovery_timeout_s)
+        except BaseException as exc:  # reported below, with the job's id
+            errors.append(exc)
+
+    def poll(task_id: str) -> None:
+        deadline = time.monotonic() + size.recovery_timeout_s
+        try:
+            with farm.client() as client:
+                while time.monotonic() < deadline:
+                    job = client.get(task_id)
+                    if job.is_finished:
+                        waited[task_id] = job
+                        return
+                    time.sleep(0.5)  # a polling client's interval, not a synchronisation
+                raise WaitTimeout(job, size.recovery_timeout_s)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=stream if i % 2 == 0 else poll, args=(task_id,), daemon=True)
+        for i, task_id in enumerate(task_ids)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: farm.running_jobs() or None, size.recovery_timeout_s, "a job to run")
+    away_s = farm.restart_scheduler(graceful=True)
+    for thread in threads:
+        thread.join(size.recovery_timeout_s + 30)
+
+    assert not errors, errors
+    assert sorted(waited) == sorted(task_ids)
+    assert {job.state.value for job in waited.values()} == {"succeeded"}
+    found = assert_invariants(farm, task_ids)
+    report.add("scheduler_restarted", away_s=round(away_s, 1), clients=len(threads), **found.figures())
+
+
+def test_a_poison_job_fails_after_its_attempts_and_harms_no_other(farm: Farm, size: Size, report: Report) -> None:
+    """A job that kills its worker each time: it fails once its attempts are used; the jobs beside it succeed."""
+    (poison,) = submit_jobs(farm, "poison", 1, clients=1, prompt=f"a square {CRASH_MARKER}")
+    others = submit_jobs(farm, "beside", size.outage_jobs, steps=4)
+    recovery_s = wait_all_finished(farm, [poison, *others], size.recovery_timeout_s * 2)
+
+    found = verdict(farm, [poison, *others])
+    assert not found.problems, found.problems
+    assert found.states == {"succeeded": len(others), "failed": 1}, found.states
+    assert list(found.failures) == [poison]
+    report.add("poison_job", poison_code=found.failures[poison], recovery_s=round(recovery_s, 1), **found.figures())
+
+
+def test_out_of_gpu_memory_fails_only_that_job(farm: Farm, size: Size, report: Report) -> None:
+    """The stand-in raises torch.cuda.OutOfMemoryError (the real type): the job fails as out_of_memory, once,
+    with no retry on another worker; the jobs beside it succeed, and no worker dies."""
+    before = {slot.index: slot.generation for slot in farm.slots}
+    (oom,) = submit_jobs(farm, "oom", 1, clients=1, prompt=f"a square {OOM_MARKER}", batch_size=2)
+    others = submit_jobs(farm, "calm", size.outage_jobs, steps=4)
+    wait_all_finished(farm, [oom, *others], size.recovery_timeout_s)
+
+    found = verdict(farm, [oom, *others])
+    assert not found.problems, found.problems
+    assert found.states == {"succeeded": len(others), "failed": 1}, found.states
+    assert found.failures == {oom: "out_of_memory"}
+    with farm.client() as client:
+        job = client.get(oom)
+    assert job.attempt == 1
+    assert job.error is not None and "CUDA out of memory" in job.error.message
+    assert {slot.index: slot.generation for slot in farm.slots} == before, "a worker died of the OOM"
+    report.add("out_of_memory", **found.figures())
