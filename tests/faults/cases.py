@@ -3,6 +3,7 @@ with a deadline), check the invariants and report the figures."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -68,8 +69,25 @@ def verdict(farm: Farm, task_ids: Sequence[str]) -> Verdict:
     return found
 
 
+SETTLE_S = 30.0  # seconds the invariants may take to hold once every job is terminal (the sweep of uncommitted
+# uploads runs `orphan_sweep_grace_s` after a job finished, at the reconciler's next run)
+
+
+def settled_verdict(farm: Farm, task_ids: Sequence[str], timeout_s: float = SETTLE_S) -> Verdict:
+    """The verdict once it finds no problem, or the last one after `timeout_s` (polled, never slept for)."""
+    last: list[Verdict] = []
+
+    def clean() -> bool:
+        last[:] = [verdict(farm, task_ids)]
+        return not last[0].problems
+
+    with contextlib.suppress(AssertionError):
+        wait_until(clean, timeout_s, "the invariants to hold", max_interval=1.0)
+    return last[0]
+
+
 def assert_invariants(farm: Farm, task_ids: Sequence[str], *, all_succeed: bool = True) -> Verdict:
-    found = verdict(farm, task_ids)
+    found = settled_verdict(farm, task_ids)
     assert not found.problems, found.problems
     if all_succeed:
         assert found.states == {"succeeded": len(task_ids)}, (found.states, found.failures)

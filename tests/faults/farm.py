@@ -343,7 +343,8 @@ def _host_port(url: str) -> tuple[str, int]:
     from urllib.parse import urlparse
 
     parsed = urlparse(url)
-    assert parsed.hostname is not None and parsed.port is not None, url
+    assert parsed.hostname is not None, url
+    assert parsed.port is not None, url
     return parsed.hostname, parsed.port
 
 

@@ -73,7 +73,7 @@ def install() -> None:
             time.sleep(HOLD_S)
             return real_run_job(job_id, delivered_attempt, deps)
 
-        tasks.run_job = held_run_job  # type: ignore[assignment]
+        tasks.run_job = held_run_job
 
 
 def main() -> None:

@@ -46,8 +46,10 @@ class Verdict:
         if self.lost:
             found.append(f"{len(self.lost)} jobs lost or not terminal: {self.lost[:10]}")
         if self.missing_results:
-            found.append(f"{len(self.missing_results)} succeeded jobs without exactly one result set: "
-                         f"{self.missing_results[:10]}")
+            found.append(
+                f"{len(self.missing_results)} succeeded jobs without exactly one result set: "
+                f"{self.missing_results[:10]}"
+            )
         if self.run_twice:
             found.append(f"{len(self.run_twice)} jobs reported succeeded more than once: {self.run_twice[:10]}")
         if self.orphans:
@@ -138,7 +140,5 @@ def orphans_outside_jobs(engine: sa.Engine, keys: Sequence[str], tenant: str) ->
 def unfinished_jobs(engine: sa.Engine) -> int:
     """Jobs of any tenant not in a terminal state."""
     with engine.connect() as conn:
-        count = conn.scalar(
-            sa.select(sa.func.count()).select_from(Job).where(Job.state.in_(["queued", "running"]))
-        )
+        count = conn.scalar(sa.select(sa.func.count()).select_from(Job).where(Job.state.in_(["queued", "running"])))
     return int(count or 0)

@@ -49,9 +49,15 @@ class Size:
             "RENDERFARM_WORKER_SOFT_SHUTDOWN_S": "10",
             "RENDERFARM_METRICS_PORT": "0",
             "RENDERFARM_MAX_ATTEMPTS": str(self.max_attempts),
+            # docs/reliability.md "Outages and retries": retries 0.5, 1, 2, 2 ... s apart; the outage deadline far
+            # beyond the longest outage; a stranded message re-published after 5 s; uncommitted uploads swept 1 s
+            # after their job finished (the invariants wait for the sweep, with a deadline).
+            "RENDERFARM_RETRY_BACKOFF_BASE_S": "0.5",
+            "RENDERFARM_RETRY_BACKOFF_MAX_S": "2",
             "RENDERFARM_OUTAGE_DEADLINE_S": str(outage_deadline_s),
-            "RENDERFARM_OUTAGE_BACKOFF_MAX_S": "2",
-            # The suite's own tenant submits thousands of jobs from 50 clients: rate limits (0: off) are not under test here.
+            "RENDERFARM_DISPATCH_STRANDED_S": "5",
+            "RENDERFARM_ORPHAN_SWEEP_GRACE_S": "1",
+            # One tenant submits thousands of jobs from 50 clients: rate limits (0: off) are not tested here.
             "RENDERFARM_RATE_LIMIT_TOKEN_REQUESTS": "0",
             "RENDERFARM_RATE_LIMIT_ADDRESS_REQUESTS": "0",
         }
@@ -64,7 +70,7 @@ CI: Final = Size(
     max_attempts=4,
     lease_base_s=6.0,
     kill_jobs=60,
-    kills=20,
+    kills=13,  # + 3 between receipt and claim + 4 in the load case: 20 kills in all
     s3_refuse_s=10.0,
     s3_hang_s=15.0,
     outage_jobs=12,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from renderfarm import WaitTimeout
-from tests.faults.cases import assert_invariants, submit_jobs, verdict, wait_all_finished
+from tests.faults.cases import assert_invariants, settled_verdict, submit_jobs, wait_all_finished
 from tests.faults.conftest import Report
 from tests.faults.farm import HOLD_MODEL, HOLD_QUEUE, Farm, Killer
 from tests.faults.faulty_worker import CRASH_MARKER, HOLD_ENV, HOLD_LINE, OOM_MARKER
@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.faults]
 
 
 def test_workers_sigkilled_at_random_moments(farm: Farm, size: Size, report: Report) -> None:
-    task_ids = submit_jobs(farm, "kill", size.kill_jobs, steps=8)
+    task_ids = submit_jobs(farm, "kill", size.kill_jobs, steps=20)  # about a second each: kills land mid-render
     killer = Killer(farm, kills=size.kills, interval_s=(0.2, 1.2)).start()
     try:
         killer.wait(size.recovery_timeout_s * 2)
@@ -35,6 +35,7 @@ def test_workers_sigkilled_at_random_moments(farm: Farm, size: Size, report: Rep
 
     found = assert_invariants(farm, task_ids)
     assert killer.kills >= size.kills
+    assert killer.mid_render > 0, "no kill landed mid-render"
     report.add(
         "sigkill_random",
         kills=killer.kills,
@@ -70,7 +71,9 @@ def test_a_worker_killed_between_receipt_and_claim_strands_nothing(farm: Farm, s
             recoveries.append(time.monotonic() - killed_at)
 
     found = assert_invariants(farm, task_ids)
-    report.add("sigkill_between_receipt_and_claim", kills=kills, recovery_s=round(max(recoveries), 1), **found.figures())
+    report.add(
+        "sigkill_between_receipt_and_claim", kills=kills, recovery_s=round(max(recoveries), 1), **found.figures()
+    )
 
 
 def test_sigterm_mid_job_returns_or_finishes_it(farm: Farm, size: Size, report: Report) -> None:
@@ -181,7 +184,7 @@ def test_a_poison_job_fails_after_its_attempts_and_harms_no_other(farm: Farm, si
     others = submit_jobs(farm, "beside", size.outage_jobs, steps=4)
     recovery_s = wait_all_finished(farm, [poison, *others], size.recovery_timeout_s * 2)
 
-    found = verdict(farm, [poison, *others])
+    found = settled_verdict(farm, [poison, *others])
     assert not found.problems, found.problems
     assert found.states == {"succeeded": len(others), "failed": 1}, found.states
     assert list(found.failures) == [poison]
@@ -196,13 +199,14 @@ def test_out_of_gpu_memory_fails_only_that_job(farm: Farm, size: Size, report: R
     others = submit_jobs(farm, "calm", size.outage_jobs, steps=4)
     wait_all_finished(farm, [oom, *others], size.recovery_timeout_s)
 
-    found = verdict(farm, [oom, *others])
+    found = settled_verdict(farm, [oom, *others])
     assert not found.problems, found.problems
     assert found.states == {"succeeded": len(others), "failed": 1}, found.states
     assert found.failures == {oom: "out_of_memory"}
     with farm.client() as client:
         job = client.get(oom)
     assert job.attempt == 1
-    assert job.error is not None and "CUDA out of memory" in job.error.message
+    assert job.error is not None
+    assert "CUDA out of memory" in job.error.message
     assert {slot.index: slot.generation for slot in farm.slots} == before, "a worker died of the OOM"
     report.add("out_of_memory", **found.figures())

@@ -51,8 +51,9 @@ def test_many_clients_with_kills(farm: Farm, size: Size, report: Report) -> None
     assert killer.kills > 0, "the load ended before the first kill"
     with farm._engine.connect() as conn:
         waits = conn.execute(
-            sa.select(sa.func.max(Job.started_at - Job.created_at), sa.func.min(Job.created_at), sa.func.max(Job.finished_at))
-            .where(Job.tenant == TENANT, Job.task_id.in_(task_ids))
+            sa.select(
+                sa.func.max(Job.started_at - Job.created_at), sa.func.min(Job.created_at), sa.func.max(Job.finished_at)
+            ).where(Job.tenant == TENANT, Job.task_id.in_(task_ids))
         ).one()
     largest_wait, first_created, last_finished = waits
     report.add(
