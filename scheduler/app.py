@@ -96,7 +96,7 @@ class _Background:
             reset_dispatch_on_startup(s.db)
         self.dispatcher = Dispatcher(s.db, s.celery_app, s.live, s.settings)
         # Jobs the reconciler re-queues are published at once, not at the dispatcher's next tick.
-        self.reconciler = Reconciler(s.db, s.live, s.settings, on_requeue=self.dispatcher.wake)
+        self.reconciler = Reconciler(s.db, s.live, s.settings, on_requeue=self.dispatcher.wake, storage=s.storage)
         self.dispatcher.run_in_thread()
         self.reconciler.run_in_thread()
         s.dispatcher = self.dispatcher

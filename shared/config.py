@@ -39,6 +39,14 @@ DEFAULT_WORKER_SOFT_SHUTDOWN_S = 60.0  # on SIGTERM a worker finishes its step l
 DEFAULT_PROGRESS_INTERVAL_S = 0.25  # at most four live progress writes a second per job
 DEFAULT_RECONCILE_INTERVAL_S = 5.0  # how often the reconciler looks for lost, undispatched and expired jobs
 DEFAULT_RECONCILE_LOST_GRACE_S = 30.0  # a dispatched job's broker marker may be missing this long before re-publishing
+# Outages and retries (reliability.md "Outages and retries"; shared/backoff.py).
+DEFAULT_RETRY_BACKOFF_BASE_S = 2.0  # a re-queued job waits base × 2^(n-1) (jittered) before its n-th retry...
+DEFAULT_RETRY_BACKOFF_MAX_S = 300.0  # ...capped at this
+DEFAULT_OUTAGE_DEADLINE_S = 3600.0  # a job kept back by storage/database outages fails after this long
+DEFAULT_UPLOAD_RETRY_S = 300.0  # a finished render retries its upload this long (renewing its lease) before giving up
+DEFAULT_COMMIT_RETRY_S = 120.0  # an uploaded render retries its commit through a database blip this long
+DEFAULT_DISPATCH_STRANDED_S = 120.0  # a message received by a worker that never claimed it is re-published after this
+DEFAULT_ORPHAN_SWEEP_GRACE_S = 900.0  # a finished job's uploads of uncommitted attempts are removed this long after
 DEFAULT_DISPATCH_WINDOW_PER_QUEUE = 16  # messages in the broker per queue; the rest wait, fairly ordered, in the table
 MIN_TOKEN_LENGTH = 16  # characters; shorter API tokens are refused as guessable
 DEFAULT_METRICS_PORT = 9400  # a worker's Prometheus /metrics and /healthz port; GPU i of one host uses port + i
@@ -96,6 +104,15 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(DEFAULT_RECONCILE_INTERVAL_S, gt=0)
     reconcile_lost_grace_s: float = Field(DEFAULT_RECONCILE_LOST_GRACE_S, ge=0)
     dispatch_window_per_queue: int = Field(DEFAULT_DISPATCH_WINDOW_PER_QUEUE, ge=1)
+    # Outages and retries (docs/reliability.md "Outages and retries" and "Who moves each job on"): an outage of
+    # storage, broker or database is a wait, not an attempt; the job fails for it only after `outage_deadline_s`.
+    retry_backoff_base_s: float = Field(DEFAULT_RETRY_BACKOFF_BASE_S, ge=0)
+    retry_backoff_max_s: float = Field(DEFAULT_RETRY_BACKOFF_MAX_S, ge=0)
+    outage_deadline_s: float = Field(DEFAULT_OUTAGE_DEADLINE_S, gt=0)
+    upload_retry_s: float = Field(DEFAULT_UPLOAD_RETRY_S, ge=0)
+    commit_retry_s: float = Field(DEFAULT_COMMIT_RETRY_S, ge=0)
+    dispatch_stranded_s: float = Field(DEFAULT_DISPATCH_STRANDED_S, gt=0)
+    orphan_sweep_grace_s: float = Field(DEFAULT_ORPHAN_SWEEP_GRACE_S, ge=0)
     # The worker's metrics and health HTTP server (worker/metrics.py); 0 turns it off.
     metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535)
 

@@ -63,7 +63,9 @@ class WorkerStats:
 class WorkerDeps:
     """Everything `run_job` needs, built once per worker process (after fork). `stats` is the one mutable part.
 
-    `clock` is monotonic seconds (throttling, lease renewal); `wall_clock` Unix seconds (live progress times).
+    `clock` is monotonic seconds (throttling, lease renewal, retry deadlines); `wall_clock` Unix seconds (live
+    progress times); `sleep` waits between the retries of an upload or a commit (tests pass one that advances
+    their clock).
     `engine` renders a processing object: `process_images`, or `worker.standin.StandinEngine` for benchmarks.
     """
 
@@ -75,6 +77,7 @@ class WorkerDeps:
     worker_name: str
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep  # the waits between retries of an upload or a commit
     engine: Engine = process_images
     stats: WorkerStats = field(default_factory=WorkerStats)
     assets: AssetCache = field(default_factory=AssetCache)  # verified input assets, kept between jobs

@@ -5,15 +5,23 @@ tests and benchmarks call it directly. Every outcome a job can reach is recorded
 returns a `RunOutcome` describing what happened (and how long each phase took) and raises only when nothing could be
 claimed because the database is unreachable (`DatabaseUnavailable`: the message should be delivered again).
 
-Error classification (what the job becomes):
+Error classification (what the job becomes; docs/reliability.md "Outages and retries"):
 
-    InputError (bad image, unknown model)        failed at once, with the field
-    TransientError (storage, database), ConfigError   back to queued and undispatched (a new delivery), or failed
-                                                       when its attempts are used up
-    out of GPU memory                             retried once with the batch split in two, then failed `out_of_memory`
-    cancel requested (live flag or row)           canceled, no artifacts
-    LeaseLost (another attempt owns the job)      nothing written at all
-    anything else                                 failed `render_failed` with the exception's message
+    InputError (bad image, unknown model), also     failed at once, with the field: the same input fails the same
+    raised by the engine                            way on every worker, so retrying only burns attempts
+    TransientError (storage, database outage)       an outage, not an attempt: back to queued, undispatched, not
+                                                    before a jittered exponential backoff; failed
+                                                    `outage_deadline_exceeded` once outages kept it back for
+                                                    `outage_deadline_s`
+      ... while uploading a finished render         retried inside the lease (renewed) for `upload_retry_s` first
+      ... while committing an uploaded render       the commit retried for `commit_retry_s` (idempotent by attempt)
+    ConfigError (this worker's storage refuses it)  an attempt: back to queued after a backoff, or failed when
+                                                    its attempts are used up (another worker may be set up right)
+    worker shutting down (SIGTERM)                  back to queued at once; not an attempt
+    out of GPU memory                               retried once with the batch split in two, then `out_of_memory`
+    cancel requested (live flag or row)             canceled, no artifacts
+    LeaseLost (another attempt owns the job)        nothing written; this attempt's uploads removed
+    anything else                                   failed `render_failed` with the exception's message
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ import uuid
 
 from PIL import Image
 
-from shared.db import JobError
+from shared.backoff import backoff_delay
+from shared.db import ArtifactRecord, JobError
 from shared.errors import (
     ConfigError,
     DatabaseUnavailable,
@@ -33,6 +42,7 @@ from shared.errors import (
     NotFound,
     PermanentError,
     RenderfarmError,
+    StorageUnavailable,
     TransientError,
 )
 from shared.job.seeds import resolved_seeds
@@ -94,7 +104,8 @@ def run_job(job_id: uuid.UUID, delivered_attempt: int, deps: WorkerDeps) -> RunO
     attempt = claimed.attempt
     if attempt != delivered_attempt + 1:
         logger.info("job %s: message of attempt %s runs as attempt %s", job_id, delivered_attempt, attempt)
-    run = ClaimedRun(job_id, attempt, row, lease_s, deps, timings, live)
+    # The claimed row: its attempt, and the outages counted so far (attempts_used, outage_since).
+    run = ClaimedRun(job_id, attempt, claimed, lease_s, deps, timings, live)
     run.next_renewal = deps.clock() + lease_s * RENEW_FRACTION
     live.call("notify", lambda: deps.live.notify(job_id))
     WORKER_METRICS.job_started()
@@ -105,12 +116,13 @@ def run_job(job_id: uuid.UUID, delivered_attempt: int, deps: WorkerDeps) -> RunO
 
 def _run_claimed(run: ClaimedRun, job: Img2ImgJob | None, spec_error: InputError | None) -> RunOutcome:
     """Everything after a successful claim; returns how the delivery ended."""
-    attempt, row, deps = run.attempt, run.row, run.deps
-    if attempt > row.max_attempts:
+    row, deps = run.row, run.deps
+    if row.attempts_used > row.max_attempts:
+        outages = f" (and {row.outage_requeues} more that ended in an outage)" if row.outage_requeues else ""
         error = JobError(
             type="permanent",
             code="attempts_exhausted",
-            message=f"the job was delivered {attempt} times; the limit is {row.max_attempts} attempts",
+            message=f"the job was started {row.attempts_used} times{outages}; the limit is {row.max_attempts} attempts",
         )
         return _fail(run, error)
     if spec_error is not None or job is None:
@@ -132,17 +144,21 @@ def _execute(run: ClaimedRun, job: Img2ImgJob) -> RunOutcome:
         return run.outcome("lease_lost", error_code="lease_lost")
     except Draining:
         logger.info("job %s: worker shutting down; returning the job to the queue", run.job_id)
-        return _requeue(run, None)
+        return _requeue(run, None, counts_as_attempt=False)
     except _OutOfMemory as exc:
         return _fail(run, JobError("permanent", "out_of_memory", str(exc)))
     except ModelNotFound as exc:
         return _fail(run, JobError("invalid_request", exc.code, exc.message, field="model"))
     except InputError as exc:
         return _fail(run, JobError.from_exception(exc))
-    except (TransientError, ConfigError) as exc:
-        # ConfigError here is the worker's own setup (storage refusing us): another worker may be set up right.
+    except TransientError as exc:
+        # An outage of storage or the database: the job did nothing wrong, so this claim is not an attempt.
+        logger.warning("job %s: %s: %s; waiting for the service", run.job_id, type(exc).__name__, exc.message)
+        return _requeue(run, exc, counts_as_attempt=False)
+    except ConfigError as exc:
+        # The worker's own setup (storage refusing us): another worker may be set up right, so it is an attempt.
         logger.warning("job %s: %s: %s", run.job_id, type(exc).__name__, exc.message)
-        return _requeue(run, exc)
+        return _requeue(run, exc, counts_as_attempt=True)
     except PermanentError as exc:
         return _fail(run, JobError.from_exception(exc))
     except Exception as exc:  # never leave a job running: anything unexpected fails it with its message
@@ -169,19 +185,69 @@ def _render_upload_commit(run: ClaimedRun, job: Img2ImgJob) -> RunOutcome:
     # A takeover during the render's last third, or a cancel at the very end, is caught here before any upload.
     run.renew()
     with run.timings.phase("upload"):
-        records = upload_artifacts(deps.storage, run.row.tenant, run.row.task_id, run.attempt, processed)
+        records = _upload_with_retries(run, processed)
     with run.timings.phase("commit"):
         try:
-            deps.db.leases.succeed(run.job_id, run.attempt, records, warnings=warnings)
+            _commit_with_retries(run, records, warnings)
         except LeaseLost as exc:
             logger.warning("job %s: commit refused (%s); removing this attempt's uploads", run.job_id, exc)
             delete_quietly(deps.storage, [record.storage_key for record in records])
             return run.outcome("lease_lost", error_code="lease_lost")
         except DatabaseUnavailable as exc:
+            # The uploads stay: no row points to them, and the reconciler's sweep removes them once the job ends.
             logger.error("job %s: cannot record success (%s); the reconciler will retry the job", run.job_id, exc)
             return run.outcome("unrecorded", error_code=exc.code)
     run.finished()
     return run.outcome("succeeded", artifacts=len(records))
+
+
+def _upload_with_retries(run: ClaimedRun, processed: Processed) -> list[ArtifactRecord]:
+    """Upload the render; while storage is unavailable, wait (backoff) and try again for `upload_retry_s`,
+    renewing the lease before each try, instead of throwing the finished render away.
+
+    The keys are deterministic per attempt, so a retry overwrites what a failed try left half done. Raises the
+    last StorageUnavailable once `upload_retry_s` has passed; LeaseLost / CancelRequested from a renewal.
+    """
+    deps = run.deps
+    settings = deps.settings
+    give_up_at = deps.clock() + settings.upload_retry_s
+    failures = 0
+    while True:
+        try:
+            return upload_artifacts(deps.storage, run.row.tenant, run.row.task_id, run.attempt, processed)
+        except StorageUnavailable as exc:
+            failures += 1
+            delay = backoff_delay(failures, settings.retry_backoff_base_s, settings.retry_backoff_max_s)
+            if deps.clock() + delay > give_up_at:
+                raise
+            logger.warning(
+                "job %s: upload failed (%s); try %d again in %.1f s", run.job_id, exc.message, failures + 1, delay
+            )
+            deps.sleep(delay)
+            run.renew()  # the lease outlives the waits; a takeover or a cancel stops them
+
+
+def _commit_with_retries(run: ClaimedRun, records: list[ArtifactRecord], warnings: list[dict[str, str]]) -> None:
+    """Commit the uploaded render; through a database blip, try again (backoff) for `commit_retry_s`.
+
+    `succeed` is fenced and idempotent by attempt: a retry after a commit whose reply was lost is a no-op, and a
+    retry after another attempt took the job raises LeaseLost. Raises the last DatabaseUnavailable at the end.
+    """
+    deps = run.deps
+    settings = deps.settings
+    give_up_at = deps.clock() + settings.commit_retry_s
+    failures = 0
+    while True:
+        try:
+            deps.db.leases.succeed(run.job_id, run.attempt, records, warnings=warnings)
+            return
+        except DatabaseUnavailable as exc:
+            failures += 1
+            delay = backoff_delay(failures, settings.retry_backoff_base_s, settings.retry_backoff_max_s)
+            if deps.clock() + delay > give_up_at:
+                raise
+            logger.warning("job %s: commit failed (%s); try %d again in %.1f s", run.job_id, exc, failures + 1, delay)
+            deps.sleep(delay)
 
 
 def _render(
@@ -288,25 +354,46 @@ def _cancel(run: ClaimedRun) -> RunOutcome:
     return run.outcome("canceled")
 
 
-def _requeue(run: ClaimedRun, exc: RenderfarmError | None) -> RunOutcome:
-    """Back to queued and undispatched for a new delivery; failed instead when this was the last attempt."""
-    if exc is not None and run.attempt >= run.row.max_attempts:
+def _requeue(run: ClaimedRun, exc: RenderfarmError | None, *, counts_as_attempt: bool) -> RunOutcome:
+    """Back to queued and undispatched for a new delivery, not before a backoff (docs/reliability.md "Outages and
+    retries").
+
+    `counts_as_attempt=False` (an outage, a shutdown) gives the claim back; an outage fails the job only once
+    outages have kept it back for `outage_deadline_s`. A counted requeue on the last attempt fails the job.
+    """
+    row, settings = run.row, run.deps.settings
+    if counts_as_attempt and exc is not None and row.attempts_used >= row.max_attempts:
         return _fail(
             run,
             JobError(
                 exc.type,
                 exc.code,
-                f"{exc.message} (attempt {run.attempt} of {run.row.max_attempts}; no attempts left)",
+                f"{exc.message} (attempt {row.attempts_used} of {row.max_attempts}; no attempts left)",
             ),
         )
+    if exc is None:
+        delay = 0.0  # a worker shutting down: another worker may take the job at once
+    else:
+        failures = row.attempts_used if counts_as_attempt else row.outage_requeues + 1
+        delay = backoff_delay(max(1, failures), settings.retry_backoff_base_s, settings.retry_backoff_max_s)
+    outage = JobError.from_exception(exc) if isinstance(exc, TransientError) else None
     try:
-        moved = run.deps.db.leases.transition(
-            run.job_id, JobState.QUEUED, expected_attempt=run.attempt, from_states=frozenset({JobState.RUNNING})
+        moved = run.deps.db.leases.requeue(
+            run.job_id,
+            run.attempt,
+            retry_delay_s=delay,
+            counts_as_attempt=counts_as_attempt,
+            outage=outage,
+            outage_deadline_s=settings.outage_deadline_s if outage is not None else None,
         )
     except DatabaseUnavailable as db_exc:
         logger.error("job %s: cannot return the job to the queue (%s)", run.job_id, db_exc)
         return run.outcome("unrecorded", error_code=None if exc is None else exc.code)
-    if not moved:
+    if moved is None:
         return run.outcome("lease_lost", error_code="lease_lost")
     run.finished()
+    if moved.state is JobState.FAILED:
+        logger.warning("job %s: failed: %s", run.job_id, moved.error.message if moved.error else "")
+        return run.outcome("failed", error_code=moved.error.code if moved.error else None)
+    logger.info("job %s: re-queued, not before %.1f s from now", run.job_id, delay)
     return run.outcome("requeued", error_code=None if exc is None else exc.code)

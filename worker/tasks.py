@@ -29,6 +29,7 @@ import torch
 from celery import Celery, Task, signals
 from celery.exceptions import Reject, WorkerShutdown
 
+from shared.backoff import backoff_delay
 from shared.config import Settings
 from shared.db import Database
 from shared.errors import DatabaseUnavailable
@@ -55,7 +56,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CLAIM_RETRY_DELAY_S: Final = 2.0  # pause before handing back a message whose claim hit a database outage (seconds)
+CLAIM_RETRY_DELAY_S: Final = 2.0  # first pause before handing back a message whose claim hit a database outage (s)
+CLAIM_RETRY_MAX_S: Final = 30.0  # the pause doubles (jittered) with each claim in a row that fails, up to this (s)
 CPU_CACHE_BYTES: Final = 8 * 1024**3  # model weights kept loaded on a CPU worker (bytes)
 GPU_CACHE_SHARE: Final = 0.6  # share of GPU memory for kept weights; the rest is for activations
 
@@ -161,6 +163,7 @@ def create_worker_app(settings: Settings, deps_factory: Callable[[], WorkerDeps]
     app = make_celery_app(settings, name="renderfarm-worker")
     holder = DepsHolder(deps_factory, warm=warm)
     setattr(app, _HOLDER_ATTR, holder)
+    claim_failures = [0]  # claims in a row that met a database outage (one task at a time per process)
 
     # shared=False: otherwise Celery registers the task on every app made later in this process (the scheduler's too).
     @app.task(name=RENDER_TASK, bind=True, acks_late=app.conf.task_acks_late, ignore_result=True, shared=False)
@@ -176,10 +179,16 @@ def create_worker_app(settings: Settings, deps_factory: Callable[[], WorkerDeps]
             deps = holder.get()
             outcome = run_job(job_uuid, delivered, deps)
         except DatabaseUnavailable as exc:
-            # Nothing was claimed; pause so that a database outage does not become a hot redelivery loop.
-            logger.warning("job %s: database unavailable at claim (%s); handing the message back", job_id, exc)
-            time.sleep(CLAIM_RETRY_DELAY_S)
+            # Nothing was claimed (not an attempt); pause, longer with each failure in a row, so that a database
+            # outage does not become a hot redelivery loop.
+            claim_failures[0] += 1
+            pause = backoff_delay(claim_failures[0], CLAIM_RETRY_DELAY_S, CLAIM_RETRY_MAX_S)
+            logger.warning(
+                "job %s: database unavailable at claim (%s); handing the message back in %.1f s", job_id, exc, pause
+            )
+            time.sleep(pause)
             raise Reject(str(exc), requeue=True) from exc
+        claim_failures[0] = 0
         logger.info(
             "job %s attempt %s: %s in %s ms (%s progress writes, %.1f ms in step callbacks)",
             job_id,

@@ -16,14 +16,22 @@ import sqlalchemy as sa
 from shared.db.ids import new_id
 from shared.db.job_updates import ErrorLike, error_dict, touch_jobs, update_jobs
 from shared.db.rows import ArtifactRecord, JobError, JobRow, LeaseStatus
-from shared.db.tables import artifacts, jobs
+from shared.db.tables import UTCDateTime, artifacts, jobs
 from shared.db.transaction import Operations
 from shared.errors import LeaseLost
 from shared.job.artifacts import ARTIFACT_KINDS
 from shared.states import JobState
 
+# Claims that count against `max_attempts`: those that ended in an outage do not (`JobRow.attempts_used`).
+_ATTEMPTS_USED = jobs.c.attempt - jobs.c.outage_requeues
+
 # Columns a caller of `transition` may not set: the key, the tenant's identity, and what the update manages itself.
 _PROTECTED_COLUMNS = frozenset({"id", "tenant", "task_id", "state", "seq", "updated_at", "created_at"})
+
+
+def _retry_at(now: datetime, delay_s: float) -> datetime | None:
+    """When a job re-queued at `now` may run again: NULL (at once) without a delay."""
+    return now + timedelta(seconds=delay_s) if delay_s > 0 else None
 
 
 class Leases(Operations):
@@ -42,12 +50,15 @@ class Leases(Operations):
         Returns the claimed job (its `attempt` is the new attempt number), or None when the job is not queued (a
         duplicate delivery, canceled, already running or finished, or unknown): the caller acks the message and does
         nothing.
-        The caller fails the job when the returned attempt exceeds `max_attempts`.
+        A job waiting for its retry (`retry_at` later than now) is not claimed either: a duplicate message that
+        arrives during the backoff is dropped, and the dispatcher publishes the job when it is due.
+        The caller fails the job when the returned attempt exceeds `max_attempts` (its `attempts_used`).
         """
         when, until = self._lease(lease_s, now)
         values = {"attempt": jobs.c.attempt + 1, "worker": worker, "started_at": when, "lease_until": until}
+        due = sa.or_(jobs.c.retry_at.is_(None), jobs.c.retry_at <= when)
         with self._tx.begin() as conn:
-            rows = update_jobs(conn, JobState.RUNNING, [jobs.c.id == job_id], values, now=when)
+            rows = update_jobs(conn, JobState.RUNNING, [jobs.c.id == job_id, due], values, now=when)
         return rows[0] if rows else None
 
     def renew_lease(
@@ -78,7 +89,9 @@ class Leases(Operations):
         """Record the uploaded artifacts and mark the job succeeded, in one transaction fenced by `attempt`.
 
         `warnings` are appended to the job's warnings (the API's come first). Raises `LeaseLost` when the job is
-        not running under `attempt` any more; then nothing at all is written. Raises `ValueError` for an unknown
+        not running under `attempt` any more; then nothing at all is written. Idempotent: when the job already
+        succeeded under this same attempt (an earlier call committed and its reply was lost), returns the job and
+        writes nothing, so a commit may be retried after a database error. Raises `ValueError` for an unknown
         artifact kind.
         """
         for record in artifact_records:
@@ -96,6 +109,10 @@ class Leases(Operations):
             )
             if not rows:
                 current = conn.execute(sa.select(jobs.c.state, jobs.c.attempt).where(jobs.c.id == job_id)).first()
+                if current is not None and (current[0], current[1]) == (JobState.SUCCEEDED.value, attempt):
+                    # This very commit went in and its reply was lost (a database blip): the retry is a no-op.
+                    (row,) = conn.execute(sa.select(jobs).where(jobs.c.id == job_id)).mappings()
+                    return JobRow.from_mapping(row)
                 detail = "the job does not exist" if current is None else f"it is {current[0]} at attempt {current[1]}"
                 # Raising inside the transaction rolls it back: no artifact row is written.
                 raise LeaseLost(f"attempt {attempt} of job {job_id} no longer owns the job: {detail}")
@@ -177,12 +194,14 @@ class Leases(Operations):
             )
         return rows[0] if rows else None
 
-    def requeue_expired(self, now: datetime | None = None) -> list[JobRow]:
+    def requeue_expired(self, now: datetime | None = None, *, retry_delay_s: float = 0.0) -> list[JobRow]:
         """Deal with running jobs whose lease expired before `now` and that have attempts left.
 
         Those with a cancel request become canceled (the user asked; running them again would be wrong), whatever
         their attempts; the others go back to queued, unpublished (`dispatched_at` NULL) so the reconciler publishes
-        them, with no worker. Returns the changed jobs (look at `state` to tell which is which).
+        them, with no worker, not before `retry_delay_s` from now (`retry_at`). An expired lease counts as an
+        attempt (the worker may have died of this job). Returns the changed jobs (look at `state` to tell which is
+        which).
         """
         when = self._tx.now(now)
         expired = [jobs.c.lease_until < when]
@@ -198,8 +217,8 @@ class Leases(Operations):
             requeued = update_jobs(
                 conn,
                 JobState.QUEUED,
-                [*expired, sa.not_(jobs.c.cancel_requested), jobs.c.attempt < jobs.c.max_attempts],
-                {},
+                [*expired, sa.not_(jobs.c.cancel_requested), jobs.c.max_attempts > _ATTEMPTS_USED],
+                {"retry_at": _retry_at(when, retry_delay_s)},
                 now=when,
             )
         return canceled + requeued
@@ -214,7 +233,7 @@ class Leases(Operations):
         expired = [
             jobs.c.state == JobState.RUNNING.value,
             jobs.c.lease_until < when,
-            jobs.c.attempt >= jobs.c.max_attempts,
+            jobs.c.max_attempts <= _ATTEMPTS_USED,
             sa.not_(jobs.c.cancel_requested),
         ]
         failed: list[JobRow] = []
@@ -242,6 +261,60 @@ class Leases(Operations):
                     now=when,
                 )
         return failed
+
+    def requeue(
+        self,
+        job_id: uuid.UUID,
+        attempt: int,
+        *,
+        retry_delay_s: float,
+        outage: ErrorLike | None = None,
+        counts_as_attempt: bool = True,
+        outage_deadline_s: float | None = None,
+        now: datetime | None = None,
+    ) -> JobRow | None:
+        """A worker hands its running job back to the queue: queued, undispatched, not before `retry_delay_s`.
+
+        Fenced by `attempt` (and the running state). `counts_as_attempt=False` gives the claim back to the job
+        (`outage_requeues` + 1): the job itself did not fail (an outage, or the worker shutting down). With
+        `outage` (the error of a storage or database outage), the outage clock starts (`outage_since`, if not
+        already running) and, when `outage_deadline_s` has passed since it started, the job fails instead with
+        code `outage_deadline_exceeded` and a message quoting `outage`. Returns the changed job (queued, or
+        failed: look at `state`), or None when this attempt does not own the job any more.
+        """
+        when = self._tx.now(now)
+        owned = [jobs.c.id == job_id, jobs.c.attempt == attempt]
+        running = frozenset({JobState.RUNNING})
+        with self._tx.begin() as conn:
+            if outage is not None and outage_deadline_s is not None:
+                cause = error_dict(outage)
+                error = JobError(
+                    type="transient",
+                    code="outage_deadline_exceeded",
+                    message=(
+                        f"the job could not run for more than outage_deadline_s = {outage_deadline_s:g} s because "
+                        f"of an outage ({cause['code']}: {cause['message']})"
+                    ),
+                )
+                cutoff = when - timedelta(seconds=outage_deadline_s)
+                failed = update_jobs(
+                    conn,
+                    JobState.FAILED,
+                    [*owned, jobs.c.outage_since.is_not(None), jobs.c.outage_since <= cutoff],
+                    {"error": error.to_dict()},
+                    from_states=running,
+                    now=when,
+                )
+                if failed:
+                    return failed[0]
+            values: dict[str, Any] = {"retry_at": _retry_at(when, retry_delay_s)}
+            if not counts_as_attempt:
+                values["outage_requeues"] = jobs.c.outage_requeues + 1
+            if outage is not None:
+                started = sa.bindparam(None, when, type_=UTCDateTime())
+                values["outage_since"] = sa.func.coalesce(jobs.c.outage_since, started)
+            rows = update_jobs(conn, JobState.QUEUED, owned, values, from_states=running, now=when)
+        return rows[0] if rows else None
 
     def transition(
         self,
@@ -271,4 +344,38 @@ class Leases(Operations):
         when = self._tx.now(now)
         with self._tx.begin() as conn:
             rows = update_jobs(conn, target, where, values, from_states=from_states, now=when)
+        return bool(rows)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # The sweep of uploads that no commit points to (reliability.md "Storage")
+
+    def unswept_finished(self, grace_s: float, *, limit: int = 100, now: datetime | None = None) -> list[JobRow]:
+        """Finished jobs that may have left objects of uncommitted attempts in storage, oldest first.
+
+        Those that ended more than `grace_s` seconds ago, were claimed at least once and are not marked swept,
+        except a job that succeeded at its first attempt (its only uploads are the committed ones).
+        """
+        cutoff = self._tx.now(now) - timedelta(seconds=grace_s)
+        terminal = [state.value for state in JobState if state.is_terminal]
+        statement = (
+            sa.select(jobs)
+            .where(
+                jobs.c.state.in_(terminal),
+                jobs.c.storage_swept_at.is_(None),
+                jobs.c.finished_at < cutoff,
+                jobs.c.attempt >= 1,
+                sa.or_(jobs.c.state != JobState.SUCCEEDED.value, jobs.c.attempt > 1),
+            )
+            .order_by(jobs.c.finished_at, jobs.c.id)
+            .limit(limit)
+        )
+        with self._tx.begin(write=False) as conn:
+            return [JobRow.from_mapping(row) for row in conn.execute(statement).mappings()]
+
+    def mark_swept(self, job_id: uuid.UUID, *, now: datetime | None = None) -> bool:
+        """Record that the job's uncommitted uploads were removed. Returns False when the job is not finished."""
+        when = self._tx.now(now)
+        terminal = [state.value for state in JobState if state.is_terminal]
+        with self._tx.begin() as conn:
+            rows = touch_jobs(conn, [jobs.c.id == job_id, jobs.c.state.in_(terminal)], {"storage_swept_at": when}, when)
         return bool(rows)

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from shared.db.job_updates import chunks, touch_jobs
 from shared.db.rows import JobRow
-from shared.db.tables import jobs
+from shared.db.tables import UTCDateTime, jobs
 from shared.db.transaction import Operations
 from shared.states import JobState
 
@@ -34,23 +34,25 @@ class OutboxState(NamedTuple):
     in_flight: int
 
 
-# The distinct queues with queued jobs never published, as a skip scan of ix_jobs_undispatched: each step finds
-# the next queue name with one index probe, so the cost grows with the number of queues, not of jobs. (A plain
-# SELECT DISTINCT reads every entry.) Written for PostgreSQL and SQLite alike.
+# The distinct queues with queued jobs never published and due (`retry_at` passed or unset), as a skip scan of
+# ix_jobs_undispatched: each step finds the next queue name with one index probe, so the cost grows with the number
+# of queues, not of jobs. (A plain SELECT DISTINCT reads every entry.) Written for PostgreSQL and SQLite alike.
 _WAITING_QUEUES = sa.text(
     """
     WITH RECURSIVE waiting(queue) AS (
-        SELECT min(queue) FROM jobs WHERE state = 'queued' AND dispatched_at IS NULL
+        SELECT min(queue) FROM jobs
+        WHERE state = 'queued' AND dispatched_at IS NULL AND (retry_at IS NULL OR retry_at <= :now)
         UNION ALL
         SELECT (
             SELECT min(later.queue) FROM jobs AS later
             WHERE later.state = 'queued' AND later.dispatched_at IS NULL AND later.queue > waiting.queue
+            AND (later.retry_at IS NULL OR later.retry_at <= :now)
         )
         FROM waiting WHERE waiting.queue IS NOT NULL
     )
     SELECT queue FROM waiting WHERE queue IS NOT NULL
     """
-)
+).bindparams(sa.bindparam("now", type_=UTCDateTime()))
 
 # Messages in flight per queue (published, not yet claimed): a count over ix_jobs_in_flight.
 _IN_FLIGHT_BY_QUEUE = (
@@ -69,16 +71,18 @@ def _lock_key(queue: str) -> int:
 class Outbox(Operations):
     """Publishing jobs: which queues wait, the claim and release of a dispatch, and the repair of lost messages."""
 
-    def outbox_by_queue(self) -> dict[str, OutboxState]:
+    def outbox_by_queue(self, *, now: datetime | None = None) -> dict[str, OutboxState]:
         """Every Celery queue with queued jobs never published or messages in flight, and which it has.
 
         The dispatcher reads this once per round (every 50 ms while a backlog waits behind full windows), so it
         must not count the backlog: the queues with unpublished jobs are found by a skip scan of
         `ix_jobs_undispatched` (one index probe per queue), the in-flight messages counted in `ix_jobs_in_flight`
-        (at most a window per queue).
+        (at most a window per queue). A job waiting for its retry (`retry_at` later than `now`) does not count as
+        waiting until it is due.
         """
+        when = self._tx.now(now)
         with self._tx.begin(write=False) as conn:
-            waiting: set[str] = set(conn.execute(_WAITING_QUEUES).scalars())
+            waiting: set[str] = set(conn.execute(_WAITING_QUEUES, {"now": when}).scalars())
             in_flight: dict[str, int] = {queue: int(count) for queue, count in conn.execute(_IN_FLIGHT_BY_QUEUE)}
         return {
             queue: OutboxState(waiting=queue in waiting, in_flight=in_flight.get(queue, 0))
@@ -143,7 +147,7 @@ class Outbox(Operations):
                 room = min(room, max_jobs)
             if room <= 0:
                 return []
-            order: list[uuid.UUID] = list(conn.execute(_fair_dispatch_order(queue, room)).scalars())
+            order: list[uuid.UUID] = list(conn.execute(_fair_dispatch_order(queue, room, when)).scalars())
             if not order:
                 return []
             claimed = touch_jobs(
@@ -226,8 +230,9 @@ class Outbox(Operations):
         return len(rows)
 
 
-def _fair_dispatch_order(queue: str, limit: int) -> sa.Select[Any]:
-    """The ids of `queue`'s undispatched queued jobs in dispatch order, at most `limit` of them (a SELECT).
+def _fair_dispatch_order(queue: str, limit: int, now: datetime) -> sa.Select[Any]:
+    """The ids of `queue`'s undispatched queued jobs in dispatch order, at most `limit` of them (a SELECT). Jobs
+    waiting for their retry (`retry_at` later than `now`) are left out until they are due.
 
     Order: higher `priority` first; within one priority, round-robin over tenants, each tenant's oldest job
     first (`ROW_NUMBER() OVER (PARTITION BY tenant, priority ORDER BY created_at, id)`), then the oldest.
@@ -262,7 +267,12 @@ def _fair_dispatch_order(queue: str, limit: int) -> sa.Select[Any]:
             .over(partition_by=[jobs.c.tenant, jobs.c.priority], order_by=[jobs.c.created_at, jobs.c.id])
             .label("turn"),
         )
-        .where(jobs.c.queue == queue, jobs.c.state == JobState.QUEUED.value, jobs.c.dispatched_at.is_(None))
+        .where(
+            jobs.c.queue == queue,
+            jobs.c.state == JobState.QUEUED.value,
+            jobs.c.dispatched_at.is_(None),
+            sa.or_(jobs.c.retry_at.is_(None), jobs.c.retry_at <= now),
+        )
         .cte("ranked")
     )
     turn = ranked.c.turn + sa.func.coalesce(active.c.active, 0)

@@ -75,6 +75,15 @@ class JobRow:
     warnings: tuple[Mapping[str, Any], ...]
     seq: int
     total_steps: int | None
+    retry_at: datetime | None = None  # not published nor claimed before (the backoff of a retry)
+    outage_since: datetime | None = None  # the first outage that sent this job back to the queue
+    storage_swept_at: datetime | None = None  # when uploads of attempts that never committed were removed
+    outage_requeues: int = 0  # claims that ended in an outage: not attempts
+
+    @property
+    def attempts_used(self) -> int:
+        """Attempts that count against `max_attempts`: claims, less those that ended in an outage."""
+        return self.attempt - self.outage_requeues
 
     @classmethod
     def from_mapping(cls, row: ColumnValues) -> JobRow:

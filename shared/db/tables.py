@@ -165,6 +165,12 @@ class Job(Base):
     warnings: Mapped[Any] = mapped_column(JSONType)
     seq: Mapped[int] = mapped_column(sa.BigInteger, server_default=sa.text("1"))
     total_steps: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    # Migration 0003 (reliability.md "Outages and retries"): a re-queued job is neither published nor claimed
+    # before `retry_at`; claims that ended in an outage are counted apart from the attempts, since `outage_since`.
+    retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    outage_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    storage_swept_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    outage_requeues: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("0"))
 
 
 class Artifact(Base):

@@ -21,11 +21,12 @@ from scheduler.reconciler import (
     reset_dispatch_on_startup,
 )
 from shared.config import Settings
-from shared.db import Database
+from shared.db import ArtifactRecord, Database, JobError, JobRow
 from shared.db.tables import utcnow
 from shared.live import LiveProgress, LocalLiveStatus, RedisLiveStatus
 from shared.queueing import make_celery_app
 from shared.states import JobState
+from shared.storage import LocalFolderStorage, artifact_key, asset_key
 from tests.clock import FakeClock
 from tests.databases import attempt_of, in_flight, open_database
 from tests.dispatch import (
@@ -71,6 +72,11 @@ def reconciler(
     reconciler.stop()
 
 
+def reconciler_settings_backoff(reconciler: Reconciler) -> float:
+    """How long a job re-queued by the reconciler waits before it is published again."""
+    return reconciler._settings.retry_backoff_base_s
+
+
 def progress_of(job_id: object, attempt: int) -> LiveProgress:
     return LiveProgress(
         job_id=str(job_id),
@@ -113,7 +119,9 @@ def test_an_expired_lease_requeues_the_job_and_it_is_published_again(
     assert (row.state, row.attempt, row.dispatched_at, row.worker) == (JobState.QUEUED, 1, None, None)
     assert live.get_progress(job.id) is None  # the dead attempt's progress is gone
 
-    assert dispatcher.dispatch_once() == 1
+    assert dispatcher.dispatch_once() == 0  # not republished at once: it waits for its retry (retry_at)...
+    clock.advance(reconciler_settings_backoff(reconciler))
+    assert dispatcher.dispatch_once() == 1  # ...and is published when due
     assert broker_ids(broker) == [f"{job.id}:1"]  # a new message id: the attempt it follows
 
 
@@ -255,7 +263,8 @@ def test_the_loop_requeues_and_wakes_the_dispatcher(
 def test_main_once_reconciles_and_publishes(
     database_url: str, redis_url: str, broker: redis.Redis, tmp_path: Path
 ) -> None:
-    settings = cluster_settings(redis_url, database_url, data_dir=tmp_path / "data")
+    # No backoff: the re-queued job is due at once (the backoff itself is tested with a fake clock above).
+    settings = cluster_settings(redis_url, database_url, data_dir=tmp_path / "data", retry_backoff_base_s=0)
     with open_database(database_url) as db:  # the real clock, like the command's
         expired, waiting = submit(db, 2)
         assert [job.id for job in db.outbox.claim_dispatch(expired.queue, 1)] == [expired.id]
@@ -279,3 +288,160 @@ def test_main_once_in_embedded_mode_publishes_nothing(database_url: str, tmp_pat
         assert report.published == 0
         assert report.lost_check_skipped
         assert db.jobs.get_by_id(job.id).dispatched_at is None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Issue 15, finding 2: no stranded message
+
+
+def test_a_message_taken_by_a_worker_that_died_before_its_claim_is_published_again(
+    db: Database,
+    dispatcher: Dispatcher,
+    reconciler: Reconciler,
+    broker: redis.Redis,
+    clock: FakeClock,
+    settings: Settings,
+) -> None:
+    stranded, waiting = submit(db, 2)
+    assert dispatcher.dispatch_once() == 2
+    # A worker received the first message (it left the broker's queue; kombu keeps it unacked) and died before its
+    # claim. Its dispatch marker is still there, so the lost-message check does not see it.
+    assert take_message(broker) == f"{stranded.id}:0"
+    assert broker.exists(dispatched_marker(stranded.id))
+
+    clock.advance(settings.dispatch_stranded_s - 1)
+    assert reconciler.run_once().changed == 0  # within the bound: the worker may still be claiming
+
+    clock.advance(2)
+    # Only the job whose message left the queue: the other one's message still waits for a worker (busy, not dead).
+    assert reconciler.run_once() == ReconcileReport(stranded=(stranded.id,))
+    assert dispatcher.dispatch_once() == 1
+    assert broker_ids(broker) == [f"{waiting.id}:0", f"{stranded.id}:0"]
+    assert reconciler.run_once().changed == 0
+
+    # The broker hands the first message back after its visibility timeout: a duplicate delivery, and harmless,
+    # because the claim is one conditional UPDATE.
+    assert attempt_of(db.leases.claim(stranded.id, "gpu-0", LEASE_S)) == 1
+    assert db.leases.claim(stranded.id, "gpu-1", LEASE_S) is None
+
+
+def test_a_stranded_message_gives_its_dispatch_window_slot_back(
+    db: Database,
+    app: Celery,
+    live: RedisLiveStatus,
+    broker: redis.Redis,
+    clock: FakeClock,
+    settings: Settings,
+) -> None:
+    dispatcher = Dispatcher(db, app, live, settings, window_per_queue=1)
+    reconciler = Reconciler(db, live, settings)
+    try:
+        first, second = submit(db, 2)
+        assert dispatcher.dispatch_once() == 1
+        assert take_message(broker) == f"{first.id}:0"  # received by a worker that died before its claim
+        assert dispatcher.dispatch_once() == 0  # the window's one slot is held by the stranded message
+        assert in_flight(db) == {QUEUE: 1}
+
+        clock.advance(settings.dispatch_stranded_s + 1)
+        assert reconciler.run_once().stranded == (first.id,)
+        assert dispatcher.dispatch_once() == 1  # the slot is free again; the oldest job takes it
+        assert broker_ids(broker) == [f"{first.id}:0"]
+        assert attempt_of(db.leases.claim(first.id, "gpu-0", LEASE_S)) == 1
+        assert dispatcher.dispatch_once() == 1
+        assert broker_ids(broker) == [f"{first.id}:0", f"{second.id}:0"]
+    finally:
+        reconciler.stop()
+        dispatcher.stop()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Issue 15, finding 1: requeues wait for their retry; outages are not attempts
+
+
+def test_a_requeued_job_is_neither_published_nor_claimed_before_its_retry(
+    db: Database, dispatcher: Dispatcher, broker: redis.Redis, clock: FakeClock
+) -> None:
+    (job,) = submit(db, 1)
+    assert dispatcher.dispatch_once() == 1
+    assert take_message(broker) == f"{job.id}:0"
+    assert attempt_of(db.leases.claim(job.id, "gpu-0", LEASE_S)) == 1
+    outage = JobError("transient", "storage_unavailable", "S3 is unavailable")
+
+    row = db.leases.requeue(
+        job.id, 1, retry_delay_s=10.0, counts_as_attempt=False, outage=outage, outage_deadline_s=3600.0
+    )
+
+    assert row is not None
+    assert (row.state, row.attempt, row.outage_requeues, row.attempts_used) == (JobState.QUEUED, 1, 1, 0)
+    assert (row.retry_at, row.outage_since) == (clock.now + timedelta(seconds=10), clock.now)
+    assert db.outbox.outbox_by_queue() == {}  # nothing waits to be published: no busy dispatch rounds meanwhile
+    assert dispatcher.dispatch_once() == 0
+    assert db.leases.claim(job.id, "gpu-1", LEASE_S) is None  # a duplicate message during the backoff is dropped
+
+    clock.advance(10)
+    assert dispatcher.dispatch_once() == 1
+    assert broker_ids(broker) == [f"{job.id}:1"]
+
+
+def test_outage_requeues_do_not_count_against_the_attempts_but_expired_leases_do(
+    db: Database, reconciler: Reconciler, clock: FakeClock
+) -> None:
+    (job,) = submit(db, 1, max_attempts=1)
+    outage = JobError("transient", "database_unavailable", "the database is unreachable")
+    for attempt in (1, 2, 3):
+        assert attempt_of(db.leases.claim(job.id, "gpu-0", LEASE_S)) == attempt
+        assert db.leases.requeue(job.id, attempt, retry_delay_s=0.0, counts_as_attempt=False, outage=outage)
+    assert attempt_of(db.leases.claim(job.id, "gpu-0", LEASE_S)) == 4  # the first real attempt of one allowed
+
+    clock.advance(LEASE_S + 1)  # its worker died: that is an attempt, the last one
+    assert reconciler.run_once() == ReconcileReport(failed=(job.id,))
+    failed = db.jobs.get_by_id(job.id)
+    assert failed.error is not None
+    assert failed.error.code == "attempts_exhausted"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Issue 15, finding 7: what attempts that never committed left in storage is swept
+
+
+def test_uploads_of_attempts_that_never_committed_are_swept_after_the_grace(
+    db: Database, live: RedisLiveStatus, settings: Settings, clock: FakeClock, tmp_path: Path
+) -> None:
+    store = LocalFolderStorage(tmp_path / "store", "http://127.0.0.1:7860", b"k" * 32)
+    reconciler = Reconciler(db, live, settings, storage=store)
+
+    def upload(job: JobRow, attempt: int) -> ArtifactRecord:
+        key = artifact_key(job.tenant, job.task_id, attempt, "result", 0)
+        stored = store.put(key, f"{job.id}/{attempt}".encode(), "image/png")
+        return ArtifactRecord("result", 0, key, stored.sha256, stored.size, 64, 64, None, None)
+
+    retried, failed, clean = submit(db, 3)
+    # `retried`: attempt 1 uploaded and died before its commit; attempt 2 committed.
+    assert attempt_of(db.leases.claim(retried.id, "gpu-0", LEASE_S)) == 1
+    orphan = upload(retried, 1)
+    clock.advance(LEASE_S + 1)
+    assert db.leases.requeue_expired() != []
+    assert attempt_of(db.leases.claim(retried.id, "gpu-2", LEASE_S)) == 2
+    committed = upload(retried, 2)
+    db.leases.succeed(retried.id, 2, [committed])
+    # `failed`: attempt 1 uploaded, then the job failed (its commit was refused, say).
+    assert attempt_of(db.leases.claim(failed.id, "gpu-1", LEASE_S)) == 1
+    failed_orphan = upload(failed, 1)
+    assert db.leases.fail(failed.id, 1, JobError("permanent", "render_failed", "boom"))
+    # `clean`: succeeded at its first attempt: nothing to sweep, never listed.
+    assert attempt_of(db.leases.claim(clean.id, "gpu-3", LEASE_S)) == 1
+    clean_record = upload(clean, 1)
+    db.leases.succeed(clean.id, 1, [clean_record])
+    asset = asset_key(retried.tenant, "0" * 64)
+    store.put(asset, b"an input", "image/png")
+
+    clock.advance(settings.orphan_sweep_grace_s - 1)
+    assert reconciler.run_once().swept == ()  # a late upload of a zombie attempt may still land
+
+    clock.advance(2)
+    assert set(reconciler.run_once().swept) == {retried.id, failed.id}
+    assert sorted(store.list()) == sorted([committed.storage_key, clean_record.storage_key, asset])
+    assert not store.exists(orphan.storage_key)
+    assert not store.exists(failed_orphan.storage_key)
+    assert reconciler.run_once().swept == ()  # each job is swept once
+    reconciler.stop()

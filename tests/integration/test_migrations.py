@@ -8,10 +8,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from shared.db import current_revision, head_revision, make_engine, upgrade
+from shared.db.migrate import alembic_config
 from shared.db.tables import metadata
 from tests.services import fresh_postgres_database
 
@@ -125,3 +127,36 @@ def test_the_queued_jobs_indexes_are_partial(empty_database_url: str) -> None:
         assert "'queued'" in where, definitions[name]
     assert "dispatched_at is null" in definitions["ix_jobs_undispatched"]
     assert "dispatched_at is not null" in definitions["ix_jobs_in_flight"]
+
+
+RETRY_COLUMNS = {"retry_at", "outage_since", "storage_swept_at", "outage_requeues"}
+
+
+def jobs_columns(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return {column["name"] for column in sa.inspect(engine).get_columns("jobs")}
+    finally:
+        engine.dispose()
+
+
+def test_migration_0003_is_reversible(empty_database_url: str) -> None:
+    """0003 (retries and outages, issue 15) goes down to 0002 and up again, keeping rows and the partial indexes."""
+    upgrade(empty_database_url)
+    assert jobs_columns(empty_database_url) >= RETRY_COLUMNS
+    indexes_at_head = index_definitions(empty_database_url)
+
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0002")
+    finally:
+        engine.dispose()
+    assert current_revision(empty_database_url) == "0002"
+    assert not RETRY_COLUMNS & jobs_columns(empty_database_url)
+    assert index_definitions(empty_database_url) == indexes_at_head
+
+    upgrade(empty_database_url)
+    assert current_revision(empty_database_url) == head_revision()
+    assert schema_differences(empty_database_url) == []
+    assert index_definitions(empty_database_url) == indexes_at_head

@@ -239,20 +239,18 @@ def test_storage_unreachable_puts_the_job_back_in_the_queue(
     assert (job.state, job.attempt, job.dispatched_at, job.worker) == (JobState.QUEUED, 1, None, None)
 
 
-def test_storage_unreachable_on_the_last_attempt_fails_the_job(
+def test_storage_unreachable_on_the_last_attempt_requeues_without_using_it(
     deps: WorkerDeps, db: Database, bucket: str, submit: Submitter
 ) -> None:
+    # Issue 15, finding 1: an outage is a wait, not an attempt (it used to fail the job for good here).
     row = submit(max_attempts=1)
     closed = S3Storage(bucket, endpoint_url=f"http://127.0.0.1:{free_loopback_port()}", max_attempts=1)
 
     outcome = run_job(row.id, 0, replace(deps, storage=closed))
 
     job = db.jobs.get_by_id(row.id)
-    assert (outcome.state, job.state, job.error and job.error.code) == (
-        "failed",
-        JobState.FAILED,
-        "storage_unavailable",
-    )
+    assert (outcome.state, outcome.error_code) == ("requeued", "storage_unavailable")
+    assert (job.state, job.attempt, job.attempts_used, job.error) == (JobState.QUEUED, 1, 0, None)
 
 
 def test_a_job_past_its_attempts_fails_as_exhausted(deps: WorkerDeps, db: Database, submit: Submitter) -> None:
