@@ -13,9 +13,9 @@ poll, the download checks, asset uploads) has one home here, and the twins canno
 from __future__ import annotations
 
 import builtins
-import contextlib
 import json
 import os
+import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,6 +30,7 @@ from renderfarm._errors import (
     APIError,
     IntegrityError,
     NotFound,
+    RateLimited,
     RenderfarmError,
     ServerError,
     TransportError,
@@ -76,7 +77,9 @@ TransportT = TypeVar("TransportT")
 
 USER_AGENT: Final = "renderfarm-python/0.1"
 STREAM_READ_S: Final = 45.0  # seconds a stream may be silent; the farm sends a keep-alive every 15 s
-STREAM_CONNECTS: Final = 3  # streams opened by one wait before it falls back to polling
+STREAM_CONNECTS: Final = 3  # streams in a row without a new snapshot before a wait falls back to polling
+AWAY_FIRST_S: Final = 0.25  # the first pause of a wait after a failed request (seconds); doubles per failure
+AWAY_MAX_S: Final = 2.0  # ... up to this, until the caller's deadline
 POLL_FIRST_S: Final = 0.25  # the first poll interval of the fallback (seconds); grows ×1.5 per poll
 POLL_MAX_S: Final = 2.0
 CLIENT_TASK_ID_PREFIX: Final = "rf-"
@@ -168,6 +171,51 @@ class _Tracker:
             if self.on_update is not None:
                 self.on_update(job)
         return self.latest
+
+
+# What `wait` waits out: the farm away or overloaded, a stream cut short. Other errors (NotFound, Unauthorized...)
+# are answers about the job or the caller, and rise at once.
+_TRANSIENT: Final = (
+    TransportError,
+    ServerError,
+    RateLimited,
+    httpx.TransportError,
+    httpx.StreamError,
+    ValueError,  # a snapshot cut in the middle (json.JSONDecodeError)
+)
+
+
+class _Backoff:
+    """The pauses of `wait` while the farm is away: exponential from AWAY_FIRST_S, capped at AWAY_MAX_S, each with
+    ±25 % jitter so that the clients of a restarted farm do not all come back in the same instant."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    def first(self) -> float:
+        return _jittered(AWAY_FIRST_S)
+
+    def next(self) -> float:
+        self.failures += 1
+        return _jittered(min(AWAY_FIRST_S * 2 ** (self.failures - 1), AWAY_MAX_S))
+
+
+def _jittered(seconds: float) -> float:
+    return seconds * random.uniform(0.75, 1.25)  # noqa: S311 - jitter, not cryptography
+
+
+def _wait_timeout(task_id: str, tracker: _Tracker, failure: Exception | None, timeout_s: float) -> RenderfarmError:
+    """WaitTimeout with the last snapshot seen; when none was ever seen (the farm never answered), the last error."""
+    if tracker.latest is not None:
+        return WaitTimeout(tracker.latest, timeout_s)
+    if isinstance(failure, RenderfarmError):
+        return failure
+    if isinstance(failure, httpx.TransportError):
+        return transport_error(failure, None)
+    return RenderfarmError(f"no snapshot of job {task_id} within {timeout_s:g} s")
 
 
 def _stream_read_s(deadline: float | None) -> float:
@@ -348,41 +396,88 @@ class Operations:
         *,
         timeout: float | None = None,
         on_update: Callable[[Job], None] | None = None,
+        stream: bool = True,
     ) -> Flow[Job]:
         """Wait until the job is finished and return its last snapshot (succeeded, failed or canceled: check
         `job.state`, or call `job.raise_for_state()`).
 
-        Follows the job's event stream; if streaming is not possible (a proxy that buffers, a dropped
-        connection) it polls with a growing interval instead. `timeout` is seconds in all (None: no limit);
-        `on_update` is called with every newer snapshot. Raises WaitTimeout (the job goes on) and NotFound.
+        Follows the job's event stream, resuming it after the last snapshot seen (`Last-Event-ID`) when it ends
+        or breaks; if streaming is not possible (a proxy that buffers) or `stream` is False it polls with a growing
+        interval instead. The farm being away (a restart, a network blip, 5xx or 429 answers) is waited out,
+        backing off with jitter, for as long as `timeout` allows: `timeout` is seconds in all (None: no limit,
+        even while the farm is away). `on_update` is called with every newer snapshot. Raises WaitTimeout (the
+        job goes on; the last error when the farm never answered), NotFound, and the other refusals at once.
 
         >>> job = farm.wait("cat-1", timeout=600, on_update=lambda j: print(f"{j.progress:.0%}"))  # doctest: +SKIP
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         tracker = _Tracker(on_update)
-        for _ in range(STREAM_CONNECTS):
-            # A failed or ended stream is opened again (resuming after the last seq), then polling takes over.
-            with contextlib.suppress(
-                TransportError, ServerError, httpx.TransportError, httpx.StreamError, _NoStream, ValueError
-            ):
-                yield from self._follow(task_id, deadline, tracker)
-            if tracker.finished is not None:
-                return tracker.finished
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-        delay = POLL_FIRST_S
+        away = _Backoff()
+        can_stream = stream
+        streams_without_news = 0
+        poll_next = not stream
+        poll_s = POLL_FIRST_S
         while True:
-            job = tracker.offer((yield from self.get(task_id)))
-            if job.is_finished:
-                return job
+            if not poll_next:
+                seen = tracker.seq
+                failure: Exception | None = None
+                try:
+                    yield from self._follow(task_id, deadline, tracker)
+                except _NoStream:
+                    can_stream = False  # a proxy in between: poll from now on
+                except _TRANSIENT as exc:
+                    failure = exc
+                # A stream that brought news resets the count: a long job survives any number of restarts.
+                streams_without_news = 0 if tracker.seq != seen else streams_without_news + 1
+                if tracker.finished is not None:
+                    return tracker.finished
+                # A broken stream: one poll at once tells whether the farm is there (and the job's state); a
+                # stream that ended (the farm shutting down, a proxy's limit) is resumed after a short pause.
+                pause = 0.0 if failure is not None else away.first()
+                poll_next = failure is not None or not can_stream or streams_without_news >= STREAM_CONNECTS
+            else:
+                try:
+                    tracker.offer((yield from self._poll(task_id, deadline)))
+                    failure = None
+                except _TRANSIENT as exc:
+                    failure = exc
+                if tracker.finished is not None:
+                    return tracker.finished
+                if failure is not None:
+                    pause = away.next()
+                elif can_stream and streams_without_news < STREAM_CONNECTS:
+                    away.reset()
+                    pause, poll_next = 0.0, False  # the farm answers: follow the stream again, after the last seq
+                else:
+                    away.reset()
+                    pause, poll_s = poll_s, min(poll_s * 1.5, POLL_MAX_S)
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise WaitTimeout(job, timeout or 0.0)
-                yield Sleep(min(delay, left))
-            else:
-                yield Sleep(delay)
-            delay = min(delay * 1.5, POLL_MAX_S)
+                    raise _wait_timeout(task_id, tracker, failure, timeout or 0.0)
+                pause = min(pause, left)
+            if pause > 0:
+                yield Sleep(pause)
+
+    def _poll(self, task_id: str, deadline: float | None) -> Flow[Job]:
+        """One read of the job's snapshot for `wait`: a single try (the wait backs off itself), bounded by the
+        deadline."""
+        url = self.url(f"/v1/jobs/{quoted(task_id)}")
+        call = Call("GET", url, self.headers(url), timeout=self._bounded(deadline, self.timeout.read))
+        response: httpx.Response = yield call
+        return Job.from_dict(checked(response).json())
+
+    def _bounded(self, deadline: float | None, read_s: float | None) -> httpx.Timeout:
+        """The client's timeouts, none longer than what is left until `deadline`."""
+
+        def cap(seconds: float | None) -> float | None:
+            if deadline is None:
+                return seconds
+            left = max(deadline - time.monotonic(), 0.05)
+            return left if seconds is None else min(seconds, left)
+
+        connect, write = cap(self.timeout.connect), cap(self.timeout.write)
+        return httpx.Timeout(connect=connect, read=cap(read_s), write=write, pool=None)
 
     def _follow(self, task_id: str, deadline: float | None, tracker: _Tracker) -> Flow[None]:
         """Read the job's event stream until a terminal snapshot, the deadline or the stream's end."""
@@ -390,9 +485,7 @@ class Operations:
         extra = {"Accept": "text/event-stream"}
         if tracker.seq is not None:
             extra["Last-Event-ID"] = str(tracker.seq)
-        timeout = httpx.Timeout(
-            connect=self.timeout.connect, read=_stream_read_s(deadline), write=self.timeout.write, pool=None
-        )
+        timeout = self._bounded(deadline, _stream_read_s(deadline))
         response: httpx.Response = yield Call("GET", url, self.headers(url, extra), timeout=timeout, stream=True)
         try:
             yield from _read_events(response, deadline, tracker)

@@ -188,9 +188,9 @@ def stop_signals_end_quietly() -> Iterator[None]:
 
 
 def _server(app: FastAPI, log_level: str) -> uvicorn.Server:
-    import uvicorn
+    from scheduler.serving import graceful_server
 
-    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=10))
+    return graceful_server(app, log_level=log_level, lifespan="on")
 
 
 def serve(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, log_level: str = "info") -> None:

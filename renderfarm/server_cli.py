@@ -59,10 +59,9 @@ def _cluster_only(settings: Settings, command: str) -> None:
 
 
 def _cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
-    import uvicorn
-
     from renderfarm.embedded import bind_socket, stop_signals_end_quietly
     from scheduler.app import create_app
+    from scheduler.serving import graceful_server
 
     _cluster_only(settings, "scheduler")
     settings.check_bind(args.host)
@@ -70,7 +69,8 @@ def _cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     sock = bind_socket(args.host, args.port)
     try:
         app = create_app(settings)
-        server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=10))
+        # Open event streams end as the shutdown begins (their clients resume on the next scheduler).
+        server = graceful_server(app, log_level=args.log_level)
         print(f"renderfarm scheduler: serving http://{args.host}:{sock.getsockname()[1]}", flush=True)
         with stop_signals_end_quietly():
             server.run(sockets=[sock])

@@ -7,11 +7,12 @@ plain functions (submission, snapshots), which is what keeps the routes thin and
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 
+from scheduler.open_streams import OpenStreams
 from shared.config import Settings
 from shared.db import Database
 from shared.live import LiveStatus
@@ -43,6 +44,8 @@ class Services:
     # threads that every other (synchronous) route runs in.
     stream_waits: ThreadPoolExecutor
     dispatcher: Wakeable | None = None
+    # The open SSE streams, which a graceful shutdown ends at once (scheduler/open_streams.py).
+    streams: OpenStreams = field(default_factory=OpenStreams)
 
 
 async def get_services(request: Request) -> Services:

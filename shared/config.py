@@ -30,6 +30,7 @@ ENV_PREFIX = "RENDERFARM_"
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024  # bytes of one HTTP request body
 DEFAULT_MAX_BATCH_ITEMS = 10_000  # child jobs of one POST /v1/batches
+DEFAULT_MAX_UPLOAD_PARTS = 16  # parts of one multipart asset upload (it needs one: the file)
 DEFAULT_MAX_QUEUED_JOBS_PER_TENANT = 100_000
 DEFAULT_MAX_ATTEMPTS = 3  # deliveries of one job before it fails
 DEFAULT_LEASE_BASE_S = 60.0  # a render's lease: base + steps × megapixels × factor (reliability.md)
@@ -94,6 +95,7 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, gt=0)
     max_n_iter: int = Field(DEFAULT_MAX_N_ITER, gt=0)
     max_batch_items: int = Field(DEFAULT_MAX_BATCH_ITEMS, gt=0)
+    max_upload_parts: int = Field(DEFAULT_MAX_UPLOAD_PARTS, gt=0)
     max_queued_jobs_per_tenant: int = Field(DEFAULT_MAX_QUEUED_JOBS_PER_TENANT, gt=0)
     max_attempts: int = Field(DEFAULT_MAX_ATTEMPTS, ge=1)
     lease_base_s: float = Field(DEFAULT_LEASE_BASE_S, gt=0)

@@ -2,7 +2,14 @@
 
 The body is the image itself (any `Content-Type`), or `multipart/form-data` with the image as its file part
 (field `file`, or the first part). Multipart is parsed with the standard library's MIME parser, so the farm needs
-no extra dependency; the body is already bounded by the request size limit.
+no extra dependency.
+
+Limits at the edge (docs/api.md "Auth, limits, errors"): the body is bounded by the request size limit
+(`BodyLimitMiddleware`: `Content-Length` before reading, bytes counted while streaming); a multipart body's parts are
+counted while it streams in (a C-speed search for the boundary, no parsing), and a body with more than
+`RENDERFARM_MAX_UPLOAD_PARTS` parts is refused with 413 before any parsing; the rest of such a body is drained, not
+kept, so the client reads a clean answer. Parsing, hashing and decoding run in worker threads: a large upload never
+holds up the event loop, hence never another tenant's requests.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from scheduler.assets import asset_body, store_asset
 from scheduler.auth import TenantDep
 from scheduler.deps import ServicesDep
 from scheduler.routes import create_or_get_responses, created_or_existing
-from shared.errors import InputError, NotFound
+from shared.errors import InputError, NotFound, PayloadTooLarge
 from shared.images import ImageLimits
 
 router = APIRouter(prefix="/v1/assets", tags=["assets"])
@@ -63,6 +70,56 @@ def file_of_multipart(content_type: str, body: bytes) -> bytes:
     return payload
 
 
+class DelimiterCounter:
+    """Counts the boundary delimiters of a multipart body fed in chunks (one split between chunks counts once).
+    Every part opens with one, and one more closes the body."""
+
+    def __init__(self, boundary: bytes) -> None:
+        self._delimiter = b"--" + boundary
+        self._tail = b""
+        self.delimiters = 0
+
+    def feed(self, chunk: bytes) -> None:
+        window = self._tail + chunk
+        self.delimiters += window.count(self._delimiter)
+        # Keep less than one delimiter's length: an occurrence wholly inside the tail was counted already.
+        self._tail = window[-(len(self._delimiter) - 1) :]
+
+
+def _boundary(content_type: str) -> bytes | None:
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.strip().partition("=")
+        if name.strip().lower() == "boundary" and value.strip().strip('"'):
+            return value.strip().strip('"').encode("latin-1", "replace")
+    return None
+
+
+async def read_multipart(request: Request, content_type: str, max_parts: int) -> bytes:
+    """The body of a multipart upload, read while its parts are counted; PayloadTooLarge (413, code
+    `too_many_parts`) once it has more than `max_parts` parts. The rest of a refused body is read and dropped."""
+    boundary = _boundary(content_type)
+    counter = DelimiterCounter(boundary) if boundary is not None else None
+    body = bytearray()
+    refused = False
+    async for chunk in request.stream():
+        if refused:
+            continue  # drain: the client gets its answer on a clean connection
+        body += chunk
+        if counter is not None:
+            counter.feed(chunk)
+            if counter.delimiters > max_parts + 1:
+                refused = True
+                body.clear()
+    if refused:
+        raise PayloadTooLarge(
+            f"{UPLOAD_FIELD}: the multipart body has more than {max_parts} parts; send the image as field "
+            f"'{UPLOAD_FIELD}' (one part) or as the raw body",
+            code="too_many_parts",
+            field=UPLOAD_FIELD,
+        )
+    return bytes(body)
+
+
 @router.post(
     "",
     summary="Upload an input image (raw body or multipart field 'file')",
@@ -72,7 +129,7 @@ def file_of_multipart(content_type: str, body: bytes) -> bytes:
         existing="you had uploaded these bytes before",
         created="stored",
         errors={
-            413: "the image or body is over the limits",
+            413: "the image or body is over the limits, or a multipart body has too many parts",
             422: "not a supported image (PNG, JPEG, WebP, GIF, BMP)",
         },
     ),
@@ -89,9 +146,12 @@ def file_of_multipart(content_type: str, body: bytes) -> bytes:
     },
 )
 async def upload_asset(request: Request, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
-    body = await request.body()  # bounded by BodyLimitMiddleware
     content_type = request.headers.get("content-type", "")
-    data = file_of_multipart(content_type, body) if content_type.lower().startswith("multipart/") else body
+    if content_type.lower().startswith("multipart/"):
+        body = await read_multipart(request, content_type, services.settings.max_upload_parts)
+        data = await run_in_threadpool(file_of_multipart, content_type, body)
+    else:
+        data = await request.body()  # bounded by BodyLimitMiddleware
     if not data:
         raise InputError("file: the body is empty; send the image's bytes", code="missing", field=UPLOAD_FIELD)
     # Uploads may be larger than inline images: only the request limit bounds their bytes.

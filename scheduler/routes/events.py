@@ -8,6 +8,9 @@ below it are skipped, and a stream whose client already has the terminal snapsho
 
 Waits are sliced (`WAIT_SLICE_S`) so that a notify sent between a read and the next wait is picked up by the next
 read at the latest, and a live status that is down degrades to polling instead of ending the stream.
+
+A graceful shutdown ends every open stream at once (`scheduler/open_streams.py`): the stream simply ends, and its
+client resumes on the next scheduler with `Last-Event-ID` (the SDK does; docs/reliability.md "Scheduler restarts").
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
+import threading
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
@@ -46,13 +49,15 @@ def format_event(snapshot: dict[str, Any]) -> str:
     return f"id: {snapshot['seq']}\nevent: snapshot\ndata: {data}\n\n"
 
 
-def _wait(live: LiveStatus, job_id: uuid.UUID, timeout_s: float) -> bool:
+def _wait(live: LiveStatus, job_id: uuid.UUID, timeout_s: float, stopping: threading.Event) -> bool:
+    if stopping.is_set():  # the server shuts down: no new wait can hold up its exit
+        return False
     try:
         return live.wait_for_change(job_id, timeout_s)
     except Exception as exc:
-        # Redis down: poll instead (sleep out the slice, then the caller re-reads the durable row).
+        # Redis down: poll instead (wait out the slice, then the caller re-reads the durable row).
         log.warning("waiting for changes of job %s failed (%s); polling", job_id, exc)
-        time.sleep(timeout_s)
+        stopping.wait(timeout_s)
         return False
 
 
@@ -64,26 +69,31 @@ async def snapshot_stream(
     keepalive_s: float = KEEPALIVE_S,
     wait_slice_s: float = WAIT_SLICE_S,
 ) -> AsyncGenerator[str, None]:
-    """The SSE text of one job's snapshots with seq > `resume_after`, ending after a terminal snapshot."""
+    """The SSE text of one job's snapshots with seq > `resume_after`, ending after a terminal snapshot, or when
+    the server shuts down (`services.streams.end_all`)."""
     loop = asyncio.get_running_loop()
     last_sent = resume_after
     last_output = loop.time()
+    stopping = services.streams.stopping
     yield f"retry: {RETRY_MS}\n\n"
-    while True:
-        # Start waiting before reading, so a change that lands during the read still wakes the next wait.
-        waiter = loop.run_in_executor(services.stream_waits, _wait, services.live, job_id, wait_slice_s)
-        row = await run_in_threadpool(services.db.jobs.get_by_id, job_id)
-        snapshot = await run_in_threadpool(read_snapshot, services, row)
-        if snapshot["seq"] > last_sent:
-            yield format_event(snapshot)
-            last_sent = snapshot["seq"]
-            last_output = loop.time()
-        if row.is_terminal:
-            return
-        await waiter
-        if loop.time() - last_output >= keepalive_s:
-            yield ": keep-alive\n\n"
-            last_output = loop.time()
+    with services.streams.track(job_id) as stream:
+        while True:
+            # Start waiting before reading, so a change that lands during the read still wakes the next wait.
+            waiter = loop.run_in_executor(services.stream_waits, _wait, services.live, job_id, wait_slice_s, stopping)
+            row = await run_in_threadpool(services.db.jobs.get_by_id, job_id)
+            snapshot = await run_in_threadpool(read_snapshot, services, row)
+            if snapshot["seq"] > last_sent:
+                yield format_event(snapshot)
+                last_sent = snapshot["seq"]
+                last_output = loop.time()
+            if row.is_terminal or stream.ended.done():
+                return
+            await asyncio.wait((waiter, stream.ended), return_when=asyncio.FIRST_COMPLETED)
+            if stream.ended.done():
+                return
+            if loop.time() - last_output >= keepalive_s:
+                yield ": keep-alive\n\n"
+                last_output = loop.time()
 
 
 def _resume_point(header: str | None, query: int | None) -> int:
