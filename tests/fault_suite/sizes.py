@@ -1,6 +1,6 @@
 """How big the fault suite runs: `ci` (the default, inside CI's time limit on two cores) or `nightly`.
 
-    RENDERFARM_FAULTS=nightly ./dev.sh test tests/faults -m faults     # the nightly size (docs/reliability.md)
+    RENDERFARM_FAULTS=nightly ./dev.sh test tests/fault_suite -m faults     # the nightly size (docs/reliability.md)
 
 The nightly size is the issue's: ≥ 20 SIGKILLs in the kill case, S3 refusing for 30 s and hanging for 60 s, and
 5,000 jobs from 50 concurrent SDK clients with kills. CI keeps every case and every invariant and scales only the

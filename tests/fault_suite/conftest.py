@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.faults.farm import Farm
-from tests.faults.invariants import unfinished_jobs
-from tests.faults.sizes import REPORT_ENV, Size, chosen_size
+from tests.fault_suite.farm import Farm
+from tests.fault_suite.invariants import unfinished_jobs
+from tests.fault_suite.sizes import REPORT_ENV, Size, chosen_size
 from tests.services import S3Server, fresh_postgres_database
 from tests.waiting import wait_until
 

@@ -1,5 +1,5 @@
 """The fault suite's worker process: the production worker (`worker.service`) with the stand-in engine, plus the
-faults a test cannot inject from outside. Run as `python -m tests.faults.faulty_worker <worker.service arguments>`.
+faults a test cannot inject from outside. Run as `python -m tests.fault_suite.faulty_worker <worker.service arguments>`.
 
 Faults, chosen by the job's prompt (so one farm serves every case, and the other jobs beside a faulty one run
 normally):

@@ -5,7 +5,7 @@
   cannot be restarted by one test run; the proxy refusing and resetting every connection is what a restart looks
   like from the farm's side). The suite's own checks use the direct address.
 - S3: moto's server behind another `FaultProxy`, which refuses, hangs or resets.
-- One scheduler process (restartable) and a pool of stand-in workers (`tests.faults.faulty_worker`) under a
+- One scheduler process (restartable) and a pool of stand-in workers (`tests.fault_suite.faulty_worker`) under a
   supervisor that starts a worker again when one dies, as a process manager (systemd, Kubernetes) does.
 
 Settings are production's except where recovery would take minutes: the reconciler runs every 0.5 s, a lost
@@ -32,8 +32,8 @@ from PIL import Image
 
 from shared.db import Database, make_engine, upgrade
 from tests.fault_proxy import FaultProxy
-from tests.faults.own_redis import OwnRedis
-from tests.faults.sizes import Size
+from tests.fault_suite.own_redis import OwnRedis
+from tests.fault_suite.sizes import Size
 from tests.processes import Proc, free_loopback_port, scheduler_argv, spawn, wait_until_http_ready
 from tests.services import S3Server, farm_environment
 from tests.waiting import wait_until
@@ -202,7 +202,7 @@ class Farm:
         slot.hostname = f"w{slot.index}g{slot.generation}-{uuid.uuid4().hex[:4]}@faults"
         env = {**self.env, "RENDERFARM_STANDIN_STEP_S": str(self.size.step_s), **slot.extra_env}
         queues = slot.queues or QUEUE
-        argv = [sys.executable, "-m", "tests.faults.faulty_worker", "--device", "cpu", "--queues", queues]
+        argv = [sys.executable, "-m", "tests.fault_suite.faulty_worker", "--device", "cpu", "--queues", queues]
         argv += ["--hostname", slot.hostname]
         slot.proc = spawn(f"worker{slot.index}", argv, env, self.log_dir)
         self.worker_logs.append(slot.proc.log)

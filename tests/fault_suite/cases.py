@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tests.faults.farm import TENANT, Farm, job_fields, new_task_id, png_bytes
-from tests.faults.invariants import Verdict, check_jobs, orphans_outside_jobs
+from tests.fault_suite.farm import TENANT, Farm, job_fields, new_task_id, png_bytes
+from tests.fault_suite.invariants import Verdict, check_jobs, orphans_outside_jobs
 from tests.waiting import wait_until
 
 PICTURE = png_bytes()

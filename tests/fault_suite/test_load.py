@@ -1,6 +1,6 @@
 """Load with kills: many SDK clients at once, each submitting its share of the jobs and waiting for every one,
 while workers are SIGKILLed at random moments. Reports throughput and the largest queue wait (created → started).
-CI: 300 jobs from 10 clients, 4 kills; nightly: 5,000 jobs from 50 clients, 20 kills (tests/faults/sizes.py)."""
+CI: 300 jobs from 10 clients, 4 kills; nightly: 5,000 jobs from 50 clients, 20 kills (tests/fault_suite/sizes.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import sqlalchemy as sa
 
 from shared.db.tables import Job
-from tests.faults.cases import PICTURE, assert_invariants, wait_all_finished
-from tests.faults.conftest import Report
-from tests.faults.farm import TENANT, Farm, Killer, job_fields, new_task_id
-from tests.faults.sizes import Size, chosen_size
+from tests.fault_suite.cases import PICTURE, assert_invariants, wait_all_finished
+from tests.fault_suite.conftest import Report
+from tests.fault_suite.farm import TENANT, Farm, Killer, job_fields, new_task_id
+from tests.fault_suite.sizes import Size, chosen_size
 
 pytestmark = [
     pytest.mark.integration,

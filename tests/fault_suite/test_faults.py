@@ -1,6 +1,6 @@
 """The fault suite (issue 15): each case injects a fault into the running farm and checks that every job ends in
 exactly one terminal state, a succeeded job's results exist exactly once, nothing is orphaned and no job ran twice;
-it reports the time the farm took to recover. Sizes: tests/faults/sizes.py (CI by default, nightly by
+it reports the time the farm took to recover. Sizes: tests/fault_suite/sizes.py (CI by default, nightly by
 RENDERFARM_FAULTS=nightly)."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from renderfarm import WaitTimeout
-from tests.faults.cases import assert_invariants, settled_verdict, submit_jobs, wait_all_finished
-from tests.faults.conftest import Report
-from tests.faults.farm import HOLD_MODEL, HOLD_QUEUE, Farm, Killer
-from tests.faults.faulty_worker import CRASH_MARKER, HOLD_ENV, HOLD_LINE, OOM_MARKER
-from tests.faults.sizes import Size
+from tests.fault_suite.cases import assert_invariants, settled_verdict, submit_jobs, wait_all_finished
+from tests.fault_suite.conftest import Report
+from tests.fault_suite.farm import HOLD_MODEL, HOLD_QUEUE, Farm, Killer
+from tests.fault_suite.faulty_worker import CRASH_MARKER, HOLD_ENV, HOLD_LINE, OOM_MARKER
+from tests.fault_suite.sizes import Size
 from tests.waiting import wait_until
 
 HOLD_PREFIX = HOLD_LINE.split("{", 1)[0]
