@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 from tests.fault_suite.farm import TENANT, Farm, job_fields, new_task_id, png_bytes
@@ -48,6 +49,25 @@ def finished_count(farm: Farm, task_ids: Sequence[str]) -> int:
             )
         )
     return int(count or 0)
+
+
+def finished_after(farm: Farm, task_ids: Sequence[str], moment: datetime) -> int:
+    """How many of the jobs finished after `moment`: the ones a fault held back (and not merely ran beside)."""
+    import sqlalchemy as sa
+
+    from shared.db.tables import Job
+
+    with farm._engine.connect() as conn:
+        count = conn.scalar(
+            sa.select(sa.func.count())
+            .select_from(Job)
+            .where(Job.tenant == TENANT, Job.task_id.in_(list(task_ids)), Job.finished_at > moment)
+        )
+    return int(count or 0)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
 
 
 def wait_all_finished(farm: Farm, task_ids: Sequence[str], timeout_s: float) -> float:

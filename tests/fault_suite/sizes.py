@@ -1,4 +1,5 @@
-"""How big the fault suite runs: `ci` (the default, inside CI's time limit on two cores) or `nightly`.
+"""How big the fault suite runs: `ci` (the default, inside CI's time limit on two cores), `nightly`,
+or `medium` (the nightly faults with a fifth of its load).
 
     RENDERFARM_FAULTS=nightly ./dev.sh test tests/fault_suite -m faults     # the nightly size (docs/reliability.md)
 
@@ -12,7 +13,7 @@ writes every case's figures (faults injected, jobs, lost, run twice, orphans, re
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 SIZE_ENV: Final = "RENDERFARM_FAULTS"
@@ -27,7 +28,8 @@ class Size:
     max_attempts: int
     lease_base_s: float
     kill_jobs: int  # jobs of the random-kill case
-    kills: int  # SIGKILLs in the random-kill case (the issue: at least 20)
+    kills: int  # SIGKILLs in the random-kill case (the issue: at least 20, counting the two below)
+    hold_kills: int  # workers SIGKILLed between a message's receipt and its claim
     s3_refuse_s: float
     s3_hang_s: float
     outage_jobs: int  # jobs in flight during an outage case
@@ -71,10 +73,11 @@ CI: Final = Size(
     lease_base_s=6.0,
     kill_jobs=60,
     kills=13,  # + 3 between receipt and claim + 4 in the load case: 20 kills in all
+    hold_kills=3,
     s3_refuse_s=10.0,
     s3_hang_s=15.0,
     outage_jobs=12,
-    load_jobs=300,
+    load_jobs=200,
     load_clients=10,
     load_kills=4,
     recovery_timeout_s=120.0,
@@ -88,6 +91,7 @@ NIGHTLY: Final = Size(
     lease_base_s=6.0,
     kill_jobs=200,
     kills=40,
+    hold_kills=5,
     s3_refuse_s=30.0,
     s3_hang_s=60.0,
     outage_jobs=40,
@@ -97,7 +101,11 @@ NIGHTLY: Final = Size(
     recovery_timeout_s=600.0,
 )
 
-SIZES: Final = {size.name: size for size in (CI, NIGHTLY)}
+# The nightly size's faults (kills, outage durations) with a fifth of its load: what a developer's machine runs in
+# about a quarter of an hour.
+MEDIUM: Final = replace(NIGHTLY, name="medium", load_jobs=1000)
+
+SIZES: Final = {size.name: size for size in (CI, MEDIUM, NIGHTLY)}
 
 
 def chosen_size() -> Size:

@@ -1,6 +1,7 @@
 """Load with kills: many SDK clients at once, each submitting its share of the jobs and waiting for every one,
 while workers are SIGKILLed at random moments. Reports throughput and the largest queue wait (created → started).
-CI: 300 jobs from 10 clients, 4 kills; nightly: 5,000 jobs from 50 clients, 20 kills (tests/fault_suite/sizes.py)."""
+CI: 200 jobs from 10 clients, 4 kills; nightly: 5,000 jobs from 50 clients, 20 kills (tests/fault_suite/sizes.py).
+"""
 
 from __future__ import annotations
 
