@@ -37,10 +37,12 @@ ensure_python() {
     find_python >/dev/null || { log "renderfarm needs Python 3.11 or newer with venv"; exit 1; }
 }
 
+SAMPLER_ORACLE="k-diffusion==0.1.1.post1 torchdiffeq==0.2.5"
+
 setup() {
     # The stamp holds the hash of what was installed; the same pyproject.toml installs nothing again.
     local want
-    want="$(sha256sum pyproject.toml | cut -d' ' -f1) $TORCH_SPEC"
+    want="$(sha256sum pyproject.toml | cut -d' ' -f1) $TORCH_SPEC $SAMPLER_ORACLE"
     if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then return; fi
     ensure_python
     local python
@@ -51,6 +53,10 @@ setup() {
     # torch first, pinned; RENDERFARM_TORCH_INDEX (e.g. PyTorch's CPU index) chooses where it comes from.
     "$VENV/bin/python" -m pip install -q ${RENDERFARM_TORCH_INDEX:+--index-url "$RENDERFARM_TORCH_INDEX"} "$TORCH_SPEC"
     "$VENV/bin/python" -m pip install -q -e '.[server,worker,dev]'
+    # The samplers' test oracle (tests/unit/test_sampling_kdiffusion_parity.py), without its training dependencies
+    # (wandb, clean-fid, kornia, torchvision...): the tests load only its sampling.py. Never imported by the farm.
+    # shellcheck disable=SC2086
+    "$VENV/bin/python" -m pip install -q --no-deps $SAMPLER_ORACLE
     echo "$want" >"$STAMP"
 }
 

@@ -23,6 +23,10 @@ class Config:
     engine_gpu_size: int = 512
     engine_gpu_steps: int = 20
     engine_gpu_batches: tuple[int, ...] = (1, 4)
+    # every sampler's cost per step (GPU: the SD1.5-shaped model at engine_gpu_size; else the tiny model)
+    engine_samplers: bool = True
+    engine_samplers_tiny_size: int = 64
+    engine_samplers_tiny_steps: int = 5
     # farm overhead
     overhead_jobs: int = 20
     overhead_size: int = 256

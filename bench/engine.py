@@ -227,6 +227,62 @@ def measure(case: Case, result: BenchResult) -> None:
     del torch
 
 
+def measure_samplers(model: Any, size: int, steps: int, repeats: int, label: str, result: BenchResult) -> None:
+    """Cost per sampling step of every sampler (ours only: diffusers has no equivalent of most of them): the median
+    time of a whole img2img render divided by its steps, and the model calls per step (2 for the second-order
+    samplers, 3 per attempt for DPM adaptive)."""
+    import torch
+
+    from shared.sampler_names import SAMPLERS
+    from worker.engine.processing import StableDiffusionProcessingImg2Img, process_images
+
+    picture = _picture(size)
+    device = model.device
+    calls: list[int] = []
+    unet = model.unet
+    original = unet.forward
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    unet.forward = counting
+    try:
+        for sampler in SAMPLERS:
+
+            def job(name: str = sampler.name) -> Any:
+                return StableDiffusionProcessingImg2Img(
+                    sd_model=model,
+                    prompt=PROMPT,
+                    init_images=[picture],
+                    width=size,
+                    height=size,
+                    steps=steps,
+                    seed=SEED,
+                    sampler_name=name,
+                    cfg_scale=CFG_SCALE,
+                    denoising_strength=STRENGTH,
+                )
+
+            process_images(job())  # warm-up
+            times: list[float] = []
+            for _ in range(repeats):
+                p = job()
+                calls.clear()
+                _sync(device)
+                start = time.perf_counter()
+                process_images(p)
+                _sync(device)
+                times.append(time.perf_counter() - start)
+            assert p.plan is not None
+            done = max(p.plan.total_steps, 1)
+            result.add(f"{label} {sampler.name}: ms/step", harness.median(times) * 1000 / done, "ms")
+            result.add(f"{label} {sampler.name}: UNet calls/step", len(calls) / done, "calls")
+    finally:
+        unet.forward = original
+    del torch
+
+
 def run(config: Config) -> list[BenchResult]:
     import torch
 
@@ -285,4 +341,13 @@ def run(config: Config) -> list[BenchResult]:
     for case in cases:
         result.settings[case.label] = f"{case.steps} steps ({case.repeats} repeats per side)"
         measure(case, result)
+    if config.engine_samplers:
+        # Every sampler's cost per step: on the GPU with the SD1.5-shaped model, elsewhere a quick tiny-model pass.
+        sampler_model = cases[0].model
+        size = config.engine_gpu_size if config.gpu else config.engine_samplers_tiny_size
+        steps = config.engine_gpu_steps if config.gpu else config.engine_samplers_tiny_steps
+        repeats = config.engine_sd15_repeats if config.gpu else 1
+        label = "per sampler," + (f" SD1.5-shaped {size}²" if config.gpu else f" tiny {size}²")
+        result.settings[label] = f"{steps} steps, strength {STRENGTH}, batch 1 ({repeats} repeat(s); medians)"
+        measure_samplers(sampler_model, size, steps, repeats, label, result)
     return [result]

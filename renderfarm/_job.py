@@ -117,6 +117,9 @@ class Job:
     warnings: tuple[Mapping[str, Any], ...]
     artifacts: tuple[Artifact, ...]
     seq: int
+    # The newest live preview ({"id", "step", "job_no", "method", "requested_method", "width", "height", "image"}:
+    # a data URI), only in snapshots read with `?previews=true` while the job runs (docs/api.md "Live previews").
+    preview: Mapping[str, Any] | None = field(default=None, repr=False)
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -139,6 +142,7 @@ class Job:
             warnings=tuple(data.get("warnings") or ()),
             artifacts=tuple(Artifact.from_dict(item) for item in data.get("artifacts") or ()),
             seq=int(data.get("seq") or 0),
+            preview=data.get("preview") if isinstance(data.get("preview"), Mapping) else None,
             raw=dict(data),
         )
 

@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
     upgrade = db.add_parser("upgrade", help="apply the migrations (RENDERFARM_DATABASE_URL)")
     upgrade.add_argument("--revision", default="head")
-    upgrade.set_defaults(server_command="db upgrade", extra=SERVER)
+    # Serves no API: needs no API tokens (the migration Job and service are given none, docs/cluster.md).
+    upgrade.set_defaults(server_command="db upgrade", extra=SERVER, api_settings=False)
 
     model = commands.add_parser("model", help="models").add_subparsers(dest="model_command", required=True)
     tiny = model.add_parser("build-tiny", help="write a tiny random-weight Stable Diffusion model to DIR")

@@ -189,8 +189,12 @@ def stop_signals_end_quietly() -> Iterator[None]:
 
 def _server(app: FastAPI, log_level: str) -> uvicorn.Server:
     from scheduler.serving import graceful_server
+    from shared.redact import install_log_redaction
 
-    return graceful_server(app, log_level=log_level, lifespan="on")
+    server = graceful_server(app, log_level=log_level, lifespan="on")
+    # uvicorn.Config set up its own loggers (the access log prints query strings: signed download URLs).
+    install_log_redaction()
+    return server
 
 
 def serve(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, log_level: str = "info") -> None:

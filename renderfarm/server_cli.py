@@ -45,7 +45,10 @@ def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _configure_logging(level: str) -> None:
+    from shared.redact import install_log_redaction
+
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    install_log_redaction()
 
 
 def _cluster_only(settings: Settings, command: str) -> None:
@@ -65,12 +68,16 @@ def _cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
 
     _cluster_only(settings, "scheduler")
     settings.check_bind(args.host)
+    from shared.redact import install_log_redaction
+
     _configure_logging(args.log_level)
     sock = bind_socket(args.host, args.port)
     try:
         app = create_app(settings)
         # Open event streams end as the shutdown begins (their clients resume on the next scheduler).
         server = graceful_server(app, log_level=args.log_level)
+        # uvicorn.Config set up its own loggers (the access log prints query strings: signed download URLs).
+        install_log_redaction()
         print(f"renderfarm scheduler: serving http://{args.host}:{sock.getsockname()[1]}", flush=True)
         with stop_signals_end_quietly():
             server.run(sockets=[sock])

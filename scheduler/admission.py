@@ -21,6 +21,7 @@ Every function here blocks (database, storage): call them from a worker thread.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scheduler.assets import store_asset
@@ -33,6 +34,8 @@ from shared.job.hashing import request_hash
 from shared.job.image_refs import parse_image_ref
 from shared.job.spec import Img2ImgJob
 from shared.job.steps import sampling_steps
+from shared.job.warnings import job_warnings
+from shared.prompts import prompt_warnings
 from shared.queueing import queue_name
 from shared.storage import DOWNLOAD_ROUTE, Storage, key_of_farm_url, validate_key
 
@@ -43,7 +46,15 @@ def expected_total_steps(job: Img2ImgJob) -> int:
     """Sampling steps the whole job takes (all of its `n_iter` batches), for progress and ETA: exactly what the
     worker reports (`shared.job.steps.sampling_steps`)."""
     fix_steps = bool(job.override_settings.get("img2img_fix_steps", False))
-    return sampling_steps(job.sampler.name, job.steps, job.denoising_strength, fix_steps=fix_steps, n_iter=job.n_iter)
+    return sampling_steps(
+        job.sampler.name,
+        job.steps,
+        job.denoising_strength,
+        fix_steps=fix_steps,
+        n_iter=job.n_iter,
+        schedule=job.schedule.name,
+        always_discard_penultimate_sigma=bool(job.override_settings.get("always_discard_next_to_last_sigma", False)),
+    )
 
 
 def farm_key_of_url(url: str, storage: Storage, settings: Settings) -> str | None:
@@ -119,6 +130,19 @@ def normalise_images(normalise: ImageNormaliser, job: Img2ImgJob, field_prefix: 
     return job.model_copy(update=update)
 
 
+def check_priority_ceiling(services: Services, tenant: str, priority: int, field_prefix: str = "") -> None:
+    """Raise InputError (422 naming `priority`) when `priority` is over the tenant's ceiling (docs/api.md
+    "Priority"): refused, not clamped, so a job never runs at a priority other than the one it asked for."""
+    ceiling = services.priority_ceiling.of(tenant)
+    if ceiling is not None and priority > ceiling:
+        raise InputError(
+            f"{field_prefix}priority: {priority} is over your ceiling of {ceiling}; ask the farm's operators to "
+            "raise it (RENDERFARM_TENANT_MAX_PRIORITY)",
+            code="priority_over_ceiling",
+            field=f"{field_prefix}priority",
+        )
+
+
 def admit(
     normalise: ImageNormaliser,
     job: Img2ImgJob,
@@ -127,13 +151,16 @@ def admit(
     batch: bool,
     max_attempts: int,
     field_prefix: str = "",
+    warnings: Sequence[Mapping[str, Any]] = (),
 ) -> NewJob:
     """The row's values for `job` under `task_id`: its images normalised, its stored request (without the task id)
-    and that request's hash, its queue (the batch tier's for a batch's child), model and expected steps.
+    and that request's hash, its queue (the batch tier's for a batch's child), model, expected steps and warnings:
+    `warnings` (the door's own, e.g. the A1111 request's fields) then the job contract's (`shared.job.warnings`).
 
     Raises InputError (422) or PayloadTooLarge (413) naming `{field_prefix}<field>`, and 503s when storage or the
     database is down.
     """
+    check_priority_ceiling(normalise.services, normalise.tenant, job.priority, field_prefix)
     normalised = normalise_images(normalise, job, field_prefix)
     model = normalised.resolved_model
     return NewJob(
@@ -145,4 +172,9 @@ def admit(
         model=model,
         max_attempts=max_attempts,
         total_steps=expected_total_steps(normalised),
+        warnings=(
+            *warnings,
+            *job_warnings(normalised),
+            *prompt_warnings(normalised.prompt, normalised.negative_prompt),
+        ),
     )

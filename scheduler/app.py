@@ -22,10 +22,12 @@ from fastapi.openapi.utils import get_openapi
 
 from scheduler.a1111 import router as a1111_router
 from scheduler.auth import TokenTable
-from scheduler.deps import Services
+from scheduler.deps import PriorityCeiling, Services
 from scheduler.errors import BodyLimitMiddleware, InternalErrorMiddleware, install_error_handlers
 from scheduler.metrics import install_metrics
+from scheduler.openapi import truthful_document
 from scheduler.queue_limit import QueueLimit
+from scheduler.rate_limits import RateLimiter, open_rate_limiter
 from scheduler.routes import assets, events, files, health, jobs
 from scheduler.routes import batches as batch_routes
 from scheduler.wait_estimate import RunTimeEstimator
@@ -62,7 +64,8 @@ def require_schema(db: Database) -> None:
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """The OpenAPI document, with the job schema (validated by shared.job.spec, not by FastAPI) added."""
+    """The OpenAPI document, with the job schema (validated by shared.job.spec, not by FastAPI) added and the
+    errors, statuses and constraints as the routes really answer them (scheduler/openapi.py)."""
 
     def build() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -72,7 +75,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
         schemas = document.setdefault("components", {}).setdefault("schemas", {})
         schemas.update(job_schema.pop("$defs", {}))
         schemas["Img2ImgJob"] = job_schema
-        app.openapi_schema = document
+        app.openapi_schema = truthful_document(document)
         return document
 
     return build
@@ -125,8 +128,15 @@ def create_app(
     storage from RENDERFARM_STORAGE_URL, the Celery app (publish only) from the same settings.
 
     Raises ConfigError for invalid settings (tokens included). Does not touch the network until it serves.
+
+    The API tokens are kept only as digests (`TokenTable`); the settings the app keeps and hands on are
+    `settings.without_secrets()`, so no route, log line or background loop can reach a token.
     """
     tokens = TokenTable(settings.tenant_tokens())
+    metrics_token = settings.metrics_token
+    ceilings = settings.priority_ceilings()
+    rate_limiter: RateLimiter = open_rate_limiter(settings)
+    settings = settings.without_secrets()
     owned: list[Callable[[], None]] = []
     if db is None:
         db = Database.from_url(settings.resolved_database_url)
@@ -150,6 +160,7 @@ def create_app(
         estimator=RunTimeEstimator(db),
         queue_limit=QueueLimit(lambda tenant, cap: db.stats.queued_count(tenant, cap=cap)),
         stream_waits=stream_waits,
+        priority_ceiling=PriorityCeiling(ceilings, settings.max_priority, unlimited=tokens.dev_mode),
     )
     background = _Background(services)
 
@@ -162,6 +173,7 @@ def create_app(
             yield
         finally:
             background.stop()
+            await rate_limiter.aclose()
             stream_waits.shutdown(wait=False, cancel_futures=True)
             for close in reversed(owned):
                 try:
@@ -177,6 +189,7 @@ def create_app(
     )
     app.state.services = services
     app.state.tokens = tokens
+    app.state.rate_limiter = rate_limiter
     install_error_handlers(app)
     # Added last = outermost: the size limit applies before anything reads a body; internal errors of every
     # layer below become a typed 500.
@@ -184,7 +197,9 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     for module in (jobs, events, assets, files, health):
         app.include_router(module.router)
-    owned.append(install_metrics(app, services))  # GET /metrics, read from the database at scrape time
+    owned.append(
+        install_metrics(app, services, token=metrics_token)
+    )  # GET /metrics, read from the database at scrape time
     app.include_router(batch_routes.router)
     app.include_router(a1111_router)  # /sdapi/v1 and /internal: A1111 webui API clients (scheduler/a1111)
     app.openapi = _openapi(app)  # type: ignore[method-assign]

@@ -16,8 +16,9 @@ in ONE statement and transaction with the batch row (`Database.batches.create_if
 queue (`queue_name(model, batch=True)`), so interactive jobs are not stuck behind a night's batch.
 
 A client-chosen `batch_id` makes the request create-or-get, like `PUT /v1/jobs/{task_id}`: the same batch again
-answers 200 with what exists; a different one under that id is 409. The SDK always sends one, so a retry after a
-timeout can never create a second batch.
+answers 200 with what exists; a different one under that id is 409. Batch ids are per tenant (the table's key is
+`(tenant, id)`): another tenant's batch id is, to this tenant, an unused one. The SDK always sends one, so a
+retry after a timeout can never create a second batch.
 
 Every function here blocks (database, storage): call them from a worker thread.
 """
@@ -284,7 +285,7 @@ def submit_batch(services: Services, tenant: str, body: Any) -> BatchSubmission:
         if result is not None:
             _wake_dispatcher(services, batch_id)
             return BatchSubmission(existing, True, len(new_jobs), result.created, result.existing, task_ids)
-    if existing.tenant != tenant or (existing.manifest or {}).get("hash") != digest:
+    if (existing.manifest or {}).get("hash") != digest:
         raise Conflict(
             f"batch id {batch_id} is already used by a different batch; choose another batch id or send the same batch",
             code="batch_id_conflict",
@@ -364,14 +365,14 @@ def read_batch(
     """The batch's status (counts by state, progress, ETA) and one page of its items (full job snapshots, in the
     order of the manifest). Raises NotFound for an unknown batch and another tenant's alike."""
     batch = services.db.batches.get(tenant, batch_id)
-    counts = services.db.batches.counts(batch.id)
+    counts = services.db.batches.counts(batch.tenant, batch.id)
     running_rows: list[JobRow] = []
     if counts[JobState.RUNNING]:
         running_rows, _ = services.db.jobs.list_jobs(tenant, state=JobState.RUNNING, batch_id=batch.id, limit=1000)
     live = safe_live_many(services, running_rows)
     fractions = [live[str(row.id)].fraction for row in running_rows if str(row.id) in live]
     total, finished, remaining, progress = batch_progress(counts, fractions)
-    first_started, last_finished = services.db.batches.timing(batch.id)
+    first_started, last_finished = services.db.batches.timing(batch.tenant, batch.id)
     now = datetime.now(UTC)
     elapsed = _elapsed_s(first_started, last_finished if remaining == 0 and last_finished else now)
     rows, next_cursor = services.db.jobs.list_jobs(

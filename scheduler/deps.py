@@ -29,6 +29,20 @@ class Wakeable(Protocol):
     def wake(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class PriorityCeiling:
+    """The highest job priority each tenant may ask for (docs/api.md "Priority"): `ceilings` per tenant, `default`
+    for the others; `unlimited` in development mode, where one tenant has nobody to outrank."""
+
+    ceilings: dict[str, int] = field(default_factory=dict)
+    default: int = 0
+    unlimited: bool = False
+
+    def of(self, tenant: str) -> int | None:
+        """The tenant's ceiling, or None for none."""
+        return None if self.unlimited else self.ceilings.get(tenant, self.default)
+
+
 @dataclass
 class Services:
     """Everything the routes use. `dispatcher` is None until the background loops start (or when they are off)."""
@@ -44,6 +58,7 @@ class Services:
     # threads that every other (synchronous) route runs in.
     stream_waits: ThreadPoolExecutor
     dispatcher: Wakeable | None = None
+    priority_ceiling: PriorityCeiling = field(default_factory=lambda: PriorityCeiling(unlimited=True))
     # The open SSE streams, which a graceful shutdown ends at once (scheduler/open_streams.py).
     streams: OpenStreams = field(default_factory=OpenStreams)
 

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from scheduler.allowed_methods import allowed_methods
 from shared.errors import Conflict, FieldProblem, InputError, RenderfarmError, TransientError
 
 log = logging.getLogger("scheduler.errors")
@@ -149,10 +150,13 @@ def _http_error_body(status: int, detail: object) -> tuple[str, str, str]:
     return kind, "http_error", str(detail)
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     error_type, code, message = _http_error_body(exc.status_code, exc.detail)
     headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        # Starlette's names the first matching route's methods only (scheduler/allowed_methods.py).
+        headers["Allow"] = allowed_methods(request) or headers.get("Allow", "")
     return JSONResponse(
         {"error": {"type": error_type, "code": code, "message": message}},
         status_code=exc.status_code,

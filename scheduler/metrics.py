@@ -29,12 +29,19 @@ writer's clock, a little out of order), deduplicating by job id. Its first scrap
 later scrapes read only what finished since. Counters therefore equal the database's totals (a restart re-reads them,
 so they never go backwards), as long as finished rows are not deleted.
 
-Wiring (scheduler/app.py, in `create_app`, after the routers): `owned.append(install_metrics(app, services))`.
+Access: with `RENDERFARM_METRICS_TOKEN` set, a scrape must send it (`Authorization: Bearer <token>`; 401 without,
+counted by the failed-auth rate limit like a wrong API token); unset, only loopback clients are answered and any
+other gets the 404 of an unknown route. API tokens never open /metrics: its numbers are the whole farm's.
+
+Wiring (scheduler/app.py, in `create_app`, after the routers):
+`owned.append(install_metrics(app, services, token=settings.metrics_token))`.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
+import hmac
 import logging
 import math
 import threading
@@ -47,6 +54,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.requests import Request
 
 from shared.db import Database, FinishedJob, QueueCounts, utcnow
 from shared.db.stats import Stats
@@ -326,8 +334,34 @@ def metrics_response(registry: CollectorRegistry) -> tuple[bytes, str]:
     return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
-def install_metrics(app: Any, services: Any) -> Callable[[], None]:
+async def _check_scrape_access(request: Request, token_digest: bytes | None) -> None:
+    """Raise unless this request may read /metrics (see the module docstring)."""
+    from starlette.exceptions import HTTPException
+
+    from scheduler.auth import credentials_of, is_loopback
+    from scheduler.errors import Unauthorized
+
+    host = request.client.host if request.client else None
+    if token_digest is None:
+        if not is_loopback(host):
+            raise HTTPException(404)
+        return
+    limiter = getattr(request.app.state, "rate_limiter", None)
+    address = host or "unix-socket"
+    presented = credentials_of(request.headers.get("authorization"))
+    digest = hashlib.sha256((presented or "").encode("utf-8")).digest()
+    valid = presented is not None and hmac.compare_digest(digest, token_digest)
+    if limiter is not None:
+        await limiter.admit(address, None)  # scrapes are counted by address, like any request
+    if not valid:
+        if limiter is not None:
+            await limiter.note_failed_auth(address)
+        raise Unauthorized("GET /metrics needs the metrics token: Authorization: Bearer <token>", code="invalid_token")
+
+
+def install_metrics(app: Any, services: Any, *, token: str | None = None) -> Callable[[], None]:
     """Add `GET /metrics` to the FastAPI `app`, reading `services.db` (and the Redis broker in cluster mode).
+    `token`: the bearer token a scrape must send; None serves loopback clients only.
 
     Returns the function that releases what it opened (a Redis client); call it at shutdown.
     """
@@ -344,8 +378,11 @@ def install_metrics(app: Any, services: Any) -> Callable[[], None]:
     default_queues = [queue_name(None, batch=False), queue_name(None, batch=True)]
     registry, _ = build_registry(services.db, broker_lengths=broker_lengths, known_queues=default_queues)
 
+    token_digest = hashlib.sha256(token.encode("utf-8")).digest() if token is not None else None
+
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        await _check_scrape_access(request, token_digest)
         body, content_type = await run_in_threadpool(metrics_response, registry)
         return Response(content=body, media_type=content_type)
 

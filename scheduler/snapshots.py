@@ -9,6 +9,7 @@ progress write of the running attempt, so a larger `seq` is always a newer snaps
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from shared.db import ArtifactRow, JobRow
-from shared.live import LiveProgress
+from shared.live import LivePreview, LiveProgress
 from shared.states import JobState
 from shared.storage import Storage
 
@@ -58,6 +59,20 @@ class ArtifactOut(BaseModel):
     infotext: str | None = None
 
 
+class PreviewOut(BaseModel):
+    """A running job's newest live preview (docs/api.md "Live previews"): `id` grows with every preview; `image` is
+    a data URI (PNG, or JPEG when the PNG would be too big), at most 512 pixels a side."""
+
+    id: int
+    step: int
+    job_no: int
+    method: str
+    requested_method: str
+    width: int
+    height: int
+    image: str
+
+
 class JobSnapshot(BaseModel):
     """One job's status. Times are ISO 8601 UTC; `progress` is 0..1; `eta_s` in seconds (null when unknown).
 
@@ -81,6 +96,7 @@ class JobSnapshot(BaseModel):
     warnings: list[dict[str, Any]]
     artifacts: list[ArtifactOut]
     seq: int
+    preview: PreviewOut | None = None  # only when asked for (`?previews=true`) and one was drawn
 
 
 class JobList(BaseModel):
@@ -90,6 +106,15 @@ class JobList(BaseModel):
 
 # --------------------------------------------------------------------------------------------------------------
 # Building
+
+
+def public_worker_name(name: str | None) -> str | None:
+    """A worker's name as tenants see it: `gpu0@host` becomes `gpu0@<8 hex digits>`, a digest of the whole name.
+    Two jobs on one worker still show one name, but the operator's host names stay inside the farm."""
+    if not name:
+        return None
+    slot, _, _host = name.partition("@")
+    return f"{slot}@{hashlib.sha256(name.encode('utf-8')).hexdigest()[:8]}"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -103,6 +128,19 @@ def current_live(row: JobRow, live: LiveProgress | None) -> LiveProgress | None:
     if live is None or row.state is not JobState.RUNNING or live.attempt != row.attempt:
         return None
     return live
+
+
+def preview_out(preview: LivePreview) -> dict[str, Any]:
+    return {
+        "id": preview.preview_id,
+        "step": preview.step,
+        "job_no": preview.job_no,
+        "method": preview.method,
+        "requested_method": preview.requested_method,
+        "width": preview.width,
+        "height": preview.height,
+        "image": preview.data_uri,
+    }
 
 
 def snapshot_seq(row: JobRow, live: LiveProgress | None) -> int:
@@ -132,6 +170,7 @@ def build_snapshot(
     storage: Storage,
     queue_position: int | None,
     eta: float | None,
+    preview: LivePreview | None = None,
 ) -> dict[str, Any]:
     """The API's snapshot of a job (api.md "Status"), as a JSON-ready dict.
 
@@ -164,12 +203,17 @@ def build_snapshot(
         "created_at": _iso(row.created_at),
         "started_at": _iso(row.started_at),
         "finished_at": _iso(row.finished_at),
-        "worker": (live.worker if live is not None and live.worker else None) or row.worker,
+        "worker": public_worker_name((live.worker if live is not None and live.worker else None) or row.worker),
         "error": row.error.to_dict() if row.error is not None else None,
         "warnings": [dict(warning) for warning in row.warnings],
         "artifacts": [artifact_out(artifact, storage) for artifact in artifacts],
         "seq": snapshot_seq(row, live),
+        "preview": preview_out(preview) if preview is not None and _preview_is_current(row, preview) else None,
     }
+
+
+def _preview_is_current(row: JobRow, preview: LivePreview | None) -> bool:
+    return preview is not None and row.state is JobState.RUNNING and preview.attempt == row.attempt
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -182,11 +226,14 @@ def read_snapshot(
     *,
     with_queue: bool = True,
     live: Mapping[str, LiveProgress] | None = None,
+    previews: bool = False,
 ) -> dict[str, Any]:
     """Read what a snapshot of `row` needs and build it. Blocking (database, Redis): call it from a thread.
 
     `with_queue=False` skips the queue position and wait estimate (one COUNT each; lists leave them out).
     `live`, when given, is the already-read progress by job id (a list reads it for all rows at once).
+    `previews=True` (a client that shows live previews) marks an unfinished job watched, so its worker draws them,
+    and adds the newest one.
     A live status that cannot be reached degrades to the durable row: the job's state never depends on it.
     """
     if live is not None:
@@ -199,7 +246,8 @@ def read_snapshot(
     queued = with_queue and row.state is JobState.QUEUED
     position = services.db.stats.queue_position(row, cap=QUEUE_POSITION_CAP) if queued else None
     eta = services.estimator.wait_s(row.queue, position) if position is not None else None
-    return build_snapshot(row, progress, artifacts, services.storage, position, eta)
+    preview = watched_preview(services, row) if previews else None
+    return build_snapshot(row, progress, artifacts, services.storage, position, eta, preview)
 
 
 def safe_live_progress(services: Services, row: JobRow) -> LiveProgress | None:
@@ -219,3 +267,17 @@ def safe_live_many(services: Services, rows: Sequence[JobRow]) -> dict[str, Live
     except Exception as exc:  # see safe_live_progress
         log.warning("live progress unavailable: %s", exc)
         return {}
+
+
+def watched_preview(services: Services, row: JobRow) -> LivePreview | None:
+    """Mark an unfinished job watched (its worker draws live previews for the next few seconds) and return its
+    newest preview of the running attempt, if any. Never raises: without a live status there are no previews."""
+    if row.is_terminal:
+        return None
+    try:
+        services.live.mark_watched(row.id)
+        preview = services.live.get_preview(row.id) if row.state is JobState.RUNNING else None
+    except Exception as exc:  # see safe_live_progress
+        log.warning("live preview of job %s unavailable: %s", row.id, exc)
+        return None
+    return preview if _preview_is_current(row, preview) else None

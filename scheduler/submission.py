@@ -8,7 +8,7 @@ Every function here blocks (database, storage): call them from a worker thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,11 +48,19 @@ def _existing(services: Services, tenant: str, task_id: str) -> JobRow | None:
         return None
 
 
-def submit_job(services: Services, tenant: str, body: Any, *, task_id: str | None = None) -> Submission:
+def submit_job(
+    services: Services,
+    tenant: str,
+    body: Any,
+    *,
+    task_id: str | None = None,
+    warnings: Sequence[Mapping[str, Any]] = (),
+) -> Submission:
     """Admit one job for `tenant`: create it, or return the existing job with the same task id and request.
 
     `task_id` is the id of `PUT /v1/jobs/{task_id}`; without it the body's `force_task_id` or a new server id
-    is used. Raises InputError (422 naming the field), PayloadTooLarge (413, an inline image over the limit),
+    is used. `warnings` are the door's own admission warnings (the A1111 routes'), stored with a new job.
+    Raises InputError (422 naming the field), PayloadTooLarge (413, an inline image over the limit),
     TaskIdConflict (409, the id is taken by a different request), RateLimited (429, too many queued jobs),
     and DatabaseUnavailable / StorageUnavailable (503).
     """
@@ -81,7 +89,12 @@ def submit_job(services: Services, tenant: str, body: Any, *, task_id: str | Non
                 code="too_many_queued_jobs",
             )
     item = admit(
-        ImageNormaliser(services, tenant), job, task_id=final_id, batch=False, max_attempts=settings.max_attempts
+        ImageNormaliser(services, tenant),
+        job,
+        task_id=final_id,
+        batch=False,
+        max_attempts=settings.max_attempts,
+        warnings=warnings,
     )
     if existing is not None:
         if existing.request_hash != item.request_hash:

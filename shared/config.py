@@ -51,8 +51,17 @@ DEFAULT_ORPHAN_SWEEP_GRACE_S = 900.0  # a finished job's uploads of uncommitted 
 DEFAULT_DISPATCH_WINDOW_PER_QUEUE = 16  # messages in the broker per queue; the rest wait, fairly ordered, in the table
 MIN_TOKEN_LENGTH = 16  # characters; shorter API tokens are refused as guessable
 DEFAULT_METRICS_PORT = 9400  # a worker's Prometheus /metrics and /healthz port; GPU i of one host uses port + i
+# Rate limits (scheduler/rate_limits.py, docs/api.md "Rate limits"): counts over a sliding window of this many seconds.
+DEFAULT_RATE_LIMIT_WINDOW_S = 10.0
+DEFAULT_RATE_LIMIT_TOKEN_REQUESTS = 1000  # requests of one API token per window (100/s sustained)
+DEFAULT_RATE_LIMIT_ADDRESS_REQUESTS = 2000  # requests from one source address per window (several tokens behind NAT)
+DEFAULT_RATE_LIMIT_ADDRESS_FAILED_AUTH = 20  # failed authentications from one source address per window
+# The highest job priority a tenant may ask for unless RENDERFARM_TENANT_MAX_PRIORITY raises its own ceiling: the
+# default priority, so no tenant outranks the others unless the operator allows it.
+DEFAULT_MAX_PRIORITY = 0
 
 _TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_PRIORITY_LIMIT = 1000  # the job spec's priority range is -1000..1000 (shared/job/spec.py MIN/MAX_PRIORITY)
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
@@ -88,6 +97,19 @@ class Settings(BaseSettings):
     api_tokens: str | None = None
     api_tokens_file: Path | None = None
     dev_mode: bool = False  # no tokens: every request is tenant "local"; only on a loopback address
+    # A bearer token that GET /metrics of the scheduler requires (Prometheus `authorization: credentials`). Unset:
+    # /metrics answers only loopback clients (404 to others), like development mode.
+    metrics_token: str | None = None
+
+    # Rate limits; 0 turns one off. Shared through Redis in cluster mode, per process when embedded.
+    rate_limit_window_s: float = Field(DEFAULT_RATE_LIMIT_WINDOW_S, gt=0)
+    rate_limit_token_requests: int = Field(DEFAULT_RATE_LIMIT_TOKEN_REQUESTS, ge=0)
+    rate_limit_address_requests: int = Field(DEFAULT_RATE_LIMIT_ADDRESS_REQUESTS, ge=0)
+    rate_limit_address_failed_auth: int = Field(DEFAULT_RATE_LIMIT_ADDRESS_FAILED_AUTH, ge=0)
+    # Priority ceilings: the highest `priority` a tenant's jobs may ask for. `tenant:N` pairs, comma-separated;
+    # tenants not named get max_priority. Development mode (one tenant) has no ceiling.
+    max_priority: int = Field(DEFAULT_MAX_PRIORITY, ge=-_PRIORITY_LIMIT, le=_PRIORITY_LIMIT)
+    tenant_max_priority: str | None = None
 
     max_image_pixels: int = Field(DEFAULT_MAX_IMAGE_PIXELS, gt=0)
     max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, gt=0)
@@ -184,6 +206,32 @@ class Settings(BaseSettings):
             tokens.append(TenantToken(tenant, token))
         return tokens
 
+    def priority_ceilings(self) -> dict[str, int]:
+        """The `tenant:N` pairs of TENANT_MAX_PRIORITY, validated (tenants not named get `max_priority`)."""
+        ceilings: dict[str, int] = {}
+        variable = "RENDERFARM_TENANT_MAX_PRIORITY"
+        for item in (self.tenant_max_priority or "").split(","):
+            if not item.strip():
+                continue
+            tenant, sep, number = item.strip().partition(":")
+            try:
+                ceiling = int(number)
+            except ValueError:
+                ceiling = _PRIORITY_LIMIT + 1
+            if not sep or not _TENANT_RE.match(tenant) or abs(ceiling) > _PRIORITY_LIMIT:
+                raise ConfigError(
+                    f"{variable}: each entry must be tenant:N with N from -{_PRIORITY_LIMIT} to {_PRIORITY_LIMIT}, "
+                    f"not {item.strip()!r}",
+                    field=variable,
+                )
+            ceilings[tenant] = ceiling
+        return ceilings
+
+    def without_secrets(self) -> Settings:
+        """These settings without the API tokens and the metrics token: what a process keeps after start-up once it
+        has their digests (scheduler/auth.py), and what it hands to processes that need no tokens (workers)."""
+        return self.model_copy(update={"api_tokens": None, "api_tokens_file": None, "metrics_token": None})
+
     # ----------------------------------------------------------------------------------------------------------
 
     def check(self) -> Settings:
@@ -199,6 +247,12 @@ class Settings(BaseSettings):
         if self.redis_url is not None and urlparse(self.redis_url).scheme not in ("redis", "rediss"):
             raise ConfigError("RENDERFARM_REDIS_URL must be redis://HOST:PORT/DB", field="RENDERFARM_REDIS_URL")
         tokens = self.tenant_tokens()
+        self.priority_ceilings()
+        if self.metrics_token is not None and len(self.metrics_token) < MIN_TOKEN_LENGTH:
+            raise ConfigError(
+                f"RENDERFARM_METRICS_TOKEN is shorter than {MIN_TOKEN_LENGTH} characters; use a random one",
+                field="RENDERFARM_METRICS_TOKEN",
+            )
         if not self.embedded:
             if not tokens and not self.dev_mode:
                 raise ConfigError(

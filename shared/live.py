@@ -15,12 +15,17 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 LIVE_TTL_S = 24 * 3600  # a record outlives any job; it is deleted when the job ends
 CANCEL_TTL_S = 24 * 3600
+PREVIEW_TTL_S = 3600  # a live preview is deleted with the job's progress; this only bounds a forgotten one
+# A job is "watched" (the worker draws live previews) for this long after a client last asked for its preview.
+# Pollers ask every second or so; an event stream renews it at least every WAIT_SLICE_S (5 s) of
+# scheduler/routes/events.py, so it must be longer than that.
+WATCH_TTL_S = 10.0
 KEY_PREFIX = "rf:"
 
 
@@ -52,13 +57,49 @@ class LiveProgress:
 
 
 @dataclass(frozen=True)
+class LivePreview:
+    """The newest live preview of a running job (docs/engine.md "Live previews"): a small picture, base64.
+
+    `preview_id` grows with every preview of the job (across attempts too); `method` is what drew it and
+    `requested_method` what the job's options asked for (they differ when the farm substitutes, e.g. "Approx NN").
+    `step` and `job_no` are the sampling step and batch it shows.
+    """
+
+    job_id: str
+    attempt: int
+    preview_id: int
+    step: int
+    job_no: int
+    method: str
+    requested_method: str
+    mime: str
+    data_b64: str
+    width: int
+    height: int
+
+    @property
+    def data_uri(self) -> str:
+        return f"data:{self.mime};base64,{self.data_b64}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> LivePreview:
+        data: dict[str, Any] = json.loads(text)
+        return cls(**data)
+
+
+@dataclass(frozen=True)
 class StopRequests:
-    """What asks one job to stop, read together at every sampling step: the A1111-style requests `interrupt`
-    (sticky) and `skips` (a count that only grows), and the farm's own `cancel` flag."""
+    """What the worker reads at every sampling step, in one trip: the A1111-style requests `interrupt` (sticky)
+    and `skips` (a count that only grows), the farm's own `cancel` flag, and whether a client `watched` the job's
+    live previews lately (so the worker draws them only then)."""
 
     interrupt: bool = False
     skips: int = 0
     cancel: bool = False
+    watched: bool = False
 
 
 class LiveStatus(ABC):
@@ -110,8 +151,28 @@ class LiveStatus(ABC):
     def stop_requests(self, job_id: uuid.UUID | str) -> StopRequests:
         """Every stop request at once (what the worker's step callback reads); backends may do it in one trip."""
         return StopRequests(
-            self.interrupt_requested(job_id), self.skip_requested(job_id), self.cancel_requested(job_id)
+            self.interrupt_requested(job_id),
+            self.skip_requested(job_id),
+            self.cancel_requested(job_id),
+            self.watched(job_id),
         )
+
+    # -- live previews -------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def mark_watched(self, job_id: uuid.UUID | str) -> None:
+        """A client wants the job's live previews: the worker draws them for the next WATCH_TTL_S seconds."""
+
+    @abstractmethod
+    def watched(self, job_id: uuid.UUID | str) -> bool:
+        """Whether a client asked for the job's previews in the last WATCH_TTL_S seconds."""
+
+    @abstractmethod
+    def set_preview(self, preview: LivePreview) -> None:
+        """Store the job's newest preview (replacing the last) and notify its watchers."""
+
+    @abstractmethod
+    def get_preview(self, job_id: uuid.UUID | str) -> LivePreview | None: ...
 
     @abstractmethod
     def notify(self, job_id: uuid.UUID | str) -> None:
@@ -132,8 +193,11 @@ class LiveStatus(ABC):
 class LocalLiveStatus(LiveStatus):
     """The embedded default: a dict guarded by a condition variable, shared by the API and its in-process worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._progress: dict[str, LiveProgress] = {}
+        self._previews: dict[str, LivePreview] = {}
+        self._watched_until: dict[str, float] = {}
         self._cancel: set[str] = set()
         self._interrupt: set[str] = set()
         self._skips: dict[str, int] = {}
@@ -152,6 +216,8 @@ class LocalLiveStatus(LiveStatus):
     def clear(self, job_id: uuid.UUID | str) -> None:
         with self._changed:
             self._progress.pop(str(job_id), None)
+            self._previews.pop(str(job_id), None)
+            self._watched_until.pop(str(job_id), None)
             self._cancel.discard(str(job_id))
             self._interrupt.discard(str(job_id))
             self._skips.pop(str(job_id), None)
@@ -188,6 +254,23 @@ class LocalLiveStatus(LiveStatus):
     def skip_requested(self, job_id: uuid.UUID | str) -> int:
         with self._changed:
             return self._skips.get(str(job_id), 0)
+
+    def mark_watched(self, job_id: uuid.UUID | str) -> None:
+        with self._changed:
+            self._watched_until[str(job_id)] = self._clock() + WATCH_TTL_S
+
+    def watched(self, job_id: uuid.UUID | str) -> bool:
+        with self._changed:
+            return self._watched_until.get(str(job_id), float("-inf")) > self._clock()
+
+    def set_preview(self, preview: LivePreview) -> None:
+        with self._changed:
+            self._previews[preview.job_id] = preview
+        self.notify(preview.job_id)
+
+    def get_preview(self, job_id: uuid.UUID | str) -> LivePreview | None:
+        with self._changed:
+            return self._previews.get(str(job_id))
 
     def notify(self, job_id: uuid.UUID | str) -> None:
         with self._changed:
@@ -250,6 +333,8 @@ class RedisLiveStatus(LiveStatus):
             self._key("cancel", job_id),
             self._key("interrupt", job_id),
             self._key("skip", job_id),
+            self._key("preview", job_id),
+            self._key("watch", job_id),
         )
 
     def request_cancel(self, job_id: uuid.UUID | str) -> None:
@@ -279,11 +364,27 @@ class RedisLiveStatus(LiveStatus):
         return int(raw) if raw else 0  # type: ignore[arg-type]
 
     def stop_requests(self, job_id: uuid.UUID | str) -> StopRequests:
-        # One round trip per sampling step instead of three.
-        keys = [self._key("interrupt", job_id), self._key("skip", job_id), self._key("cancel", job_id)]
-        values: list[Any] = self._redis.mget(keys)  # type: ignore[assignment]
-        interrupt, skips, cancel = values
-        return StopRequests(bool(interrupt), int(skips) if skips else 0, cancel is not None)
+        # One round trip per sampling step instead of four.
+        kinds = ("interrupt", "skip", "cancel", "watch")
+        values: list[Any] = self._redis.mget([self._key(kind, job_id) for kind in kinds])  # type: ignore[assignment]
+        interrupt, skips, cancel, watch = values
+        return StopRequests(bool(interrupt), int(skips) if skips else 0, cancel is not None, watch is not None)
+
+    def mark_watched(self, job_id: uuid.UUID | str) -> None:
+        self._redis.set(self._key("watch", job_id), b"1", px=int(WATCH_TTL_S * 1000))
+
+    def watched(self, job_id: uuid.UUID | str) -> bool:
+        return bool(self._redis.exists(self._key("watch", job_id)))
+
+    def set_preview(self, preview: LivePreview) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self._key("preview", preview.job_id), preview.to_json(), ex=PREVIEW_TTL_S)
+        pipe.publish(self._key("changed", preview.job_id), b"1")
+        pipe.execute()
+
+    def get_preview(self, job_id: uuid.UUID | str) -> LivePreview | None:
+        raw = self._redis.get(self._key("preview", job_id))
+        return LivePreview.from_json(raw) if raw else None  # type: ignore[arg-type]
 
     def notify(self, job_id: uuid.UUID | str) -> None:
         self._redis.publish(self._key("changed", job_id), b"1")

@@ -15,8 +15,10 @@ from shared.images import ImageLimits
 from shared.live import LiveStatus
 from shared.storage import Storage
 from worker.asset_cache import AssetCache
+from worker.embedding_catalogs import EmbeddingCatalogs
 from worker.engine.models import LoadedModel
 from worker.engine.processing import Processed, StableDiffusionProcessingImg2Img, process_images
+from worker.preview_publisher import RendererFactory, default_renderer
 
 OOM_UNHEALTHY_AFTER: Final = 3  # consecutive out-of-memory jobs after which a worker should stop taking work
 
@@ -81,6 +83,8 @@ class WorkerDeps:
     engine: Engine = process_images
     stats: WorkerStats = field(default_factory=WorkerStats)
     assets: AssetCache = field(default_factory=AssetCache)  # verified input assets, kept between jobs
+    embeddings: EmbeddingCatalogs = field(default_factory=EmbeddingCatalogs)  # each loaded model's embeddings
+    previews: RendererFactory = default_renderer  # what draws live previews (tests count its calls)
 
     @property
     def image_limits(self) -> ImageLimits:

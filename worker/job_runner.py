@@ -14,7 +14,8 @@ Error classification (what the job becomes; docs/reliability.md "Outages and ret
                                                     `outage_deadline_exceeded` once outages kept it back for
                                                     `outage_deadline_s`
       ... while uploading a finished render         retried inside the lease (renewed) for `upload_retry_s` first
-      ... while committing an uploaded render       the commit retried for `commit_retry_s` (idempotent by attempt)
+      ... while recording the end (commit, failure,  the write retried for `commit_retry_s` (fenced by attempt; the
+          cancel, requeue)                          commit is idempotent by attempt)
     ConfigError (this worker's storage refuses it)  an attempt: back to queued after a backoff, or failed when
                                                     its attempts are used up (another worker may be set up right)
     worker shutting down (SIGTERM)                  back to queued at once; not an attempt
@@ -29,6 +30,8 @@ from __future__ import annotations
 import logging
 import types
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 from PIL import Image
 
@@ -50,7 +53,7 @@ from shared.job.spec import Img2ImgJob
 from shared.states import JobState
 from worker.artifact_upload import delete_quietly, upload_artifacts
 from worker.claimed_run import RENEW_FRACTION, CancelRequested, ClaimedRun, LiveGuard, lease_seconds
-from worker.deps import Engine, WorkerDeps
+from worker.deps import WorkerDeps
 from worker.engine.models import LoadedModel, ModelNotFound
 from worker.engine.processing import Processed, StableDiffusionProcessingImg2Img
 from worker.inputs import load_inputs
@@ -62,6 +65,8 @@ from worker.step_hook import Draining, StepHook
 __all__ = ["deterministic_seeds", "run_job"]
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 def deterministic_seeds(job: Img2ImgJob, job_id: uuid.UUID) -> Img2ImgJob:
@@ -228,10 +233,20 @@ def _upload_with_retries(run: ClaimedRun, processed: Processed) -> list[Artifact
 
 
 def _commit_with_retries(run: ClaimedRun, records: list[ArtifactRecord], warnings: list[dict[str, str]]) -> None:
-    """Commit the uploaded render; through a database blip, try again (backoff) for `commit_retry_s`.
+    """Commit the uploaded render, through a database blip too (`_with_db_retries`).
 
     `succeed` is fenced and idempotent by attempt: a retry after a commit whose reply was lost is a no-op, and a
-    retry after another attempt took the job raises LeaseLost. Raises the last DatabaseUnavailable at the end.
+    retry after another attempt took the job raises LeaseLost.
+    """
+    _with_db_retries(run, "commit", lambda: run.deps.db.leases.succeed(run.job_id, run.attempt, records, warnings))
+
+
+def _with_db_retries(run: ClaimedRun, what: str, write: Callable[[], _T]) -> _T:
+    """`write()` (one fenced write that ends this attempt); while the database is unavailable, wait (backoff) and
+    try again for `commit_retry_s`. Raises the last DatabaseUnavailable after that.
+
+    Every such write is fenced by the attempt, so a retry can never change a job another attempt owns; a retry of a
+    write that went in but whose reply was lost finds the job moved on (succeed: the same success, a no-op).
     """
     deps = run.deps
     settings = deps.settings
@@ -239,14 +254,13 @@ def _commit_with_retries(run: ClaimedRun, records: list[ArtifactRecord], warning
     failures = 0
     while True:
         try:
-            deps.db.leases.succeed(run.job_id, run.attempt, records, warnings=warnings)
-            return
+            return write()
         except DatabaseUnavailable as exc:
             failures += 1
             delay = backoff_delay(failures, settings.retry_backoff_base_s, settings.retry_backoff_max_s)
             if deps.clock() + delay > give_up_at:
                 raise
-            logger.warning("job %s: commit failed (%s); try %d again in %.1f s", run.job_id, exc, failures + 1, delay)
+            logger.warning("job %s: %s failed (%s); try %d again in %.1f s", run.job_id, what, exc, failures + 1, delay)
             deps.sleep(delay)
 
 
@@ -264,9 +278,9 @@ def _render(
     oom_message = ""
     for try_no in (1, 2):
         try:
-            processed = _render_once(run.deps.engine, current, model, init_images, mask, latent_mask, hook)
+            processed = _render_once(run, current, model, init_images, mask, latent_mask, hook)
             warnings = [{"code": w.code, "message": w.message} for w in processed.warnings]
-            return processed, notes + warnings
+            return processed, notes + warnings + hook.previews.warnings()
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -295,7 +309,7 @@ def _render(
 
 
 def _render_once(
-    engine: Engine,
+    run: ClaimedRun,
     job: Img2ImgJob,
     model: LoadedModel,
     init_images: list[Image.Image],
@@ -304,12 +318,14 @@ def _render_once(
     hook: StepHook,
 ) -> Processed:
     # Its own function so that the processing object and its tensors die with this frame when the render fails.
+    deps = run.deps
     p = StableDiffusionProcessingImg2Img.from_job(
         job, sd_model=model, init_images=init_images, mask=mask, latent_mask=latent_mask
     )
+    p.embeddings = deps.embeddings.for_job(model, deps.settings.models_dir)
     p.progress_callback = hook
     hook.processing = p  # so that A1111 interrupt / skip requests reach this render
-    return engine(p)
+    return deps.engine(p)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -318,7 +334,9 @@ def _render_once(
 
 def _fail(run: ClaimedRun, error: JobError) -> RunOutcome:
     try:
-        row = run.deps.db.leases.fail(run.job_id, run.attempt, error)
+        row = _with_db_retries(
+            run, "recording the failure", lambda: run.deps.db.leases.fail(run.job_id, run.attempt, error)
+        )
     except DatabaseUnavailable as exc:
         logger.error("job %s: cannot record failure %s (%s)", run.job_id, error.code, exc)
         return run.outcome("unrecorded", error_code=error.code)
@@ -332,18 +350,22 @@ def _fail(run: ClaimedRun, error: JobError) -> RunOutcome:
 
 def _cancel(run: ClaimedRun) -> RunOutcome:
     db = run.deps.db
+
+    def record_cancel() -> bool:
+        if db.leases.cancel_running(run.job_id, run.attempt) is not None:
+            return True
+        # Only the live flag was up (the row's flag is set first by the API, so this is rare): honour the user's
+        # cancel all the same, fenced by the attempt.
+        return db.leases.transition(
+            run.job_id,
+            JobState.CANCELED,
+            expected_attempt=run.attempt,
+            from_states=frozenset({JobState.RUNNING}),
+            cancel_requested=True,
+        )
+
     try:
-        canceled = db.leases.cancel_running(run.job_id, run.attempt) is not None
-        if not canceled:
-            # Only the live flag was up (the row's flag is set first by the API, so this is rare): honour the user's
-            # cancel all the same, fenced by the attempt.
-            canceled = db.leases.transition(
-                run.job_id,
-                JobState.CANCELED,
-                expected_attempt=run.attempt,
-                from_states=frozenset({JobState.RUNNING}),
-                cancel_requested=True,
-            )
+        canceled = _with_db_retries(run, "recording the cancel", record_cancel)
     except DatabaseUnavailable as exc:
         logger.error("job %s: cannot record the cancel (%s)", run.job_id, exc)
         return run.outcome("unrecorded", error_code="canceled")
@@ -378,13 +400,17 @@ def _requeue(run: ClaimedRun, exc: RenderfarmError | None, *, counts_as_attempt:
         delay = backoff_delay(max(1, failures), settings.retry_backoff_base_s, settings.retry_backoff_max_s)
     outage = JobError.from_exception(exc) if isinstance(exc, TransientError) else None
     try:
-        moved = run.deps.db.leases.requeue(
-            run.job_id,
-            run.attempt,
-            retry_delay_s=delay,
-            counts_as_attempt=counts_as_attempt,
-            outage=outage,
-            outage_deadline_s=settings.outage_deadline_s if outage is not None else None,
+        moved = _with_db_retries(
+            run,
+            "returning the job to the queue",
+            lambda: run.deps.db.leases.requeue(
+                run.job_id,
+                run.attempt,
+                retry_delay_s=delay,
+                counts_as_attempt=counts_as_attempt,
+                outage=outage,
+                outage_deadline_s=settings.outage_deadline_s if outage is not None else None,
+            ),
         )
     except DatabaseUnavailable as db_exc:
         logger.error("job %s: cannot return the job to the queue (%s)", run.job_id, db_exc)

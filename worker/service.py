@@ -30,7 +30,16 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["default_queues", "main", "parse_gpus", "run_worker_process", "start_workers", "worker_command"]
+__all__ = [
+    "API_SECRET_VARIABLES",
+    "default_queues",
+    "main",
+    "parse_gpus",
+    "run_worker_process",
+    "start_workers",
+    "worker_command",
+    "worker_environment",
+]
 
 Device = Literal["cuda", "cpu"]
 
@@ -58,6 +67,19 @@ def parse_gpus(gpus: str, device_count: int) -> list[int] | None:
     if missing or not indices:
         raise ValueError(f"GPU(s) {missing or gpus} not present: this machine has {device_count} GPU(s)")
     return indices
+
+
+# Settings a worker never needs (the API's tokens): kept out of its environment (docs/reliability.md "Secrets").
+API_SECRET_VARIABLES = (f"{ENV_PREFIX}API_TOKENS", f"{ENV_PREFIX}API_TOKENS_FILE", f"{ENV_PREFIX}METRICS_TOKEN")
+
+
+def worker_environment(settings: Settings, environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The environment of a worker process: `environ` and the settings as RENDERFARM_* variables, without the API's
+    tokens."""
+    env = {**environ, **_settings_env(settings.without_secrets())}
+    for name in API_SECRET_VARIABLES:
+        env.pop(name, None)
+    return env
 
 
 def _settings_env(settings: Settings) -> dict[str, str]:
@@ -98,7 +120,7 @@ def start_workers(
 
     chosen = queues or default_queues()
     host = socket.gethostname()
-    base_env = {**os.environ, **_settings_env(settings)}
+    base_env = worker_environment(settings, os.environ)
     indices = parse_gpus(gpus, torch.cuda.device_count())
     processes: list[subprocess.Popen[bytes]] = []
     if indices is None:
@@ -144,6 +166,7 @@ def run_worker_process(settings: Settings, queues: list[str], device: Device, ho
     name = hostname or f"{'gpu' if device == 'cuda' else 'cpu'}@{socket.gethostname()}"
     factory = functools.partial(build_worker_deps, settings, device=device, worker_name=name)
     app = create_worker_app(settings, factory)
+    _redact_celery_logs()
     _start_metrics(settings, app, name, device)
     app.worker_main(
         [
@@ -158,6 +181,20 @@ def run_worker_process(settings: Settings, queues: list[str], device: Device, ho
             "--without-mingle",
         ]
     )
+
+
+def _redact_celery_logs() -> None:
+    """Celery sets up its own log handlers when the worker starts: make them redact secrets and addresses
+    (shared/redact.py) as the scheduler's do."""
+    from celery.signals import after_setup_logger, after_setup_task_logger
+
+    from shared.redact import install_log_redaction
+
+    def install(**_kwargs: object) -> None:
+        install_log_redaction()
+
+    after_setup_logger.connect(install, weak=False)
+    after_setup_task_logger.connect(install, weak=False)
 
 
 def _start_metrics(settings: Settings, app: Celery, name: str, device: Device) -> None:
@@ -194,7 +231,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--hostname", default=None)
     args = parser.parse_args(argv)
     queues = [q for q in args.queues.split(",") if q]
-    run_worker_process(Settings(), queues, args.device, args.hostname)
+    # A worker started with the API's tokens in its environment (one shared secret for every process) drops them
+    # before anything else runs: nothing it starts, logs or reports can show them.
+    for name in API_SECRET_VARIABLES:
+        os.environ.pop(name, None)
+    run_worker_process(Settings().without_secrets(), queues, args.device, args.hostname)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The engine's step callback for one claimed run (`StepHook`): cancel, interrupt and skip checks, lease renewal,
-throttled live progress, and the stop of a render that a shutting-down worker could not finish."""
+live previews while watched (worker/preview_publisher.py), throttled live progress, and the stop of a render that a
+shutting-down worker could not finish."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from shared.live import LiveProgress, StopRequests
 from worker.claimed_run import CancelRequested, ClaimedRun
 from worker.engine.processing import Progress, StableDiffusionProcessingImg2Img
 from worker.metrics import WORKER_METRICS
+from worker.preview_publisher import PreviewPublisher
 
 DRAIN_MARGIN: Final = 0.9  # on SIGTERM, stop a render that would not end within this share of the soft shutdown
 
@@ -34,6 +36,13 @@ class StepHook:
         # ends one batch).
         self.processing: StableDiffusionProcessingImg2Img | None = None
         self._skips_seen = 0
+        self.previews = PreviewPublisher(
+            str(run.job_id),
+            run.attempt,
+            lambda record: run.live.call("preview write", lambda: deps.live.set_preview(record)),
+            deps.settings.models_dir,
+            deps.previews,
+        )
 
     def __call__(self, progress: Progress) -> None:
         started = time.perf_counter()
@@ -45,12 +54,14 @@ class StepHook:
     def _step(self, progress: Progress) -> None:
         run, deps = self._run, self._run.deps
         WORKER_METRICS.step(run.row.model)
-        # Cancel, A1111 interrupt and skip in one read (a round trip to Redis per step).
+        # Cancel, A1111 interrupt and skip, and whether a client watches previews, in one read (a round trip to
+        # Redis per step).
         requests = run.live.call("stop check", lambda: deps.live.stop_requests(run.job_id), default=None)
         if requests is not None:
             if requests.cancel:
                 raise CancelRequested
             self._apply_stop_requests(requests)
+        self.previews.on_step(progress, requests is not None and requests.watched, self.processing)
         now = deps.clock()
         if now >= run.next_renewal:
             run.renew()
@@ -95,5 +106,6 @@ class StepHook:
             updated_at=deps.wall_clock(),
             worker=deps.worker_name,
             seq=run.progress_writes,
+            preview_id=self.previews.latest_id,
         )
         run.live.call("progress write", lambda: deps.live.set_progress(record))

@@ -36,6 +36,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from PIL import Image
 
+from scheduler.a1111.embeddings import catalogue_for
+from scheduler.a1111.field_policy import review_request
 from scheduler.a1111.schema import (
     Img2ImgRequest,
     Img2ImgResponse,
@@ -47,22 +49,25 @@ from scheduler.a1111.schema import (
     SchedulerItem,
     SDModelItem,
 )
-from scheduler.a1111.tenant_options import OPTION_DEFAULTS, read_options, write_options
+from scheduler.a1111.tenant_options import OPTION_DEFAULTS, ignored_options, read_options, write_options
 from scheduler.a1111.translate import (
+    answer_image,
     build_info,
     echoed_parameters,
     field_renames,
     image_grid,
     job_body,
     job_timestamp,
+    model_of_checkpoint,
     rename_fields,
 )
 from scheduler.auth import TenantDep
 from scheduler.deps import Services, ServicesDep
 from scheduler.routes import checked_task_id
-from scheduler.snapshots import QUEUE_POSITION_CAP, current_live, safe_live_progress
+from scheduler.snapshots import QUEUE_POSITION_CAP, current_live, safe_live_progress, watched_preview
 from scheduler.submission import Submission, submit_job
 from shared.db import MAX_LIST_LIMIT, ArtifactRow, JobRow
+from shared.embeddings.folder import EMBEDDINGS_FOLDER
 from shared.errors import InputError, NotFound, RenderfarmError, TransientError
 from shared.images import encode_png
 from shared.job.ids import MAX_TASK_ID_LENGTH, new_a1111_task_id
@@ -77,7 +82,6 @@ router = APIRouter(tags=["a1111"])
 
 WAIT_SLICE_S = 1.0  # the longest one wait for a change lasts before the row (and the client's connection) is checked
 MODEL_SUFFIXES = (".safetensors", ".ckpt")
-KARRAS_RHO = 7.0  # the webui's default_rho of the Karras schedule; -1 means "not applicable" for the others
 IdTask = Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)]  # `?id_task=`: names one task of the caller
 
 
@@ -94,11 +98,13 @@ class JobCanceled(RenderfarmError, type="conflict", http_status=409, default_cod
 
 
 def _submit(services: Services, tenant: str, request: Img2ImgRequest) -> Submission:
+    # First what the farm does not honour: refused (422) or named in the job's warnings (field_policy).
+    warnings = review_request(request)
     task_id = request.force_task_id or new_a1111_task_id()
     tenant_options = read_options(services.storage, tenant)
     body = job_body(request, task_id=task_id, default_model=services.settings.model, tenant_options=tenant_options)
     try:
-        return submit_job(services, tenant, body)
+        return submit_job(services, tenant, body, warnings=warnings)
     except InputError as exc:
         raise rename_fields(exc, field_renames(request)) from None
 
@@ -173,8 +179,12 @@ def _answer(services: Services, row: JobRow, request: Img2ImgRequest) -> JSONRes
         warnings=row.warnings,
         grid_first=want_grid,
     )
+    # The webui's API encodes its answer in the samples_format option (png, jpg/jpeg or webp).
+    samples_format = str(job.override_settings.get("samples_format", "png"))
     body = {
-        "images": [base64.b64encode(data).decode("ascii") for data in images] if request.send_images else [],
+        "images": [base64.b64encode(answer_image(data, samples_format)).decode("ascii") for data in images]
+        if request.send_images
+        else [],
         "parameters": echoed_parameters(request),
         "info": json.dumps(info, ensure_ascii=False),
     }
@@ -257,6 +267,8 @@ def internal_progress(services: Services, tenant: str, query: InternalProgressRe
     if row is None:
         # The reference's answer for an id it has not seen yet; a client may poll before its POST has arrived.
         return {**idle, "textinfo": "Waiting..."}
+    # A poller asking for live previews is what makes the worker draw them (docs/engine.md "Live previews").
+    preview = watched_preview(services, row) if query.live_preview else None
     if row.state is JobState.QUEUED:
         return {**idle, "queued": True, "textinfo": _queue_text(services, row)}
     if row.state.is_terminal:
@@ -265,15 +277,17 @@ def internal_progress(services: Services, tenant: str, query: InternalProgressRe
     live = current_live(row, safe_live_progress(services, row))
     progress = min(max(live.fraction, 0.0), 1.0) if live is not None else 0.0
     eta = live.eta_s if live is not None else None
+    # As the reference: the picture only when its id differs from the one the client has; else the client's id
+    # is echoed, so it never thinks it missed one.
+    fresh = preview is not None and preview.preview_id != query.id_live_preview
     return {
         "active": True,
         "queued": False,
         "completed": False,
         "progress": progress,
         "eta": eta,
-        # The farm keeps no preview images; the id is echoed so a client never thinks it missed one.
-        "live_preview": None,
-        "id_live_preview": query.id_live_preview,
+        "live_preview": preview.data_uri if fresh and preview is not None else None,
+        "id_live_preview": preview.preview_id if fresh and preview is not None else query.id_live_preview,
         "textinfo": _step_text(live),
     }
 
@@ -319,12 +333,19 @@ def _latest_running(services: Services, tenant: str) -> JobRow | None:
     return rows[0] if rows else None
 
 
-def sdapi_progress(services: Services, tenant: str, id_task: str | None) -> dict[str, Any]:
-    """`GET /sdapi/v1/progress` for the caller (semantics §5.3). Blocking."""
+def sdapi_progress(
+    services: Services, tenant: str, id_task: str | None, *, skip_current_image: bool = False
+) -> dict[str, Any]:
+    """`GET /sdapi/v1/progress` for the caller (semantics §5.3). Blocking.
+
+    Unless `skip_current_image`, the read marks the job watched (its worker draws live previews while such reads
+    keep coming) and `current_image` is its newest preview, raw base64 (docs/engine.md "Live previews").
+    """
     row = _find(services, tenant, id_task) if id_task else _latest_running(services, tenant)
     idle: dict[str, Any] = {"progress": 0.0, "eta_relative": 0.0, "current_image": None, "textinfo": None}
     if row is None:
         return {**idle, "state": _idle_state(), "textinfo": "Waiting..." if id_task else None}
+    preview = None if skip_current_image else watched_preview(services, row)
     if row.state is not JobState.RUNNING:
         text = _queue_text(services, row) if row.state is JobState.QUEUED else _terminal_text(row)
         return {**idle, "state": _idle_state(row.task_id), "textinfo": text}
@@ -348,7 +369,14 @@ def sdapi_progress(services: Services, tenant: str, id_task: str | None) -> dict
         "sampling_step": live.step if live is not None else 0,
         "sampling_steps": live.total_steps if live is not None else 0,
     }
-    return {**idle, "progress": progress, "eta_relative": eta_relative, "state": state, "textinfo": _step_text(live)}
+    return {
+        **idle,
+        "progress": progress,
+        "eta_relative": eta_relative,
+        "state": state,
+        "current_image": preview.data_b64 if preview is not None else None,
+        "textinfo": _step_text(live),
+    }
 
 
 @router.get("/sdapi/v1/progress", summary="A1111 progress of the caller's running job", response_model=ProgressResponse)
@@ -358,8 +386,8 @@ def get_progress(
     skip_current_image: Annotated[bool, Query()] = False,
     id_task: IdTask = None,
 ) -> JSONResponse:
-    # skip_current_image is accepted and has nothing to skip: the farm keeps no preview images.
-    return JSONResponse(ProgressResponse(**sdapi_progress(services, tenant, id_task)).model_dump())
+    answer = sdapi_progress(services, tenant, id_task, skip_current_image=skip_current_image)
+    return JSONResponse(ProgressResponse(**answer).model_dump())
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -430,11 +458,7 @@ async def skip(request: Request, services: ServicesDep, tenant: TenantDep, id_ta
 @router.get("/sdapi/v1/samplers", summary="Samplers the farm runs", response_model=list[SamplerItem])
 def samplers(tenant: TenantDep) -> list[dict[str, Any]]:
     return [
-        {
-            "name": sampler.name,
-            "aliases": list(sampler.aliases),
-            "options": {"scheduler": sampler.default_schedule} if sampler.default_schedule != "uniform" else {},
-        }
+        {"name": sampler.name, "aliases": list(sampler.aliases), "options": sampler.options_dict}
         for sampler in SAMPLERS
     ]
 
@@ -445,10 +469,9 @@ def schedulers(tenant: TenantDep) -> list[dict[str, Any]]:
         {
             "name": schedule.name,
             "label": schedule.label,
-            "aliases": None,
-            "default_rho": KARRAS_RHO if schedule.name == "karras" else -1.0,
-            # The uniform schedule is the model's own discretisation (needs the model); the others are formulas.
-            "need_inner_model": schedule.name == "uniform",
+            "aliases": list(schedule.aliases) or None,  # the reference lists None where a schedule has none
+            "default_rho": schedule.default_rho,
+            "need_inner_model": schedule.need_inner_model,
         }
         for schedule in SCHEDULES
     ]
@@ -461,7 +484,7 @@ def _model_names(services: Services) -> list[str]:
     if folder is not None and folder.is_dir():
         for entry in sorted(folder.iterdir()):
             name = entry.name if entry.is_dir() else entry.stem if entry.suffix in MODEL_SUFFIXES else None
-            if name and not name.startswith(".") and name not in names:
+            if name and not name.startswith(".") and name not in names and name != EMBEDDINGS_FOLDER:
                 names.append(name)
     return names
 
@@ -482,6 +505,25 @@ def sd_models(services: ServicesDep, tenant: TenantDep) -> list[dict[str, Any]]:
     ]
 
 
+@router.get("/sdapi/v1/embeddings", summary="Textual-inversion embeddings, loaded or skipped for a model")
+def embeddings(
+    services: ServicesDep, tenant: TenantDep, model: Annotated[str | None, Query(max_length=1024)] = None
+) -> dict[str, Any]:
+    """For `?model=` (a farm extension; a title's hash suffix is ignored), else the tenant's `sd_model_checkpoint`
+    option, else the default model (scheduler/a1111/embeddings.py)."""
+    if model is None:
+        stored = read_options(services.storage, tenant).get("sd_model_checkpoint")
+        model = stored if isinstance(stored, str) else None
+    name = model_of_checkpoint(model, services.settings.model) or services.settings.model
+    return catalogue_for(services.settings.models_dir).listing(name)
+
+
+@router.post("/sdapi/v1/refresh-embeddings", summary="Reread the embeddings folder")
+def refresh_embeddings(services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    catalogue_for(services.settings.models_dir).refresh()
+    return JSONResponse(None)
+
+
 @router.get("/sdapi/v1/options", summary="The caller's webui options (the ones the farm honours)")
 def get_options(services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
     stored = read_options(services.storage, tenant)
@@ -495,8 +537,10 @@ def get_options(services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
 
 @router.post("/sdapi/v1/options", summary="Set the caller's webui options (checkpoint and job overrides)")
 def set_options(services: ServicesDep, tenant: TenantDep, changes: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+    # null, as the webui answers, when every option was kept; otherwise the ones that were not, by name.
+    warnings = ignored_options(changes)
     write_options(services.storage, tenant, changes)
-    return JSONResponse(None)
+    return JSONResponse({"warnings": warnings} if warnings else None)
 
 
 @router.get("/sdapi/v1/cmd-flags", summary="The few webui command-line flags clients look at")

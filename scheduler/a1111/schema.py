@@ -2,9 +2,11 @@
 
 `Img2ImgRequest` mirrors the reference's `StableDiffusionImg2ImgProcessingAPI`: every field, with the reference
 API's defaults (not the UI's: inpainting_fill 0, inpaint_full_res true, padding 0, sampler_index "Euler", 50 steps).
-Types are as lenient as the reference's (pydantic's lax mode: "42" is 42, 0/1 are booleans) and unknown fields are
-ignored as the reference ignores them, so a client's body is accepted as it is. The farm's own, stricter checks
-(ranges, names) come after translation, from `shared.job.spec.parse_job`, and name the fields with their A1111 names.
+Types are as lenient as the reference's (pydantic's lax mode: "42" is 42, 0/1 are booleans). Unknown fields are kept
+aside (`model_extra`) so that `scheduler.a1111.field_policy` can name them in the job's warnings; the reference
+ignores them. What the farm does with each field (honour, warn, refuse) is decided in that module. The farm's own,
+stricter checks (ranges, names) come after translation, from `shared.job.spec.parse_job`, and name the fields with
+their A1111 names.
 """
 
 from __future__ import annotations
@@ -13,31 +15,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# Fields of the reference's request that the farm accepts and does not use: face restoration, tiling, the sampler
-# noise knobs, saving to the server's disk, refiner, extra networks, comments. Clients send them by default.
-UNUSED_FIELDS: tuple[str, ...] = (
-    "restore_faces",
-    "tiling",
-    "do_not_save_samples",
-    "do_not_save_grid",
-    "s_min_uncond",
-    "s_churn",
-    "s_tmax",
-    "s_tmin",
-    "s_noise",
-    "override_settings_restore_afterwards",
-    "refiner_checkpoint",
-    "refiner_switch_at",
-    "disable_extra_networks",
-    "firstpass_image",
-    "comments",
-)
-
 
 class Img2ImgRequest(BaseModel):
     """The body of `POST /sdapi/v1/img2img`, field for field as the reference API defines it."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")  # unknown fields: warned about (field_policy), never used
 
     # --- StableDiffusionProcessing (base)
     prompt: str = ""

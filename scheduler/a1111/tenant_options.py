@@ -8,8 +8,10 @@ id, so no task's keys (or a cleanup by task prefix) can ever reach it. Redis was
 everything (farm-design.md), and a lost checkpoint choice would silently switch models.
 
 Only the settable subset is stored: `sd_model_checkpoint` and the options a job may override
-(`shared.job.spec.SUPPORTED_OVERRIDE_KEYS`), each checked like a job's override. Other webui options are accepted and
-ignored, as the webui ignores options it does not know. Concurrent writes of one tenant: the last one wins.
+(`shared.job.spec.SUPPORTED_OVERRIDE_KEYS`), each checked like a job's override. The other webui options follow the
+same rule as a job's `override_settings` (`scheduler.a1111.field_policy.review_overrides`): one that would change a
+render and that the farm cannot do is a 422 naming it, any other is not stored and is named in the answer's
+`warnings`. Concurrent writes of one tenant: the last one wins.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from scheduler.a1111.field_policy import review_overrides
 from shared.errors import FieldProblem, InputError, NotFound
 from shared.job.spec import SUPPORTED_OVERRIDE_KEYS, OverrideSettings
+from shared.job.warnings import JobWarning
 from shared.storage import Storage, validate_key
 
 OPTIONS_SEGMENT = "~a1111"
@@ -46,6 +50,33 @@ OPTION_DEFAULTS: dict[str, Any] = {
     "overlay_inpaint": True,
     "return_mask": False,
     "return_mask_composite": False,
+    "emphasis": "Original",
+    "comma_padding_backtrack": 20,
+    "use_old_scheduling": False,
+    "pad_cond_uncond": False,
+    "pad_cond_uncond_v0": False,
+    "s_min_uncond_all": False,
+    "live_previews_enable": True,
+    "show_progress_every_n_steps": 10,
+    "show_progress_type": "Approx NN",
+    "show_progress_grid": True,
+    # sampler options (docs/engine.md "Sampler options"), the webui's defaults
+    "eta_ddim": 0.0,
+    "s_churn": 0.0,
+    "s_tmin": 0.0,
+    "s_tmax": 0.0,
+    "s_noise": 1.0,
+    "sigma_min": 0.0,
+    "sigma_max": 0.0,
+    "rho": 0.0,
+    "always_discard_next_to_last_sigma": False,
+    "sgm_noise_multiplier": False,
+    "uni_pc_variant": "bh1",
+    "uni_pc_skip_type": "time_uniform",
+    "uni_pc_order": 3,
+    "uni_pc_lower_order_final": True,
+    "beta_dist_alpha": 0.6,
+    "beta_dist_beta": 0.6,
 }
 
 _OVERRIDES = TypeAdapter(OverrideSettings)
@@ -69,8 +100,15 @@ def read_options(storage: Storage, tenant: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def ignored_options(changes: Mapping[str, Any]) -> list[JobWarning]:
+    """Warnings naming the options of `changes` that the farm does not keep. Raises InputError (422) for an option
+    that would change a render and that the farm cannot do."""
+    return review_overrides(changes, prefix="", translated=False)
+
+
 def settable(changes: Mapping[str, Any]) -> dict[str, Any]:
-    """The options of `changes` that the farm keeps, checked; others are dropped. Raises InputError (422)."""
+    """The options of `changes` that the farm keeps, checked; others are dropped (`ignored_options` names them).
+    Raises InputError (422)."""
     kept = {key: value for key, value in changes.items() if key in SUPPORTED_OVERRIDE_KEYS}
     checkpoint = kept.get("sd_model_checkpoint")
     if checkpoint is not None and (

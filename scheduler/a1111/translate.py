@@ -6,12 +6,12 @@ Pure functions (no I/O): the routes read and write, these only reshape. Written 
 - the sampler is `sampler_name or sampler_index` (so the default is "Euler"); names with a schedule suffix such as
   "DPM++ 2M Karras", aliases such as "k_euler_a", and schedules by name or label in either case are matched by
   `shared.job.spec` / `shared.sampler_names`. Unlike the reference, an unknown name is a 422 naming the field (§7.5);
-- `override_settings`: the keys the farm supports are passed on (and checked); the webui's other options are ignored,
-  as the reference ignores options it does not know. `sd_model_checkpoint` (from the request, else the tenant's
-  default set with `POST /sdapi/v1/options`) becomes the job's model;
+- `override_settings`: the keys the farm supports are passed on (and checked); the others are left out here, after
+  `scheduler.a1111.field_policy` has refused them or named them in the job's warnings. `sd_model_checkpoint` (from
+  the request, else the tenant's default set with `POST /sdapi/v1/options`) becomes the job's model;
 - `infotext`: fields found there fill in the request fields that were not sent; settings go into override_settings;
-- `script_name` / `alwayson_scripts`: the farm runs no scripts, so any named script is a 422 (the reference answers
-  422 for a script it does not have);
+- fields the farm does not honour (scripts, face restoration, ...) are refused or warned about by
+  `scheduler.a1111.field_policy.review_request`, which the routes call before this translation;
 - the answer's `info` is the reference's `processed.js()` shape rebuilt from the job and its artifacts.
 
 The scheduler image has no worker package (and no torch), so nothing here imports `worker`.
@@ -20,6 +20,7 @@ The scheduler image has no worker package (and no torch), so nothing here import
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import re
 import uuid
@@ -78,6 +79,38 @@ def _number(text: str) -> int | float | str:
 
 _INPAINT_FILL = {"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}
 
+# The infotext keys `_fields_from_infotext` reads (keep it in step: a key read there but missing here only earns a
+# needless warning), and those that describe a render without changing one. Any other key of a request's infotext
+# is named in an `ignored_infotext` warning (scheduler.a1111.field_policy).
+INFOTEXT_KEYS_READ = frozenset(
+    {
+        "Steps",
+        "Sampler",
+        "Schedule type",
+        "CFG scale",
+        "Image CFG scale",
+        "Seed",
+        "Variation seed",
+        "Variation seed strength",
+        "Denoising strength",
+        "Mask blur",
+        "Masked area padding",
+        "Noise multiplier",
+        "Eta",
+        "Size",
+        "Seed resize from",
+        "Tiling",
+        "Inpaint area",
+        "Mask mode",
+        "Masked content",
+        "Clip skip",
+        "ENSD",
+        "Model",
+        "RNG",
+    }
+)
+INFOTEXT_KEYS_DESCRIPTIVE = frozenset({"Model hash", "VAE hash", "Init image hash", "Version", "User"})
+
 
 def _fields_from_infotext(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(request fields, override settings) that an infotext names. Values that do not parse are left out: the
@@ -99,6 +132,7 @@ def _fields_from_infotext(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
         "Masked area padding": ("inpaint_full_res_padding", int),
         "Noise multiplier": ("initial_noise_multiplier", float),
         "Eta": ("eta", float),
+        "NGMS": ("s_min_uncond", float),
     }
     for key, (name, kind) in simple.items():
         if key in params:
@@ -111,6 +145,8 @@ def _fields_from_infotext(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
         match = _SIZE_RE.fullmatch(params.get(key, ""))
         if match:
             fields[size_w], fields[size_h] = int(match.group(1)), int(match.group(2))
+    if "Tiling" in params:
+        fields["tiling"] = params["Tiling"] == "True"
     if "Inpaint area" in params:
         fields["inpaint_full_res"] = params["Inpaint area"] == "Only masked"
     if "Mask mode" in params:
@@ -121,31 +157,26 @@ def _fields_from_infotext(text: str) -> tuple[dict[str, Any], dict[str, Any]]:
     for key, option in setting_keys.items():
         if key in params and isinstance(_number(params[key]), int):
             overrides[option] = _number(params[key])
+    if "Emphasis" in params:
+        overrides["emphasis"] = params["Emphasis"]
+    flag_keys = {
+        "Pad conds": "pad_cond_uncond",
+        "Pad conds v0": "pad_cond_uncond_v0",
+        "Old prompt editing timelines": "use_old_scheduling",
+        "NGMS all steps": "s_min_uncond_all",
+    }
+    for key, option in flag_keys.items():
+        if params.get(key) in ("True", "False"):
+            overrides[option] = params[key] == "True"
     if "Model" in params:
         overrides["sd_model_checkpoint"] = params["Model"]
-    if params.get("RNG") in ("GPU", "CPU"):
+    if params.get("RNG") in ("GPU", "CPU", "NV"):
         overrides["randn_source"] = params["RNG"]
     return fields, overrides
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Request → job
-
-
-def check_scripts(request: Img2ImgRequest) -> None:
-    """422 for any script: the farm has none (the reference answers 422 for scripts it does not have)."""
-    if request.script_name:
-        raise InputError(
-            f"script_name: script {request.script_name!r} not found; the farm runs no webui scripts",
-            code="unknown_script",
-            field="script_name",
-        )
-    for title in request.alwayson_scripts:
-        raise InputError(
-            f"alwayson_scripts: always-on script {title!r} not found; the farm runs no webui scripts",
-            code="unknown_script",
-            field=f"alwayson_scripts.{title}",
-        )
 
 
 def job_body(
@@ -158,9 +189,9 @@ def job_body(
     """The farm job (a body for `shared.job.spec.parse_job`) that runs `request`.
 
     `tenant_options` are the tenant's stored webui options (`POST /sdapi/v1/options`): defaults under the request's
-    own override_settings. Raises InputError (422) for scripts and for a missing init image (the reference: 404).
+    own override_settings. It drops what the farm does not use: review the request first
+    (`scheduler.a1111.field_policy.review_request`), so that nothing is dropped silently.
     """
-    check_scripts(request)
     sent = dict(request.model_dump())
     overrides: dict[str, Any] = dict(tenant_options)
     if request.infotext:
@@ -206,6 +237,13 @@ def job_body(
         "width": sent["width"],
         "height": sent["height"],
         "eta": sent["eta"],
+        "s_min_uncond": sent["s_min_uncond"],
+        # The reference: the field, or when it is null the webui option `tiling` (default off).
+        "tiling": bool(sent["tiling"] if sent["tiling"] is not None else overrides.get("tiling") is True),
+        "s_churn": sent["s_churn"],
+        "s_tmin": sent["s_tmin"],
+        "s_tmax": sent["s_tmax"],
+        "s_noise": sent["s_noise"],
         "override_settings": farm_overrides,
     }
     if sent["mask_blur"] is not None:
@@ -239,8 +277,9 @@ def field_renames(request: Img2ImgRequest) -> dict[str, str]:
 
 
 def echoed_parameters(request: Img2ImgRequest) -> dict[str, Any]:
-    """The answer's `parameters`: the request as parsed (defaults filled in), images nulled unless asked for."""
-    parameters = request.model_dump()
+    """The answer's `parameters`: the request as parsed (defaults filled in), images nulled unless asked for. Unknown
+    fields are left out, as the reference's parsing drops them."""
+    parameters = request.model_dump(exclude=set(request.model_extra or ()))
     if not request.include_init_images:
         parameters["init_images"] = None
         parameters["mask"] = None
@@ -317,6 +356,40 @@ def build_info(
         "task_id": task_id,
         "warnings": [dict(warning) for warning in warnings],
     }
+
+
+ANSWER_JPEG_QUALITY = 80  # the webui's `jpeg_quality` default, which its API uses for JPEG and WEBP answers
+_EXIF_IFD = 0x8769  # the Exif sub-IFD of a picture's EXIF data
+_USER_COMMENT = 0x9286  # its UserComment tag, where the webui keeps the infotext of JPEG and WEBP files
+_UNICODE_PREFIX = b"UNICODE\x00"  # EXIF's character code for a UTF-16 (big-endian) UserComment
+
+
+def answer_image(png: bytes, samples_format: str) -> bytes:
+    """A stored result (PNG with its infotext) encoded as the answer's `samples_format` says, as the webui's API
+    encodes its images: PNG as it is; JPEG or WEBP at quality 80, RGB, with the infotext as EXIF UserComment."""
+    kind = samples_format.lower()
+    if kind == "png":
+        return png
+    with Image.open(io.BytesIO(png)) as stored:
+        infotext = stored.info.get("parameters")
+        picture = stored.convert("RGB")
+    exif = Image.Exif()
+    exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = _UNICODE_PREFIX + (infotext or "").encode("utf-16-be")
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG" if kind in ("jpg", "jpeg") else "WEBP", quality=ANSWER_JPEG_QUALITY, exif=exif)
+    return buffer.getvalue()
+
+
+def answer_infotext(data: bytes) -> str | None:
+    """The infotext of an answer's image, whichever of the formats above it is in (for clients and tests)."""
+    with Image.open(io.BytesIO(data)) as picture:
+        if picture.format == "PNG":
+            text = picture.info.get("parameters")
+            return text if isinstance(text, str) else None
+        comment = picture.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    if isinstance(comment, bytes) and comment.startswith(_UNICODE_PREFIX):
+        return comment[len(_UNICODE_PREFIX) :].decode("utf-16-be")
+    return None
 
 
 def image_grid(images: Sequence[Image.Image]) -> Image.Image:

@@ -9,6 +9,11 @@ below it are skipped, and a stream whose client already has the terminal snapsho
 Waits are sliced (`WAIT_SLICE_S`) so that a notify sent between a read and the next wait is picked up by the next
 read at the latest, and a live status that is down degrades to polling instead of ending the stream.
 
+`?previews=true`: the open stream keeps the job watched (its worker draws live previews, docs/engine.md "Live
+previews"; the mark is renewed at every wake-up, well within `WATCH_TTL_S`), and each new preview is sent as
+`event: preview`, `data: <the snapshot's preview object>` (no `id:`, so `Last-Event-ID` stays a snapshot seq).
+Snapshots in the stream carry no preview: the picture is sent once, not with every progress change.
+
 A graceful shutdown ends every open stream at once (`scheduler/open_streams.py`): the stream simply ends, and its
 client resumes on the next scheduler with `Last-Event-ID` (the SDK does; docs/reliability.md "Scheduler restarts").
 """
@@ -30,7 +35,7 @@ from fastapi.responses import StreamingResponse
 from scheduler.auth import TenantDep
 from scheduler.deps import Services, ServicesDep
 from scheduler.routes import checked_task_id
-from scheduler.snapshots import read_snapshot
+from scheduler.snapshots import preview_out, read_snapshot, watched_preview
 from shared.errors import InputError
 from shared.live import LiveStatus
 
@@ -47,6 +52,12 @@ def format_event(snapshot: dict[str, Any]) -> str:
     """One SSE message carrying a snapshot."""
     data = json.dumps(snapshot, separators=(",", ":"), ensure_ascii=False)
     return f"id: {snapshot['seq']}\nevent: snapshot\ndata: {data}\n\n"
+
+
+def format_preview_event(preview: dict[str, Any]) -> str:
+    """One SSE message carrying a live preview (no id: resuming goes by snapshot seq only)."""
+    data = json.dumps(preview, separators=(",", ":"), ensure_ascii=False)
+    return f"event: preview\ndata: {data}\n\n"
 
 
 def _wait(live: LiveStatus, job_id: uuid.UUID, timeout_s: float, stopping: threading.Event) -> bool:
@@ -68,11 +79,13 @@ async def snapshot_stream(
     *,
     keepalive_s: float = KEEPALIVE_S,
     wait_slice_s: float = WAIT_SLICE_S,
+    previews: bool = False,
 ) -> AsyncGenerator[str, None]:
     """The SSE text of one job's snapshots with seq > `resume_after`, ending after a terminal snapshot, or when
-    the server shuts down (`services.streams.end_all`)."""
+    the server shuts down (`services.streams.end_all`); with `previews`, its new live previews too."""
     loop = asyncio.get_running_loop()
     last_sent = resume_after
+    last_preview = -1
     last_output = loop.time()
     stopping = services.streams.stopping
     yield f"retry: {RETRY_MS}\n\n"
@@ -82,9 +95,15 @@ async def snapshot_stream(
             waiter = loop.run_in_executor(services.stream_waits, _wait, services.live, job_id, wait_slice_s, stopping)
             row = await run_in_threadpool(services.db.jobs.get_by_id, job_id)
             snapshot = await run_in_threadpool(read_snapshot, services, row)
+            # Marked watched before anything is sent, so the worker draws previews from the client's first event on.
+            preview = await run_in_threadpool(watched_preview, services, row) if previews else None
             if snapshot["seq"] > last_sent:
                 yield format_event(snapshot)
                 last_sent = snapshot["seq"]
+                last_output = loop.time()
+            if preview is not None and preview.preview_id != last_preview:
+                yield format_preview_event(preview_out(preview))
+                last_preview = preview.preview_id
                 last_output = loop.time()
             if row.is_terminal or stream.ended.done():
                 return
@@ -123,12 +142,13 @@ async def job_events(
     tenant: TenantDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id_query: Annotated[int | None, Query(alias="last_event_id", ge=0)] = None,
+    previews: Annotated[bool, Query()] = False,
 ) -> StreamingResponse:
     resume_after = _resume_point(last_event_id, last_event_id_query)
     # Read once before streaming, so an unknown id (or another tenant's) is a typed 404, not an empty stream.
     row = await run_in_threadpool(services.db.jobs.get, tenant, checked_task_id(task_id))
     return StreamingResponse(
-        snapshot_stream(services, row.id, resume_after),
+        snapshot_stream(services, row.id, resume_after, previews=previews),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

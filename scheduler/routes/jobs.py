@@ -89,10 +89,19 @@ def post_job(body: Annotated[Any, Body()], services: ServicesDep, tenant: Tenant
     return _submitted(services, submit_job(services, tenant, body))
 
 
-@router.get("/{task_id}", summary="A job's status", response_model=JobSnapshot, responses=ERROR_RESPONSES)
-def get_job(task_id: str, services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+@router.get(
+    "/{task_id}",
+    summary="A job's status",
+    response_model=JobSnapshot,
+    responses=ERROR_RESPONSES,
+    description="`previews=true`: the worker draws live previews of the job while such reads keep coming (a few "
+    "seconds each), and the snapshot carries the newest one in `preview`.",
+)
+def get_job(
+    task_id: str, services: ServicesDep, tenant: TenantDep, previews: Annotated[bool, Query()] = False
+) -> JSONResponse:
     row = services.db.jobs.get(tenant, checked_task_id(task_id))
-    return JSONResponse(read_snapshot(services, row))
+    return JSONResponse(read_snapshot(services, row, previews=previews))
 
 
 @router.get(

@@ -34,8 +34,8 @@ class Batches(Operations):
         """Insert the batch `batch_id` and its child jobs in one transaction, unless a batch with that id exists.
 
         Returns `(batch, result)`; `result` is None when the batch already existed (nothing was inserted: the caller
-        compares the stored manifest to tell a retry from a conflict). The existing row may be another tenant's: the
-        caller must check `batch.tenant`. Race-safe: two requests with one new id insert one batch (INSERT ... ON
+        compares the stored manifest to tell a retry from a conflict). Batch ids are per tenant: another tenant's
+        batch with the same id is not this one. Race-safe: two requests with one new id insert one batch (INSERT ... ON
         CONFLICT DO NOTHING). Raises what `shared.db.job_inserts.insert_jobs` raises (`Conflict`, `InputError`;
         then neither the batch nor any job is inserted), and `ValueError` for an unknown `mode`.
         """
@@ -52,7 +52,7 @@ class Batches(Operations):
             "canceled_at": None,
         }
         with self._tx.begin() as conn:
-            row, created = self._tx.insert_or_get(conn, batches, values, [batches.c.id])
+            row, created = self._tx.insert_or_get(conn, batches, values, [batches.c.tenant, batches.c.id])
             result = insert_jobs(self._tx, conn, tenant, items, batch_id=batch_id, now=now) if created else None
         return plain_row(BatchRow, row), result
 
@@ -81,14 +81,14 @@ class Batches(Operations):
             cancel_jobs(conn, [jobs.c.batch_id == batch_id, jobs.c.tenant == tenant], when)
         return plain_row(BatchRow, row)
 
-    def counts(self, batch_id: uuid.UUID) -> dict[JobState, int]:
-        """The batch's jobs counted by state (every state present, zero included)."""
-        return counts_by_state(self._tx, jobs.c.batch_id == batch_id)
+    def counts(self, tenant: str, batch_id: uuid.UUID) -> dict[JobState, int]:
+        """The tenant's batch's jobs counted by state (every state present, zero included)."""
+        return counts_by_state(self._tx, sa.and_(jobs.c.tenant == tenant, jobs.c.batch_id == batch_id))
 
-    def timing(self, batch_id: uuid.UUID) -> tuple[datetime | None, datetime | None]:
+    def timing(self, tenant: str, batch_id: uuid.UUID) -> tuple[datetime | None, datetime | None]:
         """`(first started_at, last finished_at)` over the batch's jobs (None when no job started / finished yet)."""
         statement = sa.select(sa.func.min(jobs.c.started_at), sa.func.max(jobs.c.finished_at)).where(
-            jobs.c.batch_id == batch_id
+            jobs.c.tenant == tenant, jobs.c.batch_id == batch_id
         )
         with self._tx.begin(write=False) as conn:
             first_started, last_finished = conn.execute(statement).one()

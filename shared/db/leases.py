@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from shared.db.ids import new_id
 from shared.db.job_updates import ErrorLike, error_dict, touch_jobs, update_jobs
 from shared.db.rows import ArtifactRecord, JobError, JobRow, LeaseStatus
-from shared.db.tables import UTCDateTime, artifacts, jobs
+from shared.db.tables import UNSWEPT, UTCDateTime, artifacts, jobs
 from shared.db.transaction import Operations
 from shared.errors import LeaseLost
 from shared.job.artifacts import ARTIFACT_KINDS
@@ -239,16 +239,17 @@ class Leases(Operations):
         failed: list[JobRow] = []
         with self._tx.begin() as conn:
             candidates = conn.execute(
-                sa.select(jobs.c.id, jobs.c.attempt, jobs.c.max_attempts, jobs.c.worker).where(*expired).limit(limit)
+                sa.select(jobs.c.id, jobs.c.attempt, jobs.c.max_attempts).where(*expired).limit(limit)
             ).all()
-            for job_id, attempt, max_attempts, worker in candidates:
+            # The message reaches the tenant: it names no worker (worker names carry the operator's host names).
+            for job_id, attempt, max_attempts in candidates:
                 error = JobError(
                     type="permanent",
                     code="attempts_exhausted",
                     message=(
                         f"the job was started {attempt} times (the limit is {max_attempts}) and each time its "
-                        f"worker stopped renewing its lease (last worker: {worker or 'unknown'}); the worker may "
-                        "have crashed, been killed or lost its connection, possibly because of this job"
+                        "worker stopped renewing its lease; the worker may have crashed, been killed or lost its "
+                        "connection, possibly because of this job"
                     ),
                 )
                 # Fenced by the attempt seen, so a renewal that lands in between keeps the job alive.
@@ -356,16 +357,10 @@ class Leases(Operations):
         except a job that succeeded at its first attempt (its only uploads are the committed ones).
         """
         cutoff = self._tx.now(now) - timedelta(seconds=grace_s)
-        terminal = [state.value for state in JobState if state.is_terminal]
         statement = (
+            # The predicate of ix_jobs_unswept verbatim, so that PostgreSQL reads that small partial index.
             sa.select(jobs)
-            .where(
-                jobs.c.state.in_(terminal),
-                jobs.c.storage_swept_at.is_(None),
-                jobs.c.finished_at < cutoff,
-                jobs.c.attempt >= 1,
-                sa.or_(jobs.c.state != JobState.SUCCEEDED.value, jobs.c.attempt > 1),
-            )
+            .where(sa.text(UNSWEPT), jobs.c.finished_at < cutoff)
             .order_by(jobs.c.finished_at, jobs.c.id)
             .limit(limit)
         )

@@ -85,6 +85,12 @@ JOB_STATE_VALUES: tuple[str, ...] = tuple(state.value for state in JobState)
 QUEUED = "state = 'queued'"
 UNDISPATCHED = "state = 'queued' AND dispatched_at IS NULL"
 IN_FLIGHT = "state = 'queued' AND dispatched_at IS NOT NULL"
+# Finished jobs whose uploads of uncommitted attempts the reconciler has not removed yet (migration 0004): claimed at
+# least once and not a success at the first attempt (that one's only uploads are the committed ones).
+UNSWEPT = (
+    "storage_swept_at IS NULL AND attempt >= 1 AND state IN ('succeeded', 'failed', 'canceled') "
+    "AND (state <> 'succeeded' OR attempt > 1)"
+)
 
 
 def _where(predicate: str) -> dict[str, Any]:
@@ -103,9 +109,12 @@ class Batch(Base):
     __table_args__ = (
         sa.CheckConstraint(f"mode IN ({_quoted_list(BATCH_MODES)})", name="mode"),
         sa.Index(None, "tenant", "created_at"),
+        # Keyed per tenant (migration 0003): a client-chosen batch id another tenant uses behaves as an unused one,
+        # so batch ids tell no tenant about another's.
+        sa.PrimaryKeyConstraint("tenant", "id"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
     tenant: Mapped[str] = mapped_column(sa.String(TENANT_MAX_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     requested: Mapped[int] = mapped_column(sa.Integer)
@@ -120,6 +129,8 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         sa.UniqueConstraint("tenant", "task_id"),
+        # A job's batch is its own tenant's (batches are keyed per tenant).
+        sa.ForeignKeyConstraint(["tenant", "batch_id"], ["batches.tenant", "batches.id"]),
         sa.CheckConstraint(f"state IN ({_quoted_list(JOB_STATE_VALUES)})", name="state"),
         # Partial indexes on queued jobs only (migration 0002): what the API and the dispatcher read per request and
         # per round stays proportional to what they need, not to the backlog or to the whole table.
@@ -139,6 +150,8 @@ class Job(Base):
         sa.Index(None, "state", "lease_until"),
         # The reconciler: the outbox (queued jobs never published, or published long ago).
         sa.Index(None, "state", "dispatched_at"),
+        # The reconciler's sweep: finished jobs that may have left uploads behind, oldest first (migration 0004).
+        sa.Index("ix_jobs_unswept", "finished_at", "id", **_where(UNSWEPT)),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
@@ -154,7 +167,7 @@ class Job(Base):
     model: Mapped[str | None] = mapped_column(sa.String(255), nullable=True)
     request: Mapped[Any] = mapped_column(JSONType)
     request_hash: Mapped[str] = mapped_column(sa.String(SHA256_HEX_LENGTH))
-    batch_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, sa.ForeignKey("batches.id"), nullable=True)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -165,7 +178,7 @@ class Job(Base):
     warnings: Mapped[Any] = mapped_column(JSONType)
     seq: Mapped[int] = mapped_column(sa.BigInteger, server_default=sa.text("1"))
     total_steps: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
-    # Migration 0003 (reliability.md "Outages and retries"): a re-queued job is neither published nor claimed
+    # Migration 0004 (reliability.md "Outages and retries"): a re-queued job is neither published nor claimed
     # before `retry_at`; claims that ended in an outage are counted apart from the attempts, since `outage_since`.
     retry_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     outage_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

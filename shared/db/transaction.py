@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine, RowMapping
 from shared.db.engine import SQLITE_BEGIN_OPTION
 from shared.db.tables import utcnow
 from shared.errors import DatabaseUnavailable
+from shared.redact import redact
 
 Clock = Callable[[], datetime]
 
@@ -33,7 +34,10 @@ def unavailable_as_error(doing: str = "the database is unavailable") -> Iterator
     try:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        raise DatabaseUnavailable(f"{doing}: {exc.orig or exc}") from exc
+        # The driver's text names the server (`connection to server at "10.0.0.5", port 5432`) and this message
+        # reaches clients in a 503: only its first line, with addresses and credentials masked.
+        detail = redact(str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc).strip() else "")
+        raise DatabaseUnavailable(f"{doing}: {detail}" if detail else doing) from exc
 
 
 class Transactions:

@@ -54,6 +54,7 @@ from shared.job.limits import (
 )
 from shared.job.problems import Loc, field_problems, headline_first, problem, several
 from shared.job.text import text_problems
+from shared.prompts import prompt_problems
 from shared.sampler_names import (
     SAMPLER_LABELS,
     SCHEDULE_LABELS,
@@ -99,7 +100,15 @@ MAX_MODEL_NAME_LENGTH = 512  # characters
 # of the job as large.
 MAX_PROMPT_LENGTH = 32_768
 MAX_CLIP_SKIP = 12
+MAX_S_MIN_UNCOND = 15.0  # the "Negative Guidance minimum sigma" slider
+MAX_COMMA_PADDING_BACKTRACK = 74  # the option's slider: tokens of a 75-token chunk
 
+MAX_S_CHURN = 100.0  # the webui's slider range
+MAX_S_NOISE = 10.0
+MAX_SCHEDULE_SIGMA = 1000.0  # far above any model's σ_max (SD: 14.6)
+MAX_RHO = 100.0
+MAX_UNI_PC_ORDER = 50  # the webui's slider range
+MAX_BETA_SHAPE = 100.0
 ETA_DEFAULT = 1.0  # what `eta = None` means for ancestral samplers (the webui option eta_ancestral)
 
 _HEX_COLOR_RE = re.compile(r"#[0-9a-fA-F]{6}")
@@ -202,14 +211,32 @@ def _check_hex_color(value: str) -> str:
     return value
 
 
+# The sd_vae values that mean the checkpoint's own VAE on the farm: "None" says so, and "Automatic" finds no VAE file
+# beside the checkpoint because the farm has no VAE folder (docs/api.md "What the farm honours, warns about, or
+# refuses").
+OWN_VAE_VALUES = ("Automatic", "None")
+
+
+def _check_vae(value: str) -> str:
+    if value not in OWN_VAE_VALUES:
+        raise problem(
+            "unsupported",
+            f"VAE overrides are not supported yet: only {' or '.join(OWN_VAE_VALUES)} (the checkpoint's own VAE) "
+            f"(got {value!r:.80})",
+        )
+    return value
+
+
 @with_config(ConfigDict(extra="forbid", allow_inf_nan=False))
 class OverrideSettings(TypedDict, total=False):
     """The webui options a job may override, with their types. Any other key is rejected.
 
     `initial_noise_multiplier` is accepted for compatibility but has no effect: the reference resolves the job's
     noise multiplier when the processing object is built, before overrides apply (img2img-semantics.md §1). Use the
-    job field `initial_noise_multiplier` instead. `sd_model_checkpoint` selects the model like the job's `model`
-    field; sending both with different values is rejected.
+    job field `initial_noise_multiplier` instead (a job that sets it gets a warning, `shared.job.warnings`).
+    `sd_model_checkpoint` selects the model like the job's `model` field; sending both with different values is
+    rejected. `sd_vae` may only name the checkpoint's own VAE (`OWN_VAE_VALUES`). `samples_format` chooses how the
+    A1111 answer encodes its images; results are stored as PNG (also a warning).
     """
 
     sd_model_checkpoint: Annotated[str, annotated_types.Len(1, MAX_MODEL_NAME_LENGTH)]
@@ -223,13 +250,44 @@ class OverrideSettings(TypedDict, total=False):
     eta_noise_seed_delta: Annotated[Int, annotated_types.Ge(0), annotated_types.Le(MAX_SEED)]
     inpainting_mask_weight: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
     eta_ancestral: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
-    randn_source: Literal["GPU", "CPU"]
-    sd_vae: Annotated[str, annotated_types.Len(1, MAX_MODEL_NAME_LENGTH)]
+    randn_source: Literal["GPU", "CPU", "NV"]
+    sd_vae: Annotated[str, AfterValidator(_check_vae)]
     samples_format: Literal["png", "jpg", "jpeg", "webp"]
     img2img_extra_noise: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
     overlay_inpaint: bool
     return_mask: bool
     return_mask_composite: bool
+    # Prompt encoding (docs/engine.md, "Prompt encoding"); "Unknown names fall back to Original" in the reference,
+    # here an unknown emphasis name is a 422.
+    emphasis: Literal["Original", "No norm", "Ignore", "None"]
+    comma_padding_backtrack: Annotated[Int, annotated_types.Ge(0), annotated_types.Le(MAX_COMMA_PADDING_BACKTRACK)]
+    use_old_scheduling: bool
+    pad_cond_uncond: bool
+    pad_cond_uncond_v0: bool
+    s_min_uncond_all: bool
+    # Live previews (docs/engine.md "Live previews"): what watchers see while the job runs, not its result.
+    live_previews_enable: bool
+    show_progress_every_n_steps: Annotated[Int, annotated_types.Ge(-1), annotated_types.Le(MAX_STEPS)]
+    show_progress_type: Literal["Full", "Approx NN", "Approx cheap", "TAESD"]
+    show_progress_grid: bool
+    # Sampler options (docs/engine.md "Sampler options"): churn/noise, schedule overrides (0 = off), UniPC's.
+    eta_ddim: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
+    s_churn: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_S_CHURN)]
+    s_tmin: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_SCHEDULE_SIGMA)]
+    s_tmax: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_SCHEDULE_SIGMA)]
+    s_noise: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_S_NOISE)]
+    sigma_min: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_SCHEDULE_SIGMA)]
+    sigma_max: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_SCHEDULE_SIGMA)]
+    rho: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(MAX_RHO)]
+    always_discard_next_to_last_sigma: bool
+    sgm_noise_multiplier: bool
+    # "vary_coeff" is the reference's third variant; diffusers' UniPC has no such solver, so it is refused.
+    uni_pc_variant: Literal["bh1", "bh2"]
+    uni_pc_skip_type: Literal["time_uniform", "time_quadratic", "logSNR"]
+    uni_pc_order: Annotated[Int, annotated_types.Ge(1), annotated_types.Le(MAX_UNI_PC_ORDER)]
+    uni_pc_lower_order_final: bool
+    beta_dist_alpha: Annotated[Float, annotated_types.Gt(0.0), annotated_types.Le(MAX_BETA_SHAPE)]
+    beta_dist_beta: Annotated[Float, annotated_types.Gt(0.0), annotated_types.Le(MAX_BETA_SHAPE)]
 
 
 SUPPORTED_OVERRIDE_KEYS: tuple[str, ...] = tuple(OverrideSettings.__annotations__)
@@ -288,13 +346,20 @@ class Img2ImgJob(BaseModel):
     width: Int = 512  # multiple of 8, ≥ 64; width × height ≤ SpecLimits.max_image_pixels
     height: Int = 512
     eta: Float | None = Field(None, ge=0.0, le=1.0)  # ancestral noise amount; None: eta_ancestral option (1.0)
+    s_min_uncond: Float | None = Field(None, ge=0.0, le=MAX_S_MIN_UNCOND)  # negative guidance minimum sigma; None: 0
+    tiling: bool = False  # circular padding of the UNet and VAE: a seamless texture (worker/engine/tiling.py)
+    # Churn and noise of the samplers that take them (docs/engine.md "Sampler options"); None: the option's value.
+    s_churn: Float | None = Field(None, ge=0.0, le=MAX_S_CHURN)
+    s_tmin: Float | None = Field(None, ge=0.0, le=MAX_SCHEDULE_SIGMA)
+    s_tmax: Float | None = Field(None, ge=0.0, le=MAX_SCHEDULE_SIGMA)  # 0: no upper bound
+    s_noise: Float | None = Field(None, ge=0.0, le=MAX_S_NOISE)
     model: str | None = Field(None, min_length=1, max_length=MAX_MODEL_NAME_LENGTH)  # None: the farm's default
     override_settings: OverrideSettings = Field(default_factory=lambda: OverrideSettings())
 
     # --- the farm's own
     priority: Int = Field(0, ge=MIN_PRIORITY, le=MAX_PRIORITY)  # higher runs first
     tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
-    webhook_url: str | None = None  # reserved: accepted and stored, not called yet
+    webhook_url: str | None = None  # reserved: stored, not called yet (the job gets a warning, shared.job.warnings)
 
     # ------------------------------------------------------------------------------------------------------------
     # Field checks
@@ -345,6 +410,14 @@ class Img2ImgJob(BaseModel):
     def _check_init_images(cls, value: list[str]) -> list[str]:
         if not value:
             raise problem("missing", "needs at least one image (asset:<sha256>, a storage URL, or base64)")
+        return value
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _check_prompt(cls, value: str, info: ValidationInfo) -> str:
+        problems = prompt_problems(str(info.field_name), value)  # docs/engine.md, "Prompt language"
+        if problems:
+            raise several([(p.field, p.code, p.message) for p in problems])
         return value
 
     @field_validator("styles")

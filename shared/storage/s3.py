@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from shared.storage.keys import validate_key, validate_prefix
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
+
+log = logging.getLogger("shared.storage.s3")
 
 S3_MAX_ATTEMPTS = 5  # boto3 "standard" retry mode: attempts, including the first
 S3_CONNECT_TIMEOUT_S = 5.0
@@ -180,6 +183,7 @@ class S3Storage(Storage):
         """Map a boto3/botocore error to the farm's: NotFound, StorageUnavailable, ConfigError or PermanentError."""
         from botocore import exceptions as bex
 
+        # Messages that can reach a client (503 and 500 bodies, a job's error) name no bucket, key or endpoint.
         where = f"s3://{self.bucket}/{self.prefix}{key or ''}"
         if isinstance(exc, bex.ClientError):
             error = exc.response.get("Error", {})
@@ -188,15 +192,17 @@ class S3Storage(Storage):
             if code in _NOT_FOUND_CODES or (status == 404 and code != "NoSuchBucket"):
                 return NotFound(f"no stored object {key!r}")
             if code in _THROTTLING_CODES or status == 429 or status >= 500:
-                return StorageUnavailable(f"S3 is unavailable ({code or status}) for {where}")
+                return StorageUnavailable(f"the object storage is unavailable ({code or status})")
             if code in _REFUSED_CODES or status in (301, 401, 403):
+                # Where it happened is for the operator's log; the error itself can reach a client (a 500 body).
+                log.warning("S3 refused a request for %s (%s)", where, code or status)
                 return ConfigError(
-                    f"S3 refused {where} ({code or status}: {error.get('Message', '')}); check {STORAGE_SETTING}, "
+                    f"the object storage refused a request ({code or status}); check {STORAGE_SETTING}, "
                     "RENDERFARM_S3_ENDPOINT_URL and the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
                     code="storage_refused",
                     field=STORAGE_SETTING,
                 )
-            return PermanentError(f"S3 rejected a request for {where}: {code or status}", code="storage_rejected")
+            return PermanentError(f"the object storage rejected a request ({code or status})", code="storage_rejected")
         if isinstance(exc, bex.NoCredentialsError | bex.PartialCredentialsError | bex.CredentialRetrievalError):
             return ConfigError(
                 f"no usable S3 credentials for {STORAGE_SETTING} ({exc}); set AWS_ACCESS_KEY_ID and "
@@ -205,7 +211,7 @@ class S3Storage(Storage):
                 field=STORAGE_SETTING,
             )
         if isinstance(exc, bex.ConnectionError | bex.HTTPClientError | bex.IncompleteReadError):
-            return StorageUnavailable(f"S3 endpoint {self.endpoint_url or 'AWS'} unreachable for {where}: {exc}")
+            return StorageUnavailable(f"the object storage is unreachable ({type(exc).__name__})")
         return exc
 
     def _call(self, key: str | None, operation: str, **kwargs: Any) -> Any:

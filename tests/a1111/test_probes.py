@@ -18,6 +18,15 @@ def test_start_up_probes(farm: LiveFarm) -> None:
         assert {"Euler", "Euler a", "DPM++ 2M", "DDIM"} <= set(by_name)
         assert by_name["Euler a"]["aliases"] == ["k_euler_a", "k_euler_ancestral"]
         assert by_name["DPM++ 2M"]["options"] == {"scheduler": "karras"}
+        assert len(samplers) == 20  # every sampler of the reference, in its order
+        assert [item["name"] for item in samplers][:3] == ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE"]
+        assert by_name["DPM++ 3M SDE"]["options"] == {
+            "scheduler": "exponential",
+            "discard_next_to_last_sigma": True,
+            "brownian_noise": True,
+        }
+        assert by_name["DPM++ 2M SDE Heun"]["aliases"] == ["k_dpmpp_2m_sde_heun"]
+        assert by_name["LCM"] == {"name": "LCM", "aliases": ["lcm"], "options": {}}
         schedulers = {item["name"]: item for item in client.get("/sdapi/v1/schedulers").json()}
         assert schedulers["karras"] == {
             "name": "karras",
@@ -26,6 +35,10 @@ def test_start_up_probes(farm: LiveFarm) -> None:
             "default_rho": 7.0,
             "need_inner_model": False,
         }
+        assert len(schedulers) == 12
+        assert schedulers["sgm_uniform"]["aliases"] == ["SGMUniform"]
+        assert schedulers["polyexponential"]["default_rho"] == 1.0
+        assert schedulers["normal"]["need_inner_model"] is True
         models = client.get("/sdapi/v1/sd-models").json()
         assert models[0] == {
             "title": "tiny",
@@ -46,15 +59,18 @@ def test_start_up_probes(farm: LiveFarm) -> None:
 
 def test_options_are_per_tenant_durable_and_apply_to_jobs(farm: LiveFarm) -> None:
     with farm.client() as alice, farm.client(BOB) as bob:
-        # The webui's title form (hash suffix) of the default model, a job option, and options the farm ignores.
+        # The webui's title form (hash suffix) of the default model, a job option, and an option the farm may not
+        # keep, which the answer then names (null, as the webui answers, when everything was kept).
         changes = {
             "sd_model_checkpoint": "tiny [5634309f88]",
             "CLIP_stop_at_last_layers": 2,
-            "show_progress_every_n_steps": 5,
+            "live_preview_refresh_period": 500,
         }
         response = alice.post("/sdapi/v1/options", json=changes)
         assert response.status_code == 200
-        assert response.json() is None
+        assert [w["field"] for w in response.json()["warnings"]] == ["live_preview_refresh_period"]
+        kept_only = alice.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2})
+        assert kept_only.json() is None  # the webui's answer when everything was kept
         assert alice.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 2
         assert bob.get("/sdapi/v1/options").json()["CLIP_stop_at_last_layers"] == 1
         bad = alice.post("/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 99})

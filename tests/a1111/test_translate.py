@@ -7,6 +7,7 @@ import re
 import pytest
 from PIL import Image
 
+from scheduler.a1111.field_policy import review_request
 from scheduler.a1111.schema import Img2ImgRequest
 from scheduler.a1111.translate import (
     image_grid,
@@ -43,17 +44,26 @@ def test_defaults_and_sampler_choice() -> None:
     assert (parsed.sampler.name, parsed.schedule.name) == ("DPM++ 2M", "karras")
 
 
-def test_unused_fields_and_unknown_overrides_are_dropped() -> None:
+def test_translation_leaves_out_what_the_job_does_not_use() -> None:
+    # The policy (field_policy.review_request, tests/a1111/test_field_policy.py) refuses or names these first.
     job = body(
         restore_faces=True,
         tiling=False,
-        s_churn=0.5,
         override_settings={"CLIP_stop_at_last_layers": 2, "face_restoration_model": "CodeFormer"},
         override_settings_restore_afterwards=False,
     )
     assert job["override_settings"] == {"CLIP_stop_at_last_layers": 2}
-    assert not {"restore_faces", "tiling", "s_churn"} & set(job)
+    assert "restore_faces" not in job
+    assert job["tiling"] is False  # a job field since tiling is rendered
     parse_job(job, SpecLimits())  # the strict job spec accepts what the translation makes
+
+
+def test_sampler_noise_fields_are_honoured() -> None:
+    job = body(s_churn=0.5, s_tmin=0.2, s_tmax=9.0, s_noise=1.02)
+    assert (job["s_churn"], job["s_tmin"], job["s_tmax"], job["s_noise"]) == (0.5, 0.2, 9.0, 1.02)
+    parsed = parse_job(job, SpecLimits())
+    assert (parsed.s_churn, parsed.s_noise) == (0.5, 1.02)
+    assert body()["s_churn"] is None  # not sent: the option's value
 
 
 def test_checkpoint_becomes_the_model() -> None:
@@ -68,12 +78,15 @@ def test_checkpoint_becomes_the_model() -> None:
 
 
 def test_scripts_are_refused() -> None:
+    def review(**fields: object) -> object:
+        return review_request(Img2ImgRequest.model_validate({"init_images": [IMAGE], **fields}))
+
     with pytest.raises(InputError) as caught:
-        body(alwayson_scripts={"Soft Inpainting": {"args": [True]}})
+        review(alwayson_scripts={"Soft Inpainting": {"args": [True]}})
     assert caught.value.field == "alwayson_scripts.Soft Inpainting"
     with pytest.raises(InputError):
-        body(script_name="SD upscale")
-    body(alwayson_scripts={}, script_name="", script_args=[])
+        review(script_name="SD upscale")
+    assert review(alwayson_scripts={}, script_name="", script_args=[]) == []
 
 
 def test_infotext_fills_in_what_was_not_sent() -> None:

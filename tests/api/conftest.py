@@ -170,6 +170,7 @@ def make_farm(farm_kind: str, request: pytest.FixtureRequest, tmp_path: Path) ->
             database_url = request.getfixturevalue("migrated_postgres")
             if not farms:
                 empty_tables(database_url)
+                forget_rate_limits(request.getfixturevalue("redis_url"))
             s3: S3Server = request.getfixturevalue("s3_env")
             values.update(
                 database_url=database_url,
@@ -196,6 +197,25 @@ def make_farm(farm_kind: str, request: pytest.FixtureRequest, tmp_path: Path) ->
     yield build
     for farm in farms:
         farm.close()
+    if farm_kind == "cluster" and farms:
+        # The session's Redis database outlives the test: its rate-limit counters must not refuse the next one's
+        # requests (all from one loopback address).
+        forget_rate_limits(request.getfixturevalue("redis_url"))
+
+
+def forget_rate_limits(redis_url: str) -> None:
+    """Delete the rate limiter's counters (scheduler/rate_limits.py) from the Redis database at `redis_url`."""
+    import redis
+
+    from scheduler.rate_limits import KEY_PREFIX
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{KEY_PREFIX}*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from scheduler.routes.events import snapshot_stream
+from shared.live import LivePreview
 from tests.api.conftest import ALICE, BOB, Farm, job_body, png_bytes
 
 pytestmark = pytest.mark.integration
@@ -126,3 +128,71 @@ def test_idle_stream_sends_keep_alive_comments(farm: Farm) -> None:
     assert chunks[1].startswith("id: ")
     assert '"state":"running"' in chunks[1]
     assert all(chunk.startswith(": keep-alive") for chunk in chunks[2:])
+
+
+def test_a_stream_with_previews_watches_the_job_and_sends_each_preview_once(served_farm: tuple[Farm, str]) -> None:
+    farm, base_url = served_farm
+    timeout = httpx.Timeout(5.0, read=READ_TIMEOUT_S)
+    with httpx.Client(base_url=base_url, headers=ALICE, timeout=timeout) as client:
+        submit(client, "sse-preview")
+        row = farm.job_row("alice", "sse-preview")
+        assert not farm.live.watched(row.id)
+        assert client.get("/v1/jobs/sse-preview").json()["preview"] is None
+        with client.stream("GET", "/v1/jobs/sse-preview/events?previews=true") as response:
+            stream = events(response)
+            assert next(stream)["data"]["state"] == "queued"
+            assert farm.live.watched(row.id)  # marked before the first snapshot was sent
+
+            row = farm.claim("alice", "sse-preview")
+            assert next(stream)["data"]["state"] == "running"
+            preview = LivePreview(
+                job_id=str(row.id),
+                attempt=row.attempt,
+                preview_id=row.attempt * 2**20 + 1,
+                step=3,
+                job_no=0,
+                method="Approx cheap",
+                requested_method="Approx NN",
+                mime="image/png",
+                data_b64=base64.b64encode(png_bytes()).decode("ascii"),
+                width=64,
+                height=64,
+            )
+            farm.live.set_preview(preview)
+            sent = next(stream)
+            assert sent["event"] == "preview"
+            assert "id" not in sent  # resuming goes by snapshot seq only
+            assert sent["data"] == {
+                "id": preview.preview_id,
+                "step": 3,
+                "job_no": 0,
+                "method": "Approx cheap",
+                "requested_method": "Approx NN",
+                "width": 64,
+                "height": 64,
+                "image": preview.data_uri,
+            }
+            # A progress change sends a snapshot (without the picture), not the same preview again.
+            farm.progress(row, step=4, total=8, seq=1)
+            after = next(stream)
+            assert (after["event"], after["data"]["step"], after["data"]["preview"]) == ("snapshot", 4, None)
+
+            # A snapshot read with previews carries it; one without does not.
+            assert client.get("/v1/jobs/sse-preview?previews=true").json()["preview"] == sent["data"]
+            assert client.get("/v1/jobs/sse-preview").json()["preview"] is None
+
+            farm.succeed_with_artifacts("alice", "sse-preview")
+            done = [message for message in stream]
+            assert [m["event"] for m in done] == ["snapshot"]
+            assert done[0]["data"]["state"] == "succeeded"
+            assert done[0]["data"]["preview"] is None
+
+
+def test_a_stream_without_previews_does_not_watch(served_farm: tuple[Farm, str]) -> None:
+    farm, base_url = served_farm
+    with httpx.Client(base_url=base_url, headers=ALICE, timeout=httpx.Timeout(5.0, read=READ_TIMEOUT_S)) as client:
+        submit(client, "sse-nopreview")
+        row = farm.job_row("alice", "sse-nopreview")
+        with client.stream("GET", "/v1/jobs/sse-nopreview/events") as response:
+            assert next(events(response))["data"]["state"] == "queued"
+            assert not farm.live.watched(row.id)

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from pydantic import BaseModel
 
+from scheduler.snapshots import public_worker_name
 from shared.job.hashing import request_hash
 from shared.job.spec import MAX_PROMPT_LENGTH, Img2ImgJob
 from shared.states import JobState
@@ -142,6 +143,8 @@ def test_put_with_a_different_force_task_id_is_refused(farm: Farm, image_png: by
         ({"init_images": [b64(b"not an image at all")]}, "init_images.0"),
         ({"mask": "s3://some-other-bucket/alice/x.png"}, "mask"),
         ({"override_settings": {"bogus": 1}}, "override_settings.bogus"),
+        ({"override_settings": {"sd_vae": "vae-ft-mse-840000-ema-pruned.safetensors"}}, "override_settings.sd_vae"),
+        ({"restore_faces": True}, "restore_faces"),  # an A1111 field, not a job field: never dropped silently
         # Text the database or the hash cannot take (a 500 before), and prompts past the length limit.
         ({"prompt": "a\x00b"}, "prompt"),
         ({"tags": ["fine", "nul\x00"]}, "tags.1"),
@@ -157,6 +160,26 @@ def test_invalid_fields_are_422_naming_the_field(farm: Farm, image_png: bytes, c
     assert error["details"][0]["field"] == field
     with pytest.raises(Exception, match="no job"):
         farm.job_row("alice", "bad-1")
+
+
+def test_admission_warnings_are_in_the_snapshot(farm: Farm, image_png: bytes) -> None:
+    # What the job contract accepts but does not do as asked is named (docs/api.md "What the farm honours, warns
+    # about, or refuses").
+    body = {
+        **job_body(b64(image_png)),
+        "webhook_url": "https://example.com/hook",
+        "override_settings": {"samples_format": "webp", "initial_noise_multiplier": 0.5},
+    }
+    created = put_job(farm, "warned-1", body)
+    assert created.status_code == 201, created.text
+    expected = [
+        ("no_effect", "override_settings.initial_noise_multiplier"),
+        ("stored_as_png", "override_settings.samples_format"),
+        ("not_called", "webhook_url"),
+    ]
+    assert [(w["code"], w["field"]) for w in created.json()["warnings"]] == expected
+    read = farm.client.get("/v1/jobs/warned-1", headers=ALICE).json()
+    assert [(w["code"], w["field"]) for w in read["warnings"]] == expected
 
 
 def test_a_lone_surrogate_is_422_naming_the_field(farm: Farm, image_png: bytes) -> None:
@@ -366,7 +389,7 @@ def test_running_snapshot_merges_live_progress(farm: Farm, image_png: bytes) -> 
     before = farm.client.get("/v1/jobs/prog", headers=ALICE).json()
     assert before["state"] == "running"
     assert before["attempt"] == 1
-    assert before["worker"] == "gpu-0"
+    assert before["worker"] == public_worker_name("gpu-0")  # no host name for tenants
     assert before["started_at"] is not None
     assert before["queue_position"] is None
     farm.progress(row, step=3, total=8, seq=5)
@@ -400,7 +423,8 @@ def test_succeeded_snapshot_lists_downloadable_artifacts(served_farm: tuple[Farm
         assert data in uploaded.values()
 
 
-def test_queue_position_and_wait_estimate(farm: Farm, image_png: bytes) -> None:
+def test_queue_position_and_wait_estimate(make_farm: FarmFactory, image_png: bytes) -> None:
+    farm = make_farm(tenant_max_priority="alice:10")  # above the default ceiling of 0 (docs/api.md "Priority")
     asset = upload(farm, image_png)["asset_id"]
     for task_id in ("a", "b", "c"):
         put_job(farm, task_id, job_body(asset))

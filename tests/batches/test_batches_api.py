@@ -209,11 +209,22 @@ def test_the_same_batch_id_is_create_or_get(api: Api) -> None:
     different = api.post({**body, "jobs": [small(api.image, seed=9)]})
     assert different.status_code == 409
     assert different.json()["error"]["code"] == "batch_id_conflict"
-    # Another tenant cannot see it, nor take its id.
+    # Another tenant cannot see it; to that tenant its id is an unused one (issue 15, finding 8: a 409 here was an
+    # oracle telling which batch ids exist). Bob's batch under the same id is his own, and Alice's is untouched.
     assert api.status(batch_id, headers=BOB).status_code == 404
     bob_image = api.client.post("/v1/assets", content=_png((1, 2, 3)), headers=BOB).json()["asset_id"]
-    taken = api.post({"batch_id": batch_id, "jobs": [small(bob_image)]}, headers=BOB)
-    assert taken.status_code == 409
+    bobs = {"batch_id": batch_id, "jobs": [small(bob_image)]}
+    unused = {"batch_id": str(uuid.uuid4()), "jobs": [small(bob_image)]}
+    taken, fresh = api.post(bobs, headers=BOB), api.post(unused, headers=BOB)
+    assert (taken.status_code, fresh.status_code) == (201, 201)
+    assert _without_ids(taken.json()) == _without_ids(fresh.json())
+    assert api.status(batch_id, headers=BOB).json()["requested"] == 1
+    assert api.status(batch_id, headers=ALICE).json()["requested"] == 3
+
+
+def _without_ids(body: dict[str, Any]) -> dict[str, Any]:
+    """A batch answer without what names the batch (its id, its children's task ids, its creation time)."""
+    return {key: value for key, value in body.items() if key not in ("batch_id", "task_ids", "created_at")}
 
 
 def test_a_child_task_id_taken_by_another_request_is_409_and_creates_nothing(api: Api) -> None:

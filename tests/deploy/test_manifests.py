@@ -48,11 +48,13 @@ REQUIRED_FOR_CLUSTER = {
     "RENDERFARM_DATABASE_URL",
     "RENDERFARM_REDIS_URL",
     "RENDERFARM_STORAGE_URL",
-    "RENDERFARM_API_TOKENS",
     "RENDERFARM_PUBLIC_URL",
     "RENDERFARM_S3_PUBLIC_ENDPOINT_URL",
     "RENDERFARM_MODEL",
 }
+# The API's secrets: the scheduler's alone (issue 15, finding 8: they reached every worker's environment).
+API_SECRETS = {"RENDERFARM_API_TOKENS", "RENDERFARM_METRICS_TOKEN"}
+REQUIRED_FOR_SCHEDULER = REQUIRED_FOR_CLUSTER | API_SECRETS
 REQUIRED_FOR_WORKERS = REQUIRED_FOR_CLUSTER | {"RENDERFARM_MODELS_DIR", "RENDERFARM_METRICS_PORT"}
 
 
@@ -128,6 +130,7 @@ def test_docker_compose_config_accepts_the_file_where_the_plugin_exists(tmp_path
     env_file = tmp_path / "env"
     env_file.write_text(
         "POSTGRES_PASSWORD=p\nS3_ACCESS_KEY=a\nS3_SECRET_KEY=s\nAPI_TOKENS=t:0123456789abcdef\n"
+        "METRICS_TOKEN=m0123456789abcdef\n"
         "GRAFANA_ADMIN_PASSWORD=g\n",
         encoding="utf-8",
     )
@@ -215,8 +218,10 @@ def test_compose_environment_is_exactly_farm_settings() -> None:
     for name in farm_services:
         names = _compose_env(services[name])
         check_env_names(names, f"compose service {name}")
-    assert _compose_env(services["scheduler"]) >= REQUIRED_FOR_CLUSTER
+    assert _compose_env(services["scheduler"]) >= REQUIRED_FOR_SCHEDULER
     assert _compose_env(services["worker"]) >= REQUIRED_FOR_WORKERS
+    for name in ("create-bucket", "migrate", "worker"):
+        assert not _compose_env(services[name]) & API_SECRETS, f"compose service {name} gets the API's tokens"
     # the settings a farm process reads must parse: build Settings from the literal values
     literal = {
         key: value
@@ -351,9 +356,15 @@ def test_kubernetes_environment_is_exactly_farm_settings() -> None:
         for container in pod["containers"] if pod else []:
             names = _container_env(container)
             check_env_names(names, f"{obj['kind']} {obj['metadata']['name']}")
-            required = REQUIRED_FOR_WORKERS if container["image"] == "renderfarm-worker" else REQUIRED_FOR_CLUSTER
+            name = obj["metadata"]["name"]
+            if container["image"] == "renderfarm-worker":
+                required = REQUIRED_FOR_WORKERS
+            else:
+                required = REQUIRED_FOR_SCHEDULER if name == "renderfarm-scheduler" else REQUIRED_FOR_CLUSTER
             missing = required - names
-            assert not missing, f"{obj['metadata']['name']} lacks {sorted(missing)}"
+            assert not missing, f"{name} lacks {sorted(missing)}"
+            if name != "renderfarm-scheduler":
+                assert not names & API_SECRETS, f"{name} gets the API's tokens"
             containers += 1
     assert containers == 4  # migrate, scheduler, two worker tiers
     data = _configmap_data()

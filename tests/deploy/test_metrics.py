@@ -264,7 +264,8 @@ def test_install_metrics_serves_get_metrics(db: Database, clock: Clock, tmp_path
     app = FastAPI()
     close = install_metrics(app, SimpleNamespace(settings=settings, db=db))
     try:
-        with TestClient(app) as client:
+        # Without a metrics token, /metrics answers loopback clients only (scheduler/metrics.py).
+        with TestClient(app, client=("127.0.0.1", 50000)) as client:
             response = client.get("/metrics")
     finally:
         close()

@@ -18,6 +18,7 @@ whole process group is killed at teardown; logs go to files under the session's 
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import sys
 import uuid
@@ -55,6 +56,12 @@ from tests.waiting import wait_until
 ALICE_TOKEN = "e2e-alice-token-0123456789"
 BOB_TOKEN = "e2e-bob-token-0123456789ab"
 TOKENS = f"alice:{ALICE_TOKEN},bob:{BOB_TOKEN}"
+E2E_METRICS_TOKEN = "e2e-metrics-token-5Hq2Lw9x"
+E2E_DB_PASSWORD = "e2e-db-password-Zq81Vb"
+E2E_S3_ACCESS_KEY = "AKIAE2EFARMKEY7Q3ZX1"
+E2E_S3_SECRET_KEY = "e2e-s3-secret-key-Kx4rT9mP"
+# What only the scheduler gets, as in deploy/ (a worker renders; it never authenticates anyone).
+SCHEDULER_ONLY = ("RENDERFARM_API_TOKENS", "RENDERFARM_API_TOKENS_FILE", "RENDERFARM_METRICS_TOKEN")
 
 READY_TIMEOUT_S = 120.0  # seconds a process may take to become ready (torch import and model load on 2 busy cores)
 JOB_TIMEOUT_S = 90.0  # seconds a job may take to reach an expected state
@@ -123,8 +130,13 @@ def farm_env(e2e_databases: tuple[str, str], s3_server: S3Server, tmp_path_facto
     for name in TEST_MODELS:
         (models_dir / name).symlink_to(tiny, target_is_directory=True)
     bucket = s3_server.new_bucket()
-    env = farm_environment(postgres_url, redis_url, s3_server, bucket, TOKENS, data_dir, **FAST_SETTINGS)
+    # Secrets of the farm's own, recognisable in its logs (tests/e2e/test_secrets.py greps for them): S3 keys
+    # (moto takes any) and a database password (the test server trusts local connections and never asks for it).
+    farm_s3 = dataclasses.replace(s3_server, access_key_id=E2E_S3_ACCESS_KEY, secret_access_key=E2E_S3_SECRET_KEY)
+    database_url = postgres_url.replace("://postgres@", f"://postgres:{E2E_DB_PASSWORD}@", 1)
+    env = farm_environment(database_url, redis_url, farm_s3, bucket, TOKENS, data_dir, **FAST_SETTINGS)
     env["RENDERFARM_MODELS_DIR"] = str(models_dir)
+    env["RENDERFARM_METRICS_TOKEN"] = E2E_METRICS_TOKEN
     settings = farm_settings(postgres_url, redis_url, s3_server, bucket, TOKENS, data_dir)
     return FarmEnv(env, settings, postgres_url, redis_url, s3_server, bucket, log_dir)
 
@@ -188,7 +200,7 @@ class WorkerPool:
         `standin_step_s`: the stand-in engine with this many seconds per step, instead of rendering.
         `lease_base_s`: this worker's lease base (seconds), which is how soon its jobs are recovered if it dies.
         """
-        env = dict(self.farm.env)
+        env = self.worker_env()
         if standin_step_s is not None:
             env["RENDERFARM_STANDIN_STEP_S"] = str(standin_step_s)
         if lease_base_s is not None:
@@ -200,12 +212,16 @@ class WorkerPool:
             self.wait_ready(worker)
         return worker
 
+    def worker_env(self) -> dict[str, str]:
+        """The farm's environment without what only the scheduler gets."""
+        return {key: value for key, value in self.farm.env.items() if key not in SCHEDULER_ONLY}
+
     def start_cli(self, queues: Sequence[str]) -> Worker:
         """`renderfarm worker --gpus cpu --queues ...`: the command line's CPU worker (hostname `cpu@<host>`)."""
         import socket
 
         argv = [sys.executable, "-m", "renderfarm.cli", "worker", "--gpus", "cpu", "--queues", ",".join(queues)]
-        worker = Worker(f"cpu@{socket.gethostname()}", spawn("cli-worker", argv, self.farm.env, self.farm.log_dir))
+        worker = Worker(f"cpu@{socket.gethostname()}", spawn("cli-worker", argv, self.worker_env(), self.farm.log_dir))
         self.started.append(worker)
         self.wait_ready(worker)
         return worker

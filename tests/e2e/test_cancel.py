@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from scheduler.snapshots import public_worker_name
 from tests.e2e.conftest import Api, FarmEnv, Worker, new_task_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -29,7 +30,7 @@ def test_cancel_a_running_job_stops_it_at_the_next_step(
     task_id = new_task_id("cancel-running")
     alice.submit(task_id, model="e2e-standin", steps=8, denoising_strength=1.0)  # 8 steps of 0.25 s
     running = alice.wait_for(task_id, lambda s: s["state"] == "running" and s["step"] >= 1, what="running")
-    assert running["worker"] in {worker.hostname for worker in standin_workers}
+    assert running["worker"] in {public_worker_name(worker.hostname) for worker in standin_workers}
 
     answer = alice.client.post(f"/v1/jobs/{task_id}/cancel")
     assert answer.status_code == 200

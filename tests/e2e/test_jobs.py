@@ -9,6 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from scheduler.snapshots import public_worker_name
 from tests.e2e.conftest import Api, Worker, new_task_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -24,7 +25,7 @@ def test_a_job_succeeds_and_every_artifact_downloads_intact(alice: Api, render_w
     done = alice.wait_state(task_id, "succeeded")
 
     assert done["attempt"] == 1
-    assert done["worker"] == render_worker.hostname
+    assert done["worker"] == public_worker_name(render_worker.hostname)
     kinds = sorted(artifact["kind"] for artifact in done["artifacts"])
     assert kinds == ["mask", "overlay", "result"]
     for artifact in done["artifacts"]:

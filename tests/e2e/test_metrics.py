@@ -6,7 +6,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.conftest import Api, Scheduler, Worker, new_task_id
+from tests.e2e.conftest import E2E_METRICS_TOKEN, Api, Scheduler, Worker, new_task_id
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -14,7 +14,10 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def scrape(scheduler: Scheduler) -> Samples:
-    answer = httpx.get(f"{scheduler.url}/metrics", timeout=30.0)
+    # The e2e farm sets RENDERFARM_METRICS_TOKEN, as deploy/ does: a scrape without it is refused.
+    assert httpx.get(f"{scheduler.url}/metrics", timeout=30.0).status_code == 401
+    headers = {"Authorization": f"Bearer {E2E_METRICS_TOKEN}"}
+    answer = httpx.get(f"{scheduler.url}/metrics", headers=headers, timeout=30.0)
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/plain")
     return {

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from scheduler.dispatch import dispatched_marker
+from scheduler.snapshots import public_worker_name
 from shared.db import ArtifactRecord, Database, make_engine
 from shared.errors import LeaseLost
 from tests.e2e.conftest import Api, FarmEnv, Worker, WorkerPool, new_task_id, queue_of, unique_hostname
@@ -43,7 +44,7 @@ def test_forty_jobs_on_two_workers_each_run_exactly_once(
     done = [alice.wait_state(task_id, "succeeded") for task_id in task_ids]
 
     assert {snapshot["attempt"] for snapshot in done} == {1}
-    assert {snapshot["worker"] for snapshot in done} == {worker.hostname for worker in standin_workers}
+    assert {snapshot["worker"] for snapshot in done} == {public_worker_name(w.hostname) for w in standin_workers}
     for task_id, snapshot in zip(task_ids, done, strict=True):
         assert [a["kind"] for a in snapshot["artifacts"]] == ["result"]
         assert farm_env.s3_keys(f"alice/{task_id}/") == [f"farm/alice/{task_id}/1/result-0.png"]
@@ -66,7 +67,7 @@ def test_a_worker_killed_mid_render_is_replaced_and_cannot_overwrite_the_result(
     task_id = new_task_id("sigkill")
     alice.submit(task_id, model="e2e-kill", steps=8, denoising_strength=1.0)  # 8 steps of 0.5 s on the first
     running = alice.wait_for(task_id, lambda s: s["state"] == "running" and s["step"] >= 1, what="running")
-    assert (running["worker"], running["attempt"]) == (first.hostname, 1)
+    assert (running["worker"], running["attempt"]) == (public_worker_name(first.hostname), 1)
 
     first.proc.kill_now()
     second = workers.start(unique_hostname("rescuer"), [queue], standin_step_s=0.05)
@@ -74,7 +75,7 @@ def test_a_worker_killed_mid_render_is_replaced_and_cannot_overwrite_the_result(
     done = alice.wait_state(task_id, "succeeded", timeout_s=60.0)
 
     assert done["attempt"] == 2
-    assert done["worker"] == second.hostname
+    assert done["worker"] == public_worker_name(second.hostname)
     assert [a["kind"] for a in done["artifacts"]] == ["result"]
     assert farm_env.s3_keys(f"alice/{task_id}/") == [f"farm/alice/{task_id}/2/result-0.png"]
     # The first worker comes back late and tries to commit attempt 1: the fence refuses it, nothing changes.

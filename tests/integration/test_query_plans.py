@@ -108,3 +108,13 @@ def test_the_dispatchers_outbox_read_does_not_count_the_backlog(
     waiting, in_flight = rows_read_from_jobs(backlog_engine, backlog_db.outbox.outbox_by_queue)
     assert waiting <= 10  # one index probe per queue name (and one more to find there is no next)
     assert in_flight == 0
+
+
+def test_the_reconcilers_sweep_read_does_not_scan_finished_jobs(
+    backlog_engine: sa.Engine, backlog_db: Database
+) -> None:
+    """Every reconciler run asks which finished jobs still need their uncommitted uploads swept (migration 0004):
+    the partial index `ix_jobs_unswept` holds only those, not the table's finished successes."""
+    assert backlog_db.leases.unswept_finished(0.0) == []
+    (rows,) = rows_read_from_jobs(backlog_engine, lambda: backlog_db.leases.unswept_finished(0.0))
+    assert rows <= 10

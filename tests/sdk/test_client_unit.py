@@ -218,6 +218,47 @@ def test_wait_gives_up_after_its_timeout_with_the_last_snapshot(client_with: Cal
     assert caught.value.job.state is JobState.RUNNING
 
 
+def test_wait_outlasts_the_request_retries_while_the_farm_is_away(client_with: Callable[..., Client]) -> None:
+    # The farm refuses connections for more requests than one request's tries (1 here), then answers 503 once,
+    # then streams from the last seq the wait saw: the wait goes on until the job's end (issue 15, finding 3).
+    requests: list[tuple[str, str | None]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append((request.url.path, request.headers.get("last-event-id")))
+        if len(requests) == 1:
+            event = f"id: 4\nevent: snapshot\ndata: {json.dumps(snapshot(state='running', seq=4))}\n\n"
+            return httpx.Response(200, text=event, headers={"Content-Type": "text/event-stream"})  # then it ends
+        if len(requests) <= 6:
+            raise httpx.ConnectError("refused", request=request)
+        if len(requests) == 7:
+            return httpx.Response(503, json={"error": {"type": "unavailable", "code": "x", "message": "later"}})
+        if request.url.path.endswith("/events"):
+            event = f"id: 9\nevent: snapshot\ndata: {json.dumps(snapshot(state='succeeded', seq=9))}\n\n"
+            return httpx.Response(200, text=event, headers={"Content-Type": "text/event-stream"})
+        return httpx.Response(200, json=snapshot(state="running", seq=4))
+
+    with client_with(handler, retries=Retries(attempts=1)) as client:
+        job = client.wait("t1", timeout=60)
+    assert job.state is JobState.SUCCEEDED
+    assert requests[-1] == ("/v1/jobs/t1/events", "4")  # resumed after the last snapshot seen
+
+
+def test_wait_without_any_answer_raises_the_last_error_at_its_deadline(client_with: Callable[..., Client]) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    with client_with(handler, retries=Retries(attempts=1)) as client, pytest.raises(renderfarm.ConnectError):
+        client.wait("t1", timeout=0.5)
+
+
+def test_wait_raises_refusals_at_once(client_with: Callable[..., Client]) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, json={"error": {"type": "not_found", "code": "job_not_found", "message": "no"}})
+
+    with client_with(handler) as client, pytest.raises(renderfarm.NotFound):
+        client.wait("t1", timeout=60)
+
+
 def test_sse_parser_follows_the_event_stream_rules() -> None:
     parser = SSEParser()
     lines = [": comment", "id: 7", "event: snapshot", 'data: {"a":', "data: 1}", "", "data: x", ""]

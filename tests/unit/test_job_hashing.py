@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from shared.job.hashing import canonical_json, request_hash
+from shared.job.hashing import FIELDS_ADDED_LATER, canonical_json, request_hash
 from shared.job.spec import Img2ImgJob, SpecLimits, parse_job
 
 FIXED_REQUEST: dict[str, Any] = {
@@ -45,6 +45,9 @@ def _hash_as_before(job: Img2ImgJob) -> str:
     """The hash as it was computed when the dump carried the task id and hashing deleted it again."""
     data = job.model_dump(mode="json")
     del data["force_task_id"], data["mask_blur"]
+    for name, default in FIELDS_ADDED_LATER.items():
+        if data[name] == default:
+            del data[name]  # the field did not exist then; a job that leaves it at its default is one of those
     data["sampler_name"] = job.sampler.name
     data["scheduler"] = job.schedule.name
     raw = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
@@ -68,3 +71,10 @@ def test_the_hash_is_over_the_stored_request() -> None:
     assert "force_task_id" not in stored
     assert request_hash(Img2ImgJob.from_request_json(stored)) == request_hash(job)
     assert b"force_task_id" not in canonical_json(job)
+
+
+def test_sampler_noise_fields_change_the_hash_only_when_set() -> None:
+    plain = request_hash(parse_job(FIXED_REQUEST, SpecLimits()))
+    churned = request_hash(parse_job({**FIXED_REQUEST, "s_churn": 0.5}, SpecLimits()))
+    assert churned != plain
+    assert request_hash(parse_job({**FIXED_REQUEST, "s_churn": None}, SpecLimits())) == plain

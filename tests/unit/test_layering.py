@@ -44,7 +44,7 @@ SERVER_PACKAGES = {
 
 # The shared modules that are pure (the standard library and pydantic): the job contract and what it uses. The SDK's
 # client install has these and no other shared module.
-PURE_SHARED_MODULES = ("shared.job", "shared.states", "shared.errors", "shared.sampler_names")
+PURE_SHARED_MODULES = ("shared.job", "shared.states", "shared.errors", "shared.sampler_names", "shared.prompts")
 
 
 def imported_packages(path: Path) -> set[str]:

@@ -10,12 +10,14 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from worker.engine.noise import (
     SEED_RANGE,
+    NoiseGenerator,
     create_generators,
     create_noise,
     randn_like_from_generators,
     resolve_seeds,
     slerp,
 )
+from worker.engine.philox import PhiloxGenerator
 
 SHAPE = (4, 8, 8)
 
@@ -152,6 +154,127 @@ def test_invalid_arguments() -> None:
     with pytest.raises(ValueError, match="shape"):
         create_noise((4, 0, 8), [1], source="CPU")
     with pytest.raises(ValueError, match="randn source"):
-        create_noise(SHAPE, [1], source="NV")  # type: ignore[arg-type]
+        create_noise(SHAPE, [1], source="TPU")  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="generators"):
         randn_like_from_generators(torch.zeros(2, *SHAPE), create_generators([1], source="CPU"))
+
+
+# --- seed resize: the image generator advances (§3.1) ------------------------------------------------------------
+
+
+def _reference_resize_sequence(
+    seed: int, small: tuple[int, ...], draws: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The reference's rule, step by step: the from-size noise from a fresh stream of the seed (its global RNG), then
+    the full-size noise as the image generator's first draw, then every later draw from that same generator."""
+    small_noise = _fresh(seed, small)
+    own = torch.Generator().manual_seed(seed)
+    full = torch.randn(SHAPE, generator=own)
+    return full, [small_noise] + [torch.randn(SHAPE, generator=own) for _ in range(draws)]
+
+
+@pytest.mark.parametrize(("from_h", "from_w"), [(32, 32), (128, 128), (96, 48)])
+def test_seed_resize_later_draws_continue_after_the_full_size_draw(from_h: int, from_w: int) -> None:
+    seeds = [9, 10]
+    result = create_noise(SHAPE, seeds, seed_resize_from_h=from_h, seed_resize_from_w=from_w, source="CPU")
+    later = [randn_like_from_generators(result.noise, result.generators) for _ in range(3)]
+    for i, seed in enumerate(seeds):
+        _, expected = _reference_resize_sequence(seed, (4, from_h // 8, from_w // 8), 3)
+        for step in range(3):
+            assert torch.equal(later[step][i], expected[1 + step])
+
+
+def test_first_ancestral_noise_no_longer_repeats_the_border_of_the_initial_noise() -> None:
+    """The bug: the image generator was never used, so its first later draw was the very full-size noise that
+    surrounds the pasted from-size noise. Now it is the generator's second draw."""
+    result = create_noise(SHAPE, [9], seed_resize_from_h=32, seed_resize_from_w=32, source="CPU")
+    first_later = randn_like_from_generators(result.noise, result.generators)[0]
+    border = torch.ones(SHAPE, dtype=torch.bool)
+    border[:, 2:6, 2:6] = False
+    initial = result.noise[0]
+    assert torch.equal(initial[border], _fresh(9, SHAPE)[border])  # the border is the seed's full-size first draw
+    assert not torch.isclose(first_later[border], initial[border]).any()
+
+
+def test_seed_resize_with_ensd_reseeds_after_the_first_draw() -> None:
+    result = create_noise(
+        SHAPE, [9], seed_resize_from_h=32, seed_resize_from_w=32, source="CPU", eta_noise_seed_delta=31337
+    )
+    full, expected = _reference_resize_sequence(9, (4, 4, 4), 0)
+    assert torch.equal(result.noise[0, :, 2:6, 2:6], expected[0])
+    assert torch.equal(result.noise[0, :, 0, :], full[:, 0, :])
+    later = randn_like_from_generators(result.noise, result.generators)
+    assert torch.equal(later[0], _fresh(9 + 31337, SHAPE))
+
+
+def test_seed_resize_to_the_images_own_size_is_the_plain_path() -> None:
+    plain = create_noise(SHAPE, [4, 5], [7, 8], 0.4, source="CPU")
+    same = create_noise(SHAPE, [4, 5], [7, 8], 0.4, 64, 64, source="CPU")
+    assert torch.equal(plain.noise, same.noise)
+    assert torch.equal(
+        randn_like_from_generators(plain.noise, plain.generators),
+        randn_like_from_generators(same.noise, same.generators),
+    )
+
+
+def test_seed_resize_with_a_variation_seed() -> None:
+    result = create_noise(SHAPE, [9], [21], 0.5, seed_resize_from_h=32, seed_resize_from_w=32, source="CPU")
+    small = slerp(0.5, _fresh(9, (4, 4, 4)), _fresh(21, (4, 4, 4)))
+    assert torch.allclose(result.noise[0, :, 2:6, 2:6], small, atol=1e-6)
+    _, expected = _reference_resize_sequence(9, (4, 4, 4), 1)
+    assert torch.equal(randn_like_from_generators(result.noise, result.generators)[0], expected[1])
+
+
+# --- the "NV" source (worker/engine/philox.py) ---------------------------------------------------------------------
+
+
+def _nv(seed: int, shape: tuple[int, ...], offset: int = 0) -> torch.Tensor:
+    g = PhiloxGenerator(seed)
+    for _ in range(offset):
+        g.randn((1,))
+    return g.randn(shape)
+
+
+def test_nv_generators_are_philox_streams() -> None:
+    gens = create_generators([3, 4], source="NV")
+    assert all(isinstance(g, PhiloxGenerator) for g in gens)
+    assert [g.initial_seed() for g in gens] == [3, 4]
+
+
+def test_nv_noise_and_later_draws() -> None:
+    result = create_noise(SHAPE, [3, 4], source="NV")
+    assert result.noise.dtype == torch.float32
+    for i, seed in enumerate((3, 4)):
+        assert torch.equal(result.noise[i], _nv(seed, SHAPE))
+    later = randn_like_from_generators(result.noise.half(), result.generators)
+    assert later.dtype == torch.float16
+    for i, seed in enumerate((3, 4)):
+        assert torch.equal(later[i], _nv(seed, SHAPE, offset=1).half())
+    # NV differs from the torch sources for the same seed.
+    assert not torch.allclose(result.noise, create_noise(SHAPE, [3, 4], source="CPU").noise, atol=0.1)
+
+
+def test_nv_variation_seed_seed_resize_and_ensd() -> None:
+    result = create_noise(
+        SHAPE, [9], [21], 0.5, seed_resize_from_h=32, seed_resize_from_w=32, source="NV", eta_noise_seed_delta=5
+    )
+    small = slerp(0.5, _nv(9, (4, 4, 4)), _nv(21, (4, 4, 4)))
+    assert torch.allclose(result.noise[0, :, 2:6, 2:6], small, atol=1e-6)
+    assert torch.equal(result.noise[0, :, 0, :], _nv(9, SHAPE)[:, 0, :])
+    later = randn_like_from_generators(result.noise, result.generators)
+    assert torch.equal(later[0], _nv(9 + 5, SHAPE))
+
+
+def test_nv_seed_resize_advances_the_philox_offset() -> None:
+    result = create_noise(SHAPE, [9], seed_resize_from_h=32, seed_resize_from_w=32, source="NV")
+    generator = result.generators[0]
+    assert isinstance(generator, PhiloxGenerator)
+    assert generator.offset == 1
+    assert torch.equal(randn_like_from_generators(result.noise, result.generators)[0], _nv(9, SHAPE, offset=1))
+
+
+def test_randn_like_accepts_a_mix_of_generator_kinds() -> None:
+    gens: list[NoiseGenerator] = [torch.Generator().manual_seed(1), PhiloxGenerator(1)]
+    out = randn_like_from_generators(torch.zeros(2, *SHAPE), gens)
+    assert torch.equal(out[0], _fresh(1, SHAPE))
+    assert torch.equal(out[1], _nv(1, SHAPE))

@@ -13,7 +13,7 @@ import pytest
 
 from shared.config import Settings
 from shared.errors import InputError, PayloadTooLarge
-from shared.job.hashing import canonical_json, request_hash
+from shared.job.hashing import FIELDS_ADDED_LATER, canonical_json, request_hash
 from shared.job.image_refs import ImageRef, parse_image_ref
 from shared.job.spec import SUPPORTED_OVERRIDE_KEYS, Img2ImgJob, SpecLimits, parse_job
 from shared.sampler_names import SAMPLER_LABELS, SCHEDULE_LABELS
@@ -72,6 +72,12 @@ REFERENCE_API_DEFAULTS: dict[str, Any] = {
     "width": 512,
     "height": 512,
     "eta": None,
+    "s_min_uncond": None,
+    "tiling": False,
+    "s_churn": None,
+    "s_tmin": None,
+    "s_tmax": None,
+    "s_noise": None,
     "model": None,
     "override_settings": {},
     "priority": 0,
@@ -142,10 +148,12 @@ BAD_FIELDS: list[tuple[dict[str, Any], str, str]] = [
     ({"seed_resize_from_h": -2}, "seed_resize_from_h", "out_of_range"),
     ({"seed_resize_from_w": 8193}, "seed_resize_from_w", "out_of_range"),
     ({"sampler_name": "Euler b"}, "sampler_name", "unknown_sampler"),
-    ({"sampler_name": "DPM++ 2M Polyexponential"}, "sampler_name", "unknown_sampler"),
+    ({"sampler_name": "DPM++ 2M Cosine"}, "sampler_name", "unknown_sampler"),
+    ({"s_churn": -1}, "s_churn", "out_of_range"),
+    ({"s_noise": 11}, "s_noise", "out_of_range"),
     ({"sampler_name": ""}, "sampler_name", "unknown_sampler"),
     ({"sampler_name": None}, "sampler_name", "invalid_type"),
-    ({"scheduler": "Polyexponential"}, "scheduler", "unknown_schedule"),
+    ({"scheduler": "Karras Exponential"}, "scheduler", "unknown_schedule"),
     ({"batch_size": 0}, "batch_size", "out_of_range"),
     ({"batch_size": 17}, "batch_size", "out_of_range"),
     ({"n_iter": 0}, "n_iter", "out_of_range"),
@@ -230,8 +238,9 @@ BAD_FIELDS: list[tuple[dict[str, Any], str, str]] = [
         "out_of_range",
     ),
     ({"override_settings": {"eta_ancestral": 2}}, "override_settings.eta_ancestral", "out_of_range"),
-    ({"override_settings": {"randn_source": "NV"}}, "override_settings.randn_source", "invalid_choice"),
-    ({"override_settings": {"sd_vae": ""}}, "override_settings.sd_vae", "invalid_length"),
+    ({"override_settings": {"randn_source": "TPU"}}, "override_settings.randn_source", "invalid_choice"),
+    ({"override_settings": {"sd_vae": ""}}, "override_settings.sd_vae", "unsupported"),
+    ({"override_settings": {"sd_vae": "vae-ft-mse.safetensors"}}, "override_settings.sd_vae", "unsupported"),
     ({"override_settings": {"samples_format": "bmp"}}, "override_settings.samples_format", "invalid_choice"),
     ({"override_settings": {"img2img_extra_noise": -0.1}}, "override_settings.img2img_extra_noise", "out_of_range"),
     ({"override_settings": {"overlay_inpaint": "maybe"}}, "override_settings.overlay_inpaint", "invalid_type"),
@@ -321,7 +330,7 @@ def test_message_says_what_is_allowed(patch: dict[str, Any], words: list[str]) -
 
 def test_unknown_sampler_lists_the_known_names() -> None:
     with pytest.raises(InputError) as caught:
-        job_of(sampler_name="DPM++ 3M SDE")
+        job_of(sampler_name="DPM++ 4M SDE")
     assert caught.value.field == "sampler_name"
     assert caught.value.code == "unknown_sampler"
     for label in SAMPLER_LABELS:
@@ -402,17 +411,50 @@ def test_every_supported_override_is_accepted_with_its_type() -> None:
         "inpainting_mask_weight": 0.5,
         "eta_ancestral": 0.8,
         "randn_source": "CPU",
-        "sd_vae": "vae-ft-mse-840000-ema-pruned.safetensors",
+        "sd_vae": "None",  # the checkpoint's own VAE; a VAE file is refused (not supported yet)
         "samples_format": "png",
         "img2img_extra_noise": 0.1,
         "overlay_inpaint": False,
         "return_mask": True,
         "return_mask_composite": True,
+        "emphasis": "No norm",
+        "comma_padding_backtrack": 0,
+        "use_old_scheduling": True,
+        "pad_cond_uncond": True,
+        "pad_cond_uncond_v0": True,
+        "s_min_uncond_all": True,
+        "live_previews_enable": False,
+        "show_progress_every_n_steps": -1,
+        "show_progress_type": "TAESD",
+        "show_progress_grid": False,
+        "eta_ddim": 0.3,
+        "s_churn": 0.5,
+        "s_tmin": 0.1,
+        "s_tmax": 9.0,
+        "s_noise": 1.01,
+        "sigma_min": 0.05,
+        "sigma_max": 10.0,
+        "rho": 5.0,
+        "always_discard_next_to_last_sigma": True,
+        "sgm_noise_multiplier": True,
+        "uni_pc_variant": "bh2",
+        "uni_pc_skip_type": "logSNR",
+        "uni_pc_order": 2,
+        "uni_pc_lower_order_final": False,
+        "beta_dist_alpha": 0.5,
+        "beta_dist_beta": 0.7,
     }
     assert set(overrides) == set(SUPPORTED_OVERRIDE_KEYS)
     job = job_of(override_settings=overrides)
     assert job.override_settings == overrides
     assert job.resolved_model == "v1-5-pruned-emaonly.safetensors"
+
+
+def test_uni_pc_vary_coeff_is_refused_naming_the_option() -> None:
+    # The reference's third UniPC variant has no diffusers solver: refused rather than rendered as another variant.
+    with pytest.raises(InputError) as caught:
+        job_of(override_settings={"uni_pc_variant": "vary_coeff"})
+    assert caught.value.field == "override_settings.uni_pc_variant"
 
 
 def test_model_and_an_equal_checkpoint_override_agree() -> None:
@@ -569,13 +611,16 @@ def test_canonical_json_is_sorted_compact_and_complete() -> None:
     assert b", " not in raw
     assert b'": ' not in raw
     assert "a cat ☕".encode() in raw  # UTF-8, not \u escapes
-    assert set(data) == set(Img2ImgJob.model_fields) - {"force_task_id", "mask_blur"}
+    # Fields added later are left out at their defaults, so that requests stored before they existed keep their hash.
+    assert set(data) == set(Img2ImgJob.model_fields) - {"force_task_id", "mask_blur", *FIELDS_ADDED_LATER}
+    assert json.loads(canonical_json(job_of(tiling=True)))["tiling"] is True
+    assert json.loads(canonical_json(job_of(s_min_uncond=2.0)))["s_min_uncond"] == 2.0
     assert data["steps"] == 50
 
 
 def test_hash_ignores_key_order() -> None:
-    a = {"init_images": [ASSET], "prompt": "p", "steps": 20, "override_settings": {"eta_ancestral": 0.5, "sd_vae": "v"}}
-    b = {"override_settings": {"sd_vae": "v", "eta_ancestral": 0.5}, "steps": 20, "prompt": "p", "init_images": [ASSET]}
+    a = {"init_images": [ASSET], "prompt": "p", "override_settings": {"eta_ancestral": 0.5, "sd_vae": "None"}}
+    b = {"override_settings": {"sd_vae": "None", "eta_ancestral": 0.5}, "prompt": "p", "init_images": [ASSET]}
     assert request_hash(parse_job(a, LIMITS)) == request_hash(parse_job(b, LIMITS))
 
 

@@ -229,11 +229,12 @@ def test_a_20_s_s3_outage_fails_no_job_and_every_job_recovers_by_itself(
     finished = [timed_db.jobs.get_by_id(job_id) for job_id in mine]
     assert [job.state for job in finished] == [JobState.SUCCEEDED] * FARM_JOBS
     assert all(job.attempts_used == 1 for job in finished)
-    # Backoff of 2, 4, 8, 16 s nominal (at least half each): at most 5 deliveries per job in 20 s, not one a tick.
+    # The n-th delivery of a job waits at least half of 2 + 4 + ... + 2^(n-1) s after the first: at 0, ≥ 1, ≥ 3, ≥ 7,
+    # ≥ 15, ≥ 31 s. So at most 5 deliveries per job fall into the 20 s, not one a tick...
     assert deliveries_in_outage <= 5 * FARM_JOBS
-    # Back within one backoff step after S3 returns: the last wait began before 20 s and is at most 16 s long.
+    # ...and the wait after the last of them (the 5th at most) is at most 2^5 = 32 s: every job is back by then.
     assert recovered_after_s is not None
-    assert recovered_after_s <= OUTAGE_S + 16.0 + TICK_S
+    assert recovered_after_s <= OUTAGE_S + 32.0 + TICK_S
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -341,22 +342,34 @@ def test_a_takeover_during_an_upload_wait_stops_the_retries_and_removes_nothing_
 
 
 class BlipLeases(Leases):
-    """The real repository, whose first `succeed` calls meet a database blip: before the commit (nothing written)
-    or after it (committed, the reply lost)."""
+    """The real repository, whose first calls of one method (`succeed`, `fail`, `requeue`) meet a database blip:
+    before the write (nothing written) or after it (written, the reply lost)."""
 
-    def __init__(self, base: Database, *, blips: int, reply_lost: bool) -> None:
+    def __init__(self, base: Database, *, blips: int, reply_lost: bool, method: str = "succeed") -> None:
         super().__init__(base._tx)
         self.blips = blips
         self.reply_lost = reply_lost
+        self.method = method
         self.calls = 0
 
-    def succeed(self, *args: Any, **kwargs: Any) -> Any:
+    def _blip(self, method: str, write: Any) -> Any:
+        if method != self.method:
+            return write()
         self.calls += 1
         if self.calls <= self.blips:
             if self.reply_lost:
-                super().succeed(*args, **kwargs)
+                write()
             raise DatabaseUnavailable("connection to the database lost (injected)")
-        return super().succeed(*args, **kwargs)
+        return write()
+
+    def succeed(self, *args: Any, **kwargs: Any) -> Any:
+        return self._blip("succeed", lambda: super(BlipLeases, self).succeed(*args, **kwargs))
+
+    def fail(self, *args: Any, **kwargs: Any) -> Any:
+        return self._blip("fail", lambda: super(BlipLeases, self).fail(*args, **kwargs))
+
+    def requeue(self, *args: Any, **kwargs: Any) -> Any:
+        return self._blip("requeue", lambda: super(BlipLeases, self).requeue(*args, **kwargs))
 
 
 @pytest.mark.parametrize("reply_lost", [False, True])
@@ -392,6 +405,31 @@ def test_a_commit_lost_in_a_database_blip_is_retried_and_the_render_kept(
     # The committed upload is still there (a lost reply must not be taken for a refused commit).
     assert storage.exists(artifacts[0].storage_key)
     assert list(storage.list(f"{TENANT}/{row.task_id}/")) == [artifacts[0].storage_key]
+
+
+def test_a_failure_and_an_outage_requeue_are_recorded_through_a_database_blip(
+    deps: WorkerDeps,
+    timed_db: Database,
+    db_clock: FakeClock,
+    flaky_storage: S3Storage,
+    proxy: SwitchableProxy,
+    submit: Submitter,
+) -> None:
+    def refusing_engine(p: StableDiffusionProcessingImg2Img) -> Processed:
+        raise InputError("init_images.0: the image cannot be used", code="invalid_image", field="init_images.0")
+
+    poison = submit()
+    timed_db.leases = BlipLeases(timed_db, blips=1, reply_lost=False, method="fail")
+    poison_deps = replace(outage_deps(deps, flaky_storage, timed_db, db_clock), engine=refusing_engine)
+    outcome = run_job(poison.id, 0, poison_deps)
+    assert (outcome.state, timed_db.jobs.get_by_id(poison.id).state) == ("failed", JobState.FAILED)
+
+    waiting = submit()
+    timed_db.leases = BlipLeases(timed_db, blips=2, reply_lost=False, method="requeue")
+    proxy.refuse()
+    outcome = run_job(waiting.id, 0, outage_deps(deps, flaky_storage, timed_db, db_clock))
+    job = timed_db.jobs.get_by_id(waiting.id)
+    assert (outcome.state, job.state, job.outage_requeues) == ("requeued", JobState.QUEUED, 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------

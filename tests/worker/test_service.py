@@ -50,3 +50,27 @@ def test_a_cpu_worker_process_renders_a_job_and_shuts_down_on_sigterm(
 def test_start_workers_refuses_a_gpu_that_is_not_there(settings: Settings) -> None:
     with pytest.raises(ValueError, match="not present"):
         start_workers(settings, gpus="7")
+
+
+def test_worker_processes_get_no_api_token(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 15, finding 8: API tokens travelled in plain text into every worker's environment, from the settings
+    # and from the environment the command inherited. A worker renders; it never authenticates anyone.
+    import subprocess
+
+    import worker.service as service
+
+    token = "alice:api-token-for-the-scheduler-only-01"
+    monkeypatch.setenv("RENDERFARM_API_TOKENS", token)
+    monkeypatch.setenv("RENDERFARM_METRICS_TOKEN", "metrics-token-scheduler-only-01")
+    spawned: list[dict[str, str]] = []
+
+    class FakePopen:
+        def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+            spawned.append(env)
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    service.start_workers(settings.model_copy(update={"api_tokens": token}), gpus="cpu")
+    (env,) = spawned
+    assert not {"RENDERFARM_API_TOKENS", "RENDERFARM_API_TOKENS_FILE", "RENDERFARM_METRICS_TOKEN"} & set(env)
+    assert not any("api-token-for-the-scheduler-only" in value for value in env.values())
+    assert env["RENDERFARM_DATABASE_URL"] == settings.resolved_database_url  # what a worker needs still travels

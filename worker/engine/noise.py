@@ -1,19 +1,22 @@
-"""Seeded per-image noise with the reference's semantics (img2img-semantics.md §3.1).
+"""Seeded per-image noise with the reference's semantics (img2img-semantics.md §3.1; docs/engine.md "Noise and
+random sources").
 
 Everything here is written from the prose of the semantics document, not from the reference's code:
 
-* one ``torch.Generator`` per image, seeded with that image's seed; each image's noise is drawn as its own
-  ``(C, h, w)`` tensor (the same values that diffusers' ``randn_tensor`` gives with a list of per-image
-  generators on the same device);
+* one generator per image, seeded with that image's seed: a ``torch.Generator`` on the worker's device ("GPU", the
+  default) or on the CPU ("CPU"), or a :class:`~worker.engine.philox.PhiloxGenerator` ("NV", NVIDIA's stream computed
+  on the CPU). Each image's noise is drawn as its own ``(C, h, w)`` tensor (for torch generators the same values that
+  diffusers' ``randn_tensor`` gives with a list of per-image generators on the same device);
 * variation seeds (subseeds) mixed in with a spherical interpolation (slerp) that normalises along dim 1 of the
   ``(C, h, w)`` tensor; its linear fallback uses the *correct* weights (§7.8, a deliberate fix);
-* seed resize: the noise is generated at the "from" size and pasted (or cropped) into the centre of a full-size noise;
+* seed resize: the noise is generated at the "from" size and pasted (or cropped) into the centre of a full-size noise
+  drawn from the image's own generator, which therefore advances (see :func:`create_noise` for the order);
 * ENSD (eta noise seed delta): after the first draw the per-image generators are re-seeded with ``seed + ENSD``;
   later draws (ancestral / SDE noise) continue from the generators returned in :class:`NoiseResult`.
 
-The reference draws subseed noise and seed-resize noise through the *global* torch RNG right after
-``torch.manual_seed(seed)``; a freshly seeded private generator on the same device yields exactly the same values,
-so this module never touches the global RNG.
+The reference draws subseed noise and the from-size noise of a seed resize through its *global* RNG right after
+seeding it with that seed; a freshly seeded private generator of the same source yields exactly the same values, so
+this module never touches the global RNG.
 """
 
 from __future__ import annotations
@@ -21,12 +24,15 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Generic, Literal, TypeVar, overload
 
 import torch
 
+from worker.engine.philox import PhiloxGenerator
+
 __all__ = [
     "SEED_RANGE",
+    "NoiseGenerator",
     "NoiseResult",
     "RandnSource",
     "create_generators",
@@ -39,15 +45,26 @@ __all__ = [
 #: Random seeds are drawn uniformly from ``[0, SEED_RANGE)`` (§3.1: [0, 4294967294)).
 SEED_RANGE = 4294967294
 
-#: Where the per-image generators live: "GPU" = on the worker's device (the reference's default), "CPU" = on the CPU.
-RandnSource = Literal["CPU", "GPU"]
+#: The webui option ``randn_source``: "GPU" = torch generators on the worker's device (the reference's default),
+#: "CPU" = torch generators on the CPU, "NV" = NVIDIA's Philox stream emulated on the CPU (worker/engine/philox.py).
+RandnSource = Literal["CPU", "GPU", "NV"]
+
+#: The sources whose generators are ``torch.Generator`` objects.
+TorchRandnSource = Literal["CPU", "GPU"]
+
+#: One image's random stream: what :func:`create_generators` returns and :func:`randn_like_from_generators` draws from.
+NoiseGenerator = torch.Generator | PhiloxGenerator
+
+# The generator type of a NoiseResult: torch.Generator for "CPU"/"GPU", PhiloxGenerator for "NV", either when the
+# source is only known at run time (the overloads of create_noise pick it from the source's type).
+G = TypeVar("G", bound=NoiseGenerator)
 
 #: Above this mean dot product of the normalised noises the slerp falls back to a linear mix (§3.1).
 _SLERP_LINEAR_THRESHOLD = 0.9995
 
 
 @dataclass(frozen=True)
-class NoiseResult:
+class NoiseResult(Generic[G]):
     """The initial noise of one batch and the generators that later noise draws continue from.
 
     Attributes:
@@ -57,7 +74,7 @@ class NoiseResult:
     """
 
     noise: torch.Tensor
-    generators: tuple[torch.Generator, ...]
+    generators: tuple[G, ...]
 
 
 def _parse_seed(value: int | str | None) -> int:
@@ -106,24 +123,46 @@ def resolve_seeds(
     return all_seeds, all_subseeds
 
 
+_SOURCES: tuple[RandnSource, ...] = ("CPU", "GPU", "NV")
+
+
 def _generator_device(source: RandnSource, device: torch.device) -> torch.device:
-    """The device on which generators are created for ``source`` (§3.1: "GPU" = the worker's device).
+    """The device on which torch generators are created for ``source`` (§3.1: "GPU" = the worker's device).
 
     Raises:
-        ValueError: for an unknown source (the reference's "NV" Philox emulation is not implemented).
+        ValueError: for an unknown source.
     """
-    if source == "CPU":
-        return torch.device("cpu")
+    if source not in _SOURCES:
+        raise ValueError(f"unsupported randn source {source!r}; expected one of {', '.join(_SOURCES)}")
     if source == "GPU":
         # The reference uses the CPU on MPS; an MPS generator would give other numbers.
         return torch.device("cpu") if device.type == "mps" else device
-    raise ValueError(f"unsupported randn source {source!r}; expected 'CPU' or 'GPU'")
+    return torch.device("cpu")  # "CPU", and "NV" computes on the CPU
 
 
+def _new_generator(seed: int, source: RandnSource, gen_device: torch.device) -> NoiseGenerator:
+    if source == "NV":
+        return PhiloxGenerator(int(seed))
+    return torch.Generator(device=gen_device).manual_seed(int(seed))
+
+
+@overload
+def create_generators(
+    seeds: Sequence[int], *, source: TorchRandnSource = "GPU", device: torch.device | str = "cpu"
+) -> tuple[torch.Generator, ...]: ...
+@overload
+def create_generators(
+    seeds: Sequence[int], *, source: Literal["NV"], device: torch.device | str = "cpu"
+) -> tuple[PhiloxGenerator, ...]: ...
+@overload
+def create_generators(
+    seeds: Sequence[int], *, source: RandnSource, device: torch.device | str = "cpu"
+) -> tuple[NoiseGenerator, ...]: ...
 def create_generators(
     seeds: Sequence[int], *, source: RandnSource = "GPU", device: torch.device | str = "cpu"
-) -> tuple[torch.Generator, ...]:
-    """One freshly seeded generator per seed, on the device chosen by ``source``.
+) -> tuple[NoiseGenerator, ...]:
+    """One freshly seeded generator per seed: a ``torch.Generator`` on the device chosen by ``source``, or a
+    :class:`PhiloxGenerator` for "NV".
 
     Also the ENSD helper: ``create_generators([s + ensd for s in seeds], ...)`` re-seeds for later draws (§3.1).
 
@@ -131,17 +170,19 @@ def create_generators(
         ValueError: for an unknown ``source``.
     """
     gen_device = _generator_device(source, torch.device(device))
-    return tuple(torch.Generator(device=gen_device).manual_seed(int(s)) for s in seeds)
+    return tuple(_new_generator(s, source, gen_device) for s in seeds)
 
 
-def _randn(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
-    """A float32 standard-normal draw of ``shape`` from ``generator``, on the generator's device."""
+def _randn(shape: Sequence[int], generator: NoiseGenerator) -> torch.Tensor:
+    """The generator's next float32 standard-normal draw of ``shape``, on the generator's device."""
+    if isinstance(generator, PhiloxGenerator):
+        return generator.randn(shape)
     return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
 
 
-def _randn_seeded(seed: int, shape: Sequence[int], gen_device: torch.device) -> torch.Tensor:
-    """What the reference gets from ``manual_seed(seed); randn(shape)`` on the global RNG of ``gen_device``."""
-    return _randn(shape, torch.Generator(device=gen_device).manual_seed(int(seed)))
+def _randn_seeded(seed: int, shape: Sequence[int], source: RandnSource, gen_device: torch.device) -> torch.Tensor:
+    """What the reference gets from seeding its global RNG of ``source`` with ``seed`` and drawing ``shape``."""
+    return _randn(shape, _new_generator(seed, source, gen_device))
 
 
 def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -196,6 +237,46 @@ def _paste_centre(full: torch.Tensor, small: torch.Tensor) -> torch.Tensor:
     return out
 
 
+# The overloads only narrow the generator type of the result by the source (see G above).
+@overload
+def create_noise(
+    shape: tuple[int, int, int],
+    seeds: Sequence[int],
+    subseeds: Sequence[int] | None = None,
+    subseed_strength: float = 0.0,
+    seed_resize_from_h: int = 0,
+    seed_resize_from_w: int = 0,
+    *,
+    source: TorchRandnSource = "GPU",
+    device: torch.device | str = "cpu",
+    eta_noise_seed_delta: int = 0,
+) -> NoiseResult[torch.Generator]: ...
+@overload
+def create_noise(
+    shape: tuple[int, int, int],
+    seeds: Sequence[int],
+    subseeds: Sequence[int] | None = None,
+    subseed_strength: float = 0.0,
+    seed_resize_from_h: int = 0,
+    seed_resize_from_w: int = 0,
+    *,
+    source: Literal["NV"],
+    device: torch.device | str = "cpu",
+    eta_noise_seed_delta: int = 0,
+) -> NoiseResult[PhiloxGenerator]: ...
+@overload
+def create_noise(
+    shape: tuple[int, int, int],
+    seeds: Sequence[int],
+    subseeds: Sequence[int] | None = None,
+    subseed_strength: float = 0.0,
+    seed_resize_from_h: int = 0,
+    seed_resize_from_w: int = 0,
+    *,
+    source: RandnSource,
+    device: torch.device | str = "cpu",
+    eta_noise_seed_delta: int = 0,
+) -> NoiseResult[NoiseGenerator]: ...
 def create_noise(
     shape: tuple[int, int, int],
     seeds: Sequence[int],
@@ -207,17 +288,22 @@ def create_noise(
     source: RandnSource = "GPU",
     device: torch.device | str = "cpu",
     eta_noise_seed_delta: int = 0,
-) -> NoiseResult:
+) -> NoiseResult[Any]:
     """The initial noise of one batch, image by image (§3.1, the reference's per-image RNG).
 
-    For image i with seed ``seeds[i]``:
+    For image i with seed ``seeds[i]`` and generator ``g_i`` (freshly seeded with it), in this order:
 
-    1. if ``subseed_strength != 0``: ``subnoise = randn(subseeds[i])`` (subseed 0 when the list is short);
-    2. the image noise: from the image's own generator, or, with a seed resize, ``randn(seed)`` at
-       ``(C, from_h//8, from_w//8)`` from a fresh generator (the reference's global RNG, so the image generator does
-       not advance);
+    1. if ``subseed_strength != 0``: ``subnoise = randn(subseeds[i])`` from a fresh generator (the reference's global
+       RNG; subseed 0 when the list is short);
+    2. the image noise: the first draw of ``g_i``; or, with a seed resize whose ``(C, from_h//8, from_w//8)`` differs
+       from ``shape``, ``randn(seed)`` at that size from a fresh generator (the reference's global RNG, so ``g_i`` is
+       not used here);
     3. ``noise = slerp(subseed_strength, noise, subnoise)``;
-    4. seed resize: paste that noise into the centre of a fresh full-size ``randn(seed)``.
+    4. seed resize: paste that noise into the centre of a full-size draw **of ``g_i``** (its first draw, so it holds
+       the same values as a fresh ``randn(seed)``, and ``g_i`` advances past it).
+
+    Either way each ``g_i`` has made exactly one full-size draw, and later draws (ancestral, SDE, DDIM with η > 0)
+    continue after it, unless ENSD re-seeds them.
 
     Args:
         shape: ``(C, h, w)`` latent shape of one image (h = H//8, w = W//8).
@@ -225,7 +311,7 @@ def create_noise(
         subseeds: variation seeds (ignored when ``subseed_strength`` is 0).
         subseed_strength: variation strength in [0, 1].
         seed_resize_from_h, seed_resize_from_w: pixel size to generate the noise at; used only when both are > 0.
-        source: "GPU" (generators on ``device``, the reference default) or "CPU".
+        source: "GPU" (generators on ``device``, the reference default), "CPU" or "NV" (Philox on the CPU).
         device: where the returned noise lives (and the generators for "GPU").
         eta_noise_seed_delta: ENSD; when non-zero the returned generators are re-seeded with ``seed + ENSD``.
 
@@ -243,10 +329,13 @@ def create_noise(
     gen_device = _generator_device(source, out_device)
     generators = create_generators(seeds, source=source, device=out_device)
 
-    resized = seed_resize_from_h > 0 and seed_resize_from_w > 0
-    noise_shape = (shape[0], seed_resize_from_h // 8, seed_resize_from_w // 8) if resized else tuple(shape)
-    if resized and (noise_shape[1] <= 0 or noise_shape[2] <= 0):
+    full_shape = tuple(int(d) for d in shape)
+    resize_requested = seed_resize_from_h > 0 and seed_resize_from_w > 0
+    noise_shape = (full_shape[0], seed_resize_from_h // 8, seed_resize_from_w // 8) if resize_requested else full_shape
+    if resize_requested and (noise_shape[1] <= 0 or noise_shape[2] <= 0):
         raise ValueError("seed resize sizes must be at least 8 pixels")
+    # A "resize" to the image's own latent size is the plain path (it gives the same values either way).
+    resized = noise_shape != full_shape
     use_variation = subseed_strength != 0 and subseeds is not None
 
     images: list[torch.Tensor] = []
@@ -255,13 +344,14 @@ def create_noise(
         if use_variation:
             assert subseeds is not None
             subseed = subseeds[i] if i < len(subseeds) else 0
-            subnoise = _randn_seeded(subseed, noise_shape, gen_device)
-        # With a seed resize the reference draws through the global RNG, so the image generator does not advance.
-        noise = _randn_seeded(seed, noise_shape, gen_device) if resized else _randn(noise_shape, generator)
+            subnoise = _randn_seeded(subseed, noise_shape, source, gen_device)
+        # With a seed resize the from-size noise comes from a fresh stream of the seed (the reference's global RNG)...
+        noise = _randn_seeded(seed, noise_shape, source, gen_device) if resized else _randn(noise_shape, generator)
         if subnoise is not None:
             noise = slerp(subseed_strength, noise, subnoise)
         if resized:
-            noise = _paste_centre(_randn_seeded(seed, shape, gen_device), noise)
+            # ...and the full-size noise it is pasted into is the image generator's own draw, which advances it.
+            noise = _paste_centre(_randn(full_shape, generator), noise)
         images.append(noise.to(out_device))
 
     if eta_noise_seed_delta:
@@ -269,7 +359,7 @@ def create_noise(
     return NoiseResult(noise=torch.stack(images), generators=generators)
 
 
-def randn_like_from_generators(x: torch.Tensor, generators: Sequence[torch.Generator] | None) -> torch.Tensor:
+def randn_like_from_generators(x: torch.Tensor, generators: Sequence[NoiseGenerator] | None) -> torch.Tensor:
     """Standard-normal noise shaped like ``x`` (B, ...), one draw per image from its generator (§3.1).
 
     This is how the reference's ancestral/SDE noise is drawn (its hijacked ``randn_like``). With ``generators`` None

@@ -29,13 +29,25 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
+from shared.errors import InputError
 from shared.infotext import create_infotext
 from shared.job.spec import Img2ImgJob
 from shared.job.steps import eta_kind
+from shared.prompts import EmbeddingLookup, EmbeddingTooLong
 from shared.sampler_names import find_schedule, split_sampler_and_schedule
 from shared.version import __version__
 from worker.engine.color_correction import apply_color_correction
-from worker.engine.guidance import cfg_denoiser
+from worker.engine.conditioning.clip import ClipBackend
+from worker.engine.conditioning.conds import (
+    learned_conditioning,
+    multicond_learned_conditioning,
+    old_timelines_differ,
+    schedule_steps,
+)
+from worker.engine.conditioning.encoder import PromptEncoder
+from worker.engine.conditioning.schedules import CondBatch, MulticondBatch
+from worker.engine.embeddings import Embedding, EmbeddingDatabase, ti_hashes
+from worker.engine.guidance import CFGDenoiser
 from worker.engine.imaging import apply_overlay
 from worker.engine.latents import POSTERIOR_STREAM, encode_samples, image_conditioning, resize_latent
 from worker.engine.models import LoadedModel
@@ -44,7 +56,7 @@ from worker.engine.options import DEFAULT_OPTIONS, Options
 from worker.engine.pixel_stage import PixelStage, PixelWarning, prepare_pixels
 from worker.engine.results import Processed, decode_latent, mask_composite
 from worker.engine.sampling import (
-    DenoiseEps,
+    DenoiseEpsCfgPP,
     SamplingPlan,
     StepInfo,
     StopSampling,
@@ -52,6 +64,8 @@ from worker.engine.sampling import (
     run_sampler,
     sampler_default_eta,
 )
+from worker.engine.sampling.settings import JobSamplerFields, resolve_sampler_options
+from worker.engine.tiling import circular_padding
 
 LATENT_CHANNELS = 4
 
@@ -95,6 +109,10 @@ _FIELDS_FROM_JOB = (
     "width",
     "height",
     "eta",
+    "s_churn",
+    "s_tmin",
+    "s_tmax",
+    "s_noise",
     "resize_mode",
     "denoising_strength",
     "image_cfg_scale",
@@ -106,6 +124,8 @@ _FIELDS_FROM_JOB = (
     "inpaint_full_res_padding",
     "inpainting_mask_invert",
     "initial_noise_multiplier",
+    "s_min_uncond",
+    "tiling",
 )
 
 
@@ -137,6 +157,12 @@ class StableDiffusionProcessingImg2Img:
     width: int = 512
     height: int = 512
     eta: float | None = None
+    s_min_uncond: float | None = None  # negative guidance minimum sigma; None = 0 (off)
+    tiling: bool = False  # circular padding of every convolution of the UNet and VAE (worker/engine/tiling.py)
+    s_churn: float | None = None  # None: the option of the same name (docs/engine.md "Sampler options")
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
     override_settings: dict[str, Any] = field(default_factory=dict)
     extra_generation_params: dict[str, Any] = field(default_factory=dict)
     comments: list[str] = field(default_factory=list)
@@ -175,6 +201,9 @@ class StableDiffusionProcessingImg2Img:
     interrupted: bool = field(default=False, init=False)
     skipped: bool = field(default=False, init=False)
     job_no: int = field(default=0, init=False)
+    embeddings: EmbeddingLookup | None = field(default=None, repr=False)  # textual-inversion embeddings
+    prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
+    denoiser: CFGDenoiser | None = field(default=None, init=False, repr=False)  # the current batch's
 
     def __post_init__(self, mask_blur: int | None) -> None:
         # The reference's dataclass quirk (§1): an int mask_blur overrides both axes; None or a float does nothing.
@@ -186,6 +215,8 @@ class StableDiffusionProcessingImg2Img:
         # Resolved now, before override_settings apply, so an override of it has no effect (§1).
         if self.initial_noise_multiplier is None:
             self.initial_noise_multiplier = self.options.initial_noise_multiplier
+        if self.s_min_uncond is None:
+            self.s_min_uncond = 0.0
         if not self.seed_enable_extras:
             self.subseed, self.subseed_strength = -1, 0.0
             self.seed_resize_from_h = self.seed_resize_from_w = 0
@@ -330,8 +361,8 @@ class StableDiffusionProcessingImg2Img:
 
     def sample(
         self,
-        conditioning: torch.Tensor,
-        unconditional_conditioning: torch.Tensor,
+        conditioning: MulticondBatch,
+        unconditional_conditioning: CondBatch,
         seeds: Sequence[int],
         subseeds: Sequence[int],
         subseed_strength: float,
@@ -372,29 +403,45 @@ class StableDiffusionProcessingImg2Img:
             assert regenerate is not None
             return x * regenerate + init_latent * keep
 
+        stopped = False
+
         def on_step(info: StepInfo) -> None:
+            nonlocal stopped
             if self.progress_callback is not None:
-                self.progress_callback(Progress(self.job_no, self.n_iter, info.step, info.total_steps, info.x0_preview))
+                # The preview shows the reference's default "Prompt" content: the first sub-prompt's own x0, without
+                # CFG or the mask blend (proposal P17; docs/engine.md "Live previews").
+                latest = denoiser.last_prompt_x0
+                preview = latest if latest is not None else info.x0_preview
+                self.progress_callback(Progress(self.job_no, self.n_iter, info.step, info.total_steps, preview))
             # After the last step there is nothing left to stop; stopping there would return the x0 prediction
             # instead of the finished latent.
             if (self.interrupted or self.skipped) and info.step + 1 < info.total_steps:
+                stopped = True
                 raise StopSampling
 
+        denoiser = self._denoiser(conditioning, unconditional_conditioning, plan)
+        if plan.sampler.name == "DDIM CFG++":
+            sampler_kwargs["denoise_eps_cfgpp"] = _with_uncond_eps(denoiser)
         samples = run_sampler(
             plan,
             init_latent,
             noise.noise.to(model.dtype),
-            self._denoiser(conditioning, unconditional_conditioning),
+            denoiser,
             blend_x0=blend if keep is not None else None,
             blend_xt_before=blend if keep is not None else None,
             generators=noise.generators,
+            seeds=list(seeds),
             callback=on_step,
             extra_noise=self.options.img2img_extra_noise,
             noise_multiplier=multiplier,
             **sampler_kwargs,
         )
+        if stopped and denoiser.last_prompt_x0 is not None:
+            # An interrupted run ends on the reference's last latent, which is the "Prompt" x0 (proposal P17).
+            samples = denoiser.last_prompt_x0.to(samples.dtype)
         if keep is not None:
             samples = blend(samples)  # the final mix (§3.4)
+        self._record_guidance(denoiser)
         return samples
 
     def resolved_eta(self) -> float | None:
@@ -418,11 +465,16 @@ class StableDiffusionProcessingImg2Img:
         if default is None or eta is None:
             return {}
         if eta != default:
-            self.extra_generation_params["Eta"] = eta
+            # The reference's timestep samplers write theirs as "Eta DDIM".
+            self.extra_generation_params["Eta DDIM" if eta_kind(self.sampler_name) == "ddim" else "Eta"] = eta
         return {"eta": eta}
 
     def _plan(self) -> SamplingPlan:
         if self.plan is None:
+            fields = JobSamplerFields(self.s_churn, self.s_tmin, self.s_tmax, self.s_noise)
+            sampler_options, sigma_entries = resolve_sampler_options(
+                _sampler_label(self.sampler_name), fields, self.options, sdxl=_is_sdxl(self.model)
+            )
             self.plan = plan_img2img(
                 self.sampler_name,
                 self.scheduler,
@@ -430,7 +482,9 @@ class StableDiffusionProcessingImg2Img:
                 self.denoising_strength,
                 self.options.img2img_fix_steps,
                 self.model.scheduler_config,
+                options=sampler_options,
             )
+            self.extra_generation_params.update(sigma_entries)
             self.extra_generation_params.update(
                 (k, v) for k, v in self.plan.extra_generation_params.items() if k != "Schedule type"
             )
@@ -448,16 +502,104 @@ class StableDiffusionProcessingImg2Img:
             return "Automatic"
         return plan.schedule_type
 
-    def _denoiser(self, cond: torch.Tensor, uncond: torch.Tensor) -> DenoiseEps:
-        """ε(x) with classifier-free guidance; three passes for edit models with an image CFG scale (§3.3)."""
-        return cfg_denoiser(
+    def _denoiser(self, cond: MulticondBatch, uncond: CondBatch, plan: SamplingPlan) -> CFGDenoiser:
+        """ε(x) with classifier-free guidance over the scheduled conds; three passes for edit models with an image
+        CFG scale (§3.3). A new one per batch: its evaluation counter starts at 0 (docs/engine.md, "Prompt
+        encoding")."""
+        options = self.options
+        empty = self._prompt_encoder().encode([""])[0] if options.pad_cond_uncond else None
+        self.denoiser = CFGDenoiser(
             self.model.unet,
             cond,
             uncond,
             self.image_conditioning,
-            self.cfg_scale,
+            # DDIM CFG++ guides at cfg_scale / 12.5 (docs/engine.md, "Samplers").
+            self.cfg_scale / CFGPP_SCALE_DIVISOR if plan.sampler.name == "DDIM CFG++" else self.cfg_scale,
             self.image_cfg_scale if self.is_edit_model else None,
+            s_min_uncond=float(self.s_min_uncond or 0.0),
+            s_min_uncond_all=options.s_min_uncond_all,
+            noise_level_is_timestep=plan.is_timestep_sampler,
+            pad_cond_uncond=options.pad_cond_uncond,
+            pad_cond_uncond_v0=options.pad_cond_uncond_v0,
+            empty_cond=empty,
         )
+        return self.denoiser
+
+    def _record_guidance(self, denoiser: CFGDenoiser) -> None:
+        """The infotext entries of what the denoiser did (the reference writes them only when it happened)."""
+        if denoiser.skipped_uncond:
+            self.extra_generation_params["NGMS"] = self.s_min_uncond
+            if self.options.s_min_uncond_all:
+                self.extra_generation_params["NGMS all steps"] = True
+        if denoiser.padded_cond_uncond:
+            self.extra_generation_params["Pad conds"] = True
+        if denoiser.padded_cond_uncond_v0:
+            self.extra_generation_params["Pad conds v0"] = True
+
+    # -- prompts ---------------------------------------------------------------------------------------------------
+
+    def _prompt_encoder(self) -> PromptEncoder:
+        if self.prompt_encoder is None:
+            model = self.model
+            clip_skip = self.options.CLIP_stop_at_last_layers
+            if clip_skip > 1 and model.uses_open_clip:
+                self.warnings.append(
+                    PixelWarning(
+                        "clip_skip_ignored",
+                        f"Clip skip {clip_skip} has no effect on this model (an SD 2.x OpenCLIP text encoder): the "
+                        "reference ignores it there, and so does the farm, to render the same picture",
+                    )
+                )
+            self.prompt_encoder = PromptEncoder(
+                ClipBackend(model, clip_skip),
+                emphasis=self.options.emphasis,
+                comma_padding_backtrack=self.options.comma_padding_backtrack,
+                embeddings=self.embeddings,
+            )
+        return self.prompt_encoder
+
+    def setup_conds(self, prompts: Sequence[str], negative_prompts: Sequence[str]) -> tuple[MulticondBatch, CondBatch]:
+        """The scheduled conditionings of one batch's prompts and negative prompts (docs/engine.md, "Prompt
+        encoding"): schedules built for the steps × 2 of second-order samplers, AND only in the prompts."""
+        options = self.options
+        encoder = self._prompt_encoder()
+        steps = schedule_steps(self.steps, _sampler_label(self.sampler_name))
+        old = options.use_old_scheduling
+        try:
+            uncond = learned_conditioning(encoder, negative_prompts, steps, use_old_scheduling=old)
+        except EmbeddingTooLong as error:
+            raise InputError(str(error), code="embedding_too_long", field="negative_prompt") from None
+        try:
+            cond = multicond_learned_conditioning(encoder, prompts, steps, use_old_scheduling=old)
+        except EmbeddingTooLong as error:
+            raise InputError(str(error), code="embedding_too_long", field="prompt") from None
+        three_pass = self.is_edit_model and self.image_cfg_scale is not None and self.image_cfg_scale != 1.0
+        if three_pass and any(len(sub_prompts) != 1 for sub_prompts in cond.images):
+            raise InputError(
+                "AND prompts cannot be used with an edit (InstructPix2Pix) model and an image CFG scale other than 1",
+                field="prompt",
+            )
+        self._record_embeddings(encoder, prompts, negative_prompts)
+        if old and old_timelines_differ([*prompts, *negative_prompts], steps):
+            self.extra_generation_params["Old prompt editing timelines"] = True
+        if options.emphasis != "Original" and encoder.emphasis_syntax_seen:
+            self.extra_generation_params["Emphasis"] = options.emphasis
+        return cond, uncond
+
+    def _record_embeddings(
+        self, encoder: PromptEncoder, prompts: Sequence[str], negative_prompts: Sequence[str]
+    ) -> None:
+        """The infotext's "TI hashes" of the embeddings the encoder placed, and the warnings for embeddings of
+        another width named in the prompts (docs/engine.md, "Textual-inversion embeddings")."""
+        used = [embedding for embedding in encoder.used_embeddings.values() if isinstance(embedding, Embedding)]
+        hashes = ti_hashes(used)
+        if hashes:
+            self.extra_generation_params["TI hashes"] = hashes
+        if isinstance(self.embeddings, EmbeddingDatabase):
+            for field_name, texts in (("prompt", prompts), ("negative_prompt", negative_prompts)):
+                for warning in self.embeddings.incompatible_warnings_in_texts(dict.fromkeys(texts), field_name):
+                    if warning not in self.warnings:
+                        self.warnings.append(warning)
 
     # -- infotext --------------------------------------------------------------------------------------------------
 
@@ -479,7 +621,8 @@ class StableDiffusionProcessingImg2Img:
             "Conditional mask weight": self.extra_generation_params.get("Conditional mask weight"),
             "Clip skip": self.options.CLIP_stop_at_last_layers if self.options.CLIP_stop_at_last_layers > 1 else None,
             "ENSD": self.options.eta_noise_seed_delta or None,
-            "RNG": "CPU" if self.options.randn_source == "CPU" else None,
+            "RNG": self.options.randn_source if self.options.randn_source != "GPU" else None,
+            "Tiling": True if self.tiling else None,
         }
         if self.subseed_strength:
             leading["Variation seed"] = all_subseeds[index]
@@ -491,6 +634,27 @@ class StableDiffusionProcessingImg2Img:
         return create_infotext(
             self.prompt, self.negative_prompt, leading, extra, {"Version": f"renderfarm {__version__}"}
         )
+
+
+#: DDIM CFG++ maps the CFG scale's usual range [0, 12.5] onto its own [0, 1].
+CFGPP_SCALE_DIVISOR = 12.5
+
+
+def _is_sdxl(model: LoadedModel) -> bool:
+    """SDXL UNets take the added time/text embedding ("text_time"); Align Your Steps has a list for them."""
+    config = getattr(getattr(model, "unet", None), "config", None)
+    return getattr(config, "addition_embed_type", None) == "text_time"
+
+
+def _with_uncond_eps(denoiser: CFGDenoiser) -> DenoiseEpsCfgPP:
+    """DDIM CFG++'s model: the guided ε and the unconditional ε of the same evaluation."""
+
+    def denoise(x_in: torch.Tensor, t: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+        eps = denoiser(x_in, t, sigma)
+        assert denoiser.last_uncond_eps is not None
+        return eps, denoiser.last_uncond_eps
+
+    return denoise
 
 
 def _sampler_label(name: str) -> str:
@@ -508,9 +672,8 @@ def process_images(p: StableDiffusionProcessingImg2Img) -> Processed:
     all_prompts = [p.prompt] * count
     all_negative_prompts = [p.negative_prompt] * count
     all_seeds, all_subseeds = resolve_seeds(p.seed, p.subseed, p.subseed_strength, count)
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), circular_padding((model.unet, model.vae), p.tiling):
         p.init(all_prompts, all_seeds, all_subseeds)
-        clip_skip = p.options.CLIP_stop_at_last_layers
         images: list[Image.Image] = []
         overlays: list[Image.Image | None] = []
         masks: list[Image.Image | None] = []
@@ -520,8 +683,7 @@ def process_images(p: StableDiffusionProcessingImg2Img) -> Processed:
                 break
             p.job_no, p.skipped = n, False
             batch = slice(n * p.batch_size, (n + 1) * p.batch_size)
-            conditioning = model.encode_prompt(all_prompts[batch], clip_skip=clip_skip)
-            unconditional = model.encode_prompt(all_negative_prompts[batch], clip_skip=clip_skip)
+            conditioning, unconditional = p.setup_conds(all_prompts[batch], all_negative_prompts[batch])
             samples = p.sample(
                 conditioning,
                 unconditional,

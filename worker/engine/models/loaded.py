@@ -16,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
@@ -97,6 +98,33 @@ def kind_of(in_channels: int, source: str) -> ModelKind:
 
 # ----------------------------------------------------------------------------------------------------------------
 # The loaded model
+
+
+@contextmanager
+def _replaced_token_vectors(
+    text_encoder: Any, token_vectors: Sequence[Sequence[tuple[int, torch.Tensor]]] | None
+) -> Iterator[None]:
+    """While inside, the text encoder's token-embedding layer returns `token_vectors` at their positions (a forward
+    hook on that layer, removed on exit)."""
+    if not token_vectors or not any(token_vectors):
+        yield
+        return
+
+    def replace(module: torch.nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        del module, inputs
+        output = output.clone()
+        for row, insertions in enumerate(token_vectors):
+            for position, vectors in insertions:
+                count = min(output.shape[1] - position, vectors.shape[0])
+                if count > 0:
+                    output[row, position : position + count] = vectors[:count].to(output)
+        return output
+
+    handle = text_encoder.get_input_embeddings().register_forward_hook(replace)  # the token embedding layer
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _module_bytes(module: torch.nn.Module) -> int:
@@ -204,28 +232,46 @@ class LoadedModel:
         )
         return cast(torch.Tensor, encoded.input_ids).to(self.device)
 
-    def encode_tokens(self, token_ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+    @property
+    def uses_open_clip(self) -> bool:
+        """Whether the text encoder is OpenCLIP's (SD 2.x: GELU activations, pad id 0 after EOS) rather than
+        OpenAI's CLIP (SD 1.x: quick-GELU, padded with EOS). The reference treats the two differently (CLIP skip,
+        padding; docs/engine.md, "Prompt encoding")."""
+        return str(self.text_encoder.config.hidden_act) == "gelu"
+
+    def encode_tokens(
+        self,
+        token_ids: torch.Tensor,
+        clip_skip: int = 1,
+        token_vectors: Sequence[Sequence[tuple[int, torch.Tensor]]] | None = None,
+    ) -> torch.Tensor:
         """CLIP embeddings (B, T, D) of token ids (B, T), in `dtype`.
 
         `clip_skip` is A1111's CLIP_stop_at_last_layers: 1 takes the last layer's output; n > 1 takes the hidden
-        state n layers from the end and applies the final layer norm to it. Raises InputError when `clip_skip` is
-        not in 1..number of layers.
+        state n layers from the end and applies the final layer norm to it. OpenCLIP (SD 2.x) encoders ignore it, as
+        the reference does: their converted last layer already is the reference's choice. Raises InputError when
+        `clip_skip` is not in 1..number of layers.
+
+        `token_vectors`: per row, `(position, vectors (n, D))` that replace the token embeddings at positions
+        position … position+n−1 (textual-inversion embeddings), before the position embeddings are added; vectors
+        past the end of the row are dropped.
         """
         layers = int(self.text_encoder.config.num_hidden_layers)
         if not 1 <= clip_skip <= layers:
             raise InputError(f"clip_skip must be between 1 and {layers} for this model", field="clip_skip")
-        with torch.no_grad():
-            outputs = self.text_encoder(input_ids=token_ids.to(self.device), output_hidden_states=clip_skip > 1)
-            if clip_skip == 1:
+        skip = 1 if self.uses_open_clip else clip_skip
+        with torch.no_grad(), _replaced_token_vectors(self.text_encoder, token_vectors):
+            outputs = self.text_encoder(input_ids=token_ids.to(self.device), output_hidden_states=skip > 1)
+            if skip == 1:
                 hidden = outputs.last_hidden_state
             else:
                 # hidden_states[-1] is the last layer before the final norm, so -clip_skip counts as A1111 does.
-                hidden = clip_final_layer_norm(self.text_encoder, outputs.hidden_states[-clip_skip])
+                hidden = clip_final_layer_norm(self.text_encoder, outputs.hidden_states[-skip])
         return cast(torch.Tensor, hidden).to(self.dtype)
 
     def encode_prompt(self, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
-        """CLIP embeddings (B, 77, D) of plain prompts (no A1111 emphasis or 75-token chunking: that is
-        processing's job, which calls `tokenize` and `encode_tokens`). Raises as `encode_tokens`."""
+        """CLIP embeddings (B, 77, D) of plain prompts, truncated to 75 tokens (no A1111 prompt syntax: rendering
+        encodes through `worker.engine.conditioning`). Raises as `encode_tokens`."""
         return self.encode_tokens(self.tokenize(prompts), clip_skip=clip_skip)
 
     # -- VAE -----------------------------------------------------------------------------------------------------
