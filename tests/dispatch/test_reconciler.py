@@ -139,7 +139,8 @@ def test_an_expired_lease_on_the_last_attempt_fails_the_job(
     assert row.state is JobState.FAILED
     assert row.error is not None
     assert row.error.code == "attempts_exhausted"
-    assert "gpu-7" in row.error.message
+    assert "started 1 times (the limit is 1)" in row.error.message
+    assert "gpu-7" not in row.error.message  # error bodies name no worker host (reliability.md "Secrets")
     assert dispatcher.dispatch_once() == 0
     assert reconciler.run_once().changed == 0
 
