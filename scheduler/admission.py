@@ -26,6 +26,7 @@ from typing import Any
 
 from scheduler.assets import store_asset
 from scheduler.deps import Services
+from scheduler.worker_registry import unserved_model_warning
 from shared.config import Settings
 from shared.db import NewJob
 from shared.errors import InputError, NotFound
@@ -155,7 +156,9 @@ def admit(
 ) -> NewJob:
     """The row's values for `job` under `task_id`: its images normalised, its stored request (without the task id)
     and that request's hash, its queue (the batch tier's for a batch's child), model, expected steps and warnings:
-    `warnings` (the door's own, e.g. the A1111 request's fields) then the job contract's (`shared.job.warnings`).
+    `warnings` (the door's own, e.g. the A1111 request's fields), the job contract's (`shared.job.warnings`), the
+    prompt's, then `no_worker_serves_model` when no live worker consumes the job's queue
+    (`scheduler.worker_registry`).
 
     Raises InputError (422) or PayloadTooLarge (413) naming `{field_prefix}<field>`, and 503s when storage or the
     database is down.
@@ -163,12 +166,15 @@ def admit(
     check_priority_ceiling(normalise.services, normalise.tenant, job.priority, field_prefix)
     normalised = normalise_images(normalise, job, field_prefix)
     model = normalised.resolved_model
+    queue = queue_name(model, batch=batch)
+    services = normalise.services
+    unserved = unserved_model_warning(services.workers, normalised, queue, services.settings.model)
     return NewJob(
         task_id=task_id,
         request=normalised.to_request_json(),
         request_hash=request_hash(normalised),
         priority=normalised.priority,
-        queue=queue_name(model, batch=batch),
+        queue=queue,
         model=model,
         max_attempts=max_attempts,
         total_steps=expected_total_steps(normalised),
@@ -176,5 +182,6 @@ def admit(
             *warnings,
             *job_warnings(normalised),
             *prompt_warnings(normalised.prompt, normalised.negative_prompt),
+            *([unserved] if unserved is not None else []),
         ),
     )

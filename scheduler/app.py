@@ -28,7 +28,7 @@ from scheduler.metrics import install_metrics
 from scheduler.openapi import truthful_document
 from scheduler.queue_limit import QueueLimit
 from scheduler.rate_limits import RateLimiter, open_rate_limiter
-from scheduler.routes import assets, events, files, health, jobs
+from scheduler.routes import assets, events, files, health, jobs, workers
 from scheduler.routes import batches as batch_routes
 from scheduler.wait_estimate import RunTimeEstimator
 from shared.config import Settings
@@ -195,7 +195,7 @@ def create_app(
     # layer below become a typed 500.
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    for module in (jobs, events, assets, files, health):
+    for module in (jobs, events, assets, files, health, workers):
         app.include_router(module.router)
     owned.append(
         install_metrics(app, services, token=metrics_token)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 from fastapi import Depends, Request
 
 from scheduler.open_streams import OpenStreams
+from scheduler.worker_registry import WorkerRegistry
 from shared.config import Settings
 from shared.db import Database
 from shared.live import LiveStatus
@@ -61,6 +62,11 @@ class Services:
     priority_ceiling: PriorityCeiling = field(default_factory=lambda: PriorityCeiling(unlimited=True))
     # The open SSE streams, which a graceful shutdown ends at once (scheduler/open_streams.py).
     streams: OpenStreams = field(default_factory=OpenStreams)
+    # What the live workers serve (scheduler/worker_registry.py), read from `db`.
+    workers: WorkerRegistry = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.workers = WorkerRegistry(self.db)
 
 
 async def get_services(request: Request) -> Services:

@@ -50,6 +50,10 @@ DEFAULT_DISPATCH_STRANDED_S = 120.0  # a message received by a worker that never
 DEFAULT_ORPHAN_SWEEP_GRACE_S = 900.0  # a finished job's uploads of uncommitted attempts are removed this long after
 DEFAULT_DISPATCH_WINDOW_PER_QUEUE = 16  # messages in the broker per queue; the rest wait, fairly ordered, in the table
 MIN_TOKEN_LENGTH = 16  # characters; shorter API tokens are refused as guessable
+# Worker announcements (docs/architecture.md "Routing"): a worker re-announces what it serves this often, and its
+# announcement counts for this many heartbeats, so a worker killed without warning is forgotten after that long.
+DEFAULT_WORKER_HEARTBEAT_S = 5.0
+DEFAULT_WORKER_HEARTBEAT_MISSES = 3
 DEFAULT_METRICS_PORT = 9400  # a worker's Prometheus /metrics and /healthz port; GPU i of one host uses port + i
 # Rate limits (scheduler/rate_limits.py, docs/api.md "Rate limits"): counts over a sliding window of this many seconds.
 DEFAULT_RATE_LIMIT_WINDOW_S = 10.0
@@ -137,11 +141,18 @@ class Settings(BaseSettings):
     commit_retry_s: float = Field(DEFAULT_COMMIT_RETRY_S, ge=0)
     dispatch_stranded_s: float = Field(DEFAULT_DISPATCH_STRANDED_S, gt=0)
     orphan_sweep_grace_s: float = Field(DEFAULT_ORPHAN_SWEEP_GRACE_S, ge=0)
+    worker_heartbeat_s: float = Field(DEFAULT_WORKER_HEARTBEAT_S, gt=0)
+    worker_heartbeat_misses: int = Field(DEFAULT_WORKER_HEARTBEAT_MISSES, ge=1)
     # The worker's metrics and health HTTP server (worker/metrics.py); 0 turns it off.
     metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535)
 
     # ----------------------------------------------------------------------------------------------------------
     # Derived values: what the unset settings mean.
+
+    @property
+    def worker_announcement_ttl_s(self) -> float:
+        """How long one worker announcement counts: `worker_heartbeat_misses` heartbeats."""
+        return self.worker_heartbeat_s * self.worker_heartbeat_misses
 
     @property
     def embedded(self) -> bool:

@@ -8,6 +8,10 @@ them; the owning process handles its own signals and calls `stop()`).
 
 Readiness is an event set by the consumer's ready callback (after it started consuming), never a sleep.
 
+Without `queues` it consumes the queues of every model this process can load (`worker.servable`: the embedded farm
+serves `tiny-inpaint` and `tiny-edit` as well as its default), follows models that appear while it runs, and
+announces itself in the database like any worker (`worker.announcer`), so the API knows what it serves.
+
 Stopping uses Celery's process-wide warm-shutdown flag (`celery.worker.state.should_stop`), the same mechanism
 its own test helper uses, so run at most one embedded worker per process.
 """
@@ -24,8 +28,10 @@ from celery.worker import WorkController
 from celery.worker import state as worker_state
 
 from shared.config import Settings
-from shared.queueing import queue_name
+from worker.announcer import Announcer, consumer_queue_adder
 from worker.deps import WorkerDeps
+from worker.engine.models import pick_device
+from worker.servable import queues_for_models, servable_model_names
 from worker.tasks import deps_holder, warm_up
 
 __all__ = ["EMBEDDED_POLLING_INTERVAL_S", "EmbeddedWorker", "start_embedded_worker"]
@@ -44,6 +50,7 @@ class EmbeddedWorker:
     controller: WorkController
     thread: threading.Thread
     queues: tuple[str, ...]
+    announcer: Announcer | None = None
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -55,6 +62,8 @@ class EmbeddedWorker:
         in time (a render longer than that is still running). Idempotent."""
         if self._stopped:
             return
+        if self.announcer is not None:
+            self.announcer.stop()  # it takes no new job from here on
         # The consumer loop checks this flag between messages (raising WorkerShutdown, a warm shutdown).
         worker_state.should_stop = 0
         try:
@@ -75,8 +84,10 @@ def start_embedded_worker(
     warm: bool = True,
     hostname: str = "embedded@localhost",
     start_timeout_s: float = START_TIMEOUT_S,
+    announce: bool = True,
 ) -> EmbeddedWorker:
-    """Start a worker thread consuming `queues` (default: the default model's interactive and batch queues).
+    """Start a worker thread consuming `queues` (default: those of every servable model, followed as models
+    appear), announced in `deps.db` while it runs unless `announce` is False.
 
     `celery_app` must come from `worker.tasks.create_worker_app`; `deps` are used as they are (no factory call).
     With `warm`, the default model is loaded before the consumer starts. Returns once the consumer is ready.
@@ -85,7 +96,7 @@ def start_embedded_worker(
     deps_holder(celery_app).set(deps)
     if warm:
         warm_up(deps)
-    chosen = tuple(queues or (queue_name(None, batch=False), queue_name(None, batch=True)))
+    chosen = tuple(queues or queues_for_models(servable_model_names(settings), settings))
     if str(settings.redis_url or celery_app.conf.broker_url).startswith("memory://"):
         # The in-memory transport polls; a short interval keeps interactive jobs from waiting up to a second.
         options = dict(celery_app.conf.broker_transport_options or {})
@@ -94,8 +105,10 @@ def start_embedded_worker(
     celery_app.finalize()
     ready = threading.Event()
     failure: list[BaseException] = []
+    consumers: list[Any] = []
 
     def on_ready(consumer: Any) -> None:
+        consumers.append(consumer)
         ready.set()
 
     controller = WorkController(
@@ -131,4 +144,15 @@ def start_embedded_worker(
         worker_state.should_stop = None
         raise RuntimeError(f"the embedded worker did not start: {failure[0] if failure else 'timed out'}")
     logger.info("embedded worker consuming %s", ", ".join(chosen))
-    return EmbeddedWorker(controller=controller, thread=thread, queues=chosen)
+    announcer = None
+    if announce:
+        announcer = Announcer(
+            deps.db,
+            settings,
+            hostname=hostname,
+            device=pick_device(None).type,
+            consuming=chosen,
+            add_queue=None if queues else consumer_queue_adder(consumers[0]),
+        )
+        announcer.start()
+    return EmbeddedWorker(controller=controller, thread=thread, queues=chosen, announcer=announcer)

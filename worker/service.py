@@ -1,12 +1,16 @@
 """Starting worker processes: one Celery worker per GPU, or one CPU worker (architecture.md, reliability.md).
 
     start_workers(settings, gpus="all")      # from the CLI: spawns the processes, returns their Popen handles
-    python -m worker.service --device cuda --queues rf.default.interactive,rf.default.batch --hostname gpu0@host
+    python -m worker.service --device cuda --hostname gpu0@host [--queues rf.default.interactive,rf.default.batch]
 
 Each GPU gets its own process (`CUDA_VISIBLE_DEVICES=i`, so it sees one device as cuda:0) running a solo-pool worker
 (concurrency 1, prefetch 1: it holds only the job it runs, so queue depth is real) named `gpu{i}@host`. Without
 GPUs, one CPU worker `cpu@host` uses every core this process may run on. SIGTERM is Celery's warm shutdown, bounded
 by `worker_soft_shutdown_timeout` from the settings; the running render re-queues itself if it cannot finish by then.
+
+Without `--queues` a worker consumes the interactive and batch queues of every model it can serve
+(`worker.servable`), and starts consuming a new model's queues when its file appears (`worker.announcer`, which
+also announces the worker in the database for the scheduler: docs/architecture.md "Routing"). `--queues` pins them.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import socket
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from shared.config import ENV_PREFIX, Settings
 from shared.queueing import queue_name
 from worker.metrics import metrics_port_for
+from worker.servable import queues_for_models, servable_model_names
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -92,19 +97,10 @@ def _settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def worker_command(queues: Sequence[str], device: Device, hostname: str) -> list[str]:
-    """The argv of one worker process."""
-    return [
-        sys.executable,
-        "-m",
-        "worker.service",
-        "--device",
-        device,
-        "--queues",
-        ",".join(queues),
-        "--hostname",
-        hostname,
-    ]
+def worker_command(queues: Sequence[str] | None, device: Device, hostname: str) -> list[str]:
+    """The argv of one worker process (no `--queues` for None: every servable model's queues)."""
+    pinned = ["--queues", ",".join(queues)] if queues else []
+    return [sys.executable, "-m", "worker.service", "--device", device, *pinned, "--hostname", hostname]
 
 
 def start_workers(
@@ -112,13 +108,13 @@ def start_workers(
 ) -> list[subprocess.Popen[bytes]]:
     """Spawn one worker process per selected GPU (or one CPU worker) and return their handles.
 
-    `gpus`: "all" (every GPU; a CPU worker when there is none), "cpu", or indices "0,1". `queues`: default
-    `default_queues()`. The caller owns the processes (send SIGTERM to stop them gracefully). Raises ValueError for
-    a bad `gpus`.
+    `gpus`: "all" (every GPU; a CPU worker when there is none), "cpu", or indices "0,1". `queues`: default every
+    servable model's queues (`worker.servable`), followed as models appear. The caller owns the processes (send
+    SIGTERM to stop them gracefully). Raises ValueError for a bad `gpus`.
     """
     import torch
 
-    chosen = queues or default_queues()
+    chosen = queues or None
     host = socket.gethostname()
     base_env = worker_environment(settings, os.environ)
     indices = parse_gpus(gpus, torch.cuda.device_count())
@@ -145,8 +141,13 @@ def _owned_cores() -> int:
         return os.cpu_count() or 1
 
 
-def run_worker_process(settings: Settings, queues: list[str], device: Device, hostname: str | None = None) -> None:
+def run_worker_process(
+    settings: Settings, queues: list[str] | None, device: Device, hostname: str | None = None
+) -> None:
     """Run a Celery worker in this process until it is shut down (blocks). Installs Celery's signal handlers.
+
+    `queues` None: the queues of every model this worker can serve, and of models that appear while it runs;
+    otherwise exactly `queues`. Either way the worker announces itself (`worker.announcer`) once it consumes.
 
     `device` "cuda" uses the one GPU this process sees; "cpu" sets torch's thread count to the cores it owns, unless
     OMP_NUM_THREADS is set (then torch already uses that many).
@@ -168,6 +169,8 @@ def run_worker_process(settings: Settings, queues: list[str], device: Device, ho
     app = create_worker_app(settings, factory)
     _redact_celery_logs()
     _start_metrics(settings, app, name, device)
+    consuming = queues or queues_for_models(servable_model_names(settings), settings)
+    _announce_when_ready(settings, app, name, device, consuming, pinned=bool(queues))
     app.worker_main(
         [
             "worker",
@@ -175,12 +178,50 @@ def run_worker_process(settings: Settings, queues: list[str], device: Device, ho
             "--concurrency=1",
             "--prefetch-multiplier=1",
             f"--hostname={name}",
-            f"--queues={','.join(queues)}",
+            f"--queues={','.join(consuming)}",
             "--loglevel=INFO",
             "--without-gossip",
             "--without-mingle",
         ]
     )
+
+
+def _announce_when_ready(
+    settings: Settings, app: Celery, name: str, device: Device, queues: list[str], *, pinned: bool
+) -> None:
+    """Announce this worker once its consumer is ready (Celery's `worker_ready`), every heartbeat after that, and
+    withdraw the announcement when a warm shutdown begins (SIGTERM: it takes no new job from then on)."""
+    from celery import signals
+
+    from shared.db import Database
+    from worker.announcer import Announcer, consumer_queue_adder
+
+    started: list[Announcer] = []
+
+    def on_ready(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not app or started:
+            return
+        announcer = Announcer(
+            Database.from_url(settings.resolved_database_url),
+            settings,
+            hostname=name,
+            device=device,
+            consuming=queues,
+            add_queue=None if pinned else consumer_queue_adder(sender),
+        )
+        started.append(announcer)
+        announcer.start()
+
+    def on_stopping(**_: Any) -> None:
+        while started:
+            announcer = started.pop()
+            announcer.stop()
+            announcer.db.close()
+
+    app._renderfarm_announce = (on_ready, on_stopping)  # signals hold weak references
+    signals.worker_ready.connect(on_ready)
+    signals.worker_shutting_down.connect(on_stopping)
+    signals.worker_shutdown.connect(on_stopping)
 
 
 def _redact_celery_logs() -> None:
@@ -227,10 +268,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """`python -m worker.service --device cuda|cpu --queues a,b --hostname name@host` (settings from RENDERFARM_*)."""
     parser = argparse.ArgumentParser(prog="python -m worker.service", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cpu")
-    parser.add_argument("--queues", default=",".join(default_queues()))
+    parser.add_argument("--queues", default=None, help="comma-separated; default: every servable model's queues")
     parser.add_argument("--hostname", default=None)
     args = parser.parse_args(argv)
-    queues = [q for q in args.queues.split(",") if q]
+    queues = [q for q in args.queues.split(",") if q] if args.queues else None
     # A worker started with the API's tokens in its environment (one shared secret for every process) drops them
     # before anything else runs: nothing it starts, logs or reports can show them.
     for name in API_SECRET_VARIABLES:

@@ -1,7 +1,7 @@
 """The farm's database: tables, migrations, engines and the one door every process reads and writes through.
 
 Typical use: `upgrade(url)` once at start (idempotent; `renderfarm db upgrade`), then `Database.from_url(url)` for
-every read and write (`db.jobs`, `db.outbox`, `db.leases`, `db.stats`, `db.batches`, `db.assets`; see
+every read and write (`db.jobs`, `db.outbox`, `db.leases`, `db.stats`, `db.batches`, `db.assets`, `db.workers`; see
 shared.db.database); `db.close()` at shutdown.
 """
 
@@ -23,6 +23,7 @@ from shared.db.rows import (
     LeaseStatus,
     NewJob,
     QueueCounts,
+    WorkerRow,
 )
 from shared.db.tables import utcnow
 
@@ -40,6 +41,7 @@ __all__ = [
     "LeaseStatus",
     "NewJob",
     "QueueCounts",
+    "WorkerRow",
     "current_revision",
     "head_revision",
     "make_engine",

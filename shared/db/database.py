@@ -7,6 +7,7 @@
     db.stats     positions, depths, counts, run times, metrics    shared.db.stats
     db.batches   batches and their child jobs                     shared.db.batches
     db.assets    uploaded input images                            shared.db.assets
+    db.workers   worker announcements: who serves which queues    shared.db.workers
 
 Every operation runs its own transaction (shared.db.transaction) and returns frozen dataclasses (shared.db.rows),
 never ORM objects tied to a session. A database that cannot be reached raises `DatabaseUnavailable`. Thread-safe.
@@ -27,10 +28,11 @@ from shared.db.outbox import Outbox
 from shared.db.stats import Stats
 from shared.db.tables import utcnow
 from shared.db.transaction import Clock, Transactions
+from shared.db.workers import Workers
 
 
 class Database:
-    """The farm's tables on one engine: `.jobs`, `.outbox`, `.leases`, `.stats`, `.batches`, `.assets`."""
+    """The farm's tables on one engine: `.jobs`, `.outbox`, `.leases`, `.stats`, `.batches`, `.assets`, `.workers`."""
 
     def __init__(self, engine: Engine, *, clock: Clock = utcnow) -> None:
         self._tx = Transactions(engine, clock=clock)
@@ -40,6 +42,7 @@ class Database:
         self.stats = Stats(self._tx)
         self.batches = Batches(self._tx)
         self.assets = Assets(self._tx)
+        self.workers = Workers(self._tx)
 
     @classmethod
     def from_url(cls, database_url: str | URL, *, clock: Clock = utcnow) -> Database:

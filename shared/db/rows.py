@@ -223,3 +223,28 @@ class QueueCounts:
     in_flight: int = 0
     running: int = 0
     oldest_queued: datetime | None = None
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """One worker's announcement (`Database.workers`): what it consumes and can load, and how fresh that is."""
+
+    hostname: str
+    device: str
+    queues: tuple[str, ...]
+    models: tuple[str, ...]
+    started_at: datetime
+    seen_at: datetime
+    expires_at: datetime
+
+    @classmethod
+    def from_mapping(cls, row: ColumnValues) -> WorkerRow:
+        return cls(
+            hostname=row["hostname"],
+            device=row["device"],
+            queues=tuple(row["queues"] or ()),
+            models=tuple(row["models"] or ()),
+            started_at=row["started_at"],
+            seen_at=row["seen_at"],
+            expires_at=row["expires_at"],
+        )

@@ -225,8 +225,26 @@ class Asset(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class WorkerAnnouncement(Base):
+    """What one live worker process serves (migration 0005): written by the worker on start and every heartbeat,
+    removed when it stops, ignored (and later deleted) once `expires_at` has passed, so a worker killed with -9
+    vanishes after a few missed heartbeats (docs/reliability.md "Who owns each state")."""
+
+    __tablename__ = "worker_announcements"
+    __table_args__ = (sa.Index(None, "expires_at"),)
+
+    hostname: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    device: Mapped[str] = mapped_column(sa.String(32))
+    queues: Mapped[Any] = mapped_column(JSONType)
+    models: Mapped[Any] = mapped_column(JSONType)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 metadata = Base.metadata
 jobs: sa.Table = Job.__table__  # type: ignore[assignment]
 artifacts: sa.Table = Artifact.__table__  # type: ignore[assignment]
 assets: sa.Table = Asset.__table__  # type: ignore[assignment]
 batches: sa.Table = Batch.__table__  # type: ignore[assignment]
+worker_announcements: sa.Table = WorkerAnnouncement.__table__  # type: ignore[assignment]

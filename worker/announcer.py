@@ -1,0 +1,149 @@
+"""A worker's announcement: what it consumes and can load, written to the database on start, every heartbeat, and
+withdrawn when it stops (docs/architecture.md "Routing", docs/reliability.md "Who owns each state").
+
+    announcer = Announcer(db, settings, hostname="gpu0@host", device="cuda", add_queue=consumer_adds_queue)
+    announcer.start()    # announces at once, then every `worker_heartbeat_s` on a daemon thread
+    announcer.stop()     # stops the heartbeat and deletes the row
+
+Every heartbeat rescans the models the worker can serve (`worker.servable`, a directory listing). Unless its queues
+were pinned (`--queues`), a model that appeared gets its queues consumed at once (`add_queue`, which must be safe to
+call from this thread: Celery's consumer is asked through `call_soon`, see `consumer_queue_adder`) and the new
+queues are announced. Queues are never dropped at runtime: a model file removed while jobs for it may be queued is
+the loader's error to report, not a reason to strand those jobs.
+
+A database that cannot be reached costs the heartbeat, never the worker: the error is logged and the announcement is
+retried with backoff (`shared.backoff`), at most one heartbeat apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from shared.backoff import backoff_delay
+from shared.config import Settings
+from shared.db import Database
+from worker.servable import queues_for_models, servable_model_names
+
+__all__ = ["Announcer", "consumer_queue_adder"]
+
+logger = logging.getLogger(__name__)
+
+RETRY_BASE_S: Final = 0.5  # first pause before re-announcing after a failed write (s); capped at one heartbeat
+STOP_JOIN_S: Final = 10.0  # seconds to wait for the heartbeat thread when stopping
+
+
+def consumer_queue_adder(consumer: Any) -> Callable[[str], None]:
+    """`add_queue` for a running Celery consumer: the queue is added on the consumer's own loop (`call_soon`), as
+    Celery's `add_consumer` control command does, since its broker connection is not shared across threads."""
+
+    def add(queue: str) -> None:
+        consumer.call_soon(consumer.add_task_queue, queue)
+
+    return add
+
+
+class Announcer:
+    """The heartbeat of one worker process's announcement (see the module text). Thread-safe start and stop."""
+
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        *,
+        hostname: str,
+        device: str,
+        consuming: Sequence[str],
+        add_queue: Callable[[str], None] | None = None,
+        list_models: Callable[[Settings], list[str]] = servable_model_names,
+    ) -> None:
+        """`consuming`: the queues the worker consumes now. `add_queue`: how to consume one more at runtime; None
+        pins the queues (`--queues` was given): models are still rescanned and announced, queues are not added."""
+        self.db = db
+        self.settings = settings
+        self.hostname = hostname
+        self.device = device
+        self._consuming = list(dict.fromkeys(consuming))
+        self._add_queue = add_queue
+        self._list_models = list_models
+        self._models: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.announced = threading.Event()  # set after the first announcement that reached the database
+
+    @property
+    def consuming(self) -> list[str]:
+        with self._lock:
+            return list(self._consuming)
+
+    def start(self) -> None:
+        """Start the heartbeat thread (its first beat is at once). Idempotent."""
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="rf-worker-announcer", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the heartbeat and delete this worker's row (logged, never raised, if the database is down: the row
+        then expires on its own). Idempotent."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(STOP_JOIN_S)
+        try:
+            self.db.workers.withdraw(self.hostname)
+        except Exception as exc:  # the row expires after a few heartbeats anyway
+            logger.warning(
+                "worker %s: could not withdraw its announcement (%s); it expires on its own", self.hostname, exc
+            )
+
+    def beat(self) -> None:
+        """One heartbeat: rescan the models, consume new models' queues (unless pinned), write the announcement.
+        Raises what the database raises (the loop logs it and retries)."""
+        models = self._list_models(self.settings)
+        self._consume_queues_of(models)
+        self._models = models
+        self.db.workers.announce(
+            self.hostname,
+            device=self.device,
+            queues=self.consuming,
+            models=models,
+            ttl_s=self.settings.worker_announcement_ttl_s,
+        )
+        self.announced.set()
+
+    def _consume_queues_of(self, models: list[str]) -> None:
+        if self._add_queue is None:
+            return
+        new = [queue for queue in queues_for_models(models, self.settings) if queue not in self._consuming]
+        for queue in new:
+            self._add_queue(queue)
+            with self._lock:
+                self._consuming.append(queue)
+        if new:
+            logger.info("worker %s: new models; now also consuming %s", self.hostname, ", ".join(new))
+
+    def _run(self) -> None:
+        failures = 0
+        heartbeat = self.settings.worker_heartbeat_s
+        while not self._stop.is_set():
+            try:
+                self.beat()
+            except Exception as exc:  # a heartbeat lost to a database blip must not end the worker
+                failures += 1
+                pause = backoff_delay(failures, min(RETRY_BASE_S, heartbeat), heartbeat)
+                logger.warning(
+                    "worker %s: announcing failed (%s: %s); retrying in %.1f s",
+                    self.hostname,
+                    type(exc).__name__,
+                    exc,
+                    pause,
+                )
+            else:
+                failures = 0
+                pause = heartbeat
+            self._stop.wait(pause)
