@@ -71,7 +71,8 @@ class Announcer:
         self._models: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards `_consuming` (read by other threads)
+        self._start_lock = threading.Lock()
         self.announced = threading.Event()  # set after the first announcement that reached the database
 
     @property
@@ -80,12 +81,14 @@ class Announcer:
             return list(self._consuming)
 
     def start(self) -> None:
-        """Start the heartbeat thread (its first beat is at once). Idempotent."""
-        with self._lock:
+        """Announce now (in the caller's thread, so the worker is known when this returns, unless the database is
+        down: then the thread retries), then start the heartbeat thread. Idempotent."""
+        with self._start_lock:
             if self._thread is not None:
                 return
-            self._thread = threading.Thread(target=self._run, name="rf-worker-announcer", daemon=True)
-            self._thread.start()
+            failures = self._try_beat(0)
+            self._thread = threading.Thread(target=self._run, args=(failures,), name="rf-worker-announcer", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
         """Stop the heartbeat and delete this worker's row (logged, never raised, if the database is down: the row
@@ -127,23 +130,26 @@ class Announcer:
         if new:
             logger.info("worker %s: new models; now also consuming %s", self.hostname, ", ".join(new))
 
-    def _run(self) -> None:
-        failures = 0
+    def _run(self, failures: int) -> None:
+        """Wait a heartbeat (less, with backoff, after `failures` failed beats in a row), beat, until stopped."""
         heartbeat = self.settings.worker_heartbeat_s
-        while not self._stop.is_set():
-            try:
-                self.beat()
-            except Exception as exc:  # a heartbeat lost to a database blip must not end the worker
-                failures += 1
-                pause = backoff_delay(failures, min(RETRY_BASE_S, heartbeat), heartbeat)
-                logger.warning(
-                    "worker %s: announcing failed (%s: %s); retrying in %.1f s",
-                    self.hostname,
-                    type(exc).__name__,
-                    exc,
-                    pause,
-                )
-            else:
-                failures = 0
-                pause = heartbeat
-            self._stop.wait(pause)
+        while True:
+            pause = backoff_delay(failures, min(RETRY_BASE_S, heartbeat), heartbeat) if failures else heartbeat
+            if self._stop.wait(pause):
+                return
+            failures = self._try_beat(failures)
+
+    def _try_beat(self, failures: int) -> int:
+        """One beat; the failures in a row after it (0 after a success). Logs, never raises."""
+        try:
+            self.beat()
+        except Exception as exc:  # a heartbeat lost to a database blip must not end the worker
+            logger.warning(
+                "worker %s: announcing failed (%s: %s); retrying (failure %d in a row)",
+                self.hostname,
+                type(exc).__name__,
+                exc,
+                failures + 1,
+            )
+            return failures + 1
+        return 0

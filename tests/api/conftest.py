@@ -28,6 +28,7 @@ from shared.config import Settings
 from shared.db import ArtifactRecord, Database, JobRow, make_engine, upgrade
 from shared.images import encode_png
 from shared.live import LiveProgress, LiveStatus, LocalLiveStatus, RedisLiveStatus
+from shared.queueing import queue_name
 from shared.storage import Storage, artifact_key, open_storage
 from tests.databases import empty_tables
 from tests.processes import free_loopback_port, serve_in_thread
@@ -182,6 +183,7 @@ def make_farm(farm_kind: str, request: pytest.FixtureRequest, tmp_path: Path) ->
         settings = Settings(_env_file=None, **values).check()
         engine = make_engine(settings.resolved_database_url)
         db = Database(engine)
+        announce_farm_worker(db, settings)
         live: LiveStatus = RedisLiveStatus(settings.redis_url) if settings.redis_url else LocalLiveStatus()
         storage = open_storage(settings, clock=storage_clock)
         app = create_app(settings, live=live, storage=storage, db=db, start_background=False)
@@ -201,6 +203,20 @@ def make_farm(farm_kind: str, request: pytest.FixtureRequest, tmp_path: Path) ->
         # The session's Redis database outlives the test: its rate-limit counters must not refuse the next one's
         # requests (all from one loopback address).
         forget_rate_limits(request.getfixturevalue("redis_url"))
+
+
+FARM_WORKER = "gpu-0@api-tests"  # the worker a Farm acts as (`Farm.claim`), announced for the default queues
+FARM_WORKER_TTL_S = 24 * 3600.0  # the announcement outlives any test (the real clock runs)
+
+
+def announce_farm_worker(db: Database, settings: Settings) -> None:
+    """Announce the worker a Farm acts as, consuming the default model's queues, as a worker process would: jobs
+    for the default model are served and carry no `no_worker_serves_model` warning (tests about routing withdraw it
+    with `db.workers.withdraw(FARM_WORKER)`)."""
+    default_queues = [queue_name(None, batch=False), queue_name(None, batch=True)]
+    db.workers.announce(
+        FARM_WORKER, device="cpu", queues=default_queues, models=[settings.model], ttl_s=FARM_WORKER_TTL_S
+    )
 
 
 def forget_rate_limits(redis_url: str) -> None:

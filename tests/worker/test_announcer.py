@@ -1,0 +1,122 @@
+"""What a worker can serve (worker/servable.py) and its announcement's heartbeat (worker/announcer.py), on a real
+models folder and a real SQLite database."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from shared.config import Settings
+from shared.db import Database, upgrade
+from shared.queueing import queue_name
+from tests.waiting import wait_until
+from worker.announcer import Announcer
+from worker.engine.models import TINY_MODEL_NAMES
+from worker.servable import queues_for_models, servable_model_names
+
+
+def settings_for(tmp_path: Path, models_dir: Path | None, **more: object) -> Settings:
+    return Settings(_env_file=None, data_dir=tmp_path / "data", models_dir=models_dir, **more)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def models_dir(tmp_path: Path) -> Path:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "diffusers-model").mkdir()  # a diffusers folder
+    (folder / "single.safetensors").write_bytes(b"not read: the listing is names only")
+    (folder / "old.ckpt").write_bytes(b"x")
+    (folder / "notes.txt").write_text("not a model")
+    (folder / ".hidden").mkdir()
+    (folder / "embeddings").mkdir()  # textual inversions, not a model
+    return folder
+
+
+def test_servable_models_are_the_default_the_tiny_ones_and_the_folder(tmp_path: Path, models_dir: Path) -> None:
+    names = servable_model_names(settings_for(tmp_path, models_dir))
+    assert names == ["tiny", *[n for n in TINY_MODEL_NAMES if n != "tiny"], "diffusers-model", "old", "single"]
+    assert servable_model_names(settings_for(tmp_path, None)) == list(dict.fromkeys(["tiny", *TINY_MODEL_NAMES]))
+    assert "tiny-inpaint" in names and "tiny-edit" in names  # the embedded farm serves them too
+
+
+def test_queues_are_interactive_first_and_the_default_model_serves_jobs_without_a_model(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, None)
+    queues = queues_for_models(["tiny", "tiny-inpaint", "Tiny Inpaint"], settings)  # the last shares a family
+    assert queues == [
+        queue_name(None, batch=False),
+        queue_name("tiny", batch=False),
+        queue_name("tiny-inpaint", batch=False),
+        queue_name(None, batch=True),
+        queue_name("tiny", batch=True),
+        queue_name("tiny-inpaint", batch=True),
+    ]
+    assert queue_name(None, batch=False) not in queues_for_models(["other"], settings)
+
+
+def migrated(tmp_path: Path) -> Database:
+    url = f"sqlite:///{tmp_path / 'db' / 'renderfarm.db'}"
+    upgrade(url)
+    return Database.from_url(url)
+
+
+def test_a_new_model_file_gets_its_queues_consumed_and_announced(tmp_path: Path, models_dir: Path) -> None:
+    settings = settings_for(tmp_path, models_dir, worker_heartbeat_s=3600.0)  # beats are driven by the test
+    db = migrated(tmp_path)
+    added: list[str] = []
+    start = queues_for_models(servable_model_names(settings), settings)
+    announcer = Announcer(db, settings, hostname="gpu0@a", device="cuda", consuming=start, add_queue=added.append)
+    try:
+        announcer.start()  # announces before it returns
+        (row,) = db.workers.live()
+        assert (row.hostname, row.device, list(row.queues)) == ("gpu0@a", "cuda", start)
+        assert "diffusers-model" in row.models and added == []
+
+        (models_dir / "fresh.safetensors").write_bytes(b"x")
+        announcer.beat()
+        assert added == [queue_name("fresh", batch=False), queue_name("fresh", batch=True)]
+        (row,) = db.workers.live()
+        assert row.queues[-1] == queue_name("fresh", batch=True) and "fresh" in row.models
+
+        announcer.beat()
+        assert len(added) == 2  # nothing new: nothing added again
+    finally:
+        announcer.stop()
+    assert db.workers.live() == []  # withdrawn
+    db.close()
+
+
+def test_pinned_queues_stay_pinned_while_models_are_still_announced(tmp_path: Path, models_dir: Path) -> None:
+    settings = settings_for(tmp_path, models_dir, worker_heartbeat_s=3600.0)
+    db = migrated(tmp_path)
+    announcer = Announcer(db, settings, hostname="cpu@a", device="cpu", consuming=["rf.only.interactive"])
+    try:
+        announcer.start()
+        (models_dir / "fresh").mkdir()
+        announcer.beat()
+        (row,) = db.workers.live()
+        assert row.queues == ("rf.only.interactive",) and "fresh" in row.models
+    finally:
+        announcer.stop()
+        db.close()
+
+
+def test_a_database_error_is_logged_and_retried_never_raised(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The database exists but has no tables yet (a migration still running): announcing fails like an outage
+    (OperationalError), the worker carries on, and the heartbeat succeeds once the table is there."""
+    url = f"sqlite:///{tmp_path / 'late.db'}"
+    db = Database.from_url(url)
+    settings = settings_for(tmp_path, None, worker_heartbeat_s=0.05, worker_heartbeat_misses=1000)
+    announcer = Announcer(db, settings, hostname="cpu@late", device="cpu", consuming=["rf.default.interactive"])
+    try:
+        with caplog.at_level(logging.WARNING, logger="worker.announcer"):
+            announcer.start()  # does not raise
+        assert not announcer.announced.is_set()
+        assert "announcing failed" in caplog.text
+        upgrade(url)
+        wait_until(announcer.announced.is_set, 30.0, "the retried announcement")
+        assert [row.hostname for row in db.workers.live()] == ["cpu@late"]
+    finally:
+        announcer.stop()
+        db.close()
