@@ -126,10 +126,12 @@ def scheduler_argv(port: int) -> list[str]:
     return [sys.executable, "-m", "renderfarm.cli", "scheduler", "--host", "127.0.0.1", "--port", str(port)]
 
 
-def worker_argv(queues: Sequence[str], hostname: str) -> list[str]:
-    """The command line of a farm's CPU worker process (`worker.service`) consuming `queues` as `hostname`."""
+def worker_argv(queues: Sequence[str] | None, hostname: str) -> list[str]:
+    """The command line of a farm's CPU worker process (`worker.service`) consuming `queues` as `hostname` (None:
+    the queues of every model it can serve, followed as models appear)."""
     command = [sys.executable, "-m", "worker.service", "--device", "cpu"]
-    return [*command, "--queues", ",".join(queues), "--hostname", hostname]
+    pinned = ["--queues", ",".join(queues)] if queues is not None else []
+    return [*command, *pinned, "--hostname", hostname]
 
 
 def wait_celery_workers_ready(control: Any, workers: Mapping[str, Proc], timeout_s: float) -> None:

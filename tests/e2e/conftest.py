@@ -22,7 +22,7 @@ import dataclasses
 import io
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,18 +189,22 @@ class WorkerPool:
     def start(
         self,
         hostname: str,
-        queues: Sequence[str],
+        queues: Sequence[str] | None,
         *,
         standin_step_s: float | None = None,
         lease_base_s: float | None = None,
         wait: bool = True,
+        env_more: Mapping[str, str] | None = None,
     ) -> Worker:
         """`python -m worker.service` on `queues` as `hostname` (unique per test run), ready when returned.
 
+        `queues` None: every queue of the models it can serve (give it a RENDERFARM_MODELS_DIR of its own in
+        `env_more`, or it consumes the queues the other tests keep for themselves).
         `standin_step_s`: the stand-in engine with this many seconds per step, instead of rendering.
         `lease_base_s`: this worker's lease base (seconds), which is how soon its jobs are recovered if it dies.
+        `env_more`: further variables of its environment.
         """
-        env = self.worker_env()
+        env = {**self.worker_env(), **(env_more or {})}
         if standin_step_s is not None:
             env["RENDERFARM_STANDIN_STEP_S"] = str(standin_step_s)
         if lease_base_s is not None:

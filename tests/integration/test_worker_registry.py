@@ -56,7 +56,8 @@ def test_an_announcement_is_live_until_it_expires_and_a_heartbeat_extends_it(db:
         ttl_s=TTL_S,
     )
     assert beat.started_at == first.started_at  # the first announcement's time is kept...
-    assert beat.seen_at == clock.now and beat.seen_at > first.seen_at  # ...the heartbeat's is new
+    assert beat.seen_at == clock.now
+    assert beat.seen_at > first.seen_at
     assert beat.queues == ("rf.tiny.interactive", "rf.new.interactive")
 
     clock.advance(TTL_S - 1)  # past the first announcement's expiry, within the heartbeat's
@@ -110,13 +111,16 @@ def test_the_warning_names_the_model_and_the_field_that_chose_it(db: Database) -
     named = unserved_model_warning(registry, Img2ImgJob(**base, model="other"), "rf.other.interactive", "tiny")
     assert named is not None
     assert (named["code"], named["field"]) == ("no_worker_serves_model", "model")
-    assert "'other'" in named["message"] and "rf.other.interactive" in named["message"]
+    assert "'other'" in named["message"]
+    assert "rf.other.interactive" in named["message"]
 
     override = Img2ImgJob(**base, override_settings={"sd_model_checkpoint": "ckpt"})
     by_option = unserved_model_warning(registry, override, "rf.ckpt.batch", "tiny")
-    assert by_option is not None and by_option["field"] == "override_settings.sd_model_checkpoint"
+    assert by_option is not None
+    assert by_option["field"] == "override_settings.sd_model_checkpoint"
     default = unserved_model_warning(registry, Img2ImgJob(**base), "rf.default.interactive", "tiny")
-    assert default is not None and "'tiny'" in default["message"]
+    assert default is not None
+    assert "'tiny'" in default["message"]
 
 
 def test_an_unreadable_database_keeps_the_last_answer(tmp_path: Path) -> None:

@@ -38,7 +38,8 @@ def test_servable_models_are_the_default_the_tiny_ones_and_the_folder(tmp_path: 
     names = servable_model_names(settings_for(tmp_path, models_dir))
     assert names == ["tiny", *[n for n in TINY_MODEL_NAMES if n != "tiny"], "diffusers-model", "old", "single"]
     assert servable_model_names(settings_for(tmp_path, None)) == list(dict.fromkeys(["tiny", *TINY_MODEL_NAMES]))
-    assert "tiny-inpaint" in names and "tiny-edit" in names  # the embedded farm serves them too
+    assert "tiny-inpaint" in names
+    assert "tiny-edit" in names
 
 
 def test_queues_are_interactive_first_and_the_default_model_serves_jobs_without_a_model(tmp_path: Path) -> None:
@@ -71,13 +72,15 @@ def test_a_new_model_file_gets_its_queues_consumed_and_announced(tmp_path: Path,
         announcer.start()  # announces before it returns
         (row,) = db.workers.live()
         assert (row.hostname, row.device, list(row.queues)) == ("gpu0@a", "cuda", start)
-        assert "diffusers-model" in row.models and added == []
+        assert "diffusers-model" in row.models
+        assert added == []
 
         (models_dir / "fresh.safetensors").write_bytes(b"x")
         announcer.beat()
         assert added == [queue_name("fresh", batch=False), queue_name("fresh", batch=True)]
         (row,) = db.workers.live()
-        assert row.queues[-1] == queue_name("fresh", batch=True) and "fresh" in row.models
+        assert row.queues[-1] == queue_name("fresh", batch=True)
+        assert "fresh" in row.models
 
         announcer.beat()
         assert len(added) == 2  # nothing new: nothing added again
@@ -96,7 +99,8 @@ def test_pinned_queues_stay_pinned_while_models_are_still_announced(tmp_path: Pa
         (models_dir / "fresh").mkdir()
         announcer.beat()
         (row,) = db.workers.live()
-        assert row.queues == ("rf.only.interactive",) and "fresh" in row.models
+        assert row.queues == ("rf.only.interactive",)
+        assert "fresh" in row.models
     finally:
         announcer.stop()
         db.close()
