@@ -1,5 +1,5 @@
 """A worker's announcement: what it consumes and can load, written to the database on start, every heartbeat, and
-withdrawn when it stops (docs/architecture.md "Routing", docs/reliability.md "Who owns each state").
+withdrawn when it stops (docs/architecture.md "Routing", docs/reliability.md "Who moves each job on").
 
     announcer = Announcer(db, settings, hostname="gpu0@host", device="cuda", add_queue=consumer_adds_queue)
     announcer.start()    # announces at once, then every `worker_heartbeat_s` on a daemon thread

@@ -228,7 +228,7 @@ class Asset(Base):
 class WorkerAnnouncement(Base):
     """What one live worker process serves (migration 0005): written by the worker on start and every heartbeat,
     removed when it stops, ignored (and later deleted) once `expires_at` has passed, so a worker killed with -9
-    vanishes after a few missed heartbeats (docs/reliability.md "Who owns each state")."""
+    vanishes after a few missed heartbeats (docs/reliability.md "Who moves each job on")."""
 
     __tablename__ = "worker_announcements"
     __table_args__ = (sa.Index(None, "expires_at"),)

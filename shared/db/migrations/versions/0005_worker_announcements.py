@@ -7,7 +7,7 @@ Create Date: 2026-12-07
 One row per worker process (its Celery hostname): the queues it consumes, the models it can load, its device, when
 it started, when it last announced itself and when the row stops counting (`expires_at`: a few heartbeats later).
 A worker writes its row on start and every heartbeat and deletes it when it stops; rows past `expires_at` are
-ignored by readers and deleted by the next announcement of any worker (docs/reliability.md "Who owns each state").
+ignored by readers and deleted by the next announcement of any worker (docs/reliability.md "Who moves each job on").
 
 Frozen like 0001: column types are repeated here, not imported from `shared.db.tables`.
 """
