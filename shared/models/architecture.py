@@ -28,8 +28,7 @@ class Architecture:
     context_width: int | None = None  # the UNet's cross-attention input width, when known
 
 
-_CKPT_CROSS_ATTENTION: Final = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
-_CKPT_SDXL_CROSS_ATTENTION: Final = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"
+_UNET_PREFIX: Final = "model.diffusion_model."
 
 
 def _width(tensors: Mapping[str, object], key: str) -> int | None:
@@ -61,10 +60,15 @@ def checkpoint_architecture(path: Path) -> Architecture:
     if path.is_dir():
         return _folder_architecture(path)
     tensors = _state_of(path)
+    # The first cross-attention key projection of the UNet: its input width is the text conditioning's.
+    width = next(
+        (_width(tensors, key) for key in tensors if key.startswith(_UNET_PREFIX) and key.endswith("attn2.to_k.weight")),
+        None,
+    )
     if any(key.startswith("conditioner.embedders.1.") for key in tensors):
-        return Architecture("sdxl", _width(tensors, _CKPT_SDXL_CROSS_ATTENTION))
+        return Architecture("sdxl", width)
     if any(key.startswith(("cond_stage_model.model.", "cond_stage_model.transformer.")) for key in tensors):
-        return Architecture("sd", _width(tensors, _CKPT_CROSS_ATTENTION))
+        return Architecture("sd", width)
     return Architecture(None)
 
 
