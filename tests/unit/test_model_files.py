@@ -113,7 +113,8 @@ def test_a_second_scan_reads_no_file_even_in_a_new_process(
     os.utime(webui.checkpoint, ns=(info.st_atime_ns, info.st_mtime_ns + 10**9))
     entry_after = ModelFiles(webui.root, data).resolve_checkpoint("x.safetensors")
     assert set(reads) == {webui.checkpoint}
-    assert entry_after is not None and entry_after.sha256 == sha(webui.checkpoint)
+    assert entry_after is not None
+    assert entry_after.sha256 == sha(webui.checkpoint)
 
 
 def test_two_caches_on_one_file_keep_each_others_entries(tmp_path: Path) -> None:
@@ -151,10 +152,14 @@ def test_checkpoints_identity_and_order(webui: WebuiModels, tmp_path: Path) -> N
         "config": str(webui.checkpoint.with_suffix(".yaml")),
     }
     sub = index.resolve("sub/m2.safetensors")
-    assert sub is not None and sub.model_name == "sub_m2" and sub.config is None
+    assert sub is not None
+    assert sub.model_name == "sub_m2"
+    assert sub.config is None
     for tiny in TINY_NAMES:
         entry = index.resolve(tiny)
-        assert entry is not None and entry.sha256 == tiny_sha256(tiny) and entry.filename == tiny
+        assert entry is not None
+        assert entry.sha256 == tiny_sha256(tiny)
+        assert entry.filename == tiny
 
 
 def test_every_alias_form_resolves_to_one_entry(webui: WebuiModels, tmp_path: Path) -> None:
@@ -175,9 +180,11 @@ def test_every_alias_form_resolves_to_one_entry(webui: WebuiModels, tmp_path: Pa
     ]
     for form in forms:
         entry = index.resolve(form)
-        assert entry is not None and entry.name == "x.safetensors", form
+        assert entry is not None, form
+        assert entry.name == "x.safetensors", form
     sub = index.resolve("sub_m2")
-    assert sub is not None and sub.name == "sub/m2.safetensors"
+    assert sub is not None
+    assert sub.name == "sub/m2.safetensors"
     for unknown in ("y.safetensors", "x.safetensors [0123456789]", "0123456789", "X.SAFETENSORS", ""):
         assert index.resolve(unknown) is None, unknown
 
@@ -191,7 +198,8 @@ def test_the_flat_layout_still_lists_folders_and_files(tmp_path: Path, tiny_fold
     (models / "VAE").mkdir()
     assert servable_checkpoint_names(models) == [*TINY_NAMES, "flat.safetensors", "linked-tiny"]
     folder = ModelFiles(models, None).resolve_checkpoint("linked-tiny")
-    assert folder is not None and folder.kind == "folder"
+    assert folder is not None
+    assert folder.kind == "folder"
     unet_weights = sorted((tiny_folder / "unet").glob("*.safetensors"))
     assert folder.sha256 == hashlib.sha256(b"".join(p.read_bytes() for p in unet_weights)).hexdigest()
     assert ModelFiles(models, None).resolve_checkpoint("flat") is not None
@@ -222,7 +230,8 @@ def test_loras_names_aliases_and_metadata(webui: WebuiModels, tmp_path: Path) ->
         "path": str(webui.lora),
         "metadata": {**STYLE_METADATA, "ss_tag_frequency": {"set": {"red": 3}}},  # JSON strings decoded
     }
-    assert listing["old"]["metadata"] == {} and listing["old"]["alias"] == "old"
+    assert listing["old"]["metadata"] == {}
+    assert listing["old"]["alias"] == "old"
     assert find_lora_file("style", webui.root) == webui.lora
     assert find_lora_file("styleAlias", webui.root) == webui.lora
     assert find_lora_file("Style", webui.root) is None  # case-sensitive
@@ -240,8 +249,10 @@ def test_lora_aliases_that_collide_are_forbidden(tmp_path: Path) -> None:
     d = Lora("d", "none", tmp_path / "d.safetensors")
     index = LoraIndex([a, b, c, d])
     assert index.find("shared") is None
-    assert index.find("a") is a and index.find("c") is c
-    assert index.find("none") is None and index.find("d") is d
+    assert index.find("a") is a
+    assert index.find("c") is c
+    assert index.find("none") is None
+    assert index.find("d") is d
 
 
 def test_an_unknown_lora_name_rescans_first(webui: WebuiModels) -> None:
