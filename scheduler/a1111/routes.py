@@ -484,8 +484,16 @@ def schedulers(tenant: TenantDep) -> list[dict[str, Any]]:
 
 @router.get("/sdapi/v1/sd-models", summary="Models the farm knows of", response_model=list[SDModelItem])
 def sd_models(services: ServicesDep, tenant: TenantDep) -> list[dict[str, Any]]:
-    """The tiny models, then RENDERFARM_MODELS_DIR's checkpoints and diffusers folders, hashed (never null)."""
-    return catalogue_of(services).listing()
+    """The tiny models, then RENDERFARM_MODELS_DIR's checkpoints and diffusers folders, hashed (never null). A
+    default model that is none of them (a hub id the workers download) comes first, without a hash."""
+    files = catalogue_of(services)
+    default = services.settings.model
+    unlisted: list[dict[str, Any]] = []
+    if files.resolve_checkpoint(default) is None:
+        unlisted.append(
+            {"title": default, "model_name": default, "hash": None, "sha256": None, "filename": default, "config": None}
+        )
+    return unlisted + files.listing()
 
 
 @router.post("/sdapi/v1/refresh-checkpoints", summary="Rescan the checkpoints")

@@ -16,9 +16,10 @@ the folder is scanned (so listings never show a null hash, P18) and kept in the 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -28,7 +29,6 @@ from shared.models.layout import (
     CHECKPOINT_FOLDER,
     CHECKPOINT_SUFFIXES,
     WEBUI_FOLDERS,
-    is_diffusers_folder,
     natural_key,
     walk_files,
 )
@@ -108,8 +108,6 @@ def _folder_weights(folder: Path) -> tuple[Path, ...]:
 
 
 def _folder_sha256(weights: Sequence[Path]) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     for path in weights:
         with path.open("rb") as handle:
@@ -150,33 +148,24 @@ def _candidates(models_dir: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def _entry(name: str, path: Path, cache: HashCache) -> Checkpoint | None:
-    stem = path.name if path.is_dir() else path.stem
+def _entry(name: str, path: Path, cache: HashCache) -> Checkpoint:
     if path.is_dir():
         weights = _folder_weights(path)
-        if not weights and not is_diffusers_folder(path):
-            sha = file_sha256_of_name(name)  # a folder the worker may not load: identified by its name only
-        elif not weights:
-            sha = file_sha256_of_name(name)
-        else:
+        if weights:  # cached under the first weight file, whose size and mtime stand for the set
             sha = cache.get(weights[0], f"folder:{len(weights)}", lambda _first: _folder_sha256(weights))
-        return Checkpoint(name, _model_name(name), stem, "folder", path, sha, None, None)
+        else:  # no UNet weights (configs only): the worker cannot load it; identified by its name
+            sha = hashlib.sha256(f"renderfarm-folder:{name}".encode()).hexdigest()
+        return Checkpoint(name, _model_name(name), path.name, "folder", path, sha, None, None)
     sha = cache.get(path, "sha256", file_sha256)
     legacy = cache.get(path, "legacy", legacy_hash)
     config = path.with_suffix(".yaml")
-    return Checkpoint(name, _model_name(name), stem, "file", path, sha, legacy, config if config.is_file() else None)
+    return Checkpoint(
+        name, _model_name(name), path.stem, "file", path, sha, legacy, config if config.is_file() else None
+    )
 
 
-def file_sha256_of_name(name: str) -> str:
-    """The identity of a folder without weights (e.g. configs only): the sha256 of its name."""
-    import hashlib
-
-    return hashlib.sha256(f"renderfarm-folder:{name}".encode()).hexdigest()
-
-
-def scan_checkpoints(models_dir: Path | None, cache: HashCache, extra: Iterable[str] = ()) -> list[Checkpoint]:
-    """The tiny models, then the checkpoints of `models_dir`, hashed (through `cache`). `extra` names (e.g. the
-    farm's default model when it is a hub id) are not listed here; see `CheckpointIndex`."""
+def scan_checkpoints(models_dir: Path | None, cache: HashCache) -> list[Checkpoint]:
+    """The tiny models, then the checkpoints of `models_dir`, hashed (through `cache`)."""
     entries = [Checkpoint(n, n, n, "tiny", None, tiny_sha256(n), None, None) for n in TINY_NAMES]
     seen = set(TINY_NAMES)
     if models_dir is not None:
@@ -187,9 +176,8 @@ def scan_checkpoints(models_dir: Path | None, cache: HashCache, extra: Iterable[
                 entry = _entry(name, path, cache)
             except OSError:
                 continue  # removed or unreadable meanwhile: not a model
-            if entry is not None:
-                seen.add(name)
-                entries.append(entry)
+            seen.add(name)
+            entries.append(entry)
     return entries
 
 

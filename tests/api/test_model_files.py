@@ -25,6 +25,7 @@ from shared.models import TINY_NAMES, ModelFiles
 from shared.models.tiny import tiny_sha256
 from shared.queueing import queue_name
 from tests.api.conftest import png_bytes
+from tests.embedding_files import vectors, webui_dict, write_torch
 from tests.model_folders import STYLE_METADATA, WebuiModels, build_webui_models
 from worker.engine.models.tiny import build_tiny_model
 
@@ -254,3 +255,33 @@ def test_lora_names_and_architectures_are_checked(webui: WebuiModels) -> None:
     style = files.find_lora("styleAlias")
     assert style is not None
     assert files.lora_short_hash(style) == hashlib.sha256(raw[8 + size :]).hexdigest()[:12]
+
+
+def test_embeddings_beside_the_webui_models_folder(client: TestClient, webui: WebuiModels) -> None:
+    # The webui keeps embeddings in <data>/embeddings, beside models/; a webui checkpoint names the width.
+    write_torch(webui.root.parent / "embeddings" / "tiny-style.pt", webui_dict(vectors(2, 32)))
+    write_torch(webui.root.parent / "embeddings" / "sd1-style.pt", webui_dict(vectors(1, 768)))
+    for model in ("x.safetensors", title(webui.checkpoint, "x.safetensors")):
+        listing = client.get("/sdapi/v1/embeddings", params={"model": model}, auth=AUTH).json()
+        assert set(listing["loaded"]) == {"tiny-style"}, model
+    sub = client.get("/sdapi/v1/embeddings", params={"model": "sub/m2.safetensors"}, auth=AUTH).json()
+    assert set(sub["loaded"]) == {"sd1-style"}
+
+
+def test_a_hub_id_default_model_is_listed_without_a_hash(tmp_path: Path, webui: WebuiModels) -> None:
+    database_url = f"sqlite:///{tmp_path / 'hub.db'}"
+    upgrade(database_url)
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        api_tokens=f"alice:{TOKEN}",
+        models_dir=webui.root,
+        model="org/some-model",
+    ).check()
+    with TestClient(create_app(settings, start_background=False), client=("127.0.0.1", 50000)) as hub:
+        first = hub.get("/sdapi/v1/sd-models", auth=AUTH).json()[0]
+        assert first == {"title": "org/some-model", "model_name": "org/some-model", "hash": None, "sha256": None,
+                         "filename": "org/some-model", "config": None}  # fmt: skip
+        assert submit(hub, model="org/some-model").status_code == 201  # the default model is always known
+        assert error_of(submit(hub, model="org/other-model")) == ("model", "unknown_model")
