@@ -26,7 +26,7 @@ from shared.errors import FieldProblem, InputError
 from shared.job.spec import OWN_VAE_VALUES, Img2ImgJob
 from shared.models.architecture import lora_architecture, lora_mismatch
 from shared.models.catalogue import ModelFiles, model_files
-from shared.models.checkpoints import Checkpoint
+from shared.models.checkpoints import Checkpoint, split_title
 from shared.models.vaes import UnknownVae
 from shared.prompts.extra_networks import LORA_TYPES, find_extra_networks
 
@@ -53,8 +53,12 @@ def resolve_model_name(services: Services, name: str, field: str) -> tuple[str, 
     entry = files.resolve_checkpoint(name)
     if entry is not None:
         return entry.name, entry
-    if name == services.settings.model or services.settings.models_dir is None:
+    if name == services.settings.model:
         return name, None
+    if services.settings.models_dir is None:
+        # The workers' folders are not visible here: the name as it was before titles were resolved (the title's
+        # hash dropped), so its queue is the one the workers serving that name consume.
+        return split_title(name)[0], None
     raise InputError(
         f"no model {name[:200]!r} in the farm's models folder (a title, name, file stem or hash); "
         + _known_names(files),

@@ -76,6 +76,7 @@ from shared.images import encode_png
 from shared.job.ids import MAX_TASK_ID_LENGTH, new_a1111_task_id
 from shared.job.spec import Img2ImgJob
 from shared.live import LiveProgress, LiveStatus, StopRequests
+from shared.models.checkpoints import split_title
 from shared.sampler_names import SAMPLERS, SCHEDULES
 from shared.states import JobState
 
@@ -539,9 +540,10 @@ def embeddings(
     if model is None:
         stored = read_options(services.storage, tenant).get("sd_model_checkpoint")
         model = stored if isinstance(stored, str) else None
-    name = model_of_checkpoint(model, services.settings.model) or services.settings.model
+    chosen = model_of_checkpoint(model, services.settings.model) or services.settings.model
+    name = split_title(chosen)[0]  # without a title's hash, for the flat layout's lookup by name
     models_dir = services.settings.models_dir
-    entry = catalogue_of(services).resolve_checkpoint(model or name)
+    entry = catalogue_of(services).resolve_checkpoint(chosen)
     if entry is not None and entry.path is not None and models_dir is not None:
         with contextlib.suppress(ValueError):  # a checkpoint of the webui layout: its path inside the folder
             name = entry.path.relative_to(models_dir).as_posix()

@@ -227,6 +227,11 @@ def test_the_a1111_route_names_the_override(client: TestClient) -> None:
         "override_settings.sd_model_checkpoint",
         "unknown_model",
     )
+    stale_hash = {**body, "override_settings": {"sd_model_checkpoint": "x.safetensors [0123456789]"}}
+    assert error_of(client.post("/sdapi/v1/img2img", json=stale_hash, auth=AUTH)) == (
+        "override_settings.sd_model_checkpoint",
+        "unknown_model",
+    )
     unknown_vae = {**body, "override_settings": {"sd_vae": "nope.pt"}}
     assert error_of(client.post("/sdapi/v1/img2img", json=unknown_vae, auth=AUTH)) == (
         "override_settings.sd_vae",
