@@ -290,3 +290,12 @@ def test_a_hub_id_default_model_is_listed_without_a_hash(tmp_path: Path, webui: 
                          "filename": "org/some-model", "config": None}  # fmt: skip
         assert submit(hub, model="org/some-model").status_code == 201  # the default model is always known
         assert error_of(submit(hub, model="org/other-model")) == ("model", "unknown_model")
+
+
+def test_a_batch_child_with_an_unknown_model_names_its_index(client: TestClient) -> None:
+    job = {"init_images": [IMAGE], "prompt": "p", "steps": 2, "width": 64, "height": 64}
+    body = {"jobs": [{**job, "model": "x"}, {**job, "override_settings": {"sd_vae": "nope.pt"}}]}
+    assert error_of(client.post("/v1/batches", json=body, auth=AUTH)) == (
+        "jobs.1.override_settings.sd_vae",
+        "unknown_vae",
+    )
