@@ -12,6 +12,7 @@ app created itself (not the injected ones) are closed.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from scheduler.auth import TokenTable
 from scheduler.deps import PriorityCeiling, Services
 from scheduler.errors import BodyLimitMiddleware, InternalErrorMiddleware, install_error_handlers
 from scheduler.metrics import install_metrics
+from scheduler.model_checks import catalogue_of
 from scheduler.openapi import truthful_document
 from scheduler.queue_limit import QueueLimit
 from scheduler.rate_limits import RateLimiter, open_rate_limiter
@@ -81,6 +83,13 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return build
 
 
+def _scan_models(services: Services) -> None:
+    try:
+        catalogue_of(services).checkpoints()
+    except Exception:  # a listing or submission scans again and reports what is wrong
+        log.exception("scanning the models folder failed")
+
+
 class _Background:
     """The dispatcher and reconciler loops, imported lazily (the API works without them in tests)."""
 
@@ -102,6 +111,9 @@ class _Background:
         self.reconciler = Reconciler(s.db, s.live, s.settings, on_requeue=self.dispatcher.wake, storage=s.storage)
         self.dispatcher.run_in_thread()
         self.reconciler.run_in_thread()
+        # Hash the models folder's checkpoints now (P18), not during the first listing or submission: a new 7 GB
+        # file takes seconds; known ones come from the hash cache (docs/engine.md "Model files").
+        threading.Thread(target=_scan_models, args=(s,), name="rf-model-scan", daemon=True).start()
         s.dispatcher = self.dispatcher
 
     def stop(self) -> None:

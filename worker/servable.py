@@ -3,55 +3,30 @@
     servable_model_names(settings)        # the tiny built-ins, then the entries of RENDERFARM_MODELS_DIR
     queues_for_models(names, settings)    # their interactive queues first, then their batch queues
 
-PLACEHOLDER for the integrator: `servable_model_names` lists RENDERFARM_MODELS_DIR the way the A1111 model listing
-does today (`scheduler/a1111/routes.py:_model_names`: folders and `.safetensors`/`.ckpt` files, without hidden
-entries and the embeddings folder). The farm's real model listing (shared/models/, issue 14's `modelfiles` part)
-replaces its body; everything else here only needs it to stay cheap (a directory listing: the announcer calls it on
-every heartbeat).
+`servable_model_names` rescans the models folder through the process's catalogue (`shared.models`): a directory
+walk and a stat per file, hashing only files it has not seen (the hash cache keeps the rest), so the announcer can
+call it on every heartbeat.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final
 
 from shared.config import Settings
-from shared.embeddings.folder import EMBEDDINGS_FOLDER
+from shared.models import model_files
 from shared.queueing import queue_name
 
-__all__ = ["MODEL_FILE_SUFFIXES", "queues_for_models", "servable_model_names"]
-
-MODEL_FILE_SUFFIXES: Final = (".safetensors", ".ckpt")  # single-file checkpoints the loader reads
-
-
-def _tiny_model_names() -> list[str]:
-    # Imported here: the engine's package imports torch and diffusers, which the listing itself does not need.
-    from worker.engine.models import TINY_MODEL_NAMES
-
-    return list(TINY_MODEL_NAMES)
+__all__ = ["queues_for_models", "servable_model_names"]
 
 
 def servable_model_names(settings: Settings) -> list[str]:
-    """The models this worker can load: the farm's default, the tiny built-ins, then what RENDERFARM_MODELS_DIR
-    holds (a folder per diffusers model, or a checkpoint file named after its model), each once, in that order.
+    """The models this worker can load: the farm's default, then every checkpoint of its catalogue (the tiny
+    built-ins, then what RENDERFARM_MODELS_DIR holds, by canonical name), each once, in that order.
 
     A folder that cannot be read counts as empty (the loader will say why when a job names one of its models).
     """
-    names = [settings.model, *_tiny_model_names()]
-    folder = settings.models_dir
-    if folder is not None:
-        try:
-            entries = sorted(folder.iterdir())
-        except OSError:
-            entries = []
-        for entry in entries:
-            if entry.name.startswith(".") or entry.name == EMBEDDINGS_FOLDER:
-                continue
-            if entry.is_dir():
-                names.append(entry.name)
-            elif entry.suffix in MODEL_FILE_SUFFIXES:
-                names.append(entry.stem)
-    return list(dict.fromkeys(names))
+    catalogue = model_files(settings.models_dir, settings.data_dir)
+    return list(dict.fromkeys([settings.model, *(entry.name for entry in catalogue.refresh_checkpoints().entries)]))
 
 
 def queues_for_models(names: Iterable[str], settings: Settings) -> list[str]:

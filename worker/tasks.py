@@ -37,11 +37,12 @@ from shared.live import open_live_status
 from shared.queueing import RENDER_TASK, make_celery_app
 from shared.storage import open_storage
 from worker.deps import Engine, WorkerDeps
-from worker.engine.models import LoadedModel, load_model, pick_device
+from worker.engine.models import LoadedModel, pick_device
 from worker.engine.processing import process_images
 from worker.job_runner import run_job
 from worker.metrics import WORKER_METRICS
 from worker.model_cache import ModelCache
+from worker.model_files import load_named_model
 from worker.standin import standin_from_env
 
 __all__ = [
@@ -87,7 +88,10 @@ def build_worker_deps(
     tiny_dir = settings.data_dir / "models"
 
     def loader(name: str) -> LoadedModel:
-        return load_model(name, device=target, models_dir=models_dir, tiny_dir=tiny_dir)
+        # Any §8.2 alias, in the webui's models folder layout or the flat one (worker/model_files.py).
+        return load_named_model(
+            name, device=target, models_dir=models_dir, data_dir=settings.data_dir, tiny_dir=tiny_dir
+        )
 
     return WorkerDeps(
         settings=settings,

@@ -1,6 +1,6 @@
 """`GET /sdapi/v1/embeddings` and `POST /sdapi/v1/refresh-embeddings`: the embeddings in
-`RENDERFARM_MODELS_DIR/embeddings`, loaded or skipped for the text encoder of the requested model (proposal P20;
-docs/engine.md "Textual-inversion embeddings").
+`RENDERFARM_MODELS_DIR/embeddings` (or the webui's `<models>/../embeddings`, shared.models.layout), loaded or
+skipped for the text encoder of the requested model (proposal P20; docs/engine.md "Textual-inversion embeddings").
 
 The scheduler has no torch: it reads the files' structure with `shared/embeddings` (safetensors headers, torch
 pickles through a restricted unpickler, images) and the model's text-encoder width from the tiny models' table, the
@@ -14,11 +14,12 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from shared.embeddings.folder import EMBEDDINGS_FOLDER, FolderScanner
+from shared.embeddings.folder import FolderScanner
 from shared.embeddings.reading import EmbeddingInfo, read_embedding_info
 from shared.embeddings.registry import Registry
 from shared.embeddings.widths import text_encoder_width
 from shared.errors import InputError
+from shared.models.layout import embeddings_folder
 
 __all__ = ["EmbeddingCatalogue", "catalogue_for"]
 
@@ -28,7 +29,7 @@ class EmbeddingCatalogue:
 
     def __init__(self, models_dir: Path | None) -> None:
         self.models_dir = models_dir
-        self.folder = models_dir / EMBEDDINGS_FOLDER if models_dir is not None else None
+        self.folder = embeddings_folder(models_dir) if models_dir is not None else None
         self._scanner: FolderScanner[EmbeddingInfo] = FolderScanner(self.folder, read_embedding_info)
 
     def refresh(self) -> None:

@@ -230,9 +230,10 @@ OPTION_RULES: dict[str, OptionRule] = {
 TRANSLATED_OPTIONS = ("tiling",)
 
 # Options the job contract accepts but that do not change a render the way the webui's would: shared.job.warnings
-# names them when they are set (initial_noise_multiplier, samples_format) or the spec refuses them (sd_vae).
+# names them when they are set (initial_noise_multiplier, samples_format) or the spec refuses them (none now: sd_vae
+# is a VAE file name the scheduler checks against its models folder, scheduler/model_checks.py).
 CONTRACT_WARNED_OPTIONS = ("initial_noise_multiplier", "samples_format")
-CONTRACT_REFUSED_OPTIONS = ("sd_vae",)
+CONTRACT_REFUSED_OPTIONS: tuple[str, ...] = ()
 
 
 def _shown(name: str) -> str:

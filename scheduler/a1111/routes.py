@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import logging
 import time
 import uuid
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
@@ -39,15 +39,18 @@ from PIL import Image
 from scheduler.a1111.embeddings import catalogue_for
 from scheduler.a1111.field_policy import review_request
 from scheduler.a1111.schema import (
+    HypernetworkItem,
     Img2ImgRequest,
     Img2ImgResponse,
     InternalProgressRequest,
     InternalProgressResponse,
+    LoraItem,
     PendingTasksResponse,
     ProgressResponse,
     SamplerItem,
     SchedulerItem,
     SDModelItem,
+    SDVaeItem,
 )
 from scheduler.a1111.tenant_options import OPTION_DEFAULTS, ignored_options, read_options, write_options
 from scheduler.a1111.translate import (
@@ -63,16 +66,17 @@ from scheduler.a1111.translate import (
 )
 from scheduler.auth import TenantDep
 from scheduler.deps import Services, ServicesDep
+from scheduler.model_checks import catalogue_of, resolve_model_name, vae_problem
 from scheduler.routes import checked_task_id
 from scheduler.snapshots import QUEUE_POSITION_CAP, current_live, safe_live_progress, watched_preview
 from scheduler.submission import Submission, submit_job
 from shared.db import MAX_LIST_LIMIT, ArtifactRow, JobRow
-from shared.embeddings.folder import EMBEDDINGS_FOLDER
 from shared.errors import InputError, NotFound, RenderfarmError, TransientError
 from shared.images import encode_png
 from shared.job.ids import MAX_TASK_ID_LENGTH, new_a1111_task_id
 from shared.job.spec import Img2ImgJob
 from shared.live import LiveProgress, LiveStatus, StopRequests
+from shared.models.checkpoints import split_title
 from shared.sampler_names import SAMPLERS, SCHEDULES
 from shared.states import JobState
 
@@ -81,7 +85,6 @@ log = logging.getLogger("scheduler.a1111")
 router = APIRouter(tags=["a1111"])
 
 WAIT_SLICE_S = 1.0  # the longest one wait for a change lasts before the row (and the client's connection) is checked
-MODEL_SUFFIXES = (".safetensors", ".ckpt")
 IdTask = Annotated[str | None, Query(max_length=MAX_TASK_ID_LENGTH)]  # `?id_task=`: names one task of the caller
 
 
@@ -477,32 +480,56 @@ def schedulers(tenant: TenantDep) -> list[dict[str, Any]]:
     ]
 
 
-def _model_names(services: Services) -> list[str]:
-    """The farm's default model, then what this scheduler sees in RENDERFARM_MODELS_DIR (folders, checkpoints)."""
-    names = [services.settings.model]
-    folder = services.settings.models_dir
-    if folder is not None and folder.is_dir():
-        for entry in sorted(folder.iterdir()):
-            name = entry.name if entry.is_dir() else entry.stem if entry.suffix in MODEL_SUFFIXES else None
-            if name and not name.startswith(".") and name not in names and name != EMBEDDINGS_FOLDER:
-                names.append(name)
-    return names
+# Model files (docs/engine.md "Model files"): plain `def` routes, so the scans and hashing run in the threadpool.
 
 
 @router.get("/sdapi/v1/sd-models", summary="Models the farm knows of", response_model=list[SDModelItem])
 def sd_models(services: ServicesDep, tenant: TenantDep) -> list[dict[str, Any]]:
-    folder: Path | None = services.settings.models_dir
-    return [
-        {
-            "title": name,
-            "model_name": name,
-            "hash": None,
-            "sha256": None,
-            "filename": str(folder / name) if folder is not None and name != services.settings.model else name,
-            "config": None,
-        }
-        for name in _model_names(services)
-    ]
+    """The tiny models, then RENDERFARM_MODELS_DIR's checkpoints and diffusers folders, hashed (never null). A
+    default model that is none of them (a hub id the workers download) comes first, without a hash."""
+    files = catalogue_of(services)
+    default = services.settings.model
+    unlisted: list[dict[str, Any]] = []
+    if files.resolve_checkpoint(default) is None:
+        unlisted.append(
+            {"title": default, "model_name": default, "hash": None, "sha256": None, "filename": default, "config": None}
+        )
+    return unlisted + files.listing()
+
+
+@router.post("/sdapi/v1/refresh-checkpoints", summary="Rescan the checkpoints")
+def refresh_checkpoints(services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    catalogue_of(services).refresh_checkpoints()
+    services.workers.refresh()  # and what the workers announced they serve (scheduler.worker_registry)
+    return JSONResponse(None)
+
+
+@router.get("/sdapi/v1/sd-vae", summary="VAE files sd_vae may name", response_model=list[SDVaeItem])
+def sd_vae(services: ServicesDep, tenant: TenantDep) -> list[dict[str, Any]]:
+    return [vae.listing() for vae in catalogue_of(services).vaes()]
+
+
+@router.post("/sdapi/v1/refresh-vae", summary="Rescan the VAE files")
+def refresh_vae(services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    catalogue_of(services).refresh_vaes()
+    return JSONResponse(None)
+
+
+@router.get("/sdapi/v1/loras", summary="LoRA and LyCORIS files", response_model=list[LoraItem])
+def loras(services: ServicesDep, tenant: TenantDep) -> list[dict[str, Any]]:
+    return [lora.listing() for lora in catalogue_of(services).loras().entries]
+
+
+@router.post("/sdapi/v1/refresh-loras", summary="Rescan the LoRA and LyCORIS files")
+def refresh_loras(services: ServicesDep, tenant: TenantDep) -> JSONResponse:
+    catalogue_of(services).refresh_loras()
+    return JSONResponse(None)
+
+
+@router.get("/sdapi/v1/hypernetworks", summary="Hypernetwork files (listed; not applied)",
+            response_model=list[HypernetworkItem])  # fmt: skip
+def hypernetworks(services: ServicesDep, tenant: TenantDep) -> list[dict[str, Any]]:
+    return catalogue_of(services).hypernetworks()
 
 
 @router.get("/sdapi/v1/embeddings", summary="Textual-inversion embeddings, loaded or skipped for a model")
@@ -514,8 +541,14 @@ def embeddings(
     if model is None:
         stored = read_options(services.storage, tenant).get("sd_model_checkpoint")
         model = stored if isinstance(stored, str) else None
-    name = model_of_checkpoint(model, services.settings.model) or services.settings.model
-    return catalogue_for(services.settings.models_dir).listing(name)
+    chosen = model_of_checkpoint(model, services.settings.model) or services.settings.model
+    name = split_title(chosen)[0]  # without a title's hash, for the flat layout's lookup by name
+    models_dir = services.settings.models_dir
+    entry = catalogue_of(services).resolve_checkpoint(chosen)
+    if entry is not None and entry.path is not None and models_dir is not None:
+        with contextlib.suppress(ValueError):  # a checkpoint of the webui layout: its path inside the folder
+            name = entry.path.relative_to(models_dir).as_posix()
+    return catalogue_for(models_dir).listing(name)
 
 
 @router.post("/sdapi/v1/refresh-embeddings", summary="Reread the embeddings folder")
@@ -527,11 +560,15 @@ def refresh_embeddings(services: ServicesDep, tenant: TenantDep) -> JSONResponse
 @router.get("/sdapi/v1/options", summary="The caller's webui options (the ones the farm honours)")
 def get_options(services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
     stored = read_options(services.storage, tenant)
+    checkpoint = stored.get("sd_model_checkpoint")
+    name = checkpoint if isinstance(checkpoint, str) else services.settings.model
+    entry = catalogue_of(services).resolve_checkpoint(name)
     return {
         **OPTION_DEFAULTS,
-        "sd_model_checkpoint": services.settings.model,
-        "sd_checkpoint_hash": None,
         **stored,
+        # The reference answers the current checkpoint's title and its sha256.
+        "sd_model_checkpoint": entry.title if entry is not None else name,
+        "sd_checkpoint_hash": entry.sha256 if entry is not None else None,
     }
 
 
@@ -539,8 +576,29 @@ def get_options(services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
 def set_options(services: ServicesDep, tenant: TenantDep, changes: Annotated[dict[str, Any], Body()]) -> JSONResponse:
     # null, as the webui answers, when every option was kept; otherwise the ones that were not, by name.
     warnings = ignored_options(changes)
+    changes = _checked_model_options(services, changes)
     write_options(services.storage, tenant, changes)
     return JSONResponse({"warnings": warnings} if warnings else None)
+
+
+def _checked_model_options(services: Services, changes: dict[str, Any]) -> dict[str, Any]:
+    """`changes` with `sd_model_checkpoint` canonical; an unknown checkpoint or `sd_vae` is a 422 naming it (the
+    reference answers 500 for the first and warns for the second)."""
+    checkpoint = changes.get("sd_model_checkpoint")
+    entry = None
+    if isinstance(checkpoint, str) and checkpoint.strip():
+        canonical, entry = resolve_model_name(services, checkpoint.strip(), "sd_model_checkpoint")
+        changes = {**changes, "sd_model_checkpoint": canonical}
+    vae = changes.get("sd_vae")
+    if isinstance(vae, str):
+        files = catalogue_of(services)
+        if entry is None:
+            stored_or_default = checkpoint if isinstance(checkpoint, str) else services.settings.model
+            entry = files.resolve_checkpoint(stored_or_default)
+        problem = vae_problem(files, vae, entry, "sd_vae")
+        if problem is not None:
+            raise InputError.from_problems([problem])
+    return changes
 
 
 @router.get("/sdapi/v1/cmd-flags", summary="The few webui command-line flags clients look at")

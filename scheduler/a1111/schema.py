@@ -162,3 +162,20 @@ class SDModelItem(BaseModel):
     sha256: str | None
     filename: str
     config: str | None
+
+
+class SDVaeItem(BaseModel):
+    model_name: str  # the file name with its extension: what sd_vae names
+    filename: str
+
+
+class LoraItem(BaseModel):
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any]
+
+
+class HypernetworkItem(BaseModel):
+    name: str
+    path: str

@@ -46,18 +46,19 @@ _SIZE_RE = re.compile(r"(\d+)x(\d+)")
 
 
 def model_of_checkpoint(checkpoint: str | None, default_model: str) -> str | None:
-    """The farm's model name for a webui checkpoint title, or None for the farm's default model.
+    """The job's model for a webui checkpoint title, or None for the farm's default model.
 
-    A title may carry a hash suffix ("v1-5.safetensors [6ce0161689]"), which is dropped. The default model maps to
-    None on purpose: a job with no model runs on the default queue, which every default worker serves, whereas a
-    named model gets a queue of its own family.
+    A title may carry a hash suffix ("v1-5.safetensors [6ce0161689]"); it is kept, and admission checks it against
+    the models folder and stores the canonical name (scheduler/model_checks.py). The default model (with or without
+    a suffix) maps to None on purpose: a job with no model runs on the default queue, which every default worker
+    serves, whereas a named model gets a queue of its own family.
     """
     if checkpoint is None:
         return None
     name = _HASH_SUFFIX_RE.sub("", checkpoint.strip())
     if not name or name == default_model:
         return None
-    return name
+    return checkpoint.strip()
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -211,20 +211,10 @@ def _check_hex_color(value: str) -> str:
     return value
 
 
-# The sd_vae values that mean the checkpoint's own VAE on the farm: "None" says so, and "Automatic" finds no VAE file
-# beside the checkpoint because the farm has no VAE folder (docs/api.md "What the farm honours, warns about, or
-# refuses").
+# The sd_vae values that name no file: "None" is the checkpoint's own VAE, "Automatic" a VAE file beside the
+# checkpoint when there is one. Any other value is a VAE file name, which the scheduler checks against its models
+# folder at submission (scheduler/model_checks.py; an unknown name is a 422 naming override_settings.sd_vae).
 OWN_VAE_VALUES = ("Automatic", "None")
-
-
-def _check_vae(value: str) -> str:
-    if value not in OWN_VAE_VALUES:
-        raise problem(
-            "unsupported",
-            f"VAE overrides are not supported yet: only {' or '.join(OWN_VAE_VALUES)} (the checkpoint's own VAE) "
-            f"(got {value!r:.80})",
-        )
-    return value
 
 
 @with_config(ConfigDict(extra="forbid", allow_inf_nan=False))
@@ -235,8 +225,8 @@ class OverrideSettings(TypedDict, total=False):
     noise multiplier when the processing object is built, before overrides apply (img2img-semantics.md §1). Use the
     job field `initial_noise_multiplier` instead (a job that sets it gets a warning, `shared.job.warnings`).
     `sd_model_checkpoint` selects the model like the job's `model` field; sending both with different values is
-    rejected. `sd_vae` may only name the checkpoint's own VAE (`OWN_VAE_VALUES`). `samples_format` chooses how the
-    A1111 answer encodes its images; results are stored as PNG (also a warning).
+    rejected. `sd_vae` is `OWN_VAE_VALUES` or a VAE file name (checked by the scheduler). `samples_format` chooses
+    how the A1111 answer encodes its images; results are stored as PNG (also a warning).
     """
 
     sd_model_checkpoint: Annotated[str, annotated_types.Len(1, MAX_MODEL_NAME_LENGTH)]
@@ -251,7 +241,7 @@ class OverrideSettings(TypedDict, total=False):
     inpainting_mask_weight: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
     eta_ancestral: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
     randn_source: Literal["GPU", "CPU", "NV"]
-    sd_vae: Annotated[str, AfterValidator(_check_vae)]
+    sd_vae: Annotated[str, annotated_types.Len(1, MAX_MODEL_NAME_LENGTH)]
     samples_format: Literal["png", "jpg", "jpeg", "webp"]
     img2img_extra_noise: Annotated[Float, annotated_types.Ge(0.0), annotated_types.Le(1.0)]
     overlay_inpaint: bool

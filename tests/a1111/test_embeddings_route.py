@@ -3,6 +3,7 @@ whose RENDERFARM_MODELS_DIR holds embeddings of two widths and models of known w
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,7 +68,7 @@ def entry(shape: int, vectors: int, *, webui: bool) -> dict[str, object]:
     return {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": shape, "vectors": vectors}
 
 
-def test_the_listing_is_per_model_family(client: TestClient) -> None:
+def test_the_listing_is_per_model_family(client: TestClient, models_dir: Path) -> None:
     tiny = client.get("/sdapi/v1/embeddings", auth=AUTH)
     assert tiny.status_code == 200, tiny.text
     body = tiny.json()
@@ -85,7 +86,8 @@ def test_the_listing_is_per_model_family(client: TestClient) -> None:
         assert set(sd2["skipped"]) == {"tiny-style", "too-long", "sd1-style"}, sd2_model
 
     # The tenant's checkpoint option (a webui title with its hash) chooses the model when no ?model= is given.
-    options = {"sd_model_checkpoint": "sd1.safetensors [0123456789]"}
+    short_hash = hashlib.sha256((models_dir / "sd1.safetensors").read_bytes()).hexdigest()[:10]
+    options = {"sd_model_checkpoint": f"sd1.safetensors [{short_hash}]"}
     assert client.post("/sdapi/v1/options", json=options, auth=AUTH).status_code == 200
     assert set(client.get("/sdapi/v1/embeddings", auth=AUTH).json()["loaded"]) == {"sd1-style"}
 

@@ -267,15 +267,12 @@ def test_contract_options_are_honoured_or_handled_by_the_contract() -> None:
         assert review_overrides({key: object()}) == []  # the spec checks these values, not the policy
 
 
-def test_sd_vae_only_names_the_checkpoints_own_vae() -> None:
+def test_sd_vae_is_own_vae_or_a_file_name_for_the_scheduler_to_check() -> None:
+    # The contract takes any name; the scheduler refuses names its models folder lacks (tests/api/test_model_files.py).
     base = {"init_images": [IMAGE]}
-    for value in ("Automatic", "None"):
-        parse_job({**base, "override_settings": {"sd_vae": value}}, SpecLimits())
-    with pytest.raises(InputError) as caught:
-        parse_job({**base, "override_settings": {"sd_vae": "vae-ft-mse-840000-ema-pruned.safetensors"}}, SpecLimits())
-    assert caught.value.field == "override_settings.sd_vae"
-    assert caught.value.code == "unsupported"
-    assert "VAE overrides are not supported yet" in caught.value.message
+    for value in ("Automatic", "None", "vae-ft-mse-840000-ema-pruned.safetensors"):
+        job = parse_job({**base, "override_settings": {"sd_vae": value}}, SpecLimits())
+        assert job.override_settings["sd_vae"] == value
 
 
 def test_contract_warnings() -> None:

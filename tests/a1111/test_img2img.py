@@ -270,7 +270,6 @@ def test_what_the_farm_cannot_render_is_a_422_naming_the_field(farm: LiveFarm) -
     refused: dict[str, dict[str, Any]] = {
         "restore_faces": {"restore_faces": True},
         "refiner_checkpoint": {"refiner_checkpoint": "sd_xl_refiner_1.0", "refiner_switch_at": 0.8},
-        "override_settings.sd_vae": {"override_settings": {"sd_vae": "vae-ft-mse-840000-ema-pruned.safetensors"}},
         "override_settings.sd_unet": {"override_settings": {"sd_unet": "my-unet"}},
         "override_settings.face_restoration": {"override_settings": {"face_restoration": True}},
     }
@@ -280,6 +279,11 @@ def test_what_the_farm_cannot_render_is_a_422_naming_the_field(farm: LiveFarm) -
             assert response.status_code == 422, (field, response.text)
             error = response.json()["error"]
             assert (error["field"], error["code"]) == (field, "unsupported")
+        # A VAE file the farm does not have (tests/api/test_model_files.py: the known ones are accepted).
+        no_vae = {"override_settings": {"sd_vae": "vae-ft-mse-840000-ema-pruned.safetensors"}}
+        response = client.post("/sdapi/v1/img2img", json={**base, **no_vae})
+        assert (response.status_code, response.json()["error"]["field"]) == (422, "override_settings.sd_vae")
+        assert response.json()["error"]["code"] == "unknown_vae"
         # At their defaults the same fields change nothing and are accepted.
         quiet = {"restore_faces": False, "refiner_checkpoint": None, "refiner_switch_at": 0.8}
         ok = client.post("/sdapi/v1/img2img", json={**base, **quiet, "override_settings": {"sd_vae": "Automatic"}})

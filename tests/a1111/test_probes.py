@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from fastapi.testclient import TestClient
@@ -40,11 +41,13 @@ def test_start_up_probes(farm: LiveFarm) -> None:
         assert schedulers["polyexponential"]["default_rho"] == 1.0
         assert schedulers["normal"]["need_inner_model"] is True
         models = client.get("/sdapi/v1/sd-models").json()
+        # The built-in tiny model has no file: its documented identity hash (docs/engine.md "Model files").
+        tiny_sha256 = hashlib.sha256(b"renderfarm-tiny-model:tiny:v1").hexdigest()
         assert models[0] == {
-            "title": "tiny",
+            "title": f"tiny [{tiny_sha256[:10]}]",
             "model_name": "tiny",
-            "hash": None,
-            "sha256": None,
+            "hash": tiny_sha256[:10],
+            "sha256": tiny_sha256,
             "filename": "tiny",
             "config": None,
         }
@@ -52,7 +55,8 @@ def test_start_up_probes(farm: LiveFarm) -> None:
         assert flags["api"] is True
         assert flags["api_auth"] is None
         options = client.get("/sdapi/v1/options").json()
-        assert options["sd_model_checkpoint"] == "tiny"
+        assert options["sd_model_checkpoint"] == f"tiny [{tiny_sha256[:10]}]"  # a title, as the webui answers
+        assert options["sd_checkpoint_hash"] == tiny_sha256
         assert options["CLIP_stop_at_last_layers"] == 1
         assert options["samples_format"] == "png"
 

@@ -67,7 +67,8 @@ def test_sampler_noise_fields_are_honoured() -> None:
 
 
 def test_checkpoint_becomes_the_model() -> None:
-    assert model_of_checkpoint("v1-5.safetensors [6ce0161689]", "tiny") == "v1-5.safetensors"
+    # The title is kept: admission checks its hash and stores the canonical name (tests/api/test_model_files.py).
+    assert model_of_checkpoint("v1-5.safetensors [6ce0161689]", "tiny") == "v1-5.safetensors [6ce0161689]"
     assert model_of_checkpoint("tiny [5634309f88]", "tiny") is None  # the default model: the default queue
     assert body(override_settings={"sd_model_checkpoint": "other"})["model"] == "other"
     request = Img2ImgRequest.model_validate({"init_images": [IMAGE]})

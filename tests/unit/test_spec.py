@@ -239,8 +239,7 @@ BAD_FIELDS: list[tuple[dict[str, Any], str, str]] = [
     ),
     ({"override_settings": {"eta_ancestral": 2}}, "override_settings.eta_ancestral", "out_of_range"),
     ({"override_settings": {"randn_source": "TPU"}}, "override_settings.randn_source", "invalid_choice"),
-    ({"override_settings": {"sd_vae": ""}}, "override_settings.sd_vae", "unsupported"),
-    ({"override_settings": {"sd_vae": "vae-ft-mse.safetensors"}}, "override_settings.sd_vae", "unsupported"),
+    ({"override_settings": {"sd_vae": ""}}, "override_settings.sd_vae", "invalid_length"),
     ({"override_settings": {"samples_format": "bmp"}}, "override_settings.samples_format", "invalid_choice"),
     ({"override_settings": {"img2img_extra_noise": -0.1}}, "override_settings.img2img_extra_noise", "out_of_range"),
     ({"override_settings": {"overlay_inpaint": "maybe"}}, "override_settings.overlay_inpaint", "invalid_type"),
@@ -411,7 +410,7 @@ def test_every_supported_override_is_accepted_with_its_type() -> None:
         "inpainting_mask_weight": 0.5,
         "eta_ancestral": 0.8,
         "randn_source": "CPU",
-        "sd_vae": "None",  # the checkpoint's own VAE; a VAE file is refused (not supported yet)
+        "sd_vae": "None",  # the checkpoint's own VAE; a VAE file name is checked by the scheduler (model_checks)
         "samples_format": "png",
         "img2img_extra_noise": 0.1,
         "overlay_inpaint": False,

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.embeddings.folder import EMBEDDINGS_FOLDER, FolderScanner
+from shared.embeddings.folder import FolderScanner
 from shared.embeddings.layout import MAX_VECTORS
 from shared.embeddings.registry import Registry
+from shared.models.layout import embeddings_folder
 from shared.prompts import EmbeddingTooLong, parse_prompt_attention
 from worker.engine.embeddings.loading import Embedding, load_embedding_file
 from worker.engine.pixel_stage import PixelWarning
@@ -206,5 +207,5 @@ def model_width(model: LoadedModel) -> int:
 
 def for_model(model: LoadedModel, models_dir: Path | None) -> EmbeddingDatabase:
     """The database of `RENDERFARM_MODELS_DIR/embeddings` for `model` (empty when `models_dir` is None)."""
-    folder = models_dir / EMBEDDINGS_FOLDER if models_dir is not None else None
+    folder = embeddings_folder(models_dir) if models_dir is not None else None
     return EmbeddingDatabase(folder, tokenize=model_tokenize(model), width=model_width(model))
