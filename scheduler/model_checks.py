@@ -3,9 +3,9 @@
 Every door (`POST /v1/jobs`, A1111's img2img, a batch's children) passes through `scheduler.admission.admit`,
 which calls `check_model_files`:
 
-- the model (`model`, else `override_settings.sd_model_checkpoint`) in any form of the reference's §8.2 (title,
-  name, stem, hashes…) is replaced by its canonical name (the checkpoint's `name`: `sub/x.safetensors`, a diffusers
-  folder's name, a tiny model's name); a name the farm does not know is a 422 naming the field. The farm's default
+- the model (`model`, else `override_settings.sd_model_checkpoint`) in any form of prompts-and-models.md §8.2
+  (title, name, stem, hashes…) is replaced by its canonical name (the checkpoint's `name`: `sub/x.safetensors`, a
+  diffusers folder's name, a tiny model's name); a name the farm does not know is a 422 naming the field. The farm's default
   model (RENDERFARM_MODEL) is always known, even when it is a hub id. A scheduler without RENDERFARM_MODELS_DIR
   cannot see the workers' files: it resolves the tiny models' aliases and lets other names through unchanged;
 - `override_settings.sd_vae`: "Automatic", "None", or the file name of a VAE the farm has; otherwise a 422 naming

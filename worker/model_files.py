@@ -1,6 +1,6 @@
 """The worker's side of the model files (docs/engine.md "Model files"): a job's model name, canonical or any alias
-of the reference's §8.2, found in RENDERFARM_MODELS_DIR's webui or flat layout through `shared.models`, and
-loaded; the infotext's `Model hash` is the catalogue's short hash (the tiny models' documented identity hash
+of prompts-and-models.md §8.2, found in RENDERFARM_MODELS_DIR's webui or flat layout through `shared.models`,
+and loaded; the infotext's `Model hash` is the catalogue's short hash (the tiny models' documented identity hash
 included), so it matches the listing's `hash` and the title a client selected the model by.
 
 Names the catalogue does not know (a hub id, a path) load as `load_model` always did.

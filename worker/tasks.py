@@ -88,7 +88,8 @@ def build_worker_deps(
     tiny_dir = settings.data_dir / "models"
 
     def loader(name: str) -> LoadedModel:
-        # Any §8.2 alias, in the webui's models folder layout or the flat one (worker/model_files.py).
+        # Any prompts-and-models.md §8.2 alias, in the webui's models folder layout or the flat one
+        # (worker/model_files.py).
         return load_named_model(
             name, device=target, models_dir=models_dir, data_dir=settings.data_dir, tiny_dir=tiny_dir
         )

@@ -72,8 +72,9 @@ def checkpoint_architecture(path: Path) -> Architecture:
     return Architecture(None)
 
 
-# LoRA key prefixes (reference §3.4): sgm block names and two text encoders mean SDXL; diffusers block names with
-# underscores and one text encoder mean SD 1.x/2.x; the rest of `lora_unet_` (conv_in, time_embedding) fits both.
+# LoRA key prefixes (prompts-and-models.md §3.4): sgm block names and two text encoders mean SDXL; diffusers
+# block names with underscores and one text encoder mean SD 1.x/2.x; the rest of `lora_unet_` (conv_in,
+# time_embedding) fits both.
 _SDXL_PREFIXES: Final = (
     "lora_te1_",
     "lora_te2_",

@@ -1,4 +1,4 @@
-"""Checkpoints and their identity (docs/engine.md "Model files"; reference §8.2).
+"""Checkpoints and their identity (docs/engine.md "Model files"; reference prompts-and-models.md §8.2).
 
 A checkpoint is a `.safetensors`/`.ckpt` file (not `*.vae.*`) under `<models>/Stable-diffusion/` at any depth, or
 directly in the models folder (the farm's flat layout); a diffusers model folder in either place (a farm extension:
@@ -76,7 +76,7 @@ class Checkpoint:
         }
 
     def aliases(self) -> list[str]:
-        """Every form of §8.2 that names this checkpoint."""
+        """Every form of prompts-and-models.md §8.2 that names this checkpoint."""
         forms = [
             self.title,
             self.name,
@@ -182,8 +182,8 @@ def scan_checkpoints(models_dir: Path | None, cache: HashCache) -> list[Checkpoi
 
 
 class CheckpointIndex:
-    """Checkpoints by every alias (§8.2). The first checkpoint claiming an alias keeps it (a stem shared by two
-    files names the first in listing order, as the reference's lookup does)."""
+    """Checkpoints by every alias (prompts-and-models.md §8.2). The first checkpoint claiming an alias keeps it (a
+    stem shared by two files names the first in listing order, as the reference's lookup does)."""
 
     def __init__(self, entries: Sequence[Checkpoint]) -> None:
         self.entries = tuple(entries)

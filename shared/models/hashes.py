@@ -1,4 +1,5 @@
-"""The reference's file hashes (docs/engine.md "Model files", reference §8.2, §3.7) and a cache that keeps them.
+"""The reference's file hashes (docs/engine.md "Model files"; prompts-and-models.md §8.2 and §3.7) and a cache
+that keeps them.
 
 - `sha256` of the whole file: a checkpoint's identity; its first 10 hex digits are the short hash (`Model hash`,
   the `[…]` of a title), also the `VAE hash`;

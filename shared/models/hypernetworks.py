@@ -1,5 +1,5 @@
-"""Hypernetwork files: `<models>/hypernetworks/**/*.pt`, name = stem (reference §3.8; listed only, the farm does
-not apply them)."""
+"""Hypernetwork files: `<models>/hypernetworks/**/*.pt`, name = stem (prompts-and-models.md
+§3.8; listed only, the farm does not apply them)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Where model files are in RENDERFARM_MODELS_DIR (docs/engine.md "Model files"; reference §8.1).
+"""Where model files are in RENDERFARM_MODELS_DIR (docs/engine.md "Model files"; reference prompts-and-models.md §8.1).
 
 Two layouts, both read at once:
 - the webui's `models/` folder as users have it: `Stable-diffusion/` (checkpoints, recursive), `Lora/` and

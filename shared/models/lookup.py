@@ -15,8 +15,9 @@ __all__ = ["checkpoint_location", "find_lora_file", "find_vae_file", "servable_c
 
 
 def checkpoint_location(name: str, models_dir: Path | None, data_dir: Path | None = None) -> Checkpoint | None:
-    """The checkpoint any §8.2 alias names (a canonical job model name included), or None: its `path` is the file or
-    diffusers folder to load (None for a tiny model), `stem` the infotext's `Model`, `shorthash` its `Model hash`."""
+    """The checkpoint any prompts-and-models.md §8.2 alias names (a canonical job model name included), or None:
+    its `path` is the file or diffusers folder to load (None for a tiny model), `stem` the infotext's `Model`,
+    `shorthash` its `Model hash`."""
     return model_files(models_dir, data_dir).resolve_checkpoint(name)
 
 

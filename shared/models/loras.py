@@ -1,4 +1,4 @@
-"""LoRA / LyCORIS files (docs/engine.md "Model files"; reference §3.3, §3.7).
+"""LoRA / LyCORIS files (docs/engine.md "Model files"; prompts-and-models.md §3.3 and §3.7).
 
 `<models>/Lora/` then `<models>/LyCORIS/`, at any depth, `.pt .ckpt .safetensors`. Name = the file stem without
 folders (a later file of the same stem replaces an earlier one); alias = the safetensors metadata `ss_output_name`,

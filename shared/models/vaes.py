@@ -1,4 +1,4 @@
-"""VAE files and the `sd_vae` rule (docs/engine.md "Model files"; reference §6).
+"""VAE files and the `sd_vae` rule (docs/engine.md "Model files"; reference prompts-and-models.md §6).
 
 Candidates: `<models>/VAE/**/*.{ckpt,pt,safetensors}`, then `*.vae.{ckpt,pt,safetensors}` among the checkpoints
 (`<models>/Stable-diffusion/**` and the flat layout's top level), naturally sorted by file name; the name is the file
