@@ -5,9 +5,10 @@ which calls `check_model_files`:
 
 - the model (`model`, else `override_settings.sd_model_checkpoint`) in any form of prompts-and-models.md §8.2
   (title, name, stem, hashes…) is replaced by its canonical name (the checkpoint's `name`: `sub/x.safetensors`, a
-  diffusers folder's name, a tiny model's name); a name the farm does not know is a 422 naming the field. The farm's default
-  model (RENDERFARM_MODEL) is always known, even when it is a hub id. A scheduler without RENDERFARM_MODELS_DIR
-  cannot see the workers' files: it resolves the tiny models' aliases and lets other names through unchanged;
+  diffusers folder's name, a tiny model's name); a name the farm does not know is a 422 naming the field. The farm's
+  default model (RENDERFARM_MODEL) is always known, even when it is a hub id. A scheduler without
+  RENDERFARM_MODELS_DIR cannot see the workers' files: the names the live workers announce decide
+  (`scheduler.worker_registry`), and with no live worker any name passes (the job gets `no_worker_serves_model`);
 - `override_settings.sd_vae`: "Automatic", "None", or the file name of a VAE the farm has; otherwise a 422 naming
   `override_settings.sd_vae` (the reference warns and uses the checkpoint's own VAE);
 - `<lora:NAME…>` / `<lyco:NAME…>` in the positive prompt: NAME (a file name or alias) must be a LoRA the farm has,
