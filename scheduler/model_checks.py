@@ -7,8 +7,8 @@ which calls `check_model_files`:
   (title, name, stem, hashes…) is replaced by its canonical name (the checkpoint's `name`: `sub/x.safetensors`, a
   diffusers folder's name, a tiny model's name); a name the farm does not know is a 422 naming the field. The farm's
   default model (RENDERFARM_MODEL) is always known, even when it is a hub id. A scheduler without
-  RENDERFARM_MODELS_DIR cannot see the workers' files: the names the live workers announce decide
-  (`scheduler.worker_registry`), and with no live worker any name passes (the job gets `no_worker_serves_model`);
+  RENDERFARM_MODELS_DIR cannot see the workers' files: it resolves the tiny models' aliases and lets other names
+  through unchanged (the job gets `no_worker_serves_model` when no live worker consumes its queue);
 - `override_settings.sd_vae`: "Automatic", "None", or the file name of a VAE the farm has; otherwise a 422 naming
   `override_settings.sd_vae` (the reference warns and uses the checkpoint's own VAE);
 - `<lora:NAME…>` / `<lyco:NAME…>` in the positive prompt: NAME (a file name or alias) must be a LoRA the farm has,
@@ -20,7 +20,6 @@ Blocking (it reads the models folder, hashes new files): runs in the admission's
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from scheduler.deps import Services
@@ -58,32 +57,17 @@ def resolve_model_name(services: Services, name: str, field: str) -> tuple[str, 
     if name == services.settings.model:
         return name, None
     if services.settings.models_dir is None:
-        # The workers' folders are not visible here: what they announced decides (scheduler.worker_registry). With
-        # no live worker at all (a farm scaling up from zero) the name passes, as it was before titles were resolved
-        # (the title's hash dropped), and the job is accepted with the `no_worker_serves_model` warning.
-        bare = split_title(name)[0]
-        announced = services.workers.loadable_models()
-        if not announced or _announced_as(bare, announced) is not None:
-            return _announced_as(bare, announced) or bare, None
-        shown = ", ".join(sorted(announced)[:MAX_NAMES_SHOWN]) + (", …" if len(announced) > MAX_NAMES_SHOWN else "")
-        raise InputError(
-            f"no live worker can load model {name[:200]!r}; the workers announce: {shown}",
-            code="unknown_model",
-            field=field,
-        )
+        # The workers' folders are not visible here, and the announcements cannot tell a typo from a model whose
+        # workers are scaled to zero: the name passes as it was before titles were resolved (the title's hash
+        # dropped), so its queue is the one the workers serving that name consume; `no_worker_serves_model` warns
+        # when no live worker consumes it. A cluster gets its 422s by mounting the models folder on the scheduler.
+        return split_title(name)[0], None
     raise InputError(
         f"no model {name[:200]!r} in the farm's models folder (a title, name, file stem or hash); "
         + _known_names(files),
         code="unknown_model",
         field=field,
     )
-
-
-def _announced_as(name: str, announced: frozenset[str]) -> str | None:
-    """The announced canonical name that `name` is, or is the file stem of (`x` for `sub/x.safetensors`)."""
-    if name in announced:
-        return name
-    return next((model for model in sorted(announced) if Path(model).stem == name), None)
 
 
 def _default_checkpoint(services: Services) -> Checkpoint | None:

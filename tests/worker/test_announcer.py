@@ -10,10 +10,10 @@ import pytest
 
 from shared.config import Settings
 from shared.db import Database, upgrade
+from shared.models import TINY_NAMES
 from shared.queueing import queue_name
 from tests.waiting import wait_until
 from worker.announcer import Announcer
-from worker.engine.models import TINY_MODEL_NAMES
 from worker.servable import queues_for_models, servable_model_names
 
 
@@ -36,8 +36,10 @@ def models_dir(tmp_path: Path) -> Path:
 
 def test_servable_models_are_the_default_the_tiny_ones_and_the_folder(tmp_path: Path, models_dir: Path) -> None:
     names = servable_model_names(settings_for(tmp_path, models_dir))
-    assert names == ["tiny", *[n for n in TINY_MODEL_NAMES if n != "tiny"], "diffusers-model", "old", "single"]
-    assert servable_model_names(settings_for(tmp_path, None)) == list(dict.fromkeys(["tiny", *TINY_MODEL_NAMES]))
+    # Canonical names (shared.models): a checkpoint file's name keeps its extension, as the reference's `name` does.
+    tiny = [n for n in TINY_NAMES if n != "tiny"]
+    assert names == ["tiny", *tiny, "diffusers-model", "old.ckpt", "single.safetensors"]
+    assert servable_model_names(settings_for(tmp_path, None)) == ["tiny", *tiny]
     assert "tiny-inpaint" in names
     assert "tiny-edit" in names
 
@@ -77,10 +79,11 @@ def test_a_new_model_file_gets_its_queues_consumed_and_announced(tmp_path: Path,
 
         (models_dir / "fresh.safetensors").write_bytes(b"x")
         announcer.beat()
-        assert added == [queue_name("fresh", batch=False), queue_name("fresh", batch=True)]
+        fresh = "fresh.safetensors"  # its canonical name: what a job for it stores after submission
+        assert added == [queue_name(fresh, batch=False), queue_name(fresh, batch=True)]
         (row,) = db.workers.live()
-        assert row.queues[-1] == queue_name("fresh", batch=True)
-        assert "fresh" in row.models
+        assert row.queues[-1] == queue_name(fresh, batch=True)
+        assert fresh in row.models
 
         announcer.beat()
         assert len(added) == 2  # nothing new: nothing added again
