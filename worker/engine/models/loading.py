@@ -329,6 +329,11 @@ def _load_single_file(
         tokenizer, tokenizer_2, scheduler_config = _tokenizers_and_scheduler_config(folder, family)
         parts = _Parts(unet, vae, text_encoder, tokenizer, scheduler_config, family, text_encoder_2, tokenizer_2)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        if folder == BUNDLED_CONFIGS / family:
+            raise ModelConfigMissing(
+                f"{path.name}: its weights do not fit the shipped {family} configs (layer sizes other than the "
+                f"published model's): {exc}; pass config=<a local diffusers folder of its architecture>"
+            ) from exc
         raise ModelError(f"{path}: cannot load the checkpoint with the configs of {folder}: {exc}") from exc
     finally:
         if temporary is not None:
