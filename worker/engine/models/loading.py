@@ -95,10 +95,24 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+_CPU_ALIGNMENT: Final = 64  # bytes: what the CPU's vector kernels assume of a tensor's start
+
+
+def _align_on_cpu(module: torch.nn.Module) -> None:
+    """Copy the weights that start off a 64-byte boundary (safetensors maps tensors at any offset) into fresh
+    memory. On the CPU the matrix kernels round differently for a misaligned operand, so the same weights loaded
+    from a folder and from a single file rendered pixels apart (tests/engine/test_single_files.py)."""
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor.numel() and tensor.data_ptr() % _CPU_ALIGNMENT:
+            tensor.data = tensor.data.clone()
+
+
 def _finish(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> None:
     if next(module.parameters()).dtype != dtype:
         cast_module(module, dtype)
     module.to(device=device)
+    if device.type == "cpu":
+        _align_on_cpu(module)
     module.eval()
     module.requires_grad_(False)
 
@@ -279,6 +293,19 @@ def _single_file_config(
     return BUNDLED_CONFIGS / family, None
 
 
+def _check_fits_shipped_configs(first_conv: torch.Tensor, folder: Path, path: Path, family: ModelFamily) -> None:
+    """Refuse, before building a full-size UNet, a checkpoint whose first UNet layer is not the published model's
+    width (a model of its own layer sizes needs its own configs). Raises ModelConfigMissing."""
+    unet_config = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+    expected = int(unet_config["block_out_channels"][0])
+    if int(first_conv.shape[0]) != expected:
+        raise ModelConfigMissing(
+            f"{path.name}: its UNet's first layer has {int(first_conv.shape[0])} channels, not the {expected} of the "
+            f"shipped {family} configs (a model with its own layer sizes); pass config=<a local diffusers folder of "
+            "its architecture>"
+        )
+
+
 def _load_single_file(
     path: Path, name: str, device: torch.device, dtype: torch.dtype, config: Path | None
 ) -> LoadedModel:
@@ -300,6 +327,8 @@ def _load_single_file(
     if family == "sd2":
         refuse_v_prediction(path)
     folder, temporary = _single_file_config(checkpoint, path, config, family)
+    if folder == BUNDLED_CONFIGS / family:
+        _check_fits_shipped_configs(first_conv, folder, path, family)
     try:
         # The config folder's UNet may be another kind of the same architecture: the checkpoint decides in_channels.
         unet = UNet2DConditionModel.from_single_file(
@@ -329,12 +358,8 @@ def _load_single_file(
         tokenizer, tokenizer_2, scheduler_config = _tokenizers_and_scheduler_config(folder, family)
         parts = _Parts(unet, vae, text_encoder, tokenizer, scheduler_config, family, text_encoder_2, tokenizer_2)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        if folder == BUNDLED_CONFIGS / family:
-            raise ModelConfigMissing(
-                f"{path.name}: its weights do not fit the shipped {family} configs (layer sizes other than the "
-                f"published model's): {exc}; pass config=<a local diffusers folder of its architecture>"
-            ) from exc
-        raise ModelError(f"{path}: cannot load the checkpoint with the configs of {folder}: {exc}") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: cannot load the checkpoint with the configs of {folder}: {first_line}") from exc
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
