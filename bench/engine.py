@@ -381,10 +381,20 @@ def run(config: Config) -> list[BenchResult]:
             folder = sdxl_dir()
             xl = load_model(str(folder), device=device, dtype=dtype)
             result.note(f"SDXL-shaped model ready in {time.monotonic() - start:.0f} s ({folder})")
-            size, steps, repeats, name = config.engine_sdxl_gpu_size, config.engine_gpu_steps, config.engine_repeats, "SDXL-shaped"
+            size, steps, repeats, name = (
+                config.engine_sdxl_gpu_size,
+                config.engine_gpu_steps,
+                config.engine_repeats,
+                "SDXL-shaped",
+            )
         else:
             xl = load_model("tiny-xl", device=device, dtype=dtype, tiny_dir=tiny_dir)
-            size, steps, repeats, name = config.engine_tiny_size, config.engine_tiny_steps, config.engine_repeats, "tiny-xl"
+            size, steps, repeats, name = (
+                config.engine_tiny_size,
+                config.engine_tiny_steps,
+                config.engine_repeats,
+                "tiny-xl",
+            )
         xl_case = Case(f"{name} {size}² ×1", xl, size, steps, 1, repeats)
         result.settings[xl_case.label] = f"{steps} steps ({repeats} repeats; engine only)"
         measure_ours(xl_case, result)

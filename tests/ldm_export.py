@@ -269,7 +269,10 @@ def export_vae_file(model_folder: str | os.PathLike[str], destination: str | os.
     holds them (`.safetensors`, or `.pt` with the tensors under `state_dict` plus a `loss.*` entry)."""
     folder = Path(model_folder)
     vae_config = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
-    state = {k.removeprefix(_LDM_VAE): v.contiguous() for k, v in _vae_to_ldm(_load_safetensors_dir(folder / "vae"), vae_config).items()}
+    state = {
+        k.removeprefix(_LDM_VAE): v.contiguous()
+        for k, v in _vae_to_ldm(_load_safetensors_dir(folder / "vae"), vae_config).items()
+    }
     target = Path(destination)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.suffix == ".safetensors":

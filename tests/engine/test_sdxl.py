@@ -4,7 +4,6 @@ the tiny SDXL models `tiny-xl` and `tiny-xl-inpaint` (real diffusers modules, ra
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,9 @@ def xl_inpaint(tiny_dir: Path) -> LoadedModel:
     return load_model("tiny-xl-inpaint", tiny_dir=tiny_dir, device="cpu", dtype=torch.float32)
 
 
-def _render(model: LoadedModel, picture: Image.Image, **fields: Any) -> tuple[StableDiffusionProcessingImg2Img, Processed]:
+def _render(
+    model: LoadedModel, picture: Image.Image, **fields: Any
+) -> tuple[StableDiffusionProcessingImg2Img, Processed]:
     values: dict[str, Any] = {
         "sd_model": model,
         "prompt": "a red cube on a table",
@@ -92,7 +93,8 @@ def test_tiny_xl_models_are_sdxl_shaped(xl: LoadedModel, xl_inpaint: LoadedModel
         assert model.family == "sdxl"
         assert model.kind == kind
         assert model.in_channels == channels
-        assert model.text_encoder_2 is not None and model.tokenizer_2 is not None
+        assert model.text_encoder_2 is not None
+        assert model.tokenizer_2 is not None
         assert model.unet.config["addition_embed_type"] == "text_time"
         assert model.latent_scale_factor == pytest.approx(0.13025)
         # OpenCLIP bigG pads with "!" (id 0); CLIP-L with EOS.
@@ -113,7 +115,8 @@ def test_conditioning_equals_diffusers_sdxl_encode_prompt(xl: LoadedModel) -> No
         ["a red cube", "a blue sphere"], device=torch.device("cpu"), do_classifier_free_guidance=False
     )
     assert context.shape == (2, 77, 32 + 64)
-    assert pooled is not None and pooled.shape == (2, 48)
+    assert pooled is not None
+    assert pooled.shape == (2, 48)
     torch.testing.assert_close(context, expected[0], rtol=0, atol=1e-6)
     torch.testing.assert_close(pooled, expected[2], rtol=0, atol=1e-6)
 
@@ -149,8 +152,10 @@ def test_each_encoder_takes_its_share_of_an_sdxl_embedding(xl: LoadedModel, tmp_
     a, b, c = (encoder.encode([f"photo of {name}"])[0] for name in ("xa", "xb", "xc"))
 
     assert set(encoder.used_embeddings) == {"xa", "xb", "xc"}
-    assert not torch.equal(a[:, :32], b[:, :32]) and torch.equal(a[:, 32:], b[:, 32:])
-    assert torch.equal(a[:, :32], c[:, :32]) and not torch.equal(a[:, 32:], c[:, 32:])
+    assert not torch.equal(a[:, :32], b[:, :32])
+    assert torch.equal(a[:, 32:], b[:, 32:])
+    assert torch.equal(a[:, :32], c[:, :32])
+    assert not torch.equal(a[:, 32:], c[:, 32:])
 
 
 def test_empty_negative_prompt_is_zeros_but_a_space_is_not(xl: LoadedModel, picture: Image.Image) -> None:
@@ -164,8 +169,10 @@ def test_empty_negative_prompt_is_zeros_but_a_space_is_not(xl: LoadedModel, pict
         assert call["encoder_hidden_states"][0].abs().sum() > 0
     empty_context, empty_pooled = contexts[""]
     space_context, space_pooled = contexts[" "]
-    assert not empty_context.any() and not empty_pooled.any()
-    assert space_context.abs().sum() > 0 and space_pooled.abs().sum() > 0
+    assert not empty_context.any()
+    assert not empty_pooled.any()
+    assert space_context.abs().sum() > 0
+    assert space_pooled.abs().sum() > 0
 
 
 def test_a_scheduled_negative_prompt_with_text_is_not_zeroed(xl: LoadedModel) -> None:
@@ -173,8 +180,10 @@ def test_a_scheduled_negative_prompt_with_text_is_not_zeroed(xl: LoadedModel) ->
     p = StableDiffusionProcessingImg2Img(sd_model=xl, prompt="a cube", negative_prompt="[:blurry:2]", steps=4)
     _cond, uncond = p.setup_conds(["a cube"], ["[:blurry:2]"])
     first, last = uncond.images[0][0], uncond.images[0][-1]
-    assert first.cond.abs().sum() > 0 and last.cond.abs().sum() > 0
-    assert first.pooled is not None and first.pooled.abs().sum() > 0
+    assert first.cond.abs().sum() > 0
+    assert last.cond.abs().sum() > 0
+    assert first.pooled is not None
+    assert first.pooled.abs().sum() > 0
 
 
 def test_time_ids_are_the_processing_size_and_the_crop_options(xl: LoadedModel, picture: Image.Image) -> None:
@@ -250,11 +259,13 @@ def test_tiny_xl_inpaint_uses_the_rounded_mask_and_masked_latent(xl_inpaint: Loa
 
 
 @pytest.fixture
-def xl_bf16(tiny_dir: Path) -> Iterator[LoadedModel]:
-    yield load_model("tiny-xl", tiny_dir=tiny_dir, device="cpu", dtype=torch.bfloat16)
+def xl_bf16(tiny_dir: Path) -> LoadedModel:
+    return load_model("tiny-xl", tiny_dir=tiny_dir, device="cpu", dtype=torch.bfloat16)
 
 
-def test_sdxl_vae_runs_in_fp32_when_the_model_is_bf16(xl_bf16: LoadedModel, tiny_dir: Path, picture: Image.Image) -> None:
+def test_sdxl_vae_runs_in_fp32_when_the_model_is_bf16(
+    xl_bf16: LoadedModel, tiny_dir: Path, picture: Image.Image
+) -> None:
     seen: list[torch.dtype] = []
     handle = xl_bf16.vae.decoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
     encoder_handle = xl_bf16.vae.encoder.register_forward_pre_hook(lambda _m, args: seen.append(args[0].dtype))
@@ -266,7 +277,8 @@ def test_sdxl_vae_runs_in_fp32_when_the_model_is_bf16(xl_bf16: LoadedModel, tiny
 
     assert xl_bf16.unet.dtype == torch.bfloat16
     assert xl_bf16.vae_dtype == torch.float32
-    assert seen and set(seen) == {torch.float32}
+    assert seen
+    assert set(seen) == {torch.float32}
     assert processed.images[0].size == (SIZE, SIZE)
     # The SD 1.x tiny model's VAE stays in the model's dtype (only SDXL's force_upcast VAE is upcast).
     sd1 = load_model("tiny", tiny_dir=tiny_dir, device="cpu", dtype=torch.bfloat16)
@@ -276,6 +288,7 @@ def test_sdxl_vae_runs_in_fp32_when_the_model_is_bf16(xl_bf16: LoadedModel, tiny
 def test_nan_anywhere_in_the_decoded_picture_fails_the_job(xl_bf16: LoadedModel, picture: Image.Image) -> None:
     with torch.no_grad():
         bias = xl_bf16.vae.decoder.conv_out.bias
+        assert bias is not None
         bias[2] = float("nan")  # only the blue channel: the first element of the output stays finite
 
     with pytest.raises(VaeNaN, match="NaN") as raised:

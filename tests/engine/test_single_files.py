@@ -70,7 +70,9 @@ def test_single_file_loads_offline_without_config(
         folder = _sd2_shaped_folder(build_tiny_model(tiny_dir / "tiny"), tmp_path / "tiny-sd2")
         family = "sd2"
     else:
-        folder = build_tiny_model(tiny_dir / name, kind="inpaint" if "inpaint" in name else "img2img", sdxl="xl" in name)
+        folder = build_tiny_model(
+            tiny_dir / name, kind="inpaint" if "inpaint" in name else "img2img", sdxl="xl" in name
+        )
         family = "sdxl" if "xl" in name else "sd1"
     checkpoint = export_sgm_single_file(folder, tmp_path / "models" / f"{name}-file.safetensors")
 
@@ -140,7 +142,7 @@ def test_family_is_read_from_the_checkpoint_keys() -> None:
 def test_v_prediction_yaml_beside_an_sd2_file_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
     folder = _sd2_shaped_folder(build_tiny_model(tiny_dir / "tiny"), tmp_path / "tiny-sd2")
     checkpoint = export_sgm_single_file(folder, tmp_path / "v-model.safetensors")
-    (tmp_path / "v-model.yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n", encoding="utf-8")
+    (tmp_path / "v-model.yaml").write_text('model:\n  params:\n    parameterization: "v"\n', encoding="utf-8")
 
     with pytest.raises(ModelError, match="v-prediction") as refused:
         load_model(checkpoint, device="cpu")

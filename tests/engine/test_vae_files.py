@@ -57,12 +57,14 @@ def test_vae_file_changes_the_render_and_the_own_vae_comes_back(
     after = _render(model, picture)
     assert not np.array_equal(pixels(with_file.images[0]), pixels(before.images[0]))
     assert np.array_equal(pixels(after.images[0]), pixels(before.images[0]))
-    assert model.vae is own_vae and model.vae_file is None
+    assert model.vae is own_vae
+    assert model.vae_file is None
     assert all(torch.equal(own_weights[k], v) for k, v in model.vae.state_dict().items())
     # The infotext names the file only while it is used.
     short_hash = hashlib.sha256(vae_path.read_bytes()).hexdigest()[:10]
     assert f"VAE hash: {short_hash}, VAE: other-vae{suffix}" in with_file.infotexts[0]
-    assert "VAE" not in before.infotexts[0] and "VAE" not in after.infotexts[0]
+    assert "VAE" not in before.infotexts[0]
+    assert "VAE" not in after.infotexts[0]
 
 
 def test_vae_file_weights_are_the_other_models_vae(model: LoadedModel, other_vae_folder: Path, tmp_path: Path) -> None:
@@ -80,7 +82,8 @@ def test_own_vae_is_restored_when_the_render_fails(model: LoadedModel, other_vae
     own = model.vae
     with pytest.raises(RuntimeError, match="boom"), external_vae(model, VaeFile.open(vae_path)):
         raise RuntimeError("boom")
-    assert model.vae is own and model.vae_file is None
+    assert model.vae is own
+    assert model.vae_file is None
 
 
 def test_vae_file_is_loaded_strictly(model: LoadedModel, other_vae_folder: Path, tmp_path: Path) -> None:
@@ -93,7 +96,9 @@ def test_vae_file_is_loaded_strictly(model: LoadedModel, other_vae_folder: Path,
     save_file(missing, str(tmp_path / "missing.safetensors"))
     save_file({**tensors, "decoder.extra.weight": torch.zeros(2)}, str(tmp_path / "extra.safetensors"))
     # EMA bookkeeping and loss weights are dropped, as the reference does.
-    save_file({**tensors, "model_ema.decay": torch.tensor(0.9), "loss.w": torch.zeros(1)}, str(tmp_path / "ok.safetensors"))
+    save_file(
+        {**tensors, "model_ema.decay": torch.tensor(0.9), "loss.w": torch.zeros(1)}, str(tmp_path / "ok.safetensors")
+    )
 
     for name in ("missing", "extra"):
         with pytest.raises(VaeFileInvalid) as refused:
@@ -110,7 +115,9 @@ def test_sd_vae_names_a_file_in_the_vae_folder(other_vae_folder: Path, tmp_path:
 
     assert find_vae_file_by_name(models_dir, "kl-f8.safetensors") == path
     found = vae_file_for_job({"sd_vae": "kl-f8.safetensors"}, models_dir)
-    assert found is not None and found.path == path and found.name == "kl-f8.safetensors"
+    assert found is not None
+    assert found.path == path
+    assert found.name == "kl-f8.safetensors"
     for own in ({}, {"sd_vae": "Automatic"}, {"sd_vae": "None"}):
         assert vae_file_for_job(own, models_dir) is None
     with pytest.raises(InputError) as unknown:

@@ -45,8 +45,8 @@ from worker.engine.conditioning.conds import (
     schedule_steps,
 )
 from worker.engine.conditioning.encoder import ConditioningEncoder, PromptEncoder
-from worker.engine.conditioning.sdxl import sdxl_prompt_encoder, sdxl_time_ids
 from worker.engine.conditioning.schedules import CondBatch, MulticondBatch
+from worker.engine.conditioning.sdxl import sdxl_prompt_encoder, sdxl_time_ids
 from worker.engine.embeddings import Embedding, EmbeddingDatabase, ti_hashes
 from worker.engine.guidance import CFGDenoiser
 from worker.engine.imaging import apply_overlay

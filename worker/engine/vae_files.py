@@ -100,9 +100,7 @@ def read_vae_file(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(raw, Mapping):
         raise VaeFileInvalid(f"{path.name}: holds no tensors by name")
     return {
-        str(k): v
-        for k, v in raw.items()
-        if isinstance(v, torch.Tensor) and not str(k).startswith(_DROPPED_PREFIXES)
+        str(k): v for k, v in raw.items() if isinstance(v, torch.Tensor) and not str(k).startswith(_DROPPED_PREFIXES)
     }
 
 

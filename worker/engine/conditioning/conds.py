@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from shared.prompts import get_learned_conditioning_prompt_schedules, get_multicond_prompt_list
 import torch
 
+from shared.prompts import get_learned_conditioning_prompt_schedules, get_multicond_prompt_list
 from worker.engine.conditioning.encoder import ConditioningEncoder
 from worker.engine.conditioning.schedules import (
     CondBatch,

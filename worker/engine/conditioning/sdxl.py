@@ -70,7 +70,9 @@ class SdxlClipBackend:
         return self.encode_chunk_pooled(tokens, vectors)[0]
 
     def encode_chunk_pooled(self, tokens: torch.Tensor, vectors: TokenVectors) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden, pooled = self.model.encode_tokens_sdxl(tokens, second=self.second, token_vectors=self._own_share(vectors))
+        hidden, pooled = self.model.encode_tokens_sdxl(
+            tokens, second=self.second, token_vectors=self._own_share(vectors)
+        )
         if pooled is None:  # CLIP-L: no pooled vector is used; an empty one keeps the shapes simple
             pooled = hidden.new_zeros((hidden.shape[0], 0))
         return hidden, pooled

@@ -54,8 +54,8 @@ __all__ = [
     "ModelError",
     "ModelFamily",
     "ModelKind",
-    "VaeNaN",
     "ModelNotFound",
+    "VaeNaN",
     "diffusers_model_classes",
     "kind_of",
 ]

@@ -171,6 +171,7 @@ _TINY = _Architecture(
     vocab_size=514,
 )
 
+
 def _published_config(family: str, part: str) -> dict[str, Any]:
     """A config shipped for single-file checkpoints (`configs/<family>/<part>/config.json`), without the
     `_`-prefixed metadata and the special-token ids the builder sets itself."""
@@ -319,9 +320,13 @@ def _write_sdxl_model(
         raise ValueError(f"SDXL models are built as {sorted(_SDXL_PIPELINE_CLASS)}, not {kind!r}")
     torch.manual_seed(seed + 3)
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(arch, arch.text_2))
-    tokenizer_2 = CLIPTokenizer(vocab=vocab, merges=[], pad_token="!", model_max_length=CLIP_MAX_LENGTH)
+    tokenizer_2 = CLIPTokenizer(vocab=vocab, merges=[], pad_token="!", model_max_length=CLIP_MAX_LENGTH)  # noqa: S106
     scheduler = EulerDiscreteScheduler(
-        **{k: v for k, v in SD1_SCHEDULER_CONFIG.items() if k not in ("clip_sample", "set_alpha_to_one", "skip_prk_steps")}
+        **{
+            k: v
+            for k, v in SD1_SCHEDULER_CONFIG.items()
+            if k not in ("clip_sample", "set_alpha_to_one", "skip_prk_steps")
+        }
     )
     pipeline_class: Any = getattr(diffusers, _SDXL_PIPELINE_CLASS[kind])
     pipeline = pipeline_class(
