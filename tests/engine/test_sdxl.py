@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from shared.embeddings.widths import TINY_TEXT_WIDTH
 from tests.engine.conftest import SEED, SIZE, STEPS, make_mask, pixels
 from worker.engine.conditioning.encoder import PromptEncoder
 from worker.engine.conditioning.sdxl import SdxlPromptEncoder, sdxl_prompt_encoder
@@ -152,6 +153,8 @@ def test_each_encoder_takes_its_share_of_an_sdxl_embedding(xl: LoadedModel, tmp_
     a, b, c = (encoder.encode([f"photo of {name}"])[0] for name in ("xa", "xb", "xc"))
 
     assert set(encoder.used_embeddings) == {"xa", "xb", "xc"}
+    # The scheduler's torch-free widths agree with the loaded model's.
+    assert TINY_TEXT_WIDTH["tiny-xl"] == TINY_TEXT_WIDTH["tiny-xl-inpaint"] == model_width(xl)
     assert not torch.equal(a[:, :32], b[:, :32])
     assert torch.equal(a[:, 32:], b[:, 32:])
     assert torch.equal(a[:, :32], c[:, :32])
