@@ -198,3 +198,34 @@ def test_offline_clip_tokenizer_has_the_real_vocabulary() -> None:
     assert open_clip.pad_token_id == 0
     padded = open_clip("a", padding="max_length", max_length=5)["input_ids"]
     assert padded == [49406, 320, 49407, 0, 0]
+
+
+def test_shipped_configs_mechanism_loads_an_sgm_file(
+    tiny_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The path a real SDXL file takes, with the tiny model's layer sizes in place of the published ones: a configs
+    folder laid out as the shipped ones (config.json files and tokenizer settings only — no model_index.json, no
+    vocabulary), chosen by the checkpoint's keys, the tokenizers built from the CLIP merge list."""
+    import worker.engine.models.loading as loading
+
+    folder = build_tiny_model(tiny_dir / "tiny-xl", sdxl=True)
+    shipped = tmp_path / "configs"
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        (shipped / "sdxl" / part).mkdir(parents=True)
+        shutil.copy(folder / part / "config.json", shipped / "sdxl" / part / "config.json")
+    (shipped / "sdxl" / "scheduler").mkdir()
+    shutil.copy(folder / "scheduler" / "scheduler_config.json", shipped / "sdxl" / "scheduler")
+    for part in ("tokenizer", "tokenizer_2"):
+        shutil.copytree(BUNDLED_CONFIGS / "sdxl" / part, shipped / "sdxl" / part)
+    assert not (BUNDLED_CONFIGS / "sdxl" / "model_index.json").exists()
+    monkeypatch.setattr(loading, "BUNDLED_CONFIGS", shipped)
+    checkpoint = export_sgm_single_file(folder, tmp_path / "xl.safetensors", carry_configs=False)
+
+    model = load_model(checkpoint, device="cpu", dtype=torch.float32)
+
+    assert model.family == "sdxl"
+    _assert_same_weights(model, load_model(folder, device="cpu", dtype=torch.float32))
+    assert model.tokenizer_2 is not None
+    assert len(model.tokenizer_2.get_vocab()) == CLIP_VOCAB_SIZE
+    assert model.tokenizer_2.pad_token_id == 0
+    assert model.tokenizer.pad_token_id == 49407

@@ -385,11 +385,12 @@ def load_model(
 ) -> LoadedModel:
     """Load a model by name, ready to render on `device` (default `pick_device()`) in `dtype` (`pick_dtype`).
 
-    `path_or_id` is, in the order tried: `tiny` / `tiny-inpaint` / `tiny-edit` (built on first use under
-    `tiny_dir`, which the caller chooses: the farm's is `worker.model_cache.default_models_dir()`); a diffusers
-    folder or checkpoint file; a name in `models_dir` (with or without `.safetensors` / `.ckpt`); a hub id
-    `org/name`. `config` is the local diffusers folder whose configs describe a single-file checkpoint (needed
-    offline).
+    `path_or_id` is, in the order tried: `tiny` / `tiny-inpaint` / `tiny-edit` / `tiny-xl` / `tiny-xl-inpaint`
+    (built on first use under `tiny_dir`, which the caller chooses: the farm's is
+    `worker.model_cache.default_models_dir()`); a diffusers folder or checkpoint file; a name in `models_dir` (with
+    or without `.safetensors` / `.ckpt`); a hub id `org/name`. `config` is a local diffusers folder whose configs
+    describe a single-file checkpoint; without it a checkpoint's configs come from its own metadata or the configs
+    shipped for SD 1.x / 2.x / SDXL (`worker.engine.models.single_file`), offline.
 
     Raises ModelNotFound (no such model, or a hub id offline and not cached), ModelConfigMissing (a checkpoint
     whose configs cannot be resolved offline), ModelError (anything else that makes the model unusable);
