@@ -4,7 +4,8 @@
     python -m bench --full               the long run (10,000-job drain, SD1.5-shaped model at 512×512, more repeats)
     python -m bench --only engine,growth some benchmarks only (engine, overhead, throughput, scaling, growth)
     python -m bench --gpu                on a CUDA machine: engine (SD1.5-shaped, fp16, 512×512, 20 steps, batch 1
-                                         and 4) and farm overhead at the same settings
+                                         and 4; SDXL-shaped, fp16 with its fp32 VAE, 1024×1024, engine only) and farm
+                                         overhead at the SD1.5 settings
     python -m bench --results PATH       append to PATH instead of bench/RESULTS.md (--json PATH: also as JSON)
 
 `./dev.sh bench [args]` (or `make bench`) sets up the virtual environment, starts PostgreSQL and Redis, and runs

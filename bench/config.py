@@ -23,6 +23,9 @@ class Config:
     engine_gpu_size: int = 512
     engine_gpu_steps: int = 20
     engine_gpu_batches: tuple[int, ...] = (1, 4)
+    # an SDXL pass, engine only (GPU: the SDXL-shaped model at engine_sdxl_gpu_size; else tiny-xl at the tiny size)
+    engine_sdxl: bool = True
+    engine_sdxl_gpu_size: int = 1024
     # every sampler's cost per step (GPU: the SD1.5-shaped model at engine_gpu_size; else the tiny model)
     engine_samplers: bool = True
     engine_samplers_tiny_size: int = 64

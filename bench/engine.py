@@ -52,6 +52,13 @@ def sd15_dir() -> Path:
     return build_sd15_shaped_model(cache_dir() / "sd15-shaped")
 
 
+def sdxl_dir() -> Path:
+    """The SDXL-shaped random-weight model (built on first use: minutes, ~14 GB in fp32)."""
+    from worker.engine.models import build_sdxl_shaped_model
+
+    return build_sdxl_shaped_model(cache_dir() / "sdxl-shaped")
+
+
 @dataclass
 class Case:
     label: str
@@ -227,6 +234,31 @@ def measure(case: Case, result: BenchResult) -> None:
     del torch
 
 
+def measure_ours(case: Case, result: BenchResult) -> None:
+    """Our render alone (an SDXL model: diffusers' SDXL pipelines are not driven side by side here): the median
+    time of `process_images`, and on CUDA images/s and s/step."""
+    from worker.engine.processing import process_images
+
+    device = case.model.device
+    picture, mask = _picture(case.size), _mask(case.size)
+    probe = _ours(case, picture, mask)
+    process_images(probe)  # warm-up
+    assert probe.plan is not None
+    times: list[float] = []
+    for _ in range(case.repeats):
+        p = _ours(case, picture, mask)
+        _sync(device)
+        start = time.perf_counter()
+        process_images(p)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    seconds = harness.median(times)
+    result.add(f"{case.label}: engine", seconds * 1000, "ms")
+    if device.type == "cuda":
+        result.add(f"{case.label}: engine images/s", case.batch / seconds, "img/s")
+        result.add(f"{case.label}: engine s/step", seconds / max(probe.plan.total_steps, 1), "s")
+
+
 def measure_samplers(model: Any, size: int, steps: int, repeats: int, label: str, result: BenchResult) -> None:
     """Cost per sampling step of every sampler (ours only: diffusers has no equivalent of most of them): the median
     time of a whole img2img render divided by its steps, and the model calls per step (2 for the second-order
@@ -341,6 +373,32 @@ def run(config: Config) -> list[BenchResult]:
     for case in cases:
         result.settings[case.label] = f"{case.steps} steps ({case.repeats} repeats per side)"
         measure(case, result)
+    if config.engine_sdxl:
+        # SDXL: two text encoders, the vector conditioning, the fp32 VAE. On the GPU the SDXL-shaped model at its
+        # native size; elsewhere the tiny SDXL model (a smoke run of the same code).
+        if config.gpu:
+            start = time.monotonic()
+            folder = sdxl_dir()
+            xl = load_model(str(folder), device=device, dtype=dtype)
+            result.note(f"SDXL-shaped model ready in {time.monotonic() - start:.0f} s ({folder})")
+            size, steps, repeats, name = (
+                config.engine_sdxl_gpu_size,
+                config.engine_gpu_steps,
+                config.engine_repeats,
+                "SDXL-shaped",
+            )
+        else:
+            xl = load_model("tiny-xl", device=device, dtype=dtype, tiny_dir=tiny_dir)
+            size, steps, repeats, name = (
+                config.engine_tiny_size,
+                config.engine_tiny_steps,
+                config.engine_repeats,
+                "tiny-xl",
+            )
+        xl_case = Case(f"{name} {size}² ×1", xl, size, steps, 1, repeats)
+        result.settings[xl_case.label] = f"{steps} steps ({repeats} repeats; engine only)"
+        measure_ours(xl_case, result)
+        del xl
     if config.engine_samplers:
         # Every sampler's cost per step: on the GPU with the SD1.5-shaped model, elsewhere a quick tiny-model pass.
         sampler_model = cases[0].model

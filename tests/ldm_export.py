@@ -1,7 +1,8 @@
-"""Export a diffusers model folder as one single-file checkpoint in the original (LDM / A1111) layout.
+"""Export a diffusers model folder as one single-file checkpoint in the original (LDM / A1111, or sgm for SDXL)
+layout, and a model's VAE as a standalone VAE file.
 
 Only the tests need it: they turn the tiny models into the kind of `.safetensors` file A1111 users keep in their
-models folder, to test the engine's single-file loader without downloading one.
+models folder, to test the engine's single-file and VAE-file loaders without downloading one.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any, Final
 import torch
 
 from worker.engine.models import LDM_UNET_PREFIX, ModelError
+from worker.engine.models.single_file import EMBEDDED_CONFIGS_KEY
 
-__all__ = ["export_single_file"]
+__all__ = ["export_sgm_single_file", "export_single_file", "export_vae_file"]
 
 # LDM (original Stable Diffusion / A1111) key prefixes of a single-file checkpoint; the loader recognises the UNet's.
 _LDM_UNET: Final = LDM_UNET_PREFIX
@@ -154,4 +156,129 @@ def export_single_file(model_folder: str | os.PathLike[str], destination: str | 
     target = Path(destination)
     target.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(target))
+    return target
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SDXL (sgm layout), OpenCLIP text encoders, and the configs a file may carry
+
+_SGM_CLIP_L: Final = "conditioner.embedders.0.transformer.text_model."
+_SGM_BIG_G: Final = "conditioner.embedders.1.model."
+_SD2_OPEN_CLIP: Final = "cond_stage_model.model."
+
+# Diffusers CLIP encoder-layer parts → OpenCLIP residual-block parts (q/k/v are joined into in_proj below).
+_OPEN_CLIP_LAYER_PARTS: Final = (
+    ("self_attn.out_proj.", "attn.out_proj."),
+    ("layer_norm1.", "ln_1."),
+    ("layer_norm2.", "ln_2."),
+    ("mlp.fc1.", "mlp.c_fc."),
+    ("mlp.fc2.", "mlp.c_proj."),
+)
+
+
+def _text_to_open_clip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """Diffusers CLIPTextModel(WithProjection) weights → OpenCLIP's text tower names under `prefix` (the layout of
+    SD 2.x's `cond_stage_model.model.` and SDXL's `conditioner.embedders.1.model.`)."""
+    plain = {key.removeprefix("text_model."): value for key, value in state.items()}
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, tensor in plain.items():
+        if key == "embeddings.position_ids":
+            continue
+        if key == "embeddings.token_embedding.weight":
+            out[prefix + "token_embedding.weight"] = tensor
+        elif key == "embeddings.position_embedding.weight":
+            out[prefix + "positional_embedding"] = tensor
+        elif key.startswith("final_layer_norm."):
+            out[prefix + "ln_final." + key.removeprefix("final_layer_norm.")] = tensor
+        elif key == "text_projection.weight":
+            out[prefix + "text_projection"] = tensor.T.contiguous()  # OpenCLIP multiplies x @ P
+        elif key.startswith("encoder.layers."):
+            layer, rest = key.removeprefix("encoder.layers.").split(".", 1)
+            block = f"{prefix}transformer.resblocks.{layer}."
+            match = re.match(r"^self_attn\.(q|k|v)_proj\.(weight|bias)$", rest)
+            if match:
+                qkv.setdefault((block, match.group(2)), {})[match.group(1)] = tensor
+                continue
+            for diffusers_part, open_clip_part in _OPEN_CLIP_LAYER_PARTS:
+                if rest.startswith(diffusers_part):
+                    out[block + open_clip_part + rest.removeprefix(diffusers_part)] = tensor
+                    break
+            else:
+                raise ValueError(f"unexpected text encoder weight {key!r}")
+        else:
+            raise ValueError(f"unexpected text encoder weight {key!r}")
+    for (block, kind), parts in qkv.items():
+        out[f"{block}attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    return out
+
+
+def _carried_configs(folder: Path) -> str:
+    """The folder's config and tokenizer files (not its weights) as the JSON the loader reads from a checkpoint's
+    `renderfarm.configs` metadata."""
+    files = {
+        str(path.relative_to(folder)): path.read_text(encoding="utf-8")
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.suffix in (".json", ".txt") and not path.name.startswith(".")
+    }
+    return json.dumps(files, sort_keys=True)
+
+
+def export_sgm_single_file(
+    model_folder: str | os.PathLike[str], destination: str | os.PathLike[str], *, carry_configs: bool = True
+) -> Path:
+    """Write a diffusers folder as one `.safetensors` checkpoint in the original layout of its family, with its
+    configs in the metadata (`carry_configs`) so that it loads offline without `config=`:
+
+    * SDXL (a `text_encoder_2/`): sgm names — `model.diffusion_model.*` (the added embedding as `label_emb.0.*`),
+      `first_stage_model.*`, CLIP-L under `conditioner.embedders.0.transformer.text_model.*`, bigG under
+      `conditioner.embedders.1.model.*` with OpenCLIP names;
+    * SD 2.x (a GELU text encoder): the text encoder under `cond_stage_model.model.*` with OpenCLIP names;
+    * SD 1.x: as `export_single_file`.
+    """
+    folder = Path(model_folder)
+    unet_config = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+    vae_config = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+    text_config = json.loads((folder / "text_encoder" / "config.json").read_text(encoding="utf-8"))
+    unet = dict(_load_safetensors_dir(folder / "unet"))
+    added = {k: unet.pop(k) for k in list(unet) if k.startswith("add_embedding.")}
+    state = _unet_to_ldm(unet, unet_config)
+    for key, tensor in added.items():  # SDXL's vector-conditioning MLP: sgm's label_emb.0 (Linear, SiLU, Linear)
+        layer = {"linear_1": "0", "linear_2": "2"}[key.split(".")[1]]
+        state[f"{_LDM_UNET}label_emb.0.{layer}.{key.split('.', 2)[2]}"] = tensor
+    state.update(_vae_to_ldm(_load_safetensors_dir(folder / "vae"), vae_config))
+    text = _load_safetensors_dir(folder / "text_encoder")
+    if (folder / "text_encoder_2").is_dir():
+        state.update({_SGM_CLIP_L + key.removeprefix("text_model."): value for key, value in text.items()})
+        state.update(_text_to_open_clip(_load_safetensors_dir(folder / "text_encoder_2"), _SGM_BIG_G))
+    elif text_config.get("hidden_act") == "gelu":
+        state.update(_text_to_open_clip(text, _SD2_OPEN_CLIP))
+    else:
+        state.update({_LDM_CLIP + key.removeprefix("text_model."): value for key, value in text.items()})
+    from safetensors.torch import save_file
+
+    target = Path(destination)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    metadata = {EMBEDDED_CONFIGS_KEY: _carried_configs(folder)} if carry_configs else None
+    save_file({k: v.contiguous() for k, v in state.items()}, str(target), metadata=metadata)
+    return target
+
+
+def export_vae_file(model_folder: str | os.PathLike[str], destination: str | os.PathLike[str]) -> Path:
+    """Write a diffusers folder's VAE as a standalone VAE file in LDM names (no prefix), as A1111's VAE folder
+    holds them (`.safetensors`, or `.pt` with the tensors under `state_dict` plus a `loss.*` entry)."""
+    folder = Path(model_folder)
+    vae_config = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+    state = {
+        k.removeprefix(_LDM_VAE): v.contiguous()
+        for k, v in _vae_to_ldm(_load_safetensors_dir(folder / "vae"), vae_config).items()
+    }
+    target = Path(destination)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(target))
+    else:
+        torch.save({"state_dict": {**state, "loss.logvar": torch.zeros(())}}, target)
     return target

@@ -56,11 +56,13 @@ from worker.claimed_run import RENEW_FRACTION, CancelRequested, ClaimedRun, Live
 from worker.deps import WorkerDeps
 from worker.engine.models import LoadedModel, ModelNotFound
 from worker.engine.processing import Processed, StableDiffusionProcessingImg2Img
+from worker.engine.vae_files import external_vae
 from worker.inputs import load_inputs
 from worker.metrics import WORKER_METRICS
 from worker.out_of_memory import free_memory, is_out_of_memory, smaller_batch
 from worker.run_outcome import PhaseTimings, RunOutcome
 from worker.step_hook import Draining, StepHook
+from worker.vae_files import vae_file_for_job
 
 __all__ = ["deterministic_seeds", "run_job"]
 
@@ -325,7 +327,11 @@ def _render_once(
     p.embeddings = deps.embeddings.for_job(model, deps.settings.models_dir)
     p.progress_callback = hook
     hook.processing = p  # so that A1111 interrupt / skip requests reach this render
-    return deps.engine(p)
+    # An `sd_vae` file is swapped in for this job only; the checkpoint's own VAE is back afterwards.
+    model_name = job.resolved_model or deps.settings.model
+    vae = vae_file_for_job(job.override_settings, model_name, deps.settings.models_dir, deps.settings.data_dir)
+    with external_vae(model, vae):
+        return deps.engine(p)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -221,8 +221,6 @@ OPTION_RULES: dict[str, OptionRule] = {
     "sd_noise_schedule": OptionRule(("Default",), "the zero-terminal-SNR noise schedule is not supported"),
     "enable_quantization": OptionRule((False,), "sigma quantisation of K samplers is not supported"),
     "sd_hypernetwork": OptionRule(("None", ""), "hypernetworks are not supported yet"),
-    "sdxl_crop_top": OptionRule((0,), "SDXL crop conditioning other than 0 is not supported"),
-    "sdxl_crop_left": OptionRule((0,), "SDXL crop conditioning other than 0 is not supported"),
 }
 
 # Webui options that the translation honours as job fields (scheduler/a1111/translate.py): `tiling` is the default

@@ -26,7 +26,13 @@ __all__ = ["HUB_TEXT_WIDTHS", "SD1_WIDTH", "SD2_WIDTH", "SDXL_WIDTH", "TINY_TEXT
 SD1_WIDTH: Final = 768  # OpenAI CLIP ViT-L/14
 SD2_WIDTH: Final = 1024  # OpenCLIP ViT-H/14
 SDXL_WIDTH: Final = 768 + 1280  # CLIP ViT-L/14 and OpenCLIP ViT-bigG/14 side by side
-TINY_TEXT_WIDTH: Final[Mapping[str, int]] = {"tiny": 32, "tiny-inpaint": 32, "tiny-edit": 32}
+TINY_TEXT_WIDTH: Final[Mapping[str, int]] = {
+    "tiny": 32,
+    "tiny-inpaint": 32,
+    "tiny-edit": 32,
+    "tiny-xl": 32 + 64,  # its CLIP-L-shaped and bigG-shaped encoders side by side
+    "tiny-xl-inpaint": 32 + 64,
+}
 HUB_TEXT_WIDTHS: Final[Mapping[str, int]] = {
     "CompVis/stable-diffusion-v1-4": SD1_WIDTH,
     "runwayml/stable-diffusion-v1-5": SD1_WIDTH,
@@ -37,6 +43,8 @@ HUB_TEXT_WIDTHS: Final[Mapping[str, int]] = {
     "stabilityai/stable-diffusion-2-1": SD2_WIDTH,
     "stabilityai/stable-diffusion-2-1-base": SD2_WIDTH,
     "stabilityai/stable-diffusion-2-inpainting": SD2_WIDTH,
+    "stabilityai/stable-diffusion-xl-base-1.0": SDXL_WIDTH,
+    "diffusers/stable-diffusion-xl-1.0-inpainting-0.1": SDXL_WIDTH,
 }
 
 # The token-embedding weight (vocabulary, width) of each text encoder, by the reference's checkpoint key names.

@@ -278,6 +278,10 @@ class OverrideSettings(TypedDict, total=False):
     uni_pc_lower_order_final: bool
     beta_dist_alpha: Annotated[Float, annotated_types.Gt(0.0), annotated_types.Le(MAX_BETA_SHAPE)]
     beta_dist_beta: Annotated[Float, annotated_types.Gt(0.0), annotated_types.Le(MAX_BETA_SHAPE)]
+    # SDXL's crop conditioning (docs/engine.md "SDXL and single-file checkpoints"); other models ignore it, as the
+    # reference's do.
+    sdxl_crop_top: Annotated[Int, annotated_types.Ge(0), annotated_types.Le(MAX_SEED_RESIZE_PX)]
+    sdxl_crop_left: Annotated[Int, annotated_types.Ge(0), annotated_types.Le(MAX_SEED_RESIZE_PX)]
 
 
 SUPPORTED_OVERRIDE_KEYS: tuple[str, ...] = tuple(OverrideSettings.__annotations__)

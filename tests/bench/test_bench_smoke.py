@@ -96,6 +96,11 @@ def test_benchmark_runs_and_reports_sane_figures(name: str, parts: list[str], tm
         assert all(v is not None and 0.05 < v < 20 for v in ratios)
         # Where the semantics coincide the pictures agree (float rounding at most: one level).
         assert all(v is not None and v <= 1 for k, v in found.items() if k.endswith("largest difference"))
+        # The SDXL pass (tiny-xl off the GPU) renders and is timed.
+        sdxl = [v for k, v in found.items() if k.startswith("tiny-xl") and k.endswith(": engine")]
+        assert len(sdxl) == 1
+        assert sdxl[0] is not None
+        assert sdxl[0] > 0
     elif name == "overhead":
         assert found["engine alone (median)"] is not None
         assert found["engine alone (median)"] > 0

@@ -442,6 +442,8 @@ def test_every_supported_override_is_accepted_with_its_type() -> None:
         "uni_pc_lower_order_final": False,
         "beta_dist_alpha": 0.5,
         "beta_dist_beta": 0.7,
+        "sdxl_crop_top": 16,
+        "sdxl_crop_left": 8,
     }
     assert set(overrides) == set(SUPPORTED_OVERRIDE_KEYS)
     job = job_of(override_settings=overrides)

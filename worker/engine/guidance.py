@@ -38,6 +38,7 @@ class _Pass:
     t: torch.Tensor
     context: torch.Tensor
     extra: torch.Tensor | None
+    pooled: torch.Tensor | None = None  # SDXL's text_embeds rows
 
 
 @dataclass(eq=False)
@@ -61,6 +62,8 @@ class CFGDenoiser:
         pad_cond_uncond_v0: pad (repeat its last vector) or truncate the uncond to the cond's length; wins over
             `pad_cond_uncond`. With neither, cond and uncond of different lengths run in separate UNet batches.
         empty_cond: the encoding `(77, C)` of the empty prompt, needed by `pad_cond_uncond`.
+        time_ids: SDXL's size conditioning `(6,)` (`worker.engine.conditioning.sdxl.sdxl_time_ids`), the same for
+            every row; with it the UNet also gets each row's pooled vector as `text_embeds`. None for SD 1.x/2.x.
 
     State (read by processing and the previews):
         step: evaluations made so far.
@@ -84,6 +87,7 @@ class CFGDenoiser:
     pad_cond_uncond: bool = False
     pad_cond_uncond_v0: bool = False
     empty_cond: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
     step: int = field(default=0, init=False)
     last_prompt_x0: torch.Tensor | None = field(default=None, init=False)
     last_uncond_eps: torch.Tensor | None = field(default=None, init=False)
@@ -98,6 +102,8 @@ class CFGDenoiser:
     def __call__(self, x_in: torch.Tensor, timestep: torch.Tensor, sigma: float) -> torch.Tensor:
         conds_list, cond = self.conds.at(self.step)
         uncond = self.uncond.at(self.step)
+        pooled_cond = self.conds.pooled_at(self.step) if self.time_ids is not None else None
+        pooled_uncond = self.uncond.pooled_at(self.step) if self.time_ids is not None else None
         batch = x_in.shape[0]
         if len(conds_list) != batch or uncond.shape[0] != batch:
             raise ValueError(f"{len(conds_list)} prompts and {uncond.shape[0]} negative prompts for {batch} latents")
@@ -116,13 +122,13 @@ class CFGDenoiser:
         )
         cond, uncond = self._match_lengths(cond, uncond)
 
-        passes = [_Pass(x_in[rows], timestep[rows], cond, extra[rows] if extra is not None else None)]
+        passes = [_Pass(x_in[rows], timestep[rows], cond, extra[rows] if extra is not None else None, pooled_cond)]
         if three_pass:
             assert extra is not None
             passes.append(_Pass(x_in, timestep, uncond, extra))
             passes.append(_Pass(x_in, timestep, uncond, torch.zeros_like(extra)))
         elif not skip_uncond:
-            passes.append(_Pass(x_in, timestep, uncond, extra))
+            passes.append(_Pass(x_in, timestep, uncond, extra, pooled_uncond))
         outputs = self._run(passes)
 
         eps_cond = outputs[0]
@@ -185,22 +191,35 @@ class CFGDenoiser:
             group = passes[start:end]
             extras = [p.extra for p in group]
             extra = torch.cat(cast(list[torch.Tensor], extras)) if extras[0] is not None else None
+            pooled = [p.pooled for p in group]
             out = self._unet(
                 torch.cat([p.x for p in group]),
                 torch.cat([p.t for p in group]),
                 torch.cat([p.context for p in group]),
                 extra,
+                torch.cat(cast(list[torch.Tensor], pooled)) if pooled[0] is not None else None,
             )
             outputs.extend(out.split([p.x.shape[0] for p in group]))
             start = end
         return outputs
 
     def _unet(
-        self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, extra: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        extra: torch.Tensor | None,
+        pooled: torch.Tensor | None = None,
     ) -> torch.Tensor:
         model_input = x if extra is None else torch.cat([x, extra], dim=1)
+        kwargs: dict[str, Any] = {}
+        if self.time_ids is not None:
+            if pooled is None:
+                raise ValueError("an SDXL UNet needs the pooled text vectors of every row")
+            time_ids = self.time_ids.to(device=x.device, dtype=context.dtype).expand(x.shape[0], -1)
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(context), "time_ids": time_ids}
         with torch.no_grad():
-            return cast(torch.Tensor, self.unet(model_input, t, encoder_hidden_states=context).sample)
+            return cast(torch.Tensor, self.unet(model_input, t, encoder_hidden_states=context, **kwargs).sample)
 
 
 def _append_empty(conds: torch.Tensor, repeats: int, empty: torch.Tensor) -> torch.Tensor:

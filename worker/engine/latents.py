@@ -74,6 +74,8 @@ def image_conditioning(
         cmask = torch.from_numpy(conditioning_mask).to(model.device, torch.float32)[None, None]
     else:
         cmask = torch.ones((1, 1, *signed.shape[-2:]), device=model.device)
+    if model.is_sdxl:
+        cmask = torch.round(cmask)  # SDXL inpainting always rounds the mask (prompts-and-models §5.4)
     weight = inpainting_mask_weight
     if cmask.shape[-2:] == signed.shape[-2:]:
         masked = signed * (1.0 - weight * cmask)

@@ -44,8 +44,9 @@ from worker.engine.conditioning.conds import (
     old_timelines_differ,
     schedule_steps,
 )
-from worker.engine.conditioning.encoder import PromptEncoder
+from worker.engine.conditioning.encoder import ConditioningEncoder, PromptEncoder
 from worker.engine.conditioning.schedules import CondBatch, MulticondBatch
+from worker.engine.conditioning.sdxl import sdxl_prompt_encoder, sdxl_time_ids
 from worker.engine.embeddings import Embedding, EmbeddingDatabase, ti_hashes
 from worker.engine.guidance import CFGDenoiser
 from worker.engine.imaging import apply_overlay
@@ -202,7 +203,7 @@ class StableDiffusionProcessingImg2Img:
     skipped: bool = field(default=False, init=False)
     job_no: int = field(default=0, init=False)
     embeddings: EmbeddingLookup | None = field(default=None, repr=False)  # textual-inversion embeddings
-    prompt_encoder: PromptEncoder | None = field(default=None, init=False, repr=False)
+    prompt_encoder: ConditioningEncoder | None = field(default=None, init=False, repr=False)
     denoiser: CFGDenoiser | None = field(default=None, init=False, repr=False)  # the current batch's
 
     def __post_init__(self, mask_blur: int | None) -> None:
@@ -522,8 +523,16 @@ class StableDiffusionProcessingImg2Img:
             pad_cond_uncond=options.pad_cond_uncond,
             pad_cond_uncond_v0=options.pad_cond_uncond_v0,
             empty_cond=empty,
+            time_ids=self._sdxl_time_ids(),
         )
         return self.denoiser
+
+    def _sdxl_time_ids(self) -> torch.Tensor | None:
+        """SDXL's size conditioning: the processing size as original and target size, the crop options' corner
+        (prompts-and-models §5.3); None for other models."""
+        if not self.model.is_sdxl:
+            return None
+        return sdxl_time_ids(self.height, self.width, self.options.sdxl_crop_top, self.options.sdxl_crop_left)
 
     def _record_guidance(self, denoiser: CFGDenoiser) -> None:
         """The infotext entries of what the denoiser did (the reference writes them only when it happened)."""
@@ -538,24 +547,28 @@ class StableDiffusionProcessingImg2Img:
 
     # -- prompts ---------------------------------------------------------------------------------------------------
 
-    def _prompt_encoder(self) -> PromptEncoder:
+    def _prompt_encoder(self) -> ConditioningEncoder:
         if self.prompt_encoder is None:
             model = self.model
             clip_skip = self.options.CLIP_stop_at_last_layers
-            if clip_skip > 1 and model.uses_open_clip:
+            if clip_skip > 1 and (model.uses_open_clip or model.is_sdxl):
+                what = "an SDXL model" if model.is_sdxl else "an SD 2.x OpenCLIP text encoder"
                 self.warnings.append(
                     PixelWarning(
                         "clip_skip_ignored",
-                        f"Clip skip {clip_skip} has no effect on this model (an SD 2.x OpenCLIP text encoder): the "
-                        "reference ignores it there, and so does the farm, to render the same picture",
+                        f"Clip skip {clip_skip} has no effect on this model ({what}): the reference ignores it "
+                        "there, and so does the farm, to render the same picture",
                     )
                 )
-            self.prompt_encoder = PromptEncoder(
-                ClipBackend(model, clip_skip),
-                emphasis=self.options.emphasis,
-                comma_padding_backtrack=self.options.comma_padding_backtrack,
-                embeddings=self.embeddings,
-            )
+            settings: dict[str, Any] = {
+                "emphasis": self.options.emphasis,
+                "comma_padding_backtrack": self.options.comma_padding_backtrack,
+                "embeddings": self.embeddings,
+            }
+            if model.is_sdxl:
+                self.prompt_encoder = sdxl_prompt_encoder(model, **settings)
+            else:
+                self.prompt_encoder = PromptEncoder(ClipBackend(model, clip_skip), **settings)
         return self.prompt_encoder
 
     def setup_conds(self, prompts: Sequence[str], negative_prompts: Sequence[str]) -> tuple[MulticondBatch, CondBatch]:
@@ -566,7 +579,9 @@ class StableDiffusionProcessingImg2Img:
         steps = schedule_steps(self.steps, _sampler_label(self.sampler_name))
         old = options.use_old_scheduling
         try:
-            uncond = learned_conditioning(encoder, negative_prompts, steps, use_old_scheduling=old)
+            uncond = learned_conditioning(
+                encoder, negative_prompts, steps, use_old_scheduling=old, zero_empty=self.model.is_sdxl
+            )
         except EmbeddingTooLong as error:
             raise InputError(str(error), code="embedding_too_long", field="negative_prompt") from None
         try:
@@ -587,7 +602,7 @@ class StableDiffusionProcessingImg2Img:
         return cond, uncond
 
     def _record_embeddings(
-        self, encoder: PromptEncoder, prompts: Sequence[str], negative_prompts: Sequence[str]
+        self, encoder: ConditioningEncoder, prompts: Sequence[str], negative_prompts: Sequence[str]
     ) -> None:
         """The infotext's "TI hashes" of the embeddings the encoder placed, and the warnings for embeddings of
         another width named in the prompts (docs/engine.md, "Textual-inversion embeddings")."""

@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
+import torch
+
 from shared.prompts import get_learned_conditioning_prompt_schedules, get_multicond_prompt_list
-from worker.engine.conditioning.encoder import PromptEncoder
+from worker.engine.conditioning.encoder import ConditioningEncoder
 from worker.engine.conditioning.schedules import (
     CondBatch,
     MulticondBatch,
@@ -39,28 +41,45 @@ def schedule_steps(steps: int, sampler_label: str) -> int:
 
 
 def _schedules(
-    encoder: PromptEncoder, prompts: Sequence[str], steps: int, use_old_scheduling: bool
+    encoder: ConditioningEncoder,
+    prompts: Sequence[str],
+    steps: int,
+    use_old_scheduling: bool,
+    zero_empty: bool = False,
 ) -> list[PromptSchedule]:
     unique = list(dict.fromkeys(prompts))
     timelines = get_learned_conditioning_prompt_schedules(unique, steps, use_old_scheduling=use_old_scheduling)
     encoded: dict[str, PromptSchedule] = {}
     for prompt, timeline in zip(unique, timelines, strict=True):
-        conds = encoder.encode([str(text) for _end, text in timeline])
+        texts = [str(text) for _end, text in timeline]
+        conds, pooled = encoder.encode_pooled(texts)
+        if zero_empty and all(text == "" for text in texts):
+            # SDXL's empty negative prompt: zeros for the context and the pooled vector (prompts-and-models §5.3).
+            conds = torch.zeros_like(conds)
+            pooled = torch.zeros_like(pooled) if pooled is not None else None
         encoded[prompt] = tuple(
-            ScheduledCond(int(end), cond) for (end, _text), cond in zip(timeline, conds, strict=True)
+            ScheduledCond(int(end), conds[i], pooled[i] if pooled is not None else None)
+            for i, (end, _text) in enumerate(timeline)
         )
     return [encoded[prompt] for prompt in prompts]
 
 
 def learned_conditioning(
-    encoder: PromptEncoder, prompts: Sequence[str], steps: int, *, use_old_scheduling: bool = False
+    encoder: ConditioningEncoder,
+    prompts: Sequence[str],
+    steps: int,
+    *,
+    use_old_scheduling: bool = False,
+    zero_empty: bool = False,
 ) -> CondBatch:
-    """The negative prompts' conditionings: editing, alternation, emphasis, BREAK, embeddings — no AND."""
-    return CondBatch(tuple(_schedules(encoder, prompts, steps, use_old_scheduling)))
+    """The negative prompts' conditionings: editing, alternation, emphasis, BREAK, embeddings — no AND.
+
+    `zero_empty` (SDXL): a prompt every text of whose schedule is exactly "" gets zeros (context and pooled)."""
+    return CondBatch(tuple(_schedules(encoder, prompts, steps, use_old_scheduling, zero_empty)))
 
 
 def multicond_learned_conditioning(
-    encoder: PromptEncoder, prompts: Sequence[str], steps: int, *, use_old_scheduling: bool = False
+    encoder: ConditioningEncoder, prompts: Sequence[str], steps: int, *, use_old_scheduling: bool = False
 ) -> MulticondBatch:
     """The positive prompts' conditionings: each prompt split on AND (with `:weight` suffixes) first, then each
     sub-prompt scheduled and encoded like a negative prompt."""

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 
 from shared.prompts import EmbeddingLookup, PromptChunk, tokenize_line
 from worker.engine.conditioning.emphasis import EmphasisMode, apply_emphasis, parses_emphasis
 
-__all__ = ["PromptEncoder", "TextBackend", "TokenVectors"]
+__all__ = ["ConditioningEncoder", "PooledTextBackend", "PromptEncoder", "TextBackend", "TokenVectors"]
 
 CHUNK_TOKENS = 75  # prompt tokens per chunk; BOS and EOS make 77
 
@@ -56,6 +56,29 @@ class TextBackend(Protocol):
         """The text encoder's output `(B, 77, C)` for token ids `(B, 77)`, with `vectors` in place of their tokens'
         embeddings."""
         ...
+
+
+class PooledTextBackend(TextBackend, Protocol):
+    """A text encoder that also gives a pooled vector per row (SDXL's OpenCLIP bigG)."""
+
+    def encode_chunk_pooled(self, tokens: torch.Tensor, vectors: TokenVectors) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(B, 77, C)` as `encode_chunk`, and the pooled `(B, P)` of the same rows."""
+        ...
+
+
+class ConditioningEncoder(Protocol):
+    """What the scheduled conds need of a prompt encoder: one CLIP (:class:`PromptEncoder`) or SDXL's two
+    (`worker.engine.conditioning.sdxl.SdxlPromptEncoder`)."""
+
+    @property
+    def used_embeddings(self) -> dict[str, Any]: ...
+
+    @property
+    def emphasis_syntax_seen(self) -> bool: ...
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor: ...
+
+    def encode_pooled(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 @dataclass(eq=False)
@@ -107,15 +130,24 @@ class PromptEncoder:
         """`(B, 77·K, C)` for B texts encoded together: chunk index by chunk index, texts with fewer chunks padded
         with empty chunks, K the most chunks of any text. The emphasis of "Original" normalises each chunk index over
         the whole batch."""
+        return self.encode_pooled(texts)[0]
+
+    def encode_pooled(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`encode`, and the pooled vectors `(B, P)` of each text's FIRST chunk (emphasis does not touch them) when
+        the backend gives them (a :class:`PooledTextBackend`), else None."""
         if any("(" in text or "[" in text for text in texts):
             self.emphasis_syntax_seen = True
         per_text = [self.chunks(text) for text in texts]
         count = max(len(chunks) for chunks in per_text)
         outputs = []
+        pooled: torch.Tensor | None = None
         for index in range(count):
             batch = [chunks[index] if index < len(chunks) else self.empty_chunk() for chunks in per_text]
-            outputs.append(self._encode_chunks(batch))
-        return torch.cat(outputs, dim=1)
+            z, chunk_pooled = self._encode_chunks(batch)
+            outputs.append(z)
+            if index == 0:
+                pooled = chunk_pooled
+        return torch.cat(outputs, dim=1), pooled
 
     def _with_start(self, tokens: Sequence[int]) -> list[int]:
         """A chunk's 77 ids with this text encoder's BOS first (the chunker writes CLIP's usual BOS; the farm's tiny
@@ -124,7 +156,7 @@ class PromptEncoder:
             raise ValueError(f"a prompt chunk has {len(tokens)} tokens, not {CHUNK_TOKENS + 2}")
         return [self.backend.id_start, *tokens[1:]]
 
-    def _encode_chunks(self, batch: list[PromptChunk]) -> torch.Tensor:
+    def _encode_chunks(self, batch: list[PromptChunk]) -> tuple[torch.Tensor, torch.Tensor | None]:
         backend = self.backend
         tokens = torch.tensor([self._with_start(chunk.tokens) for chunk in batch], dtype=torch.long)
         if backend.id_pad != backend.id_end:
@@ -138,8 +170,12 @@ class PromptEncoder:
                 self.used_embeddings.setdefault(str(embedding.name), embedding)
                 row.append((fix.offset + 1, _vectors_of(embedding)))  # + 1: the offset counts after BOS
             vectors.append(row)
-        z = backend.encode_chunk(tokens, vectors)
-        return apply_emphasis(self.emphasis, z, multipliers)
+        pooled: torch.Tensor | None = None
+        if hasattr(backend, "encode_chunk_pooled"):
+            z, pooled = cast(PooledTextBackend, backend).encode_chunk_pooled(tokens, vectors)
+        else:
+            z = backend.encode_chunk(tokens, vectors)
+        return apply_emphasis(self.emphasis, z, multipliers), pooled
 
 
 def _vectors_of(embedding: Any) -> torch.Tensor:

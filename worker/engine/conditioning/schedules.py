@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -25,16 +26,19 @@ __all__ = [
     "WeightedSchedule",
     "cond_at",
     "constant_schedule",
+    "entry_at",
     "stack_padded",
 ]
 
 
 @dataclass(frozen=True, eq=False)
 class ScheduledCond:
-    """One entry of a schedule: `cond` `(T, C)` is used up to and including evaluation `end_at_step`."""
+    """One entry of a schedule: `cond` `(T, C)` is used up to and including evaluation `end_at_step`. SDXL conds
+    also carry the pooled vector `(P,)` of their text (the UNet's `text_embeds`); None for SD 1.x/2.x."""
 
     end_at_step: int
     cond: torch.Tensor
+    pooled: torch.Tensor | None = None
 
 
 PromptSchedule = tuple[ScheduledCond, ...]
@@ -45,12 +49,25 @@ def constant_schedule(cond: torch.Tensor, steps: int = 1) -> PromptSchedule:
     return (ScheduledCond(steps, cond),)
 
 
-def cond_at(schedule: PromptSchedule, step: int) -> torch.Tensor:
-    """The cond used at evaluation `step`: the first entry ending at or after it, else the first entry."""
+def entry_at(schedule: PromptSchedule, step: int) -> ScheduledCond:
+    """The entry used at evaluation `step`: the first entry ending at or after it, else the first entry."""
     for entry in schedule:
         if step <= entry.end_at_step:
-            return entry.cond
-    return schedule[0].cond
+            return entry
+    return schedule[0]
+
+
+def cond_at(schedule: PromptSchedule, step: int) -> torch.Tensor:
+    """The cond used at evaluation `step` (see `entry_at`)."""
+    return entry_at(schedule, step).cond
+
+
+def _stack_pooled(entries: Sequence[ScheduledCond]) -> torch.Tensor | None:
+    """`(N, P)` of the entries' pooled vectors; None when they carry none (SD 1.x/2.x)."""
+    pooled = [entry.pooled for entry in entries]
+    if any(p is None for p in pooled):
+        return None
+    return torch.stack(cast(list[torch.Tensor], pooled))
 
 
 def stack_padded(conds: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -70,6 +87,10 @@ class CondBatch:
     def at(self, step: int) -> torch.Tensor:
         """`(B, T, C)` at evaluation `step`."""
         return stack_padded([cond_at(schedule, step) for schedule in self.images])
+
+    def pooled_at(self, step: int) -> torch.Tensor | None:
+        """`(B, P)` pooled vectors at evaluation `step` (SDXL), else None."""
+        return _stack_pooled([entry_at(schedule, step) for schedule in self.images])
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,6 +119,10 @@ class MulticondBatch:
                 rows.append(cond_at(sub.schedule, step))
             conds_list.append(entries)
         return conds_list, stack_padded(rows)
+
+    def pooled_at(self, step: int) -> torch.Tensor | None:
+        """`(R, P)` pooled vectors of the rows `at(step)` gives, in the same order (SDXL), else None."""
+        return _stack_pooled([entry_at(sub.schedule, step) for subs in self.images for sub in subs])
 
     @classmethod
     def single(cls, conds: torch.Tensor) -> MulticondBatch:

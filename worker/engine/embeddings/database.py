@@ -201,8 +201,12 @@ def model_tokenize(model: LoadedModel) -> Tokenize:
 
 
 def model_width(model: LoadedModel) -> int:
-    """The width of the text encoder's token embeddings (768 for SD 1.x): CLIP's hidden size."""
-    return int(model.text_encoder.config.hidden_size)
+    """The width of the text encoder's token embeddings (768 for SD 1.x): CLIP's hidden size; for SDXL both
+    encoders' side by side (768 + 1280), as its embeddings' `clip_l ‖ clip_g`."""
+    width = int(model.text_encoder.config.hidden_size)
+    if model.text_encoder_2 is not None:
+        width += int(model.text_encoder_2.config.hidden_size)
+    return width
 
 
 def for_model(model: LoadedModel, models_dir: Path | None) -> EmbeddingDatabase:

@@ -11,15 +11,19 @@ from worker.engine.models.loaded import (
     LoadedModel,
     ModelConfigMissing,
     ModelError,
+    ModelFamily,
     ModelKind,
     ModelNotFound,
+    VaeNaN,
 )
 from worker.engine.models.loading import LDM_UNET_PREFIX, load_model, pick_device, pick_dtype
 from worker.engine.models.tiny import (
     SD1_SCHEDULER_CONFIG,
     TINY_MARKER,
     TINY_MODEL_NAMES,
+    TINY_XL_NAMES,
     build_sd15_shaped_model,
+    build_sdxl_shaped_model,
     build_tiny_model,
 )
 
@@ -29,12 +33,16 @@ __all__ = [
     "SD1_SCHEDULER_CONFIG",
     "TINY_MARKER",
     "TINY_MODEL_NAMES",
+    "TINY_XL_NAMES",
     "LoadedModel",
     "ModelConfigMissing",
     "ModelError",
+    "ModelFamily",
     "ModelKind",
     "ModelNotFound",
+    "VaeNaN",
     "build_sd15_shaped_model",
+    "build_sdxl_shaped_model",
     "build_tiny_model",
     "load_model",
     "pick_device",

@@ -1,7 +1,9 @@
-"""The loaded model: a Stable Diffusion model's modules ready to render with, its kind, and the model errors.
+"""The loaded model: a Stable Diffusion model's modules ready to render with, its family, its kind, and the model
+errors.
 
-Only SD 1.x / 2.x-shaped models (one CLIP text encoder, a 4-, 9- or 8-channel UNet) are supported; the kind of a
-model comes from its UNet's input channels: 4 img2img, 9 inpaint (Runway), 8 edit (InstructPix2Pix).
+Families (`ModelFamily`): `sd1` (one OpenAI CLIP text encoder), `sd2` (one OpenCLIP encoder), `sdxl` (CLIP-L and
+OpenCLIP bigG, vector conditioning; docs/engine.md "SDXL and single-file checkpoints"). The kind of a model comes
+from its UNet's input channels: 4 img2img, 9 inpaint (Runway), 8 edit (InstructPix2Pix; SD 1.x/2.x only).
 
 Errors (all permanent: retrying the same job cannot help):
 
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     # From their modules, not the package root: diffusers' root hides them from mypy behind dummy classes.
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 
 def diffusers_model_classes() -> tuple[type[UNet2DConditionModel], type[AutoencoderKL]]:
@@ -50,8 +52,10 @@ __all__ = [
     "LoadedModel",
     "ModelConfigMissing",
     "ModelError",
+    "ModelFamily",
     "ModelKind",
     "ModelNotFound",
+    "VaeNaN",
     "diffusers_model_classes",
     "kind_of",
 ]
@@ -59,6 +63,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ModelKind = Literal["img2img", "inpaint", "edit"]
+ModelFamily = Literal["sd1", "sd2", "sdxl"]
 
 KIND_IN_CHANNELS: Final[Mapping[ModelKind, int]] = {"img2img": 4, "inpaint": 9, "edit": 8}
 _KIND_BY_IN_CHANNELS: Final[Mapping[int, ModelKind]] = {v: k for k, v in KIND_IN_CHANNELS.items()}
@@ -82,6 +87,10 @@ class ModelNotFound(ModelError, default_code="model_not_found"):
 
 class ModelConfigMissing(ModelError, default_code="model_config_missing"):
     """A single-file checkpoint whose component configs cannot be found locally (the hub is out of reach)."""
+
+
+class VaeNaN(PermanentError, default_code="vae_nan"):
+    """The VAE decoded NaN values even in fp32: the picture would be black. The job fails instead."""
 
 
 def kind_of(in_channels: int, source: str) -> ModelKind:
@@ -149,7 +158,11 @@ class LoadedModel:
     loaded from. `scheduler_config` is the model's scheduler_config.json without its `_`-prefixed metadata: the
     noise schedule to build any diffusers scheduler from (`EulerDiscreteScheduler.from_config(...)`).
     `weights_files` are what `model_hash` hashes (A1111: the checkpoint file; for a folder, the UNet's weights).
-    Not frozen: `vae_decode` may switch the VAE to fp32 when fp16 overflows, as A1111 does.
+    `family` is the architecture; SDXL models also have `text_encoder_2` (OpenCLIP bigG, with its projection) and
+    `tokenizer_2` (None for SD 1.x/2.x). `vae_file` names the external VAE file in use (`worker.engine.vae_files`),
+    None while the checkpoint's own VAE is.
+    Not frozen: `vae_decode` may switch the VAE to fp32 when fp16 overflows, as A1111 does, and a VAE file may be
+    swapped in for one job.
     """
 
     name: str
@@ -163,6 +176,10 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     weights_files: tuple[Path, ...] = ()
+    family: ModelFamily = "sd1"
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
+    vae_file: Any = None  # worker.engine.vae_files.VaeFile while an external VAE is swapped in
     _hash: str | None = field(default=None, init=False, repr=False)
     _hash_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -199,8 +216,21 @@ class LoadedModel:
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes held by the weights and buffers of the UNet, VAE and text encoder (activations not counted)."""
-        return sum(_module_bytes(m) for m in (self.unet, self.vae, self.text_encoder))
+        """Bytes held by the weights and buffers of the UNet, VAE and text encoder(s) (activations not counted)."""
+        modules: list[torch.nn.Module] = [self.unet, self.vae, self.text_encoder]
+        if self.text_encoder_2 is not None:
+            modules.append(self.text_encoder_2)
+        return sum(_module_bytes(m) for m in modules)
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == "sdxl"
+
+    @property
+    def vae_forced_fp32(self) -> bool:
+        """Whether the VAE runs in fp32 whatever the model's dtype (proposal P13): SDXL VAEs whose config says
+        `force_upcast` (the official one overflows in fp16; the fp16-fix VAE's config says false)."""
+        return self.is_sdxl and bool(self.vae.config.get("force_upcast", False))
 
     @property
     def model_hash(self) -> str:
@@ -217,6 +247,9 @@ class LoadedModel:
         """The infotext's `Model hash` and `Model` entries, as A1111 writes them."""
         fields = {"Model hash": self.model_hash} if self.model_hash else {}
         fields["Model"] = self.name
+        if self.vae_file is not None:
+            fields["VAE hash"] = str(self.vae_file.short_hash)
+            fields["VAE"] = str(self.vae_file.name)
         return fields
 
     # -- text ----------------------------------------------------------------------------------------------------
@@ -269,6 +302,26 @@ class LoadedModel:
                 hidden = clip_final_layer_norm(self.text_encoder, outputs.hidden_states[-skip])
         return cast(torch.Tensor, hidden).to(self.dtype)
 
+    def encode_tokens_sdxl(
+        self,
+        token_ids: torch.Tensor,
+        *,
+        second: bool,
+        token_vectors: Sequence[Sequence[tuple[int, torch.Tensor]]] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One SDXL text encoder's context `(B, T, D)` of token ids `(B, T)`, in `dtype`: the penultimate layer's
+        hidden state WITHOUT the final layer norm (CLIP-L, `second=False`, and bigG alike; prompts-and-models §5.2),
+        and for bigG (`second=True`) also the pooled vector `(B, P)`: the final-norm output at the first EOS
+        (diffusers picks it by the EOS id), projected. CLIP skip does not apply (proposal P14)."""
+        encoder = self.text_encoder_2 if second else self.text_encoder
+        if encoder is None:
+            raise ModelError(f"{self.name}: not an SDXL model (no second text encoder)", code="model_unsupported")
+        with torch.no_grad(), _replaced_token_vectors(encoder, token_vectors):
+            outputs = encoder(input_ids=token_ids.to(self.device), output_hidden_states=True)
+            hidden = cast(torch.Tensor, outputs.hidden_states[-2]).to(self.dtype)
+            pooled = cast(torch.Tensor, outputs.text_embeds).to(self.dtype) if second else None
+        return hidden, pooled
+
     def encode_prompt(self, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
         """CLIP embeddings (B, 77, D) of plain prompts, truncated to 75 tokens (no A1111 prompt syntax: rendering
         encodes through `worker.engine.conditioning`). Raises as `encode_tokens`."""
@@ -278,6 +331,11 @@ class LoadedModel:
 
     def _to_vae(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(device=self.device, dtype=self.vae_dtype)
+
+    def ensure_vae_precision(self) -> None:
+        """Cast the VAE to fp32 when `vae_forced_fp32` says it must run so (after loading, after a VAE swap)."""
+        if self.vae_forced_fp32 and self.vae_dtype != torch.float32:
+            cast_module(self.vae, torch.float32)
 
     def vae_encode(
         self, x: torch.Tensor, *, sample: bool = True, generator: torch.Generator | None = None
@@ -304,8 +362,11 @@ class LoadedModel:
         of latents (B, 4, h, w) that carry the scale factor.
 
         In fp16 the SD VAE can overflow into NaN; then, like A1111's automatic VAE precision, the VAE is switched
-        to fp32 for good and the batch decoded again.
+        to fp32 for good and the batch decoded again. (SDXL VAEs that need it run in fp32 from the start:
+        `vae_forced_fp32`.) NaN anywhere in the fp32 (or bf16) result raises VaeNaN rather than returning a black
+        picture (proposal P13: the whole tensor is checked, not its first element).
         """
+        self.ensure_vae_precision()
         with torch.no_grad():
             scaled = latents / self.latent_scale_factor
             images = self.vae.decode(self._to_vae(scaled)).sample
@@ -313,4 +374,9 @@ class LoadedModel:
                 logger.warning("VAE produced NaN in fp16; switching %s's VAE to fp32", self.name)
                 cast_module(self.vae, torch.float32)
                 images = self.vae.decode(self._to_vae(scaled)).sample
+            if torch.isnan(images).any():
+                raise VaeNaN(
+                    f"the VAE of {self.name} decoded NaN values in {str(self.vae_dtype).removeprefix('torch.')} "
+                    "(the latents or the VAE's weights are broken); no picture was produced"
+                )
         return cast(torch.Tensor, images)
