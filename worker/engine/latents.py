@@ -75,7 +75,7 @@ def image_conditioning(
     else:
         cmask = torch.ones((1, 1, *signed.shape[-2:]), device=model.device)
     if model.is_sdxl:
-        cmask = torch.round(cmask)  # SDXL inpainting always rounds the mask (prompts-and-models §5.4)
+        cmask = torch.round(cmask)  # SDXL inpainting always rounds the mask (prompts-and-models.md "SDXL inpainting")
     weight = inpainting_mask_weight
     if cmask.shape[-2:] == signed.shape[-2:]:
         masked = signed * (1.0 - weight * cmask)

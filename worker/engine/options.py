@@ -42,7 +42,7 @@ class Options:
     eta_ddim: float = DEFAULT_ETA_DDIM
     randn_source: Literal["GPU", "CPU", "NV"] = "GPU"  # semantics §3.1; "NV" = worker/engine/philox.py
     CLIP_stop_at_last_layers: int = 1  # the webui's option name, as clients send it
-    # SDXL's crop conditioning (prompts-and-models §5.3): the top-left corner passed in the UNet's time ids.
+    # SDXL's crop conditioning (prompts-and-models.md §5.3): the top-left corner passed in the UNet's time ids.
     sdxl_crop_top: int = 0
     sdxl_crop_left: int = 0
     # Prompt encoding (docs/engine.md, "Prompt encoding").

@@ -529,7 +529,7 @@ class StableDiffusionProcessingImg2Img:
 
     def _sdxl_time_ids(self) -> torch.Tensor | None:
         """SDXL's size conditioning: the processing size as original and target size, the crop options' corner
-        (prompts-and-models §5.3); None for other models."""
+        (prompts-and-models.md "Vector conditioning"); None for other models."""
         if not self.model.is_sdxl:
             return None
         return sdxl_time_ids(self.height, self.width, self.options.sdxl_crop_top, self.options.sdxl_crop_left)

@@ -1,4 +1,4 @@
-"""External VAE files (prompts-and-models §6; docs/engine.md "VAE files"): a `.safetensors`/`.pt`/`.ckpt` holding an
+"""External VAE files (prompts-and-models.md §6; docs/engine.md "VAE files"): a `.safetensors`/`.pt`/`.ckpt` holding an
 autoencoder's weights in the LDM key layout, swapped in for the model's own VAE for one job.
 
 The file's tensors (a top-level `state_dict` unwrapped; `loss*` and `model_ema.*` dropped) are converted to

@@ -54,7 +54,7 @@ def _schedules(
         texts = [str(text) for _end, text in timeline]
         conds, pooled = encoder.encode_pooled(texts)
         if zero_empty and all(text == "" for text in texts):
-            # SDXL's empty negative prompt: zeros for the context and the pooled vector (prompts-and-models §5.3).
+            # SDXL's empty negative prompt: zeros for the context and the pooled vector (prompts-and-models.md §5.3).
             conds = torch.zeros_like(conds)
             pooled = torch.zeros_like(pooled) if pooled is not None else None
         encoded[prompt] = tuple(

@@ -1,4 +1,4 @@
-"""SDXL's two text encoders as prompt conditioning (prompts-and-models §5.2; docs/engine.md "SDXL and single-file
+"""SDXL's two text encoders as prompt conditioning (prompts-and-models.md §5.2; docs/engine.md "SDXL and single-file
 checkpoints").
 
 Each encoder (CLIP-L, then OpenCLIP bigG) tokenises, chunks and applies emphasis on its own — two
@@ -122,5 +122,5 @@ def sdxl_prompt_encoder(model: LoadedModel, **settings: Any) -> SdxlPromptEncode
 
 def sdxl_time_ids(height: int, width: int, crop_top: int = 0, crop_left: int = 0) -> torch.Tensor:
     """The UNet's `time_ids` `(6,)`: original size, crop top-left, target size, each (height, width); the reference
-    passes the processing size for both sizes (prompts-and-models §5.3)."""
+    passes the processing size for both sizes (prompts-and-models.md §5.3)."""
     return torch.tensor([height, width, crop_top, crop_left, height, width], dtype=torch.float32)

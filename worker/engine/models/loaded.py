@@ -310,7 +310,7 @@ class LoadedModel:
         token_vectors: Sequence[Sequence[tuple[int, torch.Tensor]]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One SDXL text encoder's context `(B, T, D)` of token ids `(B, T)`, in `dtype`: the penultimate layer's
-        hidden state WITHOUT the final layer norm (CLIP-L, `second=False`, and bigG alike; prompts-and-models §5.2),
+        hidden state WITHOUT the final layer norm (CLIP-L, `second=False`, and bigG alike; prompts-and-models.md §5.2),
         and for bigG (`second=True`) also the pooled vector `(B, P)`: the final-norm output at the first EOS
         (diffusers picks it by the EOS id), projected. CLIP skip does not apply (proposal P14)."""
         encoder = self.text_encoder_2 if second else self.text_encoder
