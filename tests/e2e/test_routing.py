@@ -4,7 +4,7 @@ and pick up new models while they run; the scheduler warns about jobs no live wo
 Real parts: the e2e farm's PostgreSQL, Redis, S3 and scheduler process, and `python -m worker.service` processes
 started without `--queues`, each on a models folder of its own (so it consumes none of the queues the other e2e tests
 keep for themselves), with a heartbeat of half a second so that expiry takes about a second, polled, never slept.
-The embedded farm (`renderfarm.embedded.running_farm`) renders jobs for `tiny-inpaint` and `tiny-edit`.
+The embedded farm (`renderfarm.embedded.running_farm`) renders a job for every built-in model.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from renderfarm.embedded import running_farm
 from scheduler.snapshots import public_worker_name
 from shared.config import Settings
 from shared.db import Database, WorkerRow
+from shared.models import TINY_NAMES
 from shared.queueing import make_celery_app, queue_name
 from tests.e2e.conftest import (
     JOB_TIMEOUT_S,
@@ -188,12 +189,12 @@ def mask_png() -> bytes:
     return buffer.getvalue()
 
 
-def test_the_embedded_farm_renders_the_inpainting_and_edit_models(tmp_path: Path) -> None:
+def test_the_embedded_farm_renders_every_built_in_model(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, data_dir=tmp_path / "data")
     assert settings.embedded
     with running_farm(settings) as farm, httpx.Client(base_url=farm.url, timeout=30.0) as client:
         listed = client.get("/v1/workers").json()
-        for model in ("tiny", "tiny-inpaint", "tiny-edit"):
+        for model in TINY_NAMES:
             assert queue_name(model, batch=False) in listed["queues"]
             assert model in listed["models"]
         assert [item["worker"] for item in listed["workers"]] == [public_worker_name(farm.worker.controller.hostname)]
@@ -204,10 +205,15 @@ def test_the_embedded_farm_renders_the_inpainting_and_edit_models(tmp_path: Path
             return str(response.json()["asset_id"])
 
         image, mask = upload(png_bytes()), upload(mask_png())
-        jobs = {
-            "tiny-inpaint": {"mask": mask, "inpainting_fill": 1, "denoising_strength": 0.75},
+        inpainting = {"mask": mask, "inpainting_fill": 1, "denoising_strength": 0.75}
+        jobs: dict[str, dict[str, Any]] = {
+            "tiny": {},
+            "tiny-inpaint": inpainting,
             "tiny-edit": {},
+            "tiny-xl": {},
+            "tiny-xl-inpaint": inpainting,
         }
+        assert set(jobs) == set(TINY_NAMES)  # a new built-in model gets a job here
         for model, fields in jobs.items():
             body = {"init_images": [image], "prompt": "a red square", "steps": 4, "width": 64, "height": 64}
             created = client.put(f"/v1/jobs/{model}-1", json={**body, **fields, "model": model})
