@@ -3,9 +3,8 @@
     servable_model_names(settings)        # the tiny built-ins, then the entries of RENDERFARM_MODELS_DIR
     queues_for_models(names, settings)    # their interactive queues first, then their batch queues
 
-`servable_model_names` rescans the models folder through the process's catalogue (`shared.models`): a directory
-walk and a stat per file, hashing only files it has not seen (the hash cache keeps the rest), so the announcer can
-call it on every heartbeat.
+`servable_model_names` lists the models folder by the catalogue's rules (`shared.models`) without hashing: a
+directory walk, so the announcer can call it on every heartbeat and a new 7 GB file does not hold it up.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from shared.config import Settings
-from shared.models import model_files
+from shared.models.checkpoints import checkpoint_names
 from shared.queueing import queue_name
 
 __all__ = ["queues_for_models", "servable_model_names"]
@@ -25,8 +24,7 @@ def servable_model_names(settings: Settings) -> list[str]:
 
     A folder that cannot be read counts as empty (the loader will say why when a job names one of its models).
     """
-    catalogue = model_files(settings.models_dir, settings.data_dir)
-    return list(dict.fromkeys([settings.model, *(entry.name for entry in catalogue.refresh_checkpoints().entries)]))
+    return list(dict.fromkeys([settings.model, *checkpoint_names(settings.models_dir)]))
 
 
 def queues_for_models(names: Iterable[str], settings: Settings) -> list[str]:

@@ -34,7 +34,7 @@ from shared.models.layout import (
 )
 from shared.models.tiny import TINY_NAMES, tiny_sha256
 
-__all__ = ["Checkpoint", "CheckpointIndex", "scan_checkpoints", "split_title"]
+__all__ = ["Checkpoint", "CheckpointIndex", "checkpoint_names", "scan_checkpoints", "split_title"]
 
 CheckpointKind = Literal["file", "folder", "tiny"]
 _TITLE_RE: Final = re.compile(r"^(?P<name>.*?)\s*\[(?P<hash>[0-9A-Fa-f]{8,64})\]$")
@@ -179,6 +179,15 @@ def scan_checkpoints(models_dir: Path | None, cache: HashCache) -> list[Checkpoi
             seen.add(name)
             entries.append(entry)
     return entries
+
+
+def checkpoint_names(models_dir: Path | None) -> list[str]:
+    """The canonical names `scan_checkpoints` would list, in its order, without hashing anything: a directory walk
+    (what a worker announces on every heartbeat must not wait for a new 7 GB file to be hashed)."""
+    names = list(TINY_NAMES)
+    if models_dir is not None:
+        names += [name for name, _path in _candidates(models_dir)]
+    return list(dict.fromkeys(names))
 
 
 class CheckpointIndex:

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 import shared.models.hashes as hashes_module
 from shared.models import TINY_NAMES, ModelFiles, find_lora_file, find_vae_file, servable_checkpoint_names
 from shared.models.architecture import Architecture, checkpoint_architecture, lora_architecture, lora_mismatch
+from shared.models.checkpoints import checkpoint_names
 from shared.models.hashes import HASH_CACHE_FILE, HashCache, addnet_hash, legacy_hash
 from shared.models.layout import embeddings_folder
 from shared.models.loras import Lora, LoraIndex
@@ -115,6 +116,15 @@ def test_a_second_scan_reads_no_file_even_in_a_new_process(
     assert set(reads) == {webui.checkpoint}
     assert entry_after is not None
     assert entry_after.sha256 == sha(webui.checkpoint)
+
+
+def test_the_names_a_worker_announces_are_the_listing_s_without_reading_a_file(
+    webui: WebuiModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads = counting_digests(monkeypatch)
+    names = checkpoint_names(webui.root)
+    assert reads == []
+    assert names == [e.name for e in ModelFiles(webui.root, tmp_path / "data").checkpoints().entries]
 
 
 def test_two_caches_on_one_file_keep_each_others_entries(tmp_path: Path) -> None:
