@@ -24,6 +24,7 @@ from shared.job.limits import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_INLINE_IMAGE_BYTES,
     DEFAULT_MAX_N_ITER,
+    DEFAULT_MAX_PROMPT_TOKENS,
 )
 
 ENV_PREFIX = "RENDERFARM_"
@@ -116,6 +117,7 @@ class Settings(BaseSettings):
     max_inline_image_bytes: int = Field(DEFAULT_MAX_INLINE_IMAGE_BYTES, gt=0)
     max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, gt=0)
     max_n_iter: int = Field(DEFAULT_MAX_N_ITER, gt=0)
+    max_prompt_tokens: int = Field(DEFAULT_MAX_PROMPT_TOKENS, gt=0)  # CLIP tokens of prompt, of negative_prompt
     max_batch_items: int = Field(DEFAULT_MAX_BATCH_ITEMS, gt=0)
     max_upload_parts: int = Field(DEFAULT_MAX_UPLOAD_PARTS, gt=0)
     max_queued_jobs_per_tenant: int = Field(DEFAULT_MAX_QUEUED_JOBS_PER_TENANT, gt=0)
