@@ -66,6 +66,19 @@ _PRIORITY_LIMIT = 1000  # the job spec's priority range is -1000..1000 (shared/j
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
+# The variables of the secrets only the API needs (its tenants' tokens, the metrics token): a worker never gets them,
+# and the scheduler drops them from its environment once it holds their digests (docs/reliability.md "Secrets").
+API_SECRET_VARIABLES = (f"{ENV_PREFIX}API_TOKENS", f"{ENV_PREFIX}API_TOKENS_FILE", f"{ENV_PREFIX}METRICS_TOKEN")
+
+
+def drop_api_secrets_from_environment() -> None:
+    """Remove `API_SECRET_VARIABLES` from this process's environment (`os.environ` and the C environment that child
+    processes inherit). The kernel's copy of the initial environment (/proc/<pid>/environ) keeps what the process
+    was started with: RENDERFARM_API_TOKENS_FILE keeps the tokens out of it."""
+    for name in API_SECRET_VARIABLES:
+        os.environ.pop(name, None)
+
+
 def default_data_dir() -> Path:
     """`$XDG_DATA_HOME/renderfarm`, or `~/.local/share/renderfarm`."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
