@@ -94,7 +94,7 @@ class FaultProxy:
             self.refused_windows += 1
             listener, self._listener = self._listener, None
         if listener is not None:
-            listener.close()
+            _stop_listening(listener)
         self.reset_all()
 
     def hang(self) -> None:
@@ -153,7 +153,7 @@ class FaultProxy:
             listener, self._listener = self._listener, None
             hung, self._hung = self._hung, []
         if listener is not None:
-            listener.close()
+            _stop_listening(listener)
         for sock in hung:
             _reset_socket(sock)
         self.reset_all()
@@ -251,6 +251,14 @@ class FaultProxy:
             except OSError:
                 break
         link.closed.set()
+
+
+def _stop_listening(listener: socket.socket) -> None:
+    """Stop accepting at once. close() alone leaves the socket listening while the accept loop's poll still holds
+    it (up to POLL_S): connections made then would be accepted by the kernel, then reset, instead of refused."""
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
 
 
 def _reset_socket(sock: socket.socket) -> None:
