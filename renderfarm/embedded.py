@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
-from shared.config import Settings
+from shared.config import Settings, drop_api_secrets_from_environment
 from shared.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -210,6 +210,7 @@ def serve(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     try:
         farm_settings = embedded_settings(settings, host, bound_port)
         farm = build_farm(farm_settings)
+        drop_api_secrets_from_environment()  # the API holds their digests; nothing this process starts needs them
         try:
             database = url_for_display(farm_settings.resolved_database_url)
             print(

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.config import Settings
+from shared.config import Settings, drop_api_secrets_from_environment
 from shared.errors import ConfigError, RenderfarmError
 
 __all__ = ["run"]
@@ -74,6 +74,10 @@ def _cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
     sock = bind_socket(args.host, args.port)
     try:
         app = create_app(settings)
+        # The app keeps the tokens' digests only; the settings it was built from, and the environment they came
+        # from, are dropped, so that nothing in this process holds a token while it serves (docs/reliability.md).
+        del settings
+        drop_api_secrets_from_environment()
         # Open event streams end as the shutdown begins (their clients resume on the next scheduler).
         server = graceful_server(app, log_level=args.log_level)
         # uvicorn.Config set up its own loggers (the access log prints query strings: signed download URLs).
@@ -180,8 +184,8 @@ def run(args: argparse.Namespace) -> int:
     (naming the setting) and exits 2."""
     handler = COMMANDS[args.server_command]
     try:
-        settings = _checked(Settings(), getattr(args, "api_settings", True))
-        return handler(args, settings)
+        # No name here holds the settings: the command may drop them (a server keeps no token once it has digests).
+        return handler(args, _checked(Settings(), getattr(args, "api_settings", True)))
     except RenderfarmError as exc:
         where = f" ({exc.field})" if exc.field else ""
         print(f"renderfarm: {exc.message}{where}", file=sys.stderr)

@@ -14,7 +14,8 @@ down). This module rewrites it once, after generation:
   where it names something (a path parameter, or a body that can reference assets and jobs);
 - the constraints the routes enforce and FastAPI cannot see, because the route checks them itself: the task id's
   alphabet and length (`shared.job.ids`, in paths and in `force_task_id`), the asset id's form, at least one init
-  image, the prompts' length (`shared.job.spec.MAX_PROMPT_LENGTH`) on the webui's route too.
+  image, the prompts' length (`shared.job.spec.MAX_PROMPT_LENGTH`) on the webui's route too, and the prompts' limit
+  in CLIP tokens (a setting, so described in words: `shared.prompts.token_limit`).
 
 `tests/api/test_openapi_schemathesis.py` holds the document to the behaviour.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from shared.job.ids import MAX_TASK_ID_LENGTH
+from shared.job.limits import DEFAULT_MAX_PROMPT_TOKENS
 from shared.job.spec import MAX_PROMPT_LENGTH
 
 __all__ = ["ERROR_BODY_SCHEMA", "truthful_document"]
@@ -78,17 +80,25 @@ ASSET_ID_SCHEMA: Final[dict[str, Any]] = {
 }
 PATH_PARAMETER_SCHEMAS: Final[dict[str, dict[str, Any]]] = {"task_id": TASK_ID_SCHEMA, "asset_id": ASSET_ID_SCHEMA}
 
+PROMPT_DESCRIPTION: Final = (
+    f"At most {MAX_PROMPT_LENGTH} characters, and at most the farm's max_prompt_tokens CLIP tokens (default "
+    f"{DEFAULT_MAX_PROMPT_TOKENS}) of the text the worker encodes (extra-network tags and emphasis markup not "
+    'counted); a longer prompt is a 422 naming the field (docs/reliability.md, "Limits at the edge").'
+)
+
 # Constraints of request fields that the farm checks after FastAPI's validation (shared.job.spec, the webui
 # translation), by schema → field → what the field's string or array branch must say.
 FIELD_CONSTRAINTS: Final[dict[str, dict[str, dict[str, Any]]]] = {
     "Img2ImgJob": {
         "init_images": {"minItems": 1},
+        "prompt": {"description": PROMPT_DESCRIPTION},
+        "negative_prompt": {"description": PROMPT_DESCRIPTION},
         "force_task_id": {k: v for k, v in TASK_ID_SCHEMA.items() if k != "type"},
     },
     "Img2ImgRequest": {
         "init_images": {"minItems": 1},
-        "prompt": {"maxLength": MAX_PROMPT_LENGTH},
-        "negative_prompt": {"maxLength": MAX_PROMPT_LENGTH},
+        "prompt": {"maxLength": MAX_PROMPT_LENGTH, "description": PROMPT_DESCRIPTION},
+        "negative_prompt": {"maxLength": MAX_PROMPT_LENGTH, "description": PROMPT_DESCRIPTION},
         "force_task_id": {k: v for k, v in TASK_ID_SCHEMA.items() if k != "type"},
     },
 }

@@ -24,6 +24,7 @@ from shared.job.limits import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_INLINE_IMAGE_BYTES,
     DEFAULT_MAX_N_ITER,
+    DEFAULT_MAX_PROMPT_TOKENS,
 )
 
 ENV_PREFIX = "RENDERFARM_"
@@ -67,6 +68,19 @@ DEFAULT_MAX_PRIORITY = 0
 _TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _PRIORITY_LIMIT = 1000  # the job spec's priority range is -1000..1000 (shared/job/spec.py MIN/MAX_PRIORITY)
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+# The variables of the secrets only the API needs (its tenants' tokens, the metrics token): a worker never gets them,
+# and the scheduler drops them from its environment once it holds their digests (docs/reliability.md "Secrets").
+API_SECRET_VARIABLES = (f"{ENV_PREFIX}API_TOKENS", f"{ENV_PREFIX}API_TOKENS_FILE", f"{ENV_PREFIX}METRICS_TOKEN")
+
+
+def drop_api_secrets_from_environment() -> None:
+    """Remove `API_SECRET_VARIABLES` from this process's environment (`os.environ` and the C environment that child
+    processes inherit). The kernel's copy of the initial environment (/proc/<pid>/environ) keeps what the process
+    was started with: RENDERFARM_API_TOKENS_FILE keeps the tokens out of it."""
+    for name in API_SECRET_VARIABLES:
+        os.environ.pop(name, None)
 
 
 def default_data_dir() -> Path:
@@ -120,6 +134,7 @@ class Settings(BaseSettings):
     max_inline_image_bytes: int = Field(DEFAULT_MAX_INLINE_IMAGE_BYTES, gt=0)
     max_batch_size: int = Field(DEFAULT_MAX_BATCH_SIZE, gt=0)
     max_n_iter: int = Field(DEFAULT_MAX_N_ITER, gt=0)
+    max_prompt_tokens: int = Field(DEFAULT_MAX_PROMPT_TOKENS, gt=0)  # CLIP tokens of prompt, of negative_prompt
     max_batch_items: int = Field(DEFAULT_MAX_BATCH_ITEMS, gt=0)
     max_upload_parts: int = Field(DEFAULT_MAX_UPLOAD_PARTS, gt=0)
     max_queued_jobs_per_tenant: int = Field(DEFAULT_MAX_QUEUED_JOBS_PER_TENANT, gt=0)

@@ -1,5 +1,10 @@
-"""A TCP proxy that can fail on demand: put it between a farm's processes and a service (S3, PostgreSQL) and
-switch the service "off" in the ways networks and servers really fail.
+"""The one TCP fault proxy of the tests: put it between the farm (its processes, or the code under test in this
+process) and a real service (S3, PostgreSQL) and switch the service "off" in the ways networks and servers really
+fail, so that the farm sees the very errors an outage gives it.
+
+    with FaultProxy("127.0.0.1", 5000) as proxy:   # listens on 127.0.0.1:<free port> (proxy.port, proxy.url)
+        proxy.refuse()    # ... or proxy.hang(), proxy.reset_all(), proxy.refusing_for(30)
+        proxy.restore()
 
 - `passing`: bytes flow both ways (the default).
 - `refusing`: connections are refused (the listening socket is closed: connect() gets ECONNREFUSED) and every open
@@ -9,8 +14,9 @@ switch the service "off" in the ways networks and servers really fail.
 - `reset_all()`: reset every open connection once (a server restart, a NAT table flush), then keep passing.
 
 The proxy runs in threads of the test process (one accept loop, two pumps per connection), so a test switches modes
-with plain method calls. `refusing_for(s)` / `hanging_for(s)` are the fault windows of the fault suite: a fault's
-duration is a timer by nature, the only sleeps here.
+with plain method calls, from any thread (an engine stand-in may switch S3 off in the middle of a job).
+`refusing_for(s)` / `hanging_for(s)` are the fault windows of the fault suite: a fault's duration is a timer by
+nature, the only sleeps here.
 """
 
 from __future__ import annotations
@@ -73,6 +79,11 @@ class FaultProxy:
     # Modes
 
     @property
+    def url(self) -> str:
+        """The proxy's address as an HTTP endpoint (what a client of an HTTP service, S3, is given)."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
     def mode(self) -> Mode:
         return self._mode
 
@@ -83,7 +94,7 @@ class FaultProxy:
             self.refused_windows += 1
             listener, self._listener = self._listener, None
         if listener is not None:
-            listener.close()
+            _stop_listening(listener)
         self.reset_all()
 
     def hang(self) -> None:
@@ -142,7 +153,7 @@ class FaultProxy:
             listener, self._listener = self._listener, None
             hung, self._hung = self._hung, []
         if listener is not None:
-            listener.close()
+            _stop_listening(listener)
         for sock in hung:
             _reset_socket(sock)
         self.reset_all()
@@ -240,6 +251,14 @@ class FaultProxy:
             except OSError:
                 break
         link.closed.set()
+
+
+def _stop_listening(listener: socket.socket) -> None:
+    """Stop accepting at once. close() alone leaves the socket listening while the accept loop's poll still holds
+    it (up to POLL_S): connections made then would be accepted by the kernel, then reset, instead of refused."""
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
 
 
 def _reset_socket(sock: socket.socket) -> None:

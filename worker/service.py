@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from shared.config import ENV_PREFIX, Settings
+from shared.config import API_SECRET_VARIABLES, ENV_PREFIX, Settings, drop_api_secrets_from_environment
 from shared.queueing import queue_name
 from worker.metrics import metrics_port_for
 from worker.servable import queues_for_models, servable_model_names
@@ -72,10 +72,6 @@ def parse_gpus(gpus: str, device_count: int) -> list[int] | None:
     if missing or not indices:
         raise ValueError(f"GPU(s) {missing or gpus} not present: this machine has {device_count} GPU(s)")
     return indices
-
-
-# Settings a worker never needs (the API's tokens): kept out of its environment (docs/reliability.md "Secrets").
-API_SECRET_VARIABLES = (f"{ENV_PREFIX}API_TOKENS", f"{ENV_PREFIX}API_TOKENS_FILE", f"{ENV_PREFIX}METRICS_TOKEN")
 
 
 def worker_environment(settings: Settings, environ: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -272,10 +268,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--hostname", default=None)
     args = parser.parse_args(argv)
     queues = [q for q in args.queues.split(",") if q] if args.queues else None
-    # A worker started with the API's tokens in its environment (one shared secret for every process) drops them
-    # before anything else runs: nothing it starts, logs or reports can show them.
-    for name in API_SECRET_VARIABLES:
-        os.environ.pop(name, None)
+    # A worker started with the API's tokens in its environment (one shared secret for every process) starts again
+    # without them before anything else runs: dropping them from os.environ alone would leave them in the kernel's
+    # copy of its environment (/proc/<pid>/environ), readable by whatever runs as its user.
+    if argv is None and any(name in os.environ for name in API_SECRET_VARIABLES):
+        environ = {name: value for name, value in os.environ.items() if name not in API_SECRET_VARIABLES}
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)  # noqa: S606 - this same program
+    drop_api_secrets_from_environment()
     run_worker_process(Settings().without_secrets(), queues, args.device, args.hostname)
 
 

@@ -51,10 +51,12 @@ from shared.job.limits import (
     DEFAULT_MAX_IMAGE_PIXELS,
     DEFAULT_MAX_INLINE_IMAGE_BYTES,
     DEFAULT_MAX_N_ITER,
+    DEFAULT_MAX_PROMPT_TOKENS,
 )
 from shared.job.problems import Loc, field_problems, headline_first, problem, several
 from shared.job.text import text_problems
 from shared.prompts import prompt_problems
+from shared.prompts.token_limit import prompt_token_problems
 from shared.sampler_names import (
     SAMPLER_LABELS,
     SCHEDULE_LABELS,
@@ -130,6 +132,8 @@ class LimitSettings(Protocol):
     def max_batch_size(self) -> int: ...
     @property
     def max_n_iter(self) -> int: ...
+    @property
+    def max_prompt_tokens(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -139,12 +143,14 @@ class SpecLimits:
     max_image_pixels: width × height of the processing size, and of seed_resize_from_w × _h (pixels).
     max_inline_image_bytes: base64-decoded size of one inline image (bytes); bigger → PayloadTooLarge (413).
     max_batch_size: images per sampling batch. max_n_iter: batches per job.
+    max_prompt_tokens: CLIP tokens of prompt and of negative_prompt (shared.prompts.token_limit).
     """
 
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_inline_image_bytes: int = DEFAULT_MAX_INLINE_IMAGE_BYTES
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     max_n_iter: int = DEFAULT_MAX_N_ITER
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
 
     @classmethod
     def from_settings(cls, settings: LimitSettings) -> SpecLimits:
@@ -153,6 +159,7 @@ class SpecLimits:
             max_inline_image_bytes=settings.max_inline_image_bytes,
             max_batch_size=settings.max_batch_size,
             max_n_iter=settings.max_n_iter,
+            max_prompt_tokens=settings.max_prompt_tokens,
         )
 
 
@@ -410,6 +417,9 @@ class Img2ImgJob(BaseModel):
     @classmethod
     def _check_prompt(cls, value: str, info: ValidationInfo) -> str:
         problems = prompt_problems(str(info.field_name), value)  # docs/engine.md, "Prompt language"
+        limits = _limits(info)
+        if limits is not None:  # at admission only: a stored job is never refused for a changed limit
+            problems += prompt_token_problems(str(info.field_name), value, limits.max_prompt_tokens)
         if problems:
             raise several([(p.field, p.code, p.message) for p in problems])
         return value

@@ -24,7 +24,7 @@ from shared.queueing import queue_name
 from shared.states import JobState
 from shared.storage import S3Storage, asset_key
 from tests.clock import FakeClock, ManualClock
-from tests.faults import SwitchableProxy, switchable_proxy
+from tests.fault_proxy import FaultProxy
 from tests.services import S3Server
 from tests.worker.conftest import TENANT, Submitter, picture
 from worker.claimed_run import lease_seconds
@@ -39,16 +39,16 @@ QUEUE = queue_name(None, batch=False)  # the queue of the jobs `submit` makes
 
 
 @pytest.fixture
-def proxy(s3_env: S3Server) -> Iterator[SwitchableProxy]:
+def proxy(s3_env: S3Server) -> Iterator[FaultProxy]:
     endpoint = urlparse(s3_env.endpoint_url)
     assert endpoint.hostname is not None
     assert endpoint.port is not None
-    with switchable_proxy(endpoint.hostname, endpoint.port) as proxy:
+    with FaultProxy(endpoint.hostname, endpoint.port, name="s3-proxy") as proxy:
         yield proxy
 
 
 @pytest.fixture
-def flaky_storage(proxy: SwitchableProxy, s3_env: S3Server, bucket: str) -> Iterator[S3Storage]:
+def flaky_storage(proxy: FaultProxy, s3_env: S3Server, bucket: str) -> Iterator[S3Storage]:
     """The test's bucket through the proxy; one try per call (boto3's own retries would only slow the test)."""
     store = S3Storage(
         bucket,
@@ -124,7 +124,7 @@ def test_an_s3_outage_uses_no_attempt_backs_off_and_the_job_recovers_when_s3_ret
     timed_db: Database,
     db_clock: FakeClock,
     flaky_storage: S3Storage,
-    proxy: SwitchableProxy,
+    proxy: FaultProxy,
     submit: Submitter,
 ) -> None:
     row = submit(max_attempts=1)  # one attempt: before the fix, the first outage failed the job for good
@@ -167,7 +167,7 @@ def test_a_job_fails_for_an_outage_only_past_the_outage_deadline(
     timed_db: Database,
     db_clock: FakeClock,
     flaky_storage: S3Storage,
-    proxy: SwitchableProxy,
+    proxy: FaultProxy,
     submit: Submitter,
 ) -> None:
     row = submit()
@@ -201,7 +201,7 @@ def test_a_20_s_s3_outage_fails_no_job_and_every_job_recovers_by_itself(
     timed_db: Database,
     db_clock: FakeClock,
     flaky_storage: S3Storage,
-    proxy: SwitchableProxy,
+    proxy: FaultProxy,
     submit: Submitter,
 ) -> None:
     """Finding 1 end to end, on fake time: the dispatcher's round (claim_dispatch) publishes what is due every tick
@@ -244,7 +244,7 @@ def test_a_20_s_s3_outage_fails_no_job_and_every_job_recovers_by_itself(
 class OutageAfterRender:
     """The real engine; S3 goes down the moment the render is done (before the upload)."""
 
-    def __init__(self, proxy: SwitchableProxy) -> None:
+    def __init__(self, proxy: FaultProxy) -> None:
         self.proxy = proxy
         self.renders = 0
 
@@ -260,7 +260,7 @@ def test_an_upload_during_an_outage_is_retried_in_the_lease_and_the_render_is_ke
     timed_db: Database,
     db_clock: FakeClock,
     flaky_storage: S3Storage,
-    proxy: SwitchableProxy,
+    proxy: FaultProxy,
     submit: Submitter,
     storage: S3Storage,
 ) -> None:
@@ -293,7 +293,7 @@ def test_an_upload_outage_longer_than_upload_retry_s_requeues_without_using_an_a
     timed_db: Database,
     db_clock: FakeClock,
     flaky_storage: S3Storage,
-    proxy: SwitchableProxy,
+    proxy: FaultProxy,
     submit: Submitter,
 ) -> None:
     row = submit(max_attempts=1)
@@ -315,7 +315,7 @@ def test_a_takeover_during_an_upload_wait_stops_the_retries_and_removes_nothing_
     timed_db: Database,
     db_clock: FakeClock,
     flaky_storage: S3Storage,
-    proxy: SwitchableProxy,
+    proxy: FaultProxy,
     submit: Submitter,
 ) -> None:
     row = submit()
@@ -412,7 +412,7 @@ def test_a_failure_and_an_outage_requeue_are_recorded_through_a_database_blip(
     timed_db: Database,
     db_clock: FakeClock,
     flaky_storage: S3Storage,
-    proxy: SwitchableProxy,
+    proxy: FaultProxy,
     submit: Submitter,
 ) -> None:
     def refusing_engine(p: StableDiffusionProcessingImg2Img) -> Processed:
