@@ -19,7 +19,7 @@ from shared.embeddings.layout import EmbeddingFormatError, Layout, read_layout
 from shared.embeddings.safetensors_header import read_safetensors_header
 from shared.embeddings.torch_pickle import TensorShape, read_torch_structure
 
-__all__ = ["EmbeddingInfo", "ShapeOps", "image_name", "plain_value", "read_embedding_info"]
+__all__ = ["EmbeddingInfo", "ShapeOps", "embedding_listing_entry", "image_name", "plain_value", "read_embedding_info"]
 
 
 class ShapeOps:
@@ -76,13 +76,20 @@ class EmbeddingInfo:
 
     def listing_entry(self) -> dict[str, Any]:
         """The reference's fields for this embedding in `/sdapi/v1/embeddings`."""
-        return {
-            "step": self.step,
-            "sd_checkpoint": self.sd_checkpoint,
-            "sd_checkpoint_name": self.sd_checkpoint_name,
-            "shape": self.width,
-            "vectors": self.vectors,
-        }
+        return embedding_listing_entry(self.step, self.sd_checkpoint, self.sd_checkpoint_name, self.width, self.vectors)
+
+
+def embedding_listing_entry(
+    step: Any, sd_checkpoint: Any, sd_checkpoint_name: Any, width: int, vectors: int
+) -> dict[str, Any]:
+    """The reference's fields of one embedding in `/sdapi/v1/embeddings` (the scheduler's and the worker's)."""
+    return {
+        "step": step,
+        "sd_checkpoint": sd_checkpoint,
+        "sd_checkpoint_name": sd_checkpoint_name,
+        "shape": width,
+        "vectors": vectors,
+    }
 
 
 def read_embedding_info(path: Path) -> EmbeddingInfo | None:

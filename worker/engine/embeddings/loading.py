@@ -25,7 +25,7 @@ from shared.embeddings.folder import (
 )
 from shared.embeddings.images import read_image_embedding
 from shared.embeddings.layout import EmbeddingFormatError, Layout, read_layout
-from shared.embeddings.reading import image_name, plain_value
+from shared.embeddings.reading import embedding_listing_entry, image_name, plain_value
 
 __all__ = ["SHORT_HASH_CHARS", "Embedding", "TorchOps", "load_embedding_file"]
 
@@ -82,13 +82,7 @@ class Embedding:
         return self.hash[:SHORT_HASH_CHARS]
 
     def listing_entry(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "sd_checkpoint": self.sd_checkpoint,
-            "sd_checkpoint_name": self.sd_checkpoint_name,
-            "shape": self.width,
-            "vectors": self.vectors,
-        }
+        return embedding_listing_entry(self.step, self.sd_checkpoint, self.sd_checkpoint_name, self.width, self.vectors)
 
 
 def _as_tensor(value: Any) -> torch.Tensor:
