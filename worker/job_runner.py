@@ -27,6 +27,7 @@ Error classification (what the job becomes; docs/reliability.md "Outages and ret
 
 from __future__ import annotations
 
+import functools
 import logging
 import types
 import uuid
@@ -57,6 +58,7 @@ from worker.deps import WorkerDeps
 from worker.engine.models import LoadedModel, ModelNotFound
 from worker.engine.processing import Processed, StableDiffusionProcessingImg2Img
 from worker.inputs import load_inputs
+from worker.lora_files import find_lora_file
 from worker.metrics import WORKER_METRICS
 from worker.out_of_memory import free_memory, is_out_of_memory, smaller_batch
 from worker.run_outcome import PhaseTimings, RunOutcome
@@ -323,6 +325,7 @@ def _render_once(
         job, sd_model=model, init_images=init_images, mask=mask, latent_mask=latent_mask
     )
     p.embeddings = deps.embeddings.for_job(model, deps.settings.models_dir)
+    p.lora_files = functools.partial(find_lora_file, deps.settings.models_dir)  # TEMPORARY: shared/models' registry
     p.progress_callback = hook
     hook.processing = p  # so that A1111 interrupt / skip requests reach this render
     return deps.engine(p)
