@@ -109,7 +109,8 @@ def lora_request(tag: ExtraNetworkTag) -> LoraRequest:
     TE defaults to 1, UNET to the resolved TE (`<lora:x:te=0.5>` is 0.5/0.5), DYN to none. Raises LoraTagError where
     the reference would fail inside activation and drop the prompt's LoRAs, and for what it would ignore (an unknown
     named argument, a fifth positional one): the farm refuses instead (P6)."""
-    if not tag.positional or not tag.positional[0]:
+    first_item = tag.text[len(tag.type) + 2 : -1].split(":")[0]
+    if not tag.positional or not tag.positional[0] or first_item.count("=") == 1:
         raise LoraTagError(f"{tag.text}: the first argument must be the network's name")
     if len(tag.positional) > 4:
         raise LoraTagError(f"{tag.text}: too many arguments (name, te, unet, dyn at most)")

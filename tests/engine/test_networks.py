@@ -420,3 +420,13 @@ def test_the_short_hash_is_the_metadata_hash_when_present(model: LoadedModel, tm
     path = write_safetensors(tmp_path / "m.safetensors", _lora_linear()[0], metadata={"sshs_model_hash": "ab" * 32})
     applied = activate_networks(model, [(request(), path)])
     assert applied.changed[0][1] == "ab" * 6
+
+
+def test_ldm_names_in_an_sd1_file_reach_the_same_layer(model: LoadedModel, tmp_path: Path) -> None:
+    # The tiny UNet has 1 layer per block: down block 1's first layer is input block 1 + (1 + 1) = 3.
+    weights = _lora_linear()[0][UNET_Q]
+    path = write_safetensors(tmp_path / "ldm.safetensors", {"lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q": weights})
+    q = _original_getter(model)(UNET_Q)
+    activate_networks(model, [(request(unet=1.0), path)])
+    expected = q + 0.5 * weights["lora_up.weight"] @ weights["lora_down.weight"]
+    torch.testing.assert_close(module_of(model, UNET_Q).weight.detach(), expected)

@@ -68,7 +68,9 @@ def _per_block(value: Any, blocks: int) -> list[int]:
 
 def _resnet_rest(rest: str) -> str:
     head, _, tail = rest.partition(".")
-    return f"{_RESNET_PARTS[head]}.{tail}" if head in _RESNET_PARTS and tail else rest
+    if head not in _RESNET_PARTS:
+        return rest
+    return f"{_RESNET_PARTS[head]}.{tail}" if tail else _RESNET_PARTS[head]
 
 
 def sgm_unet_name(name: str, layers_per_block: Sequence[int], up_has_attention: Sequence[bool]) -> str | None:
