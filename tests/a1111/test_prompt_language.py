@@ -17,4 +17,7 @@ def test_refused_prompts_name_the_field(farm: LiveFarm) -> None:
         lora = client.post("/sdapi/v1/img2img", json={**base, "prompt": "a <lora:x:0.5:abc>"})
         assert lora.status_code == 422
         assert lora.json()["error"]["field"] == "prompt"
-        assert lora.json()["error"]["details"][0]["message"] == "<lora:x:0.5:abc>: the UNet multiplier 'abc' is not a number"
+        assert (
+            lora.json()["error"]["details"][0]["message"]
+            == "<lora:x:0.5:abc>: the UNet multiplier 'abc' is not a number"
+        )

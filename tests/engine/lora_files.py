@@ -18,7 +18,11 @@ def rand(*shape: int, seed: int, scale: float = 0.1) -> torch.Tensor:
 
 def write_safetensors(path: Path, layer_keys: dict[str, Tensors], metadata: dict[str, str] | None = None) -> Path:
     """A network file with `<layer>.<weight name>` keys."""
-    flat = {f"{layer}.{name}": tensor.contiguous() for layer, weights in layer_keys.items() for name, tensor in weights.items()}
+    flat = {
+        f"{layer}.{name}": tensor.contiguous()
+        for layer, weights in layer_keys.items()
+        for name, tensor in weights.items()
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(flat, str(path), metadata=metadata)
     return path
@@ -44,9 +48,9 @@ def tucker_delta(mid: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> tor
     """ΔW[:, :, k, l] = up · mid[:, :, k, l] · down, for up (out, r), mid (r, r, kh, kw), down (r, in)."""
     out, inp = up.shape[0], down.shape[1]
     result = torch.zeros(out, inp, mid.shape[2], mid.shape[3])
-    for k in range(mid.shape[2]):
-        for l in range(mid.shape[3]):
-            result[:, :, k, l] = up @ mid[:, :, k, l] @ down
+    for row in range(mid.shape[2]):
+        for column in range(mid.shape[3]):
+            result[:, :, row, column] = up @ mid[:, :, row, column] @ down
     return result
 
 

@@ -45,10 +45,11 @@ TE, UNET = 0.7, 0.6  # the multipliers of most cases: te layers get 0.7, unet la
 
 
 def module_of(model: LoadedModel, key: str) -> Any:
+    unet: Any = model.unet
     modules = {
-        UNET_Q: model.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q,
-        UNET_CONV: model.unet.down_blocks[0].resnets[0].conv1,
-        UNET_NORM: model.unet.down_blocks[0].resnets[0].norm1,
+        UNET_Q: unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1.to_q,
+        UNET_CONV: unet.down_blocks[0].resnets[0].conv1,
+        UNET_NORM: unet.down_blocks[0].resnets[0].norm1,
         TE_Q: model.text_encoder.get_submodule("encoder.layers.0.self_attn.q_proj"),
         TE_FC1: model.text_encoder.get_submodule("encoder.layers.0.mlp.fc1"),
         "lora_unet_conv_in": model.unet.conv_in,
@@ -113,7 +114,9 @@ def _lora_conv() -> Case:
 
 def _lora_tucker() -> Case:
     down, mid, up = rand(2, 32, 1, 1, seed=7), rand(2, 2, 3, 3, seed=8), rand(32, 2, 1, 1, seed=9)
-    layers = {UNET_CONV: {"lora_down.weight": down, "lora_mid.weight": mid, "lora_up.weight": up, "alpha": torch.tensor(3.0)}}
+    layers = {
+        UNET_CONV: {"lora_down.weight": down, "lora_mid.weight": mid, "lora_up.weight": up, "alpha": torch.tensor(3.0)}
+    }
     expected = lambda w: {UNET_CONV: w(UNET_CONV) + UNET * 1.5 * tucker_delta(mid, up[:, :, 0, 0], down[:, :, 0, 0])}  # noqa: E731
     return layers, expected
 
@@ -121,19 +124,29 @@ def _lora_tucker() -> Case:
 def _lora_scale_key_and_bias_key() -> Case:
     up, down, bias = rand(37, 2, seed=10), rand(2, 32, seed=11), rand(37, 32, seed=12)
     # `scale` wins over alpha/r; a key named `bias` joins the weight update (scaled), not the layer's bias.
-    weights = {"lora_up.weight": up, "lora_down.weight": down, "alpha": torch.tensor(8.0), "scale": torch.tensor(0.25), "bias": bias}
+    weights = {
+        "lora_up.weight": up,
+        "lora_down.weight": down,
+        "alpha": torch.tensor(8.0),
+        "scale": torch.tensor(0.25),
+        "bias": bias,
+    }
     return {TE_FC1: weights}, lambda w: {TE_FC1: w(TE_FC1) + TE * 0.25 * (up @ down + bias)}
 
 
 def _dora() -> Case:
     up, down, magnitude = rand(64, 4, seed=13), rand(4, 64, seed=14), 1 + rand(1, 64, seed=15)
-    layers = {UNET_Q: {"lora_up.weight": up, "lora_down.weight": down, "alpha": torch.tensor(4.0), "dora_scale": magnitude}}
+    layers = {
+        UNET_Q: {"lora_up.weight": up, "lora_down.weight": down, "alpha": torch.tensor(4.0), "dora_scale": magnitude}
+    }
     return layers, lambda w: {UNET_Q: w(UNET_Q) + UNET * dora_merged(w(UNET_Q), up @ down, magnitude)}
 
 
 def _loha() -> Case:
     w1a, w1b, w2a, w2b = rand(64, 2, seed=16), rand(2, 64, seed=17), rand(64, 2, seed=18), rand(2, 64, seed=19)
-    layers = {UNET_Q: {"hada_w1_a": w1a, "hada_w1_b": w1b, "hada_w2_a": w2a, "hada_w2_b": w2b, "alpha": torch.tensor(1.0)}}
+    layers = {
+        UNET_Q: {"hada_w1_a": w1a, "hada_w1_b": w1b, "hada_w2_a": w2a, "hada_w2_b": w2b, "alpha": torch.tensor(1.0)}
+    }
     return layers, lambda w: {UNET_Q: w(UNET_Q) + UNET * 0.5 * ((w1a @ w1b) * (w2a @ w2b))}
 
 
@@ -300,7 +313,9 @@ def test_multiplier_zero_leaves_the_model_unchanged(model: LoadedModel, tmp_path
 
 
 @pytest.mark.parametrize(("te", "unet"), [(0.5, 0.0), (0.0, 0.8)])
-def test_te_and_unet_multipliers_apply_to_their_layers(model: LoadedModel, tmp_path: Path, te: float, unet: float) -> None:
+def test_te_and_unet_multipliers_apply_to_their_layers(
+    model: LoadedModel, tmp_path: Path, te: float, unet: float
+) -> None:
     unet_up, unet_down = rand(64, 2, seed=50), rand(2, 64, seed=51)
     te_up, te_down = rand(32, 2, seed=52), rand(2, 32, seed=53)
     layers = {
@@ -334,7 +349,9 @@ def test_networks_apply_in_prompt_order_against_the_changed_weight(model: Loaded
     q = _original_getter(model)(TE_Q)
     activate_networks(model, [(request("b", te=1.0), second), (request("a", te=0.5), first)])
     changed = q + second_diff
-    torch.testing.assert_close(module_of(model, TE_Q).weight.detach(), changed + 0.5 * changed * first_factor.reshape(32, 1))
+    torch.testing.assert_close(
+        module_of(model, TE_Q).weight.detach(), changed + 0.5 * changed * first_factor.reshape(32, 1)
+    )
 
 
 def test_the_same_set_again_is_a_no_op_and_a_new_set_replaces_the_old(
@@ -370,7 +387,9 @@ UNET_Q_STATE = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weigh
 def test_nine_channel_inpainting_unets_get_the_update_zero_padded(tiny_dir: Path, tmp_path: Path) -> None:
     inpaint = load_model("tiny-inpaint", tiny_dir=tiny_dir, device="cpu", dtype=torch.float32)
     down, up = rand(2, 4, 3, 3, seed=60), rand(32, 2, 1, 1, seed=61)
-    path = write_safetensors(tmp_path / "net.safetensors", {"lora_unet_conv_in": {"lora_down.weight": down, "lora_up.weight": up}})
+    path = write_safetensors(
+        tmp_path / "net.safetensors", {"lora_unet_conv_in": {"lora_down.weight": down, "lora_up.weight": up}}
+    )
     w = inpaint.unet.conv_in.weight.detach().clone()
     activate_networks(inpaint, [(request(unet=1.0), path)])
     now = inpaint.unet.conv_in.weight.detach()
@@ -385,13 +404,15 @@ def test_a_shape_mismatch_fails_naming_the_network_and_restores(model: LoadedMod
     wrong = {UNET_Q: {"lora_up.weight": rand(64, 2, seed=62), "lora_down.weight": rand(2, 48, seed=63)}}
     bad = write_safetensors(tmp_path / "bad.safetensors", wrong)
     before = originals(model)
-    with pytest.raises(NetworkShapeMismatch, match="'other'.*bad.safetensors"):
+    with pytest.raises(NetworkShapeMismatch, match=r"'other'.*bad\.safetensors"):
         activate_networks(model, [(request("good"), good), (request("other"), bad)])
     assert same_as(model, before)  # P7: no half-applied set
 
 
 def test_a_file_matching_no_layer_fails(model: LoadedModel, tmp_path: Path) -> None:
-    path = write_safetensors(tmp_path / "sdxl.safetensors", {"lora_unet_input_blocks_40_1_proj_in": _lora_linear()[0][UNET_Q]})
+    path = write_safetensors(
+        tmp_path / "sdxl.safetensors", {"lora_unet_input_blocks_40_1_proj_in": _lora_linear()[0][UNET_Q]}
+    )
     with pytest.raises(NetworkMatchesNothing, match="'net'"):
         activate_networks(model, [(request(), path)])
 
@@ -425,8 +446,23 @@ def test_the_short_hash_is_the_metadata_hash_when_present(model: LoadedModel, tm
 def test_ldm_names_in_an_sd1_file_reach_the_same_layer(model: LoadedModel, tmp_path: Path) -> None:
     # The tiny UNet has 1 layer per block: down block 1's first layer is input block 1 + (1 + 1) = 3.
     weights = _lora_linear()[0][UNET_Q]
-    path = write_safetensors(tmp_path / "ldm.safetensors", {"lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q": weights})
+    path = write_safetensors(
+        tmp_path / "ldm.safetensors", {"lora_unet_input_blocks_3_1_transformer_blocks_0_attn1_to_q": weights}
+    )
     q = _original_getter(model)(UNET_Q)
     activate_networks(model, [(request(unet=1.0), path)])
     expected = q + 0.5 * weights["lora_up.weight"] @ weights["lora_down.weight"]
     torch.testing.assert_close(module_of(model, UNET_Q).weight.detach(), expected)
+
+
+def test_an_extra_bias_on_a_layer_without_bias_creates_one_and_removal_drops_it(
+    model: LoadedModel, tmp_path: Path
+) -> None:
+    layer = module_of(model, UNET_Q)
+    assert layer.bias is None  # diffusers' attention projections have none
+    diff, diff_b = rand(64, 64, seed=70), rand(64, seed=71)
+    path = write_safetensors(tmp_path / "full.safetensors", {UNET_Q: {"diff": diff, "diff_b": diff_b}})
+    activate_networks(model, [(request(unet=0.5), path)])
+    torch.testing.assert_close(layer.bias.detach(), 0.5 * diff_b)
+    deactivate_networks(model)
+    assert layer.bias is None

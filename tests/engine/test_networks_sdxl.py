@@ -48,7 +48,12 @@ def xl() -> TinyXL:
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=8 * 6 + 16,
     )
-    small = {"intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2, "vocab_size": 100}
+    small: dict[str, Any] = {
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "vocab_size": 100,
+    }
     small |= {"bos_token_id": 98, "eos_token_id": 99, "pad_token_id": 99}
     te1 = CLIPTextModel(CLIPTextConfig(hidden_size=16, **small))
     te2 = CLIPTextModelWithProjection(CLIPTextConfig(hidden_size=32, projection_dim=16, hidden_act="gelu", **small))

@@ -64,7 +64,13 @@ HYPERNET_MESSAGE = "hypernetworks (<hypernet:…>) are not supported: diffusers 
         ("<lora:a> <lora:b>", []),
         ("<lora:x:abc>", [("invalid_lora_tag", "<lora:x:abc>: the text-encoder multiplier 'abc' is not a number")]),
         ("<hypernet:h:1>", [("unsupported", HYPERNET_MESSAGE)]),
-        ("<lora:a:z> <hypernet:h>", [("invalid_lora_tag", "<lora:a:z>: the text-encoder multiplier 'z' is not a number"), ("unsupported", HYPERNET_MESSAGE)]),
+        (
+            "<lora:a:z> <hypernet:h>",
+            [
+                ("invalid_lora_tag", "<lora:a:z>: the text-encoder multiplier 'z' is not a number"),
+                ("unsupported", HYPERNET_MESSAGE),
+            ],
+        ),
         ("<lora:>", []),  # not a tag: ARGS needs a character
         ("<other:thing>", []),  # unknown types are removed and warned about
     ],
@@ -72,7 +78,6 @@ HYPERNET_MESSAGE = "hypernetworks (<hypernet:…>) are not supported: diffusers 
 def test_extra_network_tags_in_the_positive_prompt(prompt: str, messages: list[tuple[str, str]]) -> None:
     problems = prompt_problems("prompt", prompt)
     assert [(p.field, p.code, p.message) for p in problems] == [("prompt", code, m) for code, m in messages]
-
 
 
 def test_p9_tags_in_the_negative_prompt_are_accepted_with_a_warning() -> None:

@@ -22,7 +22,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -126,17 +126,26 @@ def _state(model: Any) -> _ModelNetworks:
         return state
 
 
+def _weight(module: torch.nn.Module) -> torch.Tensor:
+    return cast(torch.Tensor, module.weight)
+
+
+def _bias(module: torch.nn.Module) -> torch.Tensor | None:
+    return cast("torch.Tensor | None", getattr(module, "bias", None))
+
+
 def _restore(state: _ModelNetworks, keep: set[str]) -> None:
     """Put back the original weight and bias of every changed layer; forget the copies of layers not in `keep`."""
     with torch.no_grad():
         for key, original in list(state.originals.items()):
             module = state.layers.by_path[key].module
-            module.weight.copy_(original.weight)
+            _weight(module).copy_(original.weight)
+            bias = _bias(module)
             if original.bias is None:
-                if getattr(module, "bias", None) is not None:
-                    module.bias = None  # created by an extra bias
-            else:
-                module.bias.copy_(original.bias)
+                if bias is not None:
+                    module.register_parameter("bias", None)  # the layer had none: an extra bias made it
+            elif bias is not None:
+                bias.copy_(original.bias)
             if key not in keep:
                 del state.originals[key]
 
@@ -145,19 +154,23 @@ def _remember(state: _ModelNetworks, target: TargetLayer) -> None:
     if target.key in state.originals:
         return
     module = target.module
-    bias = getattr(module, "bias", None)
+    bias = _bias(module)
     state.originals[target.key] = _Original(
-        module.weight.detach().to("cpu", copy=True),
+        _weight(module).detach().to("cpu", copy=True),
         bias.detach().to("cpu", copy=True) if bias is not None else None,
     )
 
 
 def _apply_layer(
-    request: LoraRequest, network: MatchedNetwork, target: TargetLayer, weights: dict[str, torch.Tensor], dtype: torch.dtype
+    request: LoraRequest,
+    network: MatchedNetwork,
+    target: TargetLayer,
+    weights: dict[str, torch.Tensor],
+    dtype: torch.dtype,
 ) -> None:
     multiplier = request.te if target.is_text else request.unet
     module = target.module
-    current = module.weight
+    current = _weight(module)
     delta, extra_bias = layer_update(weights, module, current, multiplier, request.dyn, dtype)
     if current.dim() == 4 and current.shape[1] == 9 and delta.dim() == 4 and delta.shape[1] == 4:
         # A 9-channel inpainting UNet: the update of the 4 latent channels, zero for the mask and masked image.
@@ -167,7 +180,7 @@ def _apply_layer(
             f"the network {request.name!r} ({network.file.path.name}) does not fit this model: its update of "
             f"{target.key} has shape {tuple(delta.shape)}, the layer {tuple(current.shape)}"
         )
-    bias = getattr(module, "bias", None)
+    bias = _bias(module)
     if extra_bias is not None and bias is not None and extra_bias.numel() != bias.numel():
         raise NetworkShapeMismatch(
             f"the network {request.name!r} ({network.file.path.name}): its bias of {target.key} has "
@@ -176,7 +189,8 @@ def _apply_layer(
     current.copy_((current.to(delta.dtype) + delta).to(current.dtype))
     if extra_bias is not None:
         if bias is None:
-            module.bias = torch.nn.Parameter(extra_bias.reshape(-1).to(current.dtype), requires_grad=False)
+            created = torch.nn.Parameter(extra_bias.reshape(-1).to(current.dtype), requires_grad=False)
+            module.register_parameter("bias", created)
         else:
             bias.copy_((bias + extra_bias.reshape(bias.shape)).to(bias.dtype))
 
@@ -200,7 +214,7 @@ def activate_networks(
     when they are what is active already. On any error the model is left with its original weights and the error
     raised (NetworkError subclasses). `compute_dtype` is LoRA's (the model's dtype by default)."""
     state = _state(model)
-    dtype = compute_dtype or getattr(model, "dtype", torch.float32)
+    dtype = compute_dtype or cast(torch.dtype, getattr(model, "dtype", torch.float32))
     with state.lock, torch.no_grad():
         matched = [(request, _match(state, request, path)) for request, path in requests]
         signature: Signature = tuple(

@@ -1,13 +1,13 @@
 """Why a job's LoRA / LyCORIS networks cannot be applied. All are permanent: the same job fails the same way again.
 
-    InputError (shared.errors)
-    └── NetworkNotFound        a tag names a network whose file this worker cannot find (field `prompt`)
-    PermanentError (shared.errors)
-    └── NetworkError           a network's file cannot be applied to this model
-        ├── NetworkUnreadable      not a LoRA/LyCORIS file the farm can read
-        ├── NetworkUnsupported     a layer whose keys fit no network type, or a type on a layer it cannot change
-        ├── NetworkMatchesNothing  no key of the file names a layer of this model
-        └── NetworkShapeMismatch   an update whose shape is not the layer's (P7; the reference skips that layer)
+InputError (shared.errors)
+└── NetworkNotFound        a tag names a network whose file this worker cannot find (field `prompt`)
+PermanentError (shared.errors)
+└── NetworkError           a network's file cannot be applied to this model
+    ├── NetworkUnreadable      not a LoRA/LyCORIS file the farm can read
+    ├── NetworkUnsupported     a layer whose keys fit no network type, or a type on a layer it cannot change
+    ├── NetworkMatchesNothing  no key of the file names a layer of this model
+    └── NetworkShapeMismatch   an update whose shape is not the layer's (P7; the reference skips that layer)
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ The reference maps every key onto its LDM/sgm module names; the farm's models ar
 here goes the other way: every weight-carrying layer of the UNet and text encoders (Linear, Conv2d, GroupNorm,
 LayerNorm) is listed under each name a file may give it:
 
-* kohya, diffusers layout with underscores (SD 1.x/2.x): `lora_unet_down_blocks_0_attentions_0_…`, `lora_te_text_model_…`;
+* kohya, diffusers layout with underscores (SD 1.x/2.x): `lora_unet_down_blocks_0_attentions_0_…`,
+  `lora_te_text_model_…`;
 * kohya, sgm/LDM layout (SDXL files, and SD 1.x files trained on the LDM UNet): `lora_unet_input_blocks_4_1_…`,
   `lora_unet_middle_block_1_…`, `lora_unet_output_blocks_…`, resnet parts `in_layers_2`, `emb_layers_1`, …;
 * `lora_te1_` (the first text encoder; SD 1.x/2.x and SDXL) and `lora_te2_` (SDXL's second);

@@ -42,7 +42,13 @@ NETWORK_TYPES: Final[tuple[tuple[str, Callable[[Weights], bool]], ...]] = (
     ),
     ("loha", lambda w: _has(w, "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")),
     ("ia3", lambda w: _has(w, "weight")),
-    ("lokr", lambda w: ("lokr_w1" in w or _has(w, "lokr_w1_a", "lokr_w1_b")) and ("lokr_w2" in w or _has(w, "lokr_w2_a", "lokr_w2_b"))),
+    (
+        "lokr",
+        lambda w: (
+            ("lokr_w1" in w or _has(w, "lokr_w1_a", "lokr_w1_b"))
+            and ("lokr_w2" in w or _has(w, "lokr_w2_a", "lokr_w2_b"))
+        ),
+    ),
     ("full", lambda w: _has(w, "diff")),
     ("norm", lambda w: _has(w, "w_norm", "b_norm")),
     ("glora", lambda w: _has(w, "a1.weight", "a2.weight", "b1.weight", "b2.weight")),
@@ -77,7 +83,8 @@ def _lora(weights: Weights, layer: torch.nn.Module, current: Tensor, dyn: int | 
         raise NetworkUnsupported(f"LoRA on a {type(layer).__name__} layer")
     up = weights.get("lora_up.weight", weights.get("lora_B.weight"))
     down = weights.get("lora_down.weight", weights.get("lora_A.weight"))
-    assert up is not None and down is not None
+    if up is None or down is None:  # network_type() said both are there
+        raise NetworkUnsupported(f"LoRA keys {sorted(weights)} without an up and a down weight")
     up, down = up.to(dtype), down.to(dtype)
     if isinstance(layer, torch.nn.Linear):
         up, down = _as_2d(up), _as_2d(down)
