@@ -72,6 +72,7 @@ def assert_sane(data: dict[str, Any], names: list[str]) -> dict[str, float | Non
     ("name", "parts"),
     [
         ("engine", ["engine"]),
+        ("lora", ["lora"]),
         ("overhead", ["overhead"]),
         ("throughput", ["throughput"]),
         ("scaling", ["scaling", "drain"]),
@@ -96,6 +97,11 @@ def test_benchmark_runs_and_reports_sane_figures(name: str, parts: list[str], tm
         assert all(v is not None and 0.05 < v < 20 for v in ratios)
         # Where the semantics coincide the pictures agree (float rounding at most: one level).
         assert all(v is not None and v <= 1 for k, v in found.items() if k.endswith("largest difference"))
+    elif name == "lora":
+        ratios = [v for k, v in found.items() if k.endswith("LoRA(s) / none")]
+        assert len(ratios) == 2
+        assert all(v is not None and 0.05 < v < 20 for v in ratios)
+        assert all(v is not None and v > 0 for k, v in found.items() if ": switch " in k)
     elif name == "overhead":
         assert found["engine alone (median)"] is not None
         assert found["engine alone (median)"] > 0
