@@ -15,6 +15,7 @@ The sizes alternate within each repeat; the figures are medians.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -113,7 +114,7 @@ def measure(label: str, model: Any, size: int, steps: int, repeats: int, result:
         switches["3 → none"].append(_timed(activation(tags[0]), device))
         for count in (0, 1, 3) if repeat % 2 == 0 else (3, 1, 0):
             render(count)  # the same set as the timed render: it pays the no-op only
-            renders[count].append(_timed(lambda c=count: render(c), device))
+            renders[count].append(_timed(functools.partial(render, count), device))
     deactivate_networks(model)
     for name, times in switches.items():
         result.add(f"{label}: switch {name}", harness.median(times) * 1000, "ms")
