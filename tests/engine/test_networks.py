@@ -463,6 +463,22 @@ def test_an_extra_bias_on_a_layer_without_bias_creates_one_and_removal_drops_it(
     diff, diff_b = rand(64, 64, seed=70), rand(64, seed=71)
     path = write_safetensors(tmp_path / "full.safetensors", {UNET_Q: {"diff": diff, "diff_b": diff_b}})
     activate_networks(model, [(request(unet=0.5), path)])
-    torch.testing.assert_close(layer.bias.detach(), 0.5 * diff_b)
+    created: torch.Tensor = module_of(model, UNET_Q).bias
+    torch.testing.assert_close(created.detach(), 0.5 * diff_b)
     deactivate_networks(model)
     assert layer.bias is None
+
+
+def test_a_pt_file_is_read_and_hashed_over_the_whole_file(model: LoadedModel, tmp_path: Path) -> None:
+    import hashlib
+
+    layers = _lora_linear()[0]
+    path = tmp_path / "old.pt"
+    torch.save({f"{layer}.{name}": t for layer, weights in layers.items() for name, t in weights.items()}, path)
+    q = _original_getter(model)(UNET_Q)
+    applied = activate_networks(model, [(request(unet=1.0), path)])
+    weights = layers[UNET_Q]
+    torch.testing.assert_close(
+        module_of(model, UNET_Q).weight.detach(), q + 0.5 * weights["lora_up.weight"] @ weights["lora_down.weight"]
+    )
+    assert applied.changed[0][1] == hashlib.sha256(path.read_bytes()).hexdigest()[:12]

@@ -254,6 +254,8 @@ def layer_update(
     docstring). Raises NetworkUnsupported when the keys fit no type or the type cannot change this layer."""
     kind = network_type(weights)
     current = current.detach()
+    # The file's tensors live on the CPU; the update is computed where the layer is (the GPU on a worker).
+    weights = {name: tensor.to(current.device) for name, tensor in weights.items()}
     if kind == "lora":
         raw, shape, ex_bias, rank = _lora(weights, layer, current, dyn, lora_dtype)
     elif kind == "loha":
