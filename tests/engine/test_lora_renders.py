@@ -137,3 +137,16 @@ def test_dotted_diffusers_files_are_applied_with_a_warning(render: Render, model
     _, processed = render(prompt=f"{PROMPT}<lora:peft:1>", lora_files=lookup(models_dir))
     assert not same(processed.images[0], plain)
     assert [w.code for w in processed.warnings] == ["lora_format_not_in_reference"]
+
+
+def test_the_first_prompt_of_a_batch_supplies_its_networks(make_job: Any, models_dir: Path) -> None:
+    p = make_job(lora_files=lookup(models_dir))
+    stripped = p.activate_extra_networks(["a <lora:style:1>", "b <lora:textonly:1> <foo:x>"])
+    assert stripped == ["a ", "b  "]  # every prompt loses its tags
+    assert p.extra_generation_params["Lora hashes"].startswith("style: ")
+    assert "textonly" not in p.extra_generation_params["Lora hashes"]
+
+
+def test_hypernetwork_tags_that_reach_the_worker_fail(render: Render) -> None:
+    with pytest.raises(InputError, match="hypernetworks"):
+        render(prompt=f"{PROMPT}<hypernet:h:1>")
