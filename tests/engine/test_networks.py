@@ -482,3 +482,12 @@ def test_a_pt_file_is_read_and_hashed_over_the_whole_file(model: LoadedModel, tm
         module_of(model, UNET_Q).weight.detach(), q + 0.5 * weights["lora_up.weight"] @ weights["lora_down.weight"]
     )
     assert applied.changed[0][1] == hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def test_keys_the_layer_type_does_not_read_are_reported(model: LoadedModel, tmp_path: Path) -> None:
+    weights = {**_lora_linear()[0][UNET_Q], "hada_w1_a": rand(4, seed=80)}  # LoRA wins; the LoHa key does nothing
+    path = write_safetensors(tmp_path / "mixed.safetensors", {UNET_Q: weights, "lora_unet_nowhere": {"alpha": torch.tensor(1.0)}})
+    applied = activate_networks(model, [(request(), path)])
+    ((_, network),) = applied.networks
+    assert any(key.endswith("attn1.to_q.hada_w1_a") for key in network.unmatched)
+    assert any(key.startswith("lora_unet_nowhere.") for key in network.unmatched)

@@ -30,7 +30,7 @@ from shared.prompts.extra_networks import LoraRequest
 from worker.engine.networks.errors import NetworkMatchesNothing, NetworkShapeMismatch, NetworkUnsupported
 from worker.engine.networks.files import FileIdentity, NetworkFile, read_network_file
 from worker.engine.networks.layers import ModelLayers, TargetLayer
-from worker.engine.networks.updates import layer_update, network_type
+from worker.engine.networks.updates import COMMON_KEYS, TYPE_KEYS, layer_update, network_type
 
 __all__ = ["AppliedNetworks", "MatchedNetwork", "activate_networks", "deactivate_networks", "match_network"]
 
@@ -42,7 +42,7 @@ _PEFT_WEIGHT_NAMES = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lor
 @dataclass(frozen=True, eq=False)
 class MatchedNetwork:
     """A network file's keys grouped by the model layer they change. `dotted` when the file uses diffusers/PEFT key
-    names (P10); `unmatched` the keys that name no layer of the model."""
+    names (P10); `unmatched` the keys that name no layer of the model or that the layer's type does not read."""
 
     file: NetworkFile
     layers: tuple[tuple[TargetLayer, dict[str, torch.Tensor]], ...]
@@ -75,11 +75,14 @@ def match_network(file: NetworkFile, layers: ModelLayers, name: str) -> MatchedN
             f"{len(file.tensors)} keys names one (a file for another architecture?)"
         )
     for target, weights in grouped.values():
-        if network_type(weights) is None:
+        kind = network_type(weights)
+        if kind is None:
             raise NetworkUnsupported(
                 f"the network {name!r} ({file.path.name}): the keys {sorted(weights)} for {target.key} fit no "
                 "LoRA/LyCORIS type"
             )
+        # Keys its type does not read (PEFT's lora_magnitude_vector, a second type's keys) do nothing: say so.
+        unmatched += [f"{target.key}.{key}" for key in sorted(set(weights) - TYPE_KEYS[kind] - COMMON_KEYS)]
     return MatchedNetwork(file, tuple(grouped.values()), dotted, tuple(unmatched))
 
 

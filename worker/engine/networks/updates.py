@@ -23,7 +23,7 @@ import torch
 
 from worker.engine.networks.errors import NetworkUnsupported
 
-__all__ = ["NETWORK_TYPES", "layer_update", "network_type"]
+__all__ = ["COMMON_KEYS", "NETWORK_TYPES", "TYPE_KEYS", "layer_update", "network_type"]
 
 Tensor = torch.Tensor
 Weights = Mapping[str, Tensor]
@@ -54,6 +54,20 @@ NETWORK_TYPES: Final[tuple[tuple[str, Callable[[Weights], bool]], ...]] = (
     ("glora", lambda w: _has(w, "a1.weight", "a2.weight", "b1.weight", "b2.weight")),
     ("oft", lambda w: "oft_blocks" in w or "oft_diag" in w),
 )
+
+
+#: The weight names each type reads (besides `alpha`, `scale`, `bias` and `dora_scale`, which every type reads).
+TYPE_KEYS: Final[dict[str, frozenset[str]]] = {
+    "lora": frozenset({"lora_up.weight", "lora_down.weight", "lora_B.weight", "lora_A.weight", "lora_mid.weight"}),
+    "loha": frozenset({"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"}),
+    "ia3": frozenset({"weight", "on_input"}),
+    "lokr": frozenset({"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}),
+    "full": frozenset({"diff", "diff_b"}),
+    "norm": frozenset({"w_norm", "b_norm"}),
+    "glora": frozenset({"a1.weight", "a2.weight", "b1.weight", "b2.weight"}),
+    "oft": frozenset({"oft_blocks", "oft_diag", "rescale"}),
+}
+COMMON_KEYS: Final = frozenset({"alpha", "scale", "bias", "dora_scale"})
 
 
 def network_type(weights: Weights) -> str | None:
