@@ -410,11 +410,14 @@ def test_a_shape_mismatch_fails_naming_the_network_and_restores(model: LoadedMod
 
 
 def test_a_file_matching_no_layer_fails(model: LoadedModel, tmp_path: Path) -> None:
+    before = originals(model)
+    activate_networks(model, [(request("good"), write_safetensors(tmp_path / "good.safetensors", _lora_linear()[0]))])
     path = write_safetensors(
         tmp_path / "sdxl.safetensors", {"lora_unet_input_blocks_40_1_proj_in": _lora_linear()[0][UNET_Q]}
     )
     with pytest.raises(NetworkMatchesNothing, match="'net'"):
         activate_networks(model, [(request(), path)])
+    assert same_as(model, before)  # the failed job leaves the original weights, not the previous set
 
 
 def test_keys_of_no_known_type_fail(model: LoadedModel, tmp_path: Path) -> None:
@@ -486,7 +489,9 @@ def test_a_pt_file_is_read_and_hashed_over_the_whole_file(model: LoadedModel, tm
 
 def test_keys_the_layer_type_does_not_read_are_reported(model: LoadedModel, tmp_path: Path) -> None:
     weights = {**_lora_linear()[0][UNET_Q], "hada_w1_a": rand(4, seed=80)}  # LoRA wins; the LoHa key does nothing
-    path = write_safetensors(tmp_path / "mixed.safetensors", {UNET_Q: weights, "lora_unet_nowhere": {"alpha": torch.tensor(1.0)}})
+    path = write_safetensors(
+        tmp_path / "mixed.safetensors", {UNET_Q: weights, "lora_unet_nowhere": {"alpha": torch.tensor(1.0)}}
+    )
     applied = activate_networks(model, [(request(), path)])
     ((_, network),) = applied.networks
     assert any(key.endswith("attn1.to_q.hada_w1_a") for key in network.unmatched)

@@ -219,7 +219,12 @@ def activate_networks(
     state = _state(model)
     dtype = compute_dtype or cast(torch.dtype, getattr(model, "dtype", torch.float32))
     with state.lock, torch.no_grad():
-        matched = [(request, _match(state, request, path)) for request, path in requests]
+        try:
+            matched = [(request, _match(state, request, path)) for request, path in requests]
+        except BaseException:
+            _restore(state, keep=set())
+            state.signature, state.applied = (), AppliedNetworks()
+            raise
         signature: Signature = tuple(
             (request.name, network.file.identity, request.te, request.unet, request.dyn) for request, network in matched
         )
