@@ -35,7 +35,7 @@ from shared.infotext import create_infotext
 from shared.job.spec import Img2ImgJob
 from shared.job.steps import eta_kind
 from shared.prompts import EmbeddingLookup, EmbeddingTooLong, find_extra_networks, strip_extra_networks
-from shared.prompts.extra_networks import HYPERNET_TYPE, LoraTagError, lora_requests
+from shared.prompts.extra_networks import HYPERNET_TYPE, LoraRequest, LoraTagError, lora_requests
 from shared.sampler_names import find_schedule, split_sampler_and_schedule
 from shared.version import __version__
 from worker.engine.color_correction import apply_color_correction
@@ -620,7 +620,7 @@ class StableDiffusionProcessingImg2Img:
             raise InputError(str(error), code="invalid_lora_tag", field="prompt") from None
         if any(tag.type == HYPERNET_TYPE for tag in find_extra_networks(first)):
             raise InputError("hypernetworks (<hypernet:…>) are not supported", code="unsupported", field="prompt")
-        files: list[tuple[Any, Path]] = []
+        files: list[tuple[LoraRequest, Path]] = []
         for request in requests:
             path = self.lora_files(request.name) if self.lora_files is not None else None
             if path is None:
@@ -654,7 +654,8 @@ class StableDiffusionProcessingImg2Img:
                     PixelWarning(
                         "lora_keys_unmatched",
                         f"{len(network.unmatched)} of the keys of the network {request.name!r} name no layer of this "
-                        f"model and do nothing (for example {network.unmatched[0]!r})",
+                        "model, or are not read by their layer's network type, and do nothing (for example "
+                        f"{network.unmatched[0]!r})",
                     )
                 )
             self.warnings.extend(w for w in found if w not in self.warnings)
