@@ -145,11 +145,12 @@ def run(config: Config) -> list[BenchResult]:
         + ("" if config.gpu else f", {threads} torch thread(s)"),
         "repeats": f"{config.lora_repeats}, alternating; medians",
     }
+    steps = config.engine_gpu_steps if config.gpu else config.lora_steps
     tiny = load_model("tiny", device=device, dtype=dtype, tiny_dir=cache_dir() / "tiny")
     size = config.lora_gpu_size if config.gpu else config.lora_tiny_size
-    measure(f"tiny {size}²", tiny, size, config.lora_steps, config.lora_repeats, result)
+    measure(f"tiny {size}²", tiny, size, steps, config.lora_repeats, result)
     if config.lora_sd15:
         sd15 = load_model(str(sd15_dir()), device=device, dtype=dtype)
         size = config.lora_gpu_size if config.gpu else config.lora_sd15_size
-        measure(f"SD1.5-shaped {size}²", sd15, size, config.lora_steps, config.lora_repeats, result)
+        measure(f"SD1.5-shaped {size}²", sd15, size, steps, config.lora_repeats, result)
     return [result]
