@@ -2,10 +2,10 @@
 
     python -m bench                      quick mode (the default; under 10 minutes on a 2-core machine)
     python -m bench --full               the long run (10,000-job drain, SD1.5-shaped model at 512×512, more repeats)
-    python -m bench --only engine,growth some benchmarks only (engine, overhead, throughput, scaling, growth)
+    python -m bench --only engine,growth some benchmarks only (engine, lora, overhead, throughput, scaling, growth)
     python -m bench --gpu                on a CUDA machine: engine (SD1.5-shaped, fp16, 512×512, 20 steps, batch 1
-                                         and 4; SDXL-shaped, fp16 with its fp32 VAE, 1024×1024, engine only) and farm
-                                         overhead at the SD1.5 settings
+                                         and 4; SDXL-shaped, fp16 with its fp32 VAE, 1024×1024, engine only), LoRA
+                                         switching and renders, and farm overhead at the SD1.5 settings
     python -m bench --results PATH       append to PATH instead of bench/RESULTS.md (--json PATH: also as JSON)
 
 `./dev.sh bench [args]` (or `make bench`) sets up the virtual environment, starts PostgreSQL and Redis, and runs
@@ -25,8 +25,8 @@ from pathlib import Path
 from bench.config import Config, config_for
 from bench.results import DEFAULT_RESULTS, BenchResult, append_results, machine_info, render_section, write_json
 
-BENCHMARKS = ("engine", "overhead", "throughput", "scaling", "growth")
-GPU_BENCHMARKS = ("engine", "overhead")
+BENCHMARKS = ("engine", "lora", "overhead", "throughput", "scaling", "growth")
+GPU_BENCHMARKS = ("engine", "lora", "overhead")
 
 
 def machine_note(load_at_start: float, cores: int) -> str:

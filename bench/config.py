@@ -30,6 +30,13 @@ class Config:
     engine_samplers: bool = True
     engine_samplers_tiny_size: int = 64
     engine_samplers_tiny_steps: int = 5
+    # LoRA: switching sets, renders with 0/1/3 LoRAs (tiny, then SD1.5-shaped; GPU: both at lora_gpu_size)
+    lora_repeats: int = 3
+    lora_steps: int = 10
+    lora_tiny_size: int = 256
+    lora_sd15: bool = True
+    lora_sd15_size: int = 128
+    lora_gpu_size: int = 512
     # farm overhead
     overhead_jobs: int = 20
     overhead_size: int = 256
@@ -65,6 +72,7 @@ def _threads() -> int:
 # stand-in workers, a 1,000-job drain).
 QUICK = Config(
     mode="quick",
+    lora_steps=4,
     engine_repeats=3,
     engine_sd15_size=128,
     engine_sd15_steps=4,
@@ -99,6 +107,10 @@ TINY = Config(
     engine_tiny_size=64,
     engine_tiny_steps=4,
     engine_sd15=False,
+    lora_repeats=1,
+    lora_steps=2,
+    lora_tiny_size=64,
+    lora_sd15=False,
     overhead_jobs=3,
     overhead_size=64,
     overhead_steps=4,

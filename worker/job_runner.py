@@ -27,6 +27,7 @@ Error classification (what the job becomes; docs/reliability.md "Outages and ret
 
 from __future__ import annotations
 
+import functools
 import logging
 import types
 import uuid
@@ -50,6 +51,7 @@ from shared.errors import (
 )
 from shared.job.seeds import resolved_seeds
 from shared.job.spec import Img2ImgJob
+from shared.models import find_lora_file
 from shared.states import JobState
 from worker.artifact_upload import delete_quietly, upload_artifacts
 from worker.claimed_run import RENEW_FRACTION, CancelRequested, ClaimedRun, LiveGuard, lease_seconds
@@ -325,6 +327,9 @@ def _render_once(
         job, sd_model=model, init_images=init_images, mask=mask, latent_mask=latent_mask
     )
     p.embeddings = deps.embeddings.for_job(model, deps.settings.models_dir)
+    p.lora_files = functools.partial(
+        find_lora_file, models_dir=deps.settings.models_dir, data_dir=deps.settings.data_dir
+    )
     p.progress_callback = hook
     hook.processing = p  # so that A1111 interrupt / skip requests reach this render
     # An `sd_vae` file is swapped in for this job only; the checkpoint's own VAE is back afterwards.

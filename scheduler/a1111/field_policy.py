@@ -169,8 +169,10 @@ def _field_rules() -> dict[str, FieldRule]:
                 applies=lambda value: _is_set(value) and str(value).strip() not in ("None", ""),
             ),
             "refiner_switch_at": _no_effect("only used with refiner_checkpoint, which is refused"),
-            "disable_extra_networks": _no_effect(
-                "the farm applies no extra networks; <lora:>/<hypernet:> tags in the prompt are refused (422)"
+            "disable_extra_networks": _refused(
+                "disable_extra_networks=true is not supported: the farm applies the prompt's <lora:> tags; remove "
+                "them from the prompt instead",
+                applies=lambda value: value is True,
             ),
             "firstpass_image": _warned(
                 "ignored_field",

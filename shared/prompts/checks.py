@@ -2,7 +2,11 @@
 
 Refused (422 naming the field), where the reference would crash or the farm cannot honour the prompt:
 - P2: an emphasis weight float() rejects, `(x:1..2)`; a prompt-editing step too large to be a number, `[a:b:1e999]`.
-- `<lora:…>` / `<lyco:…>` / `<hypernet:…>` in the positive prompt (not supported yet).
+- P6: a `<lora:…>` / `<lyco:…>` tag whose arguments cannot be read (`<lora:x:abc>`, `<lora:te=1>`, `<lora:x:dyn=a>`),
+  where the reference silently drops every LoRA of the prompt; P8: two tags of one network (the reference applies it
+  twice). Unknown network names are the scheduler's check (it knows the model files).
+- `<hypernet:…>` in the positive prompt: diffusers has no hypernetwork support (they need a custom attention
+  processor), so the farm does not apply them.
 Warned (the job's warnings), where the reference renders something other than what was probably meant:
 - P3: `prompt_editing_ignored` (the editing grammar fails, so every `[a:b:n]` / `[a|b]` of that prompt is literal);
   `prompt_weight_from_suffix` (a trailing `:number` without AND becomes a CFG weight).
@@ -18,7 +22,14 @@ from shared.errors import FieldProblem
 from shared.prompts.attention import WeightError, parse_prompt_attention
 from shared.prompts.composable import and_parts, split_weight
 from shared.prompts.editing import Alternate, Node, Scheduled, parse_schedule
-from shared.prompts.extra_networks import HYPERNET_TYPE, LORA_TYPES, find_extra_networks, strip_extra_networks
+from shared.prompts.extra_networks import (
+    HYPERNET_TYPE,
+    LORA_TYPES,
+    LoraTagError,
+    find_extra_networks,
+    lora_requests,
+    strip_extra_networks,
+)
 
 __all__ = ["prompt_problems", "prompt_warnings"]
 
@@ -110,10 +121,18 @@ def prompt_problems(field: str, text: str, *, negative: bool | None = None) -> l
         parts = [text]
     else:
         types = {tag.type for tag in find_extra_networks(text)}
-        if types & set(LORA_TYPES):
-            problems.append(FieldProblem(field, "LoRA tags are not supported yet", "unsupported"))
+        try:
+            lora_requests(text)
+        except LoraTagError as error:
+            problems.append(FieldProblem(field, str(error), "invalid_lora_tag"))
         if HYPERNET_TYPE in types:
-            problems.append(FieldProblem(field, "hypernetwork tags are not supported yet", "unsupported"))
+            problems.append(
+                FieldProblem(
+                    field,
+                    "hypernetworks (<hypernet:…>) are not supported: diffusers has no equivalent; use a LoRA",
+                    "unsupported",
+                )
+            )
         stripped, _ = strip_extra_networks(text)
         parts = [split_weight(part)[0] for part in and_parts(stripped)]
     for part in dict.fromkeys(parts):

@@ -43,6 +43,7 @@ ASKING: dict[str, Any] = {
     "firstpass_image": IMAGE,
     "comments": {"note": "x"},
     "script_args": [1, 2],
+    "disable_extra_networks": True,
 }
 
 # A value other than the default for each field the farm honours in the job it makes.
@@ -159,9 +160,8 @@ def test_honoured_fields_reach_the_job(name: str) -> None:
 
 def test_no_effect_fields_change_nothing_and_warn_about_nothing() -> None:
     names = [n for n, r in FIELD_RULES.items() if r.treatment is Treatment.NO_EFFECT]
-    assert set(names) == {"do_not_save_samples", "do_not_save_grid", "refiner_switch_at", "disable_extra_networks"}
+    assert set(names) == {"do_not_save_samples", "do_not_save_grid", "refiner_switch_at"}
     values = {"do_not_save_samples": True, "do_not_save_grid": True, "refiner_switch_at": 0.8}
-    values["disable_extra_networks"] = True
     assert review_request(request(**values)) == []
     assert translated(request(**values)) == translated(request())
 

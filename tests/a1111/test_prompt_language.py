@@ -14,7 +14,10 @@ def test_refused_prompts_name_the_field(farm: LiveFarm) -> None:
         negative = client.post("/sdapi/v1/img2img", json={**base, "negative_prompt": "(x:1..2)"})
         assert negative.status_code == 422
         assert negative.json()["error"]["field"] == "negative_prompt"
-        lora = client.post("/sdapi/v1/img2img", json={**base, "prompt": "a <lora:x:1>"})
+        lora = client.post("/sdapi/v1/img2img", json={**base, "prompt": "a <lora:x:0.5:abc>"})
         assert lora.status_code == 422
         assert lora.json()["error"]["field"] == "prompt"
-        assert lora.json()["error"]["details"][0]["message"] == "LoRA tags are not supported yet"
+        assert (
+            lora.json()["error"]["details"][0]["message"]
+            == "<lora:x:0.5:abc>: the UNet multiplier 'abc' is not a number"
+        )

@@ -22,7 +22,7 @@ def b64(data: bytes) -> str:
     [
         ({"prompt": "(x:1..2)"}, "prompt", "invalid_prompt"),
         ({"negative_prompt": "[a:(x:1..2):3]"}, "negative_prompt", "invalid_prompt"),
-        ({"prompt": "a <lora:x:1>"}, "prompt", "unsupported"),
+        ({"prompt": "a <lora:x:abc>"}, "prompt", "invalid_lora_tag"),
         ({"prompt": "a <hypernet:x:1>"}, "prompt", "unsupported"),
         ({"styles": ["cinematic"]}, "styles", "unsupported"),
     ],
@@ -35,7 +35,7 @@ def test_refused_prompts_are_422_naming_the_field(
     error = response.json()["error"]
     assert (error["field"], error["code"]) == (field, code)
     if "lora" in str(change):
-        assert error["details"][0]["message"] == "LoRA tags are not supported yet"
+        assert error["details"][0]["message"] == "<lora:x:abc>: the text-encoder multiplier 'abc' is not a number"
 
 
 def test_prompt_warnings_are_in_the_job_status(farm: Farm, image_png: bytes) -> None:

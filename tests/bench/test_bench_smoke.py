@@ -72,6 +72,7 @@ def assert_sane(data: dict[str, Any], names: list[str]) -> dict[str, float | Non
     ("name", "parts"),
     [
         ("engine", ["engine"]),
+        ("lora", ["lora"]),
         ("overhead", ["overhead"]),
         ("throughput", ["throughput"]),
         ("scaling", ["scaling", "drain"]),
@@ -101,6 +102,11 @@ def test_benchmark_runs_and_reports_sane_figures(name: str, parts: list[str], tm
         assert len(sdxl) == 1
         assert sdxl[0] is not None
         assert sdxl[0] > 0
+    elif name == "lora":
+        ratios = [v for k, v in found.items() if k.endswith("LoRA(s) / none")]
+        assert len(ratios) == 2
+        assert all(v is not None and 0.05 < v < 20 for v in ratios)
+        assert all(v is not None and v > 0 for k, v in found.items() if ": switch " in k)
     elif name == "overhead":
         assert found["engine alone (median)"] is not None
         assert found["engine alone (median)"] > 0

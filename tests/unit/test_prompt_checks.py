@@ -53,21 +53,31 @@ def test_a_malformed_weight_in_a_prompt_the_grammar_rejects_is_still_found() -> 
     assert problem.code == "invalid_prompt"
 
 
+HYPERNET_MESSAGE = "hypernetworks (<hypernet:…>) are not supported: diffusers has no equivalent; use a LoRA"
+
+
 @pytest.mark.parametrize(
     ("prompt", "messages"),
     [
-        ("a <lora:x:1>", ["LoRA tags are not supported yet"]),
-        ("<lyco:y:0.5:te=1>", ["LoRA tags are not supported yet"]),
-        ("<lora:a> <lora:b>", ["LoRA tags are not supported yet"]),
-        ("<hypernet:h:1>", ["hypernetwork tags are not supported yet"]),
-        ("<lora:a> <hypernet:h>", ["LoRA tags are not supported yet", "hypernetwork tags are not supported yet"]),
+        ("a <lora:x:1>", []),  # unknown names are the scheduler's check (it knows the model files)
+        ("<lyco:y:0.5:te=1>", []),
+        ("<lora:a> <lora:b>", []),
+        ("<lora:x:abc>", [("invalid_lora_tag", "<lora:x:abc>: the text-encoder multiplier 'abc' is not a number")]),
+        ("<hypernet:h:1>", [("unsupported", HYPERNET_MESSAGE)]),
+        (
+            "<lora:a:z> <hypernet:h>",
+            [
+                ("invalid_lora_tag", "<lora:a:z>: the text-encoder multiplier 'z' is not a number"),
+                ("unsupported", HYPERNET_MESSAGE),
+            ],
+        ),
         ("<lora:>", []),  # not a tag: ARGS needs a character
         ("<other:thing>", []),  # unknown types are removed and warned about
     ],
 )
-def test_extra_network_tags_in_the_positive_prompt(prompt: str, messages: list[str]) -> None:
+def test_extra_network_tags_in_the_positive_prompt(prompt: str, messages: list[tuple[str, str]]) -> None:
     problems = prompt_problems("prompt", prompt)
-    assert [(p.field, p.code, p.message) for p in problems] == [("prompt", "unsupported", m) for m in messages]
+    assert [(p.field, p.code, p.message) for p in problems] == [("prompt", code, m) for code, m in messages]
 
 
 def test_p9_tags_in_the_negative_prompt_are_accepted_with_a_warning() -> None:
@@ -113,7 +123,7 @@ def test_no_warnings_for_ordinary_prompts() -> None:
     [
         ("prompt", "(x:1..2)", "invalid_prompt"),
         ("negative_prompt", "(x:1..2)", "invalid_prompt"),
-        ("prompt", "<lora:x:1>", "unsupported"),
+        ("prompt", "<lora:x:1:dyn=a>", "invalid_lora_tag"),
         ("styles", ["s"], "unsupported"),  # still refused
     ],
 )

@@ -411,3 +411,36 @@ def test_an_unknown_model_fails_naming_the_model_field(deps: WorkerDeps, db: Dat
     job = db.jobs.get_by_id(row.id)
     assert job.error is not None
     assert (job.error.code, job.error.field) == ("model_not_found", "model")
+
+
+def test_a_lora_from_the_models_folder_reaches_the_render_and_its_infotext(
+    deps: WorkerDeps, db: Database, storage: S3Storage, submit: Submitter, tmp_path: Any
+) -> None:
+    from safetensors.torch import save_file
+
+    from worker.engine.networks import deactivate_networks
+
+    models = tmp_path / "models"
+    (models / "Lora").mkdir(parents=True)
+    key = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    generator = torch.Generator().manual_seed(0)
+    up, down = torch.randn(32, 2, generator=generator), torch.randn(2, 32, generator=generator)
+    save_file({f"{key}.lora_up.weight": up, f"{key}.lora_down.weight": down}, str(models / "Lora" / "ink.safetensors"))
+    lora_deps = replace(deps, settings=deps.settings.model_copy(update={"models_dir": models}))
+    try:
+        row = submit(prompt="a cat <lora:ink:0.5>")
+        outcome = run_job(row.id, 0, lora_deps)
+        assert outcome.state == "succeeded"
+        (result,) = [a for a in db.jobs.artifacts_of(row.id) if a.kind == "result"]
+        assert result.infotext is not None
+        assert result.infotext.startswith("a cat <lora:ink:0.5>")
+        assert 'Lora hashes: "ink: ' in result.infotext
+
+        missing = submit(prompt="a cat <lora:absent:0.5>")
+        outcome = run_job(missing.id, 0, lora_deps)
+        assert (outcome.state, outcome.error_code) == ("failed", "lora_not_found")
+        job = db.jobs.get_by_id(missing.id)
+        assert job.error is not None
+        assert job.error.field == "prompt"
+    finally:
+        deactivate_networks(deps.models.get("tiny"))  # the session's tiny model is shared

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,8 @@ from shared.errors import InputError
 from shared.infotext import create_infotext
 from shared.job.spec import Img2ImgJob
 from shared.job.steps import eta_kind
-from shared.prompts import EmbeddingLookup, EmbeddingTooLong
+from shared.prompts import EmbeddingLookup, EmbeddingTooLong, find_extra_networks, strip_extra_networks
+from shared.prompts.extra_networks import HYPERNET_TYPE, LoraRequest, LoraTagError, lora_requests
 from shared.sampler_names import find_schedule, split_sampler_and_schedule
 from shared.version import __version__
 from worker.engine.color_correction import apply_color_correction
@@ -52,6 +54,7 @@ from worker.engine.guidance import CFGDenoiser
 from worker.engine.imaging import apply_overlay
 from worker.engine.latents import POSTERIOR_STREAM, encode_samples, image_conditioning, resize_latent
 from worker.engine.models import LoadedModel
+from worker.engine.networks import AppliedNetworks, NetworkNotFound, activate_networks
 from worker.engine.noise import create_noise, resolve_seeds
 from worker.engine.options import DEFAULT_OPTIONS, Options
 from worker.engine.pixel_stage import PixelStage, PixelWarning, prepare_pixels
@@ -203,6 +206,8 @@ class StableDiffusionProcessingImg2Img:
     skipped: bool = field(default=False, init=False)
     job_no: int = field(default=0, init=False)
     embeddings: EmbeddingLookup | None = field(default=None, repr=False)  # textual-inversion embeddings
+    # A `<lora:NAME>` tag's file: NAME → path, or None when there is none (worker.model_files on the farm).
+    lora_files: Callable[[str], Path | None] | None = field(default=None, repr=False)
     prompt_encoder: ConditioningEncoder | None = field(default=None, init=False, repr=False)
     denoiser: CFGDenoiser | None = field(default=None, init=False, repr=False)  # the current batch's
 
@@ -616,6 +621,60 @@ class StableDiffusionProcessingImg2Img:
                     if warning not in self.warnings:
                         self.warnings.append(warning)
 
+    # -- extra networks --------------------------------------------------------------------------------------------
+
+    def activate_extra_networks(self, prompts: Sequence[str]) -> list[str]:
+        """The batch's prompts without their extra-network tags, once the LoRAs of the first (which supplies the
+        networks of the whole batch, as in the reference) are the model's active networks; the empty set restores
+        the original weights (docs/engine.md, "LoRA and LyCORIS"). Raises InputError for tags the scheduler would
+        refuse, NetworkNotFound for a name without a file here, NetworkError when a file cannot be applied."""
+        first = prompts[0] if prompts else ""
+        try:
+            requests = lora_requests(first)
+        except LoraTagError as error:
+            raise InputError(str(error), code="invalid_lora_tag", field="prompt") from None
+        if any(tag.type == HYPERNET_TYPE for tag in find_extra_networks(first)):
+            raise InputError("hypernetworks (<hypernet:…>) are not supported", code="unsupported", field="prompt")
+        files: list[tuple[LoraRequest, Path]] = []
+        for request in requests:
+            path = self.lora_files(request.name) if self.lora_files is not None else None
+            if path is None:
+                raise NetworkNotFound(
+                    f"{request.text}: no LoRA/LyCORIS file named {request.name!r} on this worker", field="prompt"
+                )
+            files.append((request, path))
+        self._record_networks(activate_networks(self.model, files))
+        return [strip_extra_networks(prompt)[0] for prompt in prompts]
+
+    def _record_networks(self, applied: AppliedNetworks) -> None:
+        """`Lora hashes` of the networks that changed a layer (P11), and the warnings about the set."""
+        if applied.changed:
+            self.extra_generation_params["Lora hashes"] = ", ".join(
+                f"{request.label}: {short_hash}" for request, short_hash in applied.changed
+            )
+        else:
+            self.extra_generation_params.pop("Lora hashes", None)
+        for request, network in applied.networks:
+            found: list[PixelWarning] = []
+            if network.dotted:
+                found.append(
+                    PixelWarning(
+                        "lora_format_not_in_reference",
+                        f"the network {request.name!r} uses diffusers/PEFT key names (unet.…lora_A.weight); the farm "
+                        "applies it, the webui would silently ignore it",
+                    )
+                )
+            if network.unmatched:
+                found.append(
+                    PixelWarning(
+                        "lora_keys_unmatched",
+                        f"{len(network.unmatched)} of the keys of the network {request.name!r} name no layer of this "
+                        "model, or are not read by their layer's network type, and do nothing (for example "
+                        f"{network.unmatched[0]!r})",
+                    )
+                )
+            self.warnings.extend(w for w in found if w not in self.warnings)
+
     # -- infotext --------------------------------------------------------------------------------------------------
 
     def infotext(self, index: int, all_seeds: Sequence[int], all_subseeds: Sequence[int]) -> str:
@@ -698,14 +757,15 @@ def process_images(p: StableDiffusionProcessingImg2Img) -> Processed:
                 break
             p.job_no, p.skipped = n, False
             batch = slice(n * p.batch_size, (n + 1) * p.batch_size)
-            conditioning, unconditional = p.setup_conds(all_prompts[batch], all_negative_prompts[batch])
+            prompts = p.activate_extra_networks(all_prompts[batch])
+            conditioning, unconditional = p.setup_conds(prompts, all_negative_prompts[batch])
             samples = p.sample(
                 conditioning,
                 unconditional,
                 all_seeds[batch],
                 all_subseeds[batch],
                 p.subseed_strength,
-                all_prompts[batch],
+                prompts,
             )
             for i in range(samples.shape[0]):
                 # i is the slot within the batch: overlays and colour targets are per slot, repeated every batch.
