@@ -16,14 +16,13 @@ models/hypernetworks/anime.pt
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from tests.ldm_export import export_single_file
+from tests.ldm_export import export_sgm_single_file
 
 TINY_CONTEXT = 32  # the tiny models' cross-attention width
 STYLE_METADATA = {
@@ -61,7 +60,7 @@ def build_webui_models(root: Path, tiny_folder: Path) -> WebuiModels:
     """Build the folder under `root` (it becomes `root/models`); `tiny_folder` is a built tiny img2img model."""
     models = root / "models"
     sd = models / "Stable-diffusion"
-    checkpoint = export_single_file(tiny_folder, sd / "x.safetensors")
+    checkpoint = export_sgm_single_file(tiny_folder, sd / "x.safetensors")  # with its configs: loads offline
     (sd / "x.yaml").write_text("model: {}\n")
     beside_vae = sd / "x.vae.safetensors"
     save_file({"decoder.conv_in.weight": torch.randn(4, 4, 3, 3)}, str(beside_vae))
@@ -104,20 +103,3 @@ def build_webui_models(root: Path, tiny_folder: Path) -> WebuiModels:
         models, checkpoint, (subs[1], subs[0]), lora, pt_lora, sdxl_lora, no_layer_lora, vae, deep_vae, beside_vae,
         hypernetwork,
     )  # fmt: skip
-
-
-def fake_hub_configs(
-    cache: Path, tiny_folder: Path, repo_id: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-) -> None:
-    """A Hugging Face cache holding `repo_id`'s configs taken from the tiny model's folder: what the single-file
-    loader looks up offline for an SD 1.x checkpoint's architecture (the tiny export is recognised as SD 1.5)."""
-    commit = "0" * 40
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    for path in tiny_folder.rglob("*"):
-        if path.is_file() and path.suffix in (".json", ".txt") and not path.name.startswith("."):
-            target = snapshot / path.relative_to(tiny_folder)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)

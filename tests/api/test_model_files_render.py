@@ -15,7 +15,7 @@ import pytest
 from renderfarm.embedded import running_farm
 from shared.config import Settings
 from tests.api.conftest import png_bytes
-from tests.model_folders import build_webui_models, fake_hub_configs
+from tests.model_folders import build_webui_models
 from worker.engine.models.tiny import build_tiny_model
 
 TOKEN = "models-render-token-0123456789"
@@ -23,13 +23,8 @@ AUTH = httpx.BasicAuth("alice", TOKEN)
 
 
 def test_a_render_selects_the_checkpoint_by_its_title(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import huggingface_hub.constants
-
     tiny = build_tiny_model(tmp_path / "tiny", kind="img2img")
-    webui = build_webui_models(tmp_path, tiny)
-    # Offline, the single-file loader takes an SD 1.5 checkpoint's configs from the Hugging Face cache.
-    fake_hub_configs(tmp_path / "hf-cache", tiny)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    webui = build_webui_models(tmp_path, tiny)  # the checkpoint carries its configs: it loads with no hub
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     settings = Settings(
         _env_file=None,
@@ -47,7 +42,9 @@ def test_a_render_selects_the_checkpoint_by_its_title(tmp_path: Path, monkeypatc
         "height": 64,
         "seed": 1,
         "denoising_strength": 0.5,
-        "override_settings": {"sd_model_checkpoint": f"x.safetensors [{short_hash}]"},
+        # "None": the folder's `x.vae.safetensors` beside it (a listing fixture, not a working VAE) would be the
+        # checkpoint's Automatic VAE, as in the webui.
+        "override_settings": {"sd_model_checkpoint": f"x.safetensors [{short_hash}]", "sd_vae": "None"},
     }
     with running_farm(settings, warm=False) as farm, httpx.Client(base_url=farm.url, timeout=120) as client:
         response = client.post("/sdapi/v1/img2img", json=body, auth=AUTH)
