@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Final
 
 from shared.db import Database, WorkerRow
@@ -45,6 +46,8 @@ class WorkerRegistry:
         self._rows: tuple[WorkerRow, ...] = ()
         self._queues: frozenset[str] = frozenset()
         self._read_at: float | None = None
+        # Per queue, the last heartbeat of a worker seen consuming it (by this process): since when nobody serves it.
+        self._last_served: dict[str, datetime] = {}
 
     def refresh(self) -> tuple[WorkerRow, ...]:
         """Read the live announcements now. Keeps the last answer (and logs) when the database is unreachable."""
@@ -57,6 +60,11 @@ class WorkerRegistry:
         queues = frozenset(queue for row in rows for queue in row.queues)
         with self._lock:
             self._rows, self._queues, self._read_at = rows, queues, self._monotonic()
+            for row in rows:
+                for queue in row.queues:
+                    last = self._last_served.get(queue)
+                    if last is None or row.seen_at > last:
+                        self._last_served[queue] = row.seen_at
         return rows
 
     def workers(self) -> tuple[WorkerRow, ...]:
@@ -75,6 +83,20 @@ class WorkerRegistry:
 
     def serves_queue(self, queue: str) -> bool:
         return queue in self.served_queues()
+
+    def workers_serving(self, queue: str) -> int:
+        """How many live workers consume `queue` (the wait estimate divides the jobs ahead among them)."""
+        return sum(1 for row in self.workers() if queue in row.queues)
+
+    def is_live(self, hostname: str) -> bool:
+        """Whether `hostname` has a live announcement (a running job's worker that has none went silent)."""
+        return any(row.hostname == hostname for row in self.workers())
+
+    def last_served_at(self, queue: str) -> datetime | None:
+        """The last heartbeat of a worker this process saw consuming `queue`, or None when it saw none (since it
+        started): the `since` of a `no_worker` waiting reason."""
+        with self._lock:
+            return self._last_served.get(queue)
 
     def loadable_models(self) -> frozenset[str]:
         """Every model name some live worker says it can load."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from shared.db.rows import FinishedJob, JobRow, QueueCounts
+from shared.db.rows import FinishedJob, JobRow, QueueCounts, QueueStanding
 from shared.db.tables import jobs
 from shared.db.transaction import Operations, Transactions
 from shared.states import TERMINAL_STATES, JobState
@@ -45,6 +45,30 @@ def _queue_position_statement(capped: bool) -> sa.Select[Any]:
     ]
     cap: sa.BindParameter[int] | None = sa.bindparam("cap", type_=sa.Integer) if capped else None
     return sa.select(_count_up_to(higher_priority, cap) + _count_up_to(older_same_priority, cap))
+
+
+@functools.cache
+def _queue_standing_statement() -> sa.Select[int, int, int]:
+    """The counts behind `Stats.queue_standing`, each stopped at the cap (parameters as for the position, plus
+    tenant). The tenant's own count reads `ix_jobs_undispatched` (queue, tenant, priority, created_at, id): only
+    undispatched jobs can still be reordered by the dispatcher's round-robin over tenants."""
+    same_queue = [jobs.c.state == JobState.QUEUED.value, jobs.c.queue == sa.bindparam("queue")]
+    priority: sa.BindParameter[int] = sa.bindparam("priority", type_=sa.Integer)
+    before = sa.tuple_(jobs.c.created_at, jobs.c.id) < sa.tuple_(
+        sa.bindparam("created_at", type_=jobs.c.created_at.type), sa.bindparam("id", type_=jobs.c.id.type)
+    )
+    cap = sa.bindparam("cap", type_=sa.Integer)
+    own_ahead = [
+        *same_queue,
+        jobs.c.dispatched_at.is_(None),
+        jobs.c.tenant == sa.bindparam("tenant"),
+        sa.or_(jobs.c.priority > priority, sa.and_(jobs.c.priority == priority, before)),
+    ]
+    return sa.select(
+        _count_up_to([*same_queue, jobs.c.priority > priority], cap),
+        _count_up_to([*same_queue, jobs.c.priority == priority, before], cap),
+        _count_up_to(own_ahead, cap),
+    )
 
 
 def counts_by_state(tx: Transactions, where: sa.ColumnElement[bool]) -> dict[JobState, int]:
@@ -82,6 +106,28 @@ class Stats(Operations):
             position = int(conn.execute(_queue_position_statement(cap is not None), parameters).scalar_one())
         return position if cap is None else min(position, cap)
 
+    def queue_standing(self, job: JobRow, *, cap: int) -> QueueStanding | None:
+        """Where a queued `job` stands in its queue, each count stopped at `cap`; None unless queued.
+
+        One statement of three capped range scans (`ix_jobs_queued_order` twice, `ix_jobs_undispatched` once), so
+        its cost is bounded by the cap, not the backlog (tests/integration/test_query_plans.py).
+        """
+        if job.state is not JobState.QUEUED:
+            return None
+        parameters: dict[str, Any] = {
+            "queue": job.queue,
+            "priority": job.priority,
+            "created_at": job.created_at,
+            "id": job.id,
+            "tenant": job.tenant,
+            "cap": cap,
+        }
+        with self._tx.begin(write=False) as conn:
+            higher, older, own = conn.execute(_queue_standing_statement(), parameters).one()
+        return QueueStanding(
+            higher_priority=min(int(higher), cap), same_priority=min(int(older), cap), own_tenant=min(int(own), cap)
+        )
+
     def counts_by_state(self) -> dict[JobState, int]:
         """Every job counted by state (for metrics)."""
         return counts_by_state(self._tx, sa.true())
@@ -114,6 +160,26 @@ class Stats(Operations):
         )
         with self._tx.begin(write=False) as conn:
             return [(finished - started).total_seconds() for started, finished in conn.execute(statement)]
+
+    def recent_runs(self, queue: str, sample: int) -> list[tuple[float, int | None, Any]]:
+        """(run time in seconds, total steps, request) of the queue's `sample` most recently succeeded jobs: what
+        the size-aware wait estimate (scheduler/wait_estimate.py) learns seconds per step and megapixel from."""
+        statement = (
+            sa.select(jobs.c.started_at, jobs.c.finished_at, jobs.c.total_steps, jobs.c.request)
+            .where(
+                jobs.c.state == JobState.SUCCEEDED.value,
+                jobs.c.queue == queue,
+                jobs.c.started_at.is_not(None),
+                jobs.c.finished_at.is_not(None),
+            )
+            .order_by(jobs.c.finished_at.desc())
+            .limit(sample)
+        )
+        with self._tx.begin(write=False) as conn:
+            return [
+                ((finished - started).total_seconds(), steps, request)
+                for started, finished, steps, request in conn.execute(statement)
+            ]
 
     def queue_counts(self) -> dict[str, QueueCounts]:
         """Queued (of which in flight) and running jobs, and the oldest queued job, of every queue that has any."""
