@@ -16,7 +16,7 @@ One reason per job, the first that applies, in this order:
 | queued   | `retry_at` is ahead, after a failed attempt                   | `retry_backoff`      |
 | queued   | no live worker consumes its queue                            | `no_worker`          |
 | queued   | jobs of higher priority are ahead                            | `behind_priority`    |
-| queued   | most jobs ahead are its own tenant's, not yet dispatched     | `tenant_fair_share`  |
+| queued   | own tenant's jobs ahead, other tenants waiting (round-robin) | `tenant_fair_share`  |
 | queued   | anything else (maybe 0 ahead: handed to the broker, waiting) | `queued`             |
 
 A running job that is rendering has no reason (`waiting: null`), as has a finished one.
@@ -112,12 +112,11 @@ def waiting_reason(
             jobs_ahead=ahead,
             higher_priority_ahead=standing.higher_priority,
         )
-    others = ahead - standing.own_tenant
-    if standing.own_tenant > 0 and standing.own_tenant >= others:
+    if standing.own_tenant > 0 and standing.other_tenants_waiting:
         return _reason(
             "tenant_fair_share",
-            f"{_jobs(standing.own_tenant, view.cap)} of this tenant run first; the dispatcher serves other "
-            "tenants' jobs in turn between them",
+            f"{_jobs(standing.own_tenant, view.cap)} of this tenant run first, and other tenants' jobs take turns "
+            "between them (the dispatcher serves tenants in turn)",
             row.created_at,
             jobs_ahead=ahead,
             own_tenant_ahead=standing.own_tenant,

@@ -173,11 +173,13 @@ class ArtifactRow(ArtifactRecord):
 class QueueStanding:
     """Where a queued job stands in its queue (`Stats.queue_standing`), each count stopped at the cap asked for:
     jobs of higher priority ahead, older jobs of the same priority ahead, and of those ahead the ones of the job's
-    own tenant not yet dispatched (the dispatcher's round-robin serves other tenants between them)."""
+    own tenant not yet dispatched (the dispatcher's round-robin serves other tenants between them); and whether
+    other tenants have jobs waiting for dispatch in the queue (without them the round-robin changes nothing)."""
 
     higher_priority: int
     same_priority: int
     own_tenant: int
+    other_tenants_waiting: bool = False
 
     @property
     def position(self) -> int:

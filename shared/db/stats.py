@@ -48,7 +48,7 @@ def _queue_position_statement(capped: bool) -> sa.Select[Any]:
 
 
 @functools.cache
-def _queue_standing_statement() -> sa.Select[int, int, int]:
+def _queue_standing_statement() -> sa.Select[int, int, int, bool]:
     """The counts behind `Stats.queue_standing`, each stopped at the cap (parameters as for the position, plus
     tenant). The tenant's own count reads `ix_jobs_undispatched` (queue, tenant, priority, created_at, id): only
     undispatched jobs can still be reordered by the dispatcher's round-robin over tenants."""
@@ -58,16 +58,30 @@ def _queue_standing_statement() -> sa.Select[int, int, int]:
         sa.bindparam("created_at", type_=jobs.c.created_at.type), sa.bindparam("id", type_=jobs.c.id.type)
     )
     cap = sa.bindparam("cap", type_=sa.Integer)
-    own_ahead = [
-        *same_queue,
-        jobs.c.dispatched_at.is_(None),
-        jobs.c.tenant == sa.bindparam("tenant"),
-        sa.or_(jobs.c.priority > priority, sa.and_(jobs.c.priority == priority, before)),
-    ]
+    # The tenant's own jobs ahead, as two range scans (an OR of the two made PostgreSQL bitmap-scan the tenant).
+    own = [*same_queue, jobs.c.dispatched_at.is_(None), jobs.c.tenant == sa.bindparam("tenant")]
+    own_ahead = _count_up_to([*own, jobs.c.priority > priority], cap) + _count_up_to(
+        [*own, jobs.c.priority == priority, before], cap
+    )
+    # Whether another tenant has an undispatched job in the queue: the nearest tenant below and above the job's own,
+    # each an index scan in tenant order that stops at its first match. (`tenant <>` would walk past every entry of
+    # the job's own tenant; without the ORDER BY, PostgreSQL chose a sequential scan. test_query_plans.py.)
+    undispatched = [*same_queue, jobs.c.dispatched_at.is_(None)]
+    tenant: sa.BindParameter[str] = sa.bindparam("tenant", type_=jobs.c.tenant.type)
+
+    def nearest(where: sa.ColumnElement[bool], descending: bool) -> sa.ScalarSelect[Any]:
+        order = (jobs.c.queue.desc(), jobs.c.tenant.desc()) if descending else (jobs.c.queue, jobs.c.tenant)
+        return sa.select(jobs.c.tenant).where(*undispatched, where).order_by(*order).limit(1).scalar_subquery()
+
+    other_tenants = sa.or_(
+        nearest(jobs.c.tenant < tenant, descending=True).is_not(None),
+        nearest(jobs.c.tenant > tenant, descending=False).is_not(None),
+    )
     return sa.select(
         _count_up_to([*same_queue, jobs.c.priority > priority], cap),
         _count_up_to([*same_queue, jobs.c.priority == priority, before], cap),
-        _count_up_to(own_ahead, cap),
+        own_ahead,
+        other_tenants,
     )
 
 
@@ -109,7 +123,7 @@ class Stats(Operations):
     def queue_standing(self, job: JobRow, *, cap: int) -> QueueStanding | None:
         """Where a queued `job` stands in its queue, each count stopped at `cap`; None unless queued.
 
-        One statement of three capped range scans (`ix_jobs_queued_order` twice, `ix_jobs_undispatched` once), so
+        One statement of capped range scans (`ix_jobs_queued_order` twice, `ix_jobs_undispatched` three times), so
         its cost is bounded by the cap, not the backlog (tests/integration/test_query_plans.py).
         """
         if job.state is not JobState.QUEUED:
@@ -123,9 +137,12 @@ class Stats(Operations):
             "cap": cap,
         }
         with self._tx.begin(write=False) as conn:
-            higher, older, own = conn.execute(_queue_standing_statement(), parameters).one()
+            higher, older, own, others = conn.execute(_queue_standing_statement(), parameters).one()
         return QueueStanding(
-            higher_priority=min(int(higher), cap), same_priority=min(int(older), cap), own_tenant=min(int(own), cap)
+            higher_priority=min(int(higher), cap),
+            same_priority=min(int(older), cap),
+            own_tenant=min(int(own), cap),
+            other_tenants_waiting=bool(others),
         )
 
     def counts_by_state(self) -> dict[JobState, int]:
