@@ -130,9 +130,7 @@ def waiting_reason(
 
 def _running_reason(row: JobRow, view: QueueView) -> dict[str, Any] | None:
     if row.cancel_requested:
-        return _reason(
-            "canceling", "cancel requested; the worker stops at its next step", row.updated_at
-        )
+        return _reason("canceling", "cancel requested; the worker stops at its next step", row.updated_at)
     if not view.worker_live:
         return _reason(
             "worker_silent",

@@ -227,7 +227,8 @@ def test_worker_skip_ends_one_batch_and_interrupt_keeps_what_it_has(farm: LiveFa
         assert snapshot["state"] == "succeeded"
         assert snapshot[flag] is True
         stopped_at = snapshot["stopped_at_step"]
-        assert stopped_at is not None and 0 <= stopped_at < total, snapshot
+        assert stopped_at is not None, snapshot
+        assert 0 <= stopped_at < total, snapshot
         assert snapshot["step"] == stopped_at
         (warning,) = [w for w in snapshot["warnings"] if w["code"] == flag]
         assert (warning["step"], warning["total_steps"]) == (stopped_at, total)

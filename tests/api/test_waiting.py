@@ -52,7 +52,8 @@ def test_queued_jobs_say_how_many_run_first(farm: Farm, image: str) -> None:
     assert "behind 2 jobs" in third["message"]
     # The list carries a reason too (without the counts, which lists leave out).
     listed = farm.client.get("/v1/jobs", headers=ALICE).json()["jobs"]
-    assert {job["task_id"]: job["waiting"]["reason"] for job in listed} == dict.fromkeys(("q-1", "q-2", "q-3"), "queued")
+    reasons = {job["task_id"]: job["waiting"]["reason"] for job in listed}
+    assert reasons == dict.fromkeys(("q-1", "q-2", "q-3"), "queued")
 
 
 def test_a_job_behind_higher_priority_says_so(make_farm: FarmFactory) -> None:
@@ -130,7 +131,9 @@ def test_a_job_backing_off_after_an_outage_says_when_it_runs_again(farm: Farm, i
     requeued = farm.db.leases.requeue(
         outage.id, outage.attempt, retry_delay_s=600.0, outage=cause, counts_as_attempt=False
     )
-    assert requeued is not None and requeued.retry_at is not None and requeued.outage_since is not None
+    assert requeued is not None
+    assert requeued.retry_at is not None
+    assert requeued.outage_since is not None
     reason = waiting(farm, "outage")
     assert reason["reason"] == "outage_backoff"
     assert datetime.fromisoformat(reason["retry_at"]) == requeued.retry_at
