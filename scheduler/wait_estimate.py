@@ -1,7 +1,7 @@
 """How long a job still takes, as a range: `eta_s` and `eta_range_s` of a snapshot (docs/api.md "ETA").
 
 A job's *work* is its sampling steps × megapixels × batch size (`job_work`): the render time of the farm's models
-grows with each (a 150-step 512² job is ~8,000 times the work of a 6-step 64² one). From the queue's recently
+grows with each (a 150-step 512² job is ~1,600 times the work of a 6-step 64² one). From the queue's recently
 succeeded jobs the estimator learns seconds per unit of work, per sampler where the sampler has enough samples
 (samplers differ in model evaluations per step) and for the whole queue otherwise, and keeps the quartiles:
 
