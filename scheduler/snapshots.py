@@ -1,7 +1,7 @@
 """A job's status as clients see it: the durable row merged with its live progress (docs/farm-design.md).
 
 `build_snapshot` is a pure function of what was read; `read_snapshot` does the reads (row, live progress,
-artifacts, queue position, wait estimate). The response models document the shape in `/openapi.json`.
+artifacts, queue standing, waiting reason, ETA range). The response models document the shape in `/openapi.json`.
 
 `seq` = `row.seq × 2^20 + live.seq`: the row's seq grows with every durable change, the live counter with every
 progress write of the running attempt, so a larger `seq` is always a newer snapshot of the same job.
@@ -288,7 +288,8 @@ def read_snapshot(
 ) -> dict[str, Any]:
     """Read what a snapshot of `row` needs and build it. Blocking (database, Redis): call it from a thread.
 
-    `with_queue=False` skips the queue position and wait estimate (one COUNT each; lists leave them out).
+    `with_queue=False` skips the queue standing (one statement of capped counts; lists leave it out), and with it a
+    queued job's position, ETA and the counts of its waiting reason.
     `live`, when given, is the already-read progress by job id (a list reads it for all rows at once).
     `previews=True` (a client that shows live previews) marks an unfinished job watched, so its worker draws them,
     and adds the newest one.

@@ -162,22 +162,6 @@ class Stats(Operations):
         with self._tx.begin(write=False) as conn:
             return int(conn.execute(statement).scalar_one())
 
-    def recent_run_times(self, queue: str, sample: int) -> list[float]:
-        """Run times (seconds, claim to finish) of the queue's `sample` most recently succeeded jobs."""
-        statement = (
-            sa.select(jobs.c.started_at, jobs.c.finished_at)
-            .where(
-                jobs.c.state == JobState.SUCCEEDED.value,
-                jobs.c.queue == queue,
-                jobs.c.started_at.is_not(None),
-                jobs.c.finished_at.is_not(None),
-            )
-            .order_by(jobs.c.finished_at.desc())
-            .limit(sample)
-        )
-        with self._tx.begin(write=False) as conn:
-            return [(finished - started).total_seconds() for started, finished in conn.execute(statement)]
-
     def recent_runs(self, queue: str, sample: int) -> list[tuple[float, int | None, Any]]:
         """(run time in seconds, total steps, request) of the queue's `sample` most recently succeeded jobs: what
         the size-aware wait estimate (scheduler/wait_estimate.py) learns seconds per step and megapixel from."""
