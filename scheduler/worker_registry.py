@@ -89,8 +89,13 @@ class WorkerRegistry:
         return sum(1 for row in self.workers() if queue in row.queues)
 
     def is_live(self, hostname: str) -> bool:
-        """Whether `hostname` has a live announcement (a running job's worker that has none went silent)."""
-        return any(row.hostname == hostname for row in self.workers())
+        """Whether `hostname` has a live announcement (a running job's worker that has none went silent).
+
+        A miss reads the announcements again (one row per worker: a small read): a worker that started and claimed
+        a job within the cache's lifetime must not be called silent."""
+        if any(row.hostname == hostname for row in self.workers()):
+            return True
+        return any(row.hostname == hostname for row in self.refresh())
 
     def last_served_at(self, queue: str) -> datetime | None:
         """The last heartbeat of a worker this process saw consuming `queue`, or None when it saw none (since it
