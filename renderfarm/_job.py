@@ -143,8 +143,8 @@ class Job:
     # The newest live preview ({"id", "step", "job_no", "method", "requested_method", "width", "height", "image"}:
     # a data URI), only in snapshots read with `?previews=true` while the job runs (docs/api.md "Live previews").
     preview: Mapping[str, Any] | None = field(default=None, repr=False)
-    # docs/api.md "Waiting reasons", "ETA", "Why a job waits, and when it is done": why it waits, the range around `eta_s`, and how
-    # a job was stopped (an A1111 interrupt / skip keeps a partial result; a cancel not yet carried out).
+    # docs/api.md "Why a job waits, and when it is done": why it waits, the range around `eta_s`, and how a job was
+    # stopped (an A1111 interrupt / skip keeps a partial result; a cancel not yet carried out).
     waiting: Waiting | None = None
     eta_range_s: tuple[float, float] | None = None
     cancel_requested: bool = False

@@ -1,4 +1,5 @@
-"""A job stopped early by an A1111 interrupt or skip, as its warnings record it (docs/api.md "Why a job waits, and when it is done").
+"""A job stopped early by an A1111 interrupt or skip, as its warnings record it (docs/api.md "Why a job waits, and
+when it is done").
 
 The reference keeps what an interrupted render has (the current batch, decoded from its last x0) and runs no further
 batch; a skip ends one batch. Either way the job still succeeds, so a client must be told the result is partial:

@@ -211,7 +211,8 @@ def test_worker_skip_ends_one_batch_and_interrupt_keeps_what_it_has(farm: LiveFa
     # Interrupt: the current batch is kept as it is, no further batch runs, and the job succeeds.
     assert len(interrupted) == 1
     assert interrupted[0] == skipped[0]
-    # The snapshots say so (docs/api.md "Why a job waits, and when it is done"): a stopped job is not shown as a full render.
+    # The snapshots say so (docs/api.md "Why a job waits, and when it is done"): a stopped job is not shown as a
+    # full render.
     with farm.client() as client:
         shown = {name: client.get(f"/v1/jobs/stops-{name}").json() for name in ("plain", "skip", "interrupt")}
     total = shown["plain"]["total_steps"]
