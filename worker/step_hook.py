@@ -94,13 +94,18 @@ class StepHook:
             return
         whole_job_step = progress.job_no * progress.total_steps + progress.step
         self._total_steps = progress.job_count * progress.total_steps
+        # Recorded only where the stop cuts something: the engine finishes a batch's last step anyway, so a skip
+        # there changes nothing, nor does an interrupt at the last step of the last batch.
+        steps_left = progress.step + 1 < progress.total_steps
         if requests.interrupt and not p.interrupted:
             p.interrupt()
-            self._stops[STOP_INTERRUPTED] = whole_job_step
+            if steps_left or progress.job_no + 1 < progress.job_count:
+                self._stops[STOP_INTERRUPTED] = whole_job_step
         if requests.skips > self._skips_seen:
             self._skips_seen = requests.skips
             p.skip()
-            self._stops[STOP_SKIPPED] = whole_job_step
+            if steps_left:
+                self._stops[STOP_SKIPPED] = whole_job_step
 
     def _write(self, progress: Progress, fraction: float, eta: float | None) -> None:
         run, deps = self._run, self._run.deps
