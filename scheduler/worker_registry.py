@@ -31,6 +31,7 @@ __all__ = ["CACHE_S", "WorkerRegistry", "unserved_model_warning"]
 logger = logging.getLogger(__name__)
 
 CACHE_S: Final = 2.0  # seconds an answer is reused before the announcements are read again
+MISS_REFRESH_S: Final = 0.25  # a worker missing from an answer at least this old is looked for again at once
 
 
 class WorkerRegistry:
@@ -91,10 +92,15 @@ class WorkerRegistry:
     def is_live(self, hostname: str) -> bool:
         """Whether `hostname` has a live announcement (a running job's worker that has none went silent).
 
-        A miss reads the announcements again (one row per worker: a small read): a worker that started and claimed
-        a job within the cache's lifetime must not be called silent."""
+        A miss reads the announcements again once the cached answer is `MISS_REFRESH_S` old (one row per worker: a
+        small read): a worker that started and claimed a job within the cache's lifetime must not be called silent,
+        and a page of jobs of a dead worker must not read them once per job."""
         if any(row.hostname == hostname for row in self.workers()):
             return True
+        with self._lock:
+            recent = self._read_at is not None and self._monotonic() - self._read_at < MISS_REFRESH_S
+        if recent:
+            return False
         return any(row.hostname == hostname for row in self.refresh())
 
     def last_served_at(self, queue: str) -> datetime | None:

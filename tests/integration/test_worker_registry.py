@@ -108,8 +108,11 @@ def test_the_registry_counts_workers_per_queue_and_remembers_when_a_queue_was_la
     registry = WorkerRegistry(db, cache_s=2.0, monotonic=monotonic)
     assert registry.last_served_at("rf.tiny.interactive") is None
     announce(db, "gpu0@a", ["rf.tiny.interactive"], ["tiny"])
+    assert [row.hostname for row in registry.workers()] == ["gpu0@a"]  # cached for 2 s
     announce(db, "gpu1@b", ["rf.tiny.interactive", "rf.tiny.batch"], ["tiny"])
-    # A worker that just started is live at once, cache or not: its first claimed job must not look orphaned.
+    # A worker that started within the cache's lifetime is live once the answer is a moment old: its first claimed
+    # job must not look orphaned for the rest of the cache's life.
+    monotonic.advance(0.5)
     assert registry.is_live("gpu1@b")
     assert not registry.is_live("gpu9@gone")
     assert (registry.workers_serving("rf.tiny.interactive"), registry.workers_serving("rf.tiny.batch")) == (2, 1)
