@@ -40,7 +40,7 @@ from renderfarm._errors import (
     Unavailable,
     ValidationError,
 )
-from renderfarm._job import JobCanceled, JobFailed, JobNotFinished, WaitTimeout
+from renderfarm._job import JobCanceled, JobFailed, JobNotFinished, Waiting, WaitTimeout
 from renderfarm._transport import Retries, Timeout
 from renderfarm._types import Artifact, Asset, Batch, BatchCreated, ErrorInfo, Grid, Job, JobState
 from renderfarm.client import Client, ImageInput, JobSpec, new_task_id
@@ -81,6 +81,7 @@ __all__ = [
     "Unavailable",
     "ValidationError",
     "WaitTimeout",
+    "Waiting",
     "__version__",
     "new_task_id",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "JobNotFinished",
     "JobState",
     "WaitTimeout",
+    "Waiting",
     "optional_time",
     "required_time",
 ]
@@ -93,6 +94,28 @@ class Artifact:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """Why an unfinished job is not done yet (docs/api.md "Waiting reasons"): a stable `reason` code (`queued`,
+    `behind_priority`, `tenant_fair_share`, `no_worker`, `worker_silent`, `outage_backoff`, `retry_backoff`,
+    `canceling`), a sentence for people, since when (None when unknown), and the reason's own `details`
+    (`jobs_ahead`, `retry_at`, `lease_until`, ...)."""
+
+    reason: str
+    message: str
+    since: datetime | None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Waiting:
+        return cls(
+            reason=str(data["reason"]),
+            message=str(data.get("message") or ""),
+            since=optional_time(data.get("since")),
+            details={key: value for key, value in data.items() if key not in ("reason", "message", "since")},
+        )
+
+
+@dataclass(frozen=True)
 class Job:
     """One snapshot of a job. `progress` is 0..1, `eta_s` seconds (None when unknown); `seq` grows with every
     change, so of two snapshots of one job the one with the larger `seq` is newer.
@@ -120,6 +143,14 @@ class Job:
     # The newest live preview ({"id", "step", "job_no", "method", "requested_method", "width", "height", "image"}:
     # a data URI), only in snapshots read with `?previews=true` while the job runs (docs/api.md "Live previews").
     preview: Mapping[str, Any] | None = field(default=None, repr=False)
+    # docs/api.md "Why a job waits, and when it is done": why it waits, the range around `eta_s`, and how a job was
+    # stopped (an A1111 interrupt / skip keeps a partial result; a cancel not yet carried out).
+    waiting: Waiting | None = None
+    eta_range_s: tuple[float, float] | None = None
+    cancel_requested: bool = False
+    interrupted: bool = False
+    skipped: bool = False
+    stopped_at_step: int | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -143,6 +174,12 @@ class Job:
             artifacts=tuple(Artifact.from_dict(item) for item in data.get("artifacts") or ()),
             seq=int(data.get("seq") or 0),
             preview=data.get("preview") if isinstance(data.get("preview"), Mapping) else None,
+            waiting=Waiting.from_dict(waiting) if isinstance(waiting := data.get("waiting"), Mapping) else None,
+            eta_range_s=_pair(data.get("eta_range_s")),
+            cancel_requested=bool(data.get("cancel_requested")),
+            interrupted=bool(data.get("interrupted")),
+            skipped=bool(data.get("skipped")),
+            stopped_at_step=data.get("stopped_at_step"),
             raw=dict(data),
         )
 
@@ -163,6 +200,12 @@ class Job:
         if self.state is JobState.CANCELED:
             raise JobCanceled(self)
         return self
+
+
+def _pair(value: Any) -> tuple[float, float] | None:
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return float(value[0]), float(value[1])
+    return None
 
 
 class JobFailed(RenderfarmError):

@@ -131,10 +131,12 @@ class Batch:
     eta_s: float | None
     items: tuple[Job, ...]
     next_cursor: str | None
+    eta_range_s: tuple[float, float] | None = None  # [low, high] around eta_s (docs/api.md "ETA")
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Batch:
+        eta_range = data.get("eta_range_s")
         return cls(
             batch_id=str(data["batch_id"]),
             mode=str(data["mode"]),
@@ -150,6 +152,7 @@ class Batch:
             eta_s=data.get("eta_s"),
             items=tuple(Job.from_dict(item) for item in data.get("items") or ()),
             next_cursor=data.get("next_cursor"),
+            eta_range_s=(float(eta_range[0]), float(eta_range[1])) if isinstance(eta_range, list) else None,
             raw=dict(data),
         )
 

@@ -38,6 +38,7 @@ from typing import Any, Final
 from scheduler.admission import QUEUE_LIMIT_RETRY_AFTER_S, ImageNormaliser, admit
 from scheduler.deps import Services
 from scheduler.snapshots import read_snapshot, safe_live_many
+from scheduler.wait_estimate import QueueRates
 from shared.db import BatchRow, JobRow, NewJob
 from shared.errors import Conflict, FieldProblem, InputError, NotFound, RateLimited
 from shared.job.problems import headline_first
@@ -353,6 +354,15 @@ def batch_eta_s(remaining: int, finished: int, first_started: datetime | None, n
     return round(remaining * elapsed / finished, 1)
 
 
+def batch_eta_range_s(eta_s: float | None, rates: QueueRates | None) -> list[float] | None:
+    """`[low, high]` around a batch's `eta_s`: its throughput estimate scaled by the spread of the queue's recent
+    run times (1st and 3rd quartile over the median, scheduler/wait_estimate.py). None without both."""
+    if eta_s is None or rates is None or rates.run_s.mid <= 0:
+        return None
+    spread = rates.run_s
+    return [round(eta_s * spread.low / spread.mid, 1), round(eta_s * spread.high / spread.mid, 1)]
+
+
 def read_batch(
     services: Services,
     tenant: str,
@@ -379,6 +389,9 @@ def read_batch(
         tenant, state=state, batch_id=batch.id, cursor=cursor, limit=limit, oldest_first=True
     )
     page_live = safe_live_many(services, rows)
+    eta_s = batch_eta_s(remaining, finished, first_started, now)
+    queue = next((row.queue for row in [*running_rows, *rows]), None)
+    rates = services.estimator.rates(queue) if queue is not None and eta_s else None
     return {
         "batch_id": str(batch.id),
         "mode": batch.mode,
@@ -393,7 +406,8 @@ def read_batch(
         "progress": round(progress, 4),
         "elapsed_s": round(elapsed, 1) if elapsed is not None else None,
         "jobs_per_s": round(finished / elapsed, 3) if elapsed else None,
-        "eta_s": batch_eta_s(remaining, finished, first_started, now),
+        "eta_s": eta_s,
+        "eta_range_s": [0.0, 0.0] if eta_s == 0.0 else batch_eta_range_s(eta_s, rates),
         "items": [read_snapshot(services, row, with_queue=False, live=page_live) for row in rows],
         "next_cursor": next_cursor,
     }

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Final
 
 from shared.db import Database, WorkerRow
@@ -30,6 +31,7 @@ __all__ = ["CACHE_S", "WorkerRegistry", "unserved_model_warning"]
 logger = logging.getLogger(__name__)
 
 CACHE_S: Final = 2.0  # seconds an answer is reused before the announcements are read again
+MISS_REFRESH_S: Final = 0.25  # a worker missing from an answer at least this old is looked for again at once
 
 
 class WorkerRegistry:
@@ -45,6 +47,8 @@ class WorkerRegistry:
         self._rows: tuple[WorkerRow, ...] = ()
         self._queues: frozenset[str] = frozenset()
         self._read_at: float | None = None
+        # Per queue, the last heartbeat of a worker seen consuming it (by this process): since when nobody serves it.
+        self._last_served: dict[str, datetime] = {}
 
     def refresh(self) -> tuple[WorkerRow, ...]:
         """Read the live announcements now. Keeps the last answer (and logs) when the database is unreachable."""
@@ -57,6 +61,11 @@ class WorkerRegistry:
         queues = frozenset(queue for row in rows for queue in row.queues)
         with self._lock:
             self._rows, self._queues, self._read_at = rows, queues, self._monotonic()
+            for row in rows:
+                for queue in row.queues:
+                    last = self._last_served.get(queue)
+                    if last is None or row.seen_at > last:
+                        self._last_served[queue] = row.seen_at
         return rows
 
     def workers(self) -> tuple[WorkerRow, ...]:
@@ -75,6 +84,30 @@ class WorkerRegistry:
 
     def serves_queue(self, queue: str) -> bool:
         return queue in self.served_queues()
+
+    def workers_serving(self, queue: str) -> int:
+        """How many live workers consume `queue` (the wait estimate divides the jobs ahead among them)."""
+        return sum(1 for row in self.workers() if queue in row.queues)
+
+    def is_live(self, hostname: str) -> bool:
+        """Whether `hostname` has a live announcement (a running job's worker that has none went silent).
+
+        A miss reads the announcements again once the cached answer is `MISS_REFRESH_S` old (one row per worker: a
+        small read): a worker that started and claimed a job within the cache's lifetime must not be called silent,
+        and a page of jobs of a dead worker must not read them once per job."""
+        if any(row.hostname == hostname for row in self.workers()):
+            return True
+        with self._lock:
+            recent = self._read_at is not None and self._monotonic() - self._read_at < MISS_REFRESH_S
+        if recent:
+            return False
+        return any(row.hostname == hostname for row in self.refresh())
+
+    def last_served_at(self, queue: str) -> datetime | None:
+        """The last heartbeat of a worker this process saw consuming `queue`, or None when it saw none (since it
+        started): the `since` of a `no_worker` waiting reason."""
+        with self._lock:
+            return self._last_served.get(queue)
 
     def loadable_models(self) -> frozenset[str]:
         """Every model name some live worker says it can load."""

@@ -32,7 +32,7 @@ import logging
 import types
 import uuid
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -236,7 +236,7 @@ def _upload_with_retries(run: ClaimedRun, processed: Processed) -> list[Artifact
             run.renew()  # the lease outlives the waits; a takeover or a cancel stops them
 
 
-def _commit_with_retries(run: ClaimedRun, records: list[ArtifactRecord], warnings: list[dict[str, str]]) -> None:
+def _commit_with_retries(run: ClaimedRun, records: list[ArtifactRecord], warnings: list[dict[str, Any]]) -> None:
     """Commit the uploaded render, through a database blip too (`_with_db_retries`).
 
     `succeed` is fenced and idempotent by attempt: a retry after a commit whose reply was lost is a no-op, and a
@@ -273,7 +273,7 @@ def _render(
     job: Img2ImgJob,
     model: LoadedModel,
     inputs: tuple[list[Image.Image], Image.Image | None, Image.Image | None],
-) -> tuple[Processed, list[dict[str, str]]]:
+) -> tuple[Processed, list[dict[str, Any]]]:
     """Render the job; on out of GPU memory free memory and retry once with a smaller batch. Raises _OutOfMemory."""
     init_images, mask, latent_mask = inputs
     hook = StepHook(run)
@@ -284,7 +284,7 @@ def _render(
         try:
             processed = _render_once(run, current, model, init_images, mask, latent_mask, hook)
             warnings = [{"code": w.code, "message": w.message} for w in processed.warnings]
-            return processed, notes + warnings + hook.previews.warnings()
+            return processed, notes + warnings + hook.previews.warnings() + hook.stop_warnings()
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise

@@ -5,8 +5,9 @@ shutting-down worker could not finish."""
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import Any, Final
 
+from shared.job.stops import STOP_INTERRUPTED, STOP_SKIPPED, stop_warning
 from shared.live import LiveProgress, StopRequests
 from worker.claimed_run import CancelRequested, ClaimedRun
 from worker.engine.processing import Progress, StableDiffusionProcessingImg2Img
@@ -36,6 +37,9 @@ class StepHook:
         # ends one batch).
         self.processing: StableDiffusionProcessingImg2Img | None = None
         self._skips_seen = 0
+        # Where each kind of stop was honoured (whole-job step), for the job's warnings (shared/job/stops.py).
+        self._stops: dict[str, int] = {}
+        self._total_steps = 0
         self.previews = PreviewPublisher(
             str(run.job_id),
             run.attempt,
@@ -60,7 +64,7 @@ class StepHook:
         if requests is not None:
             if requests.cancel:
                 raise CancelRequested
-            self._apply_stop_requests(requests)
+            self._apply_stop_requests(requests, progress)
         self.previews.on_step(progress, requests is not None and requests.watched, self.processing)
         now = deps.clock()
         if now >= run.next_renewal:
@@ -78,17 +82,30 @@ class StepHook:
             if eta is None or now + eta > deadline:
                 raise Draining
 
-    def _apply_stop_requests(self, requests: StopRequests) -> None:
+    def stop_warnings(self) -> list[dict[str, Any]]:
+        """The `interrupted` / `skipped` warnings of the stops honoured in this render (none without a stop)."""
+        return [stop_warning(code, step, self._total_steps) for code, step in self._stops.items()]
+
+    def _apply_stop_requests(self, requests: StopRequests, progress: Progress) -> None:
         """Honour A1111 interrupt / skip like the webui's buttons: p.interrupt() keeps the current batch (decoded
         from its last x0) and runs no further batch, so the job still succeeds; p.skip() ends only this batch."""
         p = self.processing
         if p is None:
             return
+        whole_job_step = progress.job_no * progress.total_steps + progress.step
+        self._total_steps = progress.job_count * progress.total_steps
+        # Recorded only where the stop cuts something: the engine finishes a batch's last step anyway, so a skip
+        # there changes nothing, nor does an interrupt at the last step of the last batch.
+        steps_left = progress.step + 1 < progress.total_steps
         if requests.interrupt and not p.interrupted:
             p.interrupt()
+            if steps_left or progress.job_no + 1 < progress.job_count:
+                self._stops[STOP_INTERRUPTED] = whole_job_step
         if requests.skips > self._skips_seen:
             self._skips_seen = requests.skips
             p.skip()
+            if steps_left:
+                self._stops[STOP_SKIPPED] = whole_job_step
 
     def _write(self, progress: Progress, fraction: float, eta: float | None) -> None:
         run, deps = self._run, self._run.deps

@@ -78,6 +78,7 @@ class BatchStatus(BaseModel):
     elapsed_s: float | None
     jobs_per_s: float | None
     eta_s: float | None
+    eta_range_s: list[float] | None = None  # [low, high] around eta_s (docs/api.md "ETA")
     items: list[JobSnapshot]
     next_cursor: str | None
 

@@ -23,6 +23,7 @@ from shared.db.rows import (
     LeaseStatus,
     NewJob,
     QueueCounts,
+    QueueStanding,
     WorkerRow,
 )
 from shared.db.tables import utcnow
@@ -41,6 +42,7 @@ __all__ = [
     "LeaseStatus",
     "NewJob",
     "QueueCounts",
+    "QueueStanding",
     "WorkerRow",
     "current_revision",
     "head_revision",

@@ -16,6 +16,8 @@ Nothing outside shared/db/ touches the tables or opens connections (tests/unit/t
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
@@ -48,6 +50,10 @@ class Database:
     def from_url(cls, database_url: str | URL, *, clock: Clock = utcnow) -> Database:
         """A database on a new engine for `database_url` (see `make_engine`); `close()` disposes of it."""
         return cls(make_engine(database_url), clock=clock)
+
+    def now(self) -> datetime:
+        """The time by this database's clock (what it stamps rows with): snapshots compare `retry_at` with it."""
+        return self._tx.now()
 
     def close(self) -> None:
         """Close the engine's pooled connections (call it once, at shutdown, when this database owns the engine)."""

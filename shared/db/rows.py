@@ -170,6 +170,24 @@ class ArtifactRow(ArtifactRecord):
 
 
 @dataclass(frozen=True)
+class QueueStanding:
+    """Where a queued job stands in its queue (`Stats.queue_standing`), each count stopped at the cap asked for:
+    jobs of higher priority ahead, older jobs of the same priority ahead, and of those ahead the ones of the job's
+    own tenant not yet dispatched (the dispatcher's round-robin serves other tenants between them); and whether
+    other tenants have jobs waiting for dispatch in the queue (without them the round-robin changes nothing)."""
+
+    higher_priority: int
+    same_priority: int
+    own_tenant: int
+    other_tenants_waiting: bool = False
+
+    @property
+    def position(self) -> int:
+        """Jobs that run first (as `Stats.queue_position`)."""
+        return self.higher_priority + self.same_priority
+
+
+@dataclass(frozen=True)
 class LeaseStatus:
     """The answer to a lease renewal: whether this attempt still owns the job, and whether to stop (cancel)."""
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from shared.db.rows import FinishedJob, JobRow, QueueCounts
+from shared.db.rows import FinishedJob, JobRow, QueueCounts, QueueStanding
 from shared.db.tables import jobs
 from shared.db.transaction import Operations, Transactions
 from shared.states import TERMINAL_STATES, JobState
@@ -45,6 +45,44 @@ def _queue_position_statement(capped: bool) -> sa.Select[Any]:
     ]
     cap: sa.BindParameter[int] | None = sa.bindparam("cap", type_=sa.Integer) if capped else None
     return sa.select(_count_up_to(higher_priority, cap) + _count_up_to(older_same_priority, cap))
+
+
+@functools.cache
+def _queue_standing_statement() -> sa.Select[int, int, int, bool]:
+    """The counts behind `Stats.queue_standing`, each stopped at the cap (parameters as for the position, plus
+    tenant). The tenant's own count reads `ix_jobs_undispatched` (queue, tenant, priority, created_at, id): only
+    undispatched jobs can still be reordered by the dispatcher's round-robin over tenants."""
+    same_queue = [jobs.c.state == JobState.QUEUED.value, jobs.c.queue == sa.bindparam("queue")]
+    priority: sa.BindParameter[int] = sa.bindparam("priority", type_=sa.Integer)
+    before = sa.tuple_(jobs.c.created_at, jobs.c.id) < sa.tuple_(
+        sa.bindparam("created_at", type_=jobs.c.created_at.type), sa.bindparam("id", type_=jobs.c.id.type)
+    )
+    cap = sa.bindparam("cap", type_=sa.Integer)
+    # The tenant's own jobs ahead, as two range scans (an OR of the two made PostgreSQL bitmap-scan the tenant).
+    own = [*same_queue, jobs.c.dispatched_at.is_(None), jobs.c.tenant == sa.bindparam("tenant")]
+    own_ahead = _count_up_to([*own, jobs.c.priority > priority], cap) + _count_up_to(
+        [*own, jobs.c.priority == priority, before], cap
+    )
+    # Whether another tenant has an undispatched job in the queue: the nearest tenant below and above the job's own,
+    # each an index scan in tenant order that stops at its first match. (`tenant <>` would walk past every entry of
+    # the job's own tenant; without the ORDER BY, PostgreSQL chose a sequential scan. test_query_plans.py.)
+    undispatched = [*same_queue, jobs.c.dispatched_at.is_(None)]
+    tenant: sa.BindParameter[str] = sa.bindparam("tenant", type_=jobs.c.tenant.type)
+
+    def nearest(where: sa.ColumnElement[bool], descending: bool) -> sa.ScalarSelect[Any]:
+        order = (jobs.c.queue.desc(), jobs.c.tenant.desc()) if descending else (jobs.c.queue, jobs.c.tenant)
+        return sa.select(jobs.c.tenant).where(*undispatched, where).order_by(*order).limit(1).scalar_subquery()
+
+    other_tenants = sa.or_(
+        nearest(jobs.c.tenant < tenant, descending=True).is_not(None),
+        nearest(jobs.c.tenant > tenant, descending=False).is_not(None),
+    )
+    return sa.select(
+        _count_up_to([*same_queue, jobs.c.priority > priority], cap),
+        _count_up_to([*same_queue, jobs.c.priority == priority, before], cap),
+        own_ahead,
+        other_tenants,
+    )
 
 
 def counts_by_state(tx: Transactions, where: sa.ColumnElement[bool]) -> dict[JobState, int]:
@@ -82,6 +120,31 @@ class Stats(Operations):
             position = int(conn.execute(_queue_position_statement(cap is not None), parameters).scalar_one())
         return position if cap is None else min(position, cap)
 
+    def queue_standing(self, job: JobRow, *, cap: int) -> QueueStanding | None:
+        """Where a queued `job` stands in its queue, each count stopped at `cap`; None unless queued.
+
+        One statement of capped range scans (`ix_jobs_queued_order` twice, `ix_jobs_undispatched` three times), so
+        its cost is bounded by the cap, not the backlog (tests/integration/test_query_plans.py).
+        """
+        if job.state is not JobState.QUEUED:
+            return None
+        parameters: dict[str, Any] = {
+            "queue": job.queue,
+            "priority": job.priority,
+            "created_at": job.created_at,
+            "id": job.id,
+            "tenant": job.tenant,
+            "cap": cap,
+        }
+        with self._tx.begin(write=False) as conn:
+            higher, older, own, others = conn.execute(_queue_standing_statement(), parameters).one()
+        return QueueStanding(
+            higher_priority=min(int(higher), cap),
+            same_priority=min(int(older), cap),
+            own_tenant=min(int(own), cap),
+            other_tenants_waiting=bool(others),
+        )
+
     def counts_by_state(self) -> dict[JobState, int]:
         """Every job counted by state (for metrics)."""
         return counts_by_state(self._tx, sa.true())
@@ -99,10 +162,11 @@ class Stats(Operations):
         with self._tx.begin(write=False) as conn:
             return int(conn.execute(statement).scalar_one())
 
-    def recent_run_times(self, queue: str, sample: int) -> list[float]:
-        """Run times (seconds, claim to finish) of the queue's `sample` most recently succeeded jobs."""
+    def recent_runs(self, queue: str, sample: int) -> list[tuple[float, int | None, Any]]:
+        """(run time in seconds, total steps, request) of the queue's `sample` most recently succeeded jobs: what
+        the size-aware wait estimate (scheduler/wait_estimate.py) learns seconds per step and megapixel from."""
         statement = (
-            sa.select(jobs.c.started_at, jobs.c.finished_at)
+            sa.select(jobs.c.started_at, jobs.c.finished_at, jobs.c.total_steps, jobs.c.request)
             .where(
                 jobs.c.state == JobState.SUCCEEDED.value,
                 jobs.c.queue == queue,
@@ -113,7 +177,10 @@ class Stats(Operations):
             .limit(sample)
         )
         with self._tx.begin(write=False) as conn:
-            return [(finished - started).total_seconds() for started, finished in conn.execute(statement)]
+            return [
+                ((finished - started).total_seconds(), steps, request)
+                for started, finished, steps, request in conn.execute(statement)
+            ]
 
     def queue_counts(self) -> dict[str, QueueCounts]:
         """Queued (of which in flight) and running jobs, and the oldest queued job, of every queue that has any."""

@@ -211,3 +211,28 @@ def test_worker_skip_ends_one_batch_and_interrupt_keeps_what_it_has(farm: LiveFa
     # Interrupt: the current batch is kept as it is, no further batch runs, and the job succeeds.
     assert len(interrupted) == 1
     assert interrupted[0] == skipped[0]
+    # The snapshots say so (docs/api.md "Why a job waits, and when it is done"): a stopped job is not shown as a
+    # full render.
+    with farm.client() as client:
+        shown = {name: client.get(f"/v1/jobs/stops-{name}").json() for name in ("plain", "skip", "interrupt")}
+    total = shown["plain"]["total_steps"]
+    assert (shown["plain"]["interrupted"], shown["plain"]["skipped"], shown["plain"]["stopped_at_step"]) == (
+        False,
+        False,
+        None,
+    )
+    assert shown["plain"]["step"] == total
+    assert not [w for w in shown["plain"]["warnings"] if w["code"] in ("interrupted", "skipped")]
+    for name, flag in (("skip", "skipped"), ("interrupt", "interrupted")):
+        snapshot = shown[name]
+        assert snapshot["state"] == "succeeded"
+        assert snapshot[flag] is True
+        stopped_at = snapshot["stopped_at_step"]
+        assert stopped_at is not None, snapshot
+        assert 0 <= stopped_at < total, snapshot
+        assert snapshot["step"] == stopped_at
+        (warning,) = [w for w in snapshot["warnings"] if w["code"] == flag]
+        assert (warning["step"], warning["total_steps"]) == (stopped_at, total)
+        assert f"at step {stopped_at} of {total}" in warning["message"]
+    assert shown["skip"]["interrupted"] is False
+    assert shown["interrupt"]["skipped"] is False

@@ -433,7 +433,7 @@ def test_queue_position_and_wait_estimate(make_farm: FarmFactory, image_png: byt
     assert [positions[t]["queue_position"] for t in ("urgent", "a", "b", "c")] == [0, 1, 2, 3]
     assert positions["c"]["eta_s"] is None  # no run time known yet
     farm.succeed_with_artifacts("alice", "urgent")
-    farm.app.state.services.estimator._cache.clear()
+    farm.app.state.services.estimator.forget()
     c = farm.client.get("/v1/jobs/c", headers=ALICE).json()
     assert c["queue_position"] == 2
     assert c["eta_s"] is not None

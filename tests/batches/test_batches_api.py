@@ -19,7 +19,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from scheduler.app import create_app
-from scheduler.batches import batch_eta_s, batch_progress, expand_grid, grid_size
+from scheduler.batches import batch_eta_range_s, batch_eta_s, batch_progress, expand_grid, grid_size
+from scheduler.wait_estimate import QueueRates, Spread
 from shared.config import Settings
 from shared.db import Database, make_engine, upgrade
 from shared.live import LocalLiveStatus
@@ -266,6 +267,8 @@ def test_status_counts_progress_eta_and_paged_items(api: Api) -> None:
     assert status["finished"] == 2
     assert status["progress"] == pytest.approx(0.4)
     assert status["eta_s"] == pytest.approx(15.0, abs=2.0)  # 3 left at 2 per ~10 s
+    low, high = status["eta_range_s"]  # the two finished jobs ran ~10 s each: a narrow range
+    assert low <= status["eta_s"] <= high
     assert [item["task_id"] for item in status["items"]] == task_ids[:2]
     page_two = api.status(batch_id, limit=2, cursor=status["next_cursor"]).json()
     assert [item["task_id"] for item in page_two["items"]] == task_ids[2:4]
@@ -333,6 +336,10 @@ def test_progress_and_eta() -> None:
     assert batch_eta_s(7, 3, now - timedelta(seconds=30), now) == pytest.approx(70.0)
     assert batch_eta_s(7, 0, now, now) is None
     assert batch_eta_s(0, 10, now, now) == 0.0
+    spread = QueueRates(rate=None, by_sampler={}, run_s=Spread(5.0, 10.0, 20.0))
+    assert batch_eta_range_s(70.0, spread) == [35.0, 140.0]
+    assert batch_eta_range_s(None, spread) is None
+    assert batch_eta_range_s(70.0, None) is None
 
 
 def _png(color: tuple[int, int, int]) -> bytes:

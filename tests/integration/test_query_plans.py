@@ -94,6 +94,17 @@ def test_queue_position_reads_at_most_the_cap(backlog_engine: sa.Engine, backlog
     assert rows <= 2 * CAP
 
 
+def test_a_queued_jobs_standing_reads_at_most_the_cap(backlog_engine: sa.Engine, backlog_db: Database) -> None:
+    """The waiting reason's read (scheduler/waiting.py): capped counts in one statement (bob's jobs wait too)."""
+    last = backlog_db.jobs.get("alice", f"job-{BACKLOG - 1}")
+    standing = backlog_db.stats.queue_standing(last, cap=CAP)
+    assert standing is not None
+    assert (standing.higher_priority, standing.same_priority, standing.own_tenant) == (0, CAP, CAP)
+    assert standing.other_tenants_waiting
+    (rows,) = rows_read_from_jobs(backlog_engine, lambda: backlog_db.stats.queue_standing(last, cap=CAP))
+    assert rows <= 3 * CAP + 2
+
+
 def test_a_tenants_queued_count_reads_at_most_the_cap(backlog_engine: sa.Engine, backlog_db: Database) -> None:
     assert backlog_db.stats.queued_count("alice", cap=CAP) == CAP
     assert backlog_db.stats.queued_count("bob", cap=CAP) == 10

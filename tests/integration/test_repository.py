@@ -781,7 +781,7 @@ def test_ping_of_an_unreachable_database_is_database_unavailable() -> None:
 
 
 def test_run_times_queue_counts_and_finished_jobs(db: Database, clock: FakeClock) -> None:
-    assert db.stats.recent_run_times("default", 10) == []
+    assert db.stats.recent_runs("default", 10) == []
     assert db.stats.queue_counts() == {}
     quick, slow = drive_to(db, JobState.RUNNING), drive_to(db, JobState.RUNNING)
     waiting = new_job(db)
@@ -789,8 +789,13 @@ def test_run_times_queue_counts_and_finished_jobs(db: Database, clock: FakeClock
     db.leases.succeed(quick.id, 1, [])
     clock.advance(10)
     db.leases.succeed(slow.id, 1, [])
-    assert db.stats.recent_run_times("default", 10) == [12.0, 2.0]  # the most recent first
-    assert db.stats.recent_run_times("default", 1) == [12.0]
+    runs = db.stats.recent_runs("default", 10)
+    assert [seconds for seconds, _steps, _request in runs] == [12.0, 2.0]  # the most recent first
+    assert [(steps, request) for _seconds, steps, request in runs] == [
+        (slow.total_steps, slow.request),
+        (quick.total_steps, quick.request),
+    ]
+    assert [seconds for seconds, _steps, _request in db.stats.recent_runs("default", 1)] == [12.0]
     assert db.stats.queue_counts() == {"default": QueueCounts(queued=1, oldest_queued=waiting.created_at)}
 
     failed = db.leases.fail(waiting.id, None, ERROR)

@@ -102,6 +102,29 @@ def test_the_registry_caches_for_a_moment_and_refresh_reads_now(db: Database) ->
     assert [row.hostname for row in registry.workers()] == ["gpu0@a", "gpu1@b"]
 
 
+def test_the_registry_counts_workers_per_queue_and_remembers_when_a_queue_was_last_served(db: Database) -> None:
+    """What waiting reasons and the ETA read (scheduler/waiting.py, scheduler/wait_estimate.py)."""
+    monotonic = ManualClock(0.0)
+    registry = WorkerRegistry(db, cache_s=2.0, monotonic=monotonic)
+    assert registry.last_served_at("rf.tiny.interactive") is None
+    announce(db, "gpu0@a", ["rf.tiny.interactive"], ["tiny"])
+    assert [row.hostname for row in registry.workers()] == ["gpu0@a"]  # cached for 2 s
+    announce(db, "gpu1@b", ["rf.tiny.interactive", "rf.tiny.batch"], ["tiny"])
+    # A worker that started within the cache's lifetime is live once the answer is a moment old: its first claimed
+    # job must not look orphaned for the rest of the cache's life.
+    monotonic.advance(0.5)
+    assert registry.is_live("gpu1@b")
+    assert not registry.is_live("gpu9@gone")
+    assert (registry.workers_serving("rf.tiny.interactive"), registry.workers_serving("rf.tiny.batch")) == (2, 1)
+    seen = {row.hostname: row.seen_at for row in db.workers.live()}
+    assert registry.last_served_at("rf.tiny.batch") == seen["gpu1@b"]
+    db.workers.withdraw("gpu1@b")
+    registry.refresh()
+    assert registry.workers_serving("rf.tiny.batch") == 0
+    assert registry.last_served_at("rf.tiny.batch") == seen["gpu1@b"]  # remembered after the worker left
+    assert registry.last_served_at("rf.tiny.interactive") == max(seen.values())
+
+
 def test_the_warning_names_the_model_and_the_field_that_chose_it(db: Database) -> None:
     announce(db, "gpu0@a", ["rf.tiny.interactive"], ["tiny"])
     registry = WorkerRegistry(db)

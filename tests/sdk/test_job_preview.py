@@ -31,3 +31,24 @@ def test_a_snapshot_preview_reaches_the_job() -> None:
     assert Job.from_dict({**SNAPSHOT, "preview": preview}).preview == preview
     assert Job.from_dict({**SNAPSHOT, "preview": None}).preview is None
     assert Job.from_dict(SNAPSHOT).preview is None  # a farm that predates previews
+
+
+def test_snapshots_carry_why_they_wait_the_eta_range_and_how_they_stopped() -> None:
+    waiting = {"reason": "behind_priority", "message": "2 jobs of higher priority run first", "since": None}
+    job = Job.from_dict(
+        {
+            **SNAPSHOT,
+            "waiting": {**waiting, "jobs_ahead": 2, "higher_priority_ahead": 2},
+            "eta_range_s": [3.5, 9.0],
+            "cancel_requested": True,
+        }
+    )
+    assert job.waiting is not None
+    assert (job.waiting.reason, job.waiting.since) == ("behind_priority", None)
+    assert dict(job.waiting.details) == {"jobs_ahead": 2, "higher_priority_ahead": 2}
+    assert job.eta_range_s == (3.5, 9.0)
+    assert job.cancel_requested
+    stopped = Job.from_dict({**SNAPSHOT, "interrupted": True, "stopped_at_step": 4})
+    assert (stopped.interrupted, stopped.skipped, stopped.stopped_at_step) == (True, False, 4)
+    old = Job.from_dict(SNAPSHOT)  # a farm that predates these fields
+    assert (old.waiting, old.eta_range_s, old.cancel_requested, old.interrupted) == (None, None, False, False)
