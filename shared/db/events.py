@@ -19,8 +19,8 @@ from shared.db.rows import plain_row
 from shared.db.tables import events, tenant_webhooks, webhook_deliveries
 from shared.db.transaction import Operations
 from shared.errors import NotFound
+from shared.webhooks import SECRET_PREFIX
 
-SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 MAX_LOG_ENTRIES = 20  # attempts kept in a delivery's log (the first attempts are dropped first)
 

@@ -68,9 +68,7 @@ def upgrade() -> None:
         sa.Column("finished_at", TIMESTAMP, nullable=True),
         sa.Column("log", JSON, nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_webhook_deliveries"),
-        sa.CheckConstraint(
-            "state IN ('pending', 'delivered', 'failed')", name="ck_webhook_deliveries_state"
-        ),
+        sa.CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="ck_webhook_deliveries_state"),
     )
     op.create_index(
         "ix_webhook_deliveries_due",
