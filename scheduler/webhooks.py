@@ -24,7 +24,7 @@ from shared.backoff import backoff_delay
 from shared.config import Settings
 from shared.db import Database
 from shared.db.events import ClaimedDelivery
-from shared.db.tables import utcnow
+from shared.db import utcnow
 from shared.errors import DatabaseUnavailable
 from shared.webhooks import Resolver, WebhookUrlRefused, check_webhook_url, headers_for, system_resolver
 
