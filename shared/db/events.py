@@ -152,7 +152,8 @@ class Events(Operations):
             if not claimed:
                 return []
             ids = sorted({row.event_id for row in claimed})
-            bodies = dict(conn.execute(sa.select(events.c.event_id, events.c.body).where(events.c.event_id.in_(ids))))
+            found = conn.execute(sa.select(events.c.event_id, events.c.body).where(events.c.event_id.in_(ids)))
+            bodies = {event_id: body for event_id, body in found}
         return [ClaimedDelivery(row, bodies.get(row.event_id)) for row in claimed]
 
     def record_attempt(
