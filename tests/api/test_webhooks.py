@@ -21,8 +21,9 @@ from typing import Any
 
 import pytest
 
+import renderfarm
 from scheduler.webhooks import WebhookSender
-from tests.api.conftest import ALICE, BOB, Farm, FarmFactory, job_body, put_job
+from tests.api.conftest import ALICE, ALICE_TOKEN, BOB, Farm, FarmFactory, job_body, put_job
 from tests.clock import FakeClock
 from tests.waiting import wait_until
 
@@ -368,3 +369,37 @@ def test_delivery_rechecks_the_address(make_farm: FarmFactory, receiver: Receive
     (delivery,) = lenient.client.get("/v1/jobs/rebind-1/deliveries", headers=ALICE).json()["deliveries"]
     assert delivery["log"][0]["status"] is None
     assert delivery["log"][0]["error"].startswith("private_address")
+
+
+def test_the_sdk_verifies_a_delivered_webhook(make_farm: FarmFactory, receiver: Receiver, image_png: bytes) -> None:
+    farm = make_farm(**FAST)
+    sender = sender_for(farm, clock_at_now())
+    put_job(farm, "sdk-1", job_body(b64(image_png), webhook_url=receiver.url))
+    farm.succeed_with_artifacts("alice", "sdk-1")
+    sender.deliver_due()
+    sender.stop()
+    (message,) = receiver.accepted
+    secret = secret_of(farm)
+    sent_at = float(message.headers["webhook-timestamp"])
+    event = renderfarm.verify_webhook(secret, message.headers, message.body, now=sent_at + 10)
+    assert event == json.loads(message.body)
+    assert event["data"]["task_id"] == "sdk-1"
+    with pytest.raises(renderfarm.WebhookVerificationError, match="no signature"):
+        renderfarm.verify_webhook(secret, message.headers, message.body.replace(b"sdk-1", b"sdk-2"), now=sent_at)
+    with pytest.raises(renderfarm.WebhookVerificationError, match="no signature"):
+        renderfarm.verify_webhook(secret_of(farm, BOB), message.headers, message.body, now=sent_at)
+    with pytest.raises(renderfarm.WebhookVerificationError, match="from now"):
+        renderfarm.verify_webhook(secret, message.headers, message.body, now=sent_at + 3600)
+
+
+def test_the_sdk_reads_the_feed_from_a_cursor(served_farm: tuple[Farm, str], image_png: bytes) -> None:
+    farm, url = served_farm
+    for task_id in ("feed-1", "feed-2"):
+        assert put_job(farm, task_id, job_body(b64(image_png))).status_code == 201
+        farm.succeed_with_artifacts("alice", task_id)
+    with renderfarm.Client(url, token=ALICE_TOKEN) as client:
+        events = list(client.events())
+        assert [event["data"]["task_id"] for event in events] == ["feed-1", "feed-2"]
+        assert [event["type"] for event in events] == ["job.succeeded", "job.succeeded"]
+        assert [event["id"] for event in client.events(after=events[0]["cursor"])] == [events[1]["id"]]
+        assert list(client.events(after=events[-1]["cursor"])) == []
