@@ -403,3 +403,72 @@ def test_the_sdk_reads_the_feed_from_a_cursor(served_farm: tuple[Farm, str], ima
         assert [event["type"] for event in events] == ["job.succeeded", "job.succeeded"]
         assert [event["id"] for event in client.events(after=events[0]["cursor"])] == [events[1]["id"]]
         assert list(client.events(after=events[-1]["cursor"])) == []
+
+
+def test_a_batch_finishes_once_even_when_its_last_children_finish_together(
+    make_farm: FarmFactory, receiver: Receiver, image_png: bytes
+) -> None:
+    farm = make_farm(**FAST)
+    items = [job_body(b64(image_png), seed=seed, webhook_url=receiver.url) for seed in range(3)]
+    created = farm.client.post("/v1/batches", json={"jobs": items}, headers=ALICE)
+    assert created.status_code == 201, created.text
+    first, *last_two = created.json()["task_ids"]
+    farm.succeed_with_artifacts("alice", first)
+    assert [event["type"] for event in feed(farm)["events"]] == ["job.succeeded"]  # not finished yet
+    rows = [farm.claim("alice", task_id) for task_id in last_two]
+    start = threading.Barrier(2)
+
+    def finish(index: int) -> None:
+        start.wait()
+        if index == 0:
+            farm.db.leases.succeed(rows[0].id, rows[0].attempt, [])
+        else:
+            farm.db.leases.fail(rows[1].id, rows[1].attempt, {"type": "x", "code": "boom", "message": "no"})
+
+    threads = [threading.Thread(target=finish, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    types = [event["type"] for event in feed(farm)["events"]]
+    assert sorted(types) == ["batch.finished", "job.failed", "job.succeeded", "job.succeeded"]
+    assert types[-1] == "batch.finished"  # after the events of its children
+    (finished,) = [event for event in feed(farm)["events"] if event["type"] == "batch.finished"]
+    assert finished["data"] == {
+        "batch_id": created.json()["batch_id"],
+        "counts": {"succeeded": 2, "failed": 1, "canceled": 0},
+    }
+    sender = sender_for(farm, clock_at_now())
+    sender.deliver_due()
+    sender.stop()
+    delivered = [json.loads(message.body)["type"] for message in receiver.accepted]
+    assert sorted(delivered) == sorted(types)
+
+
+def test_two_senders_never_send_one_delivery_twice(
+    make_farm: FarmFactory, receiver: Receiver, image_png: bytes
+) -> None:
+    farm = make_farm(**FAST)
+    for index in range(24):
+        assert put_job(farm, f"many-{index}", job_body(b64(image_png), webhook_url=receiver.url)).status_code == 201
+        assert farm.client.post(f"/v1/jobs/many-{index}/cancel", headers=ALICE).status_code == 200
+    clock = clock_at_now()
+    senders = [sender_for(farm, clock) for _ in range(2)]
+    start = threading.Barrier(2)
+    counts: list[int] = []
+
+    def drain(sender: WebhookSender) -> None:
+        start.wait()
+        while (sent := sender.deliver_due()) > 0:
+            counts.append(sent)
+
+    threads = [threading.Thread(target=drain, args=(sender,)) for sender in senders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    for sender in senders:
+        sender.stop()
+    ids = [message.headers["webhook-id"] for message in receiver.accepted]
+    assert len(ids) == len(set(ids)) == 24
+    assert sum(counts) == 24
