@@ -20,10 +20,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
 import renderfarm
+from scheduler.app import create_app
 from scheduler.webhooks import WebhookSender
-from tests.api.conftest import ALICE, ALICE_TOKEN, BOB, Farm, FarmFactory, job_body, put_job
+from tests.api.conftest import ALICE, ALICE_TOKEN, BOB, LOOPBACK_CLIENT, Farm, FarmFactory, job_body, put_job
 from tests.clock import FakeClock
 from tests.waiting import wait_until
 
@@ -472,3 +474,17 @@ def test_two_senders_never_send_one_delivery_twice(
     ids = [message.headers["webhook-id"] for message in receiver.accepted]
     assert len(ids) == len(set(ids)) == 24
     assert sum(counts) == 24
+
+
+def test_the_scheduler_app_runs_the_sender_and_stops_it(
+    make_farm: FarmFactory, receiver: Receiver, image_png: bytes
+) -> None:
+    farm = make_farm(**FAST)
+    app = create_app(farm.settings, live=farm.live, storage=farm.storage, db=farm.db, start_background=True)
+    with TestClient(app, client=LOOPBACK_CLIENT) as client:
+        created = client.put("/v1/jobs/app-1", json=job_body(b64(image_png), webhook_url=receiver.url), headers=ALICE)
+        assert created.status_code == 201, created.text
+        farm.succeed_with_artifacts("alice", "app-1")
+        wait_until(lambda: receiver.accepted, 20.0, "the webhook of app-1 from the app's own sender")
+    threads = {thread.name for thread in threading.enumerate()}
+    assert "renderfarm-webhooks" not in threads
