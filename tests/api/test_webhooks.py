@@ -488,3 +488,60 @@ def test_the_scheduler_app_runs_the_sender_and_stops_it(
         wait_until(lambda: receiver.accepted, 20.0, "the webhook of app-1 from the app's own sender")
     threads = {thread.name for thread in threading.enumerate()}
     assert "renderfarm-webhooks" not in threads
+
+
+def test_the_tenant_default_url_receives_events_of_jobs_without_one(
+    make_farm: FarmFactory, receiver: Receiver, image_png: bytes
+) -> None:
+    farm = make_farm(**FAST)
+    set_url = farm.client.put("/v1/webhooks/default-url", json={"url": receiver.url}, headers=ALICE)
+    assert set_url.status_code == 200, set_url.text
+    assert set_url.json()["default_url"] == receiver.url
+    assert put_job(farm, "plain-1", job_body(b64(image_png))).status_code == 201
+    farm.succeed_with_artifacts("alice", "plain-1")
+    assert put_job(farm, "plain-2", job_body(b64(image_png)), headers=BOB).status_code == 201
+    farm.succeed_with_artifacts("bob", "plain-2")  # bob has no default URL: an event, no delivery
+    sender = sender_for(farm, clock_at_now())
+    sender.deliver_due()
+    sender.stop()
+    assert [json.loads(message.body)["data"]["task_id"] for message in receiver.accepted] == ["plain-1"]
+    assert farm.client.get("/v1/jobs/plain-2/deliveries", headers=BOB).json()["deliveries"] == []
+    assert len(feed(farm, headers=BOB)["events"]) == 1
+    strict = make_farm()
+    refused = strict.client.put("/v1/webhooks/default-url", json={"url": "http://10.0.0.1/x"}, headers=ALICE)
+    assert refused.status_code == 422
+    assert (refused.json()["error"]["code"], refused.json()["error"]["field"]) == ("private_address", "url")
+
+
+def test_a_batch_item_with_a_refused_url_is_422_naming_the_item(make_farm: FarmFactory, image_png: bytes) -> None:
+    farm = make_farm()
+    items = [job_body(b64(image_png)), job_body(b64(image_png), webhook_url="http://127.0.0.1/hook")]
+    refused = farm.client.post("/v1/batches", json={"jobs": items}, headers=ALICE)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["field"] == "jobs.1.webhook_url"
+
+
+def test_redelivery_of_an_unknown_event_is_404(make_farm: FarmFactory, image_png: bytes) -> None:
+    farm = make_farm(**FAST)
+    put_job(farm, "x-1", job_body(b64(image_png)))
+    response = farm.client.post("/v1/jobs/x-1/deliveries/evt_0/redeliver", headers=ALICE)
+    assert response.status_code == 404
+
+
+def test_a_claim_of_a_dead_sender_expires_and_its_late_result_is_fenced(
+    make_farm: FarmFactory, image_png: bytes
+) -> None:
+    farm = make_farm(**FAST)
+    put_job(farm, "claim-1", job_body(b64(image_png), webhook_url="http://127.0.0.1:9/hook"))
+    farm.succeed_with_artifacts("alice", "claim-1")
+    clock = clock_at_now()
+    (first,) = farm.db.events.claim_due(60.0, 10, now=clock.now)
+    assert farm.db.events.claim_due(60.0, 10, now=clock.now) == []  # held by the first claim
+    clock.advance(61)
+    (second,) = farm.db.events.claim_due(60.0, 10, now=clock.now)  # the first sender died: due again
+    assert second.delivery.id == first.delivery.id
+    late = {"at": "late", "status": 204}
+    assert not farm.db.events.record_attempt(first.delivery, late, delivered=True, next_attempt_at=None)
+    assert farm.db.events.record_attempt(second.delivery, late, delivered=True, next_attempt_at=None)
+    (row,) = farm.client.get("/v1/jobs/claim-1/deliveries", headers=ALICE).json()["deliveries"]
+    assert (row["state"], row["attempts"]) == ("delivered", 1)
