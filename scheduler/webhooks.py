@@ -22,9 +22,8 @@ import httpx
 from scheduler.background import BackgroundLoop
 from shared.backoff import backoff_delay
 from shared.config import Settings
-from shared.db import Database
+from shared.db import Database, utcnow
 from shared.db.events import ClaimedDelivery
-from shared.db import utcnow
 from shared.errors import DatabaseUnavailable
 from shared.webhooks import Resolver, WebhookUrlRefused, check_webhook_url, headers_for, system_resolver
 

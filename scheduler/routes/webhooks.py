@@ -78,7 +78,8 @@ async def list_events(
     deadline = time.monotonic() + wait_s
     while True:
         rows = await run_in_threadpool(services.db.events.feed, tenant, position, limit)
-        if rows or time.monotonic() >= deadline:
+        # A graceful shutdown answers waiting polls at once (scheduler/open_streams.py); the client polls again.
+        if rows or time.monotonic() >= deadline or services.streams.stopping.is_set():
             break
         await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
     next_cursor = str(rows[-1].position) if rows else str(position)

@@ -259,6 +259,8 @@ class Event(Base):
         sa.UniqueConstraint("dedup_key"),
         sa.Index(None, "tenant", "position"),
         sa.Index(None, "job_id"),
+        # SQLite: never reuse the position of a deleted newest event (a feed cursor must only grow).
+        {"sqlite_autoincrement": True},
     )
 
     position: Mapped[int] = mapped_column(EVENT_POSITION, primary_key=True, autoincrement=True)

@@ -50,6 +50,8 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("position", name="pk_events"),
         sa.UniqueConstraint("event_id", name="uq_events_event_id"),
         sa.UniqueConstraint("dedup_key", name="uq_events_dedup_key"),
+        # SQLite: never reuse the position of a deleted newest event (a feed cursor must only grow).
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_events_tenant_position", "events", ["tenant", "position"])
     op.create_index("ix_events_job_id", "events", ["job_id"])
