@@ -545,3 +545,18 @@ def test_a_claim_of_a_dead_sender_expires_and_its_late_result_is_fenced(
     assert farm.db.events.record_attempt(second.delivery, late, delivered=True, next_attempt_at=None)
     (row,) = farm.client.get("/v1/jobs/claim-1/deliveries", headers=ALICE).json()["deliveries"]
     assert (row["state"], row["attempts"]) == ("delivered", 1)
+
+
+def test_the_reconcilers_transitions_write_events_too(make_farm: FarmFactory, image_png: bytes) -> None:
+    farm = make_farm(**{**FAST, "max_attempts": 1})
+    for task_id in ("dead-1", "dead-2"):
+        assert put_job(farm, task_id, job_body(b64(image_png))).status_code == 201
+        farm.claim("alice", task_id)
+    farm.client.post("/v1/jobs/dead-2/cancel", headers=ALICE)  # running: cancel requested
+    later = datetime.now(UTC) + timedelta(hours=2)  # both leases (60 s) have expired
+    assert [row.task_id for row in farm.db.leases.requeue_expired(later)] == ["dead-2"]
+    assert [row.task_id for row in farm.db.leases.fail_exhausted(later)] == ["dead-1"]
+    events = {event["data"]["task_id"]: event for event in feed(farm)["events"]}
+    assert events["dead-2"]["type"] == "job.canceled"
+    assert events["dead-1"]["type"] == "job.failed"
+    assert events["dead-1"]["data"]["error"]["code"] == "attempts_exhausted"
