@@ -7,10 +7,12 @@ back with the state change. A transition happens once (the UPDATE of a losing or
 its event is written once, whatever retries and fencing happen around it. A batch's `batch.finished` is written by
 the transaction that finishes its last child; its `dedup_key` makes a second one impossible.
 
-On PostgreSQL the writers take one transaction-level advisory lock first. It makes the feed's cursor (`position`,
-from a sequence) grow in commit order, so a reader that saw position N never later finds a new event below N; and
-it makes the "last child finished?" count of a batch see every other child's committed state (two children
-finishing at once are counted one after the other). SQLite's write transactions are serialised already.
+On PostgreSQL the writers take one transaction-level advisory lock (`lock_event_writers`), before the UPDATE that
+locks the job rows, so the lock order is always this lock, then rows (no deadlock with another transition). It makes
+the feed's cursor (`position`, from a sequence) grow in commit order, so a reader that saw position N never later
+finds a new event below N; and it makes the "last child finished?" count of a batch see every other child's
+committed state (two children finishing at once are counted one after the other). SQLite's write transactions are
+serialised already.
 """
 
 from __future__ import annotations
@@ -63,14 +65,20 @@ def job_event_body(event_type: str, event_id: str, row: JobRow, when: datetime) 
     }
 
 
+def lock_event_writers(conn: Connection) -> None:
+    """Take the event writers' lock until the transaction ends (PostgreSQL; nothing on SQLite). Call it before the
+    terminal UPDATE whose rows `record_job_events` gets."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:space, 0)"), {"space": _EVENT_LOCK_SPACE})
+
+
 def record_job_events(conn: Connection, rows: Sequence[JobRow], now: datetime) -> None:
     """Write the events of the jobs in `rows` that have just become terminal, their webhook deliveries, and the
-    `batch.finished` of every batch whose last child this was. Call it on the connection of the change."""
+    `batch.finished` of every batch whose last child this was. Call it on the connection of the change, which
+    holds `lock_event_writers`."""
     finished = [row for row in rows if row.state in EVENT_TYPES]
     if not finished:
         return
-    if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:space, 0)"), {"space": _EVENT_LOCK_SPACE})
     default_urls = _default_urls(conn, {row.tenant for row in finished})
     for row in finished:
         event_id = new_event_id()
