@@ -23,6 +23,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import renderfarm
+from renderfarm.cli import main as cli_main
 from scheduler.app import create_app
 from scheduler.webhooks import WebhookSender
 from tests.api.conftest import ALICE, ALICE_TOKEN, BOB, LOOPBACK_CLIENT, Farm, FarmFactory, job_body, put_job
@@ -560,3 +561,17 @@ def test_the_reconcilers_transitions_write_events_too(make_farm: FarmFactory, im
     assert events["dead-2"]["type"] == "job.canceled"
     assert events["dead-1"]["type"] == "job.failed"
     assert events["dead-1"]["data"]["error"]["code"] == "attempts_exhausted"
+
+
+def test_the_cli_prints_the_feed_as_json_lines(
+    served_farm: tuple[Farm, str], image_png: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    farm, url = served_farm
+    assert put_job(farm, "cli-1", job_body(b64(image_png))).status_code == 201
+    farm.succeed_with_artifacts("alice", "cli-1")
+    assert cli_main(["events", "--url", url, "--token", ALICE_TOKEN]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    event = json.loads(line)
+    assert (event["type"], event["data"]["task_id"]) == ("job.succeeded", "cli-1")
+    assert cli_main(["events", "--url", url, "--token", ALICE_TOKEN, "--after", event["cursor"]]) == 0
+    assert capsys.readouterr().out == ""
