@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from shared.db.rows import JobRow
@@ -136,7 +137,7 @@ def _insert_event(
     now: datetime,
 ) -> bool:
     """Insert one event unless one with `dedup_key` exists; whether it was inserted."""
-    insert = postgresql_or_sqlite_insert(conn)
+    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     statement = (
         insert(events)
         .values(
@@ -153,12 +154,6 @@ def _insert_event(
         .returning(events.c.position)
     )
     return conn.execute(statement).first() is not None
-
-
-def postgresql_or_sqlite_insert(conn: Connection) -> Any:
-    from sqlalchemy.dialects import postgresql, sqlite
-
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
 
 
 def _record_batch_finished(
