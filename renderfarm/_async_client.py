@@ -127,7 +127,7 @@ class AsyncClient(ClientBase[httpx.AsyncBaseTransport]):
         """`Client.events`, iterated with `async for`."""
         cursor = after
         while True:
-            page, next_cursor = await self._run(self._ops.events_page(cursor, wait_s=wait_s if follow else 0.0))
+            page, next_cursor = await self._run(self._ops.events(cursor, wait_s=wait_s if follow else 0.0))
             for event in page:
                 yield event
             cursor = next_cursor

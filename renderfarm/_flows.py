@@ -390,7 +390,7 @@ class Operations:
 
         return page
 
-    def events_page(self, after: str | None, *, wait_s: float = 0.0, limit: int = 100) -> Flow[tuple[Any, str]]:
+    def events(self, after: str | None, *, wait_s: float = 0.0, limit: int = 100) -> Flow[tuple[Any, str]]:
         """One page of your events after the cursor `after` (None: from the first), oldest first, waiting up to
         `wait_s` seconds for the first one; `(events, next_cursor)`. Each event is the body its webhook sends,
         plus `cursor` (docs/api.md "Events and webhooks")."""

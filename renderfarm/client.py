@@ -137,7 +137,7 @@ class Client(ClientBase[httpx.BaseTransport]):
         """
         cursor = after
         while True:
-            page, next_cursor = self._run(self._ops.events_page(cursor, wait_s=wait_s if follow else 0.0))
+            page, next_cursor = self._run(self._ops.events(cursor, wait_s=wait_s if follow else 0.0))
             yield from page
             cursor = next_cursor
             if not page and not follow:
