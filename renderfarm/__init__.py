@@ -43,6 +43,7 @@ from renderfarm._errors import (
 from renderfarm._job import JobCanceled, JobFailed, JobNotFinished, Waiting, WaitTimeout
 from renderfarm._transport import Retries, Timeout
 from renderfarm._types import Artifact, Asset, Batch, BatchCreated, ErrorInfo, Grid, Job, JobState
+from renderfarm._webhooks import WebhookVerificationError, verify_webhook
 from renderfarm.client import Client, ImageInput, JobSpec, new_task_id
 
 __version__ = "0.1.0"
@@ -82,6 +83,8 @@ __all__ = [
     "ValidationError",
     "WaitTimeout",
     "Waiting",
+    "WebhookVerificationError",
     "__version__",
     "new_task_id",
+    "verify_webhook",
 ]

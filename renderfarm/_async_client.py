@@ -120,3 +120,16 @@ class AsyncClient(ClientBase[httpx.AsyncBaseTransport]):
     get_batch = _awaiting(Operations.get_batch)
     batch_items = _awaiting_pages(Operations.batch_items)
     cancel_batch = _awaiting(Operations.cancel_batch)
+
+    async def events(
+        self, after: str | None = None, *, follow: bool = False, wait_s: float = 25.0
+    ) -> AsyncIterator[Any]:
+        """`Client.events`, iterated with `async for`."""
+        cursor = after
+        while True:
+            page, next_cursor = await self._run(self._ops.events(cursor, wait_s=wait_s if follow else 0.0))
+            for event in page:
+                yield event
+            cursor = next_cursor
+            if not page and not follow:
+                return

@@ -390,6 +390,17 @@ class Operations:
 
         return page
 
+    def events(self, after: str | None, *, wait_s: float = 0.0, limit: int = 100) -> Flow[tuple[Any, str]]:
+        """One page of your events after the cursor `after` (None: from the first), oldest first, waiting up to
+        `wait_s` seconds for the first one; `(events, next_cursor)`. Each event is the body its webhook sends,
+        plus `cursor` (docs/api.md "Events and webhooks")."""
+        params: dict[str, Any] = {"limit": limit, "wait_s": wait_s}
+        if after is not None:
+            params["after"] = after
+        response = yield from self.exchange("GET", "/v1/events", params=params)
+        answer = response.json()
+        return tuple(answer["events"]), str(answer["next_cursor"])
+
     def wait(
         self,
         task_id: str,

@@ -126,3 +126,19 @@ class Client(ClientBase[httpx.BaseTransport]):
     get_batch = _blocking(Operations.get_batch)
     batch_items = _blocking_pages(Operations.batch_items)
     cancel_batch = _blocking(Operations.cancel_batch)
+
+    def events(self, after: str | None = None, *, follow: bool = False, wait_s: float = 25.0) -> Iterator[Any]:
+        """Your job and batch events after the cursor `after` (None: from the first), oldest first: the same ids
+        and bodies as the webhooks, each with its `cursor` (keep the last one to resume from it). Ends when it has
+        caught up, unless `follow`: then it long-polls (`wait_s` per request) for new events until the caller
+        stops iterating.
+
+        >>> [event["type"] for event in farm.events(after=saved_cursor)]  # doctest: +SKIP
+        """
+        cursor = after
+        while True:
+            page, next_cursor = self._run(self._ops.events(cursor, wait_s=wait_s if follow else 0.0))
+            yield from page
+            cursor = next_cursor
+            if not page and not follow:
+                return

@@ -96,7 +96,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add submit, status, wait, cancel, ls, download and batch to the `renderfarm` command's subparsers."""
+    """Add submit, status, wait, cancel, ls, events, download and batch to the `renderfarm` command's subparsers."""
     submit = _command(subparsers, "submit", _submit, "submit one img2img / inpainting job")
     submit.add_argument("image", help="the init picture (a path, or asset:<sha256>)")
     submit.add_argument("--prompt", default=None)
@@ -129,6 +129,10 @@ def register(subparsers: Any) -> None:
     ls.add_argument("--state", choices=[state.value for state in JobState], default=None)
     ls.add_argument("--batch", default=None, help="only the jobs of this batch id")
     ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50; 0: all)")
+
+    events = _command(subparsers, "events", _events, "your job and batch events, oldest first, one JSON per line")
+    events.add_argument("--after", default=None, help="the cursor of the last event you have (default: the first)")
+    events.add_argument("--follow", action="store_true", help="keep waiting for new events (Ctrl-C ends)")
 
     download = _command(subparsers, "download", _download, "download a job's results, overlays and masks")
     download.add_argument("task_id")
@@ -263,6 +267,13 @@ def _ls(args: argparse.Namespace, client: Client) -> int:
         print(f"{created}  {job.state.value:<9}  {job.task_id}  {_progress_text(job)}".rstrip())
     if not jobs:
         print("no jobs", file=sys.stderr)
+    return EXIT_OK
+
+
+def _events(args: argparse.Namespace, client: Client) -> int:
+    # JSON lines whatever `--json` says: each event is a document, and `cursor` resumes after it.
+    for event in client.events(after=args.after, follow=args.follow):
+        print(json.dumps(event, separators=(",", ":"), ensure_ascii=False), flush=True)
     return EXIT_OK
 
 

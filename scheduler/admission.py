@@ -27,6 +27,7 @@ from typing import Any
 from scheduler.assets import store_asset
 from scheduler.deps import Services
 from scheduler.model_checks import check_model_files
+from scheduler.webhook_urls import check_submitted_webhook_url
 from scheduler.worker_registry import unserved_model_warning
 from shared.config import Settings
 from shared.db import NewJob
@@ -165,6 +166,7 @@ def admit(
     database is down.
     """
     check_priority_ceiling(normalise.services, normalise.tenant, job.priority, field_prefix)
+    check_submitted_webhook_url(job.webhook_url, normalise.services.settings, f"{field_prefix}webhook_url")
     # Model, VAE and LoRA names before the images: the model's canonical name is what is stored and hashed.
     job = check_model_files(normalise.services, job, field_prefix)
     normalised = normalise_images(normalise, job, field_prefix)

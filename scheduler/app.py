@@ -4,9 +4,9 @@ What it does not do: migrate the database (`renderfarm db upgrade` does; the CLI
 At start-up it checks that the schema is at the head revision and refuses to start otherwise, so a scheduler can
 never write rows an older schema cannot hold.
 
-Lifespan (with `start_background=True`): a `scheduler.dispatch.Dispatcher` and a `scheduler.reconciler.Reconciler`
-run in threads of this process; submissions wake the dispatcher. At shutdown both are stopped, then the parts this
-app created itself (not the injected ones) are closed.
+Lifespan (with `start_background=True`): a `scheduler.dispatch.Dispatcher`, a `scheduler.reconciler.Reconciler`
+and a `scheduler.webhooks.WebhookSender` run in threads of this process; submissions wake the dispatcher. At
+shutdown all three are stopped, then the parts this app created itself (not the injected ones) are closed.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from scheduler.model_checks import catalogue_of
 from scheduler.openapi import truthful_document
 from scheduler.queue_limit import QueueLimit
 from scheduler.rate_limits import RateLimiter, open_rate_limiter
-from scheduler.routes import assets, events, files, health, jobs, workers
+from scheduler.routes import assets, events, files, health, jobs, webhooks, workers
 from scheduler.routes import batches as batch_routes
 from scheduler.wait_estimate import RunTimeEstimator
 from shared.config import Settings
@@ -97,10 +97,12 @@ class _Background:
         self.services = services
         self.dispatcher: Any = None
         self.reconciler: Any = None
+        self.webhooks: Any = None
 
     def start(self) -> None:
         from scheduler.dispatch import Dispatcher
         from scheduler.reconciler import Reconciler, reset_dispatch_on_startup
+        from scheduler.webhooks import WebhookSender
 
         s = self.services
         if s.settings.embedded:
@@ -111,6 +113,9 @@ class _Background:
         self.reconciler = Reconciler(s.db, s.live, s.settings, on_requeue=self.dispatcher.wake, storage=s.storage)
         self.dispatcher.run_in_thread()
         self.reconciler.run_in_thread()
+        # The webhook outbox (scheduler/webhooks.py): sends what transitions wrote, never blocking them.
+        self.webhooks = WebhookSender(s.db, s.settings)
+        self.webhooks.run_in_thread()
         # Hash the models folder's checkpoints now (P18), not during the first listing or submission: a new 7 GB
         # file takes seconds; known ones come from the hash cache (docs/engine.md "Model files").
         threading.Thread(target=_scan_models, args=(s,), name="rf-model-scan", daemon=True).start()
@@ -118,7 +123,7 @@ class _Background:
 
     def stop(self) -> None:
         self.services.dispatcher = None
-        for loop in (self.dispatcher, self.reconciler):
+        for loop in (self.dispatcher, self.reconciler, self.webhooks):
             if loop is not None:
                 try:
                     loop.stop()
@@ -207,7 +212,7 @@ def create_app(
     # layer below become a typed 500.
     app.add_middleware(InternalErrorMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
-    for module in (jobs, events, assets, files, health, workers):
+    for module in (jobs, events, assets, files, health, workers, webhooks):
         app.include_router(module.router)
     owned.append(
         install_metrics(app, services, token=metrics_token)

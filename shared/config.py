@@ -44,6 +44,14 @@ DEFAULT_RECONCILE_LOST_GRACE_S = 30.0  # a dispatched job's broker marker may be
 # Outages and retries (reliability.md "Outages and retries"; shared/backoff.py).
 DEFAULT_RETRY_BACKOFF_BASE_S = 2.0  # a re-queued job waits base × 2^(n-1) (jittered) before its n-th retry...
 DEFAULT_RETRY_BACKOFF_MAX_S = 300.0  # ...capped at this
+# Webhooks (docs/api.md "Events and webhooks"): a delivery is retried with backoff for this long after its event,
+# then marked failed; the previous secret keeps signing for the overlap after a rotation.
+DEFAULT_WEBHOOK_RETRY_PERIOD_S = 24 * 3600.0
+DEFAULT_WEBHOOK_BACKOFF_BASE_S = 5.0
+DEFAULT_WEBHOOK_BACKOFF_MAX_S = 3600.0
+DEFAULT_WEBHOOK_TIMEOUT_S = 10.0
+DEFAULT_WEBHOOK_POLL_S = 1.0
+DEFAULT_WEBHOOK_SECRET_OVERLAP_S = 24 * 3600.0
 DEFAULT_OUTAGE_DEADLINE_S = 3600.0  # a job kept back by storage/database outages fails after this long
 DEFAULT_UPLOAD_RETRY_S = 300.0  # a finished render retries its upload this long (renewing its lease) before giving up
 DEFAULT_COMMIT_RETRY_S = 120.0  # an uploaded render retries its commit through a database blip this long
@@ -158,6 +166,15 @@ class Settings(BaseSettings):
     orphan_sweep_grace_s: float = Field(DEFAULT_ORPHAN_SWEEP_GRACE_S, ge=0)
     worker_heartbeat_s: float = Field(DEFAULT_WORKER_HEARTBEAT_S, gt=0)
     worker_heartbeat_misses: int = Field(DEFAULT_WORKER_HEARTBEAT_MISSES, ge=1)
+    # Webhooks: retries, timeouts, the signing secret's rotation overlap, and whether URLs may name loopback,
+    # link-local, private, multicast or unspecified addresses (off: such URLs are refused with a 422 and at delivery).
+    webhook_retry_period_s: float = Field(DEFAULT_WEBHOOK_RETRY_PERIOD_S, gt=0)
+    webhook_backoff_base_s: float = Field(DEFAULT_WEBHOOK_BACKOFF_BASE_S, ge=0)
+    webhook_backoff_max_s: float = Field(DEFAULT_WEBHOOK_BACKOFF_MAX_S, ge=0)
+    webhook_timeout_s: float = Field(DEFAULT_WEBHOOK_TIMEOUT_S, gt=0)
+    webhook_poll_s: float = Field(DEFAULT_WEBHOOK_POLL_S, gt=0)
+    webhook_secret_overlap_s: float = Field(DEFAULT_WEBHOOK_SECRET_OVERLAP_S, ge=0)
+    webhook_allow_private_addresses: bool = False
     # The worker's metrics and health HTTP server (worker/metrics.py); 0 turns it off.
     metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535)
 

@@ -8,6 +8,7 @@
     db.batches   batches and their child jobs                     shared.db.batches
     db.assets    uploaded input images                            shared.db.assets
     db.workers   worker announcements: who serves which queues    shared.db.workers
+    db.events    event feed, webhook outbox, webhook secrets      shared.db.events
 
 Every operation runs its own transaction (shared.db.transaction) and returns frozen dataclasses (shared.db.rows),
 never ORM objects tied to a session. A database that cannot be reached raises `DatabaseUnavailable`. Thread-safe.
@@ -24,6 +25,7 @@ from sqlalchemy.engine import URL, Engine
 from shared.db.assets import Assets
 from shared.db.batches import Batches
 from shared.db.engine import make_engine
+from shared.db.events import Events
 from shared.db.jobs import Jobs
 from shared.db.leases import Leases
 from shared.db.outbox import Outbox
@@ -45,6 +47,7 @@ class Database:
         self.batches = Batches(self._tx)
         self.assets = Assets(self._tx)
         self.workers = Workers(self._tx)
+        self.events = Events(self._tx)
 
     @classmethod
     def from_url(cls, database_url: str | URL, *, clock: Clock = utcnow) -> Database:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from shared.db.event_writes import lock_event_writers, record_job_events
 from shared.db.rows import JobError, JobRow
 from shared.db.tables import jobs
 from shared.states import JobState, sources_of
@@ -70,7 +71,13 @@ def update_jobs(
         .values(assignments)
         .returning(*jobs.columns)
     )
-    return [JobRow.from_mapping(row) for row in conn.execute(statement).mappings()]
+    if target.is_terminal:
+        lock_event_writers(conn)  # before the rows' locks: one lock order for every transition
+    changed = [JobRow.from_mapping(row) for row in conn.execute(statement).mappings()]
+    if target.is_terminal:
+        # The transition's events (and webhook deliveries) commit with it, or not at all (shared.db.event_writes).
+        record_job_events(conn, changed, now)
+    return changed
 
 
 def touch_jobs(

@@ -242,9 +242,83 @@ class WorkerAnnouncement(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+# The feed's cursor: SQLite only autoincrements an INTEGER PRIMARY KEY (the rowid); PostgreSQL gets a BIGINT.
+EVENT_POSITION = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+PENDING_DELIVERY = "state = 'pending'"
+DELIVERY_STATES: tuple[str, ...] = ("pending", "delivered", "failed")
+
+
+class Event(Base):
+    """One job or batch event (migration 0006), written in the transaction of the change that causes it: the
+    per-tenant feed (`position` is its cursor) and the body every webhook delivery of it sends."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        sa.UniqueConstraint("event_id"),
+        # A second event for the same transition (a batch finished twice) is impossible.
+        sa.UniqueConstraint("dedup_key"),
+        sa.Index(None, "tenant", "position"),
+        sa.Index(None, "job_id"),
+        # SQLite: never reuse the position of a deleted newest event (a feed cursor must only grow).
+        {"sqlite_autoincrement": True},
+    )
+
+    position: Mapped[int] = mapped_column(EVENT_POSITION, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(sa.String(64))
+    tenant: Mapped[str] = mapped_column(sa.String(TENANT_MAX_LENGTH))
+    type: Mapped[str] = mapped_column(sa.String(32))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    batch_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    dedup_key: Mapped[str] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    body: Mapped[Any] = mapped_column(JSONType)
+
+
+class WebhookDelivery(Base):
+    """One event to one URL (migration 0006): the outbox the scheduler's webhook loop works through."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        sa.CheckConstraint(f"state IN ({_quoted_list(DELIVERY_STATES)})", name="state"),
+        sa.Index("ix_webhook_deliveries_due", "next_attempt_at", **_where(PENDING_DELIVERY)),
+        sa.Index(None, "job_id"),
+        sa.Index(None, "event_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    event_id: Mapped[str] = mapped_column(sa.String(64))
+    tenant: Mapped[str] = mapped_column(sa.String(TENANT_MAX_LENGTH))
+    job_id: Mapped[uuid.UUID | None] = mapped_column(sa.Uuid, nullable=True)
+    url: Mapped[str] = mapped_column(sa.String(4096))
+    state: Mapped[str] = mapped_column(sa.String(16))
+    attempts: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("0"))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    log: Mapped[Any] = mapped_column(JSONType)
+
+
+class TenantWebhook(Base):
+    """A tenant's webhook signing secret, the previous one until its rotation's overlap ends, and the tenant's
+    default URL for events of jobs without a `webhook_url` (migration 0006)."""
+
+    __tablename__ = "tenant_webhooks"
+
+    tenant: Mapped[str] = mapped_column(sa.String(TENANT_MAX_LENGTH), primary_key=True)
+    secret: Mapped[str] = mapped_column(sa.String(128))
+    previous_secret: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
+    previous_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    rotated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    default_url: Mapped[str | None] = mapped_column(sa.String(4096), nullable=True)
+
+
 metadata = Base.metadata
 jobs: sa.Table = Job.__table__  # type: ignore[assignment]
 artifacts: sa.Table = Artifact.__table__  # type: ignore[assignment]
 assets: sa.Table = Asset.__table__  # type: ignore[assignment]
 batches: sa.Table = Batch.__table__  # type: ignore[assignment]
 worker_announcements: sa.Table = WorkerAnnouncement.__table__  # type: ignore[assignment]
+events: sa.Table = Event.__table__  # type: ignore[assignment]
+webhook_deliveries: sa.Table = WebhookDelivery.__table__  # type: ignore[assignment]
+tenant_webhooks: sa.Table = TenantWebhook.__table__  # type: ignore[assignment]

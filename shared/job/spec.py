@@ -360,7 +360,7 @@ class Img2ImgJob(BaseModel):
     # --- the farm's own
     priority: Int = Field(0, ge=MIN_PRIORITY, le=MAX_PRIORITY)  # higher runs first
     tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
-    webhook_url: str | None = None  # reserved: stored, not called yet (the job gets a warning, shared.job.warnings)
+    webhook_url: str | None = None  # called with the job's events (docs/api.md "Events and webhooks")
 
     # ------------------------------------------------------------------------------------------------------------
     # Field checks

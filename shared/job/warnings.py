@@ -58,13 +58,4 @@ def job_warnings(job: Img2ImgJob) -> list[JobWarning]:
                 f"as {samples_format}",
             )
         )
-    if job.webhook_url is not None:
-        found.append(
-            warning(
-                "not_called",
-                "webhook_url",
-                "is stored with the job but not called: the farm has no webhooks yet; poll the job or stream "
-                "its events",
-            )
-        )
     return found

@@ -283,14 +283,12 @@ def test_contract_warnings() -> None:
         {
             **base,
             "override_settings": {"initial_noise_multiplier": 0.5, "samples_format": "webp"},
-            "webhook_url": "https://example.com/hook",
         },
         SpecLimits(),
     )
     assert [(w["code"], w["field"]) for w in job_warnings(job)] == [
         ("no_effect", "override_settings.initial_noise_multiplier"),
         ("stored_as_png", "override_settings.samples_format"),
-        ("not_called", "webhook_url"),
     ]
 
 
