@@ -50,6 +50,7 @@ from shared.errors import (
 )
 from shared.job.seeds import resolved_seeds
 from shared.job.spec import Img2ImgJob
+from shared.output_formats import OutputFormat, output_format
 from shared.states import JobState
 from worker.artifact_upload import delete_quietly, upload_artifacts
 from worker.claimed_run import RENEW_FRACTION, CancelRequested, ClaimedRun, LiveGuard, lease_seconds
@@ -192,7 +193,7 @@ def _render_upload_commit(run: ClaimedRun, job: Img2ImgJob) -> RunOutcome:
     # A takeover during the render's last third, or a cancel at the very end, is caught here before any upload.
     run.renew()
     with run.timings.phase("upload"):
-        records = _upload_with_retries(run, processed)
+        records = _upload_with_retries(run, processed, output_format(job.override_settings.get("samples_format")))
     with run.timings.phase("commit"):
         try:
             _commit_with_retries(run, records, warnings)
@@ -208,7 +209,7 @@ def _render_upload_commit(run: ClaimedRun, job: Img2ImgJob) -> RunOutcome:
     return run.outcome("succeeded", artifacts=len(records))
 
 
-def _upload_with_retries(run: ClaimedRun, processed: Processed) -> list[ArtifactRecord]:
+def _upload_with_retries(run: ClaimedRun, processed: Processed, result_format: OutputFormat) -> list[ArtifactRecord]:
     """Upload the render; while storage is unavailable, wait (backoff) and try again for `upload_retry_s`,
     renewing the lease before each try, instead of throwing the finished render away.
 
@@ -221,7 +222,9 @@ def _upload_with_retries(run: ClaimedRun, processed: Processed) -> list[Artifact
     failures = 0
     while True:
         try:
-            return upload_artifacts(deps.storage, run.row.tenant, run.row.task_id, run.attempt, processed)
+            return upload_artifacts(
+                deps.storage, run.row.tenant, run.row.task_id, run.attempt, processed, result_format
+            )
         except StorageUnavailable as exc:
             failures += 1
             delay = backoff_delay(failures, settings.retry_backoff_base_s, settings.retry_backoff_max_s)

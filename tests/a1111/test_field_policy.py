@@ -289,7 +289,6 @@ def test_contract_warnings() -> None:
     )
     assert [(w["code"], w["field"]) for w in job_warnings(job)] == [
         ("no_effect", "override_settings.initial_noise_multiplier"),
-        ("stored_as_png", "override_settings.samples_format"),
         ("not_called", "webhook_url"),
     ]
 
