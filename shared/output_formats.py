@@ -24,7 +24,15 @@ from PIL import Image
 
 from shared.images import INFOTEXT_KEY, encode_png
 
-__all__ = ["JPEG_QUALITY", "OUTPUT_FORMATS", "OutputFormat", "encode_result", "exif_with_user_comment", "infotext_of", "read_infotext"]
+__all__ = [
+    "JPEG_QUALITY",
+    "OUTPUT_FORMATS",
+    "OutputFormat",
+    "encode_result",
+    "exif_with_user_comment",
+    "infotext_of",
+    "read_infotext",
+]
 
 JPEG_QUALITY: Final = 80  # the webui's `jpeg_quality` default, for JPEG and (lossy) WebP
 EXIF_IFD: Final = 0x8769  # the Exif sub-IFD of a picture's EXIF data

@@ -8,6 +8,7 @@
     db.batches   batches and their child jobs                     shared.db.batches
     db.assets    uploaded input images                            shared.db.assets
     db.workers   worker announcements: who serves which queues    shared.db.workers
+    db.retention what the retention purge reads and deletes          shared.db.retention
 
 Every operation runs its own transaction (shared.db.transaction) and returns frozen dataclasses (shared.db.rows),
 never ORM objects tied to a session. A database that cannot be reached raises `DatabaseUnavailable`. Thread-safe.
@@ -25,6 +26,7 @@ from shared.db.engine import make_engine
 from shared.db.jobs import Jobs
 from shared.db.leases import Leases
 from shared.db.outbox import Outbox
+from shared.db.retention import Retention
 from shared.db.stats import Stats
 from shared.db.tables import utcnow
 from shared.db.transaction import Clock, Transactions
@@ -43,6 +45,7 @@ class Database:
         self.batches = Batches(self._tx)
         self.assets = Assets(self._tx)
         self.workers = Workers(self._tx)
+        self.retention = Retention(self._tx)
 
     @classmethod
     def from_url(cls, database_url: str | URL, *, clock: Clock = utcnow) -> Database:

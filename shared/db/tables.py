@@ -92,6 +92,10 @@ UNSWEPT = (
     "AND (state <> 'succeeded' OR attempt > 1)"
 )
 
+# Retention (migration 0008): the purge's work lists, oldest first by when the job finished.
+TERMINAL = "state IN ('succeeded', 'failed', 'canceled')"
+RESULTS_STORED = f"{TERMINAL} AND results_purged_at IS NULL"
+
 
 def _where(predicate: str) -> dict[str, Any]:
     """The keyword arguments of a partial index with `predicate`, on PostgreSQL and SQLite alike."""
@@ -152,6 +156,8 @@ class Job(Base):
         sa.Index(None, "state", "dispatched_at"),
         # The reconciler's sweep: finished jobs that may have left uploads behind, oldest first (migration 0004).
         sa.Index("ix_jobs_unswept", "finished_at", "id", **_where(UNSWEPT)),
+        sa.Index("ix_jobs_finished", "finished_at", "id", **_where(TERMINAL)),
+        sa.Index("ix_jobs_results_stored", "finished_at", "id", **_where(RESULTS_STORED)),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
@@ -184,6 +190,7 @@ class Job(Base):
     outage_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     storage_swept_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     outage_requeues: Mapped[int] = mapped_column(sa.Integer, server_default=sa.text("0"))
+    results_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class Artifact(Base):
@@ -214,6 +221,7 @@ class Asset(Base):
     """An uploaded input image, content-addressed per tenant (a tenant sees only its own)."""
 
     __tablename__ = "assets"
+    __table_args__ = (sa.Index(None, "created_at"),)
 
     tenant: Mapped[str] = mapped_column(sa.String(TENANT_MAX_LENGTH), primary_key=True)
     sha256: Mapped[str] = mapped_column(sa.String(SHA256_HEX_LENGTH), primary_key=True)
@@ -223,6 +231,19 @@ class Asset(Base):
     width: Mapped[int] = mapped_column(sa.Integer)
     height: Mapped[int] = mapped_column(sa.Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PurgedJob(Base):
+    """The tombstone of a job row the retention purge deleted (migration 0008): reads of it answer 410."""
+
+    __tablename__ = "purged_jobs"
+    __table_args__ = (sa.PrimaryKeyConstraint("tenant", "task_id"),)
+
+    tenant: Mapped[str] = mapped_column(sa.String(TENANT_MAX_LENGTH))
+    task_id: Mapped[str] = mapped_column(sa.String(MAX_TASK_ID_LENGTH))
+    job_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    purged_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class WorkerAnnouncement(Base):
@@ -248,3 +269,4 @@ artifacts: sa.Table = Artifact.__table__  # type: ignore[assignment]
 assets: sa.Table = Asset.__table__  # type: ignore[assignment]
 batches: sa.Table = Batch.__table__  # type: ignore[assignment]
 worker_announcements: sa.Table = WorkerAnnouncement.__table__  # type: ignore[assignment]
+purged_jobs: sa.Table = PurgedJob.__table__  # type: ignore[assignment]
