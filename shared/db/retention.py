@@ -41,7 +41,9 @@ def _batch_finished() -> sa.ColumnElement[bool]:
     running_sibling = (
         sa.select(sa.literal(1)).where(sibling.c.batch_id == jobs.c.batch_id, sibling.c.state.in_(_UNFINISHED)).exists()
     )
-    return sa.or_(jobs.c.batch_id.is_(None), ~running_sibling)
+    # CASE, not OR: PostgreSQL may evaluate an OR's arms in any order, and would run the sibling probe for every
+    # job outside a batch too (tests/integration/test_query_plans.py).
+    return sa.case((jobs.c.batch_id.is_(None), sa.true()), else_=~running_sibling)
 
 
 class Retention(Operations):
