@@ -97,6 +97,7 @@ class JobSnapshot(BaseModel):
     artifacts: list[ArtifactOut]
     seq: int
     preview: PreviewOut | None = None  # only when asked for (`?previews=true`) and one was drawn
+    results_purged_at: str | None = None  # when the retention purge deleted the artifacts (docs/api.md "Retention")
 
 
 class JobList(BaseModel):
@@ -209,6 +210,7 @@ def build_snapshot(
         "artifacts": [artifact_out(artifact, storage) for artifact in artifacts],
         "seq": snapshot_seq(row, live),
         "preview": preview_out(preview) if preview is not None and _preview_is_current(row, preview) else None,
+        "results_purged_at": _iso(row.results_purged_at),
     }
 
 

@@ -93,6 +93,7 @@ def test_purge_follows_each_tenants_retention(make_farm: FarmFactory) -> None:
     snapshot = farm.client.get("/v1/jobs/a-done", headers=ALICE)
     assert snapshot.status_code == 200  # the row stays until its own retention passes
     assert snapshot.json()["artifacts"] == []
+    assert snapshot.json()["results_purged_at"] is not None
     assert farm.client.get(f"/v1/assets/{made['old']['asset_id']}", headers=ALICE).status_code == 404
     assert not farm.storage.exists(f"alice/~assets/{made['old']['sha256']}")
     # Everything else is as it was: bob's job, results and input; alice's queued job, its input, the batch.
