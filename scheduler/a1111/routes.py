@@ -81,7 +81,7 @@ from scheduler.routes import checked_task_id
 from scheduler.snapshots import QUEUE_POSITION_CAP, current_live, safe_live_progress, watched_preview
 from scheduler.submission import Submission, submit_job
 from shared.db import MAX_LIST_LIMIT, ArtifactRow, JobRow
-from shared.errors import InputError, NotFound, RenderfarmError, TransientError
+from shared.errors import Gone, InputError, NotFound, RenderfarmError, TransientError
 from shared.images import ImageLimits, decode_base64_image, encode_png
 from shared.job.ids import MAX_TASK_ID_LENGTH, new_a1111_task_id
 from shared.job.spec import Img2ImgJob
@@ -246,7 +246,7 @@ def _find(services: Services, tenant: str, task_id: str | None) -> JobRow | None
         return None
     try:
         return services.db.jobs.get(tenant, checked_task_id(task_id))
-    except (NotFound, InputError):
+    except (NotFound, Gone, InputError):  # a purged task reads like an unknown one, as UIs poll it
         return None
 
 

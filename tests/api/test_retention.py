@@ -123,6 +123,10 @@ def test_purge_follows_each_tenants_retention(make_farm: FarmFactory) -> None:
     purged_at = datetime.fromisoformat(error["purged_at"].replace("Z", "+00:00"))
     assert abs((purged_at - datetime.now(UTC)).total_seconds()) < 60  # when it was purged (the database's clock)
     assert farm.client.post("/v1/jobs/a-done/cancel", headers=ALICE).status_code == 410
+    # UIs poll the A1111 progress of their task: a purged one reads as an unknown task there, as the webui's does.
+    progress = farm.client.post("/internal/progress", json={"id_task": "a-done"}, headers=ALICE)
+    assert progress.status_code == 200
+    assert progress.json()["active"] is False
     assert farm.client.get("/v1/jobs/a-done", headers=BOB).status_code == 404  # another tenant's: not even 410
     assert farm.client.get("/v1/jobs/never-was", headers=ALICE).status_code == 404
     assert farm.client.get("/v1/jobs/b-done", headers=BOB).status_code == 200
