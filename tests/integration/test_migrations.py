@@ -171,7 +171,7 @@ def test_migration_0008_is_reversible(empty_database_url: str) -> None:
     """0008 (retention) goes down to 0005 and up again: its column, tombstone table and partial indexes."""
     upgrade(empty_database_url)
     indexes_at_head = index_definitions(empty_database_url)
-    assert RETENTION_JOB_INDEXES <= set(indexes_at_head)
+    assert set(indexes_at_head) >= RETENTION_JOB_INDEXES
     assert "where" in indexes_at_head["ix_jobs_results_stored"]
     engine = make_engine(empty_database_url)
     try:

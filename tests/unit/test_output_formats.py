@@ -39,7 +39,9 @@ def test_each_format_decodes_and_keeps_its_infotext(
         # JPEG and WebP have no alpha in the webui's files either; PNG keeps the mode.
         assert picture.mode == (mode if pillow == "PNG" else "RGB")
         red, green, blue = picture.convert("RGB").getpixel((5, 5))  # type: ignore[misc]
-        assert abs(red - 30) <= 6 and abs(green - 160) <= 6 and abs(blue - 220) <= 6
+        assert abs(red - 30) <= 6
+        assert abs(green - 160) <= 6
+        assert abs(blue - 220) <= 6
     assert read_infotext(data) == INFOTEXT
     assert read_infotext(encode_result(image, fmt, None)) is None
 
@@ -62,5 +64,5 @@ def test_user_comment_is_the_webui_encoding(name: str) -> None:
 def test_storage_keys_carry_the_format() -> None:
     assert artifact_key("acme", "job", 1, "result", 0, "jpg") == "acme/job/1/result-0.jpg"
     assert artifact_key("acme", "job", 1, "result", 0) == "acme/job/1/result-0.png"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="extension"):
         artifact_key("acme", "job", 1, "result", 0, "gif")
