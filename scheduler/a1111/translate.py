@@ -370,6 +370,8 @@ def answer_image(stored: bytes, samples_format: str) -> bytes:
         if picture.format == fmt.pillow:
             return stored
         infotext = infotext_of(picture)
+        if infotext is None and fmt.pillow != "PNG":
+            infotext = ""  # the webui's API writes an empty UserComment for an image without parameters (a mask)
         picture.load()
         return encode_result(picture, fmt, infotext)
 
