@@ -1,9 +1,10 @@
 """What the farm answers to the webui's start-up probes of features it does not have, and to `png-info`.
 
-- `scripts`, `upscalers`, `latent-upscale-modes`, `face-restorers`, `realesrgan-models`, `prompt-styles`: the
-  reference's shapes, empty. The farm runs no webui scripts, upscaler or face-restoration models (img2img resizes
-  with its own Lanczos/latent code, docs/engine.md) and keeps no prompt styles; an empty list is the truth, where a
-  404 made one client hand the error back as the data.
+- `scripts`, `script-info`, `extensions`, `upscalers`, `latent-upscale-modes`, `face-restorers`,
+  `realesrgan-models`, `prompt-styles`: the reference's shapes, empty. The farm runs no webui scripts or
+  extensions, no upscaler or face-restoration models (img2img resizes with its own Lanczos/latent code,
+  docs/engine.md) and keeps no prompt styles; an empty list is the truth, where a 404 made one client hand the
+  error back as the data.
 - `memory`: the reference's keys. `ram` is the scheduler's own process (`used`, its resident size) on its machine
   (`total`, `free` = total - used, as the reference counts them); the GPUs are the workers', which the scheduler
   cannot see, so `cuda` is `{"error": "unavailable"}`, what the webui answers on a machine without CUDA.

@@ -40,6 +40,7 @@ from scheduler.a1111.embeddings import catalogue_for
 from scheduler.a1111.field_policy import review_request
 from scheduler.a1111.probes import memory, png_info
 from scheduler.a1111.schema import (
+    ExtensionItem,
     FaceRestorerItem,
     HypernetworkItem,
     Img2ImgRequest,
@@ -57,6 +58,7 @@ from scheduler.a1111.schema import (
     RealesrganItem,
     SamplerItem,
     SchedulerItem,
+    ScriptInfoItem,
     ScriptsList,
     SDModelItem,
     SDVaeItem,
@@ -640,6 +642,17 @@ def cmd_flags(services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
 @router.get("/sdapi/v1/scripts", summary="Webui scripts (none on the farm)", response_model=ScriptsList)
 def scripts(tenant: TenantDep) -> dict[str, Any]:
     return {"txt2img": [], "img2img": []}
+
+
+@router.get("/sdapi/v1/script-info", summary="Webui scripts and their arguments (none on the farm)",
+            response_model=list[ScriptInfoItem])  # fmt: skip
+def script_info(tenant: TenantDep) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/extensions", summary="Webui extensions (none on the farm)", response_model=list[ExtensionItem])
+def extensions(tenant: TenantDep) -> list[dict[str, Any]]:
+    return []
 
 
 @router.get("/sdapi/v1/upscalers", summary="Upscaler models (none on the farm)", response_model=list[UpscalerItem])

@@ -234,3 +234,20 @@ class PNGInfoResponse(BaseModel):
     info: str
     items: dict[str, Any]
     parameters: dict[str, Any]
+
+
+class ScriptInfoItem(BaseModel):
+    name: str | None
+    is_alwayson: bool | None
+    is_img2img: bool | None
+    args: list[dict[str, Any]]
+
+
+class ExtensionItem(BaseModel):
+    name: str
+    remote: str
+    branch: str
+    commit_hash: str
+    version: str
+    commit_date: int
+    enabled: bool

@@ -111,7 +111,8 @@ def test_options_are_per_tenant_durable_and_apply_to_jobs(farm: LiveFarm) -> Non
 def test_probes_of_features_the_farm_lacks_answer_the_reference_shapes(farm: LiveFarm) -> None:
     with farm.client() as client:
         assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
-        for route in ("upscalers", "latent-upscale-modes", "face-restorers", "realesrgan-models", "prompt-styles"):
+        routes = ("upscalers", "latent-upscale-modes", "face-restorers", "realesrgan-models", "prompt-styles")
+        for route in (*routes, "script-info", "extensions"):
             response = client.get(f"/sdapi/v1/{route}")
             assert response.status_code == 200, route
             assert response.json() == [], route
