@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from renderfarm._errors import RenderfarmError
 from shared.states import JobState
@@ -58,6 +60,9 @@ class ErrorInfo:
         )
 
 
+_IMAGE_SUFFIXES = (".png", ".jpg", ".webp")  # the formats results are stored in (shared.output_formats)
+
+
 @dataclass(frozen=True)
 class Artifact:
     """One stored output image: `kind` result | overlay | mask, its `index` in the job, a download `url` that
@@ -75,8 +80,10 @@ class Artifact:
 
     @property
     def filename(self) -> str:
-        """`{kind}-{index}.png`, the name `download` gives it."""
-        return f"{self.kind}-{self.index}.png"
+        """`{kind}-{index}.{ext}`, the name `download` gives it: the extension is the stored format's (png, jpg or
+        webp, the job's `samples_format`), as the download URL's path ends."""
+        suffix = PurePosixPath(urlsplit(self.url).path).suffix.lower()
+        return f"{self.kind}-{self.index}{suffix if suffix in _IMAGE_SUFFIXES else '.png'}"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Artifact:

@@ -1,7 +1,8 @@
 """The `renderfarm` command line: the client commands, which need only the SDK, and the server commands.
 
 The client commands (submit, status, wait, cancel, ls, download, batch: renderfarm/client_cli.py) run on the client
-install (`pip install renderfarm`). The server commands (scheduler, worker, up, demo, db, reconcile, model) live in
+install (`pip install renderfarm`). The server commands (scheduler, worker, up, demo, db, reconcile, purge,
+model) live in
 renderfarm/server_cli.py, imported only when one of them runs; where the install lacks their packages they say
 which extra brings them instead of failing with an ImportError.
 """
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--once", action="store_true", help="one run, then exit (default: every interval)")
     reconcile.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     reconcile.set_defaults(server_command="reconcile", extra=SERVER, api_settings=False)
+
+    purge = commands.add_parser(
+        "purge", help="delete what is past its retention (results, inputs, job rows): one bounded pass"
+    )
+    purge.add_argument("--dry-run", action="store_true", help="report what would be deleted; delete nothing")
+    purge.add_argument("--limit", type=int, default=None, help="items of each kind (default: PURGE_BATCH_SIZE)")
+    purge.add_argument("--json", action="store_true", help="print the report as JSON")
+    purge.set_defaults(server_command="purge", extra=SERVER, api_settings=False)
 
     # The client side: submit, status, wait, cancel, ls, download, batch (renderfarm/client_cli.py).
     register_client_commands(commands)

@@ -159,6 +159,38 @@ def _cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
         time.sleep(settings.reconcile_interval_s)
 
 
+def _cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
+    """One pass of the retention purge (scheduler/purge.py) against the configured database and storage."""
+    import json
+
+    from scheduler.purge import purge_once
+    from shared.db import Database
+    from shared.storage import open_storage
+
+    policy = settings.retention_policy()
+    if not policy.enabled:
+        print("renderfarm: no retention is set (RENDERFARM_RETENTION_*_DAYS, RENDERFARM_TENANT_RETENTION): "
+              "nothing is ever purged", file=sys.stderr)  # fmt: skip
+        return 0
+    db = Database.from_url(settings.resolved_database_url)
+    try:
+        with open_storage(settings) as storage:
+            limit = args.limit or settings.purge_batch_size
+            report = purge_once(db, storage, policy, limit=limit, dry_run=args.dry_run)
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    verb = "would purge" if report.dry_run else "purged"
+    print(f"{verb}: {len(report.results)} result set(s), {len(report.jobs)} job row(s), {len(report.inputs)} "
+          f"input(s), {report.objects} stored object(s)")  # fmt: skip
+    for kind, names in (("results", report.results), ("job", report.jobs), ("input", report.inputs)):
+        for name in names:
+            print(f"  {kind} {name}")
+    return 0
+
+
 def _checked(settings: Settings, api_settings: bool) -> Settings:
     """`settings.check()`; for commands that serve no API (worker, reconcile) without the rule that cluster mode
     needs API tokens, which is the API's alone: every other rule still applies."""
@@ -176,6 +208,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
     "scheduler": _cmd_scheduler,
     "worker": _cmd_worker,
     "reconcile": _cmd_reconcile,
+    "purge": _cmd_purge,
 }
 
 

@@ -112,6 +112,7 @@ STATUS_DESCRIPTIONS: Final[dict[int, str]] = {
     400: "a malformed request (for example its Content-Length)",
     401: "no token, or an unknown one",
     404: "what the request names does not exist, or is another tenant's",
+    410: 'the job was purged at the end of its retention period; `purged_at` says when (docs/api.md "Retention")',
     413: "the request body is over RENDERFARM_MAX_REQUEST_BYTES (or another size limit)",
     422: "the request is invalid; `field` names the culprit",
     429: "a rate or queue limit; retry after `retry_after_s` (also the Retry-After header)",
@@ -139,6 +140,8 @@ def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
         statuses.add(422)
     if writes or any(p.get("in") == "path" for p in operation.get("parameters", [])):
         statuses.add(404)
+    if path.startswith("/v1/jobs/{task_id}"):
+        statuses.add(410)  # a purged job's tombstone (scheduler/purge.py)
     return statuses
 
 

@@ -19,6 +19,8 @@ Each run (every `settings.reconcile_interval_s` in the scheduler, or once with `
 5. Orphaned uploads: finished jobs that ended more than `orphan_sweep_grace_s` ago lose the objects that attempts
    which never committed left under their task's keys (needs `storage`).
 6. Watchers of every changed job are notified, and a finished or re-queued job's live progress is cleared.
+7. Retention (scheduler/purge.py): one bounded pass of the purge, when RENDERFARM_RETENTION_* or TENANT_RETENTION
+   set a retention (needs `storage`).
 
 Every change is one conditional UPDATE in shared.db, so two reconcilers (two scheduler processes) running at
 once change each job once.
@@ -34,6 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from scheduler.dispatch import Dispatcher, MarkerLoop, dispatched_marker
+from scheduler.purge import PurgeReport, purge_once
 from shared.config import Settings
 from shared.db import Database, JobRow, make_engine
 from shared.live import LiveStatus, open_live_status
@@ -63,6 +66,7 @@ class ReconcileReport:
     lost_check_skipped: bool = False  # no Redis (embedded), or Redis could not be read this run
     stranded: tuple[uuid.UUID, ...] = ()  # queued, dispatched long ago, message taken and never claimed -> undispatched
     swept: tuple[uuid.UUID, ...] = ()  # finished jobs whose uncommitted uploads were removed
+    purge: PurgeReport | None = None  # step 7, the retention purge (None: no retention set, or no storage)
     published: int = 0
 
     @property
@@ -159,6 +163,7 @@ class Reconciler(MarkerLoop):
             lost, skipped = self._recover_lost()
             stranded = [] if skipped else self._recover_stranded()
             swept = self._sweep_orphans()
+            purge = self._purge()
 
             # A re-queued or finished job's progress belongs to a dead attempt; a lost one has none to clear.
             self._update_live([*requeued, *canceled, *failed], clear=True)
@@ -176,6 +181,7 @@ class Reconciler(MarkerLoop):
                 lost_check_skipped=skipped,
                 stranded=_ids(stranded),
                 swept=tuple(swept),
+                purge=purge,
             )
 
     def _recover_lost(self) -> tuple[list[JobRow], bool]:
@@ -272,6 +278,17 @@ class Reconciler(MarkerLoop):
             self._db.leases.mark_swept(job.id)
             swept.append(job.id)
         return swept
+
+    def _purge(self) -> PurgeReport | None:
+        """Step 7: one bounded pass of the retention purge (scheduler/purge.py). An error ends it for this run."""
+        policy = self._settings.retention_policy()
+        if self._storage is None or not policy.enabled:
+            return None
+        try:
+            return purge_once(self._db, self._storage, policy, limit=self._settings.purge_batch_size)
+        except Exception as exc:
+            log.warning("retention purge stopped (%s: %s); retrying next run", type(exc).__name__, exc)
+            return None
 
     def _update_live(self, changed: Iterable[JobRow], *, clear: bool) -> None:
         for job in changed:

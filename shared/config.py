@@ -26,6 +26,7 @@ from shared.job.limits import (
     DEFAULT_MAX_N_ITER,
     DEFAULT_MAX_PROMPT_TOKENS,
 )
+from shared.retention import RetentionKind, RetentionPolicy, RetentionSyntaxError, parse_tenant_retention
 
 ENV_PREFIX = "RENDERFARM_"
 
@@ -73,6 +74,7 @@ DEFAULT_RATE_LIMIT_ADDRESS_FAILED_AUTH = 20  # failed authentications from one s
 # default priority, so no tenant outranks the others unless the operator allows it.
 DEFAULT_MAX_PRIORITY = 0
 
+DEFAULT_PURGE_BATCH_SIZE = 100  # items of each kind (result sets, assets, job rows) one reconciler pass purges
 _TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _PRIORITY_LIMIT = 1000  # the job spec's priority range is -1000..1000 (shared/job/spec.py MIN/MAX_PRIORITY)
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -177,6 +179,14 @@ class Settings(BaseSettings):
     webhook_allow_private_addresses: bool = False
     # The worker's metrics and health HTTP server (worker/metrics.py); 0 turns it off.
     metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535)
+    # Retention (shared/retention.py, docs/api.md "Retention"): days to keep each kind; unset keeps it forever.
+    # TENANT_RETENTION overrides them per tenant; the reconciler purges at most PURGE_BATCH_SIZE items of each kind
+    # per pass.
+    retention_results_days: float | None = Field(None, ge=0)
+    retention_inputs_days: float | None = Field(None, ge=0)
+    retention_jobs_days: float | None = Field(None, ge=0)
+    tenant_retention: str | None = None
+    purge_batch_size: int = Field(DEFAULT_PURGE_BATCH_SIZE, gt=0)
 
     # ----------------------------------------------------------------------------------------------------------
     # Derived values: what the unset settings mean.
@@ -270,6 +280,19 @@ class Settings(BaseSettings):
             ceilings[tenant] = ceiling
         return ceilings
 
+    def retention_policy(self) -> RetentionPolicy:
+        """The retention days of each kind, by default and per tenant (TENANT_RETENTION validated)."""
+        try:
+            tenants = parse_tenant_retention(self.tenant_retention)
+        except RetentionSyntaxError as exc:
+            raise ConfigError(f"RENDERFARM_TENANT_RETENTION: {exc}", field="RENDERFARM_TENANT_RETENTION") from None
+        defaults: dict[RetentionKind, float | None] = {
+            "results": self.retention_results_days,
+            "inputs": self.retention_inputs_days,
+            "jobs": self.retention_jobs_days,
+        }
+        return RetentionPolicy(defaults=defaults, tenants=tenants)
+
     def without_secrets(self) -> Settings:
         """These settings without the API tokens and the metrics token: what a process keeps after start-up once it
         has their digests (scheduler/auth.py), and what it hands to processes that need no tokens (workers)."""
@@ -291,6 +314,7 @@ class Settings(BaseSettings):
             raise ConfigError("RENDERFARM_REDIS_URL must be redis://HOST:PORT/DB", field="RENDERFARM_REDIS_URL")
         tokens = self.tenant_tokens()
         self.priority_ceilings()
+        self.retention_policy()
         if self.metrics_token is not None and len(self.metrics_token) < MIN_TOKEN_LENGTH:
             raise ConfigError(
                 f"RENDERFARM_METRICS_TOKEN is shorter than {MIN_TOKEN_LENGTH} characters; use a random one",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
 
@@ -113,6 +114,19 @@ class PayloadTooLarge(InputError, type="payload_too_large", http_status=413, def
 
 class NotFound(RenderfarmError, type="not_found", http_status=404, default_code="not_found"):
     """What the request names (a job, batch, asset, stored object) does not exist, or is another tenant's."""
+
+
+class Gone(RenderfarmError, type="gone", http_status=410, default_code="gone"):
+    """What the request names existed and was deleted on purpose (the retention purge); `purged_at` says when."""
+
+    def __init__(self, message: str, *, purged_at: datetime, code: str | None = None, field: str | None = None):
+        super().__init__(message, code=code, field=field)
+        self.purged_at = purged_at
+
+    def to_body(self) -> dict[str, Any]:
+        body = super().to_body()
+        body["error"]["purged_at"] = self.purged_at.isoformat().replace("+00:00", "Z")
+        return body
 
 
 class Conflict(RenderfarmError, type="conflict", http_status=409, default_code="conflict"):

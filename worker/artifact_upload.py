@@ -1,4 +1,6 @@
-"""The upload of a render's outputs (results, overlays, masks) as PNGs under their deterministic keys."""
+"""The upload of a render's outputs under their deterministic keys: results in the job's `samples_format` (PNG,
+JPEG or WebP, written as the webui saves them: shared.output_formats), overlays and masks as PNG (the farm's own
+outputs, which the webui does not save by default; lossless, since a mask's edges matter)."""
 
 from __future__ import annotations
 
@@ -10,18 +12,23 @@ from typing import Final
 from PIL import Image
 
 from shared.db import ArtifactRecord
-from shared.images import encode_png
+from shared.output_formats import OUTPUT_FORMATS, OutputFormat, encode_result
 from shared.storage import Storage, artifact_key
 from worker.engine.processing import Processed
 
 logger = logging.getLogger(__name__)
 
 UPLOAD_THREADS: Final = 8  # parallel artifact uploads (boto3 clients are thread-safe)
-PNG_TYPE: Final = "image/png"
+PNG: Final = OUTPUT_FORMATS["png"]
 
 
 def upload_artifacts(
-    storage: Storage, tenant: str, task_id: str, attempt: int, processed: Processed
+    storage: Storage,
+    tenant: str,
+    task_id: str,
+    attempt: int,
+    processed: Processed,
+    result_format: OutputFormat = PNG,
 ) -> list[ArtifactRecord]:
     """Encode and upload every output under its deterministic key; returns the artifact records (in order)."""
     items: list[tuple[str, int, Image.Image, str | None, int | None]] = []
@@ -37,9 +44,10 @@ def upload_artifacts(
 
     def put(item: tuple[str, int, Image.Image, str | None, int | None]) -> ArtifactRecord:
         kind, index, image, infotext, seed = item
-        data = encode_png(image, infotext)
-        key = artifact_key(tenant, task_id, attempt, kind, index)
-        stored = storage.put(key, data, PNG_TYPE)
+        fmt = result_format if kind == "result" else PNG
+        data = encode_result(image, fmt, infotext)
+        key = artifact_key(tenant, task_id, attempt, kind, index, fmt.extension)
+        stored = storage.put(key, data, fmt.mime)
         return ArtifactRecord(
             kind=kind,
             index=index,

@@ -230,9 +230,10 @@ OPTION_RULES: dict[str, OptionRule] = {
 TRANSLATED_OPTIONS = ("tiling",)
 
 # Options the job contract accepts but that do not change a render the way the webui's would: shared.job.warnings
-# names them when they are set (initial_noise_multiplier, samples_format) or the spec refuses them (none now: sd_vae
-# is a VAE file name the scheduler checks against its models folder, scheduler/model_checks.py).
-CONTRACT_WARNED_OPTIONS = ("initial_noise_multiplier", "samples_format")
+# names them when they are set (initial_noise_multiplier) or the spec refuses them (none now: sd_vae is a VAE file
+# name the scheduler checks against its models folder, scheduler/model_checks.py). samples_format is honoured: the
+# results are stored in it (shared.output_formats).
+CONTRACT_WARNED_OPTIONS = ("initial_noise_multiplier",)
 CONTRACT_REFUSED_OPTIONS: tuple[str, ...] = ()
 
 

@@ -38,19 +38,31 @@ from PIL import Image
 
 from scheduler.a1111.embeddings import catalogue_for
 from scheduler.a1111.field_policy import review_request
+from scheduler.a1111.probes import memory, png_info
 from scheduler.a1111.schema import (
+    ExtensionItem,
+    FaceRestorerItem,
     HypernetworkItem,
     Img2ImgRequest,
     Img2ImgResponse,
     InternalProgressRequest,
     InternalProgressResponse,
+    LatentUpscalerModeItem,
     LoraItem,
+    MemoryResponse,
     PendingTasksResponse,
+    PNGInfoRequest,
+    PNGInfoResponse,
     ProgressResponse,
+    PromptStyleItem,
+    RealesrganItem,
     SamplerItem,
     SchedulerItem,
+    ScriptInfoItem,
+    ScriptsList,
     SDModelItem,
     SDVaeItem,
+    UpscalerItem,
 )
 from scheduler.a1111.tenant_options import OPTION_DEFAULTS, ignored_options, read_options, write_options
 from scheduler.a1111.translate import (
@@ -71,8 +83,8 @@ from scheduler.routes import checked_task_id
 from scheduler.snapshots import QUEUE_POSITION_CAP, current_live, safe_live_progress, watched_preview
 from scheduler.submission import Submission, submit_job
 from shared.db import MAX_LIST_LIMIT, ArtifactRow, JobRow
-from shared.errors import InputError, NotFound, RenderfarmError, TransientError
-from shared.images import encode_png
+from shared.errors import Gone, InputError, NotFound, RenderfarmError, TransientError
+from shared.images import ImageLimits, decode_base64_image, encode_png
 from shared.job.ids import MAX_TASK_ID_LENGTH, new_a1111_task_id
 from shared.job.spec import Img2ImgJob
 from shared.live import LiveProgress, LiveStatus, StopRequests
@@ -236,7 +248,7 @@ def _find(services: Services, tenant: str, task_id: str | None) -> JobRow | None
         return None
     try:
         return services.db.jobs.get(tenant, checked_task_id(task_id))
-    except (NotFound, InputError):
+    except (NotFound, Gone, InputError):  # a purged task reads like an unknown one, as UIs poll it
         return None
 
 
@@ -622,3 +634,67 @@ def cmd_flags(services: ServicesDep, tenant: TenantDep) -> dict[str, Any]:
         "hide_ui_dir_config": True,
         "freeze_settings": False,
     }
+
+
+# Probes of features the farm does not have: the reference's shapes, empty (scheduler/a1111/probes.py).
+
+
+@router.get("/sdapi/v1/scripts", summary="Webui scripts (none on the farm)", response_model=ScriptsList)
+def scripts(tenant: TenantDep) -> dict[str, Any]:
+    return {"txt2img": [], "img2img": []}
+
+
+@router.get("/sdapi/v1/script-info", summary="Webui scripts and their arguments (none on the farm)",
+            response_model=list[ScriptInfoItem])  # fmt: skip
+def script_info(tenant: TenantDep) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/extensions", summary="Webui extensions (none on the farm)", response_model=list[ExtensionItem])
+def extensions(tenant: TenantDep) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/upscalers", summary="Upscaler models (none on the farm)", response_model=list[UpscalerItem])
+def upscalers(tenant: TenantDep) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/latent-upscale-modes", summary="Hires-fix latent upscale modes (none: no hires fix)",
+            response_model=list[LatentUpscalerModeItem])  # fmt: skip
+def latent_upscale_modes(tenant: TenantDep) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/face-restorers", summary="Face restorers (none on the farm)",
+            response_model=list[FaceRestorerItem])  # fmt: skip
+def face_restorers(tenant: TenantDep) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/realesrgan-models", summary="Real-ESRGAN models (none on the farm)",
+            response_model=list[RealesrganItem])  # fmt: skip
+def realesrgan_models(tenant: TenantDep) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/prompt-styles", summary="Saved prompt styles (none on the farm)",
+            response_model=list[PromptStyleItem])  # fmt: skip
+def prompt_styles(tenant: TenantDep) -> list[dict[str, Any]]:
+    return []
+
+
+@router.get("/sdapi/v1/memory", summary="The scheduler's RAM; GPUs are the workers' (cuda: unavailable)",
+            response_model=MemoryResponse)  # fmt: skip
+def get_memory(tenant: TenantDep) -> dict[str, Any]:
+    return memory()
+
+
+@router.post("/sdapi/v1/png-info", summary="The infotext of an image, parsed", response_model=PNGInfoResponse)
+def post_png_info(services: ServicesDep, tenant: TenantDep, body: PNGInfoRequest) -> dict[str, Any]:
+    """An empty `image` answers empty, as the reference does; anything else must decode (422 naming `image`)."""
+    if not body.image.strip():
+        return {"info": "", "items": {}, "parameters": {}}
+    limits = ImageLimits.from_settings(services.settings)
+    picture = decode_base64_image(body.image.strip(), field="image", limits=limits)
+    return png_info(picture)

@@ -179,3 +179,75 @@ class LoraItem(BaseModel):
 class HypernetworkItem(BaseModel):
     name: str
     path: str
+
+
+# The start-up probes of features the farm does not have (upscalers, face restorers, styles, scripts): the
+# reference's item shapes, listed empty. They are typed so the OpenAPI document tells clients what an item holds.
+
+
+class ScriptsList(BaseModel):
+    txt2img: list[str]
+    img2img: list[str]
+
+
+class UpscalerItem(BaseModel):
+    name: str
+    model_name: str | None
+    model_path: str | None
+    model_url: str | None
+    scale: float | None
+
+
+class LatentUpscalerModeItem(BaseModel):
+    name: str
+
+
+class FaceRestorerItem(BaseModel):
+    name: str
+    cmd_dir: str | None
+
+
+class RealesrganItem(BaseModel):
+    name: str
+    path: str | None
+    scale: int | None
+
+
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None
+    negative_prompt: str | None
+
+
+class MemoryResponse(BaseModel):
+    """`GET /sdapi/v1/memory`: `ram` (free, used, total bytes, or `error`) and `cuda` (`error` without CUDA)."""
+
+    ram: dict[str, Any]
+    cuda: dict[str, Any]
+
+
+class PNGInfoRequest(BaseModel):
+    image: str = Field(description="The image, base64 or a data:image/...;base64, URI")
+
+
+class PNGInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+class ScriptInfoItem(BaseModel):
+    name: str | None
+    is_alwayson: bool | None
+    is_img2img: bool | None
+    args: list[dict[str, Any]]
+
+
+class ExtensionItem(BaseModel):
+    name: str
+    remote: str
+    branch: str
+    commit_hash: str
+    version: str
+    commit_date: int
+    enabled: bool

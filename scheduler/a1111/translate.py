@@ -35,6 +35,7 @@ from shared.errors import FieldProblem, InputError
 from shared.infotext import LEADING_KEYS, TRAILING_KEYS, parse_infotext
 from shared.job.seeds import resolved_seeds
 from shared.job.spec import SUPPORTED_OVERRIDE_KEYS, Img2ImgJob
+from shared.output_formats import encode_result, infotext_of, output_format, read_infotext
 
 FARM_VERSION = "renderfarm"  # what `info.version` says instead of the webui's version
 
@@ -359,38 +360,25 @@ def build_info(
     }
 
 
-ANSWER_JPEG_QUALITY = 80  # the webui's `jpeg_quality` default, which its API uses for JPEG and WEBP answers
-_EXIF_IFD = 0x8769  # the Exif sub-IFD of a picture's EXIF data
-_USER_COMMENT = 0x9286  # its UserComment tag, where the webui keeps the infotext of JPEG and WEBP files
-_UNICODE_PREFIX = b"UNICODE\x00"  # EXIF's character code for a UTF-16 (big-endian) UserComment
-
-
-def answer_image(png: bytes, samples_format: str) -> bytes:
-    """A stored result (PNG with its infotext) encoded as the answer's `samples_format` says, as the webui's API
-    encodes its images: PNG as it is; JPEG or WEBP at quality 80, RGB, with the infotext as EXIF UserComment."""
-    kind = samples_format.lower()
-    if kind == "png":
-        return png
-    with Image.open(io.BytesIO(png)) as stored:
-        infotext = stored.info.get("parameters")
-        picture = stored.convert("RGB")
-    exif = Image.Exif()
-    exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = _UNICODE_PREFIX + (infotext or "").encode("utf-16-be")
-    buffer = io.BytesIO()
-    picture.save(buffer, format="JPEG" if kind in ("jpg", "jpeg") else "WEBP", quality=ANSWER_JPEG_QUALITY, exif=exif)
-    return buffer.getvalue()
+def answer_image(stored: bytes, samples_format: str) -> bytes:
+    """A stored result encoded as the answer's `samples_format` says, as the webui's API encodes its images
+    (shared.output_formats). A result already stored in that format (the worker writes the job's samples_format)
+    is answered as it is; another one (a grid, a mask, a result stored before formats were honoured) is
+    re-encoded with its infotext."""
+    fmt = output_format(samples_format)
+    with Image.open(io.BytesIO(stored)) as picture:
+        if picture.format == fmt.pillow:
+            return stored
+        infotext = infotext_of(picture)
+        if infotext is None and fmt.pillow != "PNG":
+            infotext = ""  # the webui's API writes an empty UserComment for an image without parameters (a mask)
+        picture.load()
+        return encode_result(picture, fmt, infotext)
 
 
 def answer_infotext(data: bytes) -> str | None:
     """The infotext of an answer's image, whichever of the formats above it is in (for clients and tests)."""
-    with Image.open(io.BytesIO(data)) as picture:
-        if picture.format == "PNG":
-            text = picture.info.get("parameters")
-            return text if isinstance(text, str) else None
-        comment = picture.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
-    if isinstance(comment, bytes) and comment.startswith(_UNICODE_PREFIX):
-        return comment[len(_UNICODE_PREFIX) :].decode("utf-16-be")
-    return None
+    return read_infotext(data)
 
 
 def image_grid(images: Sequence[Image.Image]) -> Image.Image:

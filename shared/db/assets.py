@@ -24,7 +24,8 @@ class Assets(Operations):
         width: int,
         height: int,
     ) -> tuple[AssetRow, bool]:
-        """Record an uploaded input image; returns `(asset, created)`. Uploading the same bytes again is a no-op."""
+        """Record an uploaded input image; returns `(asset, created)`. Uploading the same bytes again changes nothing
+        but `created_at`, which becomes the time of the latest upload: retention counts from it (shared.retention)."""
         values = {
             "tenant": tenant,
             "sha256": sha256,
@@ -37,6 +38,10 @@ class Assets(Operations):
         }
         with self._tx.begin() as conn:
             row, created = self._tx.insert_or_get(conn, assets, values, [assets.c.tenant, assets.c.sha256])
+            if not created:
+                same = [assets.c.tenant == tenant, assets.c.sha256 == sha256]
+                conn.execute(sa.update(assets).where(*same).values(created_at=values["created_at"]))
+                row = conn.execute(sa.select(assets).where(*same)).mappings().one()
         return plain_row(AssetRow, row), created
 
     def get(self, tenant: str, sha256: str) -> AssetRow:

@@ -13,9 +13,9 @@ import sqlalchemy as sa
 from shared.db.job_inserts import check_task_id, new_job_values, task_id_conflict
 from shared.db.job_updates import cancel_jobs
 from shared.db.rows import ArtifactRow, JobRow, NewJob, plain_row
-from shared.db.tables import artifacts, jobs
+from shared.db.tables import artifacts, jobs, purged_jobs
 from shared.db.transaction import Operations
-from shared.errors import InputError, NotFound
+from shared.errors import Gone, InputError, NotFound
 from shared.job.artifacts import ARTIFACT_KINDS
 from shared.states import JobState
 
@@ -44,10 +44,26 @@ class Jobs(Operations):
         return job, created
 
     def get(self, tenant: str, task_id: str) -> JobRow:
-        """The tenant's job `task_id`. Raises `NotFound` for an unknown id and for another tenant's job alike."""
+        """The tenant's job `task_id`. Raises `NotFound` for an unknown id and for another tenant's job alike, and
+        `Gone` (410) for one the retention purge deleted (its tombstone, migration 0007)."""
         statement = sa.select(jobs).where(jobs.c.tenant == tenant, jobs.c.task_id == task_id)
-        missing = NotFound(f"no job with task id {task_id!r}", code="job_not_found")
-        return JobRow.from_mapping(self._tx.read_one(statement, missing))
+        with self._tx.begin(write=False) as conn:
+            row = conn.execute(statement).mappings().first()
+            if row is None:
+                raise self._missing(conn, tenant, task_id)
+        return JobRow.from_mapping(row)
+
+    def _missing(self, conn: sa.Connection, tenant: str, task_id: str) -> NotFound | Gone:
+        """The error for a task id without a job row: Gone when the purge deleted it, else NotFound."""
+        tombstone = sa.select(purged_jobs.c.purged_at).where(
+            purged_jobs.c.tenant == tenant, purged_jobs.c.task_id == task_id
+        )
+        purged_at = conn.execute(tombstone).scalar_one_or_none()
+        if purged_at is not None:
+            return Gone(
+                f"job {task_id!r} was purged at the end of its retention period", code="job_purged", purged_at=purged_at
+            )
+        return NotFound(f"no job with task id {task_id!r}", code="job_not_found")
 
     def get_by_id(self, job_id: uuid.UUID) -> JobRow:
         """The job with database key `job_id` (the worker's view; no tenant check). Raises `NotFound`."""
@@ -116,8 +132,8 @@ class Jobs(Operations):
                 if changed:
                     return changed[0]
                 current = conn.execute(sa.select(jobs).where(*key)).mappings().first()
-            if current is None:
-                raise NotFound(f"no job with task id {task_id!r}", code="job_not_found")
+                if current is None:
+                    raise self._missing(conn, tenant, task_id)
             job = JobRow.from_mapping(current)
             if job.is_terminal or (job.state is JobState.RUNNING and job.cancel_requested):
                 return job

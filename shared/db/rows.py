@@ -79,6 +79,7 @@ class JobRow:
     outage_since: datetime | None = None  # the first outage that sent this job back to the queue
     storage_swept_at: datetime | None = None  # when uploads of attempts that never committed were removed
     outage_requeues: int = 0  # claims that ended in an outage: not attempts
+    results_purged_at: datetime | None = None  # when the retention purge deleted its stored outputs (0007)
 
     @property
     def attempts_used(self) -> int:

@@ -233,7 +233,7 @@ class OverrideSettings(TypedDict, total=False):
     job field `initial_noise_multiplier` instead (a job that sets it gets a warning, `shared.job.warnings`).
     `sd_model_checkpoint` selects the model like the job's `model` field; sending both with different values is
     rejected. `sd_vae` is `OWN_VAE_VALUES` or a VAE file name (checked by the scheduler). `samples_format` chooses
-    how the A1111 answer encodes its images; results are stored as PNG (also a warning).
+    the format the results are stored in and the A1111 answer encodes its images in (shared.output_formats).
     """
 
     sd_model_checkpoint: Annotated[str, annotated_types.Len(1, MAX_MODEL_NAME_LENGTH)]

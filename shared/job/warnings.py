@@ -48,14 +48,4 @@ def job_warnings(job: Img2ImgJob) -> list[JobWarning]:
                 "initial_noise_multiplier instead",
             )
         )
-    samples_format = overrides.get("samples_format")
-    if samples_format is not None and samples_format != "png":
-        found.append(
-            warning(
-                "stored_as_png",
-                "override_settings.samples_format",
-                f"the farm stores every result as PNG; only the answer of POST /sdapi/v1/img2img encodes its images "
-                f"as {samples_format}",
-            )
-        )
     return found

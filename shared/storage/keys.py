@@ -49,8 +49,10 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
-def artifact_key(tenant: str, task_id: str, attempt: int, kind: str, index: int) -> str:
-    """`{tenant}/{task_id}/{attempt}/{kind}-{index}.png`, the deterministic key of one output of one attempt.
+def artifact_key(tenant: str, task_id: str, attempt: int, kind: str, index: int, extension: str = "png") -> str:
+    """`{tenant}/{task_id}/{attempt}/{kind}-{index}.{extension}`, the deterministic key of one output of one attempt.
+
+    `extension` is the stored format's (png, jpg or webp: results follow the job's `samples_format`).
 
     `kind` is "result", "overlay" or "mask"; `attempt` and `index` are counted from 0 or 1 as the caller does,
     but never negative. Task ids may contain `( ) :` (A1111's `task(img2img-XXXX)`); the key keeps them as they
@@ -65,7 +67,9 @@ def artifact_key(tenant: str, task_id: str, attempt: int, kind: str, index: int)
         raise ValueError(f"artifact kind must be one of {sorted(ARTIFACT_KINDS)}, not {kind!r}")
     if attempt < 0 or index < 0:
         raise ValueError(f"attempt and index must not be negative (got {attempt}, {index})")
-    return validate_key(f"{tenant}/{task_id}/{attempt}/{kind}-{index}.png")
+    if extension not in ("png", "jpg", "webp"):
+        raise ValueError(f"artifact extension must be png, jpg or webp, not {extension!r}")
+    return validate_key(f"{tenant}/{task_id}/{attempt}/{kind}-{index}.{extension}")
 
 
 def asset_key(tenant: str, sha256: str) -> str:

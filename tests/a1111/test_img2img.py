@@ -309,7 +309,6 @@ def test_what_the_farm_does_not_use_is_named_in_the_warnings(farm: LiveFarm) -> 
         ("ignored_field", "comments"),
         ("ignored_setting", "override_settings.samples_save"),
         ("unknown_field", "denoising_strenght"),
-        ("stored_as_png", "override_settings.samples_format"),
     ]
     with farm.client() as client:
         response = client.post("/sdapi/v1/img2img", json=body)

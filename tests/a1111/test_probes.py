@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 
+import httpx
+import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from scheduler.a1111.tenant_options import options_key
 from scheduler.app import create_app
@@ -100,3 +106,70 @@ def test_options_are_per_tenant_durable_and_apply_to_jobs(farm: LiveFarm) -> Non
         seen = client.get("/sdapi/v1/options", auth=("alice", ALICE_TOKEN))
     assert seen.status_code == 200
     assert seen.json()["CLIP_stop_at_last_layers"] == 2
+
+
+def test_probes_of_features_the_farm_lacks_answer_the_reference_shapes(farm: LiveFarm) -> None:
+    with farm.client() as client:
+        assert client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+        routes = ("upscalers", "latent-upscale-modes", "face-restorers", "realesrgan-models", "prompt-styles")
+        for route in (*routes, "script-info", "extensions"):
+            response = client.get(f"/sdapi/v1/{route}")
+            assert response.status_code == 200, route
+            assert response.json() == [], route
+        memory = client.get("/sdapi/v1/memory").json()
+        assert set(memory) == {"ram", "cuda"}
+        ram = memory["ram"]
+        assert set(ram) == {"free", "used", "total"}
+        assert 0 < ram["used"] < ram["total"]
+        assert ram["free"] == ram["total"] - ram["used"]
+        assert memory["cuda"] == {"error": "unavailable"}  # the webui's answer without CUDA
+        # Tenants only, as every /sdapi route.
+        assert httpx.get(f"{farm.url}/sdapi/v1/upscalers").status_code == 401
+
+
+@pytest.mark.parametrize("samples_format", ["png", "jpg", "webp"])
+def test_png_info_reads_back_a_render(farm: LiveFarm, samples_format: str) -> None:
+    job = {
+        "init_images": [png_b64()],
+        "prompt": "a red, square cat",
+        "negative_prompt": "blur",
+        "steps": 2,
+        "width": 64,
+        "height": 64,
+        "seed": 11,
+        "override_settings": {"samples_format": samples_format},
+    }
+    with farm.client(BOB) as client:  # bob: alice's options (clip skip 2) are set by the test above
+        answer = client.post("/sdapi/v1/img2img", json=job).json()
+        infotext = json.loads(answer["info"])["infotexts"][0]
+        read = client.post("/sdapi/v1/png-info", json={"image": answer["images"][0]})
+        assert read.status_code == 200, read.text
+        body = read.json()
+        assert body["info"] == infotext
+        assert body["items"] == {}
+        parameters = body["parameters"]
+        assert parameters["Prompt"] == "a red, square cat"
+        assert parameters["Negative prompt"] == "blur"
+        assert parameters["Seed"] == "11"
+        assert parameters["Steps"] == "2"
+        assert (parameters["Size-1"], parameters["Size-2"]) == ("64", "64")
+        assert "Size" not in parameters
+        assert parameters["Clip skip"] == "1"  # filled in, as the webui's paste does
+
+        # Other text items of a PNG are listed; an image without infotext reads empty; bad base64 is a 422.
+        picture = Image.new("RGB", (8, 8))
+        extra = PngInfo()
+        extra.add_text("Software", "a painter")
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG", pnginfo=extra)
+        plain = client.post("/sdapi/v1/png-info", json={"image": base64.b64encode(buffer.getvalue()).decode()})
+        assert plain.json()["info"] == ""
+        assert plain.json()["items"] == {"Software": "a painter"}
+        assert client.post("/sdapi/v1/png-info", json={"image": ""}).json() == {
+            "info": "",
+            "items": {},
+            "parameters": {},
+        }
+        bad = client.post("/sdapi/v1/png-info", json={"image": "not base64!"})
+        assert bad.status_code == 422
+        assert bad.json()["error"]["field"] == "image"

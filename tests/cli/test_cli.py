@@ -106,3 +106,38 @@ def test_reconcile_once_in_the_embedded_default(data_dir: Path, capsys) -> None:
     assert main(["db", "upgrade"]) == 0
     assert main(["reconcile", "--once"]) == 0
     assert "reconciled: 0 re-queued" in capsys.readouterr().out
+
+
+def test_purge_dry_run_reports_and_purge_deletes(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from shared.config import Settings
+    from shared.db import Database
+    from shared.storage import asset_key, open_storage
+
+    assert main(["db", "upgrade"]) == 0
+    assert main(["purge"]) == 0
+    assert "no retention is set" in capsys.readouterr().err
+    monkeypatch.setenv("RENDERFARM_TENANT_RETENTION", "alice:inputs=0")
+    settings = Settings()
+    digest = "ab" * 32
+    db = Database.from_url(settings.resolved_database_url)
+    with open_storage(settings) as storage:
+        storage.put(asset_key("alice", digest), b"not really a png", "image/png")
+        db.assets.add("alice", digest, storage_key=asset_key("alice", digest), size_bytes=16, mime="image/png",
+                      width=1, height=1)  # fmt: skip
+        storage.put(asset_key("bob", digest), b"bob's", "image/png")
+        db.assets.add("bob", digest, storage_key=asset_key("bob", digest), size_bytes=5, mime="image/png",
+                      width=1, height=1)  # fmt: skip
+        capsys.readouterr()
+        assert main(["purge", "--dry-run", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report == {"dry_run": True, "results": [], "jobs": [], "inputs": [f"alice/{digest}"], "objects": 1}
+        assert storage.exists(asset_key("alice", digest))
+        assert main(["purge"]) == 0
+        assert "purged: 0 result set(s), 0 job row(s), 1 input(s)" in capsys.readouterr().out
+        assert not storage.exists(asset_key("alice", digest))
+        assert storage.exists(asset_key("bob", digest))  # bob keeps his inputs forever (no default set)
+    db.close()

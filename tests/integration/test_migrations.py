@@ -154,10 +154,38 @@ def test_migration_0004_is_reversible(empty_database_url: str) -> None:
         engine.dispose()
     assert current_revision(empty_database_url) == "0003"
     assert not RETRY_COLUMNS & jobs_columns(empty_database_url)
-    before_0004 = {name: text for name, text in indexes_at_head.items() if name != "ix_jobs_unswept"}
+    later = {"ix_jobs_unswept", *RETENTION_JOB_INDEXES}  # made by 0004 and by 0007
+    before_0004 = {name: text for name, text in indexes_at_head.items() if name not in later}
     assert index_definitions(empty_database_url) == before_0004
 
     upgrade(empty_database_url)
     assert current_revision(empty_database_url) == head_revision()
+    assert schema_differences(empty_database_url) == []
+    assert index_definitions(empty_database_url) == indexes_at_head
+
+
+RETENTION_JOB_INDEXES = frozenset({"ix_jobs_finished", "ix_jobs_results_stored"})
+
+
+def test_migration_0007_is_reversible(empty_database_url: str) -> None:
+    """0007 (retention) goes down to 0006 and up again: its column, tombstone table and partial indexes."""
+    upgrade(empty_database_url)
+    indexes_at_head = index_definitions(empty_database_url)
+    assert set(indexes_at_head) >= RETENTION_JOB_INDEXES
+    assert "where" in indexes_at_head["ix_jobs_results_stored"]
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0006")
+    finally:
+        engine.dispose()
+    assert "results_purged_at" not in jobs_columns(empty_database_url)
+    assert not RETENTION_JOB_INDEXES & set(index_definitions(empty_database_url))
+    engine = make_engine(empty_database_url)
+    try:
+        assert "purged_jobs" not in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    upgrade(empty_database_url)
     assert schema_differences(empty_database_url) == []
     assert index_definitions(empty_database_url) == indexes_at_head

@@ -129,3 +129,29 @@ def test_the_reconcilers_sweep_read_does_not_scan_finished_jobs(
     assert backlog_db.leases.unswept_finished(0.0) == []
     (rows,) = rows_read_from_jobs(backlog_engine, lambda: backlog_db.leases.unswept_finished(0.0))
     assert rows <= 10
+
+
+def test_the_retention_purges_reads_do_not_scan_the_table(backlog_engine: sa.Engine, backlog_db: Database) -> None:
+    """Every reconciler run asks which terminal jobs are past their retention (migration 0008): the oldest few past
+    the cutoff through `ix_jobs_results_stored` / `ix_jobs_finished`, never the queued backlog nor every finished
+    job. carol's 6000 jobs finished now, outside any batch (the fixture's one 6000-job batch would make PostgreSQL
+    probe it by a sequential scan; per-job batch probes use the `(batch_id, state)` index on real statistics);
+    alice's 6000 are queued."""
+    from datetime import UTC, datetime, timedelta
+
+    with backlog_engine.begin() as conn:
+        conn.execute(sa.text("UPDATE jobs SET finished_at = now(), batch_id = NULL WHERE tenant = 'carol'"))
+        conn.execute(sa.text("ANALYZE jobs"))
+    retention = backlog_db.retention
+    now = datetime.now(UTC)
+    nothing_due = now - timedelta(days=1)
+    everything_due = now + timedelta(days=1)
+    for due in (retention.results_due, retention.jobs_due):
+        assert due((), True, nothing_due, CAP) == []
+        (rows,) = rows_read_from_jobs(backlog_engine, lambda due=due: due((), True, nothing_due, CAP))  # type: ignore[misc]
+        assert rows <= 10
+        found = due(("alice",), True, everything_due, CAP)  # every tenant but alice: carol's, oldest first
+        assert len(found) == CAP
+        assert {row.tenant for row in found} == {"carol"}
+        (rows,) = rows_read_from_jobs(backlog_engine, lambda due=due: due(("alice",), True, everything_due, CAP))  # type: ignore[misc]
+        assert rows <= CAP + 10

@@ -85,3 +85,39 @@ def test_no_tokens_only_on_loopback(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="RENDERFARM_API_TOKENS"):
         settings.check_bind("0.0.0.0")  # noqa: S104 - the insecure bind is what is being refused
     make(tmp_path, api_tokens=f"a:{GOOD_TOKEN}").check_bind("0.0.0.0")  # noqa: S104
+
+
+def test_retention_defaults_keep_everything_and_tenants_override() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    assert not Settings(_env_file=None).retention_policy().enabled  # an upgraded farm deletes nothing
+    settings = Settings(
+        _env_file=None,
+        retention_results_days=30,
+        retention_jobs_days=90,
+        tenant_retention="alice:results=1.5:jobs=never, bob:inputs=0",
+    )
+    policy = settings.retention_policy()
+    assert policy.days("results", "alice") == 1.5
+    assert policy.days("results", "carol") == 30
+    assert policy.days("jobs", "alice") is None  # never
+    assert policy.days("jobs", "bob") == 90
+    assert policy.days("inputs", "bob") == 0
+    assert policy.days("inputs", "alice") is None  # no default: forever
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    assert policy.cutoffs("results", now) == [
+        (("alice",), False, now - timedelta(days=1.5)),
+        (("alice",), True, now - timedelta(days=30)),  # every tenant but alice, at the default
+    ]
+    assert policy.cutoffs("jobs", now) == [(("alice",), True, now - timedelta(days=90))]
+    assert policy.cutoffs("inputs", now) == [(("bob",), False, now)]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["alice", "alice:results", "alice:results=-1", "alice:pictures=3", "alice:results=soon", "bad tenant:jobs=1"],
+)
+def test_a_malformed_tenant_retention_is_named(value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings(_env_file=None, tenant_retention=value).check()
+    assert caught.value.field == "RENDERFARM_TENANT_RETENTION"
