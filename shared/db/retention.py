@@ -19,7 +19,7 @@ from datetime import datetime
 import sqlalchemy as sa
 
 from shared.db.rows import AssetRow, JobRow, plain_row
-from shared.db.tables import artifacts, assets, jobs, purged_jobs
+from shared.db.tables import artifacts, assets, events, jobs, purged_jobs, webhook_deliveries
 from shared.db.transaction import Operations
 from shared.states import TERMINAL_STATES, JobState
 
@@ -152,6 +152,9 @@ class Retention(Operations):
                     )
                 )
             conn.execute(sa.delete(artifacts).where(artifacts.c.job_id.in_(ids)))
+            # The job's events and webhook deliveries live as long as its row (docs/api.md "Events and webhooks").
+            conn.execute(sa.delete(webhook_deliveries).where(webhook_deliveries.c.job_id.in_(ids)))
+            conn.execute(sa.delete(events).where(events.c.job_id.in_(ids)))
             conn.execute(sa.delete(jobs).where(jobs.c.id.in_(ids), jobs.c.state.in_(_TERMINAL)))
         return len(ids)
 

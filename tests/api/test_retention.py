@@ -67,6 +67,13 @@ def setup_jobs(farm: Farm) -> dict[str, Any]:
     return {"kept": kept_input, "old": old_input, "bob": bob_input, "batch": (first, second)}
 
 
+def event_task_ids(farm: Any, headers: dict[str, str]) -> set[str]:
+    """The task ids the tenant's event feed names (`GET /v1/events`, from the start)."""
+    feed = farm.client.get("/v1/events", params={"limit": 1000}, headers=headers)
+    assert feed.status_code == 200, feed.text
+    return {event["data"].get("task_id") for event in feed.json()["events"]}
+
+
 def test_purge_follows_each_tenants_retention(make_farm: FarmFactory) -> None:
     farm = make_farm(**RETENTION)
     made = setup_jobs(farm)
@@ -113,8 +120,11 @@ def test_purge_follows_each_tenants_retention(make_farm: FarmFactory) -> None:
 
     # Six days on: alice's finished job row goes (a tombstone answers 410); bob's stays; the batch still waits.
     much_later = now + timedelta(days=6)
+    assert "a-done" in event_task_ids(farm, ALICE)
     report = purge_once(farm.db, farm.storage, policy, limit=100, now=lambda: much_later)
     assert report.jobs == ["alice/a-done"]
+    assert "a-done" not in event_task_ids(farm, ALICE)  # its events go with its row
+    assert "b-done" in event_task_ids(farm, BOB)
     assert report.results == []
     gone = farm.client.get("/v1/jobs/a-done", headers=ALICE)
     assert gone.status_code == 410
