@@ -69,7 +69,7 @@ def setup_jobs(farm: Farm) -> dict[str, Any]:
 
 def event_task_ids(farm: Any, headers: dict[str, str]) -> set[str]:
     """The task ids the tenant's event feed names (`GET /v1/events`, from the start)."""
-    feed = farm.client.get("/v1/events", params={"limit": 1000}, headers=headers)
+    feed = farm.client.get("/v1/events", params={"limit": 500}, headers=headers)
     assert feed.status_code == 200, feed.text
     return {event["data"].get("task_id") for event in feed.json()["events"]}
 
