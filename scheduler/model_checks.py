@@ -8,7 +8,8 @@ which calls `check_model_files`:
   diffusers folder's name, a tiny model's name); a name the farm does not know is a 422 naming the field. The farm's
   default model (RENDERFARM_MODEL) is always known, even when it is a hub id. A scheduler without
   RENDERFARM_MODELS_DIR cannot see the workers' files: it resolves the tiny models' aliases and lets other names
-  through unchanged (the job gets `no_worker_serves_model` when no live worker consumes its queue);
+  through unchanged (the job gets `no_worker_serves_model` when no live worker consumes its queue). A name that is
+  not in the scheduler's folder but that a live worker announces is known too;
 - `override_settings.sd_vae`: "Automatic", "None", or the file name of a VAE the farm has; otherwise a 422 naming
   `override_settings.sd_vae` (the reference warns and uses the checkpoint's own VAE);
 - `<lora:NAME…>` / `<lyco:NAME…>` in the positive prompt: NAME (a file name or alias) must be a LoRA the farm has,
@@ -20,6 +21,7 @@ Blocking (it reads the models folder, hashes new files): runs in the admission's
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from scheduler.deps import Services
@@ -56,6 +58,11 @@ def resolve_model_name(services: Services, name: str, field: str) -> tuple[str, 
         return entry.name, entry
     if name == services.settings.model:
         return name, None
+    announced = _announced_as(split_title(name)[0], services.workers.loadable_models())
+    if announced is not None:
+        # A model a live worker serves from its own folder (scheduler.worker_registry): the workers' announcements
+        # are the registry's other half.
+        return announced, None
     if services.settings.models_dir is None:
         # The workers' folders are not visible here, and the announcements cannot tell a typo from a model whose
         # workers are scaled to zero: the name passes as it was before titles were resolved (the title's hash
@@ -68,6 +75,13 @@ def resolve_model_name(services: Services, name: str, field: str) -> tuple[str, 
         code="unknown_model",
         field=field,
     )
+
+
+def _announced_as(name: str, announced: frozenset[str]) -> str | None:
+    """The announced canonical name that `name` is, or is the file stem of (`x` for `sub/x.safetensors`), or None."""
+    if name in announced:
+        return name
+    return next((model for model in sorted(announced) if Path(model).stem == name), None)
 
 
 def _default_checkpoint(services: Services) -> Checkpoint | None:

@@ -1,5 +1,5 @@
 """Writing job and batch events, inside the transaction of the change that causes them (docs/api.md "Events and
-webhooks", docs/reliability.md "Who owns what").
+webhooks", docs/reliability.md "Who moves each job on").
 
 Every terminal transition goes through `shared.db.job_updates.update_jobs`, which calls `record_job_events` with the
 rows its conditional UPDATE changed, on the same connection: the event and its webhook deliveries commit or roll
