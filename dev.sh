@@ -2,7 +2,7 @@
 # The project's one entry point for people and CI:
 #   ./dev.sh demo    render a handful of jobs through the embedded farm (no servers needed)
 #   ./dev.sh test    lint, type-check and run the whole test suite (starts PostgreSQL and Redis)
-#   ./dev.sh setup   only create .venv and install the Python packages
+#   ./dev.sh setup   only create .venv and install the Python packages (and chromium for the browser tests)
 #   ./dev.sh bench   run the benchmarks (quick mode; --full for the long one)
 # Each sets up what it needs and does nothing twice when run again.
 set -euo pipefail
@@ -40,6 +40,8 @@ ensure_python() {
 SAMPLER_ORACLE="k-diffusion==0.1.1.post1 torchdiffeq==0.2.5"
 
 setup() {
+    # The dashboard's browser tests drive Debian's chromium (tests/ui); checked on every run, installed when missing.
+    bash scripts/ensure-browser.sh
     # The stamp holds the hash of what was installed; the same pyproject.toml installs nothing again.
     local want
     want="$(sha256sum pyproject.toml | cut -d' ' -f1) $TORCH_SPEC $SAMPLER_ORACLE"
