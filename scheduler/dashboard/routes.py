@@ -44,7 +44,7 @@ FRAGMENT_HEADER: Final = "x-dashboard-fragment"
 MAX_FORM_BYTES: Final = 16 * 1024
 # Pages may load only this origin's scripts, styles and pictures (data: for live previews); no frames.
 SECURITY_HEADERS: Final = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob: https:; frame-ancestors 'none'",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob: http: https:; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",

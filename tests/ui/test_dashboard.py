@@ -108,10 +108,25 @@ def test_a_running_job_is_canceled_from_its_page(farm: Farm, new_page: Any) -> N
     expect(page.locator(".job")).to_have_attribute("data-state", "running", timeout=PAGE_TIMEOUT_MS)
     expect(page.locator(".job progress")).not_to_have_attribute("value", "0.000", timeout=PAGE_TIMEOUT_MS)
     screenshot(page, "job-running")
+
+    # A job behind it waits, and the queue page says why and when it should be done, as the API does.
+    behind = new_id("behind")
+    queue_page: Page = new_page()
+    sign_in(queue_page, farm, "alice")
+    with farm.api("alice") as api:
+        assert api.put(f"/v1/jobs/{behind}", json=job_body()).status_code == 201
+        waiting = api.get(f"/v1/jobs/{behind}").json()["waiting"]
+    row = queue_page.locator(f'tr[data-task-id="{behind}"]')
+    expect(row).to_have_attribute("data-state", "queued")
+    expect(row.locator("td.waiting")).to_have_attribute("title", waiting["reason"])
+    expect(row.locator("td.waiting")).not_to_be_empty()
+    screenshot(queue_page, "queue-waiting")
+
     page.get_by_test_id("cancel").click()
     expect(page.locator(".job")).to_have_attribute("data-state", "canceled", timeout=PAGE_TIMEOUT_MS)
     with farm.api("alice") as api:
         assert api.get(f"/v1/jobs/{task_id}").json()["state"] == "canceled"
+    expect(row).to_have_attribute("data-state", "succeeded")  # the worker moved on to the job behind
 
 
 def test_workers_appear_and_go_silent_for_operators_only(farm: Farm, new_page: Any) -> None:
