@@ -40,8 +40,6 @@ ensure_python() {
 SAMPLER_ORACLE="k-diffusion==0.1.1.post1 torchdiffeq==0.2.5"
 
 setup() {
-    # The dashboard's browser tests drive Debian's chromium (tests/ui); checked on every run, installed when missing.
-    bash scripts/ensure-browser.sh
     # The stamp holds the hash of what was installed; the same pyproject.toml installs nothing again.
     local want
     want="$(sha256sum pyproject.toml | cut -d' ' -f1) $TORCH_SPEC $SAMPLER_ORACLE"
@@ -65,6 +63,8 @@ setup() {
 run_tests() {
     setup
     bash scripts/ensure-services.sh
+    # The dashboard's browser tests drive Debian's chromium (tests/ui); installed when missing, a no-op after.
+    bash scripts/ensure-browser.sh
     log "ruff"
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
@@ -77,7 +77,7 @@ run_tests() {
 command=${1:-help}
 shift || true
 case "$command" in
-    setup) setup ;;
+    setup) setup && bash scripts/ensure-browser.sh ;;
     test) run_tests "$@" ;;
     demo) setup && "$VENV/bin/renderfarm" demo "$@" ;;
     bench) setup && bash scripts/ensure-services.sh && "$VENV/bin/python" -m bench "$@" ;;
