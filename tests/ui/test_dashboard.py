@@ -8,6 +8,7 @@ never a sleep.
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -107,6 +108,9 @@ def test_a_running_job_is_canceled_from_its_page(farm: Farm, new_page: Any) -> N
     page.goto(f"{farm.url}/ui/jobs/{task_id}")
     expect(page.locator(".job")).to_have_attribute("data-state", "running", timeout=PAGE_TIMEOUT_MS)
     expect(page.locator(".job progress")).not_to_have_attribute("value", "0.000", timeout=PAGE_TIMEOUT_MS)
+    # The page watches the job (`previews=true`), so its worker draws live previews, shown as they come.
+    preview = page.get_by_test_id("preview").locator("img")
+    expect(preview).to_have_attribute("src", re.compile(r"^data:image/(png|jpeg);base64,"))
     screenshot(page, "job-running")
 
     # A job behind it waits, and the queue page says why and when it should be done, as the API does.
