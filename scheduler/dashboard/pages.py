@@ -372,13 +372,16 @@ class WorkerMemory:
         return [(row, row.hostname in names) for row in self.seen.values()]
 
 
-def worker_status(row: WorkerRow, live: bool, now: datetime) -> str:
-    """`live`; `silent` when it missed a heartbeat (its announcement is half way to expiry: announcements last
-    HEARTBEAT_MISSES heartbeats); `gone` once the registry no longer lists it."""
+SILENT_AFTER_HEARTBEATS: Final = 1.5  # a worker whose last heartbeat is older than this many intervals missed one
+
+
+def worker_status(row: WorkerRow, live: bool, now: datetime, heartbeat_misses: int) -> str:
+    """`live`; `silent` once it missed a heartbeat (its last one is 1.5 intervals old: an announcement lasts
+    `heartbeat_misses` intervals, RENDERFARM_WORKER_HEARTBEAT_MISSES); `gone` once the registry no longer lists it."""
     if not live:
         return "gone"
-    lifetime = (row.expires_at - row.seen_at).total_seconds()
-    return "silent" if (now - row.seen_at).total_seconds() > lifetime / 2 else "live"
+    interval = (row.expires_at - row.seen_at).total_seconds() / max(heartbeat_misses, 1)
+    return "silent" if (now - row.seen_at).total_seconds() > SILENT_AFTER_HEARTBEATS * interval else "live"
 
 
 def workers_page(services: Services, viewer: Viewer, memory: WorkerMemory) -> str:
@@ -394,7 +397,7 @@ def workers_page(services: Services, viewer: Viewer, memory: WorkerMemory) -> st
                 )
     body = []
     for worker, live in sorted(memory.update(live_rows), key=lambda item: item[0].hostname):
-        status = worker_status(worker, live, now)
+        status = worker_status(worker, live, now, services.settings.worker_heartbeat_misses)
         body.append(
             f'<tr data-worker="{esc(worker.hostname)}" data-status="{status}">'
             f'<td>{esc(worker.hostname)}</td><td><span class="state worker-{status}">{status}</span></td>'
