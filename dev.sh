@@ -2,7 +2,7 @@
 # The project's one entry point for people and CI:
 #   ./dev.sh demo    render a handful of jobs through the embedded farm (no servers needed)
 #   ./dev.sh test    lint, type-check and run the whole test suite (starts PostgreSQL and Redis)
-#   ./dev.sh setup   only create .venv and install the Python packages
+#   ./dev.sh setup   only create .venv and install the Python packages (and chromium for the browser tests)
 #   ./dev.sh bench   run the benchmarks (quick mode; --full for the long one)
 # Each sets up what it needs and does nothing twice when run again.
 set -euo pipefail
@@ -63,6 +63,8 @@ setup() {
 run_tests() {
     setup
     bash scripts/ensure-services.sh
+    # The dashboard's browser tests drive Debian's chromium (tests/ui); installed when missing, a no-op after.
+    bash scripts/ensure-browser.sh
     log "ruff"
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
@@ -75,7 +77,7 @@ run_tests() {
 command=${1:-help}
 shift || true
 case "$command" in
-    setup) setup ;;
+    setup) setup && bash scripts/ensure-browser.sh ;;
     test) run_tests "$@" ;;
     demo) setup && "$VENV/bin/renderfarm" demo "$@" ;;
     bench) setup && bash scripts/ensure-services.sh && "$VENV/bin/python" -m bench "$@" ;;

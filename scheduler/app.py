@@ -23,6 +23,7 @@ from fastapi.openapi.utils import get_openapi
 
 from scheduler.a1111 import router as a1111_router
 from scheduler.auth import TokenTable
+from scheduler.dashboard.routes import install_dashboard
 from scheduler.deps import PriorityCeiling, Services
 from scheduler.errors import BodyLimitMiddleware, InternalErrorMiddleware, install_error_handlers
 from scheduler.metrics import install_metrics
@@ -150,6 +151,7 @@ def create_app(
     `settings.without_secrets()`, so no route, log line or background loop can reach a token.
     """
     tokens = TokenTable(settings.tenant_tokens())
+    operators = settings.operators()
     metrics_token = settings.metrics_token
     ceilings = settings.priority_ceilings()
     rate_limiter: RateLimiter = open_rate_limiter(settings)
@@ -203,6 +205,8 @@ def create_app(
         version=API_VERSION,
         description="A distributed img2img / inpainting render farm. Errors: {error: {type, code, message, field?}}.",
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come with the dashboard, their assets served locally (no CDN)
+        redoc_url=None,
     )
     app.state.services = services
     app.state.tokens = tokens
@@ -219,5 +223,6 @@ def create_app(
     )  # GET /metrics, read from the database at scrape time
     app.include_router(batch_routes.router)
     app.include_router(a1111_router)  # /sdapi/v1 and /internal: A1111 webui API clients (scheduler/a1111)
+    install_dashboard(app, operators)  # /ui/ (and / redirecting there), /docs, /redoc: scheduler/dashboard
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app

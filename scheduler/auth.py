@@ -32,7 +32,8 @@ from shared.config import TenantToken
 DEV_TENANT = "local"  # the tenant of every request in development mode (no tokens configured)
 
 
-def _digest(token: str) -> bytes:
+def token_digest(token: str) -> bytes:
+    """The sha256 digest a token is kept as."""
     return hashlib.sha256(token.encode("utf-8")).digest()
 
 
@@ -54,7 +55,7 @@ class TokenTable:
     def __init__(self, tokens: Sequence[TenantToken]) -> None:
         # Each token's rate-limit key is `tenant#position`: it names the token without any part of its secret.
         self._entries: tuple[tuple[bytes, str, str], ...] = tuple(
-            (_digest(item.token), item.tenant, f"{item.tenant}#{index}") for index, item in enumerate(tokens)
+            (token_digest(item.token), item.tenant, f"{item.tenant}#{index}") for index, item in enumerate(tokens)
         )
 
     @property
@@ -63,7 +64,15 @@ class TokenTable:
 
     def identify(self, token: str) -> tuple[str, str] | None:
         """(tenant, rate-limit key) of this token, or None. Compares against every entry, in constant time each."""
-        presented = _digest(token)
+        return self.identify_digest(token_digest(token))
+
+    def tenants(self) -> tuple[str, ...]:
+        """Every configured tenant, once each, in the order of the settings."""
+        return tuple(dict.fromkeys(tenant for _digest, tenant, _key in self._entries))
+
+    def identify_digest(self, presented: bytes) -> tuple[str, str] | None:
+        """As `identify`, for a token's sha256 digest (the dashboard's session cookie holds the digest, never the
+        token). Constant time per entry, as `identify`."""
         found: tuple[str, str] | None = None
         for digest, tenant, key in self._entries:
             if hmac.compare_digest(digest, presented):

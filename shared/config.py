@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # A bearer token that GET /metrics of the scheduler requires (Prometheus `authorization: credentials`). Unset:
     # /metrics answers only loopback clients (404 to others), like development mode.
     metrics_token: str | None = None
+    # Tenants whose tokens are operator tokens on the dashboard (comma-separated): they see every tenant's jobs and
+    # the workers page (docs/dashboard.md). In development mode the one tenant, `local`, is an operator.
+    operator_tenants: str = ""
 
     # Rate limits; 0 turns one off. Shared through Redis in cluster mode, per process when embedded.
     rate_limit_window_s: float = Field(DEFAULT_RATE_LIMIT_WINDOW_S, gt=0)
@@ -220,6 +223,10 @@ class Settings(BaseSettings):
             f"RENDERFARM_DATABASE_URL must be sqlite:///PATH or postgresql+psycopg://..., not {scheme!r}",
             field="RENDERFARM_DATABASE_URL",
         )
+
+    def operators(self) -> frozenset[str]:
+        """The tenants of OPERATOR_TENANTS (the dashboard's operators)."""
+        return frozenset(name.strip() for name in self.operator_tenants.split(",") if name.strip())
 
     def tenant_tokens(self) -> list[TenantToken]:
         """The `tenant:token` pairs of API_TOKENS and API_TOKENS_FILE, validated."""

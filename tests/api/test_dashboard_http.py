@@ -1,0 +1,105 @@
+"""The dashboard's HTTP contract on both farm kinds (embedded: SQLite and local storage; cluster: PostgreSQL, Redis
+and S3), without a browser (tests/ui drives it in Chromium): the session cookie, CSRF on the buttons, tenants kept
+apart, operators, and the pages built from the API's own snapshots.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pytest
+
+from scheduler.dashboard.access import SESSION_COOKIE
+from tests.api.conftest import ALICE, ALICE_TOKEN, BOB_TOKEN, Farm, FarmFactory, job_body, png_bytes
+
+pytestmark = [pytest.mark.integration]
+
+CSRF = re.compile(r'name="csrf_token" value="([0-9a-f]{64})"')
+
+
+def signed_in(farm: Farm, token: str) -> str:
+    """Sign the farm's client in with `token`; the page's CSRF token."""
+    answer = farm.client.post("/ui/signin", data={"token": token}, follow_redirects=False)
+    assert answer.status_code == 303
+    assert answer.headers["location"] == "/ui/"
+    page = farm.client.get("/ui/")
+    assert page.status_code == 200
+    found = CSRF.search(page.text)
+    assert found is not None
+    return found.group(1)
+
+
+def submit(farm: Farm, task_id: str) -> None:
+    image = base64.b64encode(png_bytes()).decode()
+    answer = farm.client.put(f"/v1/jobs/{task_id}", json=job_body(image), headers=ALICE)
+    assert answer.status_code == 201, answer.text
+
+
+def test_the_cookie_holds_a_digest_httponly_and_strict(farm: Farm) -> None:
+    assert farm.client.get("/", follow_redirects=False).headers["location"] == "/ui/"
+    assert farm.client.get("/ui/", follow_redirects=False).headers["location"] == "/ui/signin"
+    refused = farm.client.post("/ui/signin", data={"token": "x" * 30})
+    assert refused.status_code == 401
+    answer = farm.client.post("/ui/signin", data={"token": ALICE_TOKEN}, follow_redirects=False)
+    cookie = answer.headers["set-cookie"]
+    assert ALICE_TOKEN not in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
+    session = farm.client.cookies[SESSION_COOKIE]
+    assert re.fullmatch("[0-9a-f]{64}", session)  # a sha256 digest, not the token
+    assert farm.client.get("/ui/").status_code == 200  # and it signs the browser in
+
+
+def test_buttons_need_the_pages_csrf_token(farm: Farm) -> None:
+    submit(farm, "dash-cancel")
+    csrf = signed_in(farm, ALICE_TOKEN)
+    forged = farm.client.post("/ui/jobs/dash-cancel/cancel", data={"csrf_token": "0" * 64})
+    assert forged.status_code == 403
+    assert farm.client.get("/v1/jobs/dash-cancel", headers=ALICE).json()["state"] == "queued"
+    done = farm.client.post("/ui/jobs/dash-cancel/cancel", data={"csrf_token": csrf}, follow_redirects=False)
+    assert done.headers["location"] == "/ui/jobs/dash-cancel"
+    assert farm.client.get("/v1/jobs/dash-cancel", headers=ALICE).json()["state"] == "canceled"
+
+
+def test_a_job_page_shows_the_artifacts_the_api_gives(farm: Farm) -> None:
+    submit(farm, "dash-done")
+    farm.succeed_with_artifacts("alice", "dash-done")
+    signed_in(farm, ALICE_TOKEN)
+    page = farm.client.get("/ui/jobs/dash-done").text
+    snapshot = farm.client.get("/v1/jobs/dash-done", headers=ALICE).json()
+    for artifact in snapshot["artifacts"]:  # the URLs differ per read (signed); the stored file's path does not
+        assert artifact["url"].split("?", 1)[0] in page
+    assert 'data-testid="picture-result"' in page
+    assert "Seed: 7" in page
+
+
+def test_tenants_see_only_their_own_and_operators_everyone(make_farm: FarmFactory) -> None:
+    farm = make_farm(operator_tenants="bob")
+    submit(farm, "dash-private")
+    signed_in(farm, ALICE_TOKEN)
+    assert "dash-private" in farm.client.get("/ui/").text
+    assert farm.client.get("/ui/workers").status_code == 403
+    farm.client.cookies.clear()
+    signed_in(farm, BOB_TOKEN)  # bob is the operator here
+    assert "dash-private" in farm.client.get("/ui/").text
+    assert farm.client.get("/ui/jobs/dash-private").status_code == 404  # his own tenant has no such job
+    assert farm.client.get("/ui/jobs/dash-private?tenant=alice").status_code == 200
+    assert "gpu-0@api-tests" in farm.client.get("/ui/workers").text
+
+
+def test_a_tenant_cannot_reach_another_tenants_job(make_farm: FarmFactory) -> None:
+    farm = make_farm()
+    submit(farm, "dash-alice")
+    signed_in(farm, BOB_TOKEN)
+    assert "dash-alice" not in farm.client.get("/ui/").text
+    assert farm.client.get("/ui/jobs/dash-alice").status_code == 404
+    assert farm.client.get("/ui/jobs/dash-alice?tenant=alice").status_code == 404
+
+
+def test_the_docs_pages_point_at_local_assets(farm: Farm) -> None:
+    for path, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        page = farm.client.get(path).text
+        (url,) = re.findall(rf'src="([^"]*{re.escape(asset)})"', page)
+        assert url.startswith("/ui/static/vendor/")
+        assert farm.client.get(url).status_code == 200
