@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     register_client_commands(commands)
 
     completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)")
-    completion.add_argument("shell", choices=["bash", "zsh"], help='the shell; use as eval "$(renderfarm completion bash)"')
+    completion.add_argument(
+        "shell", choices=["bash", "zsh"], help='the shell; use as eval "$(renderfarm completion bash)"'
+    )
     completion.set_defaults(handler=lambda args, _settings: _print_completion(parser, args.shell))
     return parser
 
@@ -135,10 +137,21 @@ def run_server_command(args: argparse.Namespace) -> int:
         return 2
 
 
+def _known_settings() -> frozenset[str] | None:
+    """The farm's settings' variables, or None on a client install (which lacks the settings' packages)."""
+    try:
+        from renderfarm.server_cli import known_settings
+    except ModuleNotFoundError:
+        return None
+    return known_settings()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "completion":
-        warn_about_unknown_variables(sys.stderr)
+        known = _known_settings()
+        if known is not None:  # a client install cannot tell a server setting from a typo: it stays silent
+            warn_about_unknown_variables(sys.stderr, known)
     if hasattr(args, "server_command"):
         return run_server_command(args)
     # A client command: its configuration is its flags and the environment, not the farm's settings.

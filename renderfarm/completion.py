@@ -46,11 +46,11 @@ def _bash(parser: argparse.ArgumentParser) -> str:
     top = " ".join(_words(parser))
     return "\n".join(
         [
-            f"# bash completion for {prog}: eval \"$({prog} completion bash)\"",
+            f'# bash completion for {prog}: eval "$({prog} completion bash)"',
             f"{function}() {{",
             '    local cur="${COMP_WORDS[COMP_CWORD]}" words=""',
-            "    if [ \"$COMP_CWORD\" -eq 1 ]; then",
-            f"        COMPREPLY=($(compgen -W {shlex.quote(top)} -- \"$cur\"))",
+            '    if [ "$COMP_CWORD" -eq 1 ]; then',
+            f'        COMPREPLY=($(compgen -W {shlex.quote(top)} -- "$cur"))',
             "        return 0",
             "    fi",
             '    case "${COMP_WORDS[1]}" in',

@@ -86,7 +86,7 @@ def _xy_table(rows: Sequence[SheetRow], y_axis: str, x_axis: str) -> str:
     ys = list(dict.fromkeys(row.axes.get(y_axis, "") for row in rows))
     xs = list(dict.fromkeys(row.axes.get(x_axis, "") for row in rows))
     by_point = {(row.axes.get(y_axis, ""), row.axes.get(x_axis, "")): row for row in rows}
-    head = f'<th>{html.escape(y_axis)} \\ {html.escape(x_axis)}</th>' + "".join(
+    head = f"<th>{html.escape(y_axis)} \\ {html.escape(x_axis)}</th>" + "".join(
         f'<th scope="col">{html.escape(x)}</th>' for x in xs
     )
     lines = []
@@ -133,7 +133,10 @@ def write_contact_sheet(
         "<!DOCTYPE html>\n"
         f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{_STYLE}</style></head><body>\n"
-        f"<h1>{html.escape(title)}</h1>\n" + xy_table + "<table><thead><tr><th>#</th><th>task</th>" + axis_headers
+        f"<h1>{html.escape(title)}</h1>\n"
+        + xy_table
+        + "<table><thead><tr><th>#</th><th>task</th>"
+        + axis_headers
         + "<th>prompt</th><th>input</th><th>mask</th><th>overlay</th>"
         "<th>result</th></tr></thead><tbody>\n" + "\n".join(body) + "\n</tbody></table></body></html>\n"
     )

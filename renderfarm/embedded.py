@@ -188,10 +188,9 @@ def stop_signals_end_quietly() -> Iterator[None]:
 
 
 def _server(app: FastAPI, log_level: str) -> uvicorn.Server:
+    from renderfarm.quiet import quiet_third_party
     from scheduler.serving import graceful_server
     from shared.redact import install_log_redaction
-
-    from renderfarm.quiet import quiet_third_party
 
     server = graceful_server(app, log_level=log_level, lifespan="on")
     # uvicorn.Config set up its own loggers (the access log prints query strings: signed download URLs).

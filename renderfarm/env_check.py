@@ -13,24 +13,21 @@ import os
 from collections.abc import Mapping
 from typing import Final, TextIO
 
-__all__ = ["known_variables", "unknown_variables", "warn_about_unknown_variables"]
+__all__ = ["OTHER_VARIABLES", "unknown_variables", "warn_about_unknown_variables"]
 
 PREFIX: Final = "RENDERFARM_"
 # Read outside the farm's Settings: the SDK's two, the stand-in renderer's step time, and dev.sh's torch install.
 OTHER_VARIABLES: Final = frozenset(
-    {"RENDERFARM_URL", "RENDERFARM_TOKEN", "RENDERFARM_STANDIN_STEP_S", "RENDERFARM_TORCH_INDEX", "RENDERFARM_TORCH_SPEC"}
+    {
+        "RENDERFARM_URL",
+        "RENDERFARM_TOKEN",
+        "RENDERFARM_STANDIN_STEP_S",
+        "RENDERFARM_TORCH_INDEX",
+        "RENDERFARM_TORCH_SPEC",
+    }
 )
 # The project's test, benchmark and fault-injection harnesses own these families.
 TOOL_PREFIXES: Final = ("RENDERFARM_TEST_", "RENDERFARM_BENCH_", "RENDERFARM_FAULT", "RENDERFARM_SCHEMATHESIS_")
-
-
-def known_variables() -> frozenset[str] | None:
-    """Every RENDERFARM_ variable the farm reads; None on a client install (no server settings to compare with)."""
-    try:
-        from shared.config import ENV_PREFIX, Settings
-    except ImportError:
-        return None
-    return OTHER_VARIABLES | {ENV_PREFIX + name.upper() for name in Settings.model_fields}
 
 
 def unknown_variables(environ: Mapping[str, str], known: frozenset[str]) -> list[tuple[str, str | None]]:
@@ -45,11 +42,12 @@ def unknown_variables(environ: Mapping[str, str], known: frozenset[str]) -> list
     return unknown
 
 
-def warn_about_unknown_variables(stream: TextIO, environ: Mapping[str, str] | None = None) -> int:
-    """Print one warning per unknown RENDERFARM_ variable; returns how many."""
-    known = known_variables()
-    if known is None:
-        return 0
+def warn_about_unknown_variables(
+    stream: TextIO, known: frozenset[str], environ: Mapping[str, str] | None = None
+) -> int:
+    """Print one warning per RENDERFARM_ variable not in `known` (the farm's settings: `server_cli.known_settings`)
+    nor in OTHER_VARIABLES; returns how many."""
+    known = known | OTHER_VARIABLES
     found = unknown_variables(os.environ if environ is None else environ, known)
     for name, close in found:
         hint = f"; did you mean {close}?" if close else ""

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from renderfarm.quiet import quiet_third_party
-from shared.config import Settings, drop_api_secrets_from_environment
+from shared.config import ENV_PREFIX, Settings, drop_api_secrets_from_environment
 from shared.errors import ConfigError, RenderfarmError
 
 EMBEDDED_COMMANDS = frozenset({"up", "demo"})
 
-__all__ = ["run"]
+__all__ = ["known_settings", "run"]
 
 
 def _cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -195,6 +195,11 @@ def _cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
         for name in names:
             print(f"  {kind} {name}")
     return 0
+
+
+def known_settings() -> frozenset[str]:
+    """The environment variables the farm's settings read (RENDERFARM_DATA_DIR, ...)."""
+    return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields)
 
 
 def _embedded_only(settings: Settings) -> None:

@@ -78,6 +78,7 @@ class ClaimedRun:
     def name(self) -> str:
         """The job as its log lines name it: the user's task id (what they search for), not the row's UUID."""
         return self.row.task_id
+
     next_renewal: float = 0.0
     callbacks_s: float = 0.0  # time in the step callback (perf_counter seconds)
 
