@@ -142,7 +142,9 @@ def test_batch_command_downloads_resumes_and_writes_a_contact_sheet(
     # The contact sheet: every picture it shows is a file next to it.
     sheet = _Images()
     sheet.feed((out / "index.html").read_text())
-    assert len(sheet.sources) == 6 * 3  # input, mask and result of each item (the stand-in makes no overlay)
+    # Input, mask and result of each item (the stand-in makes no overlay), and each result again in the X/Y table of
+    # the two-axis grid.
+    assert len(sheet.sources) == 6 * 3 + 6
     for source in sheet.sources:
         assert not source.startswith(("/", "http")), source
         assert (out / source).is_file(), source
