@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any, Final
 from renderfarm._errors import APIError, RenderfarmError, TransportError
 from renderfarm._job import Job, JobState, WaitTimeout
 from renderfarm._requests import folder_name, is_reference
+from renderfarm._transport import resolve_url
 from renderfarm.client import Client
 from renderfarm.progress import JobProgress
 
@@ -37,6 +39,7 @@ EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_UNREACHABLE: Final = 3
 EXIT_INTERRUPTED: Final = 130
+_ERRNO: Final = re.compile(r"\[Errno -?\d+\] ")
 
 Handler = Callable[[argparse.Namespace, Client], int]
 
@@ -184,7 +187,12 @@ def _wrap(handler: Handler) -> Callable[[argparse.Namespace, Any], int]:
             print("renderfarm: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
         except TransportError as exc:
-            print(f"renderfarm: {exc.message}", file=sys.stderr)
+            reason = _ERRNO.sub("", exc.message)  # "Connection refused", not "[Errno 111] Connection refused"
+            print(
+                f"renderfarm: {reason}; is the farm running at {resolve_url(args.url)}? (`renderfarm up` starts one "
+                "here; --url or RENDERFARM_URL names another)",
+                file=sys.stderr,
+            )
             return EXIT_UNREACHABLE
         except WaitTimeout as exc:
             if args.json:

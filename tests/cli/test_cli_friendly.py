@@ -44,6 +44,18 @@ def test_the_help_shows_the_url_form_that_is_accepted(capsys: pytest.CaptureFixt
     assert "e.g. 127.0.0.1:7860" in " ".join(capsys.readouterr().out.split())
 
 
+def test_a_farm_that_is_not_there_is_named(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as unused:  # a port nothing listens on: bound, never listening
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+        done = run_piped(["status", "some-job", "--url", f"127.0.0.1:{port}"], tmp_path)
+    assert done.returncode == 3
+    assert f"is the farm running at http://127.0.0.1:{port}?" in done.stderr
+    assert "Errno" not in done.stderr
+
+
 def test_a_typo_in_a_manifests_defaults_is_named_there(cli_farm: CliFarm, tmp_path: Path) -> None:
     write_picture(tmp_path / "fox.png")
     manifest = tmp_path / "typo.yaml"

@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.cli.conftest import CliFarm, run_in_terminal, run_piped, screen_lines, visible_width, write_picture
@@ -15,19 +16,21 @@ from tests.cli.conftest import CliFarm, run_in_terminal, run_piped, screen_lines
 LONG_TASK_ID = "a-rather-long-task-id-that-names-the-customer-the-shot-and-the-take-0042"
 
 
-def test_submit_wait_on_an_80_column_terminal_draws_a_bar_that_fits(cli_farm: CliFarm, tmp_path: Path) -> None:
+@pytest.mark.parametrize("columns", [80, 50])
+def test_submit_wait_on_a_terminal_draws_a_bar_that_fits(cli_farm: CliFarm, tmp_path: Path, columns: int) -> None:
     image = write_picture(tmp_path / "cat.png")
     code, output = run_in_terminal(
-        ["submit", str(image), "--prompt", "a cat", "--set", "steps=20", "--task-id", LONG_TASK_ID, "--wait",
-         "--url", cli_farm.url],
+        ["submit", str(image), "--prompt", "a cat", "--set", "steps=20", "--task-id", f"{LONG_TASK_ID}-{columns}",
+         "--wait", "--url", cli_farm.url],
         tmp_path,
+        columns,
     )  # fmt: skip
     lines = screen_lines(output)
     assert code == 0, output
-    assert lines[-1].startswith(f"{LONG_TASK_ID}  succeeded"), lines  # the summary, after the bar
+    assert lines[-1].startswith(f"{LONG_TASK_ID}-{columns}  succeeded"), lines  # the summary, after the bar
     bar = lines[1:-1]  # between "submitted ..." and the summary
     assert any("━" in line for line in bar), lines  # rich's bar was drawn
-    assert max(visible_width(line) for line in bar) <= 80, "\n".join(lines)
+    assert max(visible_width(line) for line in bar) <= columns, "\n".join(lines)
     assert any("succeeded" in line for line in bar), lines
 
 
