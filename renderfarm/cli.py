@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    db = commands.add_parser("db", help="database schema").add_subparsers(
+    db = commands.add_parser("db", help="the database schema: db upgrade applies the migrations").add_subparsers(
         dest="db_command", required=True, metavar="DB_COMMAND"
     )
     upgrade = db.add_parser("upgrade", help="apply the migrations (RENDERFARM_DATABASE_URL)")
@@ -45,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Serves no API: needs no API tokens (the migration Job and service are given none, docs/cluster.md).
     upgrade.set_defaults(server_command="db upgrade", extra=SERVER, api_settings=False)
 
-    model = commands.add_parser("model", help="models").add_subparsers(
-        dest="model_command", required=True, metavar="MODEL_COMMAND"
-    )
+    model = commands.add_parser(
+        "model", help="models: model build-tiny writes a tiny random-weight model"
+    ).add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
     tiny = model.add_parser("build-tiny", help="write a tiny random-weight Stable Diffusion model to DIR")
     tiny.add_argument("dir", help="the folder to write the model into")
     tiny.add_argument(
