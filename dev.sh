@@ -49,6 +49,8 @@ setup() {
     python=$(find_python)
     [[ -x "$VENV/bin/python" ]] || { log "creating $VENV with $python"; "$python" -m venv "$VENV"; }
     log "installing Python packages into $VENV"
+    # pip's own notes (a newer pip, running as root) are not the project's lines: `./dev.sh demo` prints only those.
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
     "$VENV/bin/python" -m pip install -q --upgrade pip
     # torch first, pinned; RENDERFARM_TORCH_INDEX (e.g. PyTorch's CPU index) chooses where it comes from.
     "$VENV/bin/python" -m pip install -q ${RENDERFARM_TORCH_INDEX:+--index-url "$RENDERFARM_TORCH_INDEX"} "$TORCH_SPEC"

@@ -12,6 +12,7 @@ import builtins
 import hashlib
 import io
 import os
+import re
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,16 @@ _REFERENCE_PREFIXES: Final = ("asset:", "s3://", "http://", "https://", "data:")
 # Shorthands the SDK accepts for the API's field names, in job specs, manifests and grid axes.
 SHORTHANDS: Final = {"image": "init_images", "task_id": "force_task_id"}
 IMAGE_FIELDS: Final = ("init_images", "mask", "latent_mask")
+_UNSAFE_NAME: Final = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def folder_name(task_id: str) -> str:
+    """A job's folder name: its task id; ids with characters some file systems refuse get a hash suffix to stay
+    unique."""
+    safe = _UNSAFE_NAME.sub("_", task_id)
+    if safe != task_id or safe in (".", ".."):
+        safe += "-" + hashlib.sha256(task_id.encode()).hexdigest()[:8]
+    return safe
 
 
 def is_reference(value: object) -> bool:

@@ -159,8 +159,11 @@ def checked(response: httpx.Response) -> httpx.Response:
 
 
 def resolve_url(base_url: str | None) -> str:
-    """The farm's URL: the argument, else RENDERFARM_URL, else http://127.0.0.1:7860 (no trailing slash)."""
-    url = base_url or os.environ.get(URL_ENV) or DEFAULT_URL
+    """The farm's URL: the argument, else RENDERFARM_URL, else http://127.0.0.1:7860 (no trailing slash).
+    An address without a scheme (`127.0.0.1:7860`, `farm:7860`) means http://."""
+    url = (base_url or os.environ.get(URL_ENV) or DEFAULT_URL).strip()
+    if "://" not in url:
+        url = "http://" + url
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"the farm's URL must start with http:// or https://, not {url!r}")
     return url.rstrip("/")

@@ -22,9 +22,7 @@ again is harmless anyway: the batch id makes `POST /v1/batches` create-or-get.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 import shutil
 import sys
 import time
@@ -33,14 +31,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TextIO
+from urllib.parse import quote
 
-from renderfarm._requests import file_sha256, write_atomically
+from renderfarm._requests import file_sha256, folder_name, write_atomically
 from renderfarm._types import Batch, Job, JobState
 from renderfarm.client import Client
-from renderfarm.contact_sheet import SheetRow, write_contact_sheet
+from renderfarm.contact_sheet import SheetRow, axis_label, write_contact_sheet
 from renderfarm.manifest import Manifest, ManifestItem, load_manifest
+from renderfarm.progress import BatchProgress
 
 __all__ = ["BatchReport", "BatchRunError", "ProgressBar", "run_batch"]
+
+ProgressBar = BatchProgress  # the name it had before it moved to renderfarm/progress.py
 
 STATE_FILE: Final = ".renderfarm-batch.json"
 ITEMS_DIR: Final = "items"
@@ -50,7 +52,6 @@ SHEET_FILE: Final = "index.html"
 JOB_FILE: Final = "job.json"
 MIN_POLL_S: Final = 0.5  # seconds between status reads of a small batch
 MAX_POLL_S: Final = 5.0  # ... and of a huge one (each read of finished items costs the farm a page per 1,000)
-_UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class BatchRunError(RuntimeError):
@@ -93,85 +94,12 @@ class BatchReport:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The progress bar
-
-
-class ProgressBar:
-    """One line of plain terminal output: a bar over the whole batch, counts by state, rate and ETA.
-
-    On a terminal the line is redrawn in place (carriage return); elsewhere (a log file, CI) a line is written
-    only when the counts change, at most every `log_interval_s` seconds.
-    """
-
-    WIDTH: Final = 30
-
-    def __init__(self, stream: TextIO | None, total: int, *, log_interval_s: float = 5.0) -> None:
-        self.stream = stream
-        self.total = total
-        self.tty = bool(stream is not None and stream.isatty())
-        self.log_interval_s = log_interval_s
-        self._last_line = ""
-        self._last_write = 0.0
-
-    @staticmethod
-    def line(total: int, counts: Mapping[str, int], jobs_per_s: float | None, eta_s: float | None) -> str:
-        done = counts.get("succeeded", 0)
-        failed = counts.get("failed", 0) + counts.get("canceled", 0)
-        finished = done + failed
-        filled = int(ProgressBar.WIDTH * finished / total) if total else ProgressBar.WIDTH
-        bar = "#" * filled + "." * (ProgressBar.WIDTH - filled)
-        rate = f"{jobs_per_s:.2f} img/s" if jobs_per_s else "-- img/s"
-        eta = f"ETA {_duration(eta_s)}" if eta_s is not None else "ETA --"
-        return (
-            f"[{bar}] {finished}/{total} · done {done} · running {counts.get('running', 0)} · "
-            f"queued {counts.get('queued', 0)} · failed {failed} · {rate} · {eta}"
-        )
-
-    def update(self, counts: Mapping[str, int], jobs_per_s: float | None, eta_s: float | None) -> None:
-        if self.stream is None:
-            return
-        text = self.line(self.total, counts, jobs_per_s, eta_s)
-        now = time.monotonic()
-        if self.tty:
-            self.stream.write("\r" + text.ljust(len(self._last_line)))
-            self.stream.flush()
-        elif text != self._last_line and now - self._last_write >= self.log_interval_s:
-            self.stream.write(text + "\n")
-            self.stream.flush()
-            self._last_write = now
-        self._last_line = text
-
-    def close(self, final: str | None = None) -> None:
-        if self.stream is None:
-            return
-        if self.tty:
-            self.stream.write("\n")
-        if final:
-            self.stream.write(final + "\n")
-        self.stream.flush()
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(round(seconds), 0)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
-
-
-# --------------------------------------------------------------------------------------------------------------
 # The output folder
 
 
 def item_folder(out: Path, task_id: str) -> Path:
-    """`out/items/<task id>`; ids with characters some file systems refuse get a hash suffix to stay unique."""
-    safe = _UNSAFE.sub("_", task_id)
-    if safe != task_id:
-        safe += "-" + hashlib.sha256(task_id.encode()).hexdigest()[:8]
-    return out / ITEMS_DIR / safe
+    """`out/items/<task id>` (see `folder_name`)."""
+    return out / ITEMS_DIR / folder_name(task_id)
 
 
 def read_done(out: Path, task_id: str) -> Job | None:
@@ -259,7 +187,7 @@ def run_batch(
     skipped = len(done)
     submitted = False
     complete = True
-    bar = ProgressBar(progress, len(items))
+    bar = BatchProgress(progress, len(items))
     try:
         if len(done) < len(task_ids):
             created = client.submit_batch(batch_id=chosen, **loaded.submit_arguments())
@@ -297,7 +225,7 @@ def run_batch(
 def _watch(
     run: _Run,
     batch_id: str,
-    bar: ProgressBar,
+    bar: BatchProgress,
     poll_interval_s: float | None,
     timeout_s: float | None,
     on_poll: Callable[[Batch], None] | None,
@@ -333,6 +261,11 @@ def _watch(
         if timeout_s is not None and time.monotonic() - started > timeout_s:
             return False
         time.sleep(interval)
+
+
+def job_page(base_url: str, task_id: str) -> str:
+    """The job's page on the farm's dashboard."""
+    return f"{base_url.rstrip('/')}/ui/jobs/{quote(task_id, safe='')}"
 
 
 def _copy_input(value: Any, out: Path, copied: dict[str, str]) -> str | None:
@@ -380,6 +313,7 @@ def write_outputs(run: _Run, manifest: Manifest, batch_id: str) -> tuple[Path, P
                 "worker": job.worker if job is not None else None,
                 "seeds": [a.seed for a in job.results] if job is not None else [],
                 "prompt": item.fields.get("prompt", ""),
+                "axes": {name: axis_label(value) for name, value in item.axes.items()},
                 "inputs": {
                     "image": input_copy or (str(images[0]) if images else None),
                     "mask": mask_copy or (str(item.mask) if item.mask is not None else None),
@@ -399,10 +333,19 @@ def write_outputs(run: _Run, manifest: Manifest, batch_id: str) -> tuple[Path, P
                 overlays=tuple(files["overlay"]),
                 results=tuple(files["result"]),
                 error=error,
+                axes={name: axis_label(value) for name, value in item.axes.items()},
+                link=job_page(run.client.base_url, task_id),
             )
         )
     results = {"batch_id": batch_id, "manifest": str(manifest.path.resolve()), "items": entries}
     results_path = out / RESULTS_FILE
     write_atomically(results_path, json.dumps(results, indent=2).encode())
-    sheet_path = write_contact_sheet(out / SHEET_FILE, f"renderfarm batch {batch_id}", rows)
+    grid = manifest.grid
+    sheet_path = write_contact_sheet(
+        out / SHEET_FILE,
+        f"renderfarm batch {batch_id}",
+        rows,
+        axes=manifest.axis_names,
+        xy=grid is not None and grid.mode == "product",
+    )
     return results_path, sheet_path

@@ -14,7 +14,10 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
+from renderfarm import __version__
 from renderfarm.client_cli import register as register_client_commands
+from renderfarm.completion import completion_script
+from renderfarm.env_check import warn_about_unknown_variables
 
 # The extra of pyproject.toml that brings what each server command imports.
 SERVER: Final = "server"
@@ -25,24 +28,39 @@ OWN_PACKAGES: Final = frozenset({"renderfarm", "shared", "scheduler", "worker"})
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="renderfarm", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="renderfarm",
+        description="A render farm for img2img and inpainting: its servers and its client commands.",
+        epilog="`renderfarm COMMAND --help` describes a command. Shell completion: "
+        'eval "$(renderfarm completion bash)" (or zsh).',
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    db = commands.add_parser("db", help="database schema").add_subparsers(dest="db_command", required=True)
+    db = commands.add_parser("db", help="the database schema: db upgrade applies the migrations").add_subparsers(
+        dest="db_command", required=True, metavar="DB_COMMAND"
+    )
     upgrade = db.add_parser("upgrade", help="apply the migrations (RENDERFARM_DATABASE_URL)")
-    upgrade.add_argument("--revision", default="head")
+    upgrade.add_argument("--revision", default="head", help="the schema revision to reach (default: the newest)")
     # Serves no API: needs no API tokens (the migration Job and service are given none, docs/cluster.md).
     upgrade.set_defaults(server_command="db upgrade", extra=SERVER, api_settings=False)
 
-    model = commands.add_parser("model", help="models").add_subparsers(dest="model_command", required=True)
+    model = commands.add_parser(
+        "model", help="models: model build-tiny writes a tiny random-weight model"
+    ).add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
     tiny = model.add_parser("build-tiny", help="write a tiny random-weight Stable Diffusion model to DIR")
-    tiny.add_argument("dir")
-    tiny.add_argument("--kind", choices=["img2img", "inpaint", "edit"], default="img2img")
-    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("dir", help="the folder to write the model into")
+    tiny.add_argument(
+        "--kind", choices=["img2img", "inpaint", "edit"], default="img2img", help="the model's kind (default img2img)"
+    )
+    tiny.add_argument("--seed", type=int, default=0, help="the seed of its random weights (default 0)")
     tiny.set_defaults(server_command="model build-tiny", extra=WORKER)
 
     demo = commands.add_parser("demo", help="render a handful of jobs with the tiny model, no servers needed")
-    demo.add_argument("--out", default="demo-output", help="folder for results, overlays and masks")
+    demo.add_argument(
+        "--out", default="demo-output", help="folder for results, overlays and masks (default ./demo-output)"
+    )
+    demo.add_argument("--log-level", default="warning", choices=LOG_LEVELS, help=LOG_LEVEL_HELP)
     demo.set_defaults(server_command="demo", extra=EMBEDDED)
 
     up = commands.add_parser(
@@ -64,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     reconcile = commands.add_parser("reconcile", help="requeue expired leases and re-publish lost or undispatched jobs")
     reconcile.add_argument("--once", action="store_true", help="one run, then exit (default: every interval)")
-    reconcile.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    reconcile.add_argument("--log-level", default="info", choices=LOG_LEVELS, help=LOG_LEVEL_HELP)
     reconcile.set_defaults(server_command="reconcile", extra=SERVER, api_settings=False)
 
     purge = commands.add_parser(
@@ -77,16 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     # The client side: submit, status, wait, cancel, ls, download, batch (renderfarm/client_cli.py).
     register_client_commands(commands)
+
+    completion = commands.add_parser("completion", help="print a shell completion script (bash or zsh)")
+    completion.add_argument(
+        "shell", choices=["bash", "zsh"], help='the shell; use as eval "$(renderfarm completion bash)"'
+    )
+    completion.set_defaults(handler=lambda args, _settings: _print_completion(parser, args.shell))
     return parser
 
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_LEVEL_HELP = "the least important log lines shown (third-party libraries: warnings and worse only)"
+
+
+def _print_completion(parser: argparse.ArgumentParser, shell: str) -> int:
+    print(completion_script(parser, shell), end="")
+    return 0
 
 
 def _add_bind_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860, where A1111 clients look)")
-    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help=LOG_LEVEL_HELP)
 
 
 def run_server_command(args: argparse.Namespace) -> int:
@@ -107,8 +137,21 @@ def run_server_command(args: argparse.Namespace) -> int:
         return 2
 
 
+def _known_settings() -> frozenset[str] | None:
+    """The farm's settings' variables, or None on a client install (which lacks the settings' packages)."""
+    try:
+        from renderfarm.server_cli import known_settings
+    except ModuleNotFoundError:
+        return None
+    return known_settings()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command != "completion":
+        known = _known_settings()
+        if known is not None:  # a client install cannot tell a server setting from a typo: it stays silent
+            warn_about_unknown_variables(sys.stderr, known)
     if hasattr(args, "server_command"):
         return run_server_command(args)
     # A client command: its configuration is its flags and the environment, not the farm's settings.

@@ -1,6 +1,7 @@
 """The command line's client commands: talk to a farm over HTTP with the SDK (no server code is imported).
 
-    renderfarm submit cat.png --prompt "a cat in a hat" --mask mask.png --set steps=20 --set seed=7 --wait --out out/
+    renderfarm submit cat.png --prompt "a cat in a hat" --mask mask.png --set steps=20 --set seed=7 --out out/
+                                         # --out: out/<task id>/result-0.png ... (one folder per job)
     renderfarm status TASK_ID            renderfarm wait TASK_ID --timeout 600
     renderfarm cancel TASK_ID            renderfarm ls --state running
     renderfarm download TASK_ID --out out/
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +27,10 @@ from typing import Any, Final
 
 from renderfarm._errors import APIError, RenderfarmError, TransportError
 from renderfarm._job import Job, JobState, WaitTimeout
+from renderfarm._requests import folder_name, is_reference
+from renderfarm._transport import resolve_url
 from renderfarm.client import Client
+from renderfarm.progress import JobProgress
 
 __all__ = ["register"]
 
@@ -34,6 +39,7 @@ EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_UNREACHABLE: Final = 3
 EXIT_INTERRUPTED: Final = 130
+_ERRNO: Final = re.compile(r"\[Errno -?\d+\] ")
 
 Handler = Callable[[argparse.Namespace, Client], int]
 
@@ -90,7 +96,12 @@ def _field_value(text: str) -> tuple[str, Any]:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=None, help="the farm's address (default: RENDERFARM_URL or 127.0.0.1:7860)")
+    parser.add_argument(
+        "--url",
+        default=None,
+        help="the farm's address, e.g. 127.0.0.1:7860 or https://farm.example (default: RENDERFARM_URL, else "
+        "http://127.0.0.1:7860; no scheme means http://)",
+    )
     parser.add_argument("--token", default=None, help="API token (default: RENDERFARM_TOKEN)")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout, for scripts")
 
@@ -99,8 +110,8 @@ def register(subparsers: Any) -> None:
     """Add submit, status, wait, cancel, ls, events, download and batch to the `renderfarm` command's subparsers."""
     submit = _command(subparsers, "submit", _submit, "submit one img2img / inpainting job")
     submit.add_argument("image", help="the init picture (a path, or asset:<sha256>)")
-    submit.add_argument("--prompt", default=None)
-    submit.add_argument("--negative-prompt", default=None)
+    submit.add_argument("--prompt", default=None, help="what to render (default: the farm's, empty)")
+    submit.add_argument("--negative-prompt", default=None, help="what to keep out of the picture")
     submit.add_argument("--mask", default=None, help="inpainting mask (white: repaint)")
     submit.add_argument("--task-id", default=None, help="your id for the job (default: a new one)")
     submit.add_argument(
@@ -112,21 +123,27 @@ def register(subparsers: Any) -> None:
         metavar="FIELD=VALUE",
         help="any job field, repeatable: --set steps=20 --set denoising_strength=0.6",
     )
-    submit.add_argument("--wait", action="store_true", help="wait until it finishes")
-    submit.add_argument("--out", default=None, help="download the results here (implies --wait)")
+    submit.add_argument("--wait", action="store_true", help="wait until it finishes, showing its progress")
+    submit.add_argument(
+        "--out", default=None, help="download the results into OUT/<task id>/ (implies --wait)", metavar="OUT"
+    )
     submit.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
 
-    _command(subparsers, "status", _status, "a job's state and progress").add_argument("task_id")
+    _command(subparsers, "status", _status, "a job's state and progress").add_argument(
+        "task_id", help="the job's task id"
+    )
 
     wait = _command(subparsers, "wait", _wait, "wait until a job finishes")
-    wait.add_argument("task_id")
+    wait.add_argument("task_id", help="the job's task id")
     wait.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
 
     cancel = _command(subparsers, "cancel", _cancel, "cancel a job (queued: at once; running: at its next step)")
-    cancel.add_argument("task_id")
+    cancel.add_argument("task_id", help="the job's task id")
 
     ls = _command(subparsers, "ls", _ls, "list your jobs, newest first")
-    ls.add_argument("--state", choices=[state.value for state in JobState], default=None)
+    ls.add_argument(
+        "--state", choices=[state.value for state in JobState], default=None, help="only the jobs in this state"
+    )
     ls.add_argument("--batch", default=None, help="only the jobs of this batch id")
     ls.add_argument("--limit", type=int, default=50, help="at most this many (default 50; 0: all)")
 
@@ -135,8 +152,8 @@ def register(subparsers: Any) -> None:
     events.add_argument("--follow", action="store_true", help="keep waiting for new events (Ctrl-C ends)")
 
     download = _command(subparsers, "download", _download, "download a job's results, overlays and masks")
-    download.add_argument("task_id")
-    download.add_argument("--out", required=True, help="folder to write into")
+    download.add_argument("task_id", help="the job's task id")
+    download.add_argument("--out", required=True, help="folder to write into (OUT/<task id>/result-0.png ...)")
 
     batch = _command(
         subparsers,
@@ -148,7 +165,7 @@ def register(subparsers: Any) -> None:
     batch.add_argument("--out", required=True, help="output folder (also the resume state)")
     batch.add_argument("--batch-id", default=None, help="a UUID for the batch (default: the manifest's, or new)")
     batch.add_argument("--timeout", type=float, default=None, help="seconds to wait at most")
-    batch.add_argument("--poll", type=float, default=None, help="seconds between status reads")
+    batch.add_argument("--poll", type=float, default=None, help="seconds between status reads (default: by size)")
 
 
 def _command(subparsers: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
@@ -170,7 +187,12 @@ def _wrap(handler: Handler) -> Callable[[argparse.Namespace, Any], int]:
             print("renderfarm: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
         except TransportError as exc:
-            print(f"renderfarm: {exc.message}", file=sys.stderr)
+            reason = _ERRNO.sub("", exc.message)  # "Connection refused", not "[Errno 111] Connection refused"
+            print(
+                f"renderfarm: {reason}; is the farm running at {resolve_url(args.url)}? (`renderfarm up` starts one "
+                "here; --url or RENDERFARM_URL names another)",
+                file=sys.stderr,
+            )
             return EXIT_UNREACHABLE
         except WaitTimeout as exc:
             if args.json:
@@ -180,9 +202,14 @@ def _wrap(handler: Handler) -> Callable[[argparse.Namespace, Any], int]:
         except APIError as exc:
             print(f"renderfarm: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        except (RenderfarmError, ValueError, OSError) as exc:
+        except OSError as exc:
+            # "No such file or directory: out/x", not Python's "[Errno 2] ..."
+            where = f": {exc.filename}" if exc.filename else ""
+            print(f"renderfarm: {exc.strerror or exc}{where}", file=sys.stderr)
+            return EXIT_USAGE
+        except (RenderfarmError, ValueError) as exc:
             print(f"renderfarm: {exc}", file=sys.stderr)
-            return EXIT_USAGE if isinstance(exc, ValueError | OSError) else EXIT_FAILED
+            return EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILED
 
     return run
 
@@ -192,17 +219,35 @@ def _wrap(handler: Handler) -> Callable[[argparse.Namespace, Any], int]:
 
 
 def _waited(args: argparse.Namespace, client: Client, task_id: str) -> Job:
-    show = None if args.json else (lambda job: print(f"\r{_describe(job)}".ljust(80), end="", file=sys.stderr))
-    job = client.wait(task_id, timeout=args.timeout, on_update=show)
-    if show is not None:
-        print(file=sys.stderr)
-    return job
+    """Wait for the job, showing its progress on stderr (a bar on a terminal, lines elsewhere; none with --json)."""
+    with JobProgress(None if args.json else sys.stderr) as shown:
+        return client.wait(task_id, timeout=args.timeout, on_update=shown.update)
+
+
+def job_folder(out: Path, task_id: str) -> Path:
+    """Where `--out` puts a job's files: its own folder, so that jobs never overwrite each other's result-0.png."""
+    return out / folder_name(task_id)
+
+
+def _check_input_files(**pictures: str | None) -> None:
+    """A missing local picture named by its role (image, mask) before anything is sent to the farm."""
+    for role, value in pictures.items():
+        if value is None or is_reference(value):
+            continue
+        path = Path(value)
+        if not path.is_file():
+            problem = "is a folder, not a picture" if path.is_dir() else "does not exist"
+            raise InputFileError(f"the {role} file {value} {problem}")
+
+
+class InputFileError(ValueError):
+    """A picture named on the command line cannot be read; the message says which one (image or mask)."""
 
 
 def _finish(args: argparse.Namespace, client: Client, job: Job, out: str | None) -> int:
     paths: list[Path] = []
     if out is not None and job.state is JobState.SUCCEEDED:
-        paths = client.download(job, Path(out))
+        paths = client.download(job, job_folder(Path(out), job.task_id))
     if args.json:
         _emit_json({**dict(job.raw), "files": [str(path) for path in paths]} if out is not None else dict(job.raw))
     else:
@@ -213,6 +258,7 @@ def _finish(args: argparse.Namespace, client: Client, job: Job, out: str | None)
 
 
 def _submit(args: argparse.Namespace, client: Client) -> int:
+    _check_input_files(image=args.image, mask=args.mask)
     fields = dict(args.fields)
     if args.prompt is not None:
         fields["prompt"] = args.prompt
@@ -278,7 +324,7 @@ def _events(args: argparse.Namespace, client: Client) -> int:
 
 
 def _download(args: argparse.Namespace, client: Client) -> int:
-    paths = client.download(args.task_id, Path(args.out))
+    paths = client.download(args.task_id, job_folder(Path(args.out), args.task_id))
     if args.json:
         _emit_json({"task_id": args.task_id, "files": [str(path) for path in paths]})
     else:

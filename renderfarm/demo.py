@@ -26,6 +26,7 @@ DEMO_STEPS = 10
 JOB_TIMEOUT_S: Final = 300.0  # seconds one demo job may take, queue included, before the demo gives up
 POLL_INTERVAL_S: Final = 0.05  # seconds between status reads of a running job
 HTTP_TIMEOUT_S: Final = 60.0
+DEFAULT_UP_ADDRESS: Final = "127.0.0.1:7860"  # where `renderfarm up` serves by default
 TERMINAL_STATES: Final = frozenset({"succeeded", "failed", "canceled"})
 
 
@@ -147,7 +148,7 @@ def _run_one(client: httpx.Client, job: DemoJob, picture_ref: str, mask_ref: str
     print(f"{job.name:<24} {images} image(s) in {elapsed:.2f} s -> {job_dir} ({len(written)} files)")
 
 
-def run_demo(out_dir: Path, settings: Settings) -> int:
+def run_demo(out_dir: Path, settings: Settings, *, log_level: str = "warning") -> int:
     """Run the demo jobs through the API of an embedded farm started here; write them under `out_dir`.
 
     Returns 0 when every job succeeded, 1 otherwise. Raises ConfigError in cluster mode (RENDERFARM_REDIS_URL set).
@@ -160,7 +161,7 @@ def run_demo(out_dir: Path, settings: Settings) -> int:
     picture.save(out_dir / "input.png")
     mask.save(out_dir / "mask-input.png")
     failures = 0
-    with running_farm(settings) as farm:
+    with running_farm(settings, log_level=log_level) as farm:
         print(f"embedded farm up at {farm.url} in {time.perf_counter() - started:.2f} s (model {settings.model!r})")
         tokens = farm.settings.tenant_tokens()
         headers = {"Authorization": f"Bearer {tokens[0].token}"} if tokens else {}
@@ -172,5 +173,11 @@ def run_demo(out_dir: Path, settings: Settings) -> int:
                 except (DemoFailed, httpx.HTTPError) as exc:
                     failures += 1
                     print(f"{job.name:<24} FAILED: {exc}")
-    print(f"done in {time.perf_counter() - started:.2f} s; open {out_dir.resolve()}")
+    print(f"done in {time.perf_counter() - started:.2f} s; the pictures are in {out_dir.resolve()}")
+    # The jobs themselves (rows, inputs, results) stay in the embedded farm's data folder, where `renderfarm up`
+    # finds them again.
+    print(
+        f"the jobs are kept in {settings.data_dir} (RENDERFARM_DATA_DIR); to browse them, run `renderfarm up` and "
+        f"open http://{DEFAULT_UP_ADDRESS}/ui/"
+    )
     return 1 if failures else 0

@@ -188,12 +188,14 @@ def stop_signals_end_quietly() -> Iterator[None]:
 
 
 def _server(app: FastAPI, log_level: str) -> uvicorn.Server:
+    from renderfarm.quiet import quiet_third_party
     from scheduler.serving import graceful_server
     from shared.redact import install_log_redaction
 
     server = graceful_server(app, log_level=log_level, lifespan="on")
     # uvicorn.Config set up its own loggers (the access log prints query strings: signed download URLs).
     install_log_redaction()
+    quiet_third_party(log_level)  # again: uvicorn.Config has just set its loggers' levels
     return server
 
 
@@ -214,7 +216,7 @@ def serve(settings: Settings, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
         try:
             database = url_for_display(farm_settings.resolved_database_url)
             print(
-                f"renderfarm up: serving {farm.url} (embedded: database {database}, "
+                f"renderfarm up: serving {farm.url}, dashboard {farm.url}/ui/ (embedded: database {database}, "
                 f"storage {farm_settings.resolved_storage_url}, model {farm_settings.model!r}, in-process worker); "
                 "Ctrl-C stops it",
                 flush=True,

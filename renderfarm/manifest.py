@@ -54,12 +54,13 @@ class ManifestError(ValueError):
 
 @dataclass(frozen=True)
 class ManifestItem:
-    """One job of the batch: its `index`, its fields (images as resolved paths or references), and the task id
-    it names itself (None: the farm's `{batch_id}-{index}`)."""
+    """One job of the batch: its `index`, its fields (images as resolved paths or references), the task id it
+    names itself (None: the farm's `{batch_id}-{index}`), and for a grid its value on each axis."""
 
     index: int
     fields: Mapping[str, Any]
     task_id: str | None = None
+    axes: Mapping[str, Any] = field(default_factory=dict)  # a grid item's value on each axis (by the axis' name)
 
     @property
     def init_images(self) -> list[Any]:
@@ -87,18 +88,32 @@ class Manifest:
     def items(self) -> list[ManifestItem]:
         """Every job of the batch with the defaults applied, in the farm's order."""
         rows: list[dict[str, Any]]
+        axes: list[dict[str, Any]]
+        defaults = _canonical(self.defaults)  # `image` in the defaults is `init_images`, as in a job
         if self.jobs is not None:
-            rows = [_canonical({**self.defaults, **_canonical(job)}) for job in self.jobs]
+            rows = [{**defaults, **_canonical(job)} for job in self.jobs]
+            axes = [{} for _ in rows]
         else:
             assert self.grid is not None
-            names = [SHORTHANDS.get(name, name) for name in self.grid.axes]
+            names = list(self.grid.axes)
             values = list(self.grid.axes.values())
             combos = itertools.product(*values) if self.grid.mode == "product" else zip(*values, strict=True)
-            rows = [{**self.defaults, **dict(zip(names, combo, strict=True))} for combo in combos]
+            axes = [dict(zip(names, combo, strict=True)) for combo in combos]
+            rows = [{**defaults, **_canonical(point)} for point in axes]
         return [
-            ManifestItem(index, row, row.get("force_task_id") if isinstance(row.get("force_task_id"), str) else None)
-            for index, row in enumerate(rows)
+            ManifestItem(
+                index,
+                row,
+                row.get("force_task_id") if isinstance(row.get("force_task_id"), str) else None,
+                axes=point,
+            )
+            for index, (row, point) in enumerate(zip(rows, axes, strict=True))
         ]
+
+    @property
+    def axis_names(self) -> list[str]:
+        """The grid's axes in order (the first varies slowest); empty for a list of jobs."""
+        return list(self.grid.axes) if self.grid is not None else []
 
     def submit_arguments(self) -> dict[str, Any]:
         """Keyword arguments of `Client.submit_batch` for this manifest (without the batch id)."""

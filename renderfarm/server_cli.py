@@ -15,10 +15,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shared.config import Settings, drop_api_secrets_from_environment
+from renderfarm.quiet import quiet_third_party
+from shared.config import ENV_PREFIX, Settings, drop_api_secrets_from_environment
 from shared.errors import ConfigError, RenderfarmError
 
-__all__ = ["run"]
+EMBEDDED_COMMANDS = frozenset({"up", "demo"})
+
+__all__ = ["known_settings", "run"]
 
 
 def _cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -41,13 +44,15 @@ def _cmd_model_build_tiny(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from renderfarm.demo import run_demo
 
-    return run_demo(Path(args.out), settings)
+    _configure_logging(args.log_level)
+    return run_demo(Path(args.out), settings, log_level=args.log_level)
 
 
 def _configure_logging(level: str) -> None:
     from shared.redact import install_log_redaction
 
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_third_party(level)
     install_log_redaction()
 
 
@@ -82,6 +87,7 @@ def _cmd_scheduler(args: argparse.Namespace, settings: Settings) -> int:
         server = graceful_server(app, log_level=args.log_level)
         # uvicorn.Config set up its own loggers (the access log prints query strings: signed download URLs).
         install_log_redaction()
+        quiet_third_party(args.log_level)  # again: uvicorn.Config has just set its loggers' levels
         print(f"renderfarm scheduler: serving http://{args.host}:{sock.getsockname()[1]}", flush=True)
         with stop_signals_end_quietly():
             server.run(sockets=[sock])
@@ -191,6 +197,23 @@ def _cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def known_settings() -> frozenset[str]:
+    """The environment variables the farm's settings read (RENDERFARM_DATA_DIR, ...)."""
+    return frozenset(ENV_PREFIX + name.upper() for name in Settings.model_fields)
+
+
+def _embedded_only(settings: Settings) -> None:
+    """`up` and `demo` are the embedded farm: say so first when RENDERFARM_REDIS_URL is set, before the cluster's
+    rules (API tokens, Postgres) would be asked for, which `up` could not use anyway."""
+    if not settings.embedded:
+        raise ConfigError(
+            "`renderfarm up` and `demo` run the embedded farm (API and worker in one process, SQLite, in-memory "
+            "broker) and cannot use Redis, but RENDERFARM_REDIS_URL is set (perhaps left over from a cluster): "
+            "unset it to run the embedded farm, or run `renderfarm scheduler` and `renderfarm worker` for the cluster",
+            field="RENDERFARM_REDIS_URL",
+        )
+
+
 def _checked(settings: Settings, api_settings: bool) -> Settings:
     """`settings.check()`; for commands that serve no API (worker, reconcile) without the rule that cluster mode
     needs API tokens, which is the API's alone: every other rule still applies."""
@@ -216,7 +239,10 @@ def run(args: argparse.Namespace) -> int:
     """Run the server command `args.server_command` with the checked settings; a configuration error is printed
     (naming the setting) and exits 2."""
     handler = COMMANDS[args.server_command]
+    quiet_third_party(getattr(args, "log_level", "warning"))
     try:
+        if args.server_command in EMBEDDED_COMMANDS:
+            _embedded_only(Settings())
         # No name here holds the settings: the command may drop them (a server keeps no token once it has digests).
         return handler(args, _checked(Settings(), getattr(args, "api_settings", True)))
     except RenderfarmError as exc:

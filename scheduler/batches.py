@@ -208,8 +208,11 @@ def _items_of(body: Mapping[str, Any], max_items: int) -> tuple[list[dict[str, A
     return items, mode, {"items": len(items), "axes": list(axes)}
 
 
-def _parse_items(items: Sequence[Mapping[str, Any]], limits: SpecLimits, prefix: str) -> list[Img2ImgJob]:
-    """Validate every item; one InputError naming each bad field as `{prefix}.{index}.{field}` (the first few)."""
+def _parse_items(
+    items: Sequence[Mapping[str, Any]], limits: SpecLimits, prefix: str, defaults: Mapping[str, Any]
+) -> list[Img2ImgJob]:
+    """Validate every item; one InputError naming each bad field as `{prefix}.{index}.{field}` (the first few),
+    or as `defaults.{field}` (once) when the item took the bad value from the batch's defaults."""
     parsed: list[Img2ImgJob] = []
     problems: list[FieldProblem] = []
     bad_items = 0
@@ -219,8 +222,9 @@ def _parse_items(items: Sequence[Mapping[str, Any]], limits: SpecLimits, prefix:
         except InputError as exc:
             bad_items += 1
             for problem in exc.problems or (FieldProblem(exc.field or "body", exc.message, exc.code),):
-                if len(problems) < MAX_REPORTED_PROBLEMS:
-                    problems.append(FieldProblem(f"{prefix}.{index}.{problem.field}", problem.message, problem.code))
+                where = _problem_place(problem.field, item, defaults, f"{prefix}.{index}")
+                if len(problems) < MAX_REPORTED_PROBLEMS and where not in {known.field for known in problems}:
+                    problems.append(FieldProblem(where, problem.message, problem.code))
     if problems:
         # As for one job: an inline image over the limit makes it a 413, and that problem is the headline.
         kind, ordered = headline_first(problems)
@@ -230,6 +234,15 @@ def _parse_items(items: Sequence[Mapping[str, Any]], limits: SpecLimits, prefix:
             message += f" ({bad_items} of {len(items)} items are invalid)"
         raise kind(message, code=first.code, field=first.field, problems=ordered)
     return parsed
+
+
+def _problem_place(field: str, item: Mapping[str, Any], defaults: Mapping[str, Any], item_place: str) -> str:
+    """Where a bad field was written: `defaults.<field>` when the item's value is the defaults' own (a typo in
+    `defaults` is one mistake, not one per item), else `<item_place>.<field>`."""
+    top = field.split(".", 1)[0]
+    if top in defaults and item.get(top) is defaults[top]:
+        return f"defaults.{field}"
+    return f"{item_place}.{field}"
 
 
 def _batch_hash(items: Sequence[NewJob]) -> str:
@@ -260,7 +273,7 @@ def submit_batch(services: Services, tenant: str, body: Any) -> BatchSubmission:
     batch_id = _batch_id_of(body) or uuid.uuid4()
     raw_items, mode, description = _items_of(body, settings.max_batch_items)
     prefix = "jobs" if mode == "list" else "items"
-    jobs = _parse_items(raw_items, SpecLimits.from_settings(settings), prefix)
+    jobs = _parse_items(raw_items, SpecLimits.from_settings(settings), prefix, body.get("defaults") or {})
     # One normaliser for the whole batch: 10,000 children of one picture look its asset up once.
     normalise = ImageNormaliser(services, tenant)
     new_jobs = [

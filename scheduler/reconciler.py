@@ -147,7 +147,7 @@ class Reconciler(MarkerLoop):
                     job.worker or "unknown",
                 )
             for job in canceled:
-                log.info("job %s: lease expired with a cancel request; canceled", job.id)
+                log.info("job %s: lease expired with a cancel request; canceled", job.task_id)
 
             failed = self._db.leases.fail_exhausted()
             for job in failed:
@@ -208,7 +208,7 @@ class Reconciler(MarkerLoop):
             log.warning(
                 "job %s (queue %s): its message is lost (no dispatch marker in Redis); made undispatched to be "
                 "published again",
-                job.id,
+                job.task_id,
                 job.queue,
             )
         return lost, False
@@ -233,7 +233,7 @@ class Reconciler(MarkerLoop):
             log.warning(
                 "job %s (queue %s): its message was taken from the broker more than %.0f s ago and the job was never "
                 "claimed (the worker died before its claim); made undispatched to be published again",
-                job.id,
+                job.task_id,
                 job.queue,
                 bound_s,
             )
@@ -274,7 +274,7 @@ class Reconciler(MarkerLoop):
                 log.warning("sweep of uncommitted uploads stopped (%s: %s); retrying next run", type(exc).__name__, exc)
                 break
             if orphans:
-                log.info("job %s: removed %d object(s) of attempts that never committed", job.id, len(orphans))
+                log.info("job %s: removed %d object(s) of attempts that never committed", job.task_id, len(orphans))
             self._db.leases.mark_swept(job.id)
             swept.append(job.id)
         return swept

@@ -73,6 +73,12 @@ class ClaimedRun:
     timings: PhaseTimings
     live: LiveGuard
     progress_writes: int = 0
+
+    @property
+    def name(self) -> str:
+        """The job as its log lines name it: the user's task id (what they search for), not the row's UUID."""
+        return self.row.task_id
+
     next_renewal: float = 0.0
     callbacks_s: float = 0.0  # time in the step callback (perf_counter seconds)
 
@@ -99,7 +105,7 @@ class ClaimedRun:
             status = deps.db.leases.renew_lease(self.job_id, self.attempt, self.lease_s)
         except DatabaseUnavailable as exc:
             # The lease still has two thirds left; the fenced commit catches a takeover that happens meanwhile.
-            logger.warning("job %s: lease renewal failed (%s); retrying in %.0f s", self.job_id, exc, RENEW_RETRY_S)
+            logger.warning("job %s: lease renewal failed (%s); retrying in %.0f s", self.name, exc, RENEW_RETRY_S)
             self.next_renewal = now + min(RENEW_RETRY_S, self.lease_s * RENEW_FRACTION)
             return
         self.next_renewal = now + self.lease_s * RENEW_FRACTION

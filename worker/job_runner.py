@@ -109,11 +109,11 @@ def run_job(job_id: uuid.UUID, delivered_attempt: int, deps: WorkerDeps) -> RunO
         lease_s = lease_seconds(job, deps.settings) if job is not None else deps.settings.lease_base_s
         claimed = deps.db.leases.claim(job_id, deps.worker_name, lease_s)
     if claimed is None:
-        logger.info("job %s: not queued (duplicate or canceled delivery %s); skipped", job_id, delivered_attempt)
+        logger.info("job %s: not queued (duplicate or canceled delivery %s); skipped", row.task_id, delivered_attempt)
         return RunOutcome(job_id, "skipped", None, timings_ms=types.MappingProxyType(dict(timings.ms)))
     attempt = claimed.attempt
     if attempt != delivered_attempt + 1:
-        logger.info("job %s: message of attempt %s runs as attempt %s", job_id, delivered_attempt, attempt)
+        logger.info("job %s: message of attempt %s runs as attempt %s", row.task_id, delivered_attempt, attempt)
     # The claimed row: its attempt, and the outages counted so far (attempts_used, outage_since).
     run = ClaimedRun(job_id, attempt, claimed, lease_s, deps, timings, live)
     run.next_renewal = deps.clock() + lease_s * RENEW_FRACTION
@@ -150,10 +150,10 @@ def _execute(run: ClaimedRun, job: Img2ImgJob) -> RunOutcome:
     except CancelRequested:
         return _cancel(run)
     except LeaseLost as exc:
-        logger.warning("job %s: %s; stopping without writing anything", run.job_id, exc)
+        logger.warning("job %s: %s; stopping without writing anything", run.name, exc)
         return run.outcome("lease_lost", error_code="lease_lost")
     except Draining:
-        logger.info("job %s: worker shutting down; returning the job to the queue", run.job_id)
+        logger.info("job %s: worker shutting down; returning the job to the queue", run.name)
         return _requeue(run, None, counts_as_attempt=False)
     except _OutOfMemory as exc:
         return _fail(run, JobError("permanent", "out_of_memory", str(exc)))
@@ -163,16 +163,16 @@ def _execute(run: ClaimedRun, job: Img2ImgJob) -> RunOutcome:
         return _fail(run, JobError.from_exception(exc))
     except TransientError as exc:
         # An outage of storage or the database: the job did nothing wrong, so this claim is not an attempt.
-        logger.warning("job %s: %s: %s; waiting for the service", run.job_id, type(exc).__name__, exc.message)
+        logger.warning("job %s: %s: %s; waiting for the service", run.name, type(exc).__name__, exc.message)
         return _requeue(run, exc, counts_as_attempt=False)
     except ConfigError as exc:
         # The worker's own setup (storage refusing us): another worker may be set up right, so it is an attempt.
-        logger.warning("job %s: %s: %s", run.job_id, type(exc).__name__, exc.message)
+        logger.warning("job %s: %s: %s", run.name, type(exc).__name__, exc.message)
         return _requeue(run, exc, counts_as_attempt=True)
     except PermanentError as exc:
         return _fail(run, JobError.from_exception(exc))
     except Exception as exc:  # never leave a job running: anything unexpected fails it with its message
-        logger.exception("job %s: render failed", run.job_id)
+        logger.exception("job %s: render failed", run.name)
         message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return _fail(run, JobError("permanent", "render_failed", message))
 
@@ -200,12 +200,12 @@ def _render_upload_commit(run: ClaimedRun, job: Img2ImgJob) -> RunOutcome:
         try:
             _commit_with_retries(run, records, warnings)
         except LeaseLost as exc:
-            logger.warning("job %s: commit refused (%s); removing this attempt's uploads", run.job_id, exc)
+            logger.warning("job %s: commit refused (%s); removing this attempt's uploads", run.name, exc)
             delete_quietly(deps.storage, [record.storage_key for record in records])
             return run.outcome("lease_lost", error_code="lease_lost")
         except DatabaseUnavailable as exc:
             # The uploads stay: no row points to them, and the reconciler's sweep removes them once the job ends.
-            logger.error("job %s: cannot record success (%s); the reconciler will retry the job", run.job_id, exc)
+            logger.error("job %s: cannot record success (%s); the reconciler will retry the job", run.name, exc)
             return run.outcome("unrecorded", error_code=exc.code)
     run.finished()
     return run.outcome("succeeded", artifacts=len(records))
@@ -233,7 +233,7 @@ def _upload_with_retries(run: ClaimedRun, processed: Processed, result_format: O
             if deps.clock() + delay > give_up_at:
                 raise
             logger.warning(
-                "job %s: upload failed (%s); try %d again in %.1f s", run.job_id, exc.message, failures + 1, delay
+                "job %s: upload failed (%s); try %d again in %.1f s", run.name, exc.message, failures + 1, delay
             )
             deps.sleep(delay)
             run.renew()  # the lease outlives the waits; a takeover or a cancel stops them
@@ -267,7 +267,7 @@ def _with_db_retries(run: ClaimedRun, what: str, write: Callable[[], _T]) -> _T:
             delay = backoff_delay(failures, settings.retry_backoff_base_s, settings.retry_backoff_max_s)
             if deps.clock() + delay > give_up_at:
                 raise
-            logger.warning("job %s: %s failed (%s); try %d again in %.1f s", run.job_id, what, exc, failures + 1, delay)
+            logger.warning("job %s: %s failed (%s); try %d again in %.1f s", run.name, what, exc, failures + 1, delay)
             deps.sleep(delay)
 
 
@@ -296,7 +296,7 @@ def _render(
         run.deps.stats.record_oom()
         WORKER_METRICS.oom(run.row.model)
         free_memory()
-        logger.warning("job %s: out of GPU memory (try %d): %s", run.job_id, try_no, oom_message)
+        logger.warning("job %s: out of GPU memory (try %d): %s", run.name, try_no, oom_message)
         if try_no == 2:
             break
         split = smaller_batch(current)
@@ -352,12 +352,12 @@ def _fail(run: ClaimedRun, error: JobError) -> RunOutcome:
             run, "recording the failure", lambda: run.deps.db.leases.fail(run.job_id, run.attempt, error)
         )
     except DatabaseUnavailable as exc:
-        logger.error("job %s: cannot record failure %s (%s)", run.job_id, error.code, exc)
+        logger.error("job %s: cannot record failure %s (%s)", run.name, error.code, exc)
         return run.outcome("unrecorded", error_code=error.code)
     if row is None:
-        logger.warning("job %s: attempt %s no longer owns the job; not failed", run.job_id, run.attempt)
+        logger.warning("job %s: attempt %s no longer owns the job; not failed", run.name, run.attempt)
         return run.outcome("lease_lost", error_code="lease_lost")
-    logger.info("job %s: failed (%s): %s", run.job_id, error.code, error.message)
+    logger.info("job %s: failed (%s): %s", run.name, error.code, error.message)
     run.finished()
     return run.outcome("failed", error_code=error.code)
 
@@ -381,11 +381,11 @@ def _cancel(run: ClaimedRun) -> RunOutcome:
     try:
         canceled = _with_db_retries(run, "recording the cancel", record_cancel)
     except DatabaseUnavailable as exc:
-        logger.error("job %s: cannot record the cancel (%s)", run.job_id, exc)
+        logger.error("job %s: cannot record the cancel (%s)", run.name, exc)
         return run.outcome("unrecorded", error_code="canceled")
     if not canceled:
         return run.outcome("lease_lost", error_code="lease_lost")
-    logger.info("job %s: canceled at the user's request", run.job_id)
+    logger.info("job %s: canceled at the user's request", run.name)
     run.finished()
     return run.outcome("canceled")
 
@@ -427,13 +427,13 @@ def _requeue(run: ClaimedRun, exc: RenderfarmError | None, *, counts_as_attempt:
             ),
         )
     except DatabaseUnavailable as db_exc:
-        logger.error("job %s: cannot return the job to the queue (%s)", run.job_id, db_exc)
+        logger.error("job %s: cannot return the job to the queue (%s)", run.name, db_exc)
         return run.outcome("unrecorded", error_code=None if exc is None else exc.code)
     if moved is None:
         return run.outcome("lease_lost", error_code="lease_lost")
     run.finished()
     if moved.state is JobState.FAILED:
-        logger.warning("job %s: failed: %s", run.job_id, moved.error.message if moved.error else "")
+        logger.warning("job %s: failed: %s", run.name, moved.error.message if moved.error else "")
         return run.outcome("failed", error_code=moved.error.code if moved.error else None)
-    logger.info("job %s: re-queued, not before %.1f s from now", run.job_id, delay)
+    logger.info("job %s: re-queued, not before %.1f s from now", run.name, delay)
     return run.outcome("requeued", error_code=None if exc is None else exc.code)

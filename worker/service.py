@@ -169,6 +169,7 @@ def run_worker_process(
     _announce_when_ready(settings, app, name, device, consuming, pinned=bool(queues))
     app.worker_main(
         [
+            "--quiet",  # no banner: `renderfarm worker` prints one line per worker (the announcement), not a page
             "worker",
             "--pool=solo",
             "--concurrency=1",

@@ -183,6 +183,22 @@ def test_an_invalid_item_names_its_index_and_nothing_is_created(api: Api) -> Non
     assert api.db.jobs.list_jobs("alice")[0] == []
 
 
+def test_a_bad_default_is_named_once_in_the_defaults(api: Api) -> None:
+    # One typo in `defaults` is one mistake: not items.0.stepz, items.1.stepz, ...
+    for body in (
+        {"defaults": {**small(api.image), "stepz": 8}, "grid": {"mode": "product", "axes": {"seed": [1, 2, 3]}}},
+        {"defaults": {"stepz": 8}, "jobs": [small(api.image), small(api.image)]},
+    ):
+        response = api.post(body)
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["field"] == "defaults.stepz"
+        assert [detail["field"] for detail in error["details"]] == ["defaults.stepz"]
+    # An item's own bad value is still the item's, also when the defaults have that field.
+    body = {"defaults": {**small(api.image), "steps": 4}, "jobs": [{}, {"steps": 999}]}
+    assert api.post(body).json()["error"]["field"] == "jobs.1.steps"
+
+
 def test_an_unknown_asset_is_named_per_item(api: Api) -> None:
     missing = "asset:" + "0" * 64
     response = api.post({"jobs": [small(api.image), small(missing)]})

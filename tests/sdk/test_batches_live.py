@@ -142,7 +142,9 @@ def test_batch_command_downloads_resumes_and_writes_a_contact_sheet(
     # The contact sheet: every picture it shows is a file next to it.
     sheet = _Images()
     sheet.feed((out / "index.html").read_text())
-    assert len(sheet.sources) == 6 * 3  # input, mask and result of each item (the stand-in makes no overlay)
+    # Input, mask and result of each item (the stand-in makes no overlay), and each result again in the X/Y table of
+    # the two-axis grid.
+    assert len(sheet.sources) == 6 * 3 + 6
     for source in sheet.sources:
         assert not source.startswith(("/", "http")), source
         assert (out / source).is_file(), source
@@ -193,8 +195,8 @@ def test_the_progress_line_reads_well() -> None:
     from renderfarm.batch_runner import ProgressBar
 
     line = ProgressBar.line(24, {"succeeded": 6, "running": 2, "queued": 15, "failed": 1}, 1.5, 12.0)
-    assert line.startswith("[")
-    assert "7/24" in line
+    assert line.startswith("7/24 ")
+    assert len(line) <= 80
     assert "done 6" in line
     assert "running 2" in line
     assert "queued 15" in line

@@ -23,7 +23,7 @@ FORBIDDEN: dict[str, set[str]] = {
 }
 # The server commands compose the farm; they may import scheduler and worker (inside functions, to stay fast).
 # renderfarm/cli.py imports them only when a server command runs.
-COMPOSERS = {"renderfarm/server_cli.py", "renderfarm/embedded.py", "renderfarm/demo.py"}
+COMPOSERS = {"renderfarm/server_cli.py", "renderfarm/embedded.py", "renderfarm/demo.py", "renderfarm/quiet.py"}
 # What the client install (`pip install renderfarm`, no extras) lacks: the SDK outside the composers imports none.
 SERVER_PACKAGES = {
     "sqlalchemy",
