@@ -11,6 +11,10 @@ call from this thread: Celery's consumer is asked through `call_soon`, see `cons
 queues are announced. Queues are never dropped at runtime: a model file removed while jobs for it may be queued is
 the loader's error to report, not a reason to strand those jobs.
 
+Every heartbeat also writes what the worker is doing now, from its `status` provider (`worker.status`: GPU, loaded
+models, current job, step speed, OOM count). A provider that raises costs the status (announced as null, logged
+once), never the heartbeat.
+
 A database that cannot be reached costs the heartbeat, never the worker: the error is logged and the announcement is
 retried with backoff (`shared.backoff`), at most one heartbeat apart.
 """
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from shared.backoff import backoff_delay
@@ -58,9 +62,11 @@ class Announcer:
         consuming: Sequence[str],
         add_queue: Callable[[str], None] | None = None,
         list_models: Callable[[Settings], list[str]] = servable_model_names,
+        status: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         """`consuming`: the queues the worker consumes now. `add_queue`: how to consume one more at runtime; None
-        pins the queues (`--queues` was given): models are still rescanned and announced, queues are not added."""
+        pins the queues (`--queues` was given): models are still rescanned and announced, queues are not added.
+        `status`: what the worker is doing now (`worker.status.status_provider`), read on every heartbeat."""
         self.db = db
         self.settings = settings
         self.hostname = hostname
@@ -68,6 +74,8 @@ class Announcer:
         self._consuming = list(dict.fromkeys(consuming))
         self._add_queue = add_queue
         self._list_models = list_models
+        self._status = status
+        self._status_failed = False  # a raising provider is logged once, not every heartbeat
         self._models: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -116,8 +124,26 @@ class Announcer:
             queues=self.consuming,
             models=models,
             ttl_s=self.settings.worker_announcement_ttl_s,
+            status=self._read_status(),
         )
         self.announced.set()
+
+    def _read_status(self) -> Mapping[str, Any] | None:
+        """The provider's status, or None (without one, or when it raises: logged the first time)."""
+        if self._status is None:
+            return None
+        try:
+            return self._status()
+        except Exception as exc:  # the status is a nicety; the heartbeat is what keeps the worker's jobs routed
+            if not self._status_failed:
+                self._status_failed = True
+                logger.warning(
+                    "worker %s: its status could not be read (%s: %s); announcing none (logged once)",
+                    self.hostname,
+                    type(exc).__name__,
+                    exc,
+                )
+            return None
 
     def _consume_queues_of(self, models: list[str]) -> None:
         if self._add_queue is None:

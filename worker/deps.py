@@ -19,6 +19,7 @@ from worker.embedding_catalogs import EmbeddingCatalogs
 from worker.engine.models import LoadedModel
 from worker.engine.processing import Processed, StableDiffusionProcessingImg2Img, process_images
 from worker.preview_publisher import RendererFactory, default_renderer
+from worker.status import JobStatus
 
 OOM_UNHEALTHY_AFTER: Final = 3  # consecutive out-of-memory jobs after which a worker should stop taking work
 
@@ -63,7 +64,7 @@ class WorkerStats:
 
 @dataclass(frozen=True)
 class WorkerDeps:
-    """Everything `run_job` needs, built once per worker process (after fork). `stats` is the one mutable part.
+    """Everything `run_job` needs, built once per worker process (after fork). `stats` and `status` are mutable.
 
     `clock` is monotonic seconds (throttling, lease renewal, retry deadlines); `wall_clock` Unix seconds (live
     progress times); `sleep` waits between the retries of an upload or a commit (tests pass one that advances
@@ -82,6 +83,7 @@ class WorkerDeps:
     sleep: Callable[[float], None] = time.sleep  # the waits between retries of an upload or a commit
     engine: Engine = process_images
     stats: WorkerStats = field(default_factory=WorkerStats)
+    status: JobStatus = field(default_factory=JobStatus)  # the job it renders now, for its announcement
     assets: AssetCache = field(default_factory=AssetCache)  # verified input assets, kept between jobs
     embeddings: EmbeddingCatalogs = field(default_factory=EmbeddingCatalogs)  # each loaded model's embeddings
     previews: RendererFactory = default_renderer  # what draws live previews (tests count its calls)

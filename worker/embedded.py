@@ -32,6 +32,7 @@ from worker.announcer import Announcer, consumer_queue_adder
 from worker.deps import WorkerDeps
 from worker.engine.models import pick_device
 from worker.servable import queues_for_models, servable_model_names
+from worker.status import status_provider
 from worker.tasks import deps_holder, warm_up
 
 __all__ = ["EMBEDDED_POLLING_INTERVAL_S", "EmbeddedWorker", "start_embedded_worker"]
@@ -146,13 +147,15 @@ def start_embedded_worker(
     logger.info("embedded worker consuming %s", ", ".join(chosen))
     announcer = None
     if announce:
+        device = pick_device(None).type
         announcer = Announcer(
             deps.db,
             settings,
             hostname=hostname,
-            device=pick_device(None).type,
+            device=device,
             consuming=chosen,
             add_queue=None if queues else consumer_queue_adder(consumers[0]),
+            status=status_provider(lambda: deps, device),
         )
         announcer.start()
     return EmbeddedWorker(controller=controller, thread=thread, queues=chosen, announcer=announcer)

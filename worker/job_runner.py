@@ -119,7 +119,11 @@ def run_job(job_id: uuid.UUID, delivered_attempt: int, deps: WorkerDeps) -> RunO
     run.next_renewal = deps.clock() + lease_s * RENEW_FRACTION
     live.call("notify", lambda: deps.live.notify(job_id))
     WORKER_METRICS.job_started()
-    outcome = _run_claimed(run, job, spec_error)
+    deps.status.job_started(row.task_id)
+    try:
+        outcome = _run_claimed(run, job, spec_error)
+    finally:
+        deps.status.job_ended()
     WORKER_METRICS.record_outcome(outcome, row.model)
     return outcome
 

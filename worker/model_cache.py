@@ -51,6 +51,8 @@ class ModelCache:
         self._sizes: dict[str, int] = {}
         self._known_sizes: dict[str, int] = {}  # bytes of every model loaded so far, cached or not
         self._lock = threading.RLock()
+        # `names()` without the lock: a heartbeat must not wait for a load (minutes for a large model on a slow disk).
+        self._names: tuple[str, ...] = ()
 
     def get(self, name: str) -> LoadedModel:
         """The model called `name`, loaded on a miss. Raises what the loader raises (the models evicted to make
@@ -59,6 +61,7 @@ class ModelCache:
             model = self._models.get(name)
             if model is not None:
                 self._models.move_to_end(name)
+                self._names = tuple(self._models)
                 return model
             expected = self._known_sizes.get(name, max(self._known_sizes.values(), default=0))
             self._evict_until_fits(expected)
@@ -68,6 +71,7 @@ class ModelCache:
             self._evict_until_fits(size)
             self._models[name] = model
             self._sizes[name] = size
+            self._names = tuple(self._models)
             return model
 
     def _evict_until_fits(self, incoming: int) -> None:
@@ -76,6 +80,7 @@ class ModelCache:
             old_name, _ = self._models.popitem(last=False)
             self._sizes.pop(old_name, None)
             logger.info("model cache: evicted %s to make room", old_name)
+            self._names = tuple(self._models)
             evicted = True
         if evicted:
             # The evicted modules are unreachable once the caller drops them; collect now so their GPU memory is
@@ -90,9 +95,9 @@ class ModelCache:
             return sum(self._sizes.values())
 
     def names(self) -> list[str]:
-        """Cached model names, least recently used first."""
-        with self._lock:
-            return list(self._models)
+        """Cached model names, least recently used first. Never waits for a load in progress (the models evicted for
+        it are already gone; it is listed once loaded)."""
+        return list(self._names)
 
     def __contains__(self, name: object) -> bool:
         with self._lock:

@@ -192,6 +192,10 @@ def _announce_when_ready(
 
     from shared.db import Database
     from worker.announcer import Announcer, consumer_queue_adder
+    from worker.status import status_provider
+    from worker.tasks import deps_holder
+
+    holder = deps_holder(app)
 
     started: list[Announcer] = []
 
@@ -205,6 +209,7 @@ def _announce_when_ready(
             device=device,
             consuming=queues,
             add_queue=None if pinned else consumer_queue_adder(sender),
+            status=status_provider(lambda: holder.current, device),
         )
         started.append(announcer)
         announcer.start()

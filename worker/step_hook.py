@@ -67,6 +67,9 @@ class StepHook:
             self._apply_stop_requests(requests, progress)
         self.previews.on_step(progress, requests is not None and requests.watched, self.processing)
         now = deps.clock()
+        deps.status.record_step(
+            progress.job_no * progress.total_steps + progress.step, progress.job_count * progress.total_steps, now
+        )
         if now >= run.next_renewal:
             run.renew()
         fraction = progress.fraction

@@ -384,15 +384,42 @@ def worker_status(row: WorkerRow, live: bool, now: datetime, heartbeat_misses: i
     return "silent" if (now - row.seen_at).total_seconds() > SILENT_AFTER_HEARTBEATS * interval else "live"
 
 
+def _current_job(row: WorkerRow, running: Mapping[str, str]) -> str:
+    """The job the worker says it renders (a link when it is one of the jobs shown) with its step, else the jobs
+    the database has running on it (a worker that announces no status), else a dash."""
+    status = row.status or {}
+    current = status.get("current_job")
+    if not current:
+        return join(running.values()) or "–"
+    step, total = status.get("step"), status.get("total_steps")
+    where = f' <span class="muted" data-testid="worker-step">step {esc(step)}/{esc(total)}</span>' if total else ""
+    return f'<span data-testid="worker-job">{running.get(str(current)) or esc(current)}</span>{where}'
+
+
+def _status_cells(row: WorkerRow, running: Mapping[str, str]) -> str:
+    """GPU, loaded models, current job, step speed, OOM count (`worker.status`); dashes from a worker that
+    announces no status."""
+    status = row.status or {}
+    speed = status.get("steps_per_s")
+    oom = status.get("oom_count")
+    return (
+        f"<td>{esc(row.device)}{' · ' + esc(status['gpu']) if status.get('gpu') else ''}</td>"
+        f'<td data-testid="worker-loaded">{esc(", ".join(status.get("loaded_models") or ())) or "–"}</td>'
+        f"<td>{_current_job(row, running)}</td>"
+        f'<td data-testid="worker-speed">{"–" if speed is None else esc(f"{float(speed):.2f} it/s")}</td>'
+        f'<td data-testid="worker-ooms">{"–" if oom is None else esc(oom)}</td>'
+    )
+
+
 def workers_page(services: Services, viewer: Viewer, memory: WorkerMemory) -> str:
     live_rows = services.workers.refresh()
     now = datetime.now(UTC)
-    running: dict[str, list[str]] = {}
+    running: dict[str, dict[str, str]] = {}  # per worker, its running jobs' links by task id
     for tenant in viewer.tenants_shown():
         rows, _ = services.db.jobs.list_jobs(tenant, state=JobState.RUNNING, limit=100)
         for row in rows:
             if row.worker:
-                running.setdefault(row.worker, []).append(
+                running.setdefault(row.worker, {})[row.task_id] = (
                     f'<a href="{esc(job_href(row.tenant, row.task_id, viewer))}">{esc(row.task_id)}</a>'
                 )
     body = []
@@ -401,16 +428,13 @@ def workers_page(services: Services, viewer: Viewer, memory: WorkerMemory) -> st
         body.append(
             f'<tr data-worker="{esc(worker.hostname)}" data-status="{status}">'
             f'<td>{esc(worker.hostname)}</td><td><span class="state worker-{status}">{status}</span></td>'
-            f"<td>{esc(worker.device)}</td><td>{esc(', '.join(worker.models))}</td>"
-            f"<td>{esc(', '.join(worker.queues))}</td>"
-            f"<td>{join(running.get(worker.hostname, [])) or '–'}</td>"
+            f"{_status_cells(worker, running.get(worker.hostname, {}))}"
+            f"<td>{esc(', '.join(worker.models))}</td><td>{esc(', '.join(worker.queues))}</td>"
             f"<td>{esc(clock(worker.seen_at))} ({seconds((now - worker.seen_at).total_seconds())} ago)</td>"
             f"<td>{esc(clock(worker.started_at))}</td></tr>"
         )
-    head = join(
-        f"<th>{name}</th>"
-        for name in ("Worker", "Status", "Device", "Models", "Queues", "Running", "Last heartbeat", "Started")
-    )
+    columns = ("Worker", "Status", "GPU", "Loaded", "Current job", "Step speed", "OOMs", "Can load", "Queues")
+    head = join(f"<th>{name}</th>" for name in (*columns, "Last heartbeat", "Started"))
     table = (
         f'<table class="workers" data-testid="workers"><thead><tr>{head}</tr></thead>'
         f"<tbody>{join(body)}</tbody></table>"

@@ -255,6 +255,8 @@ class WorkerRow:
     started_at: datetime
     seen_at: datetime
     expires_at: datetime
+    # What it is doing now (`worker.status.WorkerStatus.snapshot`), None from a worker that announces none.
+    status: Mapping[str, Any] | None = field(default=None, hash=False)
 
     @classmethod
     def from_mapping(cls, row: ColumnValues) -> WorkerRow:
@@ -266,4 +268,5 @@ class WorkerRow:
             started_at=row["started_at"],
             seen_at=row["seen_at"],
             expires_at=row["expires_at"],
+            status=row["status"],
         )

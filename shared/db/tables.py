@@ -261,6 +261,8 @@ class WorkerAnnouncement(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime)
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # What it is doing now (migration 0008, `worker.status`): GPU, loaded models, current job, step speed, OOMs.
+    status: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
 
 
 # The feed's cursor: SQLite only autoincrements an INTEGER PRIMARY KEY (the rowid); PostgreSQL gets a BIGINT.

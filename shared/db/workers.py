@@ -9,8 +9,9 @@ workers plus, at most, the ones that died within the last few heartbeats.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -30,10 +31,12 @@ class Workers(Operations):
         queues: Sequence[str],
         models: Sequence[str],
         ttl_s: float,
+        status: Mapping[str, Any] | None = None,
         now: datetime | None = None,
     ) -> WorkerRow:
         """Record that `hostname` is alive and serves `queues` and `models` for the next `ttl_s` seconds (its first
-        announcement sets `started_at`; later ones keep it). Deletes the rows of workers that expired. Raises
+        announcement sets `started_at`; later ones keep it), doing what `status` says (`worker.status`; replaced
+        by every announcement). Deletes the rows of workers that expired. Raises
         `DatabaseUnavailable` when the database cannot be reached."""
         at = self._tx.now(now)
         values = {
@@ -44,8 +47,9 @@ class Workers(Operations):
             "started_at": at,
             "seen_at": at,
             "expires_at": at + timedelta(seconds=ttl_s),
+            "status": None if status is None else dict(status),
         }
-        fresh = {key: values[key] for key in ("device", "queues", "models", "seen_at", "expires_at")}
+        fresh = {key: values[key] for key in ("device", "queues", "models", "seen_at", "expires_at", "status")}
         upsert = (
             self._tx.insert(table)
             .values(values)

@@ -11,7 +11,17 @@ import re
 import pytest
 
 from scheduler.dashboard.access import SESSION_COOKIE
-from tests.api.conftest import ALICE, ALICE_TOKEN, BOB_TOKEN, Farm, FarmFactory, job_body, png_bytes
+from tests.api.conftest import (
+    ALICE,
+    ALICE_TOKEN,
+    BOB_TOKEN,
+    FARM_WORKER,
+    FARM_WORKER_TTL_S,
+    Farm,
+    FarmFactory,
+    job_body,
+    png_bytes,
+)
 
 pytestmark = [pytest.mark.integration]
 
@@ -86,6 +96,44 @@ def test_tenants_see_only_their_own_and_operators_everyone(make_farm: FarmFactor
     assert farm.client.get("/ui/jobs/dash-private").status_code == 404  # his own tenant has no such job
     assert farm.client.get("/ui/jobs/dash-private?tenant=alice").status_code == 200
     assert "gpu-0@api-tests" in farm.client.get("/ui/workers").text
+
+
+WORKER_ROW = re.compile(r'<tr data-worker="gpu-0@api-tests".*?</tr>', re.S)
+
+
+def test_the_workers_page_shows_what_each_worker_is_doing(make_farm: FarmFactory) -> None:
+    """GPU, loaded model, current job (a link to it) with its step, step speed and OOM count, from the status the
+    worker announces (worker/status.py); dashes from a worker that announces none."""
+    farm = make_farm(operator_tenants="bob")
+    signed_in(farm, BOB_TOKEN)
+    quiet = WORKER_ROW.search(farm.client.get("/ui/workers").text)
+    assert quiet is not None
+    assert 'data-testid="worker-ooms">–<' in quiet.group(0)  # announced without a status
+
+    submit(farm, "dash-rendering")
+    farm.claim("alice", "dash-rendering", worker=FARM_WORKER)
+    status = {
+        "gpu": "NVIDIA H100 80GB HBM3",
+        "loaded_models": ["tiny-inpaint", "tiny-edit"],
+        "current_job": "dash-rendering",
+        "step": 3,
+        "total_steps": 8,
+        "steps_per_s": 2.5,
+        "oom_count": 2,
+    }
+    farm.db.workers.announce(
+        FARM_WORKER, device="cuda", queues=[], models=["tiny-inpaint"], ttl_s=FARM_WORKER_TTL_S, status=status
+    )
+    found = WORKER_ROW.search(farm.client.get("/ui/workers").text)
+    assert found is not None
+    row = found.group(0)
+    assert "cuda · NVIDIA H100 80GB HBM3" in row
+    assert 'data-testid="worker-loaded">tiny-inpaint, tiny-edit<' in row
+    assert '<a href="/ui/jobs/dash-rendering?tenant=alice">dash-rendering</a>' in row
+    assert "step 3/8" in row
+    assert 'data-testid="worker-speed">2.50 it/s<' in row
+    assert 'data-testid="worker-ooms">2<' in row
+    assert "dash-rendering" not in farm.client.get("/v1/workers", headers=ALICE).text  # other tenants' task ids
 
 
 def test_a_tenant_cannot_reach_another_tenants_job(make_farm: FarmFactory) -> None:

@@ -26,6 +26,7 @@ def test_the_listing_shows_workers_without_their_host_names(farm: Farm) -> None:
         queues=["rf.sdxl.interactive", "rf.sdxl.batch"],
         models=["sdxl", "tiny"],
         ttl_s=600.0,
+        status={"gpu": "NVIDIA L4", "loaded_models": ["sdxl"], "current_job": "bobs-secret-task", "oom_count": 1},
     )
     farm.app.state.services.workers.refresh()
 
@@ -43,6 +44,12 @@ def test_the_listing_shows_workers_without_their_host_names(farm: Farm) -> None:
         ["sdxl", "tiny"],
     )
     assert listed["seen_at"] <= listed["expires_at"]
+    # Its status, without the task id of the job it renders (another tenant's): the operators' dashboard shows that.
+    shown = (listed["gpu"], listed["loaded_models"], listed["busy"], listed["oom_count"])
+    assert shown == ("NVIDIA L4", ["sdxl"], True, 1)
+    assert "bobs-secret-task" not in response.text
+    farm_worker = by_name[public_worker_name(FARM_WORKER)]
+    assert (farm_worker["gpu"], farm_worker["loaded_models"], farm_worker["busy"]) == (None, [], None)  # no status
     assert "rf.sdxl.batch" in body["queues"]
     assert "rf.default.interactive" in body["queues"]  # the farm's own worker
     assert body["models"] == sorted({"sdxl", "tiny", farm.settings.model})

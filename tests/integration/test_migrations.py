@@ -189,3 +189,28 @@ def test_migration_0007_is_reversible(empty_database_url: str) -> None:
     upgrade(empty_database_url)
     assert schema_differences(empty_database_url) == []
     assert index_definitions(empty_database_url) == indexes_at_head
+
+
+def announcement_columns(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return {column["name"] for column in sa.inspect(engine).get_columns("worker_announcements")}
+    finally:
+        engine.dispose()
+
+
+def test_migration_0008_is_reversible(empty_database_url: str) -> None:
+    """0008 (worker status) goes down to 0007 and up again: its nullable `status` column of the announcements."""
+    upgrade(empty_database_url)
+    assert "status" in announcement_columns(empty_database_url)
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0007")
+    finally:
+        engine.dispose()
+    assert current_revision(empty_database_url) == "0007"
+    assert "status" not in announcement_columns(empty_database_url)
+    upgrade(empty_database_url)
+    assert current_revision(empty_database_url) == head_revision()
+    assert schema_differences(empty_database_url) == []

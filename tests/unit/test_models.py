@@ -7,12 +7,15 @@ import hashlib
 import json
 import threading
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 import torch
 
 from shared.errors import InputError
 from tests.ldm_export import export_single_file
+from worker.deps import WorkerDeps, WorkerStats
 from worker.engine.models import (
     KIND_IN_CHANNELS,
     SD1_SCHEDULER_CONFIG,
@@ -28,6 +31,7 @@ from worker.engine.models import (
     pick_dtype,
 )
 from worker.model_cache import ModelCache, default_models_dir
+from worker.status import JobStatus, status_provider
 
 KINDS: tuple[ModelKind, ...] = ("img2img", "inpaint", "edit")
 
@@ -449,3 +453,39 @@ def test_diffusers_pipelines_run_on_the_tiny_folders(
     assert result.images.shape == (1, 64, 64, 3)
     assert (result.images >= 0).all()
     assert (result.images <= 1).all()
+
+
+def test_model_cache_names_never_wait_for_a_load(tiny_folders: dict[ModelKind, Path]) -> None:
+    """The announcer's heartbeat lists the loaded models (worker/status.py) while a job may be loading another one:
+    `names()` answers at once with what is loaded, and the worker status lists it."""
+    counting = _CountingLoader(tiny_folders)
+    release = threading.Event()
+    loading = threading.Event()
+
+    def slow_loader(name: str) -> LoadedModel:
+        if name == "edit":
+            loading.set()
+            assert release.wait(60.0)
+        return counting(name)
+
+    cache = ModelCache(max_bytes=1 << 30, loader=slow_loader)
+    cache.get("img2img")
+    stats = WorkerStats()
+    stats.record_oom()
+    deps = cast(WorkerDeps, SimpleNamespace(models=cache, stats=stats, status=JobStatus()))
+    status = status_provider(lambda: deps, "cpu")
+    loader_thread = threading.Thread(target=cache.get, args=("edit",))
+    loader_thread.start()
+    try:
+        assert loading.wait(60.0)
+        answers: list[dict[str, object]] = []
+        reader = threading.Thread(target=lambda: answers.append(status()))
+        reader.start()
+        reader.join(10.0)
+        assert not reader.is_alive()  # it did not wait for the load
+        assert answers[0]["loaded_models"] == ["img2img"]
+        assert answers[0]["oom_count"] == 1
+    finally:
+        release.set()
+        loader_thread.join()
+    assert status()["loaded_models"] == ["img2img", "edit"]

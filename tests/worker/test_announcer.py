@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from shared.queueing import queue_name
 from tests.waiting import wait_until
 from worker.announcer import Announcer
 from worker.servable import queues_for_models, servable_model_names
+from worker.status import status_provider
 
 
 def settings_for(tmp_path: Path, models_dir: Path | None, **more: object) -> Settings:
@@ -127,3 +129,59 @@ def test_a_database_error_is_logged_and_retried_never_raised(tmp_path: Path, cap
     finally:
         announcer.stop()
         db.close()
+
+
+def test_every_heartbeat_writes_the_status_the_provider_gives(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, None, worker_heartbeat_s=3600.0)
+    db = migrated(tmp_path)
+    status: dict[str, Any] = {"gpu": "cpu", "loaded_models": [], "current_job": None, "oom_count": 0}
+    announcer = Announcer(
+        db, settings, hostname="cpu@s", device="cpu", consuming=["rf.default.interactive"], status=lambda: status
+    )
+    try:
+        announcer.start()
+        (row,) = db.workers.live()
+        assert row.status == status
+        status = {**status, "loaded_models": ["tiny"], "current_job": "t-1", "step": 3, "total_steps": 8}
+        status.update(steps_per_s=2.5, oom_count=1)
+        announcer.beat()
+        (row,) = db.workers.live()
+        assert row.status == status
+    finally:
+        announcer.stop()
+        db.close()
+
+
+def test_a_status_provider_that_raises_costs_the_status_not_the_heartbeat(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = settings_for(tmp_path, None, worker_heartbeat_s=3600.0)
+    db = migrated(tmp_path)
+    calls: list[int] = []
+
+    def broken() -> dict[str, Any]:
+        calls.append(1)
+        raise RuntimeError("no status today")
+
+    announcer = Announcer(
+        db, settings, hostname="cpu@b", device="cpu", consuming=["rf.default.interactive"], status=broken
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="worker.announcer"):
+            announcer.start()
+            first = db.workers.live()[0].seen_at
+            announcer.beat()
+        (row,) = db.workers.live()
+        assert row.status is None
+        assert row.seen_at >= first
+        assert len(calls) == 2
+        assert caplog.text.count("no status today") == 1  # logged once, not every heartbeat
+    finally:
+        announcer.stop()
+        db.close()
+
+
+def test_the_status_provider_works_before_the_worker_built_its_deps() -> None:
+    """A Celery worker builds its deps in its first task or warm-up; its heartbeats before that say what it can."""
+    before = status_provider(lambda: None, "cpu")()
+    assert (before["gpu"], before["loaded_models"], before["oom_count"], before["current_job"]) == ("cpu", [], 0, None)

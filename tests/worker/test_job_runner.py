@@ -31,6 +31,7 @@ from worker.engine.processing import Processed, Progress, StableDiffusionProcess
 from worker.job_runner import run_job
 from worker.run_outcome import PHASES
 from worker.standin import StandinEngine
+from worker.status import status_provider
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -444,3 +445,42 @@ def test_a_lora_from_the_models_folder_reaches_the_render_and_its_infotext(
         assert job.error.field == "prompt"
     finally:
         deactivate_networks(deps.models.get("tiny"))  # the session's tiny model is shared
+
+
+def test_the_worker_status_follows_the_job_its_steps_and_its_out_of_memory_errors(
+    deps: WorkerDeps, submit: Submitter
+) -> None:
+    """What the announcer writes (worker/status.py), read from inside the render as the heartbeat thread would: the
+    job being rendered, its whole-job step, the step speed, and the OOM of the first try; after the job, no current
+    job and the last job's speed."""
+    row = submit(batch_size=2, seed=5)
+    provider = status_provider(lambda: deps, "cpu")
+    assert provider()["current_job"] is None
+    seen: list[tuple[dict[str, Any], int, int]] = []
+
+    def engine(p: StableDiffusionProcessingImg2Img) -> Processed:
+        if p.batch_size > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        farm_callback = p.progress_callback
+        assert farm_callback is not None
+
+        def callback(progress: Progress) -> None:
+            farm_callback(progress)
+            done = progress.job_no * progress.total_steps + progress.step
+            seen.append((provider(), done, progress.job_count * progress.total_steps))
+
+        p.progress_callback = callback
+        return process_images(p)
+
+    outcome = run_job(row.id, 0, replace(deps, engine=engine))
+
+    assert outcome.state == "succeeded"
+    assert len(seen) >= 2
+    for status, done, total in seen:
+        assert (status["current_job"], status["step"], status["total_steps"]) == (row.task_id, done, total)
+        assert (status["gpu"], status["oom_count"]) == ("cpu", 1)
+    assert seen[-1][0]["steps_per_s"] > 0
+    after = provider()
+    assert (after["current_job"], after["step"], after["total_steps"]) == (None, None, None)
+    assert after["steps_per_s"] == seen[-1][0]["steps_per_s"]  # the last job's speed
+    assert after["loaded_models"] == []  # this model source is no ModelCache: it lists nothing
