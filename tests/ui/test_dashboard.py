@@ -139,14 +139,24 @@ def test_workers_appear_and_go_silent_for_operators_only(farm: Farm, new_page: A
     page.goto(f"{farm.url}/ui/workers")
     embedded_worker = page.locator('tr[data-worker^="embedded@"]')
     expect(embedded_worker).to_have_attribute("data-status", "live")
+    # Its own status (worker/status.py): the model its warm-up loaded, no out-of-memory error.
+    expect(embedded_worker.get_by_test_id("worker-loaded")).to_contain_text(farm.embedded.deps.settings.model)
+    expect(embedded_worker.get_by_test_id("worker-ooms")).to_have_text("0")
     # A worker announcing itself (as worker.service does) with a 4-second lifetime, then never again.
     hostname = f"gpu7@{new_id('ui-test-host')}"
+    status = {"gpu": "NVIDIA L4", "loaded_models": ["ui-test-model"], "current_job": "ui-render", "oom_count": 3}
+    status.update(step=5, total_steps=20, steps_per_s=7.5)
     farm.embedded.deps.db.workers.announce(
-        hostname, device="cuda", queues=["rf.ui-test-only"], models=["ui-test-model"], ttl_s=4.0
+        hostname, device="cuda", queues=["rf.ui-test-only"], models=["ui-test-model"], ttl_s=4.0, status=status
     )
     row = page.locator(f'tr[data-worker="{hostname}"]')
     expect(row).to_have_attribute("data-status", "live")
     expect(row).to_contain_text("ui-test-model")
+    expect(row).to_contain_text("NVIDIA L4")
+    expect(row.get_by_test_id("worker-job")).to_have_text("ui-render")
+    expect(row.get_by_test_id("worker-step")).to_have_text("step 5/20")
+    expect(row.get_by_test_id("worker-speed")).to_have_text("7.50 it/s")
+    expect(row.get_by_test_id("worker-ooms")).to_have_text("3")
     screenshot(page, "workers")
     expect(row).to_have_attribute("data-status", "silent")  # a missed heartbeat: none for 1.5 of its intervals
     expect(row).to_have_attribute("data-status", "gone")  # its announcement expired
