@@ -47,6 +47,8 @@ class JobStatus:
     def record_step(self, done: int, total: int, now: float) -> None:
         """`done` of `total` whole-job steps rendered at monotonic time `now`."""
         with self._lock:
+            if self.step is not None and done < self.step:
+                self._first = None  # a retry (out of memory: the batch split) renders from the start again
             self.step, self.total_steps = done, total
             if self._first is None:
                 self._first = (done, now)
@@ -80,15 +82,17 @@ def status_provider(deps: Callable[[], WorkerDeps | None], device: str) -> Statu
     """The announcer's `status`: the worker's GPU, loaded models (its `ModelCache`), current job, step speed and
     out-of-memory count. `deps` returns the worker's deps, or None before they are built (a Celery worker builds
     them in its first task or its warm-up)."""
-    gpu = gpu_name(device)  # asked once: the name does not change while the process runs
+    gpu: list[str] = []  # asked on the first heartbeat (where an error costs only the status), then kept
 
     def status() -> dict[str, Any]:
+        if not gpu:
+            gpu.append(gpu_name(device))
         current = deps()
         if current is None:
-            return {"gpu": gpu, "loaded_models": [], "oom_count": 0, **JobStatus().snapshot()}
+            return {"gpu": gpu[0], "loaded_models": [], "oom_count": 0, **JobStatus().snapshot()}
         names = getattr(current.models, "names", None)  # a ModelCache; test doubles may have none
         return {
-            "gpu": gpu,
+            "gpu": gpu[0],
             "loaded_models": list(names()) if callable(names) else [],
             "oom_count": current.stats.ooms,
             **current.status.snapshot(),

@@ -16,7 +16,7 @@ from shared.queueing import queue_name
 from tests.waiting import wait_until
 from worker.announcer import Announcer
 from worker.servable import queues_for_models, servable_model_names
-from worker.status import status_provider
+from worker.status import JobStatus, status_provider
 
 
 def settings_for(tmp_path: Path, models_dir: Path | None, **more: object) -> Settings:
@@ -185,3 +185,19 @@ def test_the_status_provider_works_before_the_worker_built_its_deps() -> None:
     """A Celery worker builds its deps in its first task or warm-up; its heartbeats before that say what it can."""
     before = status_provider(lambda: None, "cpu")()
     assert (before["gpu"], before["loaded_models"], before["oom_count"], before["current_job"]) == ("cpu", [], 0, None)
+
+
+def test_the_step_speed_counts_from_the_first_step_and_restarts_with_a_retry() -> None:
+    """Steps per second from the render's first step (the set-up before it not counted); a render that starts again
+    (the batch split after an out-of-memory error) measures afresh; the last job's speed stays after it."""
+    status = JobStatus()
+    status.job_started("t-1")
+    status.record_step(1, 10, now=100.0)  # the first step: no speed yet
+    assert status.snapshot()["steps_per_s"] is None
+    status.record_step(5, 10, now=102.0)
+    assert status.snapshot() == {"current_job": "t-1", "step": 5, "total_steps": 10, "steps_per_s": 2.0}
+    status.record_step(1, 20, now=110.0)  # started again, split in two batches
+    status.record_step(11, 20, now=111.0)
+    assert status.snapshot()["steps_per_s"] == 10.0
+    status.job_ended()
+    assert status.snapshot() == {"current_job": None, "step": None, "total_steps": None, "steps_per_s": 10.0}
