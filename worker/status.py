@@ -16,12 +16,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from worker.deps import WorkerDeps
-
-__all__ = ["JobStatus", "StatusProvider", "gpu_name", "status_provider"]
+__all__ = ["JobStatus", "StatusProvider", "WorkerParts", "gpu_name", "status_provider"]
 
 StatusProvider = Callable[[], dict[str, Any]]
 
@@ -78,7 +75,21 @@ def gpu_name(device: str) -> str:
     return str(torch.cuda.get_device_name())
 
 
-def status_provider(deps: Callable[[], WorkerDeps | None], device: str) -> StatusProvider:
+class WorkerParts(Protocol):
+    """What the status reads of a worker's deps (`worker.deps.WorkerDeps`; a protocol, so that this module, which the
+    deps import, does not import them back)."""
+
+    @property
+    def models(self) -> Any: ...  # a ModelCache (its `names()`)
+
+    @property
+    def stats(self) -> Any: ...  # a WorkerStats (its `ooms`)
+
+    @property
+    def status(self) -> JobStatus: ...
+
+
+def status_provider(deps: Callable[[], WorkerParts | None], device: str) -> StatusProvider:
     """The announcer's `status`: the worker's GPU, loaded models (its `ModelCache`), current job, step speed and
     out-of-memory count. `deps` returns the worker's deps, or None before they are built (a Celery worker builds
     them in its first task or its warm-up)."""
