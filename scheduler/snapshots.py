@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from scheduler.wait_estimate import Eta
 from scheduler.waiting import QueueView, waiting_reason
 from shared.db import ArtifactRow, JobRow, QueueStanding
+from shared.errors import NotFound
 from shared.job.stops import STOP_INTERRUPTED, STOP_SKIPPED, stopped_early
 from shared.live import LivePreview, LiveProgress
 from shared.states import JobState
@@ -299,10 +300,8 @@ def read_snapshot(
     """
     if live is not None:
         progress = live.get(str(row.id))
-    elif row.state is JobState.RUNNING:
-        progress = safe_live_progress(services, row)
     else:
-        progress = None
+        row, progress = running_live(services, row)
     artifacts = services.db.jobs.artifacts_of(row.id) if row.state is JobState.SUCCEEDED else []
     standing = None
     if with_queue and row.state is JobState.QUEUED:
@@ -340,6 +339,27 @@ def read_eta(services: Services, row: JobRow, position: int | None, live: LivePr
     if row.state is JobState.RUNNING and live is not None:
         return estimator.running(row.queue, row.total_steps, row.request, min(max(live.fraction, 0.0), 1.0))
     return None
+
+
+def running_live(services: Services, row: JobRow) -> tuple[JobRow, LiveProgress | None]:
+    """The row and its live progress, read so that they agree; `(row, None)` without a read unless it runs.
+
+    A worker commits a job's end before it clears the live record, so a read falling between the two finds a
+    running row with no record: progress 0 after 0.9, a step counter going back. A running row without a record
+    is therefore read again; only when it still runs under the same attempt does "no progress yet" stand.
+    """
+    if row.state is not JobState.RUNNING:
+        return row, None
+    live = current_live(row, safe_live_progress(services, row))
+    if live is not None:
+        return row, live
+    try:
+        fresh = services.db.jobs.get_by_id(row.id)
+    except NotFound:  # purged meanwhile: the row read first is the last thing known
+        return row, None
+    if fresh.state is JobState.RUNNING and fresh.attempt != row.attempt:  # taken over meanwhile
+        return fresh, current_live(fresh, safe_live_progress(services, fresh))
+    return fresh, None
 
 
 def safe_live_progress(services: Services, row: JobRow) -> LiveProgress | None:

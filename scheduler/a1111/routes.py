@@ -80,7 +80,7 @@ from scheduler.auth import TenantDep
 from scheduler.deps import Services, ServicesDep
 from scheduler.model_checks import catalogue_of, resolve_model_name, vae_problem
 from scheduler.routes import checked_task_id
-from scheduler.snapshots import QUEUE_POSITION_CAP, current_live, safe_live_progress, watched_preview
+from scheduler.snapshots import QUEUE_POSITION_CAP, running_live, watched_preview
 from scheduler.submission import Submission, submit_job
 from shared.db import MAX_LIST_LIMIT, ArtifactRow, JobRow
 from shared.errors import Gone, InputError, NotFound, RenderfarmError, TransientError
@@ -284,12 +284,12 @@ def internal_progress(services: Services, tenant: str, query: InternalProgressRe
         return {**idle, "textinfo": "Waiting..."}
     # A poller asking for live previews is what makes the worker draw them (docs/engine.md "Live previews").
     preview = watched_preview(services, row) if query.live_preview else None
+    row, live = running_live(services, row)
     if row.state is JobState.QUEUED:
         return {**idle, "queued": True, "textinfo": _queue_text(services, row)}
     if row.state.is_terminal:
         # Failed and canceled jobs complete too (§7.7), so a poller always stops.
         return {**idle, "completed": True, "textinfo": _terminal_text(row)}
-    live = current_live(row, safe_live_progress(services, row))
     progress = min(max(live.fraction, 0.0), 1.0) if live is not None else 0.0
     eta = live.eta_s if live is not None else None
     # As the reference: the picture only when its id differs from the one the client has; else the client's id
@@ -361,10 +361,10 @@ def sdapi_progress(
     if row is None:
         return {**idle, "state": _idle_state(), "textinfo": "Waiting..." if id_task else None}
     preview = None if skip_current_image else watched_preview(services, row)
+    row, live = running_live(services, row)
     if row.state is not JobState.RUNNING:
         text = _queue_text(services, row) if row.state is JobState.QUEUED else _terminal_text(row)
         return {**idle, "state": _idle_state(row.task_id), "textinfo": text}
-    live = current_live(row, safe_live_progress(services, row))
     stops = _safe_stops(services, row)
     fraction = live.fraction if live is not None else 0.0
     # The reference adds 0.01 so that a started job never reads as idle (0).

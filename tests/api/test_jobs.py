@@ -400,6 +400,40 @@ def test_running_snapshot_merges_live_progress(farm: Farm, image_png: bytes) -> 
     assert farm.client.get("/v1/jobs/prog", headers=ALICE).json()["step"] == 0
 
 
+@pytest.mark.parametrize("route", ["/v1/jobs/{task}", "/internal/progress", "/sdapi/v1/progress"])
+def test_a_job_ending_between_the_row_and_the_live_read_never_reads_as_step_zero(
+    farm: Farm, image_png: bytes, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    # A worker commits the end, then clears the live record. A progress read that reads the running row, then
+    # finds the record cleared, must not answer "running, progress 0" after a poller has seen 7/8.
+    asset = upload(farm, image_png)["asset_id"]
+    put_job(farm, "race", job_body(asset))
+    row = farm.claim("alice", "race")
+    farm.progress(row, step=7, total=8, seq=3)
+    live = farm.app.state.services.live
+    read_progress = live.get_progress
+
+    def the_job_ends_first(job_id: uuid.UUID | str) -> Any:
+        farm.succeed_with_artifacts("alice", "race")
+        monkeypatch.setattr(live, "get_progress", read_progress)
+        return read_progress(job_id)
+
+    monkeypatch.setattr(live, "get_progress", the_job_ends_first)
+    task = "race"
+    if route == "/internal/progress":
+        answer = farm.client.post(route, json={"id_task": task}, headers=ALICE).json()
+        assert (answer["active"], answer["completed"], answer["textinfo"]) == (False, True, "Done")
+    elif route == "/sdapi/v1/progress":
+        answer = farm.client.get(route, params={"id_task": task}, headers=ALICE).json()
+        assert (answer["state"]["sampling_step"], answer["textinfo"]) == (0, "Done")
+        assert answer["state"]["job"] == task
+    else:
+        answer = farm.client.get(route.format(task=task), headers=ALICE).json()
+        assert (answer["state"], answer["progress"]) == ("succeeded", 1.0)
+        assert answer["step"] == answer["total_steps"] > 0
+    assert live.get_progress is read_progress, "the job ended between the two reads"
+
+
 def test_succeeded_snapshot_lists_downloadable_artifacts(served_farm: tuple[Farm, str], image_png: bytes) -> None:
     farm, base_url = served_farm
     with httpx.Client(base_url=base_url, headers=ALICE) as client:
