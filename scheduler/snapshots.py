@@ -298,9 +298,8 @@ def read_snapshot(
     and adds the newest one.
     A live status that cannot be reached degrades to the durable row: the job's state never depends on it.
     """
-    if live is not None:
-        progress = live.get(str(row.id))
-    else:
+    progress = live.get(str(row.id)) if live is not None else None
+    if progress is None:  # not read yet, or the list's read found none: see running_live
         row, progress = running_live(services, row)
     artifacts = services.db.jobs.artifacts_of(row.id) if row.state is JobState.SUCCEEDED else []
     standing = None
