@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.models.architecture import Architecture, checkpoint_architecture
-from shared.models.checkpoints import Checkpoint, CheckpointIndex, scan_checkpoints
+from shared.models.checkpoints import Checkpoint, CheckpointIndex, checkpoint_named, scan_checkpoints
 from shared.models.hashes import HASH_CACHE_FILE, HashCache
 from shared.models.hypernetworks import scan_hypernetworks
 from shared.models.loras import Lora, LoraIndex, lora_hash, scan_loras
@@ -51,7 +51,16 @@ class ModelFiles:
             return self.checkpoints()
 
     def resolve_checkpoint(self, name: str) -> Checkpoint | None:
-        """The checkpoint any alias names; a name not found rescans once (a file added since) before None."""
+        """The checkpoint any alias names; a name not found rescans once (a file added since) before None.
+
+        Until the folder has been scanned, a canonical name is looked up alone (`checkpoint_named`): resolving
+        one job's model must not hash every checkpoint of the folder first."""
+        with self._lock:
+            scanned = self._checkpoints is not None
+        if not scanned:
+            named = checkpoint_named(name.strip(), self.models_dir, self.hashes)
+            if named is not None:
+                return named
         found = self.checkpoints().resolve(name)
         return found if found is not None else self.refresh_checkpoints().resolve(name)
 

@@ -164,9 +164,13 @@ def _entry(name: str, path: Path, cache: HashCache) -> Checkpoint:
     )
 
 
+def _tiny_entry(name: str) -> Checkpoint:
+    return Checkpoint(name, name, name, "tiny", None, tiny_sha256(name), None, None)
+
+
 def scan_checkpoints(models_dir: Path | None, cache: HashCache) -> list[Checkpoint]:
     """The tiny models, then the checkpoints of `models_dir`, hashed (through `cache`)."""
-    entries = [Checkpoint(n, n, n, "tiny", None, tiny_sha256(n), None, None) for n in TINY_NAMES]
+    entries = [_tiny_entry(n) for n in TINY_NAMES]
     seen = set(TINY_NAMES)
     if models_dir is not None:
         for name, path in _candidates(models_dir):
@@ -179,6 +183,25 @@ def scan_checkpoints(models_dir: Path | None, cache: HashCache) -> list[Checkpoi
             seen.add(name)
             entries.append(entry)
     return entries
+
+
+def checkpoint_named(name: str, models_dir: Path | None, cache: HashCache) -> Checkpoint | None:
+    """The checkpoint whose canonical name is `name`, hashing that file alone; None when no checkpoint has that
+    name (it may still be another alias). The entry is the one `scan_checkpoints` lists under that name.
+
+    A worker's jobs name their model canonically (the scheduler resolved the alias at submission), so a worker
+    starting with an empty hash cache reads only the checkpoints it renders with, not the whole folder."""
+    if name in TINY_NAMES:
+        return _tiny_entry(name)
+    if models_dir is None:
+        return None
+    for candidate, path in _candidates(models_dir):
+        if candidate == name:  # the first of a name, as scan_checkpoints keeps it
+            try:
+                return _entry(candidate, path, cache)
+            except OSError:
+                return None
+    return None
 
 
 def checkpoint_names(models_dir: Path | None) -> list[str]:

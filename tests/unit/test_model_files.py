@@ -127,6 +127,25 @@ def test_the_names_a_worker_announces_are_the_listing_s_without_reading_a_file(
     assert names == [e.name for e in ModelFiles(webui.root, tmp_path / "data").checkpoints().entries]
 
 
+def test_a_job_s_canonical_model_name_hashes_that_checkpoint_alone(
+    webui: WebuiModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker with an empty hash cache renders its first job without reading every checkpoint of the folder.
+    reads = counting_digests(monkeypatch)
+    wanted = webui.sub_checkpoints[1]
+    name = wanted.relative_to(webui.root / "Stable-diffusion").as_posix()
+    found = ModelFiles(webui.root, tmp_path / "worker-data").resolve_checkpoint(name)
+    assert set(reads) == {wanted}
+    listed = ModelFiles(webui.root, tmp_path / "scheduler-data").checkpoints().resolve(name)
+    assert found == listed
+    # Any other alias still needs the whole index, and finds the same entry.
+    assert listed is not None
+    reads.clear()
+    by_hash = ModelFiles(webui.root, tmp_path / "fresh-data").resolve_checkpoint(listed.shorthash)
+    assert by_hash == listed
+    assert len(set(reads)) > 1
+
+
 def test_two_caches_on_one_file_keep_each_others_entries(tmp_path: Path) -> None:
     a_file, b_file = tmp_path / "a.bin", tmp_path / "b.bin"
     a_file.write_bytes(b"a")
