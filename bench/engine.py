@@ -315,22 +315,33 @@ def measure_samplers(model: Any, size: int, steps: int, repeats: int, label: str
     del torch
 
 
-def run(config: Config) -> list[BenchResult]:
+def render_device(config: Config) -> tuple[Any, Any, str]:
+    """(device, dtype, how the settings name them) that an engine benchmark renders on: CUDA in the worker's
+    precision with `--gpu`, else the CPU in float32 with the torch thread count pinned (OMP_NUM_THREADS when set)."""
     import torch
 
-    from worker.engine.models import load_model, pick_device, pick_dtype
+    from worker.engine.models import pick_device, pick_dtype
 
     warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword")
-    result = BenchResult("engine", "Engine vs diffusers on the same model and work")
     threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or torch.get_num_threads()
     if not config.gpu:
         torch.set_num_threads(threads)
     device = pick_device("cuda" if config.gpu else "cpu")
     dtype = pick_dtype(device) if config.gpu else torch.float32
+    label = f"{device.type}, {str(dtype).removeprefix('torch.')}" + (
+        "" if config.gpu else f", {threads} torch thread(s)"
+    )
+    return device, dtype, label
+
+
+def run(config: Config) -> list[BenchResult]:
+    from worker.engine.models import load_model
+
+    result = BenchResult("engine", "Engine vs diffusers on the same model and work")
+    device, dtype, device_label = render_device(config)
     result.settings = {
         "sampler": f'Euler, strength {STRENGTH}, CFG {CFG_SCALE}, negative prompt ""',
-        "device": f"{device.type}, {str(dtype).removeprefix('torch.')}"
-        + ("" if config.gpu else f", {threads} torch thread(s)"),
+        "device": device_label,
         "repeats": "alternating; medians",
     }
     cases: list[Case] = []

@@ -16,17 +16,15 @@ The sizes alternate within each repeat; the figures are medians.
 from __future__ import annotations
 
 import functools
-import os
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench import harness
 from bench.config import Config
-from bench.engine import CFG_SCALE, PROMPT, SEED, STRENGTH, _picture, _sync, cache_dir, sd15_dir
+from bench.engine import CFG_SCALE, PROMPT, SEED, STRENGTH, _picture, _sync, cache_dir, render_device, sd15_dir
 from bench.results import BenchResult
 
 RANK = 8
@@ -128,21 +126,13 @@ def measure(label: str, model: Any, size: int, steps: int, repeats: int, result:
 
 
 def run(config: Config) -> list[BenchResult]:
-    import torch
+    from worker.engine.models import load_model
 
-    from worker.engine.models import load_model, pick_device, pick_dtype
-
-    warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept a copy keyword")
     result = BenchResult("lora", "LoRA: switching sets and rendering with 0, 1 and 3 LoRAs")
-    threads = int(os.environ.get("OMP_NUM_THREADS") or 0) or torch.get_num_threads()
-    if not config.gpu:
-        torch.set_num_threads(threads)
-    device = pick_device("cuda" if config.gpu else "cpu")
-    dtype = pick_dtype(device) if config.gpu else torch.float32
+    device, dtype, device_label = render_device(config)
     result.settings = {
         "sampler": f"Euler, strength {STRENGTH}, CFG {CFG_SCALE}, batch 1",
-        "device": f"{device.type}, {str(dtype).removeprefix('torch.')}"
-        + ("" if config.gpu else f", {threads} torch thread(s)"),
+        "device": device_label,
         "repeats": f"{config.lora_repeats}, alternating; medians",
     }
     steps = config.engine_gpu_steps if config.gpu else config.lora_steps

@@ -43,6 +43,7 @@ from shared.db import BatchRow, JobRow, NewJob
 from shared.errors import Conflict, FieldProblem, InputError, NotFound, RateLimited
 from shared.job.problems import headline_first
 from shared.job.spec import Img2ImgJob, SpecLimits, parse_job
+from shared.live import events_key
 from shared.states import JobState
 
 log = logging.getLogger("scheduler.batches")
@@ -429,6 +430,10 @@ def read_batch(
 def cancel_batch(services: Services, tenant: str, batch_id: uuid.UUID) -> None:
     """Cancel what has not finished: queued children at once, running ones at their next step. Raises NotFound."""
     batch = services.db.batches.cancel(tenant, batch_id)
+    try:
+        services.live.notify(events_key(tenant))  # the queued children's events are written
+    except Exception as exc:
+        log.warning("waking the event feed of %s failed: %s", tenant, exc)
     cursor: str | None = None
     while True:
         running, cursor = services.db.jobs.list_jobs(

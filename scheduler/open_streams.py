@@ -1,4 +1,5 @@
-"""The open event streams of one API process, and the signal that ends them when the server shuts down.
+"""The open event streams (and event-feed long polls) of one API process, and the signal that ends them when the
+server shuts down.
 
 uvicorn's graceful shutdown waits for every open connection to finish its response; an event stream's response
 lasts until its job finishes, so without this signal a restart waited out `timeout_graceful_shutdown` (10 s) and
@@ -20,16 +21,30 @@ from collections.abc import Iterator
 
 from shared.live import LiveStatus
 
-__all__ = ["OpenStream", "OpenStreams"]
+__all__ = ["OpenStream", "OpenStreams", "wait_for_change"]
 
 log = logging.getLogger("scheduler.open_streams")
 
 
-class OpenStream:
-    """One open stream: its job, and a future of its event loop that completes when the stream must end."""
+def wait_for_change(live: LiveStatus, key: uuid.UUID | str, timeout_s: float, stopping: threading.Event) -> bool:
+    """`live.wait_for_change(key)` for a stream's thread: no new wait once the server stops, and a live status that
+    is down waits out the slice (the caller then reads the durable state again) instead of failing the stream."""
+    if stopping.is_set():  # the server shuts down: no new wait can hold up its exit
+        return False
+    try:
+        return live.wait_for_change(key, timeout_s)
+    except Exception as exc:
+        log.warning("waiting for changes of %s failed (%s); polling", key, exc)
+        stopping.wait(timeout_s)
+        return False
 
-    def __init__(self, job_id: uuid.UUID, loop: asyncio.AbstractEventLoop) -> None:
-        self.job_id = job_id
+
+class OpenStream:
+    """One open stream: the live key it waits on (a job id, or a tenant's `events_key`), and a future of its event
+    loop that completes when the stream must end."""
+
+    def __init__(self, key: uuid.UUID | str, loop: asyncio.AbstractEventLoop) -> None:
+        self.key = key
         self.ended: asyncio.Future[None] = loop.create_future()
 
     def end(self) -> None:
@@ -57,9 +72,9 @@ class OpenStreams:
             return len(self._open)
 
     @contextlib.contextmanager
-    def track(self, job_id: uuid.UUID) -> Iterator[OpenStream]:
-        """Register a stream of `job_id` on the running loop for as long as the block runs."""
-        stream = OpenStream(job_id, asyncio.get_running_loop())
+    def track(self, key: uuid.UUID | str) -> Iterator[OpenStream]:
+        """Register a stream waiting on `key` on the running loop for as long as the block runs."""
+        stream = OpenStream(key, asyncio.get_running_loop())
         with self._lock:
             self._open.add(stream)
         if self.stopping.is_set():
@@ -73,7 +88,7 @@ class OpenStreams:
     def end_all(self, live: LiveStatus) -> int:
         """Tell every open stream to end now; returns how many were open.
 
-        Besides completing each stream's future, the live status is notified for each job, so that the threads
+        Besides completing each stream's future, the live status is notified for each key, so that the threads
         waiting for a change of it return at once instead of at the end of their wait slice (the process cannot
         exit before its threads do).
         """
@@ -82,9 +97,9 @@ class OpenStreams:
             streams = list(self._open)
         for stream in streams:
             stream.end()
-        for job_id in {stream.job_id for stream in streams}:
+        for key in {stream.key for stream in streams}:
             try:
-                live.notify(job_id)
+                live.notify(key)
             except Exception as exc:  # live status down: the waits end at their slice (they poll a stop flag)
-                log.warning("waking the stream of job %s for shutdown failed (%s)", job_id, exc)
+                log.warning("waking the stream of %s for shutdown failed (%s)", key, exc)
         return len(streams)

@@ -39,7 +39,7 @@ from scheduler.dispatch import Dispatcher, MarkerLoop, dispatched_marker
 from scheduler.purge import PurgeReport, purge_once
 from shared.config import Settings
 from shared.db import Database, JobRow, make_engine
-from shared.live import LiveStatus, open_live_status
+from shared.live import LiveStatus, events_key, open_live_status
 from shared.queueing import make_celery_app
 from shared.states import JobState
 from shared.storage import Storage, open_storage
@@ -291,15 +291,18 @@ class Reconciler(MarkerLoop):
             return None
 
     def _update_live(self, changed: Iterable[JobRow], *, clear: bool) -> None:
-        for job in changed:
-            try:
+        tenants: set[str] = set()
+        try:
+            for job in changed:
                 if clear:
                     self._live.clear(job.id)
                 self._live.notify(job.id)
-            except Exception:
-                # Live status is a cache: a status read merges the durable row anyway.
-                log.warning("could not update the live status of changed jobs", exc_info=True)
-                return
+                tenants.add(job.tenant)
+            for tenant in sorted(tenants):  # a job that ended wrote its tenant's events
+                self._live.notify(events_key(tenant))
+        except Exception:
+            # Live status is a cache: a status read merges the durable row anyway.
+            log.warning("could not update the live status of changed jobs", exc_info=True)
 
     # --------------------------------------------------------------------------------------------------------------
     # The loop

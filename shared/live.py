@@ -102,8 +102,16 @@ class StopRequests:
     watched: bool = False
 
 
+def events_key(tenant: str) -> str:
+    """The wake-up key of a tenant's event feed. `notify(events_key(t))` after a change that may have written
+    events of tenant `t` (a job ending, a cancel) wakes its `GET /v1/events` long polls at once; they also read the
+    feed again every few seconds, so a lost wake-up costs latency, never an event."""
+    return f"events:{tenant}"
+
+
 class LiveStatus(ABC):
-    """Progress records, cancel flags and change notifications, keyed by the job's database id."""
+    """Progress records, cancel flags and change notifications, keyed by the job's database id (or, for the
+    notifications, `events_key`)."""
 
     @abstractmethod
     def set_progress(self, progress: LiveProgress) -> None:

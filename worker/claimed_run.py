@@ -14,7 +14,7 @@ from shared.config import Settings
 from shared.db import JobRow
 from shared.errors import DatabaseUnavailable, LeaseLost
 from shared.job.spec import Img2ImgJob
-from shared.live import LiveStatus
+from shared.live import LiveStatus, events_key
 from worker.deps import WorkerDeps
 from worker.run_outcome import PhaseTimings, RunOutcome
 
@@ -115,6 +115,8 @@ class ClaimedRun:
             raise CancelRequested
 
     def finished(self) -> None:
-        """After a terminal transition (or a requeue): drop the live record, wake the job's watchers."""
+        """After a terminal transition (or a requeue): drop the live record, wake the job's watchers and the
+        long polls of its tenant's event feed."""
         self.live.call("clear", lambda: self.deps.live.clear(self.job_id))
         self.live.call("notify", lambda: self.deps.live.notify(self.job_id))
+        self.live.call("events notify", lambda: self.deps.live.notify(events_key(self.row.tenant)))

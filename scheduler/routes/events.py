@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import uuid
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
@@ -34,10 +33,10 @@ from fastapi.responses import StreamingResponse
 
 from scheduler.auth import TenantDep
 from scheduler.deps import Services, ServicesDep
+from scheduler.open_streams import wait_for_change
 from scheduler.routes import checked_task_id
 from scheduler.snapshots import preview_out, read_snapshot, watched_preview
 from shared.errors import InputError
-from shared.live import LiveStatus
 
 log = logging.getLogger("scheduler.routes.events")
 
@@ -60,18 +59,6 @@ def format_preview_event(preview: dict[str, Any]) -> str:
     return f"event: preview\ndata: {data}\n\n"
 
 
-def _wait(live: LiveStatus, job_id: uuid.UUID, timeout_s: float, stopping: threading.Event) -> bool:
-    if stopping.is_set():  # the server shuts down: no new wait can hold up its exit
-        return False
-    try:
-        return live.wait_for_change(job_id, timeout_s)
-    except Exception as exc:
-        # Redis down: poll instead (wait out the slice, then the caller re-reads the durable row).
-        log.warning("waiting for changes of job %s failed (%s); polling", job_id, exc)
-        stopping.wait(timeout_s)
-        return False
-
-
 async def snapshot_stream(
     services: Services,
     job_id: uuid.UUID,
@@ -92,7 +79,9 @@ async def snapshot_stream(
     with services.streams.track(job_id) as stream:
         while True:
             # Start waiting before reading, so a change that lands during the read still wakes the next wait.
-            waiter = loop.run_in_executor(services.stream_waits, _wait, services.live, job_id, wait_slice_s, stopping)
+            waiter = loop.run_in_executor(
+                services.stream_waits, wait_for_change, services.live, job_id, wait_slice_s, stopping
+            )
             row = await run_in_threadpool(services.db.jobs.get_by_id, job_id)
             snapshot = await run_in_threadpool(read_snapshot, services, row)
             # Marked watched before anything is sent, so the worker draws previews from the client's first event on.

@@ -19,6 +19,7 @@ from scheduler.routes import Responses, checked_task_id, create_or_get_responses
 from scheduler.snapshots import JobList, JobSnapshot, read_snapshot, safe_live_many
 from scheduler.submission import Submission, submit_job
 from shared.db import MAX_LIST_LIMIT
+from shared.live import events_key
 from shared.states import JobState
 
 log = logging.getLogger("scheduler.routes.jobs")
@@ -141,6 +142,8 @@ def cancel_job(task_id: str, services: ServicesDep, tenant: TenantDep) -> JSONRe
             # The fast flag the worker checks at every step; the durable one (in the row) is seen at lease renewal.
             services.live.request_cancel(row.id)
         services.live.notify(row.id)
+        if row.state is JobState.CANCELED:  # canceled here, while queued: its event is written
+            services.live.notify(events_key(tenant))
     except Exception as exc:
         # The durable flag is set; a worker still sees it at its next lease renewal.
         log.warning("live cancel flag for job %s not set: %s", row.id, exc)

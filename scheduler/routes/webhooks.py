@@ -2,6 +2,8 @@
 
 - `GET /v1/events?after=<cursor>&wait_s=<s>`: the tenant's events, oldest first, after a cursor; waits up to `wait_s`
   seconds for the first one when there is none yet (a long poll). Each item is the webhook body plus its `cursor`.
+  A waiting poll sleeps on the tenant's `events_key` (shared/live.py), which whoever ends a job notifies, and reads
+  the feed again at least every `RECHECK_S` in case a wake-up was lost.
 - `GET /v1/jobs/{task_id}/deliveries`: the job's webhook deliveries, their attempts and next retry.
 - `POST /v1/jobs/{task_id}/deliveries/{event_id}/redeliver`: one more delivery of one of the job's events.
 - `GET /v1/webhooks/secret`, `POST /v1/webhooks/secret/rotate`: the tenant's signing secret, and a new one (the old
@@ -21,18 +23,20 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from scheduler.auth import TenantDep
-from scheduler.deps import ServicesDep
+from scheduler.deps import Services, ServicesDep
+from scheduler.open_streams import wait_for_change
 from scheduler.routes import Responses, checked_task_id
 from scheduler.webhook_urls import check_submitted_webhook_url
 from shared.db.events import DeliveryRow, EventRow, TenantSecrets
 from shared.errors import InputError, NotFound
+from shared.live import events_key
 
 router = APIRouter(tags=["events"])
 
 MAX_EVENTS = 500
 DEFAULT_EVENTS = 100
 MAX_WAIT_S = 30.0
-POLL_S = 0.25  # how often a long poll reads the table again
+RECHECK_S = 2.0  # the longest a waiting long poll goes without reading the feed (a lost wake-up costs this much)
 MAX_CURSOR_DIGITS = 19
 
 ERRORS: Responses = {
@@ -76,14 +80,32 @@ async def list_events(
 ) -> JSONResponse:
     position = _cursor(after)
     deadline = time.monotonic() + wait_s
-    while True:
-        rows = await run_in_threadpool(services.db.events.feed, tenant, position, limit)
-        # A graceful shutdown answers waiting polls at once (scheduler/open_streams.py); the client polls again.
-        if rows or time.monotonic() >= deadline or services.streams.stopping.is_set():
-            break
-        await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+    rows = await run_in_threadpool(services.db.events.feed, tenant, position, limit)
+    if not rows and wait_s > 0:
+        rows = await _wait_for_events(services, tenant, position, limit, deadline)
     next_cursor = str(rows[-1].position) if rows else str(position)
     return JSONResponse({"events": [_event_out(row) for row in rows], "next_cursor": next_cursor})
+
+
+async def _wait_for_events(
+    services: Services, tenant: str, position: int, limit: int, deadline: float
+) -> list[EventRow]:
+    """The feed after `position` once it has something, or empty at `deadline` or when the server shuts down (a
+    graceful shutdown answers waiting polls at once, scheduler/open_streams.py; the client polls again)."""
+    loop = asyncio.get_running_loop()
+    key = events_key(tenant)
+    stopping = services.streams.stopping
+    with services.streams.track(key) as poll:
+        while (remaining := deadline - time.monotonic()) > 0 and not poll.ended.done():
+            # Listening before the read, so that an event written during the read still wakes this wait.
+            waiter = loop.run_in_executor(
+                services.stream_waits, wait_for_change, services.live, key, min(remaining, RECHECK_S), stopping
+            )
+            rows = await run_in_threadpool(services.db.events.feed, tenant, position, limit)
+            if rows:
+                return rows
+            await asyncio.wait((waiter, poll.ended), return_when=asyncio.FIRST_COMPLETED)
+    return []
 
 
 def _delivery_out(row: DeliveryRow, event_types: dict[str, str]) -> dict[str, Any]:

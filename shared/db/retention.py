@@ -51,23 +51,16 @@ class Retention(Operations):
 
     def results_due(self, tenants: Sequence[str], others: bool, cutoff: datetime, limit: int) -> list[JobRow]:
         """Terminal jobs of these tenants that finished before `cutoff` and still have their outputs stored."""
-        statement = (
-            sa.select(jobs)
-            .where(
-                jobs.c.state.in_(_TERMINAL),
-                jobs.c.results_purged_at.is_(None),
-                jobs.c.finished_at < cutoff,
-                _tenant_filter(jobs.c.tenant, tenants, others),
-                _batch_finished(),
-            )
-            .order_by(jobs.c.finished_at, jobs.c.id)
-            .limit(limit)
-        )
-        with self._tx.begin(write=False) as conn:
-            return [JobRow.from_mapping(row) for row in conn.execute(statement).mappings()]
+        return self._finished_before(tenants, others, cutoff, limit, jobs.c.results_purged_at.is_(None))
 
     def jobs_due(self, tenants: Sequence[str], others: bool, cutoff: datetime, limit: int) -> list[JobRow]:
         """Terminal jobs of these tenants that finished before `cutoff` (their rows are to go)."""
+        return self._finished_before(tenants, others, cutoff, limit)
+
+    def _finished_before(
+        self, tenants: Sequence[str], others: bool, cutoff: datetime, limit: int, *extra: sa.ColumnElement[bool]
+    ) -> list[JobRow]:
+        """Terminal jobs of these tenants, outside an unfinished batch, finished before `cutoff`, oldest first."""
         statement = (
             sa.select(jobs)
             .where(
@@ -75,6 +68,7 @@ class Retention(Operations):
                 jobs.c.finished_at < cutoff,
                 _tenant_filter(jobs.c.tenant, tenants, others),
                 _batch_finished(),
+                *extra,
             )
             .order_by(jobs.c.finished_at, jobs.c.id)
             .limit(limit)

@@ -95,6 +95,11 @@ def counts_by_state(tx: Transactions, where: sa.ColumnElement[bool]) -> dict[Job
     return counts
 
 
+def _queue_order_parameters(job: JobRow) -> dict[str, Any]:
+    """Where `job` sorts in its queue: the bound parameters of the position and standing statements."""
+    return {"queue": job.queue, "priority": job.priority, "created_at": job.created_at, "id": job.id}
+
+
 class Stats(Operations):
     """Read-only counts for status reads, admission limits, the wait estimate and the metrics."""
 
@@ -108,12 +113,7 @@ class Stats(Operations):
         """
         if job.state is not JobState.QUEUED:
             return None
-        parameters: dict[str, Any] = {
-            "queue": job.queue,
-            "priority": job.priority,
-            "created_at": job.created_at,
-            "id": job.id,
-        }
+        parameters = _queue_order_parameters(job)
         if cap is not None:
             parameters["cap"] = cap
         with self._tx.begin(write=False) as conn:
@@ -128,14 +128,7 @@ class Stats(Operations):
         """
         if job.state is not JobState.QUEUED:
             return None
-        parameters: dict[str, Any] = {
-            "queue": job.queue,
-            "priority": job.priority,
-            "created_at": job.created_at,
-            "id": job.id,
-            "tenant": job.tenant,
-            "cap": cap,
-        }
+        parameters = {**_queue_order_parameters(job), "tenant": job.tenant, "cap": cap}
         with self._tx.begin(write=False) as conn:
             higher, older, own, others = conn.execute(_queue_standing_statement(), parameters).one()
         return QueueStanding(

@@ -11,9 +11,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from scheduler.app import create_app
-from shared.config import Settings
-from shared.db import upgrade
+from tests.embedded_scheduler import embedded_scheduler
 from tests.embedding_files import vectors, webui_dict, write_safetensors, write_torch
 
 TOKEN = "embeddings-alice-token-0123456789"
@@ -47,17 +45,7 @@ def models_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(tmp_path: Path, models_dir: Path) -> Iterator[TestClient]:
-    database_url = f"sqlite:///{tmp_path / 'renderfarm.db'}"
-    upgrade(database_url)
-    settings = Settings(
-        _env_file=None,
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        api_tokens=f"alice:{TOKEN}",
-        models_dir=models_dir,
-    ).check()
-    app = create_app(settings, start_background=False)
-    with TestClient(app, client=("127.0.0.1", 50000)) as test_client:
+    with embedded_scheduler(tmp_path, models_dir, TOKEN) as test_client:
         yield test_client
 
 

@@ -17,14 +17,13 @@ import torch
 from fastapi.testclient import TestClient
 from safetensors.torch import save_file
 
-from scheduler.app import create_app
 from scheduler.model_checks import lora_problems
-from shared.config import Settings
-from shared.db import Database, upgrade
+from shared.db import Database
 from shared.models import TINY_NAMES, ModelFiles
 from shared.models.tiny import tiny_sha256
 from shared.queueing import queue_name
 from tests.api.conftest import png_bytes
+from tests.embedded_scheduler import embedded_scheduler
 from tests.embedding_files import vectors, webui_dict, write_torch
 from tests.model_folders import STYLE_METADATA, WebuiModels, build_webui_models
 from worker.engine.models.tiny import build_tiny_model
@@ -46,16 +45,7 @@ def webui(tmp_path: Path, tiny_folder: Path) -> WebuiModels:
 
 @pytest.fixture
 def client(tmp_path: Path, webui: WebuiModels) -> Iterator[TestClient]:
-    database_url = f"sqlite:///{tmp_path / 'renderfarm.db'}"
-    upgrade(database_url)
-    settings = Settings(
-        _env_file=None,
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        api_tokens=f"alice:{TOKEN}",
-        models_dir=webui.root,
-    ).check()
-    with TestClient(create_app(settings, start_background=False), client=("127.0.0.1", 50000)) as test_client:
+    with embedded_scheduler(tmp_path, webui.root, TOKEN) as test_client:
         yield test_client
 
 
@@ -274,17 +264,7 @@ def test_embeddings_beside_the_webui_models_folder(client: TestClient, webui: We
 
 
 def test_a_hub_id_default_model_is_listed_without_a_hash(tmp_path: Path, webui: WebuiModels) -> None:
-    database_url = f"sqlite:///{tmp_path / 'hub.db'}"
-    upgrade(database_url)
-    settings = Settings(
-        _env_file=None,
-        data_dir=tmp_path / "data",
-        database_url=database_url,
-        api_tokens=f"alice:{TOKEN}",
-        models_dir=webui.root,
-        model="org/some-model",
-    ).check()
-    with TestClient(create_app(settings, start_background=False), client=("127.0.0.1", 50000)) as hub:
+    with embedded_scheduler(tmp_path, webui.root, TOKEN, database="hub.db", model="org/some-model") as hub:
         first = hub.get("/sdapi/v1/sd-models", auth=AUTH).json()[0]
         assert first == {"title": "org/some-model", "model_name": "org/some-model", "hash": None, "sha256": None,
                          "filename": "org/some-model", "config": None}  # fmt: skip

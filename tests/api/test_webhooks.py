@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 import renderfarm
 from renderfarm.cli import main as cli_main
 from scheduler.app import create_app
+from scheduler.routes import webhooks as webhook_routes
 from scheduler.webhooks import WebhookSender
 from tests.api.conftest import ALICE, ALICE_TOKEN, BOB, LOOPBACK_CLIENT, Farm, FarmFactory, job_body, put_job
 from tests.clock import FakeClock
@@ -317,6 +318,45 @@ def test_the_feed_waits_for_the_next_event(make_farm: FarmFactory, image_png: by
     empty = farm.client.get("/v1/events", params={"after": cursor, "wait_s": 0.3}, headers=ALICE).json()
     assert empty == {"events": [], "next_cursor": "0"}
     assert farm.client.get("/v1/events", params={"after": "x1"}, headers=ALICE).status_code == 422
+
+
+def test_a_waiting_poll_is_woken_by_the_event_it_waits_for(
+    make_farm: FarmFactory, image_png: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the periodic re-read pushed past the poll's own wait, only the wake-up of the tenant's event key can
+    # answer it with the event: without one this poll would come back empty after 30 s.
+    monkeypatch.setattr(webhook_routes, "RECHECK_S", 600.0)
+    farm = make_farm(**FAST)
+    put_job(farm, "wake-1", job_body(b64(image_png)))
+    cursor = feed(farm)["next_cursor"]
+    answers: list[dict[str, Any]] = []
+
+    def poll() -> None:
+        params = {"after": cursor, "wait_s": 30}
+        answers.append(farm.client.get("/v1/events", params=params, headers=ALICE).json())
+
+    streams = farm.app.state.services.streams
+    poller = threading.Thread(target=poll)
+    poller.start()
+    wait_until(lambda: len(streams) == 1, 30, "the poll to wait")
+    assert farm.client.post("/v1/jobs/wake-1/cancel", headers=ALICE).json()["state"] == "canceled"
+    poller.join(timeout=60)
+    assert not poller.is_alive()
+    (answer,) = answers
+    assert [(e["type"], e["data"]["task_id"]) for e in answer["events"]] == [("job.canceled", "wake-1")]
+    assert answer["next_cursor"] == answer["events"][0]["cursor"]
+    assert len(streams) == 0
+
+    # A graceful shutdown answers a waiting poll at once, empty; its client polls the next scheduler.
+    answers.clear()
+    cursor = answer["next_cursor"]
+    poller = threading.Thread(target=poll)
+    poller.start()
+    wait_until(lambda: len(streams) == 1, 30, "the poll to wait")
+    streams.end_all(farm.app.state.services.live)
+    poller.join(timeout=60)
+    assert not poller.is_alive()
+    assert answers == [{"events": [], "next_cursor": cursor}]
 
 
 @pytest.mark.parametrize(
