@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
+from urllib.parse import urlencode
 
 from scheduler.batches import read_batch
 from scheduler.dashboard.access import Viewer
@@ -24,7 +25,8 @@ from shared.db import JobRow, WorkerRow
 from shared.errors import NotFound
 from shared.states import JobState
 
-QUEUE_ROWS_PER_TENANT: Final = 100  # newest jobs shown per tenant on the queue page
+QUEUE_ROWS_PER_TENANT: Final = 100  # newest jobs shown per tenant on the queue page (one tenant's: per page)
+TOTALS_CAP: Final = 10_000  # queued and running totals are counted up to this ("10000+")
 BATCH_ITEMS: Final = 1000  # items of a batch laid out on its page
 ASSET_URL_EXPIRES_S: Final = 3600
 # The order of the queue page: what is moving first, then what waits, then what is done.
@@ -56,24 +58,58 @@ def progress_bar(snapshot: Mapping[str, Any]) -> str:
 # The queue
 
 
-def queue_page(services: Services, viewer: Viewer, state: JobState | None) -> str:
-    """Every shown tenant's newest jobs (running, then queued, then finished; higher priority first), with counts
-    by state, the waiting reason and ETA of each unfinished job."""
+def queue_href(state: JobState | None = None, tenant: str | None = None, before: str | None = None) -> str:
+    """The queue page's address: one state, one tenant (operators), a page of older jobs; each only when given."""
+    asked = {"state": state.value if state is not None else None, "tenant": tenant, "before": before}
+    query = urlencode({name: value for name, value in asked.items() if value})
+    return f"/ui/?{query}" if query else "/ui/"
+
+
+def queue_page(
+    services: Services, viewer: Viewer, state: JobState | None, tenant: str | None = None, before: str | None = None
+) -> str:
+    """The newest jobs of every tenant shown, or of `tenant` alone (running, then queued, then finished; higher
+    priority first), the waiting reason and ETA of each unfinished job, and counts by state: the queued and running
+    totals, the finished ones of the jobs listed. One tenant's list pages on: `before` is the cursor of its next
+    page (`JobsRepo.list_jobs`; raises InputError for a cursor this server did not make)."""
+    tenants = (tenant,) if tenant is not None else viewer.tenants_shown()
+    paged = len(tenants) == 1
     entries: list[tuple[JobRow, dict[str, Any]]] = []
-    for tenant in viewer.tenants_shown():
-        rows, _ = services.db.jobs.list_jobs(tenant, state=state, limit=QUEUE_ROWS_PER_TENANT)
+    older: str | None = None
+    for shown_tenant in tenants:
+        rows, older = services.db.jobs.list_jobs(
+            shown_tenant, state=state, limit=QUEUE_ROWS_PER_TENANT, cursor=before if paged else None
+        )
         live = safe_live_many(services, rows)
         entries += [(row, read_snapshot(services, row, live=live)) for row in rows]
     entries.sort(key=lambda entry: (STATE_ORDER[entry[0].state], -entry[0].priority, entry[0].created_at))
-    counts = {job_state: 0 for job_state in JobState}
+    counts: dict[JobState, int | str] = {job_state: 0 for job_state in JobState}
     for row, _snapshot in entries:
-        counts[row.state] += 1
+        counts[row.state] = int(counts[row.state]) + 1
+    for job_state, total in services.db.stats.unfinished_counts(tenants, cap=TOTALS_CAP).items():
+        counts[job_state] = f"{TOTALS_CAP}+" if total >= TOTALS_CAP else total
+    only = tenant if tenant != viewer.tenant else None
     filters = join(
-        f'<a href="/ui/?state={job_state.value}" class="count" data-testid="count-{job_state.value}">'
+        f'<a href="{esc(queue_href(job_state, only))}" class="count" data-testid="count-{job_state.value}">'
         f"{esc(job_state.value)} <b>{counts[job_state]}</b></a>"
         for job_state in STATE_ORDER
     )
-    shown = f" · only {esc(state.value)} (<a href='/ui/'>all</a>)" if state is not None else ""
+    shown = f" · only {esc(state.value)} (<a href='{esc(queue_href(None, only))}'>all</a>)" if state else ""
+    whose = f" of {esc(tenant)} (<a href='/ui/'>every tenant</a>)" if only is not None else ""
+    listed = (
+        f"Jobs{whose}, newest first, {QUEUE_ROWS_PER_TENANT} a page"
+        if paged
+        else f"Newest {QUEUE_ROWS_PER_TENANT} jobs per tenant (a tenant's name lists all of its jobs)"
+    )
+    totals = "queued and running: all of them; finished: of the jobs listed"
+    pager = join(
+        link
+        for link in (
+            f'<a href="{esc(queue_href(state, only))}" data-testid="newest">newest</a>' if before else "",
+            f'<a href="{esc(queue_href(state, only, older))}" data-testid="older">older jobs →</a>' if older else "",
+        )
+        if link
+    )
     tenant_column = viewer.operator
     head = join(
         f"<th>{name}</th>"
@@ -100,7 +136,11 @@ def queue_page(services: Services, viewer: Viewer, state: JobState | None) -> st
         )
         cells = [
             f'<td><a href="{esc(job_href(row.tenant, row.task_id, viewer))}">{esc(row.task_id)}</a></td>',
-            *([f"<td>{esc(row.tenant)}</td>"] if tenant_column else []),
+            *(
+                [f'<td><a href="{esc(queue_href(None, row.tenant))}">{esc(row.tenant)}</a></td>']
+                if tenant_column
+                else []
+            ),
             f"<td>{state_badge(row.state.value)}</td>",
             f"<td>{row.priority}</td>",
             f"<td>{progress_bar(snapshot)}</td>",
@@ -116,8 +156,9 @@ def queue_page(services: Services, viewer: Viewer, state: JobState | None) -> st
         else '<p class="empty">No jobs yet.</p>'
     )
     return (
-        f'<h1>Queue</h1><div class="counts">{filters}</div>'
-        f'<p class="muted">Newest {QUEUE_ROWS_PER_TENANT} jobs per tenant{shown}.</p>{table}'
+        f'<h1>Queue</h1><div class="counts" title="{totals}">{filters}</div>'
+        f'<p class="muted">{listed}{shown}. Counts: {totals}.</p>{table}'
+        + (f'<p class="pager">{pager}</p>' if pager else "")
     )
 
 

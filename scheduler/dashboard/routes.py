@@ -36,7 +36,7 @@ from scheduler.rate_limits import RateLimiter
 from scheduler.routes import checked_task_id
 from scheduler.routes.jobs import cancel_job
 from scheduler.submission import submit_job
-from shared.errors import NotFound
+from shared.errors import InputError, NotFound
 from shared.states import JobState
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
@@ -143,11 +143,26 @@ async def sign_out(request: Request) -> Response:
 
 
 @router.get("/ui/")
-async def queue(request: Request, services: ServicesDep, state: Annotated[JobState | None, Query()] = None) -> Response:
+async def queue(
+    request: Request,
+    services: ServicesDep,
+    state: Annotated[JobState | None, Query()] = None,
+    tenant: Annotated[str | None, Query()] = None,
+    before: Annotated[str | None, Query(max_length=200)] = None,
+) -> Response:
     viewer = viewer_of(request)
     if viewer is None:
         return _to_sign_in()
-    main = await run_in_threadpool(pages.queue_page, services, viewer, state)
+    owner = _tenant_of(viewer, tenant) if tenant is not None else None
+    if tenant is not None and owner is None:
+        return _not_found(viewer, f"no tenant {tenant}")
+    if before is not None and owner is None and len(viewer.tenants_shown()) > 1:
+        owner = viewer.tenant  # pages are of one tenant's list
+    try:
+        main = await run_in_threadpool(pages.queue_page, services, viewer, state, owner, before)
+    except InputError:  # a cursor this server did not make
+        return _html(frame("Bad request", viewer, '<h1>Bad request</h1><p>That page of the queue does not exist; '
+                           '<a href="/ui/">start from the newest jobs</a>.</p>'), 400)  # fmt: skip
     return _page(request, "Queue", viewer, main)
 
 

@@ -148,6 +148,20 @@ class Stats(Operations):
         with self._tx.begin(write=False) as conn:
             return int(conn.execute(statement).scalar_one())
 
+    def unfinished_counts(self, tenants: Sequence[str], *, cap: int) -> dict[JobState, int]:
+        """The queued and the running jobs of `tenants`, each counted up to `cap` (the dashboard's totals): one
+        statement of two capped scans, so a deep backlog costs the cap, not its size."""
+        if not tenants:
+            return {JobState.QUEUED: 0, JobState.RUNNING: 0}
+        of_tenants = jobs.c.tenant.in_(list(tenants))
+        statement = sa.select(
+            _count_up_to([jobs.c.state == JobState.QUEUED.value, of_tenants], cap),
+            _count_up_to([jobs.c.state == JobState.RUNNING.value, of_tenants], cap),
+        )
+        with self._tx.begin(write=False) as conn:
+            queued, running = conn.execute(statement).one()
+        return {JobState.QUEUED: int(queued), JobState.RUNNING: int(running)}
+
     def queued_count(self, tenant: str, *, cap: int | None = None) -> int:
         """The tenant's queued jobs (for the per-tenant limit on queued jobs), counted up to `cap` when given
         (`min(count, cap)`, at a cost bounded by the cap: a scan of `ix_jobs_queued_tenant`)."""

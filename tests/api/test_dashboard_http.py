@@ -6,10 +6,12 @@ apart, operators, and the pages built from the API's own snapshots.
 from __future__ import annotations
 
 import base64
+import html
 import re
 
 import pytest
 
+from scheduler.dashboard import pages
 from scheduler.dashboard.access import SESSION_COOKIE
 from tests.api.conftest import (
     ALICE,
@@ -96,6 +98,48 @@ def test_tenants_see_only_their_own_and_operators_everyone(make_farm: FarmFactor
     assert farm.client.get("/ui/jobs/dash-private").status_code == 404  # his own tenant has no such job
     assert farm.client.get("/ui/jobs/dash-private?tenant=alice").status_code == 200
     assert "gpu-0@api-tests" in farm.client.get("/ui/workers").text
+
+
+TASK_ROW = re.compile(r'<tr data-task-id="([^"]+)" data-state="([a-z]+)">')
+COUNT = re.compile(r'data-testid="count-([a-z]+)">[a-z]+ <b>([0-9+]+)</b>')
+OLDER = re.compile(r'<a href="([^"]+)" data-testid="older">')
+
+
+def test_the_queue_pages_on_and_counts_the_whole_backlog(
+    make_farm: FarmFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pages, "QUEUE_ROWS_PER_TENANT", 3)
+    farm = make_farm(operator_tenants="bob")
+    for n in range(7):
+        submit(farm, f"page-{n}")
+    farm.claim("alice", "page-0")
+    signed_in(farm, ALICE_TOKEN)
+    seen: list[str] = []
+    address: str | None = "/ui/"
+    while address is not None:
+        page = farm.client.get(html.unescape(address))
+        assert page.status_code == 200
+        seen += [task for task, _state in TASK_ROW.findall(page.text)]
+        # The counts are the whole backlog's, not the page's: 6 queued and 1 running on every page.
+        assert dict(COUNT.findall(page.text))["queued"] == "6", address
+        assert dict(COUNT.findall(page.text))["running"] == "1", address
+        older = OLDER.search(page.text)
+        address = older.group(1) if older is not None else None
+    assert sorted(seen) == [f"page-{n}" for n in range(7)]  # each job on exactly one page
+    assert len(seen) == len(set(seen))
+    assert farm.client.get("/ui/?before=not-a-cursor").status_code == 400
+
+    # An operator's view lists every tenant's newest; a tenant's name pages through that tenant alone.
+    farm.client.cookies.clear()
+    signed_in(farm, BOB_TOKEN)
+    everyone = farm.client.get("/ui/").text
+    assert len(TASK_ROW.findall(everyone)) == 3
+    assert OLDER.search(everyone) is None
+    assert 'href="/ui/?tenant=alice"' in everyone
+    alice = farm.client.get("/ui/?tenant=alice").text
+    assert len(TASK_ROW.findall(alice)) == 3
+    assert OLDER.search(alice) is not None
+    assert farm.client.get("/ui/?tenant=nobody").status_code == 404
 
 
 WORKER_ROW = re.compile(r'<tr data-worker="gpu-0@api-tests".*?</tr>', re.S)
