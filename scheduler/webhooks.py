@@ -25,7 +25,7 @@ from shared.config import Settings
 from shared.db import Database, utcnow
 from shared.db.events import ClaimedDelivery
 from shared.errors import DatabaseUnavailable
-from shared.webhooks import Resolver, WebhookUrlRefused, check_webhook_url, headers_for, system_resolver
+from shared.webhooks import Resolver, WebhookUrlRefused, delivery_target, headers_for, system_resolver
 
 log = logging.getLogger("scheduler.webhooks")
 
@@ -77,13 +77,17 @@ class WebhookSender(BackgroundLoop):
         status: int | None = None
         error: str | None = None
         try:
-            check_webhook_url(
+            # Checked again now (the name may point elsewhere since submission), and sent to the address checked.
+            target = delivery_target(
                 delivery.url, allow_private=self._settings.webhook_allow_private_addresses, resolve=self._resolve
             )
             payload = body_bytes(claimed.body)
             secrets = self._db.events.tenant_secrets(delivery.tenant).signing_secrets(when)
             headers = headers_for(secrets, delivery.event_id, int(when.timestamp()), payload)
-            response = self._http.post(delivery.url, content=payload, headers=headers)
+            if target.host_header is not None:
+                headers["host"] = target.host_header
+            extensions = {"sni_hostname": target.tls_server_name} if target.tls_server_name else None
+            response = self._http.post(target.url, content=payload, headers=headers, extensions=extensions)
             status = response.status_code
         except WebhookUrlRefused as refused:
             error = f"{refused.code}: {refused.message}"

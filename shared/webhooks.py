@@ -8,7 +8,8 @@ such signature per secret, separated by spaces; a receiver accepts the message w
 Addresses: a webhook URL is http or https, without credentials, and its host must not be (or resolve to) a loopback,
 link-local, private, multicast, reserved or unspecified address unless the operator allows those
 (`RENDERFARM_WEBHOOK_ALLOW_PRIVATE_ADDRESSES`). The check runs at submission and again before every delivery, since
-a name may resolve elsewhere by then (DNS rebinding).
+a name may resolve elsewhere by then; a delivery then connects to the address it checked (`delivery_target`), never
+to what a second lookup of the name answers (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import hmac
 import ipaddress
 import socket
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the scheme's prefix, not a secret
 SIGNATURE_VERSION = "v1"
@@ -105,6 +107,45 @@ def check_webhook_url(url: str, *, allow_private: bool, resolve: Resolver | None
     `resolve=None` checks only the form and a literal IP host (no DNS lookup). With a resolver, a host name is
     looked up and every address it resolves to must pass; a name that does not resolve is refused.
     """
+    _checked(url, allow_private=allow_private, resolve=resolve, need_addresses=False)
+
+
+@dataclass(frozen=True)
+class DeliveryTarget:
+    """Where one delivery connects. `url` has a host name replaced by an address the check passed, so the
+    connection goes where the check looked and not where a second lookup points (DNS rebinding); `host_header` and
+    `tls_server_name` then carry the original name (the Host header; TLS's SNI and the certificate's name)."""
+
+    url: str
+    host_header: str | None = None
+    tls_server_name: str | None = None
+
+
+def delivery_target(url: str, *, allow_private: bool, resolve: Resolver = system_resolver) -> DeliveryTarget:
+    """Check `url` as `check_webhook_url` does (raising WebhookUrlRefused) and pin the address checked."""
+    parts, addresses = _checked(url, allow_private=allow_private, resolve=resolve, need_addresses=True)
+    host = parts.hostname or ""
+    if not addresses or _is_literal_ip(host):
+        return DeliveryTarget(url)
+    address = addresses[0]
+    pinned = f"[{address}]" if address.version == 6 else str(address)
+    netloc = f"{pinned}:{parts.port}" if parts.port is not None else pinned
+    secure = parts.scheme.lower() == "https"
+    return DeliveryTarget(urlunsplit(parts._replace(netloc=netloc)), parts.netloc, host if secure else None)
+
+
+def _is_literal_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _checked(
+    url: str, *, allow_private: bool, resolve: Resolver | None, need_addresses: bool
+) -> tuple[SplitResult, list[ipaddress.IPv4Address | ipaddress.IPv6Address]]:
+    """The URL's parts and its host's addresses (looked up only when they are checked or `need_addresses`)."""
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise WebhookUrlRefused("invalid_url", "must be an http or https URL with a host")
@@ -112,18 +153,20 @@ def check_webhook_url(url: str, *, allow_private: bool, resolve: Resolver | None
         raise WebhookUrlRefused(
             "credentials_in_url", "must not carry credentials (user:password@); sign with the secret"
         )
-    if allow_private:
-        return
+    if allow_private and not need_addresses:
+        return parts, []
     host = parts.hostname
     try:
         port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
     except ValueError:
         raise WebhookUrlRefused("invalid_url", "has an invalid port") from None
     addresses = _addresses_of(host, port, resolve)
-    for address in addresses:
-        if not _is_public(address):
-            raise WebhookUrlRefused(
-                "private_address",
-                f"host {host!r} is or resolves to {address}, a loopback, link-local, private, multicast or "
-                "unspecified address, which the farm does not call (the operator may allow them)",
-            )
+    if not allow_private:
+        for address in addresses:
+            if not _is_public(address):
+                raise WebhookUrlRefused(
+                    "private_address",
+                    f"host {host!r} is or resolves to {address}, a loopback, link-local, private, multicast or "
+                    "unspecified address, which the farm does not call (the operator may allow them)",
+                )
+    return parts, addresses

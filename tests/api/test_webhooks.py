@@ -414,6 +414,31 @@ def test_delivery_rechecks_the_address(make_farm: FarmFactory, receiver: Receive
     assert delivery["log"][0]["error"].startswith("private_address")
 
 
+def test_a_delivery_connects_to_the_address_it_checked(
+    make_farm: FarmFactory, receiver: Receiver, image_png: bytes
+) -> None:
+    # The name exists only for the sender's resolver: a second lookup (the HTTP client's own) could not find it, so
+    # the delivery arriving proves it went to the address the check resolved, with the name as its Host.
+    farm = make_farm(**FAST)
+    port = receiver.server.server_address[1]
+    lookups: list[str] = []
+
+    def resolve(host: str, _port: int) -> list[str]:
+        lookups.append(host)
+        return ["127.0.0.1"] if host == "hooks.farm-test.invalid" else []
+
+    put_job(farm, "pin-1", job_body(b64(image_png), webhook_url=f"http://hooks.farm-test.invalid:{port}/hook"))
+    farm.succeed_with_artifacts("alice", "pin-1")
+    clock = clock_at_now()
+    sender = WebhookSender(farm.db, farm.settings, clock=lambda: clock.now, resolve=resolve)
+    assert sender.deliver_due() == 1
+    sender.stop()
+    (received,) = receiver.accepted
+    assert received.headers["host"] == f"hooks.farm-test.invalid:{port}"
+    assert json.loads(received.body)["data"]["task_id"] == "pin-1"
+    assert lookups == ["hooks.farm-test.invalid"]
+
+
 def test_the_sdk_verifies_a_delivered_webhook(make_farm: FarmFactory, receiver: Receiver, image_png: bytes) -> None:
     farm = make_farm(**FAST)
     sender = sender_for(farm, clock_at_now())
