@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Final
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -87,8 +87,25 @@ async def _form(request: Request) -> dict[str, str]:
     return {key: values[0] for key, values in parsed.items()}
 
 
-def _forbidden(viewer: Viewer, message: str) -> HTMLResponse:
+def _forbidden(viewer: Viewer | None, message: str) -> HTMLResponse:
     return _html(frame("Forbidden", viewer, f'<h1>Forbidden</h1><p data-testid="forbidden">{esc(message)}</p>'), 403)
+
+
+CROSS_SITE_MESSAGE: Final = "a page of another site sent this form; use the dashboard's own pages"
+
+
+def _cross_site(request: Request) -> bool:
+    """Whether the browser says a page of another origin made this POST: `Sec-Fetch-Site: cross-site`, or an
+    `Origin` (sent with every cross-origin form post) naming another host. The sign-in form has no session to tie
+    a CSRF token to, so this is what keeps another site from signing a browser in with the attacker's token; the
+    buttons check it besides their token. Requests without either header (non-browser clients) pass."""
+    if request.headers.get("sec-fetch-site") == "cross-site":
+        return True
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    # The host only: behind a TLS-terminating proxy the scheme this process sees differs from the browser's.
+    return origin == "null" or urlsplit(origin).netloc.lower() != request.headers.get("host", "").lower()
 
 
 @router.get("/")
@@ -111,6 +128,8 @@ async def sign_in(request: Request) -> Response:
     address = request.client.host if request.client and request.client.host else "unix-socket"
     if table.dev_mode:
         return RedirectResponse("/ui/", status_code=303)
+    if _cross_site(request):
+        return _forbidden(None, CROSS_SITE_MESSAGE)
     if limiter is not None:
         await limiter.admit(address, None)
     token = (await _form(request)).get("token", "").strip()
@@ -202,6 +221,8 @@ async def _job_action(
     viewer = viewer_of(request)
     if viewer is None:
         return _to_sign_in()
+    if _cross_site(request):
+        return _forbidden(viewer, CROSS_SITE_MESSAGE)
     if not csrf_ok(viewer, (await _form(request)).get(CSRF_FIELD)):
         return _forbidden(viewer, "the form's CSRF token is missing or wrong; reload the page and try again")
     owner = _tenant_of(viewer, tenant)

@@ -74,6 +74,26 @@ def test_buttons_need_the_pages_csrf_token(farm: Farm) -> None:
     assert farm.client.get("/v1/jobs/dash-cancel", headers=ALICE).json()["state"] == "canceled"
 
 
+def test_forms_posted_by_another_site_are_refused(farm: Farm) -> None:
+    # Sign-in has no session to bind a CSRF token to: the browser's Origin / Sec-Fetch-Site keep another site from
+    # signing a visitor in with the attacker's token. The buttons check them besides their token.
+    for foreign in ({"origin": "https://evil.example"}, {"origin": "null"}, {"sec-fetch-site": "cross-site"}):
+        refused = farm.client.post("/ui/signin", data={"token": ALICE_TOKEN}, headers=foreign, follow_redirects=False)
+        assert refused.status_code == 403, foreign
+        assert SESSION_COOKIE not in farm.client.cookies
+    same_site = {"origin": "http://testserver", "sec-fetch-site": "same-origin"}
+    accepted = farm.client.post("/ui/signin", data={"token": ALICE_TOKEN}, headers=same_site, follow_redirects=False)
+    assert accepted.status_code == 303
+    submit(farm, "dash-foreign")
+    csrf = CSRF.search(farm.client.get("/ui/").text)
+    assert csrf is not None
+    forged = farm.client.post(
+        "/ui/jobs/dash-foreign/cancel", data={"csrf_token": csrf.group(1)}, headers={"origin": "https://evil.example"}
+    )
+    assert forged.status_code == 403
+    assert farm.client.get("/v1/jobs/dash-foreign", headers=ALICE).json()["state"] == "queued"
+
+
 def test_a_job_page_shows_the_artifacts_the_api_gives(farm: Farm) -> None:
     submit(farm, "dash-done")
     farm.succeed_with_artifacts("alice", "dash-done")
