@@ -445,6 +445,6 @@ def cancel_batch(services: Services, tenant: str, batch_id: uuid.UUID) -> None:
                 services.live.request_cancel(row.id)
                 services.live.notify(row.id)
             except Exception as exc:
-                log.warning("live cancel flag for job %s not set: %s", row.id, exc)
+                log.warning("live cancel flag for job %s not set: %s", row.task_id, exc)
         if cursor is None:
             return

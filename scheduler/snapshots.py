@@ -325,7 +325,7 @@ def read_waiting(services: Services, row: JobRow, standing: QueueStanding | None
         )
         return waiting_reason(row, standing, view, services.db.now())
     except Exception as exc:
-        log.warning("waiting reason of job %s unavailable: %s", row.id, exc)
+        log.warning("waiting reason of job %s unavailable: %s", row.task_id, exc)
         return None
 
 
@@ -365,7 +365,7 @@ def safe_live_progress(services: Services, row: JobRow) -> LiveProgress | None:
     try:
         return services.live.get_progress(row.id)
     except Exception as exc:  # Redis down or a malformed record: show the durable state only
-        log.warning("live progress of job %s unavailable: %s", row.id, exc)
+        log.warning("live progress of job %s unavailable: %s", row.task_id, exc)
         return None
 
 
@@ -389,6 +389,6 @@ def watched_preview(services: Services, row: JobRow) -> LivePreview | None:
         services.live.mark_watched(row.id)
         preview = services.live.get_preview(row.id) if row.state is JobState.RUNNING else None
     except Exception as exc:  # see safe_live_progress
-        log.warning("live preview of job %s unavailable: %s", row.id, exc)
+        log.warning("live preview of job %s unavailable: %s", row.task_id, exc)
         return None
     return preview if _preview_is_current(row, preview) else None

@@ -119,4 +119,4 @@ def _wake_dispatcher(services: Services, row: JobRow) -> None:
         try:
             services.dispatcher.wake()
         except Exception:
-            log.exception("waking the dispatcher failed for job %s", row.id)
+            log.exception("waking the dispatcher failed for job %s", row.task_id)

@@ -28,7 +28,6 @@ import io
 import json
 import logging
 import time
-import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
@@ -79,6 +78,7 @@ from scheduler.a1111.translate import (
 from scheduler.auth import TenantDep
 from scheduler.deps import Services, ServicesDep
 from scheduler.model_checks import catalogue_of, resolve_model_name, vae_problem
+from scheduler.open_streams import wait_for_change
 from scheduler.routes import checked_task_id
 from scheduler.snapshots import QUEUE_POSITION_CAP, running_live, watched_preview
 from scheduler.submission import Submission, submit_job
@@ -87,7 +87,7 @@ from shared.errors import Gone, InputError, NotFound, RenderfarmError, Transient
 from shared.images import ImageLimits, decode_base64_image, encode_png
 from shared.job.ids import MAX_TASK_ID_LENGTH, new_a1111_task_id
 from shared.job.spec import Img2ImgJob
-from shared.live import LiveProgress, LiveStatus, StopRequests
+from shared.live import LiveProgress, StopRequests
 from shared.models.checkpoints import split_title
 from shared.sampler_names import SAMPLERS, SCHEDULES
 from shared.states import JobState
@@ -124,30 +124,26 @@ def _submit(services: Services, tenant: str, request: Img2ImgRequest) -> Submiss
         raise rename_fields(exc, field_renames(request)) from None
 
 
-def _wait_for_change(live: LiveStatus, job_id: uuid.UUID, timeout_s: float) -> None:
-    try:
-        live.wait_for_change(job_id, timeout_s)
-    except Exception as exc:  # live status down: poll the durable row instead
-        log.warning("waiting for changes of job %s failed (%s); polling", job_id, exc)
-        time.sleep(timeout_s)
-
-
-async def _wait_until_finished(services: Services, job_id: uuid.UUID, request: Request) -> JobRow | None:
+async def _wait_until_finished(services: Services, submitted: JobRow, request: Request) -> JobRow | None:
     """The job's row once it is terminal, or None when the client went away first (the job runs on)."""
     loop = asyncio.get_running_loop()
+    job_id, task_id = submitted.id, submitted.task_id
     while True:
-        # Wait first, read second: a change that lands during the read still ends the next wait at once.
-        waiter = loop.run_in_executor(services.stream_waits, _wait_for_change, services.live, job_id, WAIT_SLICE_S)
+        # Wait first, read second: a change that lands during the read still ends the next wait at once. A live
+        # status that is down makes the wait a plain pause, and the durable row is read again after it.
+        waiter = loop.run_in_executor(
+            services.stream_waits, wait_for_change, services.live, job_id, WAIT_SLICE_S, services.streams.stopping
+        )
         try:
             row = await run_in_threadpool(services.db.jobs.get_by_id, job_id)
         except TransientError as exc:
             # The job is safe in the database; keep the client waiting rather than lose its answer over a blip.
-            log.warning("reading job %s failed while an A1111 client waits (%s); retrying", job_id, exc.message)
+            log.warning("reading job %s failed while an A1111 client waits (%s); retrying", task_id, exc.message)
             row = None
         if row is not None and row.state.is_terminal:
             return row
         if await request.is_disconnected():
-            log.info("A1111 client left while job %s was %s; the job runs on", job_id, row.state if row else "?")
+            log.info("A1111 client left while job %s was %s; the job runs on", task_id, row.state if row else "?")
             return None
         await waiter
 
@@ -215,7 +211,7 @@ async def img2img(request: Request, body: Img2ImgRequest, services: ServicesDep,
     if not body.init_images:
         raise NotFound("init_images: Init image not found", code="init_image_not_found", field="init_images")
     submission = await run_in_threadpool(_submit, services, tenant, body)
-    row = await _wait_until_finished(services, submission.row.id, request)
+    row = await _wait_until_finished(services, submission.row, request)
     if row is None:
         # Nobody reads this; the job is under /v1/jobs/{task_id}.
         return JSONResponse({"task_id": submission.row.task_id, "state": "running"}, status_code=202)
@@ -239,7 +235,7 @@ def _safe_stops(services: Services, row: JobRow) -> StopRequests:
     try:
         return services.live.stop_requests(row.id)
     except Exception as exc:  # live status down: report no stop requests rather than fail a progress read
-        log.warning("stop requests of job %s unavailable: %s", row.id, exc)
+        log.warning("stop requests of job %s unavailable: %s", row.task_id, exc)
         return StopRequests()
 
 

@@ -146,5 +146,5 @@ def cancel_job(task_id: str, services: ServicesDep, tenant: TenantDep) -> JSONRe
             services.live.notify(events_key(tenant))
     except Exception as exc:
         # The durable flag is set; a worker still sees it at its next lease renewal.
-        log.warning("live cancel flag for job %s not set: %s", row.id, exc)
+        log.warning("live cancel flag for job %s not set: %s", row.task_id, exc)
     return JSONResponse(read_snapshot(services, row))
