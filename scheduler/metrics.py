@@ -221,8 +221,9 @@ class DatabaseCollector(Collector):
     """Collects the farm's metrics from the database (and the broker) at every scrape.
 
     `broker_lengths(queues)` returns the broker's message count per queue name (for example `redis_list_lengths`);
-    None leaves `renderfarm_broker_queue_length` out (embedded mode). `known_queues` are always reported, even at 0,
-    so dashboards and alerts see a queue that drained rather than one that vanished.
+    None leaves `renderfarm_broker_queue_length` out (embedded mode). `known_queues`, every queue a live worker
+    announces (a model's queues, from the moment a worker can serve it) and every queue seen with jobs are reported
+    from then on, even at 0, so dashboards and alerts see a queue that drained rather than one that vanished.
     """
 
     def __init__(
@@ -248,6 +249,7 @@ class DatabaseCollector(Collector):
         try:
             by_state = self._db.stats.counts_by_state()
             per_queue = self._db.stats.queue_counts()
+            announced = [queue for worker in self._db.workers.live() for queue in worker.queues]
             self.finished.refresh(self._db.stats)
         except DatabaseUnavailable as exc:
             log.warning("metrics: %s", exc.message)
@@ -262,6 +264,7 @@ class DatabaseCollector(Collector):
             states.add_metric([state.value], by_state.get(state, 0))
         yield states
         self._queues.update(per_queue)
+        self._queues.update(announced)
         now = self._clock()
         depth = GaugeMetricFamily("renderfarm_queue_depth", "Queued jobs per Celery queue", labels=["queue"])
         parts = GaugeMetricFamily(

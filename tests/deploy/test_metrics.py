@@ -209,6 +209,18 @@ def test_scheduler_metrics_match_what_happened(db: Database, clock: Clock) -> No
     assert ("renderfarm_broker_queue_length", (("queue", INTERACTIVE),)) not in samples  # no broker given
 
 
+def test_the_queues_live_workers_announce_are_reported_before_their_first_job(db: Database, clock: Clock) -> None:
+    registry, _ = build_registry(db, known_queues=[INTERACTIVE], clock=clock)
+    model_queues = ("rf.m-safetensors.interactive", "rf.m-safetensors.batch")
+    db.workers.announce("gpu0@host", device="cuda", queues=model_queues, models=["m.safetensors"], ttl_s=60.0)
+    samples = scrape(registry)
+    for queue in (INTERACTIVE, *model_queues):
+        assert value(samples, "renderfarm_queue_depth", queue=queue) == 0, queue
+        assert value(samples, "renderfarm_queue_running", queue=queue) == 0, queue
+    db.workers.withdraw("gpu0@host")  # a queue once reported stays: drained, not vanished
+    assert value(scrape(registry), "renderfarm_queue_depth", queue=model_queues[1]) == 0
+
+
 def test_counters_grow_by_what_finished_since_the_last_scrape(db: Database, clock: Clock) -> None:
     play_a_day(db, clock)
     registry, _ = build_registry(db, clock=clock, overlap_s=600)
