@@ -151,7 +151,8 @@ class _NoStream(RenderfarmError):
 
 
 class _Tracker:
-    """The newest snapshot seen by one wait: older ones (a stream and a poll crossing) are dropped by `seq`."""
+    """The newest snapshot seen by one wait: older ones (a stream and a poll crossing) are dropped by `seq`; one of
+    the same `seq` with other content is newer (a queued job's position moves while its row does not)."""
 
     def __init__(self, on_update: Callable[[Job], None] | None) -> None:
         self.on_update = on_update
@@ -166,7 +167,7 @@ class _Tracker:
         return self.latest if self.latest is not None and self.latest.is_finished else None
 
     def offer(self, job: Job) -> Job:
-        if self.latest is None or job.seq > self.latest.seq:
+        if self.latest is None or job.seq > self.latest.seq or (job.seq == self.latest.seq and job != self.latest):
             self.latest = job
             if self.on_update is not None:
                 self.on_update(job)

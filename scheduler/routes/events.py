@@ -2,9 +2,11 @@
 
 Each event is `id: <seq>`, `event: snapshot`, `data: <snapshot JSON>`. The first is sent at once; then one per
 change: the stream waits with `LiveStatus.wait_for_change` (woken by the worker's progress writes and the API's
-notifies), re-reads the row and sends the snapshot if its seq grew. A comment line keeps idle connections (and
-proxies) alive every `KEEPALIVE_S`. `Last-Event-ID` (or `?last_event_id=`) resumes: snapshots with a seq at or
-below it are skipped, and a stream whose client already has the terminal snapshot ends at once.
+notifies), re-reads the row and sends the snapshot if its seq grew. A queued job's standing (position, waiting
+reason, estimate) moves while its row does not, as the jobs ahead start: when it changed, the snapshot is sent again
+under the same seq (the SDK takes an equal seq with other content as the newer). A comment line keeps idle
+connections (and proxies) alive every `KEEPALIVE_S`. `Last-Event-ID` (or `?last_event_id=`) resumes: snapshots with
+a seq at or below it are skipped, and a stream whose client already has the terminal snapshot ends at once.
 
 Waits are sliced (`WAIT_SLICE_S`) so that a notify sent between a read and the next wait is picked up by the next
 read at the latest, and a live status that is down degrades to polling instead of ending the stream.
@@ -53,6 +55,14 @@ def format_event(snapshot: dict[str, Any]) -> str:
     return f"id: {snapshot['seq']}\nevent: snapshot\ndata: {data}\n\n"
 
 
+def standing(snapshot: dict[str, Any]) -> tuple[Any, ...] | None:
+    """What changes for a queued job while its row does not (None for other states)."""
+    if snapshot["state"] != "queued":
+        return None
+    waiting = json.dumps(snapshot.get("waiting"), sort_keys=True)
+    return (snapshot.get("queue_position"), snapshot.get("eta_s"), snapshot.get("eta_range_s"), waiting)
+
+
 def format_preview_event(preview: dict[str, Any]) -> str:
     """One SSE message carrying a live preview (no id: resuming goes by snapshot seq only)."""
     data = json.dumps(preview, separators=(",", ":"), ensure_ascii=False)
@@ -72,6 +82,7 @@ async def snapshot_stream(
     the server shuts down (`services.streams.end_all`); with `previews`, its new live previews too."""
     loop = asyncio.get_running_loop()
     last_sent = resume_after
+    last_standing: tuple[Any, ...] | None = None
     last_preview = -1
     last_output = loop.time()
     stopping = services.streams.stopping
@@ -86,10 +97,14 @@ async def snapshot_stream(
             snapshot = await run_in_threadpool(read_snapshot, services, row)
             # Marked watched before anything is sent, so the worker draws previews from the client's first event on.
             preview = await run_in_threadpool(watched_preview, services, row) if previews else None
-            if snapshot["seq"] > last_sent:
+            now_standing = standing(snapshot)
+            moved = snapshot["seq"] == last_sent and last_standing is not None and now_standing != last_standing
+            if snapshot["seq"] > last_sent or moved:
                 yield format_event(snapshot)
                 last_sent = snapshot["seq"]
                 last_output = loop.time()
+            if snapshot["seq"] >= last_sent:
+                last_standing = now_standing
             if preview is not None and preview.preview_id != last_preview:
                 yield format_preview_event(preview_out(preview))
                 last_preview = preview.preview_id

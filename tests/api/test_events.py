@@ -130,6 +130,37 @@ def test_idle_stream_sends_keep_alive_comments(farm: Farm) -> None:
     assert all(chunk.startswith(": keep-alive") for chunk in chunks[2:])
 
 
+def test_a_queued_job_s_stream_follows_its_place_as_the_jobs_ahead_start(farm: Farm) -> None:
+    # The job's own row does not change while the one ahead of it starts; its stream still tells it moved up,
+    # under the same seq (the SDK takes an equal seq with other content as newer).
+    client = farm.client
+    asset = client.post("/v1/assets", content=png_bytes(), headers=ALICE).json()["asset_id"]
+    for task in ("ahead", "behind"):
+        assert client.put(f"/v1/jobs/{task}", json=job_body(asset), headers=ALICE).status_code == 201
+    behind = farm.job_row("alice", "behind")
+    services = farm.app.state.services
+
+    async def collect() -> list[str]:
+        chunks: list[str] = []
+        stream = snapshot_stream(services, behind.id, -1, keepalive_s=60, wait_slice_s=0.05)
+        async for chunk in stream:
+            if not chunk.startswith("id: "):
+                continue
+            chunks.append(chunk)
+            if len(chunks) == 1:
+                await asyncio.to_thread(farm.claim, "alice", "ahead")
+            elif '"queue_position":0' in chunk:
+                await stream.aclose()
+                break
+        return chunks
+
+    chunks = asyncio.run(asyncio.wait_for(collect(), READ_TIMEOUT_S))
+    snapshots = [json.loads(chunk.split("data: ", 1)[1]) for chunk in chunks]
+    assert [s["queue_position"] for s in snapshots] == [1, 0]
+    assert snapshots[0]["seq"] == snapshots[1]["seq"] == behind.seq * 2**20
+    assert chunks[0].split("\n")[0] == chunks[1].split("\n")[0]  # the same event id
+
+
 def test_a_stream_with_previews_watches_the_job_and_sends_each_preview_once(served_farm: tuple[Farm, str]) -> None:
     farm, base_url = served_farm
     timeout = httpx.Timeout(5.0, read=READ_TIMEOUT_S)

@@ -192,6 +192,21 @@ def test_wait_streams_events_and_drops_stale_snapshots(client_with: Callable[...
     assert seen == [2, 5]
 
 
+def test_wait_takes_a_queued_job_s_new_place_under_the_same_seq(client_with: Callable[..., Client]) -> None:
+    # The farm sends a queued job's snapshot again, same seq, when the jobs ahead start: it is news; a repeat is not.
+    sent = [snapshot(seq=3, queue_position=2), snapshot(seq=3, queue_position=2), snapshot(seq=3, queue_position=1)]
+    sent.append(snapshot(state="succeeded", seq=9))
+    events = "".join(f"id: {s['seq']}\nevent: snapshot\ndata: {json.dumps(s)}\n\n" for s in sent)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=events, headers={"Content-Type": "text/event-stream"})
+
+    places: list[tuple[int, int | None]] = []
+    with client_with(handler) as client:
+        client.wait("t1", timeout=5, on_update=lambda j: places.append((j.seq, j.queue_position)))
+    assert places == [(3, 2), (3, 1), (9, None)]
+
+
 def test_wait_falls_back_to_polling_when_streaming_fails(client_with: Callable[..., Client]) -> None:
     polls = 0
 
