@@ -75,8 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run Celery workers: one per GPU, or one CPU worker (cluster mode)")
     worker.add_argument("--gpus", default="all", help="'all' (a CPU worker when there is no GPU), 'cpu', or '0,1'")
-    worker.add_argument(
+    chosen = worker.add_mutually_exclusive_group()
+    chosen.add_argument(
         "--queues", default=None, help="comma-separated queues (default: those of every model the worker can serve)"
+    )
+    chosen.add_argument(
+        "--tier",
+        choices=("interactive", "batch"),
+        default=None,
+        help="only the interactive or only the batch queues of every model the worker can serve",
     )
     worker.set_defaults(server_command="worker", extra=WORKER, api_settings=False)
 

@@ -113,7 +113,7 @@ def _cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     _cluster_only(settings, "worker")
     queues = [q for q in args.queues.split(",") if q.strip()] if args.queues else None
     try:
-        processes = start_workers(settings, args.gpus, queues)
+        processes = start_workers(settings, args.gpus, queues, args.tier)
     except ValueError as exc:
         print(f"renderfarm: {exc}", file=sys.stderr)
         return 2

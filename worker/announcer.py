@@ -29,7 +29,7 @@ from typing import Any, Final
 from shared.backoff import backoff_delay
 from shared.config import Settings
 from shared.db import Database
-from worker.servable import queues_for_models, servable_model_names
+from worker.servable import Tier, queues_for_models, servable_model_names
 
 __all__ = ["Announcer", "consumer_queue_adder"]
 
@@ -63,10 +63,12 @@ class Announcer:
         add_queue: Callable[[str], None] | None = None,
         list_models: Callable[[Settings], list[str]] = servable_model_names,
         status: Callable[[], Mapping[str, Any]] | None = None,
+        tier: Tier | None = None,
     ) -> None:
         """`consuming`: the queues the worker consumes now. `add_queue`: how to consume one more at runtime; None
         pins the queues (`--queues` was given): models are still rescanned and announced, queues are not added.
-        `status`: what the worker is doing now (`worker.status.status_provider`), read on every heartbeat."""
+        `status`: what the worker is doing now (`worker.status.status_provider`), read on every heartbeat.
+        `tier`: a new model's queues of that tier only are added (`--tier`)."""
         self.db = db
         self.settings = settings
         self.hostname = hostname
@@ -75,6 +77,7 @@ class Announcer:
         self._add_queue = add_queue
         self._list_models = list_models
         self._status = status
+        self._tier = tier
         self._status_failed = False  # a raising provider is logged once, not every heartbeat
         self._models: list[str] = []
         self._stop = threading.Event()
@@ -148,7 +151,8 @@ class Announcer:
     def _consume_queues_of(self, models: list[str]) -> None:
         if self._add_queue is None:
             return
-        new = [queue for queue in queues_for_models(models, self.settings) if queue not in self._consuming]
+        wanted = queues_for_models(models, self.settings, self._tier)
+        new = [queue for queue in wanted if queue not in self._consuming]
         for queue in new:
             self._add_queue(queue)
             with self._lock:

@@ -2,6 +2,7 @@
 
     servable_model_names(settings)        # the tiny built-ins, then the entries of RENDERFARM_MODELS_DIR
     queues_for_models(names, settings)    # their interactive queues first, then their batch queues
+    queues_for_models(names, settings, tier="interactive")   # one tier's only (a worker pool per tier)
 
 `servable_model_names` lists the models folder by the catalogue's rules (`shared.models`) without hashing: a
 directory walk, so the announcer can call it on every heartbeat and a new 7 GB file does not hold it up.
@@ -10,12 +11,16 @@ directory walk, so the announcer can call it on every heartbeat and a new 7 GB f
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 from shared.config import Settings
 from shared.models.checkpoints import checkpoint_names
-from shared.queueing import queue_name
+from shared.queueing import BATCH_TIER, queue_name
 
-__all__ = ["queues_for_models", "servable_model_names"]
+Tier = Literal["interactive", "batch"]  # shared.queueing's INTERACTIVE_TIER and BATCH_TIER
+TIERS: tuple[Tier, ...] = ("interactive", "batch")
+
+__all__ = ["TIERS", "Tier", "queues_for_models", "servable_model_names"]
 
 
 def servable_model_names(settings: Settings) -> list[str]:
@@ -27,12 +32,14 @@ def servable_model_names(settings: Settings) -> list[str]:
     return list(dict.fromkeys([settings.model, *checkpoint_names(settings.models_dir)]))
 
 
-def queues_for_models(names: Iterable[str], settings: Settings) -> list[str]:
+def queues_for_models(names: Iterable[str], settings: Settings, tier: Tier | None = None) -> list[str]:
     """The queues of `names`: every interactive queue, then every batch queue (a worker takes interactive work
-    first where Celery can choose). The farm's default model also serves jobs that name no model (`rf.default.*`),
-    so its queues lead when it is among `names`. Models whose names share a queue family appear once."""
+    first where Celery can choose); with `tier`, that tier's only (a pool of workers per tier, each scaled on its
+    own backlog: deploy/k8s). The farm's default model also serves jobs that name no model (`rf.default.*`), so its
+    queues lead when it is among `names`. Models whose names share a queue family appear once."""
     models: list[str | None] = list(names)
     if settings.model in models:
         models.insert(0, None)
-    queues = [queue_name(model, batch=False) for model in models] + [queue_name(model, batch=True) for model in models]
+    batches = [False, True] if tier is None else [tier == BATCH_TIER]
+    queues = [queue_name(model, batch=batch) for batch in batches for model in models]
     return list(dict.fromkeys(queues))

@@ -2,6 +2,7 @@
 
     start_workers(settings, gpus="all")      # from the CLI: spawns the processes, returns their Popen handles
     python -m worker.service --device cuda --hostname gpu0@host [--queues rf.default.interactive,rf.default.batch]
+    python -m worker.service --device cuda --tier interactive     # every servable model's interactive queues
 
 Each GPU gets its own process (`CUDA_VISIBLE_DEVICES=i`, so it sees one device as cuda:0) running a solo-pool worker
 (concurrency 1, prefetch 1: it holds only the job it runs, so queue depth is real) named `gpu{i}@host`. Without
@@ -10,7 +11,9 @@ by `worker_soft_shutdown_timeout` from the settings; the running render re-queue
 
 Without `--queues` a worker consumes the interactive and batch queues of every model it can serve
 (`worker.servable`), and starts consuming a new model's queues when its file appears (`worker.announcer`, which
-also announces the worker in the database for the scheduler: docs/architecture.md "Routing"). `--queues` pins them.
+also announces the worker in the database for the scheduler: docs/architecture.md "Routing"). `--tier interactive`
+or `--tier batch` keeps to one tier's queues, new models' included (a pool per tier, as deploy/k8s runs them).
+`--queues` pins them.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from shared.config import API_SECRET_VARIABLES, ENV_PREFIX, Settings, drop_api_secrets_from_environment
 from shared.queueing import queue_name
 from worker.metrics import metrics_port_for
-from worker.servable import queues_for_models, servable_model_names
+from worker.servable import TIERS, Tier, queues_for_models, servable_model_names
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -93,20 +96,21 @@ def _settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def worker_command(queues: Sequence[str] | None, device: Device, hostname: str) -> list[str]:
-    """The argv of one worker process (no `--queues` for None: every servable model's queues)."""
-    pinned = ["--queues", ",".join(queues)] if queues else []
+def worker_command(queues: Sequence[str] | None, device: Device, hostname: str, tier: Tier | None = None) -> list[str]:
+    """The argv of one worker process (no `--queues` for None: every servable model's queues, of `tier` only when
+    given)."""
+    pinned = ["--queues", ",".join(queues)] if queues else (["--tier", tier] if tier else [])
     return [sys.executable, "-m", "worker.service", "--device", device, *pinned, "--hostname", hostname]
 
 
 def start_workers(
-    settings: Settings, gpus: str = "all", queues: list[str] | None = None
+    settings: Settings, gpus: str = "all", queues: list[str] | None = None, tier: Tier | None = None
 ) -> list[subprocess.Popen[bytes]]:
     """Spawn one worker process per selected GPU (or one CPU worker) and return their handles.
 
     `gpus`: "all" (every GPU; a CPU worker when there is none), "cpu", or indices "0,1". `queues`: default every
-    servable model's queues (`worker.servable`), followed as models appear. The caller owns the processes (send
-    SIGTERM to stop them gracefully). Raises ValueError for a bad `gpus`.
+    servable model's queues (`worker.servable`; of `tier` only when given), followed as models appear. The caller
+    owns the processes (send SIGTERM to stop them gracefully). Raises ValueError for a bad `gpus`.
     """
     import torch
 
@@ -117,7 +121,7 @@ def start_workers(
     processes: list[subprocess.Popen[bytes]] = []
     if indices is None:
         env = {**base_env, "CUDA_VISIBLE_DEVICES": ""}  # a CPU worker must not grab a GPU by accident
-        processes.append(subprocess.Popen(worker_command(chosen, "cpu", f"cpu@{host}"), env=env))
+        processes.append(subprocess.Popen(worker_command(chosen, "cpu", f"cpu@{host}", tier), env=env))
         return processes
     for index in indices:
         env = {
@@ -126,7 +130,7 @@ def start_workers(
             # One metrics port per GPU of this host, so the processes do not fight over one.
             "RENDERFARM_METRICS_PORT": str(metrics_port_for(settings.metrics_port, index)),
         }
-        processes.append(subprocess.Popen(worker_command(chosen, "cuda", f"gpu{index}@{host}"), env=env))
+        processes.append(subprocess.Popen(worker_command(chosen, "cuda", f"gpu{index}@{host}", tier), env=env))
     return processes
 
 
@@ -138,12 +142,17 @@ def _owned_cores() -> int:
 
 
 def run_worker_process(
-    settings: Settings, queues: list[str] | None, device: Device, hostname: str | None = None
+    settings: Settings,
+    queues: list[str] | None,
+    device: Device,
+    hostname: str | None = None,
+    tier: Tier | None = None,
 ) -> None:
     """Run a Celery worker in this process until it is shut down (blocks). Installs Celery's signal handlers.
 
-    `queues` None: the queues of every model this worker can serve, and of models that appear while it runs;
-    otherwise exactly `queues`. Either way the worker announces itself (`worker.announcer`) once it consumes.
+    `queues` None: the queues of every model this worker can serve, and of models that appear while it runs (of
+    `tier` only, when given); otherwise exactly `queues`. Either way the worker announces itself
+    (`worker.announcer`) once it consumes.
 
     `device` "cuda" uses the one GPU this process sees; "cpu" sets torch's thread count to the cores it owns, unless
     OMP_NUM_THREADS is set (then torch already uses that many).
@@ -165,8 +174,8 @@ def run_worker_process(
     app = create_worker_app(settings, factory)
     _redact_celery_logs()
     _start_metrics(settings, app, name, device)
-    consuming = queues or queues_for_models(servable_model_names(settings), settings)
-    _announce_when_ready(settings, app, name, device, consuming, pinned=bool(queues))
+    consuming = queues or queues_for_models(servable_model_names(settings), settings, tier)
+    _announce_when_ready(settings, app, name, device, consuming, pinned=bool(queues), tier=tier)
     app.worker_main(
         [
             "--quiet",  # no banner: `renderfarm worker` prints one line per worker (the announcement), not a page
@@ -184,7 +193,14 @@ def run_worker_process(
 
 
 def _announce_when_ready(
-    settings: Settings, app: Celery, name: str, device: Device, queues: list[str], *, pinned: bool
+    settings: Settings,
+    app: Celery,
+    name: str,
+    device: Device,
+    queues: list[str],
+    *,
+    pinned: bool,
+    tier: Tier | None = None,
 ) -> None:
     """Announce this worker once its consumer is ready (Celery's `worker_ready`), every heartbeat after that, and
     withdraw the announcement when a warm shutdown begins (SIGTERM: it takes no new job from then on)."""
@@ -210,6 +226,7 @@ def _announce_when_ready(
             consuming=queues,
             add_queue=None if pinned else consumer_queue_adder(sender),
             status=status_provider(lambda: holder.current, device),
+            tier=tier,
         )
         started.append(announcer)
         announcer.start()
@@ -270,7 +287,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """`python -m worker.service --device cuda|cpu --queues a,b --hostname name@host` (settings from RENDERFARM_*)."""
     parser = argparse.ArgumentParser(prog="python -m worker.service", description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cpu")
-    parser.add_argument("--queues", default=None, help="comma-separated; default: every servable model's queues")
+    chosen = parser.add_mutually_exclusive_group()
+    chosen.add_argument("--queues", default=None, help="comma-separated; default: every servable model's queues")
+    chosen.add_argument("--tier", choices=TIERS, default=None, help="every servable model's queues of this tier only")
     parser.add_argument("--hostname", default=None)
     args = parser.parse_args(argv)
     queues = [q for q in args.queues.split(",") if q] if args.queues else None
@@ -281,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         environ = {name: value for name, value in os.environ.items() if name not in API_SECRET_VARIABLES}
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)  # noqa: S606 - this same program
     drop_api_secrets_from_environment()
-    run_worker_process(Settings().without_secrets(), queues, args.device, args.hostname)
+    run_worker_process(Settings().without_secrets(), queues, args.device, args.hostname, args.tier)
 
 
 if __name__ == "__main__":

@@ -415,9 +415,10 @@ def test_worker_pods_have_one_gpu_and_outlast_the_longest_job() -> None:
         assert annotations["prometheus.io/port"] == str(metrics_port)
 
 
-def _worker_queues(deployment: dict[str, Any]) -> list[str]:
+def _worker_tier(deployment: dict[str, Any]) -> str:
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
-    return args[args.index("--queues") + 1].split(",")
+    assert "--queues" not in args, "a tier's workers consume every model's queues of the tier, not pinned ones"
+    return str(args[args.index("--tier") + 1])
 
 
 def test_pod_disruption_budgets_select_existing_pods() -> None:
@@ -452,7 +453,8 @@ def test_keda_scaled_objects_scale_workers_on_their_queue() -> None:
         assert target["name"] == name
         interactive = name.endswith("interactive")
         queue = queue_name(None, batch=not interactive)
-        assert _worker_queues(workers[name]) == [queue]
+        tier = "interactive" if interactive else "batch"
+        assert _worker_tier(workers[name]) == tier
         if interactive:
             assert spec["minReplicaCount"] >= 1, "an interactive tier keeps a warm worker"
         else:
@@ -467,7 +469,13 @@ def test_keda_scaled_objects_scale_workers_on_their_queue() -> None:
         assert re.fullmatch(r"[\w.-]+:\d+", redis_trigger["address"])
         assert triggers["redis"]["authenticationRef"]["name"] in auths
         prometheus = triggers["prometheus"]["metadata"]
-        assert f'queue="{queue}"' in prometheus["query"]
+        # Every queue of the tier, whatever the model: the PromQL regex (in a PromQL string, `\\.` is `\.`).
+        patterns = {pattern.replace("\\\\", "\\") for pattern in re.findall(r'queue=~"([^"]+)"', prometheus["query"])}
+        assert len(patterns) == 1, prometheus["query"]
+        (pattern,) = patterns
+        for model in (None, "tiny-inpaint", "sub/x.safetensors"):
+            assert re.fullmatch(pattern, queue_name(model, batch=not interactive)), (pattern, model)
+            assert not re.fullmatch(pattern, queue_name(model, batch=interactive)), (pattern, model)
         used = set(re.findall(r"\b(renderfarm_[a-z_]+)\b", prometheus["query"]))
         assert used, prometheus["query"]
         assert used <= exported, f"the query uses metrics the scheduler does not export: {used - exported}"
@@ -724,11 +732,11 @@ def test_every_command_is_one_the_farm_has(monkeypatch: pytest.MonkeyPatch) -> N
     import worker.service
     from renderfarm.cli import build_parser
 
-    started: list[tuple[list[str], str]] = []
+    started: list[tuple[list[str], str, str | None]] = []
     monkeypatch.setattr(
         worker.service,
         "run_worker_process",
-        lambda settings, queues, device, hostname=None: started.append((queues, device)),
+        lambda settings, queues, device, hostname=None, tier=None: started.append((queues, device, tier)),
     )
     checked = 0
     for where, argv in _all_commands():
@@ -736,10 +744,12 @@ def test_every_command_is_one_the_farm_has(monkeypatch: pytest.MonkeyPatch) -> N
             build_parser().parse_args(argv[1:])  # exits (SystemExit) on an unknown command or flag
         elif argv[:3] == ["python", "-m", "worker.service"]:
             worker.service.main([word.replace("${WORKER_QUEUES:-", "").rstrip("}") for word in argv[3:]])
-            queues, device = started[-1]
+            queues, device, tier = started[-1]
             assert device == "cuda", where
-            # No --queues (the image's default command): every servable model's queues, chosen when it starts.
+            # No --queues (the image's default command, compose without WORKER_QUEUES, a tier's pool): every
+            # servable model's queues (of the tier), chosen when it starts and followed as model files appear.
             assert queues is None or all(queue.startswith("rf.") for queue in queues), where
+            assert queues is None or tier is None, where
         elif argv[:2] == ["python", "-c"]:
             compile(argv[2], where, "exec")
         else:

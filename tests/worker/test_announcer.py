@@ -58,6 +58,29 @@ def test_queues_are_interactive_first_and_the_default_model_serves_jobs_without_
         queue_name("tiny-inpaint", batch=True),
     ]
     assert queue_name(None, batch=False) not in queues_for_models(["other"], settings)
+    # A pool per tier (deploy/k8s: `--tier`): one tier's queues of the same models, in the same order.
+    assert queues_for_models(["tiny", "tiny-inpaint"], settings, "interactive") == queues[:3]
+    assert queues_for_models(["tiny", "tiny-inpaint"], settings, "batch") == queues[3:]
+
+
+def test_a_tier_s_worker_consumes_only_that_tier_of_a_new_model(tmp_path: Path, models_dir: Path) -> None:
+    settings = settings_for(tmp_path, models_dir, worker_heartbeat_s=3600.0)
+    db = migrated(tmp_path)
+    added: list[str] = []
+    start = queues_for_models(servable_model_names(settings), settings, "batch")
+    announcer = Announcer(
+        db, settings, hostname="gpu1@a", device="cuda", consuming=start, add_queue=added.append, tier="batch"
+    )
+    try:
+        announcer.start()
+        (models_dir / "fresh.safetensors").write_bytes(b"x")
+        announcer.beat()
+        assert added == [queue_name("fresh.safetensors", batch=True)]
+        (row,) = db.workers.live()
+        assert all(queue.endswith(".batch") for queue in row.queues)
+    finally:
+        announcer.stop()
+        db.close()
 
 
 def migrated(tmp_path: Path) -> Database:

@@ -90,6 +90,8 @@ def test_gpu_selection() -> None:
     with pytest.raises(ValueError, match="'all', 'cpu'"):
         parse_gpus("first", 2)
     assert worker_command(["q1", "q2"], "cuda", "gpu0@h")[-5:] == ["cuda", "--queues", "q1,q2", "--hostname", "gpu0@h"]
+    assert worker_command(None, "cuda", "gpu0@h", "batch")[-5:] == ["cuda", "--tier", "batch", "--hostname", "gpu0@h"]
+    assert "--tier" not in worker_command(None, "cpu", "cpu@h")
 
 
 def test_settings_travel_to_worker_processes_through_the_environment() -> None:
