@@ -153,6 +153,7 @@ def create_app(
     tokens = TokenTable(settings.tenant_tokens())
     operators = settings.operators()
     metrics_token = settings.metrics_token
+    secret_box = settings.secret_box()
     ceilings = settings.priority_ceilings()
     rate_limiter: RateLimiter = open_rate_limiter(settings)
     settings = settings.without_secrets()
@@ -160,6 +161,7 @@ def create_app(
     if db is None:
         db = Database.from_url(settings.resolved_database_url)
         owned.append(db.close)
+    db.events.box = secret_box  # the tenants' webhook secrets, sealed as stored (RENDERFARM_WEBHOOK_SECRETS_KEY)
     if live is None:
         live = open_live_status(settings.redis_url)
         owned.append(live.close)

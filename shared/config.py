@@ -27,6 +27,7 @@ from shared.job.limits import (
     DEFAULT_MAX_PROMPT_TOKENS,
 )
 from shared.retention import RetentionKind, RetentionPolicy, RetentionSyntaxError, parse_tenant_retention
+from shared.secret_box import SecretBox
 
 ENV_PREFIX = "RENDERFARM_"
 
@@ -80,9 +81,15 @@ _PRIORITY_LIMIT = 1000  # the job spec's priority range is -1000..1000 (shared/j
 _LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-# The variables of the secrets only the API needs (its tenants' tokens, the metrics token): a worker never gets them,
-# and the scheduler drops them from its environment once it holds their digests (docs/reliability.md "Secrets").
-API_SECRET_VARIABLES = (f"{ENV_PREFIX}API_TOKENS", f"{ENV_PREFIX}API_TOKENS_FILE", f"{ENV_PREFIX}METRICS_TOKEN")
+# The variables of the secrets only the API needs (its tenants' tokens, the metrics token, the key its webhook secrets
+# are sealed with): a worker never gets them, and the scheduler drops them from its environment once it holds their
+# digests (the key: its cipher) (docs/reliability.md "Secrets").
+API_SECRET_VARIABLES = (
+    f"{ENV_PREFIX}API_TOKENS",
+    f"{ENV_PREFIX}API_TOKENS_FILE",
+    f"{ENV_PREFIX}METRICS_TOKEN",
+    f"{ENV_PREFIX}WEBHOOK_SECRETS_KEY",
+)
 
 
 def drop_api_secrets_from_environment() -> None:
@@ -180,6 +187,9 @@ class Settings(BaseSettings):
     webhook_poll_s: float = Field(DEFAULT_WEBHOOK_POLL_S, gt=0)
     webhook_secret_overlap_s: float = Field(DEFAULT_WEBHOOK_SECRET_OVERLAP_S, ge=0)
     webhook_allow_private_addresses: bool = False
+    # Fernet keys (comma-separated; the first seals, all open) the tenants' webhook signing secrets are stored sealed
+    # with (shared/secret_box.py). Unset: stored as they are. An API secret: workers never get it.
+    webhook_secrets_key: str | None = None
     # The worker's metrics and health HTTP server (worker/metrics.py); 0 turns it off.
     metrics_port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535)
     # Retention (shared/retention.py, docs/api.md "Retention"): days to keep each kind; unset keeps it forever.
@@ -301,9 +311,15 @@ class Settings(BaseSettings):
         return RetentionPolicy(defaults=defaults, tenants=tenants)
 
     def without_secrets(self) -> Settings:
-        """These settings without the API tokens and the metrics token: what a process keeps after start-up once it
-        has their digests (scheduler/auth.py), and what it hands to processes that need no tokens (workers)."""
-        return self.model_copy(update={"api_tokens": None, "api_tokens_file": None, "metrics_token": None})
+        """These settings without the API tokens, the metrics token and the webhook secrets' key: what a process
+        keeps after start-up once it has their digests (scheduler/auth.py) and its `secret_box()`, and what it
+        hands to processes that need none of them (workers)."""
+        cleared = {"api_tokens": None, "api_tokens_file": None, "metrics_token": None, "webhook_secrets_key": None}
+        return self.model_copy(update=cleared)
+
+    def secret_box(self) -> SecretBox:
+        """What seals the stored webhook secrets (RENDERFARM_WEBHOOK_SECRETS_KEY). Raises ConfigError for a bad key."""
+        return SecretBox.from_setting(self.webhook_secrets_key)
 
     # ----------------------------------------------------------------------------------------------------------
 
@@ -322,6 +338,7 @@ class Settings(BaseSettings):
         tokens = self.tenant_tokens()
         self.priority_ceilings()
         self.retention_policy()
+        self.secret_box()
         if self.metrics_token is not None and len(self.metrics_token) < MIN_TOKEN_LENGTH:
             raise ConfigError(
                 f"RENDERFARM_METRICS_TOKEN is shorter than {MIN_TOKEN_LENGTH} characters; use a random one",

@@ -17,8 +17,9 @@ import sqlalchemy as sa
 from shared.db.event_writes import add_delivery
 from shared.db.rows import plain_row
 from shared.db.tables import events, tenant_webhooks, webhook_deliveries
-from shared.db.transaction import Operations
+from shared.db.transaction import Operations, Transactions
 from shared.errors import NotFound
+from shared.secret_box import SecretBox
 from shared.webhooks import SECRET_PREFIX
 
 SECRET_BYTES = 32
@@ -84,7 +85,14 @@ class TenantSecrets:
 
 
 class Events(Operations):
-    """The per-tenant feed, the webhook outbox and the tenants' webhook secrets."""
+    """The per-tenant feed, the webhook outbox and the tenants' webhook secrets.
+
+    `box` seals the secrets as they are stored and opens them as they are read (shared.secret_box; without keys
+    they are stored as they are). The scheduler sets it from RENDERFARM_WEBHOOK_SECRETS_KEY."""
+
+    def __init__(self, tx: Transactions) -> None:
+        super().__init__(tx)
+        self.box = SecretBox()
 
     # ------------------------------------------------------------------------------------------------------------
     # The feed
@@ -217,10 +225,14 @@ class Events(Operations):
     # Secrets and the default URL
 
     def tenant_secrets(self, tenant: str) -> TenantSecrets:
-        """The tenant's secrets; the first call creates its secret (race-safe: one of two first calls wins)."""
+        """The tenant's secrets; the first call creates its secret (race-safe: one of two first calls wins).
+
+        Secrets stored unsealed while the box has a key (written before the key was set), or sealed with a key
+        other than its first, are sealed again with the first key here (a compare-and-set: a rotation that
+        lands meanwhile wins)."""
         values = {
             "tenant": tenant,
-            "secret": new_secret(),
+            "secret": self.box.seal(new_secret()),
             "previous_secret": None,
             "previous_until": None,
             "rotated_at": self._tx.now(),
@@ -228,7 +240,27 @@ class Events(Operations):
         }
         with self._tx.begin() as conn:
             row, _ = self._tx.insert_or_get(conn, tenant_webhooks, values, [tenant_webhooks.c.tenant])
-        return _secrets(row)
+        found = self._secrets(row)
+        stored = (row["secret"], row["previous_secret"])
+        if any(self.box.needs_reseal(value) for value in stored):
+            self._reseal(tenant, stored, found)
+        return found
+
+    def _reseal(self, tenant: str, stored: tuple[str, str | None], found: TenantSecrets) -> None:
+        sealed_previous = self.box.seal(found.previous_secret) if found.previous_secret is not None else None
+        statement = (
+            sa.update(tenant_webhooks)
+            .where(
+                tenant_webhooks.c.tenant == tenant,
+                tenant_webhooks.c.secret == stored[0],
+                tenant_webhooks.c.previous_secret.is_(None)
+                if stored[1] is None
+                else tenant_webhooks.c.previous_secret == stored[1],
+            )
+            .values(secret=self.box.seal(found.secret), previous_secret=sealed_previous)
+        )
+        with self._tx.begin() as conn:
+            conn.execute(statement)
 
     def rotate_secret(self, tenant: str, overlap_s: float, *, now: datetime | None = None) -> TenantSecrets:
         """A new secret for the tenant; the current one keeps signing deliveries for `overlap_s` seconds more."""
@@ -240,13 +272,13 @@ class Events(Operations):
             .values(
                 previous_secret=tenant_webhooks.c.secret,
                 previous_until=when + timedelta(seconds=overlap_s),
-                secret=new_secret(),
+                secret=self.box.seal(new_secret()),
                 rotated_at=when,
             )
             .returning(*tenant_webhooks.columns)
         )
         with self._tx.begin() as conn:
-            return _secrets(conn.execute(statement).mappings().one())
+            return self._secrets(conn.execute(statement).mappings().one())
 
     def set_default_url(self, tenant: str, url: str | None) -> TenantSecrets:
         """Set (or clear, with None) the URL of events whose job names no `webhook_url`."""
@@ -258,14 +290,14 @@ class Events(Operations):
             .returning(*tenant_webhooks.columns)
         )
         with self._tx.begin() as conn:
-            return _secrets(conn.execute(statement).mappings().one())
+            return self._secrets(conn.execute(statement).mappings().one())
 
-
-def _secrets(row: Any) -> TenantSecrets:
-    return TenantSecrets(
-        secret=row["secret"],
-        previous_secret=row["previous_secret"],
-        previous_until=row["previous_until"],
-        rotated_at=row["rotated_at"],
-        default_url=row["default_url"],
-    )
+    def _secrets(self, row: Any) -> TenantSecrets:
+        previous = row["previous_secret"]
+        return TenantSecrets(
+            secret=self.box.open(row["secret"]),
+            previous_secret=self.box.open(previous) if previous is not None else None,
+            previous_until=row["previous_until"],
+            rotated_at=row["rotated_at"],
+            default_url=row["default_url"],
+        )

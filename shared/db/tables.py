@@ -329,8 +329,9 @@ class TenantWebhook(Base):
     __tablename__ = "tenant_webhooks"
 
     tenant: Mapped[str] = mapped_column(sa.String(TENANT_MAX_LENGTH), primary_key=True)
-    secret: Mapped[str] = mapped_column(sa.String(128))
-    previous_secret: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
+    # Sealed (shared/secret_box.py, migration 0009) or as they are, without RENDERFARM_WEBHOOK_SECRETS_KEY.
+    secret: Mapped[str] = mapped_column(sa.String(512))
+    previous_secret: Mapped[str | None] = mapped_column(sa.String(512), nullable=True)
     previous_until: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     rotated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     default_url: Mapped[str | None] = mapped_column(sa.String(4096), nullable=True)

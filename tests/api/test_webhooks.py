@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 import renderfarm
@@ -27,6 +28,10 @@ from renderfarm.cli import main as cli_main
 from scheduler.app import create_app
 from scheduler.routes import webhooks as webhook_routes
 from scheduler.webhooks import WebhookSender
+from shared.db import make_engine
+from shared.db.tables import tenant_webhooks
+from shared.errors import ConfigError
+from shared.secret_box import SecretBox, new_key
 from tests.api.conftest import ALICE, ALICE_TOKEN, BOB, LOOPBACK_CLIENT, Farm, FarmFactory, job_body, put_job
 from tests.clock import FakeClock
 from tests.waiting import wait_until
@@ -458,6 +463,57 @@ def test_the_sdk_verifies_a_delivered_webhook(make_farm: FarmFactory, receiver: 
         renderfarm.verify_webhook(secret_of(farm, BOB), message.headers, message.body, now=sent_at)
     with pytest.raises(renderfarm.WebhookVerificationError, match="from now"):
         renderfarm.verify_webhook(secret, message.headers, message.body, now=sent_at + 3600)
+
+
+def stored_secrets(farm: Farm, tenant: str = "alice") -> tuple[str, str | None]:
+    """The tenant's row as the database holds it (what a backup or a read-only role would see)."""
+    engine = make_engine(farm.settings.resolved_database_url)
+    try:
+        with engine.connect() as conn:
+            columns = (tenant_webhooks.c.secret, tenant_webhooks.c.previous_secret)
+            row = conn.execute(sa.select(*columns).where(tenant_webhooks.c.tenant == tenant)).one()
+    finally:
+        engine.dispose()
+    return row[0], row[1]
+
+
+def test_webhook_secrets_are_sealed_at_rest_with_the_operator_s_key(
+    make_farm: FarmFactory, receiver: Receiver, image_png: bytes
+) -> None:
+    key = new_key()
+    farm = make_farm(**FAST, webhook_secrets_key=key)
+    secret = secret_of(farm)
+    stored, _ = stored_secrets(farm)
+    assert stored.startswith("fernet:")
+    assert secret not in stored
+    # Deliveries are signed with the secret itself, which the tenant verifies with.
+    put_job(farm, "seal-1", job_body(b64(image_png), webhook_url=receiver.url))
+    farm.succeed_with_artifacts("alice", "seal-1")
+    sender = WebhookSender(farm.db, farm.settings, clock=lambda: clock_at_now().now)
+    assert sender.deliver_due() == 1
+    sender.stop()
+    (message,) = receiver.accepted
+    assert signature_ok(secret, message)
+    # A rotation keeps both sealed; the overlap still opens the old one.
+    rotated = farm.client.post("/v1/webhooks/secret/rotate", headers=ALICE).json()
+    assert rotated["previous_secret"] == secret
+    assert all(value is not None and value.startswith("fernet:") for value in stored_secrets(farm))
+    assert secret_of(farm) == rotated["secret"]
+
+
+def test_secrets_stored_before_the_key_are_sealed_on_their_next_read(make_farm: FarmFactory) -> None:
+    plain = make_farm(**FAST)
+    secret = secret_of(plain)
+    assert stored_secrets(plain)[0] == secret  # no key: as it is
+    # The same database, now served with a key (migrating to sealed secrets needs no downtime or script).
+    plain.db.events.box = SecretBox.from_setting(new_key())
+    assert secret_of(plain) == secret
+    assert stored_secrets(plain)[0].startswith("fernet:")
+    assert secret_of(plain) == secret
+    # Without the key the sealed secret cannot be read: a clear error naming the setting, never a wrong signature.
+    plain.db.events.box = SecretBox()
+    with pytest.raises(ConfigError, match="RENDERFARM_WEBHOOK_SECRETS_KEY"):
+        plain.db.events.tenant_secrets("alice")
 
 
 def test_the_sdk_reads_the_feed_from_a_cursor(served_farm: tuple[Farm, str], image_png: bytes) -> None:

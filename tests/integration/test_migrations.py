@@ -214,3 +214,49 @@ def test_migration_0008_is_reversible(empty_database_url: str) -> None:
     upgrade(empty_database_url)
     assert current_revision(empty_database_url) == head_revision()
     assert schema_differences(empty_database_url) == []
+
+
+def secret_lengths(url: str) -> dict[str, int | None]:
+    engine = make_engine(url)
+    try:
+        columns = sa.inspect(engine).get_columns("tenant_webhooks")
+        return {c["name"]: getattr(c["type"], "length", None) for c in columns if "secret" in c["name"]}
+    finally:
+        engine.dispose()
+
+
+def test_migration_0009_widens_the_secret_columns_and_keeps_the_secrets(empty_database_url: str) -> None:
+    """0009 makes room for a sealed secret (shared/secret_box.py); a secret stored before it survives both ways."""
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.begin() as connection:
+            command.upgrade(alembic_config(connection), "0008")
+        with engine.begin() as connection:
+            connection.execute(
+                sa.text(
+                    "INSERT INTO tenant_webhooks (tenant, secret, previous_secret, rotated_at) "
+                    "VALUES ('alice', 'whsec_plain', NULL, CURRENT_TIMESTAMP)"
+                )
+            )
+    finally:
+        engine.dispose()
+    upgrade(empty_database_url)
+    lengths = secret_lengths(empty_database_url)
+    if lengths["secret"] is not None:  # SQLite reports the declared length too; None only where none is kept
+        assert lengths == {"secret": 512, "previous_secret": 512}
+    assert schema_differences(empty_database_url) == []
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text("UPDATE tenant_webhooks SET previous_secret = :sealed"), {"sealed": "x" * 300})
+        with engine.begin() as connection:
+            secret = connection.execute(sa.text("SELECT secret FROM tenant_webhooks")).scalar_one()
+            connection.execute(sa.text("UPDATE tenant_webhooks SET previous_secret = NULL"))
+        with engine.begin() as connection:
+            command.downgrade(alembic_config(connection), "0008")
+    finally:
+        engine.dispose()
+    assert secret == "whsec_plain"
+    assert current_revision(empty_database_url) == "0008"
+    upgrade(empty_database_url)
+    assert current_revision(empty_database_url) == head_revision()

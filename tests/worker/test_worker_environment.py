@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import API_SECRET_VARIABLES, Settings
+from shared.secret_box import new_key
 from tests.waiting import wait_until
 from worker.service import start_workers, worker_command, worker_environment
 
@@ -23,6 +24,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 API_TOKEN = f"alice:scheduler-only-token-{uuid.uuid4().hex}"
 METRICS_TOKEN = f"metrics-only-token-{uuid.uuid4().hex}"
+WEBHOOK_SECRETS_KEY = new_key()  # seals the tenants' webhook secrets: the scheduler's alone
 TOKENS_FILE = "/run/secrets/renderfarm-api-tokens"
 
 
@@ -46,7 +48,7 @@ def after_exec(pid: int) -> dict[str, str]:
 def holds_a_secret(environ: dict[str, str]) -> bool:
     text = "\0".join(f"{name}={value}" for name, value in environ.items())
     return any(name in environ for name in API_SECRET_VARIABLES) or any(
-        secret in text for secret in (API_TOKEN, METRICS_TOKEN, TOKENS_FILE)
+        secret in text for secret in (API_TOKEN, METRICS_TOKEN, TOKENS_FILE, WEBHOOK_SECRETS_KEY)
     )
 
 
@@ -55,6 +57,7 @@ def secrets_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RENDERFARM_API_TOKENS", API_TOKEN)
     monkeypatch.setenv("RENDERFARM_API_TOKENS_FILE", TOKENS_FILE)
     monkeypatch.setenv("RENDERFARM_METRICS_TOKEN", METRICS_TOKEN)
+    monkeypatch.setenv("RENDERFARM_WEBHOOK_SECRETS_KEY", WEBHOOK_SECRETS_KEY)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
