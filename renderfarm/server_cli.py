@@ -189,9 +189,10 @@ def _cmd_purge(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
     verb = "would purge" if report.dry_run else "purged"
-    print(f"{verb}: {len(report.results)} result set(s), {len(report.jobs)} job row(s), {len(report.inputs)} "
-          f"input(s), {report.objects} stored object(s)")  # fmt: skip
-    for kind, names in (("results", report.results), ("job", report.jobs), ("input", report.inputs)):
+    print(f"{verb}: {len(report.results)} result set(s), {len(report.jobs)} job row(s), {len(report.batches)} "
+          f"batch(es), {len(report.inputs)} input(s), {report.objects} stored object(s)")  # fmt: skip
+    listed = (("results", report.results), ("job", report.jobs), ("batch", report.batches), ("input", report.inputs))
+    for kind, names in listed:
         for name in names:
             print(f"  {kind} {name}")
     return 0

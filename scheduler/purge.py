@@ -7,7 +7,8 @@ through an index (shared.db.retention):
    (`{tenant}/{task_id}/`: results, overlays, masks of every attempt) is deleted, then its artifact rows, and the
    job is marked `results_purged_at`. Storage first: a row never names an object the purge removed.
 2. jobs: terminal jobs past the jobs retention lose their stored objects the same way, then their rows, which
-   leave a tombstone (reads answer 410 with the time).
+   leave a tombstone (reads answer 410 with the time). A batch whose last jobs these were goes with them, its
+   `batch.finished` event included, and leaves a tombstone too.
 3. inputs: uploaded assets past the inputs retention that no queued or running job of the tenant names: object
    first, then the row (kept if the same bytes were uploaded again meanwhile).
 
@@ -33,24 +34,26 @@ log = logging.getLogger("scheduler.purge")
 
 @dataclass
 class PurgeReport:
-    """What one pass purged (or, dry, would purge): task ids as `tenant/task_id`, assets as `tenant/sha256`, and
-    how many storage objects."""
+    """What one pass purged (or, dry, would purge): task ids as `tenant/task_id`, batches as `tenant/batch_id`,
+    assets as `tenant/sha256`, and how many storage objects."""
 
     dry_run: bool
     results: list[str] = field(default_factory=list)
     jobs: list[str] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
+    batches: list[str] = field(default_factory=list)
     objects: int = 0
 
     @property
     def empty(self) -> bool:
-        return not (self.results or self.jobs or self.inputs)
+        return not (self.results or self.jobs or self.inputs or self.batches)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "dry_run": self.dry_run,
             "results": self.results,
             "jobs": self.jobs,
+            "batches": self.batches,
             "inputs": self.inputs,
             "objects": self.objects,
         }
@@ -84,9 +87,12 @@ def purge_once(
         for row in rows:
             if row.results_purged_at is None and f"{row.tenant}/{row.task_id}/" not in emptied:
                 report.objects += _delete_prefix(storage, f"{row.tenant}/{row.task_id}/", dry_run)
+        emptied_batches = db.retention.batches_emptied_by(rows)
         if not dry_run:
             db.retention.delete_jobs(rows)
+            emptied_batches = db.retention.delete_empty_batches(emptied_batches)
         report.jobs.extend(f"{row.tenant}/{row.task_id}" for row in rows)
+        report.batches.extend(f"{tenant}/{batch_id}" for tenant, batch_id in emptied_batches)
     for tenants, others, cutoff in policy.cutoffs("inputs", moment):
         due = db.retention.assets_due(tenants, others, cutoff, limit)
         in_use: dict[str, set[str]] = {}
@@ -102,10 +108,11 @@ def purge_once(
             report.inputs.append(f"{asset.tenant}/{asset.sha256}")
     if not report.empty:
         log.info(
-            "retention purge%s: %d result set(s), %d job row(s), %d input(s), %d object(s)",
+            "retention purge%s: %d result set(s), %d job row(s), %d batch(es), %d input(s), %d object(s)",
             " (dry run)" if dry_run else "",
             len(report.results),
             len(report.jobs),
+            len(report.batches),
             len(report.inputs),
             report.objects,
         )

@@ -36,7 +36,7 @@ from scheduler.rate_limits import RateLimiter
 from scheduler.routes import checked_task_id
 from scheduler.routes.jobs import cancel_job
 from scheduler.submission import submit_job
-from shared.errors import InputError, NotFound
+from shared.errors import Gone, InputError, NotFound
 from shared.states import JobState
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
@@ -69,6 +69,13 @@ def _to_sign_in() -> RedirectResponse:
 
 def _not_found(viewer: Viewer, what: str) -> HTMLResponse:
     return _html(frame("Not found", viewer, f'<h1>Not found</h1><p data-testid="not-found">{esc(what)}</p>'), 404)
+
+
+def _purged(viewer: Viewer, gone: Gone) -> HTMLResponse:
+    """A job or batch the retention purge deleted: 410, saying when (docs/api.md "Retention")."""
+    when = gone.purged_at.isoformat(timespec="seconds").replace("+00:00", "Z")
+    text = f'<h1>Purged</h1><p data-testid="purged">{esc(gone.message)} ({esc(when)}).</p>'
+    return _html(frame("Purged", viewer, text), 410)
 
 
 def _tenant_of(viewer: Viewer, asked: str | None) -> str | None:
@@ -196,11 +203,13 @@ async def job(
     if owner is None:
         return _not_found(viewer, f"no job {task_id}")
 
-    def read() -> str | None:
+    def read() -> str | Gone | None:
         try:
             row = services.db.jobs.get(owner, checked_task_id(task_id))
         except NotFound:
             return None
+        except Gone as gone:
+            return gone
         live = pages.job_live_part(services, viewer, row)
         if request.headers.get(FRAGMENT_HEADER):
             return live
@@ -209,6 +218,8 @@ async def job(
     body = await run_in_threadpool(read)
     if body is None:
         return _not_found(viewer, f"no job {task_id}")
+    if isinstance(body, Gone):
+        return _purged(viewer, body)
     if request.headers.get(FRAGMENT_HEADER):
         return _html(body)
     return _html(frame(f"Job {task_id}", viewer, body))
@@ -275,6 +286,8 @@ async def batch(
         main = await run_in_threadpool(pages.batch_page, services, viewer, owner, batch_id)
     except NotFound:
         return _not_found(viewer, f"no batch {batch_id}")
+    except Gone as gone:
+        return _purged(viewer, gone)
     return _page(request, f"Batch {batch_id}", viewer, main)
 
 

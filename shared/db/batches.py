@@ -13,9 +13,9 @@ from shared.db.job_inserts import insert_jobs
 from shared.db.job_updates import cancel_jobs
 from shared.db.rows import BatchRow, BulkResult, NewJob, plain_row
 from shared.db.stats import counts_by_state
-from shared.db.tables import BATCH_MODES, batches, jobs
+from shared.db.tables import BATCH_MODES, batches, jobs, purged_batches
 from shared.db.transaction import Operations
-from shared.errors import NotFound
+from shared.errors import Gone, NotFound
 from shared.states import JobState
 
 
@@ -57,10 +57,24 @@ class Batches(Operations):
         return plain_row(BatchRow, row), result
 
     def get(self, tenant: str, batch_id: uuid.UUID) -> BatchRow:
-        """The tenant's batch. Raises `NotFound` for an unknown batch and another tenant's alike."""
+        """The tenant's batch. Raises `NotFound` for an unknown batch and another tenant's alike, and `Gone` (410)
+        for one the retention purge deleted with its last job (its tombstone, migration 0010)."""
         statement = sa.select(batches).where(batches.c.id == batch_id, batches.c.tenant == tenant)
-        missing = NotFound(f"no batch with id {batch_id}", code="batch_not_found")
-        return plain_row(BatchRow, self._tx.read_one(statement, missing))
+        with self._tx.begin(write=False) as conn:
+            row = conn.execute(statement).mappings().first()
+            if row is None:
+                tombstone = sa.select(purged_batches.c.purged_at).where(
+                    purged_batches.c.tenant == tenant, purged_batches.c.batch_id == batch_id
+                )
+                purged_at = conn.execute(tombstone).scalar_one_or_none()
+                if purged_at is not None:
+                    raise Gone(
+                        f"batch {batch_id} was purged with its jobs at the end of their retention period",
+                        code="batch_purged",
+                        purged_at=purged_at,
+                    )
+                raise NotFound(f"no batch with id {batch_id}", code="batch_not_found")
+        return plain_row(BatchRow, row)
 
     def cancel(self, tenant: str, batch_id: uuid.UUID, *, now: datetime | None = None) -> BatchRow:
         """Cancel what has not finished: queued jobs at once, running ones by request. Raises `NotFound`."""

@@ -156,6 +156,12 @@ def _insert_event(
     return conn.execute(statement).first() is not None
 
 
+def batch_finished_key(tenant: str, batch_id: uuid.UUID) -> str:
+    """The dedup key of a batch's one `batch.finished` event (the retention purge deletes it with the batch, so a
+    batch id used again gets its own)."""
+    return f"{BATCH_FINISHED}:{tenant}:{batch_id}"
+
+
 def _record_batch_finished(
     conn: Connection, tenant: str, batch_id: uuid.UUID, default_url: str | None, now: datetime
 ) -> None:
@@ -177,7 +183,7 @@ def _record_batch_finished(
         },
     }
     inserted = _insert_event(
-        conn, tenant, BATCH_FINISHED, event_id, f"{BATCH_FINISHED}:{tenant}:{batch_id}", body, None, batch_id, now
+        conn, tenant, BATCH_FINISHED, event_id, batch_finished_key(tenant, batch_id), body, None, batch_id, now
     )
     if not inserted:
         return

@@ -18,8 +18,18 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from shared.db.event_writes import batch_finished_key
 from shared.db.rows import AssetRow, JobRow, plain_row
-from shared.db.tables import artifacts, assets, events, jobs, purged_jobs, webhook_deliveries
+from shared.db.tables import (
+    artifacts,
+    assets,
+    batches,
+    events,
+    jobs,
+    purged_batches,
+    purged_jobs,
+    webhook_deliveries,
+)
 from shared.db.transaction import Operations
 from shared.states import TERMINAL_STATES, JobState
 
@@ -151,6 +161,50 @@ class Retention(Operations):
             conn.execute(sa.delete(events).where(events.c.job_id.in_(ids)))
             conn.execute(sa.delete(jobs).where(jobs.c.id.in_(ids), jobs.c.state.in_(_TERMINAL)))
         return len(ids)
+
+    def batches_emptied_by(self, rows: Iterable[JobRow]) -> list[tuple[str, uuid.UUID]]:
+        """The (tenant, batch id) of the batches whose every remaining job is among `rows`: deleting those rows
+        leaves them empty (what a dry run reports, and what `delete_empty_batches` is then given)."""
+        deleting: dict[tuple[str, uuid.UUID], int] = {}
+        for row in rows:
+            if row.batch_id is not None:
+                deleting[(row.tenant, row.batch_id)] = deleting.get((row.tenant, row.batch_id), 0) + 1
+        emptied = []
+        with self._tx.begin(write=False) as conn:
+            for (tenant, batch_id), count in sorted(deleting.items(), key=lambda item: (item[0][0], str(item[0][1]))):
+                remaining = sa.select(sa.func.count()).where(jobs.c.tenant == tenant, jobs.c.batch_id == batch_id)
+                if int(conn.execute(remaining).scalar_one()) <= count:
+                    emptied.append((tenant, batch_id))
+        return emptied
+
+    def delete_empty_batches(self, candidates: Iterable[tuple[str, uuid.UUID]]) -> list[tuple[str, uuid.UUID]]:
+        """Delete those of these batches that no job row names any more (the purge took their last jobs), with their
+        `batch.finished` event and its deliveries, leaving a tombstone of each (reads answer 410). Returns them."""
+        now = self._tx.clock()
+        deleted = []
+        with self._tx.begin() as conn:
+            for tenant, batch_id in candidates:
+                named = sa.select(sa.literal(1)).where(jobs.c.tenant == tenant, jobs.c.batch_id == batch_id).limit(1)
+                if conn.execute(named).first() is not None:
+                    continue
+                this_batch = [batches.c.tenant == tenant, batches.c.id == batch_id]
+                created_at = conn.execute(sa.select(batches.c.created_at).where(*this_batch)).scalar_one_or_none()
+                if created_at is None:
+                    continue
+                finished = events.c.dedup_key == batch_finished_key(tenant, batch_id)
+                event_ids = sa.select(events.c.event_id).where(finished).scalar_subquery()
+                conn.execute(sa.delete(webhook_deliveries).where(webhook_deliveries.c.event_id.in_(event_ids)))
+                conn.execute(sa.delete(events).where(finished))
+                tombstone = [purged_batches.c.tenant == tenant, purged_batches.c.batch_id == batch_id]
+                conn.execute(sa.delete(purged_batches).where(*tombstone))  # an older one of a reused batch id
+                conn.execute(
+                    sa.insert(purged_batches).values(
+                        tenant=tenant, batch_id=batch_id, created_at=created_at, purged_at=now
+                    )
+                )
+                conn.execute(sa.delete(batches).where(*this_batch))
+                deleted.append((tenant, batch_id))
+        return deleted
 
     def delete_assets(self, tenant: str, sha256s: Iterable[str], cutoff: datetime) -> int:
         """Delete these asset rows of `tenant` (still older than `cutoff`: one uploaded again since is kept)."""

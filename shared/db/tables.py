@@ -233,6 +233,18 @@ class Asset(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class PurgedBatch(Base):
+    """The tombstone of a batch the retention purge deleted with its last job (migration 0010): reads answer 410."""
+
+    __tablename__ = "purged_batches"
+    __table_args__ = (sa.PrimaryKeyConstraint("tenant", "batch_id"),)
+
+    tenant: Mapped[str] = mapped_column(sa.String(TENANT_MAX_LENGTH))
+    batch_id: Mapped[uuid.UUID] = mapped_column(sa.Uuid)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    purged_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class PurgedJob(Base):
     """The tombstone of a job row the retention purge deleted (migration 0008): reads of it answer 410."""
 
@@ -347,3 +359,4 @@ events: sa.Table = Event.__table__  # type: ignore[assignment]
 webhook_deliveries: sa.Table = WebhookDelivery.__table__  # type: ignore[assignment]
 tenant_webhooks: sa.Table = TenantWebhook.__table__  # type: ignore[assignment]
 purged_jobs: sa.Table = PurgedJob.__table__  # type: ignore[assignment]
+purged_batches: sa.Table = PurgedBatch.__table__  # type: ignore[assignment]

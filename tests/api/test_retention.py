@@ -20,7 +20,7 @@ from shared.db import Database
 from shared.db.tables import artifacts, assets, jobs, purged_jobs
 from shared.states import JobState
 from shared.storage import Storage
-from tests.api.conftest import ALICE, BOB, Farm, FarmFactory, job_body, png_bytes, put_job, upload
+from tests.api.conftest import ALICE, ALICE_TOKEN, BOB, Farm, FarmFactory, job_body, png_bytes, put_job, upload
 
 RETENTION = {
     "tenant_retention": "alice:results=1:inputs=1:jobs=5",
@@ -67,11 +67,17 @@ def setup_jobs(farm: Farm) -> dict[str, Any]:
     return {"kept": kept_input, "old": old_input, "bob": bob_input, "batch": (first, second)}
 
 
-def event_task_ids(farm: Any, headers: dict[str, str]) -> set[str]:
-    """The task ids the tenant's event feed names (`GET /v1/events`, from the start)."""
+def feed_events(farm: Any, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """The tenant's event feed from the start (`GET /v1/events`)."""
     feed = farm.client.get("/v1/events", params={"limit": 500}, headers=headers)
     assert feed.status_code == 200, feed.text
-    return {event["data"].get("task_id") for event in feed.json()["events"]}
+    events: list[dict[str, Any]] = feed.json()["events"]
+    return events
+
+
+def event_task_ids(farm: Any, headers: dict[str, str]) -> set[str]:
+    """The task ids the tenant's event feed names (`GET /v1/events`, from the start)."""
+    return {event["data"].get("task_id") for event in feed_events(farm, headers)}
 
 
 def test_purge_follows_each_tenants_retention(make_farm: FarmFactory) -> None:
@@ -142,11 +148,30 @@ def test_purge_follows_each_tenants_retention(make_farm: FarmFactory) -> None:
     assert farm.client.get("/v1/jobs/b-done", headers=BOB).status_code == 200
     assert farm.db.jobs.get("alice", batch_done).state is JobState.SUCCEEDED
 
-    # Once the batch has finished, its jobs follow the retention like any other.
+    # Once the batch has finished, its jobs follow the retention like any other, and the batch goes with its last
+    # jobs: its batch.finished event too, and reading it answers 410 (a dry run says so first).
     farm.db.jobs.request_cancel("alice", batch_queued)
+    batch_id = farm.db.jobs.get("alice", batch_done).batch_id
+    assert farm.client.get(f"/v1/batches/{batch_id}", headers=ALICE).status_code == 200
+    assert any(e["type"] == "batch.finished" for e in feed_events(farm, ALICE))
+    dry = purge_once(farm.db, farm.storage, policy, limit=100, dry_run=True, now=lambda: much_later)
+    assert dry.batches == [f"alice/{batch_id}"]
     report = purge_once(farm.db, farm.storage, policy, limit=100, now=lambda: much_later)
+    assert dataclasses.replace(report, dry_run=True) == dry
     assert set(report.jobs) == {f"alice/{batch_done}", f"alice/{batch_queued}"}
     assert stored_keys(farm.storage, f"alice/{batch_done}/") == set()
+    gone_batch = farm.client.get(f"/v1/batches/{batch_id}", headers=ALICE)
+    assert gone_batch.status_code == 410
+    assert gone_batch.json()["error"]["code"] == "batch_purged"
+    assert farm.client.get(f"/v1/batches/{batch_id}", headers=BOB).status_code == 404
+    assert not any(e["type"] == "batch.finished" for e in feed_events(farm, ALICE))
+    # The dashboard says so too, rather than "not found".
+    assert farm.client.post("/ui/signin", data={"token": ALICE_TOKEN}, follow_redirects=False).status_code == 303
+    for page in (f"/ui/batches/{batch_id}", "/ui/jobs/a-done"):
+        shown = farm.client.get(page)
+        assert shown.status_code == 410, page
+        assert 'data-testid="purged"' in shown.text
+    farm.client.cookies.clear()
     # A purged task id can be used again: the new job is served, not the tombstone.
     again = put_job(farm, "a-done", job_body(made["kept"]["asset_id"]))
     assert again.status_code == 201, again.text

@@ -137,7 +137,7 @@ def test_purge_dry_run_reports_and_purge_deletes(
         assert report == {"dry_run": True, "results": [], "jobs": [], "inputs": [f"alice/{digest}"], "objects": 1}
         assert storage.exists(asset_key("alice", digest))
         assert main(["purge"]) == 0
-        assert "purged: 0 result set(s), 0 job row(s), 1 input(s)" in capsys.readouterr().out
+        assert "purged: 0 result set(s), 0 job row(s), 0 batch(es), 1 input(s)" in capsys.readouterr().out
         assert not storage.exists(asset_key("alice", digest))
         assert storage.exists(asset_key("bob", digest))  # bob keeps his inputs forever (no default set)
     db.close()
