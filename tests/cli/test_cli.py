@@ -134,7 +134,8 @@ def test_purge_dry_run_reports_and_purge_deletes(
         capsys.readouterr()
         assert main(["purge", "--dry-run", "--json"]) == 0
         report = json.loads(capsys.readouterr().out)
-        assert report == {"dry_run": True, "results": [], "jobs": [], "inputs": [f"alice/{digest}"], "objects": 1}
+        expected = {"dry_run": True, "results": [], "jobs": [], "batches": [], "inputs": [f"alice/{digest}"]}
+        assert report == {**expected, "objects": 1}
         assert storage.exists(asset_key("alice", digest))
         assert main(["purge"]) == 0
         assert "purged: 0 result set(s), 0 job row(s), 0 batch(es), 1 input(s)" in capsys.readouterr().out
