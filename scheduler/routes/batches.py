@@ -25,6 +25,7 @@ router = APIRouter(prefix="/v1/batches", tags=["batches"])
 ERROR_RESPONSES: Responses = {
     401: {"description": "missing or invalid API token"},
     404: {"description": "no such batch for this tenant"},
+    410: {"description": "the batch was purged at the end of its retention period (the error carries purged_at)"},
     422: {"description": "invalid request, naming the field"},
 }
 BATCH_BODY_DOC: dict[str, Any] = {

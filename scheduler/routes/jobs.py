@@ -37,6 +37,7 @@ JOB_BODY_DOC: dict[str, Any] = {
 ERROR_RESPONSES: Responses = {
     401: {"description": "missing or invalid API token"},
     404: {"description": "no such job for this tenant"},
+    410: {"description": "the job was purged at the end of its retention period (the error carries purged_at)"},
     422: {"description": "invalid request, naming the field"},
 }
 
