@@ -12,13 +12,16 @@ import base64
 import hashlib
 import hmac
 import json
+import ssl
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -34,6 +37,7 @@ from shared.errors import ConfigError
 from shared.secret_box import SecretBox, new_key
 from tests.api.conftest import ALICE, ALICE_TOKEN, BOB, LOOPBACK_CLIENT, Farm, FarmFactory, job_body, put_job
 from tests.clock import FakeClock
+from tests.tls_certs import make_certificates
 from tests.waiting import wait_until
 
 FAST = {
@@ -72,6 +76,14 @@ class Receiver:
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
+    started = start_receiver()
+    yield started
+    started.server.shutdown()
+    started.server.server_close()
+
+
+def start_receiver(tls: ssl.SSLContext | None = None) -> Receiver:
+    """A receiver serving on loopback from a thread (over TLS with `tls`); the caller shuts its server down."""
     holder: dict[str, Receiver] = {}
 
     class Handler(BaseHTTPRequestHandler):
@@ -93,12 +105,12 @@ def receiver() -> Iterator[Receiver]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     holder["receiver"] = Receiver(server)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield holder["receiver"]
-    server.shutdown()
-    server.server_close()
+    return holder["receiver"]
 
 
 def signature_ok(secret: str, received: Received) -> bool:
@@ -442,6 +454,44 @@ def test_a_delivery_connects_to_the_address_it_checked(
     assert received.headers["host"] == f"hooks.farm-test.invalid:{port}"
     assert json.loads(received.body)["data"]["task_id"] == "pin-1"
     assert lookups == ["hooks.farm-test.invalid"]
+
+
+def test_an_https_delivery_to_a_pinned_address_verifies_the_certificate_of_the_name(
+    make_farm: FarmFactory, image_png: bytes, tmp_path: Path
+) -> None:
+    # The connection goes to the address the check resolved, yet TLS is for the name: its SNI and the name the
+    # certificate is checked against. A certificate of the same trusted authority for another name is refused.
+    name = "hooks.farm-test.invalid"
+    good = make_certificates(tmp_path / "good", name)
+    other = make_certificates(tmp_path / "other", "someone-else.invalid", authority=good)
+    farm = make_farm(**FAST)
+    clock = clock_at_now()
+
+    def resolve(host: str, _port: int) -> list[str]:
+        return ["127.0.0.1"] if host == name else []
+
+    for task_id, certificates, delivered in (("tls-1", good, True), ("tls-2", other, False)):
+        receiver = start_receiver(certificates.server_context())
+        try:
+            url = f"https://{name}:{receiver.server.server_address[1]}/hook"
+            put_job(farm, task_id, job_body(b64(image_png), webhook_url=url))
+            farm.succeed_with_artifacts("alice", task_id)
+            # The sender trusts the test authority alone (not the machine's store).
+            trusting = httpx.HTTPTransport(verify=good.client_context())
+            sender = WebhookSender(farm.db, farm.settings, clock=lambda: clock.now, transport=trusting, resolve=resolve)
+            assert sender.deliver_due() == 1
+            sender.stop()
+        finally:
+            receiver.server.shutdown()
+            receiver.server.server_close()
+        assert [json.loads(r.body)["data"]["task_id"] for r in receiver.accepted] == ([task_id] if delivered else [])
+        (delivery,) = farm.client.get(f"/v1/jobs/{task_id}/deliveries", headers=ALICE).json()["deliveries"]
+        if delivered:
+            assert receiver.accepted[0].headers["host"] == f"{name}:{receiver.server.server_address[1]}"
+            assert delivery["state"] == "delivered"
+        else:
+            assert delivery["state"] == "pending"
+            assert "CERTIFICATE_VERIFY_FAILED" in delivery["log"][0]["error"]
 
 
 def test_the_sdk_verifies_a_delivered_webhook(make_farm: FarmFactory, receiver: Receiver, image_png: bytes) -> None:
