@@ -26,7 +26,7 @@ from shared.errors import NotFound
 from shared.states import JobState
 
 QUEUE_ROWS_PER_TENANT: Final = 100  # newest jobs shown per tenant on the queue page (one tenant's: per page)
-TOTALS_CAP: Final = 10_000  # queued and running totals are counted up to this ("10000+")
+TOTALS_CAP: Final = 10_000  # the counts by state stop here per tenant ("10000+")
 BATCH_ITEMS: Final = 1000  # items of a batch laid out on its page
 ASSET_URL_EXPIRES_S: Final = 3600
 # The order of the queue page: what is moving first, then what waits, then what is done.
@@ -69,9 +69,9 @@ def queue_page(
     services: Services, viewer: Viewer, state: JobState | None, tenant: str | None = None, before: str | None = None
 ) -> str:
     """The newest jobs of every tenant shown, or of `tenant` alone (running, then queued, then finished; higher
-    priority first), the waiting reason and ETA of each unfinished job, and counts by state: the queued and running
-    totals, the finished ones of the jobs listed. One tenant's list pages on: `before` is the cursor of its next
-    page (`JobsRepo.list_jobs`; raises InputError for a cursor this server did not make)."""
+    priority first), the waiting reason and ETA of each unfinished job, and the tenants' counts by state (each
+    counted up to TOTALS_CAP per tenant). One tenant's list pages on: `before` is the cursor of its next page
+    (`JobsRepo.list_jobs`; raises InputError for a cursor this server did not make)."""
     tenants = (tenant,) if tenant is not None else viewer.tenants_shown()
     paged = len(tenants) == 1
     entries: list[tuple[JobRow, dict[str, Any]]] = []
@@ -83,11 +83,10 @@ def queue_page(
         live = safe_live_many(services, rows)
         entries += [(row, read_snapshot(services, row, live=live)) for row in rows]
     entries.sort(key=lambda entry: (STATE_ORDER[entry[0].state], -entry[0].priority, entry[0].created_at))
-    counts: dict[JobState, int | str] = {job_state: 0 for job_state in JobState}
-    for row, _snapshot in entries:
-        counts[row.state] = int(counts[row.state]) + 1
-    for job_state, total in services.db.stats.unfinished_counts(tenants, cap=TOTALS_CAP).items():
-        counts[job_state] = f"{TOTALS_CAP}+" if total >= TOTALS_CAP else total
+    counts = {
+        job_state: f"{total}+" if capped else str(total)
+        for job_state, (total, capped) in services.db.stats.tenant_counts(tenants, cap=TOTALS_CAP).items()
+    }
     only = tenant if tenant != viewer.tenant else None
     filters = join(
         f'<a href="{esc(queue_href(job_state, only))}" class="count" data-testid="count-{job_state.value}">'
@@ -101,7 +100,7 @@ def queue_page(
         if paged
         else f"Newest {QUEUE_ROWS_PER_TENANT} jobs per tenant (a tenant's name lists all of its jobs)"
     )
-    totals = "queued and running: all of them; finished: of the jobs listed"
+    counted = f"every job of the tenants shown, up to {TOTALS_CAP:,} of a state per tenant"
     pager = join(
         link
         for link in (
@@ -156,8 +155,8 @@ def queue_page(
         else '<p class="empty">No jobs yet.</p>'
     )
     return (
-        f'<h1>Queue</h1><div class="counts" title="{totals}">{filters}</div>'
-        f'<p class="muted">{listed}{shown}. Counts: {totals}.</p>{table}'
+        f'<h1>Queue</h1><div class="counts" title="{counted}">{filters}</div>'
+        f'<p class="muted">{listed}{shown}. Counts: {counted}.</p>{table}'
         + (f'<p class="pager">{pager}</p>' if pager else "")
     )
 

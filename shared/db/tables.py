@@ -148,6 +148,9 @@ class Job(Base):
         sa.Index("ix_jobs_in_flight", "queue", "tenant", "priority", **_where(IN_FLIGHT)),
         # The tenant's listing, newest first, with a keyset cursor on (created_at, id).
         sa.Index(None, "tenant", "created_at", "id"),
+        # The same of one state (`?state=failed` among a million successes), and capped counts by state (the
+        # dashboard's): range scans of what is asked for, not of the tenant's whole history (migration 0011).
+        sa.Index("ix_jobs_tenant_state", "tenant", "state", "created_at", "id"),
         # A batch's items and its counts by state.
         sa.Index(None, "batch_id", "state"),
         # The reconciler: expired leases of running jobs.

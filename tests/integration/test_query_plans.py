@@ -155,3 +155,39 @@ def test_the_retention_purges_reads_do_not_scan_the_table(backlog_engine: sa.Eng
         assert {row.tenant for row in found} == {"carol"}
         (rows,) = rows_read_from_jobs(backlog_engine, lambda due=due: due(("alice",), True, everything_due, CAP))  # type: ignore[misc]
         assert rows <= CAP + 10
+
+
+def test_a_tenants_jobs_of_one_state_read_only_that_state(backlog_engine: sa.Engine, backlog_db: Database) -> None:
+    """`GET /v1/jobs?state=` and the dashboard's `?state=`: a range scan of `ix_jobs_tenant_state` (migration 0011)
+    in the list's order, not the tenant's whole history filtered (carol has 6000 other jobs, none failed)."""
+    from shared.states import JobState
+
+    def failed() -> Any:
+        return backlog_db.jobs.list_jobs("carol", state=JobState.FAILED, limit=50)
+
+    assert failed() == ([], None)
+    (rows,) = rows_read_from_jobs(backlog_engine, failed)
+    assert rows <= 2
+
+    def newest_queued() -> Any:
+        return backlog_db.jobs.list_jobs("alice", state=JobState.QUEUED, limit=50)
+
+    page, cursor = newest_queued()
+    assert len(page) == 50
+    assert cursor is not None
+    (rows,) = rows_read_from_jobs(backlog_engine, newest_queued)
+    assert rows <= 51
+
+
+def test_the_dashboards_counts_read_at_most_the_cap_per_tenant_and_state(
+    backlog_engine: sa.Engine, backlog_db: Database
+) -> None:
+    from shared.states import JobState
+
+    counts = backlog_db.stats.tenant_counts(("alice", "bob", "carol"), cap=CAP)
+    assert counts[JobState.QUEUED] == (CAP + 10, True)  # alice's stopped at the cap, bob's 10
+    assert counts[JobState.FAILED] == (0, False)
+    (rows,) = rows_read_from_jobs(
+        backlog_engine, lambda: backlog_db.stats.tenant_counts(("alice", "bob", "carol"), cap=CAP)
+    )
+    assert rows <= 2 * CAP + 10 + 20  # the two capped states, bob's ten, an index probe per empty count
