@@ -130,9 +130,10 @@ def test_the_queue_pages_on_and_counts_the_whole_backlog(
 ) -> None:
     monkeypatch.setattr(pages, "QUEUE_ROWS_PER_TENANT", 3)
     farm = make_farm(operator_tenants="bob")
-    for n in range(7):
+    for n in range(8):
         submit(farm, f"page-{n}")
     farm.claim("alice", "page-0")
+    farm.succeed_with_artifacts("alice", "page-7")  # the newest: on the first page only
     signed_in(farm, ALICE_TOKEN)
     seen: list[str] = []
     address: str | None = "/ui/"
@@ -140,12 +141,12 @@ def test_the_queue_pages_on_and_counts_the_whole_backlog(
         page = farm.client.get(html.unescape(address))
         assert page.status_code == 200
         seen += [task for task, _state in TASK_ROW.findall(page.text)]
-        # The counts are the whole backlog's, not the page's: 6 queued and 1 running on every page.
-        assert dict(COUNT.findall(page.text))["queued"] == "6", address
-        assert dict(COUNT.findall(page.text))["running"] == "1", address
+        # The counts are every job's, not the page's: 6 queued, 1 running, 1 succeeded on every page.
+        counts = dict(COUNT.findall(page.text))
+        assert (counts["queued"], counts["running"], counts["succeeded"], counts["failed"]) == ("6", "1", "1", "0")
         older = OLDER.search(page.text)
         address = older.group(1) if older is not None else None
-    assert sorted(seen) == [f"page-{n}" for n in range(7)]  # each job on exactly one page
+    assert sorted(seen) == [f"page-{n}" for n in range(8)]  # each job on exactly one page
     assert len(seen) == len(set(seen))
     assert farm.client.get("/ui/?before=not-a-cursor").status_code == 400
 
