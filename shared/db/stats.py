@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from shared.db.job_updates import chunks
 from shared.db.rows import FinishedJob, JobRow, QueueCounts, QueueStanding
 from shared.db.tables import jobs
 from shared.db.transaction import Operations, Transactions
@@ -101,6 +102,9 @@ def counts_by_state(tx: Transactions, where: sa.ColumnElement[bool]) -> dict[Job
     return counts
 
 
+TENANTS_PER_COUNT = 100  # tenants counted by state in one statement (5 columns each)
+
+
 def _queue_order_parameters(job: JobRow) -> dict[str, Any]:
     """Where `job` sorts in its queue: the bound parameters of the position and standing statements."""
     return {"queue": job.queue, "priority": job.priority, "created_at": job.created_at, "id": job.id}
@@ -160,20 +164,19 @@ class Stats(Operations):
         `ix_jobs_tenant_state`, so a long history or a deep backlog costs the cap, not its size."""
         states = list(JobState)
         counts = {state: (0, False) for state in states}
-        if not tenants:
-            return counts
         index_order = (jobs.c.created_at, jobs.c.id)  # ix_jobs_tenant_state, after tenant and state
-        columns = [
-            _count_up_to([jobs.c.tenant == tenant, jobs.c.state == state.value], cap, index_order)
-            for tenant in tenants
-            for state in states
-        ]
         with self._tx.begin(write=False) as conn:
-            values = conn.execute(sa.select(*columns)).one()
-        for index, value in enumerate(values):
-            state = states[index % len(states)]
-            total, capped = counts[state]
-            counts[state] = (total + int(value), capped or int(value) >= cap)
+            # A statement per TENANTS_PER_COUNT tenants: PostgreSQL takes at most 1,664 columns in a select list.
+            for some in chunks(list(tenants), TENANTS_PER_COUNT):
+                columns = [
+                    _count_up_to([jobs.c.tenant == tenant, jobs.c.state == state.value], cap, index_order)
+                    for tenant in some
+                    for state in states
+                ]
+                for index, value in enumerate(conn.execute(sa.select(*columns)).one()):
+                    state = states[index % len(states)]
+                    total, capped = counts[state]
+                    counts[state] = (total + int(value), capped or int(value) >= cap)
         return counts
 
     def queued_count(self, tenant: str, *, cap: int | None = None) -> int:
