@@ -92,6 +92,7 @@ class ClaimedRun:
             progress_writes=self.progress_writes,
             error_code=error_code,
             callbacks_ms=self.callbacks_s * 1000.0,
+            task_id=self.row.task_id,
         )
 
     def renew(self) -> None:

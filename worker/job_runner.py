@@ -110,7 +110,9 @@ def run_job(job_id: uuid.UUID, delivered_attempt: int, deps: WorkerDeps) -> RunO
         claimed = deps.db.leases.claim(job_id, deps.worker_name, lease_s)
     if claimed is None:
         logger.info("job %s: not queued (duplicate or canceled delivery %s); skipped", row.task_id, delivered_attempt)
-        return RunOutcome(job_id, "skipped", None, timings_ms=types.MappingProxyType(dict(timings.ms)))
+        return RunOutcome(
+            job_id, "skipped", None, timings_ms=types.MappingProxyType(dict(timings.ms)), task_id=row.task_id
+        )
     attempt = claimed.attempt
     if attempt != delivered_attempt + 1:
         logger.info("job %s: message of attempt %s runs as attempt %s", row.task_id, delivered_attempt, attempt)

@@ -22,7 +22,8 @@ class RunOutcome:
     "unrecorded" (the database failed while recording the end; the lease expires and the reconciler takes over).
     timings_ms: milliseconds per phase of PHASES (0 for phases not reached). progress_writes: live progress writes.
     callbacks_ms: milliseconds spent in the step callback (part of "render": progress writes, stop checks, lease
-    renewals), what the farm adds inside the engine's own time.
+    renewals), what the farm adds inside the engine's own time. task_id: the user's task id (what logs name the job
+    by), None for a job id the database does not know.
     """
 
     job_id: uuid.UUID
@@ -33,6 +34,7 @@ class RunOutcome:
     progress_writes: int = 0
     error_code: str | None = None
     callbacks_ms: float = 0.0
+    task_id: str | None = None
 
 
 class PhaseTimings:

@@ -196,7 +196,7 @@ def create_worker_app(settings: Settings, deps_factory: Callable[[], WorkerDeps]
         claim_failures[0] = 0
         logger.info(
             "job %s attempt %s: %s in %s ms (%s progress writes, %.1f ms in step callbacks)",
-            job_id,
+            outcome.task_id or job_id,
             outcome.attempt,
             outcome.state,
             {k: round(v, 1) for k, v in outcome.timings_ms.items()},
