@@ -15,14 +15,13 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from scheduler.a1111.pasted_parameters import pasted_parameters
 from shared.images import INFOTEXT_KEY
-from shared.infotext import parse_infotext
 from shared.output_formats import infotext_of
 
 # What the reference leaves out of `items`: format internals, not text a user wrote (and not all JSON).
@@ -46,15 +45,6 @@ _NOT_ITEMS = frozenset(
         "photoshop",
     }
 )
-_IMAGE_SIZE = re.compile(r"^(\d+)x(\d+)$")
-# Keys the webui's paste fills in when an infotext lacks them, for the settings the farm renders with (the hires
-# keys are left out: the farm has no hires fix).
-_PARAMETER_DEFAULTS: dict[str, str] = {
-    "Clip skip": "1",
-    "Schedule type": "Automatic",
-    "RNG": "GPU",
-    "Emphasis": "Original",
-}
 
 
 def ram_usage() -> dict[str, Any]:
@@ -73,24 +63,8 @@ def memory() -> dict[str, Any]:
     return {"ram": ram_usage(), "cuda": {"error": "unavailable"}}
 
 
-def generation_parameters(infotext: str) -> dict[str, Any]:
-    """An infotext as the webui's paste parses it: `Prompt`, `Negative prompt`, each key's text, a `WxH` value as
-    `<key>-1` and `<key>-2`, and the defaults above for keys the infotext lacks."""
-    prompt, negative, params = parse_infotext(infotext)
-    parsed: dict[str, Any] = {"Prompt": prompt, "Negative prompt": negative}
-    for key, value in params.items():
-        size = _IMAGE_SIZE.match(value)
-        if size is not None:
-            parsed[f"{key}-1"], parsed[f"{key}-2"] = size.group(1), size.group(2)
-        else:
-            parsed[key] = value
-    for key, value in _PARAMETER_DEFAULTS.items():
-        parsed.setdefault(key, value)
-    return parsed
-
-
 def png_info(picture: Image.Image) -> dict[str, Any]:
     """`{info, items, parameters}` of a decoded image."""
     info = infotext_of(picture) or ""
     items = {key: value for key, value in picture.info.items() if key not in _NOT_ITEMS and isinstance(value, str)}
-    return {"info": info, "items": items, "parameters": generation_parameters(info)}
+    return {"info": info, "items": items, "parameters": pasted_parameters(info)}
