@@ -32,19 +32,19 @@ from bench.results import BenchResult
 TARGET_RATIO_GPU = 1.05
 TARGET_CPU_OVERHEAD_MS = 30.0
 _TIMINGS_RE = re.compile(
-    r"job (?P<job>[0-9a-f-]{36}) attempt \d+: succeeded in (?P<ms>\{.*?\}) ms \((?P<writes>\d+) progress writes, "
+    r"job (?P<task>.+?) attempt \d+: succeeded in (?P<ms>\{.*?\}) ms \((?P<writes>\d+) progress writes, "
     r"(?P<callbacks>[0-9.]+) ms in step callbacks\)"
 )
 
 
 def _worker_timings(log: str) -> dict[str, dict[str, float]]:
-    """Per job id: the worker's phase timings (ms) and its progress write count."""
+    """Per task id (what the worker's log names a job by): its phase timings (ms) and its progress write count."""
     found: dict[str, dict[str, float]] = {}
     for match in _TIMINGS_RE.finditer(log):
         timings = ast.literal_eval(match.group("ms"))
         timings["progress_writes"] = float(match.group("writes"))
         timings["callbacks"] = float(match.group("callbacks"))
-        found[match.group("job")] = timings
+        found[match.group("task")] = timings
     return found
 
 
@@ -141,7 +141,6 @@ def run(config: Config) -> list[BenchResult]:
             farm_s.append(seconds)
             task_ids.append(task_id)
         client.close()
-        job_ids = {task_id: str(db.jobs.get(harness.TENANT, task_id).id) for task_id in task_ids}
         db.close()
         timings = _worker_timings(worker.log_text())
     overhead_ms = [(f - e) * 1000 for f, e in zip(farm_s, engine_s, strict=True)]
@@ -164,7 +163,7 @@ def run(config: Config) -> list[BenchResult]:
     phases: dict[str, list[float]] = {}
     renders: list[float] = []
     for task_id in task_ids:
-        found = timings.get(job_ids.get(task_id, ""))
+        found = timings.get(task_id)
         if found is None:
             continue
         for phase in ("claim", "model", "fetch_inputs", "upload", "commit"):
@@ -185,12 +184,9 @@ def run(config: Config) -> list[BenchResult]:
         render_gap = harness.median(renders) - harness.median(engine_s) * 1000
         result.add("  worker: render in the worker - engine alone (incl. the callbacks)", render_gap, "ms")
         worker_total = [
-            sum(
-                timings[job_ids[t]].get(k, 0.0)
-                for k in ("claim", "model", "fetch_inputs", "render", "upload", "commit")
-            )
+            sum(timings[t].get(k, 0.0) for k in ("claim", "model", "fetch_inputs", "render", "upload", "commit"))
             for t in task_ids
-            if job_ids.get(t) in timings
+            if t in timings
         ]
         rest = harness.median(farm_s) * 1000 - harness.median(worker_total)
         result.add("  API, dispatch, broker, wake-up (farm - worker phases)", rest, "ms")

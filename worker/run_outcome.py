@@ -36,6 +36,15 @@ class RunOutcome:
     callbacks_ms: float = 0.0
     task_id: str | None = None
 
+    def summary(self) -> str:
+        """The worker's log line of this delivery: `job <task id> attempt <n>: <state> in {phase: ms} ms (...)`.
+        Benchmarks and the fault suite read it back (bench/overhead.py, tests/fault_suite/invariants.py)."""
+        timings = {phase: round(ms, 1) for phase, ms in self.timings_ms.items()}
+        return (
+            f"job {self.task_id or self.job_id} attempt {self.attempt}: {self.state} in {timings} ms "
+            f"({self.progress_writes} progress writes, {self.callbacks_ms:.1f} ms in step callbacks)"
+        )
+
 
 class PhaseTimings:
     """Milliseconds spent in each phase of PHASES so far: `with timings.phase("render"): ...` adds to one."""

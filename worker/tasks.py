@@ -194,15 +194,7 @@ def create_worker_app(settings: Settings, deps_factory: Callable[[], WorkerDeps]
             time.sleep(pause)
             raise Reject(str(exc), requeue=True) from exc
         claim_failures[0] = 0
-        logger.info(
-            "job %s attempt %s: %s in %s ms (%s progress writes, %.1f ms in step callbacks)",
-            outcome.task_id or job_id,
-            outcome.attempt,
-            outcome.state,
-            {k: round(v, 1) for k, v in outcome.timings_ms.items()},
-            outcome.progress_writes,
-            outcome.callbacks_ms,
-        )
+        logger.info("%s", outcome.summary())
         if deps.stats.unhealthy and torch.cuda.is_available():
             logger.critical("%d jobs in a row ran out of GPU memory; stopping this worker", deps.stats.consecutive_ooms)
             raise WorkerShutdown(1)

@@ -23,7 +23,8 @@ import sqlalchemy as sa
 from shared.db.tables import Artifact, Job
 from shared.states import TERMINAL_STATES
 
-_SUCCESS_LINE = re.compile(r"job ([0-9a-f-]{36}) attempt \d+: succeeded")
+# A worker's line for each render it committed; it names the job by its task id (unique per run of the suite).
+_SUCCESS_LINE = re.compile(r"job (\S+) attempt \d+: succeeded")
 ASSETS_SEGMENT = "~assets"
 
 
@@ -118,7 +119,7 @@ def check_jobs(
             verdict.orphans.extend(sorted(stored))
             if row.state == "failed":
                 verdict.failures[task_id] = str((row.error or {}).get("code", ""))
-        if successes[str(row.id)] > 1:
+        if successes[task_id] > 1:
             verdict.run_twice.append(task_id)
     verdict.states = dict(states)
     return verdict
