@@ -42,22 +42,26 @@ class CancelRequested(Exception):
 
 class LiveGuard:
     """Best-effort live status: Redis may lose everything, and the job's durable state never depends on it, so a
-    failing live store is logged and then left alone for LIVE_BACKOFF_S instead of slowing every step."""
+    failing live store is logged and then left alone for LIVE_BACKOFF_S instead of slowing every step.
+
+    Reads (`reads=True`: the stop check of every step) and writes (progress, previews, wake-ups) are left alone
+    apart: a write that fails (a preview too large, one slow round trip) must not stop the job from seeing a
+    cancel, interrupt or skip for the next LIVE_BACKOFF_S; both fail alike when the store is down."""
 
     def __init__(self, live: LiveStatus, clock: Callable[[], float]) -> None:
         self._live = live
         self._clock = clock
-        self._paused_until = float("-inf")
+        self._paused_until = {False: float("-inf"), True: float("-inf")}  # by `reads`
 
-    def call(self, what: str, fn: Callable[[], Any], default: Any = None) -> Any:
+    def call(self, what: str, fn: Callable[[], Any], default: Any = None, *, reads: bool = False) -> Any:
         now = self._clock()
-        if now < self._paused_until:
+        if now < self._paused_until[reads]:
             return default
         try:
             return fn()
         except Exception as exc:  # the live store is optional: any failure of it must not fail the job
             logger.warning("live status %s failed (%s); ignoring it for %.0f s", what, exc, LIVE_BACKOFF_S)
-            self._paused_until = now + LIVE_BACKOFF_S
+            self._paused_until[reads] = now + LIVE_BACKOFF_S
             return default
 
 

@@ -60,7 +60,7 @@ class StepHook:
         WORKER_METRICS.step(run.row.model)
         # Cancel, A1111 interrupt and skip, and whether a client watches previews, in one read (a round trip to
         # Redis per step).
-        requests = run.live.call("stop check", lambda: deps.live.stop_requests(run.job_id), default=None)
+        requests = run.live.call("stop check", lambda: deps.live.stop_requests(run.job_id), default=None, reads=True)
         if requests is not None:
             if requests.cancel:
                 raise CancelRequested
