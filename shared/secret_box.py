@@ -38,15 +38,15 @@ class SecretBox:
 
     def __init__(self, keys: Sequence[str] = ()) -> None:
         """Raises ConfigError (naming the setting) for a key that is not a Fernet key."""
-        self._keys = tuple(key.strip() for key in keys if key.strip())
-        self._fernet: Any = None
-        if self._keys:
+        keys = [key.strip() for key in keys if key.strip()]
+        self._fernets: list[Any] = []  # the first seals; each opens (in this order)
+        if keys:
             try:
-                from cryptography.fernet import Fernet, MultiFernet
+                from cryptography.fernet import Fernet
             except ImportError:  # pragma: no cover - installed with the server extra
                 raise ConfigError(f"{SETTING} needs the `cryptography` package", field=SETTING) from None
             try:
-                self._fernet = MultiFernet([Fernet(key.encode("ascii")) for key in self._keys])
+                self._fernets = [Fernet(key.encode("ascii")) for key in keys]
             except (ValueError, UnicodeEncodeError):
                 raise ConfigError(
                     f"{SETTING}: each key must be 32 bytes in url-safe base64 (44 characters); make one with "
@@ -61,46 +61,43 @@ class SecretBox:
 
     @property
     def sealing(self) -> bool:
-        return self._fernet is not None
+        return bool(self._fernets)
 
     def seal(self, secret: str) -> str:
         """What to store for `secret`: sealed with the first key, or `secret` itself without keys."""
-        if self._fernet is None:
+        if not self._fernets:
             return secret
-        return SEALED_PREFIX + self._fernet.encrypt(secret.encode("utf-8")).decode("ascii")
+        return SEALED_PREFIX + self._fernets[0].encrypt(secret.encode("utf-8")).decode("ascii")
 
-    def open(self, stored: str) -> str:
-        """The secret `stored` holds. Raises ConfigError when it is sealed and no key given opens it."""
+    def read(self, stored: str) -> tuple[str, bool]:
+        """The secret `stored` holds, and whether it should be stored again: unsealed while a key is set, or sealed
+        with a key other than the first (a rotation). One decryption per key tried, the first key first. Raises
+        ConfigError when it is sealed and no key given opens it."""
         if not stored.startswith(SEALED_PREFIX):
-            return stored
-        if self._fernet is None:
+            return stored, self.sealing
+        if not self._fernets:
             raise ConfigError(
                 f"the webhook secrets are sealed: set {SETTING} to the key they were sealed with", field=SETTING
             )
         from cryptography.fernet import InvalidToken
 
-        try:
-            opened: bytes = self._fernet.decrypt(stored.removeprefix(SEALED_PREFIX).encode("ascii"))
-        except InvalidToken:
-            raise ConfigError(
-                f"a webhook secret was sealed with a key that {SETTING} no longer lists (keep old keys after the "
-                "first until every secret was read once)",
-                field=SETTING,
-            ) from None
-        return opened.decode("utf-8")
+        token = stored.removeprefix(SEALED_PREFIX).encode("ascii")
+        for index, fernet in enumerate(self._fernets):
+            try:
+                opened: bytes = fernet.decrypt(token)
+            except InvalidToken:
+                continue
+            return opened.decode("utf-8"), index > 0
+        raise ConfigError(
+            f"a webhook secret was sealed with a key that {SETTING} no longer lists (keep old keys after the "
+            "first until every secret was read once)",
+            field=SETTING,
+        )
+
+    def open(self, stored: str) -> str:
+        """The secret `stored` holds (see `read`)."""
+        return self.read(stored)[0]
 
     def needs_reseal(self, stored: str | None) -> bool:
-        """Whether `stored` should be written again: unsealed while a key is set, or sealed with another key than
-        the first (MultiFernet's rotation)."""
-        if stored is None or self._fernet is None:
-            return False
-        if not stored.startswith(SEALED_PREFIX):
-            return True
-        from cryptography.fernet import Fernet
-
-        first = Fernet(self._keys[0].encode("ascii"))
-        try:
-            first.decrypt(stored.removeprefix(SEALED_PREFIX).encode("ascii"))
-        except Exception:
-            return True
-        return False
+        """Whether `stored` should be written again (see `read`); never without keys."""
+        return stored is not None and self.sealing and self.read(stored)[1]

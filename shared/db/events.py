@@ -240,10 +240,9 @@ class Events(Operations):
         }
         with self._tx.begin() as conn:
             row, _ = self._tx.insert_or_get(conn, tenant_webhooks, values, [tenant_webhooks.c.tenant])
-        found = self._secrets(row)
-        stored = (row["secret"], row["previous_secret"])
-        if any(self.box.needs_reseal(value) for value in stored):
-            self._reseal(tenant, stored, found)
+        found, stale = self._read_secrets(row)
+        if stale:
+            self._reseal(tenant, (row["secret"], row["previous_secret"]), found)
         return found
 
     def _reseal(self, tenant: str, stored: tuple[str, str | None], found: TenantSecrets) -> None:
@@ -293,11 +292,20 @@ class Events(Operations):
             return self._secrets(conn.execute(statement).mappings().one())
 
     def _secrets(self, row: Any) -> TenantSecrets:
-        previous = row["previous_secret"]
-        return TenantSecrets(
-            secret=self.box.open(row["secret"]),
-            previous_secret=self.box.open(previous) if previous is not None else None,
+        return self._read_secrets(row)[0]
+
+    def _read_secrets(self, row: Any) -> tuple[TenantSecrets, bool]:
+        """The row's secrets opened, and whether either should be sealed again (`SecretBox.read`)."""
+        secret, stale = self.box.read(row["secret"])
+        previous = None
+        if row["previous_secret"] is not None:
+            previous, previous_stale = self.box.read(row["previous_secret"])
+            stale = stale or previous_stale
+        found = TenantSecrets(
+            secret=secret,
+            previous_secret=previous,
             previous_until=row["previous_until"],
             rotated_at=row["rotated_at"],
             default_url=row["default_url"],
         )
+        return found, stale
