@@ -203,23 +203,19 @@ async def job(
     if owner is None:
         return _not_found(viewer, f"no job {task_id}")
 
-    def read() -> str | Gone | None:
-        try:
-            row = services.db.jobs.get(owner, checked_task_id(task_id))
-        except NotFound:
-            return None
-        except Gone as gone:
-            return gone
+    def read() -> str:
+        row = services.db.jobs.get(owner, checked_task_id(task_id))
         live = pages.job_live_part(services, viewer, row)
         if request.headers.get(FRAGMENT_HEADER):
             return live
         return pages.job_page_head(viewer, row) + f'<div id="job-live" data-refresh-ms="1000">{live}</div>'
 
-    body = await run_in_threadpool(read)
-    if body is None:
+    try:
+        body = await run_in_threadpool(read)
+    except NotFound:
         return _not_found(viewer, f"no job {task_id}")
-    if isinstance(body, Gone):
-        return _purged(viewer, body)
+    except Gone as gone:
+        return _purged(viewer, gone)
     if request.headers.get(FRAGMENT_HEADER):
         return _html(body)
     return _html(frame(f"Job {task_id}", viewer, body))
